@@ -1,0 +1,1 @@
+print("clipper_core: the server is not built yet")

@@ -1,0 +1,88 @@
+"""The one exception tree of clipper_core.
+
+Every error knows the HTTP status and the gRPC status code it maps to, so the
+frontends translate errors in a single place.  The gRPC code is kept as the
+``grpc.StatusCode`` member *name* so that this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+
+class ClipperError(Exception):
+    """Base of every error that clipper_core raises on purpose."""
+
+    http_status: int = 500
+    grpc_code: str = "INTERNAL"
+    #: Short machine-readable kind, used in JSON error bodies and metrics labels.
+    kind: str = "internal"
+
+
+class BadInput(ClipperError):
+    """The request is malformed or does not match the expected input type."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    kind = "bad_input"
+
+
+class NotFound(ClipperError):
+    """An unknown application, model or version was named."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    kind = "not_found"
+
+
+class PayloadTooLarge(BadInput):
+    """The request body exceeds the configured limit."""
+
+    http_status = 413
+    kind = "payload_too_large"
+
+
+class Conflict(ClipperError):
+    """The request conflicts with existing state (for example a duplicate version)."""
+
+    http_status = 400
+    grpc_code = "ALREADY_EXISTS"
+    kind = "conflict"
+
+
+class QueueFull(ClipperError):
+    """A bounded queue is at capacity; the caller should answer 503 at once."""
+
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "queue_full"
+
+
+class QueueClosed(ClipperError):
+    """The queue was closed (model version stopped or server shutting down)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "queue_closed"
+
+
+class DeadlineExceeded(ClipperError):
+    """The request's deadline passed before it could be served."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+    kind = "deadline_exceeded"
+
+
+class ModelError(ClipperError):
+    """The model raised while predicting a batch; the message names the cause."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+    kind = "model_error"
+
+
+class ReplicaUnavailable(ClipperError):
+    """No healthy replica could serve the batch (crashed, stopped or unreachable)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "replica_unavailable"

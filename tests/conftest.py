@@ -1,0 +1,42 @@
+"""Shared fixtures: both implementations of the core structures, both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvloop
+
+from clipper_core.structures import load
+
+IMPLEMENTATIONS = ["cython", "python"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
+    """The Cython extensions and their pure-Python twins, one after the other."""
+    return load(request.param == "cython")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop of each kind; the test fails if anything reaches the
+    loop's exception handler (an unretrieved future exception, a callback error)."""
+    lp = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+    errors: list[dict[str, Any]] = []
+    lp.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    asyncio.set_event_loop(lp)
+    try:
+        yield lp
+        # Let pending callbacks run so that late errors are seen.
+        lp.run_until_complete(asyncio.sleep(0))
+    finally:
+        asyncio.set_event_loop(None)
+        lp.close()
+    import gc
+
+    gc.collect()
+    assert not errors, f"errors reached the loop's exception handler: {errors}"
