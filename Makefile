@@ -35,7 +35,7 @@ test-fast: build
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clipper_core model_containers tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/cython-lint ext/
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/cython-lint ext/
 
 bench: build
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,ops $(PYTEST_ARGS)
