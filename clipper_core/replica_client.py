@@ -1,0 +1,364 @@
+"""The frontend's gRPC client of one model container replica (``grpc.aio``).
+
+One ``ReplicaClient`` per replica: it owns one channel, encodes a batch into one
+``Predict`` call (raw bytes + offsets, see ``protos/container.proto``), decodes
+the outputs, and maps gRPC failures onto the ``clipper_core.errors`` tree:
+
+=====================  ==========================================
+gRPC status            raised
+=====================  ==========================================
+INTERNAL, UNKNOWN      ``ModelError(details)`` (the model raised, or
+                       returned the wrong number of outputs)
+INVALID_ARGUMENT       ``BadInput``
+DEADLINE_EXCEEDED      ``DeadlineExceeded``
+anything else          ``ReplicaUnavailable`` (crashed, stopping,
+                       unreachable, still loading)
+=====================  ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+from grpc_health.v1 import health_pb2
+
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    DeadlineExceeded,
+    ModelError,
+    ReplicaUnavailable,
+)
+from model_containers._proto import container_pb2 as pb
+
+__all__ = ["INPUT_TYPES", "ReplicaClient", "decode_outputs", "encode_batch"]
+
+#: Numeric input types and the little-endian dtype each travels as.
+NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
+    "ints": np.dtype("<i4"),
+    "floats": np.dtype("<f4"),
+    "doubles": np.dtype("<f8"),
+}
+INPUT_TYPES: dict[str, int] = {
+    "ints": pb.INTS,
+    "floats": pb.FLOATS,
+    "doubles": pb.DOUBLES,
+    "strings": pb.STRINGS,
+    "bytes": pb.BYTES,
+}
+_INPUT_TYPE_NAMES = {v: k for k, v in INPUT_TYPES.items()}
+
+_SERVICE = "clipper.container.v1.ModelContainer"
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: Channel options.  Keepalive pings stay off (gRPC's default): replicas are
+#: health-checked by the frontend, and pings to an idle container are wasted.
+#: Reconnection backoff is short because a restarted local replica comes back
+#: within a second or two.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+
+
+def encode_batch(inputs: Sequence[Any], input_type: str) -> tuple[bytes, list[int]]:
+    """Concatenate a batch of inputs into one payload and N+1 byte offsets.
+
+    Args:
+        inputs: Numeric inputs are numpy arrays (or nested lists), flattened and
+            cast to the input type's dtype (``int32``, ``float32``, ``float64``);
+            strings are ``str`` (sent as UTF-8); bytes are bytes-like objects.
+        input_type: ``"ints"``, ``"floats"``, ``"doubles"``, ``"strings"`` or
+            ``"bytes"``.
+
+    Returns:
+        ``(data, offsets)`` with ``data[offsets[i]:offsets[i+1]]`` the i-th input.
+
+    Raises:
+        BadInput: An input does not fit the input type (a float for ``ints``, a
+            ragged list, a non-string for ``strings``...).
+    """
+    dtype = NUMERIC_DTYPES.get(input_type)
+    if dtype is not None:
+        arrays: list[np.ndarray[Any, Any]] = []
+        for i, item in enumerate(inputs):
+            try:
+                # same_kind refuses float -> int but allows float64 -> float32.
+                arrays.append(np.asarray(item).astype(dtype, casting="same_kind", copy=False))
+            except (TypeError, ValueError) as exc:
+                raise BadInput(f"input {i} is not a vector of {input_type}: {exc}") from None
+            if arrays[-1].dtype.kind == "O":
+                raise BadInput(f"input {i} is not a vector of {input_type}")
+            if dtype.kind == "i" and arrays[-1].size:
+                # astype wraps out-of-range integers silently; check the source.
+                source = np.asarray(item)
+                if source.dtype.kind in "iu" and source.dtype.itemsize > dtype.itemsize:
+                    info = np.iinfo(dtype)
+                    if source.min() < info.min or source.max() > info.max:
+                        raise BadInput(f"input {i} has values outside the int32 range")
+        if not arrays:
+            return b"", [0]
+        sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(sizes * dtype.itemsize, out=offsets[1:])
+        data = np.concatenate([a.ravel() for a in arrays]).tobytes()
+        return data, offsets.tolist()
+    if input_type == "strings":
+        try:
+            parts = [s.encode("utf-8") for s in inputs]
+        except (AttributeError, UnicodeEncodeError) as exc:
+            raise BadInput(f"strings inputs must be str: {exc}") from None
+        if not all(isinstance(s, str) for s in inputs):
+            raise BadInput("strings inputs must be str")
+    elif input_type == "bytes":
+        if not all(isinstance(b, (bytes, bytearray, memoryview)) for b in inputs):
+            raise BadInput("bytes inputs must be bytes-like")
+        parts = [bytes(b) if isinstance(b, memoryview) else b for b in inputs]
+    else:
+        raise BadInput(f"unknown input type {input_type!r}; expected one of {list(INPUT_TYPES)}")
+    return b"".join(parts), [0, *accumulate(map(len, parts))]
+
+
+def _loads(doc: memoryview) -> Any:
+    try:
+        return orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        # Python's json writes NaN/Infinity, which orjson refuses.
+        return json.loads(bytes(doc))
+
+
+def decode_outputs(response: pb.PredictResponse) -> list[Any]:
+    """The N outputs of a PredictResponse.
+
+    JSON outputs become Python objects; TENSOR outputs numpy arrays (numpy scalars
+    for a scalar shape), read-only views of the response; RAW_BYTES outputs bytes.
+    """
+    offsets = list(response.offsets)
+    n = max(len(offsets) - 1, 0)
+    data = response.data
+    if response.encoding == pb.TENSOR:
+        shape = tuple(response.shape)
+        flat = np.frombuffer(data, dtype=np.dtype(response.dtype))
+        return list(flat.reshape((n, *shape)))
+    if response.encoding == pb.RAW_BYTES:
+        return [data[a:b] for a, b in pairwise(offsets)]
+    if response.encoding == pb.JSON:
+        view = memoryview(data)
+        return [_loads(view[a:b]) for a, b in pairwise(offsets)]
+    raise ModelError(f"unknown output encoding {response.encoding}")
+
+
+class ReplicaClient:
+    """A connection to one model container.
+
+    The channel is created on first use, inside the running event loop; use a
+    client from that one loop only.  Calls may overlap: each is one RPC on the
+    shared channel.
+
+    Args:
+        address: ``host:port`` of the container.
+        model_name: For error messages.
+        model_version: For error messages.
+        replica_id: For error messages.
+        channel_options: gRPC channel options; ``DEFAULT_CHANNEL_OPTIONS`` by default.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        model_name: str = "",
+        model_version: str = "",
+        replica_id: str = "",
+        channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    ) -> None:
+        self.address = address
+        self.model_name = model_name
+        self.model_version = model_version
+        self.replica_id = replica_id
+        self._options = list(channel_options)
+        self._channel: Any = None  # grpc.aio.Channel | None
+        self._predict: Any = None  # grpc.aio.UnaryUnaryMultiCallable
+        self._metadata: Any = None
+        self._health: Any = None
+        self._batch_id = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ReplicaClient({self._describe()})"
+
+    def _describe(self) -> str:
+        who = f"{self.model_name}:{self.model_version}" if self.model_name else "replica"
+        if self.replica_id:
+            who += f" replica {self.replica_id}"
+        return f"{who} at {self.address}"
+
+    def _ensure_channel(self) -> None:
+        if self._closed:
+            raise ReplicaUnavailable(f"{self._describe()}: client is closed")
+        if self._channel is not None:
+            return
+        channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        self._predict = channel.unary_unary(
+            f"/{_SERVICE}/Predict",
+            request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictResponse.FromString,
+        )
+        self._metadata = channel.unary_unary(
+            f"/{_SERVICE}/Metadata",
+            request_serializer=pb.MetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadata.FromString,
+        )
+        self._health = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        self._channel = channel
+
+    def _error(self, exc: grpc.aio.AioRpcError, what: str) -> ClipperError:
+        code = exc.code()
+        details = exc.details() or ""
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            return ModelError(details or f"{self._describe()}: {what} failed")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return BadInput(details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{self._describe()}: {what} missed its deadline")
+        return ReplicaUnavailable(f"{self._describe()}: {what} failed: {code.name}: {details}")
+
+    async def predict(
+        self,
+        inputs: Sequence[Any],
+        input_type: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (it is the RPC's deadline, sent to the server)
+    ) -> list[Any]:
+        """Predict one batch with one RPC.
+
+        Args:
+            inputs: The batch (see ``encode_batch``).
+            input_type: The model's input type.
+            timeout: Seconds until the RPC's deadline; ``None`` for no deadline.
+
+        Returns:
+            One output per input: JSON-decoded objects, numpy arrays (TENSOR
+            encoding) or bytes.
+
+        Raises:
+            ModelError: The model raised (the message is the exception's last
+                traceback line) or returned the wrong number of outputs.
+            BadInput: The inputs do not fit ``input_type``, or the container
+                refused them.
+            DeadlineExceeded: ``timeout`` passed.
+            ReplicaUnavailable: The replica cannot be reached or is not serving.
+        """
+        data, offsets = encode_batch(inputs, input_type)
+        self._ensure_channel()
+        self._batch_id += 1
+        request = pb.PredictRequest(
+            batch_id=self._batch_id,
+            input_type=INPUT_TYPES[input_type],  # type: ignore[arg-type]
+            data=data,
+            offsets=offsets,
+        )
+        try:
+            response = await self._predict(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "predict") from None
+        except grpc.aio.UsageError as exc:  # the channel was closed under us
+            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+        outputs = decode_outputs(response)
+        if len(outputs) != len(inputs):
+            raise ModelError(
+                f"{self._describe()} returned {len(outputs)} outputs for {len(inputs)} inputs"
+            )
+        return outputs
+
+    async def metadata(self, timeout: float | None = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """The container's ModelMetadata as a dict.
+
+        Keys: ``name``, ``version``, ``input_type`` (e.g. ``"doubles"``),
+        ``output_type``, ``platform``, ``replica_id``, ``pid``, ``inputs`` and
+        ``outputs`` (lists of ``{"name", "datatype", "shape"}``).
+        """
+        self._ensure_channel()
+        try:
+            meta = await self._metadata(pb.MetadataRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "metadata") from None
+        except grpc.aio.UsageError as exc:
+            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+
+        def specs(items: Any) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in items]
+
+        return {
+            "name": meta.name,
+            "version": meta.version,
+            "input_type": _INPUT_TYPE_NAMES.get(meta.input_type, ""),
+            "output_type": meta.output_type,
+            "platform": meta.platform,
+            "replica_id": meta.replica_id,
+            "pid": meta.pid,
+            "inputs": specs(meta.inputs),
+            "outputs": specs(meta.outputs),
+        }
+
+    async def health(self, timeout: float | None = 2.0) -> bool:  # noqa: ASYNC109
+        """True when the container reports SERVING; False otherwise or on any error."""
+        self._ensure_channel()
+        try:
+            reply = await self._health(
+                health_pb2.HealthCheckRequest(service=_SERVICE), timeout=timeout
+            )
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until the channel is connected and the container reports SERVING.
+
+        Raises:
+            ReplicaUnavailable: Not ready within ``timeout`` seconds.
+        """
+        self._ensure_channel()
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            raise ReplicaUnavailable(
+                f"{self._describe()}: no connection within {timeout:g} s"
+            ) from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if await self.health(timeout=max(min(remaining, 2.0), 0.01)):
+                return
+            await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+        raise ReplicaUnavailable(f"{self._describe()}: not SERVING within {timeout:g} s")
+
+    async def close(self) -> None:
+        """Close the channel; RPCs in flight are cancelled.  Idempotent."""
+        self._closed = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
+
+    async def __aenter__(self) -> ReplicaClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,285 @@
+"""Command line of a model container: load a model, serve it, register it.
+
+::
+
+    python -m model_containers --model-name NAME --model-version V \\
+        [--input-type {ints,floats,doubles,strings,bytes}] \\
+        (--closure FILE.pkl | --model-class package.module:ClassName [--model-path DIR]) \\
+        [--host 127.0.0.1] [--port 0] [--advertise-address HOST:PORT] \\
+        [--register-url http://127.0.0.1:1338] [--register-token TOKEN] \\
+        [--register-timeout 30] [--replica-id R] [--max-workers 1] [--grace 2]
+
+Once the model is loaded and the server listens, one line
+``CLIPPER_CONTAINER_READY <address>`` is printed to stdout.  With
+``--register-url`` the container then registers with the frontend (see
+``model_containers.registration``); a rejected or impossible registration stops
+the container with exit status 1.  SIGTERM or SIGINT stop it gracefully (health
+NOT_SERVING, in-flight batches get ``--grace`` seconds) with exit status 0.
+Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from model_containers.model import INPUT_TYPES, ClosureModel, Model
+from model_containers.registration import register
+from model_containers.server import ContainerInfo, ContainerServer, exception_line
+
+log = logging.getLogger("model_containers")
+
+READY_MARKER = "CLIPPER_CONTAINER_READY"
+
+# How long, after the gRPC server stopped, to wait for a model call that is
+# still running before leaving without it.
+_THREAD_JOIN_S = 1.0
+
+
+class ModelLoadError(Exception):
+    """The model could not be imported, unpickled or instantiated."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_containers",
+        description="Serve one model version over gRPC for clipper_core.",
+    )
+    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--model-version", required=True)
+    parser.add_argument(
+        "--input-type",
+        choices=INPUT_TYPES,
+        help="required unless the model class declares input_type",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--closure",
+        metavar="FILE.pkl",
+        help="a cloudpickled callable f(inputs: list) -> list (or a pickled Model instance)",
+    )
+    source.add_argument(
+        "--model-class",
+        metavar="MODULE:NAME",
+        help="a Model subclass (or instance) to import, e.g. mypkg.models:Scorer",
+    )
+    parser.add_argument("--model-path", metavar="DIR", help="set as model.model_path before load()")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--advertise-address",
+        metavar="HOST:PORT",
+        help="address to print and register, when the frontend must use another one "
+        "than the bound host:port (e.g. listening on 0.0.0.0)",
+    )
+    parser.add_argument("--register-url", metavar="URL", help="frontend management base URL")
+    parser.add_argument(
+        "--register-token",
+        default=os.environ.get("CLIPPER_ADMIN_TOKEN") or None,
+        help="bearer token for registration (default: $CLIPPER_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--register-timeout", type=float, default=30.0, help="seconds to keep retrying"
+    )
+    parser.add_argument("--replica-id", default="")
+    parser.add_argument(
+        "--max-workers", type=int, default=1, help="model calls that may run at once"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=2.0, help="seconds for in-flight RPCs on stop"
+    )
+    parser.add_argument("--max-message-mb", type=int, default=64)
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """Import or unpickle the model (``load()`` is not called yet)."""
+    obj: Any
+    if args.closure:
+        import cloudpickle
+
+        try:
+            with open(args.closure, "rb") as f:
+                obj = cloudpickle.load(f)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot unpickle {args.closure}: {exception_line(exc)}") from exc
+    else:
+        module_name, sep, attr = args.model_class.partition(":")
+        if not (sep and module_name and attr):
+            raise ModelLoadError("--model-class must look like package.module:ClassName")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, type):
+                obj = obj()
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {args.model_class}: {exception_line(exc)}") from exc
+    if isinstance(obj, Model):
+        return obj
+    if callable(obj):
+        return ClosureModel(obj)
+    raise ModelLoadError(
+        f"{args.closure or args.model_class} is a {type(obj).__name__}: expected a "
+        "model_containers.Model subclass or a callable f(inputs) -> outputs"
+    )
+
+
+def _resolve_input_type(parser: argparse.ArgumentParser, cli: str | None, model: Model) -> str:
+    declared = getattr(model, "input_type", None)
+    if declared is not None and declared not in INPUT_TYPES:
+        parser.error(f"{type(model).__name__}.input_type is {declared!r}, not one of {INPUT_TYPES}")
+    if cli and declared and cli != declared:
+        parser.error(
+            f"--input-type is {cli} but {type(model).__name__} declares input_type={declared!r}"
+        )
+    resolved = cli or declared
+    if not resolved:
+        parser.error("--input-type is required (the model does not declare input_type)")
+    return str(resolved)
+
+
+def _install_signal_handlers(events: queue.SimpleQueue[tuple[str, str]]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    # SimpleQueue.put is reentrant, so it is safe in a signal handler (an
+    # Event.set() there can deadlock against the main thread's own wait).
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        events.put(("signal", signal.Signals(signum).name))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+def _leave(code: int) -> int:
+    """Return ``code``, or leave at once if a model call is still running."""
+    deadline = time.monotonic() + _THREAD_JOIN_S
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.daemon and t.is_alive()
+    ]
+    if stuck:
+        log.warning("threads still running after the grace period (%s); exiting", stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a container until SIGTERM/SIGINT; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s model_containers[%(process)d] %(message)s",
+    )
+    if args.max_workers < 1:
+        parser.error("--max-workers must be at least 1")
+
+    events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+    _install_signal_handlers(events)
+
+    try:
+        model = load_model(args)
+    except ModelLoadError as exc:
+        if exc.__cause__ is not None:
+            log.debug("".join(traceback.format_exception(exc.__cause__)))
+        print(f"model_containers: {exc}", file=sys.stderr, flush=True)
+        return 1
+    input_type = _resolve_input_type(parser, args.input_type, model)
+    info = ContainerInfo(
+        model_name=args.model_name,
+        model_version=str(args.model_version),
+        input_type=input_type,
+        replica_id=args.replica_id,
+    )
+    try:
+        server = ContainerServer(
+            info,
+            host=args.host,
+            port=args.port,
+            max_workers=args.max_workers,
+            max_message_bytes=args.max_message_mb * 1024 * 1024,
+        )
+    except OSError as exc:
+        print(f"model_containers: {exc}", file=sys.stderr, flush=True)
+        return 1
+    server.start()  # health answers NOT_SERVING while the model loads
+
+    try:
+        if args.model_path is not None:
+            model.model_path = args.model_path
+        model.load()
+    except Exception as exc:
+        log.error("model load() failed:\n%s", "".join(traceback.format_exception(exc)))
+        print(f"model_containers: load() failed: {exception_line(exc)}", file=sys.stderr)
+        server.stop(0)
+        return _leave(1)
+    server.serve(model)
+
+    address = args.advertise_address or server.address
+    print(f"{READY_MARKER} {address}", flush=True)
+    log.info(
+        "serving %s:%s (%s inputs, %s) on %s",
+        info.model_name,
+        info.model_version,
+        input_type,
+        model.platform,
+        address,
+    )
+
+    stopping = threading.Event()
+    if args.register_url:
+        payload = {
+            "model_name": info.model_name,
+            "model_version": info.model_version,
+            "input_type": input_type,
+            "address": address,
+            "replica_id": info.replica_id,
+            "pid": os.getpid(),
+        }
+
+        def register_in_background() -> None:
+            result = register(
+                args.register_url,
+                payload,
+                timeout=args.register_timeout,
+                token=args.register_token,
+                stopping=stopping,
+            )
+            if not result.ok and not result.stopped:
+                events.put(("fatal", result.message))
+
+        threading.Thread(
+            target=register_in_background, name="container-register", daemon=True
+        ).start()
+
+    kind, detail = events.get()
+    code = 0
+    if kind == "fatal":
+        print(f"model_containers: {detail}", file=sys.stderr, flush=True)
+        code = 1
+    else:
+        log.info("%s received; stopping (grace %.1f s)", detail, args.grace)
+    stopping.set()
+    server.stop(args.grace)
+    return _leave(code)

@@ -1,0 +1,96 @@
+"""The ``Model`` base class that users subclass, and the adapter for closures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+#: Clipper's input types, as accepted on the command line and in ``Model.input_type``.
+INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor in Open Inference Protocol metadata.
+
+    Attributes:
+        name: Tensor name.
+        datatype: OIP datatype (``"FP64"``, ``"INT32"``, ``"BYTES"``, ...).
+        shape: Dimensions; ``-1`` marks a variable one.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...] = ()
+
+
+class Model:
+    """Base class of a model served by a container.
+
+    Subclass it and implement ``predict``; optionally ``load``.  The container
+    creates the instance with no arguments, sets ``model_path`` (from
+    ``--model-path``), calls ``load()`` once, and then calls ``predict`` once per
+    batch.  With ``--max-workers 1`` (the default) calls never overlap.
+
+    Class attributes describe the model (all optional):
+
+    Attributes:
+        input_type: One of ``"ints"``, ``"floats"``, ``"doubles"``, ``"strings"``,
+            ``"bytes"``.  When set, ``--input-type`` may be omitted, and must agree
+            when given.
+        output_type: Free text reported in the container's metadata.
+        platform: Reported in metadata (``"python_model"`` by default).
+        inputs: OIP tensor specs of the inputs (reported in metadata).
+        outputs: OIP tensor specs of the outputs (reported in metadata).
+        model_path: The ``--model-path`` directory, set before ``load()``; ``None``
+            when not given.
+
+    Example::
+
+        class Doubler(Model):
+            input_type = "doubles"
+
+            def predict(self, inputs):
+                return [x * 2 for x in inputs]
+    """
+
+    input_type: ClassVar[str | None] = None
+    output_type: ClassVar[str] = ""
+    platform: ClassVar[str] = "python_model"
+    inputs: ClassVar[Sequence[TensorSpec]] = ()
+    outputs: ClassVar[Sequence[TensorSpec]] = ()
+
+    model_path: str | None = None
+
+    def load(self) -> None:
+        """Load weights or other state; called once before the first ``predict``."""
+
+    def predict(self, inputs: list[Any]) -> Sequence[Any]:
+        """Predict a batch.
+
+        Args:
+            inputs: N inputs, by input type: 1-D numpy arrays (``int32``,
+                ``float32``, ``float64``) for the numeric types, ``str`` for
+                strings, ``bytes`` for bytes.  The arrays are writable.
+
+        Returns:
+            Exactly N outputs, in order: a list (or tuple) of JSON-serialisable
+            values, numpy arrays or scalars, or ``bytes``; or one numpy array whose
+            first dimension is N.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.predict is not implemented")
+
+
+class ClosureModel(Model):
+    """Adapts a plain callable ``f(inputs: list) -> list`` (Clipper's python closure)."""
+
+    platform: ClassVar[str] = "python_closure"
+
+    def __init__(self, func: Callable[[list[Any]], Sequence[Any]]) -> None:
+        if not callable(func):
+            raise TypeError(f"a closure model needs a callable, got {type(func).__name__}")
+        self.func = func
+
+    def predict(self, inputs: list[Any]) -> Sequence[Any]:
+        return self.func(inputs)

@@ -1,0 +1,231 @@
+"""The gRPC server of a model container: ModelContainer + grpc.health.v1.Health."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from model_containers import codec
+from model_containers._proto import container_pb2 as pb
+from model_containers._proto import container_pb2_grpc as pb_grpc
+from model_containers.model import Model, TensorSpec
+
+log = logging.getLogger("model_containers")
+
+#: The service name under which the container reports its health (besides "").
+SERVICE_NAME = "clipper.container.v1.ModelContainer"
+
+INPUT_TYPE_ENUM: dict[str, int] = {
+    "ints": pb.INTS,
+    "floats": pb.FLOATS,
+    "doubles": pb.DOUBLES,
+    "strings": pb.STRINGS,
+    "bytes": pb.BYTES,
+}
+
+# gRPC sends status details in trailers, which receivers cap (8 KiB by default);
+# a huge exception message must not turn a model error into a transport error.
+_MAX_DETAILS = 2000
+
+
+def exception_line(exc: BaseException) -> str:
+    """The last line of the exception's traceback: ``"ValueError: bad feature count"``.
+
+    Notes attached with ``add_note`` (printed after that line) are left out.
+    """
+    lines = traceback.format_exception_only(type(exc), exc)
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list | tuple) and 0 < len(notes) < len(lines):
+        lines = lines[: -len(notes)]
+    text = lines[-1].strip() if lines else type(exc).__name__
+    return text if len(text) <= _MAX_DETAILS else text[: _MAX_DETAILS - 3] + "..."
+
+
+class _RpcFailure(Exception):
+    """Ends an RPC with a status; raised inside the servicer, turned into abort()."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the container serves; reported by the Metadata RPC and on registration."""
+
+    model_name: str
+    model_version: str
+    input_type: str
+    replica_id: str = ""
+
+
+class ModelContainerServicer(pb_grpc.ModelContainerServicer):
+    """Predict and Metadata over one model.
+
+    ``Predict`` runs in gRPC's worker threads; ``max_concurrency`` model calls may
+    overlap (1 by default: most models are not thread-safe).  The worker pool is
+    larger than that, so that health checks and metadata are answered while a long
+    batch runs.
+    """
+
+    def __init__(self, info: ContainerInfo, *, max_concurrency: int = 1) -> None:
+        if info.input_type not in INPUT_TYPE_ENUM:
+            raise ValueError(f"unknown input type {info.input_type!r}")
+        self.info = info
+        self._input_enum = INPUT_TYPE_ENUM[info.input_type]
+        self._model: Model | None = None
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    def set_model(self, model: Model) -> None:
+        """Start serving ``model`` (already loaded)."""
+        self._model = model
+
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> Any:
+        try:
+            encoded = self._predict(request)
+        except _RpcFailure as failure:
+            context.abort(failure.code, failure.details)  # raises
+            raise AssertionError("unreachable") from None
+        return pb.PredictResponse(
+            batch_id=request.batch_id,
+            encoding=encoded.encoding,  # type: ignore[arg-type]
+            data=encoded.data,
+            offsets=encoded.offsets,
+            dtype=encoded.dtype,
+            shape=encoded.shape,
+        )
+
+    def _predict(self, request: pb.PredictRequest) -> codec.EncodedOutputs:
+        model = self._model
+        if model is None:
+            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        if request.input_type != self._input_enum:
+            raise _RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"this container serves {self.info.input_type} inputs, got "
+                f"{pb.InputType.Name(request.input_type)}",
+            )
+        try:
+            inputs = codec.decode_inputs(self.info.input_type, request.data, request.offsets)
+        except codec.DecodeError as exc:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        n = len(inputs)
+        if n == 0:
+            return codec.encode_outputs([], 0)
+        with self._slots:
+            try:
+                outputs = model.predict(inputs)
+            except Exception as exc:
+                log.error(
+                    "batch %d (%d inputs) failed:\n%s",
+                    request.batch_id,
+                    n,
+                    "".join(traceback.format_exception(exc)),
+                )
+                raise _RpcFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
+        try:
+            return codec.encode_outputs(outputs, n)
+        except codec.OutputError as exc:
+            log.error("batch %d: %s", request.batch_id, exc)
+            raise _RpcFailure(grpc.StatusCode.INTERNAL, str(exc)) from None
+
+    def Metadata(self, request: pb.MetadataRequest, context: grpc.ServicerContext) -> Any:
+        model = self._model
+        specs_in = getattr(model, "inputs", ()) if model is not None else ()
+        specs_out = getattr(model, "outputs", ()) if model is not None else ()
+        return pb.ModelMetadata(
+            name=self.info.model_name,
+            version=self.info.model_version,
+            input_type=self._input_enum,  # type: ignore[arg-type]
+            output_type=str(getattr(model, "output_type", "") or ""),
+            platform=str(getattr(model, "platform", "") or ""),
+            replica_id=self.info.replica_id,
+            pid=os.getpid(),
+            inputs=[_tensor_spec(s) for s in specs_in],
+            outputs=[_tensor_spec(s) for s in specs_out],
+        )
+
+
+def _tensor_spec(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+class ContainerServer:
+    """The container's gRPC server: model service, health service, thread pool.
+
+    Health reports NOT_SERVING until ``serve(model)`` and again from ``stop()``.
+    """
+
+    def __init__(
+        self,
+        info: ContainerInfo,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 1,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
+        # Non-blocking Watch streams: they must not each hold a worker thread.
+        self._health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="container-health")
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True, experimental_thread_pool=self._health_pool
+        )
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Model calls are capped by the servicer's semaphore; the extra threads
+        # answer health checks and metadata while a batch runs.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_workers + 4, thread_name_prefix="container-rpc"
+        )
+        self._server = grpc.server(
+            self._executor,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_ModelContainerServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        try:
+            self.port = self._server.add_insecure_port(bind)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {bind}: {exc}") from None
+        if self.port == 0:
+            raise OSError(f"cannot listen on {bind}")
+        self.host = host
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as bound (IPv6 hosts in brackets)."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self._server.start()
+
+    def serve(self, model: Model) -> None:
+        """Start answering Predict with ``model`` and report SERVING."""
+        self.servicer.set_model(model)
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, then stop; RPCs in flight get ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._health_pool.shutdown(wait=False, cancel_futures=True)

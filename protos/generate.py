@@ -1,0 +1,203 @@
+"""Compile the ``.proto`` sources into the committed Python packages.
+
+Usage::
+
+    python -m protos.generate           # (re)write the generated code
+    python -m protos.generate --check   # exit 1, naming the stale files, if the
+                                        # committed code differs from a fresh build
+
+``protoc`` comes from ``grpcio-tools`` (``grpc_tools.protoc``), so the output depends
+only on the installed grpcio-tools version.  Each proto is compiled with the
+repository root as include path, so that it is registered in protobuf's descriptor
+pool under a distinctive name (``protos/container.proto``, not ``container.proto``).
+protoc writes absolute imports between generated modules (``from protos import
+container_pb2``); they are rewritten to package-relative ones (``from . import
+container_pb2``) so that the output package can live anywhere.
+
+The ``.pyi`` stubs and ``*_pb2_grpc.py`` get a ``# mypy: ignore-errors`` first line
+(protobuf itself is untyped; see ``_PYI_HEADER``).
+
+Every file in an output package is produced here, ``__init__.py`` included, so
+``--check`` also reports files that a fresh generation would not produce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = "protos"
+
+#: Output package (relative to the repository root) -> the protos compiled into it.
+TARGETS: dict[str, tuple[str, ...]] = {
+    "model_containers/_proto": ("container.proto",),
+}
+
+_INIT_TEMPLATE = '''"""Generated gRPC/protobuf code for {protos}.
+
+DO NOT EDIT: regenerate with ``python -m protos.generate``; a test fails when this
+package is stale.
+"""
+'''
+
+_GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+
+# protobuf ships no type information, so under `mypy --strict` the stubs protoc
+# writes fail (untyped import, classes subclassing Any), and so does the untyped
+# *_pb2_grpc.py.  Silence errors *inside* those files only: callers still get the
+# typed fields and constructors that the .pyi declares.
+_PYI_HEADER = "# mypy: ignore-errors\n"
+
+
+def _fix_imports(text: str) -> str:
+    """Make imports of sibling generated modules package-relative."""
+    # "from protos import container_pb2 as protos_dot_container__pb2"
+    text = re.sub(
+        rf"^from {PROTO_DIR} import (\w+_pb2) as (\w+)$",
+        r"from . import \1 as \2",
+        text,
+        flags=re.MULTILINE,
+    )
+    # "from protos import container_pb2 as _container_pb2" (.pyi) uses the same form;
+    # a bare "import protos.x_pb2" never appears, but keep the rewrite total.
+    text = re.sub(
+        rf"^import {PROTO_DIR}\.(\w+_pb2) as (\w+)$",
+        r"from . import \1 as \2",
+        text,
+        flags=re.MULTILINE,
+    )
+    return text
+
+
+def _protoc(proto: str, out_dir: Path) -> None:
+    from grpc_tools import protoc
+
+    well_known = resources.files("grpc_tools") / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{REPO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"{PROTO_DIR}/{proto}",
+    ]
+    # protoc resolves the source relative to the include path; run from the root.
+    rc = protoc.main(args)
+    if rc != 0:
+        raise SystemExit(f"protoc failed on {PROTO_DIR}/{proto} (exit status {rc})")
+
+
+def generate() -> dict[str, dict[str, str]]:
+    """Compile every target; return {output package: {file name: text}}."""
+    result: dict[str, dict[str, str]] = {}
+    for package, protos in TARGETS.items():
+        files: dict[str, str] = {
+            "__init__.py": _INIT_TEMPLATE.format(protos=", ".join(protos)),
+        }
+        with tempfile.TemporaryDirectory(prefix="clipper-protos-") as tmp:
+            for proto in protos:
+                _protoc(proto, Path(tmp))
+            for path in sorted((Path(tmp) / PROTO_DIR).iterdir()):
+                if path.name.endswith(_GENERATED_SUFFIXES):
+                    text = _fix_imports(path.read_text(encoding="utf-8"))
+                    if path.name.endswith((".pyi", "_pb2_grpc.py")):
+                        text = _PYI_HEADER + text
+                    files[path.name] = text
+        result[package] = files
+    return result
+
+
+def _existing(package_dir: Path) -> dict[str, str]:
+    if not package_dir.is_dir():
+        return {}
+    return {
+        p.name: p.read_text(encoding="utf-8")
+        for p in sorted(package_dir.iterdir())
+        if p.is_file() and (p.name == "__init__.py" or p.name.endswith(_GENERATED_SUFFIXES))
+    }
+
+
+def check(fresh: dict[str, dict[str, str]]) -> list[str]:
+    """Return one line per stale, missing or extra generated file."""
+    problems: list[str] = []
+    for package, files in fresh.items():
+        committed = _existing(REPO_ROOT / package)
+        for name in sorted(set(files) | set(committed)):
+            rel = f"{package}/{name}"
+            if name not in committed:
+                problems.append(f"missing: {rel}")
+            elif name not in files:
+                problems.append(f"extra (not generated by any proto): {rel}")
+            elif committed[name] != files[name]:
+                diff = difflib.unified_diff(
+                    committed[name].splitlines(),
+                    files[name].splitlines(),
+                    "committed",
+                    "fresh",
+                    lineterm="",
+                    n=0,
+                )
+                first = next((line for line in list(diff)[2:] if line[:1] in "+-"), "")
+                problems.append(f"stale: {rel}  (first difference: {first[:120]!r})")
+    return problems
+
+
+def write(fresh: dict[str, dict[str, str]]) -> list[str]:
+    """Write the generated packages; remove generated files no proto produces."""
+    written: list[str] = []
+    for package, files in fresh.items():
+        package_dir = REPO_ROOT / package
+        package_dir.mkdir(parents=True, exist_ok=True)
+        for name in _existing(package_dir):
+            if name not in files:
+                (package_dir / name).unlink()
+        for name, text in files.items():
+            path = package_dir / name
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+                written.append(f"{package}/{name}")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m protos.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if the committed code is stale"
+    )
+    args = parser.parse_args(argv)
+    fresh = generate()
+    if args.check:
+        problems = check(fresh)
+        if problems:
+            print(
+                "generated protobuf code is stale; run `python -m protos.generate` "
+                "(or `make protos`):",
+                file=sys.stderr,
+            )
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print("generated protobuf code is up to date")
+        return 0
+    written = write(fresh)
+    for rel in written:
+        print(f"wrote {rel}")
+    if not written:
+        print("generated protobuf code was already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
