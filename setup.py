@@ -67,12 +67,25 @@ def _extensions() -> list[Extension]:
     return exts
 
 
+def _mode_changed() -> bool:
+    # Cython only regenerates C when a source is newer than it, so after a debug
+    # build a release build would reuse the debug C (and the reverse): remember
+    # the last mode and force regeneration when it changes.
+    marker = HERE / "build" / "cython-mode"
+    mode = "debug" if DEBUG else "release"
+    previous = marker.read_text() if marker.exists() else None
+    if previous != mode:
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(mode)
+    return previous is not None and previous != mode
+
+
 setup(
     ext_modules=cythonize(
         _extensions(),
         compiler_directives=COMPILER_DIRECTIVES,
         include_path=[str(HERE)],
         annotate=DEBUG,
-        force=DEBUG,
+        force=DEBUG or _mode_changed(),
     ),
 )
