@@ -2,4 +2,15 @@
 
 from __future__ import annotations
 
+from clipper_core.connection import ClipperConnection, ClipperException, LocalContainerManager
+from clipper_core.errors import ClipperError
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ClipperConnection",
+    "ClipperError",
+    "ClipperException",
+    "LocalContainerManager",
+    "__version__",
+]

@@ -1,0 +1,442 @@
+"""``ClipperConnection``: the Python configuration API, with Clipper's names.
+
+It talks to the management REST API over HTTP (stdlib ``urllib``), so it works
+against a server in another process (``start_clipper`` starts one) as well as an
+embedded one (``ClipperConnection.for_server(srv)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from clipper_core.errors import ClipperError
+
+if TYPE_CHECKING:
+    from clipper_core.server import ClipperServer
+
+#: Clipper's client raised ``ClipperException``; ours is the same tree.
+ClipperException = ClipperError
+
+
+class ServerNotRunning(ClipperError):
+    """No server answers on the management port."""
+
+    http_status = 503
+    kind = "not_running"
+
+
+class LocalContainerManager:
+    """Where the server runs and how to start it: local processes on this machine.
+
+    Fills the slot of Clipper's ``DockerContainerManager``: pass it to
+    ``ClipperConnection``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        query_port: int = 1337,
+        management_port: int = 1338,
+        state_dir: str | None = None,
+    ) -> None:
+        self.host = host
+        self.query_port = query_port
+        self.management_port = management_port
+        self.state_dir = state_dir or os.environ.get(
+            "CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core")
+        )
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.state_dir) / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.state_dir) / "server.log"
+
+
+def _local_python_path() -> list[str]:
+    # The deployer's own source folders, so that functions and classes pickled by
+    # reference import in the container; never site-packages (the container may
+    # run in an environment of its own).
+    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    paths = [os.getcwd()]
+    for p in sys.path:
+        if p and os.path.isdir(p) and not os.path.abspath(p).startswith(prefixes):
+            paths.append(os.path.abspath(p))
+    return list(dict.fromkeys(paths))
+
+
+class ClipperConnection:
+    """Configure a running clipper_core server (Clipper's ``clipper_admin`` API)."""
+
+    def __init__(
+        self, container_manager: LocalContainerManager | None = None, *, timeout: float = 300.0
+    ) -> None:
+        self.cm = container_manager or LocalContainerManager()
+        self.timeout = timeout
+        self.connected = False
+
+    @classmethod
+    def for_server(cls, server: ClipperServer) -> ClipperConnection:
+        """A connection to an embedded ``ClipperServer`` (already started)."""
+        cm = LocalContainerManager(
+            server.config.host, server.query_port, server.management_port, server.config.state_dir
+        )
+        conn = cls(cm)
+        conn.connected = True
+        return conn
+
+    # -- transport --------------------------------------------------------------
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.cm.host}:{self.cm.management_port}"
+
+    def get_query_addr(self) -> str:
+        return f"{self.cm.host}:{self.cm.query_port}"
+
+    def _call(self, op: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body or {}).encode()
+        req = urllib.request.Request(
+            f"{self.management_url}/admin/{op}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                cause = json.loads(raw).get("cause", raw.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                cause = raw.decode(errors="replace")
+            raise ClipperError(f"{op} failed ({exc.code}): {cause}") from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise ServerNotRunning(
+                f"clipper_core is not running at {self.management_url}"
+                f" ({exc}); start it with `clipper start`"
+            ) from None
+
+    def ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.management_url}/admin/ping", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start_clipper(self, *, timeout: float = 60.0, python: str | None = None) -> None:
+        """Start a server process in the background and wait until it answers."""
+        if self.ping():
+            raise ClipperError(f"a server already answers at {self.management_url}")
+        state = Path(self.cm.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        argv = [
+            python or sys.executable,
+            "-m",
+            "clipper_core.cli",
+            "serve",
+            "--host",
+            self.cm.host,
+            "--query-port",
+            str(self.cm.query_port),
+            "--management-port",
+            str(self.cm.management_port),
+            "--state-dir",
+            str(state),
+        ]
+        with open(self.cm.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.cm.pid_file.write_text(str(proc.pid))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise ClipperError(
+                    f"the server exited with code {proc.returncode}:\n{self._log_tail()}"
+                )
+            if self.ping():
+                self.connected = True
+                return
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        raise ClipperError(f"the server did not answer within {timeout} s:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.cm.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def connect(self) -> None:
+        """Check that a server answers; raise ``ServerNotRunning`` otherwise."""
+        self._call("get_all_applications")
+        self.connected = True
+
+    def stop_all(self, graceful: bool = True, timeout: float = 30.0) -> None:
+        """Stop the server and every model container it started."""
+        pid = self._server_pid()
+        if self.ping():
+            self._call("shutdown")
+        if pid is None:
+            end = time.monotonic() + timeout
+            while self.ping() and time.monotonic() < end:
+                time.sleep(0.1)
+            return
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.cm.pid_file.unlink(missing_ok=True)
+        self.connected = False
+
+    def _server_pid(self) -> int | None:
+        try:
+            pid = int(self.cm.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    # -- applications -----------------------------------------------------------
+
+    def register_application(
+        self, name: str, input_type: str, default_output: str, slo_micros: int
+    ) -> None:
+        self._call(
+            "add_app",
+            {
+                "name": name,
+                "input_type": input_type,
+                "default_output": default_output,
+                "latency_slo_micros": slo_micros,
+            },
+        )
+
+    def unregister_application(self, name: str) -> None:
+        self._call("delete_app", {"name": name})
+
+    def link_model_to_app(self, app_name: str, model_name: str) -> None:
+        self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
+        self._call("remove_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def get_all_apps(self, verbose: bool = False) -> list[Any]:
+        return list(self._call("get_all_applications", {"verbose": verbose}))
+
+    def get_app_info(self, name: str) -> dict[str, Any] | None:
+        info = self._call("get_application", {"name": name})
+        return info or None
+
+    def get_linked_models(self, app_name: str) -> list[str]:
+        return list(self._call("get_linked_models", {"app_name": app_name}))
+
+    # -- models -----------------------------------------------------------------
+
+    def _add_model(
+        self,
+        name: str,
+        version: str | int,
+        input_type: str,
+        *,
+        container: dict[str, Any],
+        payload: bytes | None = None,
+        labels: list[str] | None = None,
+        num_replicas: int = 1,
+        batch_size: int = -1,
+        cpus: list[int] | None = None,
+        memory_limit_mb: int | None = None,
+        cache_enabled: bool = True,
+        batch_wait_micros: int = 1000,
+    ) -> None:
+        body: dict[str, Any] = {
+            "model_name": name,
+            "model_version": str(version),
+            "input_type": input_type,
+            "labels": labels or [],
+            "container": container,
+            "num_replicas": num_replicas,
+            "batch_size": batch_size,
+            "cpus": cpus,
+            "memory_limit_mb": memory_limit_mb,
+            "cache_enabled": cache_enabled,
+            "batch_wait_micros": batch_wait_micros,
+            "python_path": _local_python_path(),
+        }
+        if payload is not None:
+            body["payload_b64"] = base64.b64encode(payload).decode()
+        self._call("add_model", body)
+
+    def deploy_pickled(
+        self, name: str, version: str | int, input_type: str, obj: Any, **kwargs: Any
+    ) -> None:
+        """Deploy a cloudpickled callable or ``Model`` instance (used by deployers)."""
+        self._add_model(
+            name,
+            version,
+            input_type,
+            container={"kind": "closure", "filename": "closure.pkl"},
+            payload=cloudpickle.dumps(obj),
+            **kwargs,
+        )
+
+    def deploy_model(
+        self,
+        name: str,
+        version: str | int,
+        input_type: str,
+        model: Any,
+        *,
+        labels: list[str] | None = None,
+        num_replicas: int = 1,
+        batch_size: int = -1,
+        **kwargs: Any,
+    ) -> None:
+        """Deploy an instance of a ``model_containers.Model`` subclass."""
+        self.deploy_pickled(
+            name,
+            version,
+            input_type,
+            model,
+            labels=labels,
+            num_replicas=num_replicas,
+            batch_size=batch_size,
+            **kwargs,
+        )
+
+    def register_model(
+        self,
+        name: str,
+        version: str | int,
+        input_type: str,
+        labels: list[str] | None = None,
+        batch_size: int = -1,
+    ) -> None:
+        """Register a model whose containers are started by hand and join by
+        themselves (``python -m model_containers --register-url ...``)."""
+        self._add_model(
+            name,
+            version,
+            input_type,
+            container={"kind": "external"},
+            labels=labels,
+            num_replicas=0,
+            batch_size=batch_size,
+        )
+
+    def get_all_models(self, verbose: bool = False) -> list[Any]:
+        return list(self._call("get_all_models", {"verbose": verbose}))
+
+    def get_model_info(self, name: str, version: str | int) -> dict[str, Any] | None:
+        info = self._call("get_model", {"model_name": name, "model_version": str(version)})
+        return info or None
+
+    def get_current_model_version(self, name: str) -> str:
+        for m in self.get_all_models(verbose=True):
+            if m["model_name"] == name and m["is_current_version"]:
+                return str(m["model_version"])
+        raise ClipperError(f"model {name!r} has no current version")
+
+    def set_model_version(
+        self, name: str, version: str | int, num_replicas: int | None = None
+    ) -> None:
+        """Route the model's queries to ``version`` (roll forward or back)."""
+        if num_replicas is not None:
+            self.set_num_replicas(name, num_replicas, version)
+        self._call("set_model_version", {"model_name": name, "model_version": str(version)})
+
+    def set_num_replicas(
+        self, name: str, num_replicas: int, version: str | int | None = None
+    ) -> None:
+        body: dict[str, Any] = {"model_name": name, "num_replicas": num_replicas}
+        if version is not None:
+            body["model_version"] = str(version)
+        self._call("set_num_replicas", body)
+
+    def get_num_replicas(self, name: str, version: str | int | None = None) -> int:
+        body: dict[str, Any] = {"model_name": name}
+        if version is not None:
+            body["model_version"] = str(version)
+        info = self._call("get_num_replicas", body)
+        if not info:
+            raise ClipperError(f"model {name!r} is not registered")
+        return int(info["num_replicas"])
+
+    def get_all_model_replicas(self, verbose: bool = False) -> list[Any]:
+        return list(self._call("get_all_containers", {"verbose": verbose}))
+
+    def stop_versioned_models(self, model_versions_dict: dict[str, list[str]]) -> None:
+        for name, versions in model_versions_dict.items():
+            for version in versions:
+                self._call(
+                    "delete_versioned_model", {"model_name": name, "model_version": str(version)}
+                )
+
+    def stop_models(self, model_names: list[str]) -> None:
+        """Stop every version of the named models."""
+        wanted = set(model_names)
+        versions: dict[str, list[str]] = {}
+        for m in self.get_all_models(verbose=True):
+            if m["model_name"] in wanted:
+                versions.setdefault(m["model_name"], []).append(m["model_version"])
+        self.stop_versioned_models(versions)
+
+    def stop_inactive_model_versions(self, model_names: list[str]) -> None:
+        wanted = set(model_names)
+        versions: dict[str, list[str]] = {}
+        for m in self.get_all_models(verbose=True):
+            if m["model_name"] in wanted and not m["is_current_version"]:
+                versions.setdefault(m["model_name"], []).append(m["model_version"])
+        self.stop_versioned_models(versions)
+
+    def stop_all_model_containers(self) -> None:
+        for m in self.get_all_models(verbose=True):
+            self.set_num_replicas(m["model_name"], 0, m["model_version"])
+
+    def inspect_instance(self) -> dict[str, Any]:
+        url = f"http://{self.cm.host}:{self.cm.query_port}/metrics"
+        req = urllib.request.Request(url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return dict(json.loads(resp.read()))
+
+    def get_state(self) -> dict[str, Any]:
+        return dict(self._call("get_state"))
+
+    def test_predict_function(self, query: dict[str, Any], func: Any, input_type: str) -> Any:
+        """Run ``func`` locally on a query body, as the container would."""
+        from clipper_core.clipper_api import parse_predict
+
+        parsed = parse_predict(json.dumps(query).encode(), input_type)
+        outputs = func(list(parsed.inputs))
+        return outputs if parsed.batch else outputs[0]

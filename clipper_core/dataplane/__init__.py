@@ -1,0 +1,164 @@
+"""The data plane: applications, model versions, replicas, and the query path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipper_core.dataplane.application import Application, Outcome, predict_with_slo
+from clipper_core.dataplane.model_version import ModelVersion
+from clipper_core.errors import BadInput, NotFound
+from clipper_core.structures import PredictionCache
+
+__all__ = ["Application", "DataPlane", "Model", "ModelVersion", "Outcome"]
+
+
+@dataclass
+class Model:
+    """A model name with its deployed versions and the version queries go to."""
+
+    name: str
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    current: str | None = None
+
+    def version_for(self, version: str | None) -> ModelVersion | None:
+        if version is None:
+            return None if self.current is None else self.versions.get(self.current)
+        mv = self.versions.get(version)
+        if mv is None:
+            raise NotFound(f"model {self.name!r} has no version {version!r}")
+        return mv
+
+
+class DataPlane:
+    """Registry of applications and model versions, and the query entry point."""
+
+    def __init__(self, *, cache_bytes: int) -> None:
+        self.cache: PredictionCache | None = (
+            PredictionCache(cache_bytes) if cache_bytes > 0 else None
+        )
+        self.apps: dict[str, Application] = {}
+        self.models: dict[str, Model] = {}
+        self._query_ids = itertools.count()
+
+    # -- configuration ----------------------------------------------------------
+
+    def add_app(self, app: Application) -> None:
+        self.apps[app.name] = app
+        self._update_slos()
+
+    def remove_app(self, name: str) -> None:
+        self.apps.pop(name, None)
+        self._update_slos()
+
+    def link(self, app_name: str, model_name: str) -> None:
+        app = self.apps[app_name]
+        if model_name not in app.linked_models:
+            app.linked_models.append(model_name)
+        self._update_slos()
+
+    def unlink(self, app_name: str, model_name: str) -> None:
+        app = self.apps.get(app_name)
+        if app is not None and model_name in app.linked_models:
+            app.linked_models.remove(model_name)
+        self._update_slos()
+
+    def add_model_version(self, mv: ModelVersion) -> None:
+        model = self.models.setdefault(mv.name, Model(mv.name))
+        model.versions[mv.version] = mv
+        self._update_slos()
+
+    def get_model_version(self, name: str, version: str) -> ModelVersion:
+        model = self.models.get(name)
+        mv = None if model is None else model.versions.get(version)
+        if mv is None:
+            raise NotFound(f"model {name}:{version} is not deployed")
+        return mv
+
+    def set_current_version(self, name: str, version: str) -> None:
+        model = self.models.get(name)
+        if model is None or version not in model.versions:
+            raise NotFound(f"model {name}:{version} is not deployed")
+        model.current = version
+
+    async def remove_model_version(self, name: str, version: str) -> None:
+        model = self.models.get(name)
+        if model is None:
+            return
+        mv = model.versions.pop(version, None)
+        if model.current == version:
+            model.current = None
+        if not model.versions:
+            del self.models[name]
+        if mv is not None:
+            await mv.close()
+            if self.cache is not None:
+                self.cache.invalidate(name, version)
+
+    async def close(self) -> None:
+        for model in list(self.models.values()):
+            for mv in list(model.versions.values()):
+                await mv.close()
+
+    def _update_slos(self) -> None:
+        # A model's batch latency objective follows the tightest app it serves.
+        tightest: dict[str, float] = {}
+        for app in self.apps.values():
+            for name in app.linked_models:
+                tightest[name] = min(tightest.get(name, math.inf), app.slo)
+        for model in self.models.values():
+            slo = tightest.get(model.name)
+            for mv in model.versions.values():
+                mv.set_slo(slo)
+
+    # -- queries ----------------------------------------------------------------
+
+    def next_query_id(self) -> int:
+        return next(self._query_ids)
+
+    def app(self, name: str) -> Application:
+        app = self.apps.get(name)
+        if app is None:
+            raise NotFound(f"application {name!r} is not registered")
+        return app
+
+    async def predict(
+        self,
+        app_name: str,
+        inputs: Sequence[Any],
+        keys: Sequence[bytes],
+        *,
+        version: str | None = None,
+        deadline: float | None = None,
+        raise_errors: bool = True,
+    ) -> list[Outcome]:
+        """Answer each input within the app's latency objective."""
+        app = self.app(app_name)
+        end = time.monotonic() + app.slo
+        if deadline is not None:
+            end = min(end, deadline)
+        if not app.linked_models:
+            return [app.default(f"no model is linked to application {app.name!r}")] * len(inputs)
+        model = self.models.get(app.linked_models[0])
+        mv = None if model is None else model.version_for(version)
+        if mv is None:
+            name = app.linked_models[0]
+            return [app.default(f"model {name!r} has no deployed version")] * len(inputs)
+        if mv.input_type != app.input_type:
+            raise BadInput(
+                f"model {mv.key} takes {mv.input_type!r} but app {app.name!r} sends"
+                f" {app.input_type!r}"
+            )
+        return await predict_with_slo(app, mv, inputs, keys, end, raise_errors=raise_errors)
+
+    def stats(self) -> dict[str, Any]:
+        cache = self.cache.stats() if self.cache is not None else None
+        return {
+            "apps": sorted(self.apps),
+            "models": [mv.stats() for m in self.models.values() for mv in m.versions.values()],
+            "cache": cache,
+        }

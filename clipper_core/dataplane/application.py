@@ -1,0 +1,116 @@
+"""Applications: what a client queries, with a latency objective and a default output."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipper_core.dataplane.model_version import ModelVersion, _consume
+from clipper_core.errors import ClipperError, DeadlineExceeded
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The answer to one input: an output, or the app's default output and why."""
+
+    output: Any
+    default: bool = False
+    explanation: str | None = None
+    model: str | None = None
+
+
+@dataclass
+class Application:
+    """A registered application (Clipper's ``register_application``)."""
+
+    name: str
+    input_type: str
+    default_output: Any
+    slo: float  # seconds
+    linked_models: list[str] = field(default_factory=list)
+    policy: str = "single"
+
+    def default(self, explanation: str) -> Outcome:
+        return Outcome(self.default_output, True, explanation)
+
+
+async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) -> None:
+    """Wait until every future is done or the monotonic ``deadline`` passes.
+
+    One waiter and one timer for the whole batch: no task per future.
+    """
+    pending = [f for f in futures if not f.done()]
+    if not pending:
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    left = len(pending)
+
+    def on_done(_: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not waiter.done():
+            waiter.set_result(None)
+
+    def on_timeout() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for f in pending:
+        f.add_done_callback(on_done)
+    timer = loop.call_later(remaining, on_timeout)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for f in pending:
+            f.remove_done_callback(on_done)
+
+
+async def predict_with_slo(
+    app: Application,
+    model: ModelVersion,
+    inputs: Sequence[Any],
+    keys: Sequence[bytes],
+    deadline: float,
+    *,
+    raise_errors: bool,
+) -> list[Outcome]:
+    """Send each input to ``model`` and collect answers until ``deadline``.
+
+    Inputs not answered in time get the app's default output, flagged.  A model
+    error raises when ``raise_errors`` (a single query) and otherwise becomes a
+    flagged default for that input only (one reply per input in a batch).
+    """
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        for value, key in zip(inputs, keys, strict=True):
+            futures.append(model.submit(value, key, deadline))
+    except ClipperError:
+        for f in futures:
+            f.add_done_callback(_consume)
+        raise
+    await wait_until(futures, deadline)
+    slo_ms = app.slo * 1000.0
+    outcomes: list[Outcome] = []
+    for fut in futures:
+        if not fut.done():
+            fut.add_done_callback(_consume)
+            outcomes.append(app.default(f"no answer within the latency objective ({slo_ms:g} ms)"))
+            continue
+        exc = fut.exception()
+        if exc is None:
+            outcomes.append(Outcome(fut.result(), model=model.key))
+        elif isinstance(exc, DeadlineExceeded):
+            outcomes.append(app.default(f"the deadline passed before the model ran ({exc})"))
+        elif raise_errors:
+            raise exc
+        else:
+            outcomes.append(app.default(f"{type(exc).__name__}: {exc}"))
+    return outcomes

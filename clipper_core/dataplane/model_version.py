@@ -1,0 +1,327 @@
+"""One deployed model version: its batching queue, batch-size controller and replicas.
+
+Each replica has a dispatcher task that pulls batches sized by the controller from
+the shared queue (so a free replica takes the next batch: more replicas, more
+throughput) and sends them over gRPC.  A replica that fails mid-batch hands the
+batch back to the queue once, at high priority, for another (or the restarted)
+replica; a second failure fails those requests with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipper_core.errors import (
+    ClipperError,
+    DeadlineExceeded,
+    ModelError,
+    QueueClosed,
+    ReplicaUnavailable,
+)
+from clipper_core.replica_client import ReplicaClient
+from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry, SloController
+
+log = logging.getLogger("clipper_core.dataplane")
+
+#: Priority of a batch handed back after its replica failed: ahead of new work.
+RETRY_PRIORITY = 1
+
+#: The model's batch latency objective is this share of the tightest linked SLO;
+#: the rest is left for queueing, the network and the frontend.
+BATCH_SLO_SHARE = 0.5
+
+#: Objective used while no application is linked.
+UNLINKED_BATCH_SLO = 0.1
+
+
+class PendingQuery:
+    """What the queue holds for one input: the input, and whether it was retried."""
+
+    __slots__ = ("input", "retried")
+
+    def __init__(self, value: Any) -> None:
+        self.input = value
+        self.retried = False
+
+
+@dataclass
+class ReplicaSlot:
+    """A connected replica and its dispatcher task."""
+
+    replica_id: str
+    address: str
+    client: ReplicaClient
+    task: asyncio.Task[None] | None = None
+    batches: int = 0
+    failures: int = 0
+    in_flight: list[QueueEntry] = field(default_factory=list)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    # Mark an exception as retrieved: nobody may be waiting any more (SLO passed).
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if dst.done():
+        _consume(src)
+        return
+    if src.cancelled():
+        dst.cancel()
+        return
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
+
+
+class ModelVersion:
+    """A model version that can be queried; owns its queue and dispatchers."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        *,
+        queue_capacity: int,
+        max_batch_size: int,
+        batch_size: int = -1,
+        batch_wait: float = 0.001,
+        batch_timeout: float = 30.0,
+        cache: PredictionCache | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.input_type = input_type
+        self.batch_wait = batch_wait
+        self.batch_timeout = batch_timeout
+        self.cache = cache
+        self.queue = BatchQueue(queue_capacity, name=f"{name}:{version}")
+        if batch_size > 0:
+            # Clipper's batch_size > 0 pins the batch size.
+            self.controller = SloController(
+                UNLINKED_BATCH_SLO,
+                mode="fixed",
+                max_batch_size=batch_size,
+                fixed_batch_size=batch_size,
+            )
+        else:
+            self.controller = SloController(
+                UNLINKED_BATCH_SLO, mode="aimd", max_batch_size=max_batch_size
+            )
+        self.replicas: dict[str, ReplicaSlot] = {}
+        self.queries = 0
+        self.cache_hits = 0
+        self.retried = 0
+        self.closed = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def set_slo(self, app_slo: float | None) -> None:
+        """Derive the batch latency objective from the tightest linked app SLO."""
+        target = UNLINKED_BATCH_SLO if app_slo is None else app_slo * BATCH_SLO_SHARE
+        self.controller.set_slo(max(target, 1e-4))
+
+    # -- queries ----------------------------------------------------------------
+
+    def submit(self, value: Any, key: bytes, deadline: float) -> Any:
+        """Enqueue one input; return its output future (or, on a cache hit, a done one).
+
+        Raises QueueFull / QueueClosed at once, so the caller can answer 503.
+        """
+        self.queries += 1
+        cache = self.cache
+        if cache is None:
+            return self.queue.put(PendingQuery(value), deadline)
+        loop = asyncio.get_running_loop()
+        miss = _MISS
+        hit = cache.get(self.name, self.version, key, miss)
+        if hit is not miss:
+            self.cache_hits += 1
+            done: asyncio.Future[Any] = loop.create_future()
+            done.set_result(hit)
+            return done
+        shared, owner = cache.reserve(self.name, self.version, key)
+        if not owner:
+            return shared
+        try:
+            queued = self.queue.put(PendingQuery(value), deadline)
+        except ClipperError as exc:
+            cache.fail(self.name, self.version, key, exc)
+            _consume(shared)
+            raise
+        queued.add_done_callback(lambda f: self._settle_cache(key, f))
+        return shared
+
+    def _settle_cache(self, key: bytes, fut: asyncio.Future[Any]) -> None:
+        assert self.cache is not None
+        if fut.cancelled():
+            self.cache.fail(self.name, self.version, key, DeadlineExceeded("cancelled"))
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.cache.fail(self.name, self.version, key, exc)
+        else:
+            self.cache.put(self.name, self.version, key, fut.result())
+
+    # -- replicas ---------------------------------------------------------------
+
+    async def add_replica(self, replica_id: str, address: str, *, ready_timeout: float) -> None:
+        """Connect to a replica and start its dispatcher (replacing one of the same id)."""
+        await self.remove_replica(replica_id)
+        client = ReplicaClient(
+            address, model_name=self.name, model_version=self.version, replica_id=replica_id
+        )
+        try:
+            await client.wait_ready(ready_timeout)
+        except BaseException:
+            await client.close()
+            raise
+        slot = ReplicaSlot(replica_id, address, client)
+        slot.task = asyncio.get_running_loop().create_task(
+            self._dispatch(slot), name=f"dispatch {self.key} replica {replica_id}"
+        )
+        self.replicas[replica_id] = slot
+        log.info("replica %s of %s connected at %s", replica_id, self.key, address)
+
+    async def remove_replica(self, replica_id: str) -> None:
+        """Stop a replica's dispatcher; its in-flight batch is handed back once."""
+        slot = self.replicas.pop(replica_id, None)
+        if slot is None:
+            return
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slot.task
+        await slot.client.close()
+
+    async def close(self) -> None:
+        """Stop every dispatcher and fail whatever is still queued."""
+        self.closed = True
+        for replica_id in list(self.replicas):
+            await self.remove_replica(replica_id)
+        self.queue.close()
+
+    def replica_info(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "replica_id": s.replica_id,
+                "address": s.address,
+                "batches": s.batches,
+                "failures": s.failures,
+                "busy": bool(s.in_flight),
+            }
+            for s in self.replicas.values()
+        ]
+
+    # -- dispatch ---------------------------------------------------------------
+
+    async def _dispatch(self, slot: ReplicaSlot) -> None:
+        queue = self.queue
+        controller = self.controller
+        client = slot.client
+        while True:
+            try:
+                entries = await queue.take_for(controller, self.batch_wait)
+            except QueueClosed:
+                return
+            slot.in_flight = entries
+            inputs = [e.item.input for e in entries]
+            started = time.monotonic()
+            try:
+                outputs = await client.predict(inputs, self.input_type, timeout=self.batch_timeout)
+            except ReplicaUnavailable as exc:
+                slot.failures += 1
+                self._hand_back(entries, slot, exc)
+                slot.in_flight = []
+                log.warning("replica %s of %s unavailable: %s", slot.replica_id, self.key, exc)
+                # Take nothing more until it answers health checks again: the
+                # process manager restarts a local replica (and replaces this
+                # slot); an external one may come back by itself.
+                await self._await_recovery(slot)
+                continue
+            except asyncio.CancelledError:
+                self._hand_back(
+                    entries, slot, ReplicaUnavailable(f"replica {slot.replica_id} was removed")
+                )
+                slot.in_flight = []
+                raise
+            except ClipperError as exc:
+                self._fail(entries, exc)
+            except Exception as exc:  # a bug, not a model error: keep serving
+                log.exception("dispatch to %s failed", self.key)
+                self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
+            else:
+                slot.failures = 0
+                slot.batches += 1
+                controller.observe(len(entries), time.monotonic() - started)
+                for entry, output in zip(entries, outputs, strict=True):
+                    fut = entry.future
+                    if not fut.done():
+                        fut.set_result(output)
+            slot.in_flight = []
+
+    @staticmethod
+    async def _await_recovery(slot: ReplicaSlot) -> None:
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            if await slot.client.health():
+                return
+            delay = min(delay * 2, 1.0)
+
+    @staticmethod
+    def _fail(entries: list[QueueEntry], exc: BaseException) -> None:
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+
+    def _hand_back(self, entries: list[QueueEntry], slot: ReplicaSlot, exc: Exception) -> None:
+        for entry in entries:
+            fut = entry.future
+            if fut.done():
+                continue
+            item: PendingQuery = entry.item
+            if item.retried:
+                fut.set_exception(
+                    ReplicaUnavailable(f"{self.key}: the batch failed on two replicas; last: {exc}")
+                )
+                continue
+            item.retried = True
+            self.retried += 1
+            try:
+                again = self.queue.put(item, entry.deadline, RETRY_PRIORITY)
+            except ClipperError as put_exc:
+                fut.set_exception(put_exc)
+                continue
+            again.add_done_callback(lambda f, dst=fut: _copy_outcome(f, dst))
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.name,
+            "version": self.version,
+            "queries": self.queries,
+            "cache_hits": self.cache_hits,
+            "retried": self.retried,
+            "queue": self.queue.stats(),
+            "batch_size": self.controller.batch_size,
+            "replicas": len(self.replicas),
+        }
+        return out
+
+
+class _Missing:
+    __slots__ = ()
+
+
+_MISS = _Missing()

@@ -1,0 +1,571 @@
+"""LocalProcessManager with real child processes (small Python programs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from control_helpers import READY_CHILD, Recorder, Runner, assert_dead, assert_reaped, spec
+
+from clipper_core.errors import BadInput, Conflict, ReplicaUnavailable
+from clipper_core.process_manager import LocalProcessManager, ReplicaEvent, ReplicaHandle
+
+MakeManager = Callable[..., tuple[LocalProcessManager, Recorder]]
+
+CRASH_CHILD = """
+    import sys
+    print("bad config: no such weights file", file=sys.stderr, flush=True)
+    sys.exit(3)
+"""
+
+
+def is_ready(handle: ReplicaHandle, not_pid: int | None = None) -> Callable[[ReplicaEvent], bool]:
+    return lambda e: e.kind == "ready" and e.handle is handle and e.handle.pid != not_pid
+
+
+def test_ready_line_sets_the_address(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager()
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(READY_CHILD))
+        assert handle.pid is not None and handle.state in ("starting", "running")
+        address = await manager.wait_ready(handle, timeout=20)
+        assert address == f"127.0.0.1:{handle.pid}" == handle.address
+        assert handle.ready.is_set() and handle.state == "running"
+        assert handle.restarts == 0 and handle.exit_code is None
+        assert handle.started_at is not None and handle.started_at <= time.time()
+        assert manager.list() == [handle] == manager.list("m", "1") == manager.list("m")
+        assert manager.list("other") == [] and manager.list("m", "2") == []
+        pid = handle.pid
+        await manager.stop(handle)
+        assert str(handle.state) == "stopped" and not handle.ready.is_set()
+        assert handle.exit_code == -signal.SIGTERM
+        assert manager.list() == []
+        assert_reaped(pid)
+        assert events.kinds() == ["started", "ready", "stopped"]
+
+    run(scenario())
+
+
+def test_output_read_before_spawn_returns_is_not_lost(
+    loop: asyncio.AbstractEventLoop,
+    run: Runner,
+    make_manager: MakeManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A busy loop can read a fast child's READY line before ``subprocess_exec``
+    returns to the manager; the line must still count."""
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        pytest.skip("uvloop's loop does not take instance attributes")
+    manager, _ = make_manager()
+    real_exec = loop.subprocess_exec
+
+    async def slow_exec(*args: Any, **kwargs: Any) -> Any:
+        result = await real_exec(*args, **kwargs)
+        await asyncio.sleep(0.5)  # the child prints READY meanwhile
+        return result
+
+    monkeypatch.setattr(loop, "subprocess_exec", slow_exec)
+    code = """
+        import sys, time
+        print("CLIPPER_CONTAINER_READY early", flush=True)
+        print("early words", file=sys.stderr, flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        assert await manager.wait_ready(handle, timeout=5) == "early"
+        assert handle.stderr_tail() == "early words"
+
+    run(scenario())
+
+
+def test_exit_before_ready_fails_fast_with_exit_code_and_stderr(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, _ = make_manager()
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(CRASH_CHILD))
+        began = time.monotonic()
+        with pytest.raises(ReplicaUnavailable) as info:
+            await manager.wait_ready(handle, timeout=60)
+        assert time.monotonic() - began < 10
+        message = str(info.value)
+        assert "exit code 3" in message
+        assert "bad config: no such weights file" in message
+        assert "m:1:0" in message
+        assert "bad config" in handle.stderr_tail()
+        await manager.stop(handle)
+
+    run(scenario())
+
+
+def test_timeout_when_no_ready_line(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+    code = """
+        import sys, time
+        print("loading weights...", file=sys.stderr, flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        began = time.monotonic()
+        with pytest.raises(ReplicaUnavailable) as info:
+            await manager.wait_ready(handle, timeout=0.5)
+        assert 0.4 < time.monotonic() - began < 5
+        message = str(info.value)
+        assert "did not become ready within 0.5 s" in message
+        assert "CLIPPER_CONTAINER_READY" in message
+        assert "loading weights..." in message
+        assert handle.state == "starting"  # left to the caller to stop
+        await manager.stop(handle, grace=1)
+
+    run(scenario())
+
+
+def test_kill_9_restarts_with_a_new_pid_and_a_ready_event(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, events = make_manager()  # default backoff: first restart after 0.2 s
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(READY_CHILD))
+        first_address = await manager.wait_ready(handle, timeout=20)
+        old_pid = handle.pid
+        assert old_pid is not None
+        mark = len(events.events)
+        killed_at = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)
+        event = await events.wait_for(is_ready(handle, not_pid=old_pid), within=10, start=mark)
+        took = time.monotonic() - killed_at
+        assert took < 5, took  # ~0.2 s backoff + interpreter start
+        assert event.detail == handle.address == f"127.0.0.1:{handle.pid}" != first_address
+        assert handle.pid != old_pid and handle.state == "running" and handle.restarts == 1
+        assert handle.exit_code == -signal.SIGKILL
+        assert events.kinds()[mark:] == ["exited", "restarting", "started", "ready"]
+        exited = events.events[mark]
+        assert "SIGKILL" in exited.detail
+        assert_reaped(old_pid)
+
+    run(scenario())
+
+
+def test_wait_ready_during_a_restart_follows_the_next_process(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, events = make_manager(restart_backoff=(0.3, 0.3))
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(READY_CHILD))
+        await manager.wait_ready(handle, timeout=20)
+        old_pid = handle.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        await events.wait_for(lambda e: e.kind == "restarting")
+        assert handle.state == "restarting"
+        assert not handle.ready.is_set() and handle.address is None
+        address = await manager.wait_ready(handle, timeout=20)
+        assert address == f"127.0.0.1:{handle.pid}" and handle.pid != old_pid
+
+    run(scenario())
+
+
+def test_repeated_crashes_before_ready_mark_the_replica_failed(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, events = make_manager(restart_backoff=(0.01, 0.04))
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(CRASH_CHILD))
+        failed = await events.wait_for(lambda e: e.kind == "failed", within=30)
+        assert failed.handle is handle and handle.state == "failed"
+        assert "5 consecutive starts" in failed.detail
+        assert "exit code 3" in failed.detail and "bad config" in failed.detail
+        assert events.kinds().count("started") == 5
+        assert handle.restarts == 4
+        await asyncio.sleep(0.2)  # no further attempt
+        assert events.kinds().count("started") == 5
+        with pytest.raises(ReplicaUnavailable, match=r"failed.*exit code 3"):
+            await manager.wait_ready(handle, timeout=5)
+        assert manager.list() == [handle]  # kept, for inspection, until stopped
+        await manager.stop(handle)
+        assert manager.list() == [] and handle.state == "failed"
+
+    run(scenario())
+
+
+def test_a_replica_that_was_ready_keeps_being_restarted(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, events = make_manager(restart_backoff=(0.01, 0.02), max_start_failures=2)
+    code = """
+        import os, sys
+        print("CLIPPER_CONTAINER_READY x:" + str(os.getpid()), flush=True)
+        sys.exit(1)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        # Each process became ready, so the failure count starts over every time.
+        await events.wait_for(lambda e: e.kind == "started" and handle.restarts >= 4, within=30)
+        assert "failed" not in events.kinds()
+        assert events.kinds().count("ready") >= 3
+
+    run(scenario())
+
+
+def test_stop_during_backoff_is_immediate(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager(restart_backoff=(30.0, 30.0))
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(CRASH_CHILD))
+        await events.wait_for(lambda e: e.kind == "restarting", within=10)
+        began = time.monotonic()
+        await manager.stop(handle)
+        assert time.monotonic() - began < 1
+        assert handle.state == "stopped" and events.kinds()[-1] == "stopped"
+
+    run(scenario())
+
+
+def test_stop_escalates_to_sigkill_after_the_grace(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+    code = """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("CLIPPER_CONTAINER_READY stubborn", flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        await manager.wait_ready(handle, timeout=20)
+        pid = handle.pid
+        assert pid is not None
+        began = time.monotonic()
+        await manager.stop(handle, grace=0.3)
+        assert 0.25 < time.monotonic() - began < 5
+        assert handle.exit_code == -signal.SIGKILL
+        assert_reaped(pid)
+
+    run(scenario())
+
+
+def test_stop_takes_the_process_group_along(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+    code = """
+        import subprocess, sys, time
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("CLIPPER_CONTAINER_READY " + str(helper.pid), flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        helper_pid = int(await manager.wait_ready(handle, timeout=20))
+        os.kill(helper_pid, 0)  # it runs
+        await manager.stop(handle)
+        for _ in range(100):
+            try:
+                assert_dead(helper_pid)
+                break
+            except AssertionError:
+                await asyncio.sleep(0.05)
+        assert_dead(helper_pid)
+
+    run(scenario())
+
+
+def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, _ = make_manager(restart_backoff=(30.0, 30.0))
+    code = """
+        import subprocess, sys
+        # The helper inherits stdout and stderr and outlives its parent.
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(f"helper {helper.pid}", file=sys.stderr, flush=True)
+        sys.exit(4)
+    """
+    helper_pid: int | None = None
+
+    async def scenario() -> None:
+        nonlocal helper_pid
+        handle = await manager.start(spec(code))
+        began = time.monotonic()
+        with pytest.raises(ReplicaUnavailable, match="exit code 4") as info:
+            await manager.wait_ready(handle, timeout=30)
+        assert time.monotonic() - began < 5
+        helper_pid = int(str(info.value).split("helper ")[1].split()[0])
+        await manager.stop(handle)
+
+    try:
+        run(scenario())
+    finally:
+        if helper_pid is not None:  # the test started it: kill it by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(helper_pid, signal.SIGKILL)
+
+
+def test_cpu_pinning_is_applied_in_the_child(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+    code = """
+        import os, time
+        cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        print("CLIPPER_CONTAINER_READY cpus=" + cpus, flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code, cpus=[0]))
+        assert await manager.wait_ready(handle, timeout=20) == "cpus=0"
+        assert os.sched_getaffinity(handle.pid) == {0}  # type: ignore[arg-type]
+        assert len(os.sched_getaffinity(0)) >= 1  # ours is untouched
+
+    run(scenario())
+
+
+def test_unavailable_cpus_are_bad_input(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+
+    async def scenario() -> None:
+        with pytest.raises(BadInput, match="not available"):
+            await manager.start(spec(READY_CHILD, cpus=[4095]))
+        assert manager.list() == []
+
+    run(scenario())
+
+
+def test_memory_limit_is_enforced_in_the_child(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+    code = """
+        import resource, time
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        try:
+            block = bytearray(1024 * 1024 * 1024)
+            outcome = "allocated"
+        except MemoryError:
+            outcome = "MemoryError"
+        print(f"CLIPPER_CONTAINER_READY {outcome}:{soft >> 20}:{hard >> 20}", flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code, memory_limit_mb=256))
+        assert await manager.wait_ready(handle, timeout=20) == "MemoryError:256:256"
+
+    run(scenario())
+
+
+def test_env_and_cwd(run: Runner, make_manager: MakeManager, tmp_path: Path) -> None:
+    manager, _ = make_manager()
+    code = """
+        import os, time
+        print("CLIPPER_CONTAINER_READY " + os.environ["CLIPPER_TEST_VAR"] + "|" + os.getcwd()
+              + "|" + os.environ["PYTHONUNBUFFERED"] + "|" + str("PATH" in os.environ),
+              flush=True)
+        time.sleep(120)
+    """
+
+    where = os.path.realpath(tmp_path)
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code, env={"CLIPPER_TEST_VAR": "hello"}, cwd=where))
+        address = await manager.wait_ready(handle, timeout=20)
+        assert address == f"hello|{where}|1|True"
+
+    run(scenario())
+
+
+def test_noise_on_stdout_and_a_bare_ready_word_are_ignored(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    manager, _ = make_manager()
+    code = """
+        import time
+        print("x" * 200000, flush=True)  # longer than the reader's line limit
+        print("CLIPPER_CONTAINER_READY", flush=True)
+        print("CLIPPER_CONTAINER_READYX nope", flush=True)
+        print("CLIPPER_CONTAINER_READY   10.0.0.1:7000  ", flush=True)
+        print("CLIPPER_CONTAINER_READY 10.0.0.2:7000", flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        assert await manager.wait_ready(handle, timeout=20) == "10.0.0.1:7000"
+
+    run(scenario())
+
+
+def test_stderr_tail_keeps_the_last_lines(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager(stderr_tail_lines=3)
+    code = """
+        import sys
+        for i in range(10):
+            print(f"line {i}", file=sys.stderr)
+        sys.exit(2)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        with pytest.raises(ReplicaUnavailable, match="exit code 2"):
+            await manager.wait_ready(handle, timeout=20)
+        assert handle.stderr_tail() == "line 7\nline 8\nline 9"
+        await manager.stop(handle)
+
+    run(scenario())
+
+
+def test_spawn_errors_raise_at_once(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager()
+
+    async def scenario() -> None:
+        bad = spec(READY_CHILD)
+        bad.argv = ["/nonexistent/clipper-model-binary"]
+        with pytest.raises(ReplicaUnavailable, match="cannot start replica m:1:0"):
+            await manager.start(bad)
+        assert manager.list() == [] and events.events == []
+        bad.argv = []
+        with pytest.raises(BadInput):
+            await manager.start(bad)
+
+    run(scenario())
+
+
+def test_a_duplicate_replica_is_a_conflict(run: Runner, make_manager: MakeManager) -> None:
+    manager, _ = make_manager()
+
+    async def scenario() -> None:
+        await manager.start(spec(READY_CHILD))
+        with pytest.raises(Conflict):
+            await manager.start(spec(READY_CHILD))
+        assert len(manager.list()) == 1
+
+    run(scenario())
+
+
+def test_a_failing_event_callback_does_not_stop_supervision(
+    run: Runner, make_manager: MakeManager
+) -> None:
+    seen: list[str] = []
+
+    def explode(event: ReplicaEvent) -> None:
+        seen.append(event.kind)
+        raise RuntimeError("listener bug")
+
+    manager, _ = make_manager()
+    manager._on_event = explode
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(READY_CHILD))
+        await manager.wait_ready(handle, timeout=20)
+        await manager.stop(handle)
+        assert seen == ["started", "ready", "stopped"]
+
+    run(scenario())
+
+
+def test_scale_up_and_down(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager()
+
+    def make_spec(replica_id: int) -> object:
+        return spec(READY_CHILD, name="m", version="2", replica_id=replica_id)
+
+    async def scenario() -> None:
+        handles = await manager.scale("m", "2", 3, make_spec)  # type: ignore[arg-type]
+        assert [h.spec.replica_id for h in handles] == [0, 1, 2]
+        addresses = await asyncio.gather(*(manager.wait_ready(h, 20) for h in handles))
+        assert len(set(addresses)) == 3
+        pids = {h.spec.replica_id: h.pid for h in handles}
+
+        handles = await manager.scale("m", "2", 1, make_spec)  # type: ignore[arg-type]
+        assert [h.spec.replica_id for h in handles] == [0]
+        assert handles[0].pid == pids[0]  # untouched
+        for rid in (1, 2):
+            assert_reaped(pids[rid])  # type: ignore[arg-type]
+        stopped = [e.handle.spec.replica_id for e in events.events if e.kind == "stopped"]
+        assert sorted(stopped) == [1, 2]
+
+        handles = await manager.scale("m", "2", 2, make_spec)  # type: ignore[arg-type]
+        assert [h.spec.replica_id for h in handles] == [0, 1]
+        await manager.wait_ready(handles[1], 20)
+        assert await manager.scale("m", "2", 2, make_spec) == handles  # type: ignore[arg-type]
+
+        with pytest.raises(BadInput):
+            await manager.scale("m", "2", -1, make_spec)  # type: ignore[arg-type]
+        with pytest.raises(BadInput, match="make_spec"):
+            await manager.scale("m", "2", 3, lambda rid: spec(READY_CHILD, replica_id=rid))
+        assert await manager.scale("m", "2", 0, make_spec) == []  # type: ignore[arg-type]
+        assert manager.list() == []
+
+    run(scenario())
+
+
+def test_scale_replaces_failed_replicas(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager(restart_backoff=(0.01, 0.01), max_start_failures=1)
+    codes = {0: CRASH_CHILD}
+
+    def make_spec(replica_id: int) -> object:
+        return spec(codes.get(replica_id, READY_CHILD), replica_id=replica_id)
+
+    async def scenario() -> None:
+        (broken,) = await manager.scale("m", "1", 1, make_spec)  # type: ignore[arg-type]
+        await events.wait_for(lambda e: e.kind == "failed", within=20)
+        codes[0] = READY_CHILD  # the fix is deployed
+        (fresh,) = await manager.scale("m", "1", 1, make_spec)  # type: ignore[arg-type]
+        assert fresh is not broken and fresh.spec.replica_id == 0
+        await manager.wait_ready(fresh, 20)
+
+    run(scenario())
+
+
+def test_stop_all_leaves_no_children(run: Runner, make_manager: MakeManager) -> None:
+    manager, events = make_manager(restart_backoff=(0.05, 0.05))
+    silent = """
+        import time
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        ready = await manager.start(spec(READY_CHILD, replica_id=0))
+        await manager.start(spec(silent, replica_id=1))
+        await manager.start(spec(CRASH_CHILD, replica_id=2))
+        await manager.start(spec(READY_CHILD, name="other", replica_id=0))
+        await manager.wait_ready(ready, 20)
+        await manager.stop_all(grace=2)
+        assert manager.list() == []
+        for pid in events.pids:
+            assert_reaped(pid)
+        assert all(e.handle.state in ("stopped", "failed") for e in events.events)
+        await manager.stop_all()  # twice is fine
+
+    run(scenario())
+
+
+def test_async_context_manager_stops_everything(run: Runner) -> None:
+    async def scenario() -> int:
+        async with LocalProcessManager() as manager:
+            handle = await manager.start(spec(READY_CHILD))
+            await manager.wait_ready(handle, 20)
+            assert handle.pid is not None
+            return handle.pid
+
+    assert_reaped(run(scenario()))
+
+
+def test_invalid_manager_settings() -> None:
+    with pytest.raises(BadInput):
+        LocalProcessManager(restart_backoff=(2.0, 1.0))
+    with pytest.raises(BadInput):
+        LocalProcessManager(max_start_failures=0)

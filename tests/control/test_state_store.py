@@ -1,0 +1,394 @@
+"""StateStore: CRUD, conflicts, links, current versions, key/value, persistence."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipper_core.errors import BadInput, ClipperError, Conflict, NotFound
+from clipper_core.state import SCHEMA_VERSION, AppRecord, ModelRecord, StateStore
+
+
+def app(name: str = "app", input_type: str = "doubles", **kw: Any) -> AppRecord:
+    return AppRecord(name, input_type, "-1", 100_000, **kw)
+
+
+def model(
+    name: str = "m", version: str = "1", input_type: str = "doubles", **kw: Any
+) -> ModelRecord:
+    kw.setdefault("labels", ["a"])
+    kw.setdefault("container", {"kind": "closure", "path": "/x"})
+    return ModelRecord(name, version, input_type, **kw)
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    path = tmp_path / "state.sqlite3" if request.param == "file" else ":memory:"
+    with StateStore(path) as s:
+        yield s
+
+
+# -- records --------------------------------------------------------------------
+
+
+def test_records_round_trip_through_dicts_and_json() -> None:
+    a = app(policy="exp3", policy_config={"eta": 0.01})
+    assert AppRecord.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    m = model(batch_size=8, num_replicas=2, cpus=[0], memory_limit_mb=512, cache_enabled=False)
+    assert ModelRecord.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert m.key == "m:1"
+    assert app().policy == "single" and app().policy_config == {}
+
+
+def test_records_copy_their_containers() -> None:
+    config = {"eta": 0.1}
+    a = app(policy_config=config)
+    config["eta"] = 9
+    assert a.policy_config == {"eta": 0.1}
+    d = a.to_dict()
+    d["policy_config"]["eta"] = 5
+    assert a.policy_config == {"eta": 0.1}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: app(name=""),
+        lambda: app(name="a/b"),
+        lambda: app(input_type="tensor"),
+        lambda: AppRecord("a", "ints", "-1", 0),
+        lambda: AppRecord("a", "ints", -1, 10),  # type: ignore[arg-type]
+        lambda: app(policy_config={"x": {1, 2}}),
+        lambda: model(name="m:x"),
+        lambda: model(version=""),
+        lambda: model(batch_size=0),
+        lambda: model(num_replicas=-1),
+        lambda: model(num_replicas=True),
+        lambda: model(cpus=[]),
+        lambda: model(cpus=[-1]),
+        lambda: model(memory_limit_mb=0),
+        lambda: model(batch_wait_micros=-1),
+        lambda: model(created_at=math.nan),
+        lambda: ModelRecord("m", "1", "ints", "abc", {}),  # type: ignore[arg-type]
+        lambda: ModelRecord("m", "1", "ints", [], {"f": math.inf}),
+    ],
+)
+def test_invalid_records_are_bad_input(make: Any) -> None:
+    with pytest.raises(BadInput):
+        make()
+
+
+def test_from_dict_rejects_unknown_and_missing_fields() -> None:
+    d = app().to_dict()
+    with pytest.raises(BadInput, match=r"unknown AppRecord field.*colour"):
+        AppRecord.from_dict({**d, "colour": "red"})
+    del d["slo_micros"]
+    with pytest.raises(BadInput, match="slo_micros"):
+        AppRecord.from_dict(d)
+    with pytest.raises(BadInput):
+        ModelRecord.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+# -- applications ---------------------------------------------------------------
+
+
+def test_app_crud(store: StateStore) -> None:
+    assert store.get_app("app") is None
+    assert store.list_apps() == []
+    b, a = app("b", policy="eps_greedy", policy_config={"epsilon": 0.1}), app("a")
+    store.add_app(b)
+    store.add_app(a)
+    assert store.get_app("b") == b
+    assert [x.name for x in store.list_apps()] == ["a", "b"]
+    store.delete_app("b")
+    assert store.get_app("b") is None
+    with pytest.raises(NotFound):
+        store.delete_app("b")
+
+
+def test_duplicate_app_is_a_conflict(store: StateStore) -> None:
+    store.add_app(app())
+    with pytest.raises(Conflict, match="application app already exists"):
+        store.add_app(app(input_type="ints"))
+    assert store.get_app("app") == app()
+
+
+# -- models and versions --------------------------------------------------------
+
+
+def test_model_crud(store: StateStore) -> None:
+    m1 = model(version="1", created_at=1.0)
+    m2 = model(version="2", created_at=2.0, cpus=[0, 1], memory_limit_mb=100)
+    other = model(name="a", created_at=3.0)
+    for m in (m2, other, m1):
+        store.add_model(m)
+    assert store.get_model("m", "2") == m2
+    assert store.get_model("m", "3") is None
+    assert [x.key for x in store.list_models()] == ["a:1", "m:1", "m:2"]
+    assert [x.key for x in store.list_models("m")] == ["m:1", "m:2"]
+    assert store.list_models("zzz") == []
+    store.delete_model_version("m", "1")
+    assert [x.key for x in store.list_models("m")] == ["m:2"]
+    with pytest.raises(NotFound):
+        store.delete_model_version("m", "1")
+
+
+def test_duplicate_model_version_is_a_conflict(store: StateStore) -> None:
+    first = model(created_at=1.0)
+    store.add_model(first)
+    with pytest.raises(Conflict) as info:
+        store.add_model(model(labels=["other"]))
+    assert str(info.value) == "model m:1 already exists"
+    assert info.value.http_status == 400
+    assert store.get_model("m", "1") == first
+
+
+def test_current_version(store: StateStore) -> None:
+    assert store.get_current_version("m") is None
+    store.add_model(model(version="1"))
+    assert store.get_current_version("m") is None  # add_model leaves it alone
+    store.set_current_version("m", "1")
+    store.add_model(model(version="2"))
+    assert store.get_current_version("m") == "1"
+    store.add_model(model(version="3"), make_current=True)
+    assert store.get_current_version("m") == "3"
+    store.set_current_version("m", "1")  # roll back
+    assert store.get_current_version("m") == "1"
+    with pytest.raises(NotFound, match="m:9"):
+        store.set_current_version("m", "9")
+    with pytest.raises(NotFound):
+        store.set_current_version("nope", "1")
+    assert store.get_current_version("m") == "1"
+    store.delete_model_version("m", "1")  # the current one
+    assert store.get_current_version("m") is None
+
+
+def test_set_num_replicas(store: StateStore) -> None:
+    store.add_model(model())
+    updated = store.set_num_replicas("m", "1", 4)
+    assert updated.num_replicas == 4
+    assert store.get_model("m", "1") == updated
+    with pytest.raises(NotFound):
+        store.set_num_replicas("m", "2", 1)
+    with pytest.raises(BadInput):
+        store.set_num_replicas("m", "1", -1)
+
+
+# -- links ----------------------------------------------------------------------
+
+
+def test_links(store: StateStore) -> None:
+    store.add_app(app("a1"))
+    store.add_app(app("a2"))
+    store.add_model(model("m"))
+    store.add_model(model("k"))
+    store.link_model("a1", "m")
+    store.link_model("a1", "k")
+    store.link_model("a1", "k")  # idempotent
+    store.link_model("a2", "m")
+    assert store.linked_models("a1") == ["k", "m"]
+    assert store.apps_linked_to("m") == ["a1", "a2"]
+    assert store.apps_linked_to("zzz") == []
+    assert store.unlink_model("a1", "m") is True
+    assert store.unlink_model("a1", "m") is False
+    assert store.linked_models("a1") == ["k"]
+    assert store.apps_linked_to("m") == ["a2"]
+
+
+def test_link_requires_app_model_and_matching_input_type(store: StateStore) -> None:
+    store.add_app(app("a", input_type="ints"))
+    store.add_model(model("m", input_type="doubles"))
+    with pytest.raises(NotFound, match="application nope"):
+        store.link_model("nope", "m")
+    with pytest.raises(NotFound, match="model nope"):
+        store.link_model("a", "nope")
+    with pytest.raises(BadInput, match="takes doubles"):
+        store.link_model("a", "m")
+    with pytest.raises(NotFound):
+        store.linked_models("nope")
+    with pytest.raises(NotFound):
+        store.unlink_model("nope", "m")
+    assert store.linked_models("a") == []
+
+
+def test_new_version_must_keep_the_input_type_of_linked_apps(store: StateStore) -> None:
+    store.add_app(app("a", input_type="doubles"))
+    store.add_model(model("m", "1"))
+    store.link_model("a", "m")
+    with pytest.raises(BadInput, match="linked to application a"):
+        store.add_model(model("m", "2", input_type="strings"))
+    assert store.get_model("m", "2") is None  # the failed write left nothing behind
+
+
+def test_deleting_an_app_or_a_models_last_version_removes_links(store: StateStore) -> None:
+    store.add_app(app("a1"))
+    store.add_app(app("a2"))
+    store.add_model(model("m", "1"))
+    store.add_model(model("m", "2"))
+    store.link_model("a1", "m")
+    store.link_model("a2", "m")
+    store.delete_app("a1")
+    assert store.apps_linked_to("m") == ["a2"]
+    store.add_app(app("a1"))
+    assert store.linked_models("a1") == []  # a re-created app starts unlinked
+    store.delete_model_version("m", "1")
+    assert store.apps_linked_to("m") == ["a2"]  # a version remains
+    store.delete_model_version("m", "2")
+    assert store.apps_linked_to("m") == []
+    assert store.linked_models("a2") == []
+
+
+# -- key/value ------------------------------------------------------------------
+
+
+def test_kv(store: StateStore) -> None:
+    assert store.get_kv("policy:app", "7") is None
+    assert store.get_kv("policy:app", "7", default={}) == {}
+    store.put_kv("policy:app", "7", {"weights": [0.5, 0.5]})
+    store.put_kv("policy:app", "8", [1, 2])
+    store.put_kv("policy:other", "7", "x")
+    store.put_kv("policy:app", "8", None)  # replace; None is a value
+    assert store.get_kv("policy:app", "7") == {"weights": [0.5, 0.5]}
+    assert store.list_kv("policy:app") == {"7": {"weights": [0.5, 0.5]}, "8": None}
+    assert store.list_kv("empty") == {}
+    assert store.delete_kv("policy:app", "7") == 1
+    assert store.delete_kv("policy:app", "7") == 0
+    assert store.delete_kv("policy:app") == 1
+    assert store.list_kv("policy:app") == {}
+    assert store.list_kv("policy:other") == {"7": "x"}
+
+
+def test_kv_rejects_what_json_cannot_hold(store: StateStore) -> None:
+    with pytest.raises(BadInput):
+        store.put_kv("ns", "k", {1, 2})
+    with pytest.raises(BadInput):
+        store.put_kv("ns", "k", math.nan)
+    assert store.list_kv("ns") == {}
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(key=st.text(max_size=20), value=json_values)
+def test_kv_round_trips_any_json(key: str, value: Any) -> None:
+    with StateStore(":memory:") as store:
+        store.put_kv("ns", key, value)
+        assert store.get_kv("ns", key) == value
+
+
+# -- persistence, schema, concurrency --------------------------------------------
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with StateStore(path) as s:
+        s.add_app(app("a", policy="exp4", policy_config={"eta": 0.2}))
+        s.add_model(model("m", "1", cpus=[0], num_replicas=3), make_current=True)
+        s.add_model(model("m", "2"))
+        s.link_model("a", "m")
+        s.put_kv("policy:a", "1", {"w": [1.0]})
+    with StateStore(str(path)) as s:
+        assert s.get_app("a") == app("a", policy="exp4", policy_config={"eta": 0.2})
+        assert [m.key for m in s.list_models()] == ["m:1", "m:2"]
+        assert s.get_model("m", "1").cpus == [0]  # type: ignore[union-attr]
+        assert s.get_model("m", "1").num_replicas == 3  # type: ignore[union-attr]
+        assert s.get_current_version("m") == "1"
+        assert s.linked_models("a") == ["m"]
+        assert s.get_kv("policy:a", "1") == {"w": [1.0]}
+        assert s.schema_version == SCHEMA_VERSION
+
+
+def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    StateStore(path).close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    finally:
+        raw.close()
+
+
+def test_an_empty_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    sqlite3.connect(path).close()  # version 0, no tables
+    with StateStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        s.add_app(app())
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    StateStore(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.commit()
+    raw.close()
+    with pytest.raises(ClipperError, match="newer"):
+        StateStore(path)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ClipperError, match="cannot open the state store"):
+        StateStore(path)
+
+
+def test_a_second_connection_sees_committed_writes(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with StateStore(path) as writer, StateStore(path) as reader:
+        writer.add_app(app("a"))
+        assert reader.get_app("a") == app("a")
+        reader.add_model(model())
+        assert writer.get_model("m", "1") is not None
+
+
+def test_calls_from_many_threads(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    with StateStore(tmp_path / "state.sqlite3") as store:
+
+        def work(i: int) -> None:
+            try:
+                for j in range(20):
+                    store.add_app(app(f"a{i}-{j}"))
+                    store.put_kv("ns", f"{i}-{j}", j)
+                    assert store.get_app(f"a{i}-{j}") is not None
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors
+        assert len(store.list_apps()) == 80
+        assert len(store.list_kv("ns")) == 80
+
+
+def test_close_twice_is_safe(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "x.sqlite3")
+    s.close()
+    s.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        s.list_apps()
