@@ -1,0 +1,423 @@
+"""What both Open Inference Protocol frontends (HTTP and gRPC) do.
+
+``InferenceService`` resolves a name to a model version, describes it, validates a
+request against its tensor specs, and sends the request through the same data
+plane as Clipper's REST queries (cache, queue, admission control, adaptive
+batching; see ``clipper_core.dataplane.tensor_batch``).
+
+Names: a name is first looked up among the deployed models, then among the
+applications.  A model answers with its current version (or the version in the
+path); an application answers with its (first) linked model, within the
+application's latency objective -- when that passes, the reply is the
+application's default output in a tensor named ``output``, flagged with the
+response parameters ``default: true`` and ``default_explanation``, as Clipper's
+REST API does.  A model queried by its own name has no latency objective: its
+deadline is the server's ``batch_timeout``, or sooner with the request parameter
+``timeout`` (microseconds, as Triton's), a gRPC deadline, or the
+``Clipper-Deadline-Ms`` header; past it the request fails with 504 /
+DEADLINE_EXCEEDED.
+
+Metadata (tensor specs, platform) comes from a replica of the version, once; it
+is kept for the life of the version object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from clipper_core import __version__
+from clipper_core.dataplane import Application, ModelVersion
+from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    DeadlineExceeded,
+    NotFound,
+    ReplicaUnavailable,
+)
+from clipper_core.oip.tensors import InferRequest, InputTensor, OutputTensor
+from model_containers.tensors import datatype_of, outputs_to_tensor
+
+if TYPE_CHECKING:
+    from clipper_core.server import ClipperServer
+
+log = logging.getLogger("clipper_core.oip")
+
+__all__ = ["SERVER_NAME", "InferReply", "InferenceService", "Target"]
+
+SERVER_NAME = "clipper_core"
+#: The OIP extensions this server implements.
+EXTENSIONS = ("binary_tensor_data", "parameters")
+
+#: Seconds to wait for a replica's metadata.
+METADATA_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class Target:
+    """What a model name (and version) in a request resolves to."""
+
+    name: str
+    mv: ModelVersion | None
+    app: Application | None
+    versions: list[str]
+
+    @property
+    def version(self) -> str:
+        return "" if self.mv is None else self.mv.version
+
+
+@dataclass(slots=True)
+class InferReply:
+    """An inference reply, before it is encoded for HTTP or gRPC."""
+
+    model_name: str
+    model_version: str
+    id: str | None
+    parameters: dict[str, Any]
+    outputs: list[OutputTensor]
+
+
+class InferenceService:
+    """Resolution, metadata, readiness and inference for the OIP frontends."""
+
+    def __init__(self, server: ClipperServer) -> None:
+        self.server = server
+        self.dataplane = server.dataplane
+        self._metadata: weakref.WeakKeyDictionary[ModelVersion, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._fetching: weakref.WeakKeyDictionary[ModelVersion, asyncio.Future[dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- server -----------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def server_ready(self) -> bool:
+        return self.server.store is not None
+
+    # -- names ------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str | None) -> Target:
+        """A model by that name first, else an application.
+
+        Raises:
+            NotFound: Neither exists, or the version does not.
+        """
+        version = version or None
+        model = self.dataplane.models.get(name)
+        if model is not None:
+            mv = model.version_for(version)
+            if mv is None:
+                raise NotFound(f"model {name!r} has no current version")
+            return Target(name, mv, None, sorted(model.versions))
+        app = self.dataplane.apps.get(name)
+        if app is None:
+            raise NotFound(f"unknown model {name!r}: no model or application has that name")
+        if not app.linked_models:
+            return Target(name, None, app, [])
+        linked = self.dataplane.models.get(app.linked_models[0])
+        if linked is None:
+            if version is not None:
+                raise NotFound(f"application {name!r} has no version {version!r}")
+            return Target(name, None, app, [])
+        mv = linked.version_for(version)
+        return Target(name, mv, app, sorted(linked.versions))
+
+    def check_access(self, target: Target, headers: Mapping[str, str]) -> None:
+        """Apply the API keys of the application(s) behind ``target``.
+
+        A model reached by its own name is guarded by the keys of every
+        application linked to it that requires one: any of their keys lets it
+        through, so that OIP offers no way around an application's keys.
+        """
+        keys = self.server.api_keys
+        if target.app is not None:
+            keys.check(target.app.name, headers)
+            return
+        assert target.mv is not None
+        guarded = [
+            app.name
+            for app in self.dataplane.apps.values()
+            if target.mv.name in app.linked_models and keys.required(app.name)
+        ]
+        error: ClipperError | None = None
+        for app_name in guarded:
+            try:
+                keys.check(app_name, headers)
+                return
+            except ClipperError as exc:
+                error = exc
+        if error is not None:
+            raise error
+
+    # -- metadata ---------------------------------------------------------------
+
+    async def version_metadata(self, mv: ModelVersion) -> dict[str, Any]:
+        """The container's metadata of ``mv``, fetched from a replica once.
+
+        Raises:
+            ReplicaUnavailable: No replica answered.
+        """
+        meta = self._metadata.get(mv)
+        if meta is not None:
+            return meta
+        pending = self._fetching.get(mv)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._fetching[mv] = pending
+            try:
+                meta = await self._fetch(mv)
+            except BaseException as exc:
+                self._fetching.pop(mv, None)
+                if isinstance(exc, Exception):
+                    pending.set_exception(exc)
+                    pending.exception()  # retrieved here; joiners re-raise it
+                else:
+                    pending.cancel()
+                raise
+            self._metadata[mv] = meta
+            self._fetching.pop(mv, None)
+            pending.set_result(meta)
+            return meta
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # The fetching request was cancelled (its client left), not this one.
+            task = asyncio.current_task()
+            if pending.cancelled() and task is not None and not task.cancelling():
+                return await self.version_metadata(mv)
+            raise
+
+    async def _fetch(self, mv: ModelVersion) -> dict[str, Any]:
+        last: Exception | None = None
+        for slot in list(mv.replicas.values()):
+            try:
+                return await slot.client.metadata(timeout=METADATA_TIMEOUT)
+            except ClipperError as exc:
+                last = exc
+        detail = f": {last}" if last is not None else ""
+        raise ReplicaUnavailable(f"model {mv.key} has no replica that answers{detail}")
+
+    async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]``."""
+        target = self.resolve(name, version)
+        if target.mv is None:
+            raise NotFound(f"application {name!r} has no deployed model to describe")
+        meta = await self.version_metadata(target.mv)
+        return {
+            "name": name,
+            "versions": target.versions,
+            "platform": meta.get("platform") or "clipper_core",
+            "inputs": meta.get("inputs", []),
+            "outputs": meta.get("outputs", []),
+        }
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        """Whether the version has a replica that serves (False for unknown names)."""
+        try:
+            target = self.resolve(name, version)
+        except NotFound:
+            return False
+        mv = target.mv
+        if mv is None:
+            return False
+        return any(
+            s.task is not None and not s.task.done() and not getattr(s, "recovering", False)
+            for s in mv.replicas.values()
+        )
+
+    # -- inference --------------------------------------------------------------
+
+    async def infer(
+        self,
+        target: Target,
+        request: InferRequest,
+        *,
+        deadline: float | None = None,
+    ) -> InferReply:
+        """Answer one request through the data plane.
+
+        Args:
+            target: From :meth:`resolve`.
+            request: The parsed request.
+            deadline: A ``time.monotonic()`` deadline from the transport, if any.
+        """
+        now = time.monotonic()
+        app = target.app
+        end = now + (app.slo if app is not None else self.server.config.batch_timeout)
+        timeout = request.timeout
+        if timeout is not None:
+            end = min(end, now + timeout)
+        if deadline is not None:
+            end = min(end, deadline)
+        mv = target.mv
+        if mv is None:
+            assert app is not None
+            rows = _rows_of(request)
+            reason = (
+                f"no model is linked to application {app.name!r}"
+                if not app.linked_models
+                else f"model {app.linked_models[0]!r} has no deployed version"
+            )
+            return self._default_reply(target, request, rows, reason)
+        meta = await self.version_metadata(mv)
+        query = build_query(mv.key, meta.get("inputs", []), request)
+        key = query.cache_key() if mv.cache is not None else b""
+        fut = mv.submit(query, key, end)
+        try:
+            await _wait(fut, end)
+        except asyncio.CancelledError:
+            fut.cancel()  # the client went away: withdraw the request
+            raise
+        if not fut.done():
+            fut.cancel()
+            waited = (time.monotonic() - now) * 1000
+            if app is not None:
+                return self._default_reply(
+                    target,
+                    request,
+                    query.rows,
+                    f"no answer within the latency objective ({app.slo * 1000:g} ms)",
+                )
+            raise DeadlineExceeded(f"{mv.key} did not answer within {waited:.0f} ms")
+        exc = fut.exception()
+        if exc is not None:
+            if isinstance(exc, DeadlineExceeded) and app is not None:
+                return self._default_reply(
+                    target, request, query.rows, f"the deadline passed before the model ran ({exc})"
+                )
+            raise exc
+        result = fut.result()
+        if not isinstance(result, TensorResult):
+            raise ClipperError(f"{mv.key} answered a tensor request with {type(result).__name__}")
+        return InferReply(
+            target.name,
+            mv.version,
+            request.id,
+            dict(request.parameters),
+            select_outputs(mv.key, result, request),
+        )
+
+    def _default_reply(
+        self, target: Target, request: InferRequest, rows: int, explanation: str
+    ) -> InferReply:
+        app = target.app
+        assert app is not None
+        value = app.default_output
+        arr = outputs_to_tensor([value] * rows, rows)
+        params = dict(request.parameters)
+        params["default"] = True
+        params["default_explanation"] = explanation
+        binary = request.binary_output
+        if request.outputs:
+            flags = [o.binary for o in request.outputs if o.binary is not None]
+            binary = flags[0] if flags else binary
+        return InferReply(
+            target.name,
+            target.version,
+            request.id,
+            params,
+            [OutputTensor("output", datatype_of(arr.dtype), arr, binary)],
+        )
+
+
+async def _wait(fut: asyncio.Future[Any], deadline: float) -> None:
+    if fut.done():
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return
+    done, _ = await asyncio.wait([fut], timeout=remaining)
+    del done
+
+
+def _rows_of(request: InferRequest) -> int:
+    for t in request.inputs:
+        if t.shape:
+            return max(t.shape[0], 1)
+    return 1
+
+
+def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequest) -> TensorQuery:
+    """Check a request against the model's input specs; the queue item it becomes.
+
+    Raises:
+        BadInput: A missing, unknown or repeated input; a datatype or shape that
+            the specs refuse; inputs that disagree on the batch dimension.
+    """
+    given: dict[str, InputTensor] = {}
+    for t in request.inputs:
+        if t.name in given:
+            raise BadInput(f"input {t.name!r} appears twice")
+        given[t.name] = t
+    ordered: list[InputTensor] = []
+    if specs:
+        names = [str(s.get("name", "")) for s in specs]
+        for spec, name in zip(specs, names, strict=True):
+            found = given.pop(name, None)
+            if found is None:
+                raise BadInput(f"missing input {name!r}: model {key} takes {names}")
+            datatype = spec.get("datatype")
+            if datatype and found.datatype != datatype:
+                raise BadInput(
+                    f"input {name!r} is {found.datatype}, but model {key} takes {datatype}"
+                )
+            shape = [int(d) for d in spec.get("shape", [])]
+            if shape:
+                if len(shape) != len(found.shape) or any(
+                    want >= 0 and got != want for got, want in zip(found.shape, shape, strict=True)
+                ):
+                    raise BadInput(
+                        f"input {name!r} has shape {list(found.shape)}, but model {key} takes"
+                        f" {shape} (-1: any size)"
+                    )
+            ordered.append(found)
+        if given:
+            raise BadInput(f"unknown input(s) {sorted(given)}: model {key} takes {names}")
+    else:
+        ordered = list(request.inputs)
+    rows = -1
+    for t in ordered:
+        if not t.shape:
+            raise BadInput(f"input {t.name!r} needs a batch dimension (its first)")
+        if rows >= 0 and t.shape[0] != rows:
+            raise BadInput(
+                f"inputs disagree on the batch dimension: {t.name!r} has {t.shape[0]}"
+                f" rows, the others {rows}"
+            )
+        rows = t.shape[0]
+    if rows < 1:
+        raise BadInput("the batch dimension (the first of every input) must be at least 1")
+    return TensorQuery(
+        [t.name for t in ordered], [t.datatype for t in ordered], [t.array for t in ordered]
+    )
+
+
+def select_outputs(key: str, result: TensorResult, request: InferRequest) -> list[OutputTensor]:
+    """The outputs the client asked for (all by default), each binary or not."""
+    outputs = result.outputs
+    if request.outputs is None or not request.outputs:
+        return [
+            OutputTensor(name, dt, arr, request.binary_output)
+            for name, (dt, arr) in outputs.items()
+        ]
+    chosen: list[OutputTensor] = []
+    for wanted in request.outputs:
+        found = outputs.get(wanted.name)
+        if found is None:
+            raise BadInput(
+                f"model {key} has no output {wanted.name!r}; it answers {sorted(outputs)}"
+            )
+        binary = request.binary_output if wanted.binary is None else wanted.binary
+        chosen.append(OutputTensor(wanted.name, found[0], found[1], binary))
+    return chosen

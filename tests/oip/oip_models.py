@@ -1,0 +1,105 @@
+"""Models served in the OIP tests (pickled by value into their containers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from model_containers import Model, TensorSpec
+
+#: Every OIP datatype but BYTES.
+NUMERIC = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
+ALL_DATATYPES = (*NUMERIC, "BYTES")
+
+
+def input_name(datatype: str) -> str:
+    return f"in_{datatype.lower()}"
+
+
+class Echo(Model):
+    """One input of each datatype, each answered unchanged as ``out_<type>``."""
+
+    input_type = "bytes"
+    inputs = tuple(TensorSpec(input_name(d), d, (-1, -1)) for d in ALL_DATATYPES)
+    outputs = tuple(TensorSpec(f"out_{d.lower()}", d, (-1, -1)) for d in ALL_DATATYPES)
+
+    def predict_tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {f"out_{name[3:]}": arr for name, arr in inputs.items()}
+
+
+class Mixer(Model):
+    """Several inputs and outputs, and the rows of each model call.
+
+    ``total = a + b`` (FP32), ``upper`` = the text upper-cased, ``rows`` = how many
+    rows the model call held (all the requests the batcher merged), ``half`` =
+    ``b / 2`` in FP16.
+    """
+
+    input_type = "floats"
+    inputs = (
+        TensorSpec("a", "INT32", (-1, 2)),
+        TensorSpec("b", "FP16", (-1, 2)),
+        TensorSpec("text", "BYTES", (-1, 1)),
+    )
+    outputs = (
+        TensorSpec("total", "FP32", (-1, 2)),
+        TensorSpec("upper", "BYTES", (-1, 1)),
+        TensorSpec("rows", "INT64", (-1,)),
+        TensorSpec("half", "FP16", (-1, 2)),
+    )
+    delay = 0.0
+
+    def predict_tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        if self.delay:
+            time.sleep(self.delay)
+        a, b, text = inputs["a"], inputs["b"], inputs["text"]
+        n = a.shape[0]
+        upper = np.array([[v.upper()] for v in text.reshape(n)], dtype=object)
+        return {
+            "total": a.astype(np.float32) + b.astype(np.float32),
+            "upper": upper,
+            "rows": np.full(n, n, dtype=np.int64),
+            "half": (b / 2).astype(np.float16),
+        }
+
+
+class SlowMixer(Mixer):
+    delay = 0.15
+
+
+def make_sum() -> Any:
+    def predict(inputs: list[Any]) -> list[float]:
+        return [float(sum(x)) for x in inputs]
+
+    return predict
+
+
+def make_shout() -> Any:
+    def predict(inputs: list[Any]) -> list[str]:
+        return [s.upper() + "!" for s in inputs]
+
+    return predict
+
+
+def make_sleepy(seconds: float) -> Any:
+    def predict(inputs: list[Any]) -> list[float]:
+        time.sleep(seconds)
+        return [1.0 for _ in inputs]
+
+    return predict
