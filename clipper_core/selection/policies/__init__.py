@@ -1,0 +1,1 @@
+"""The selection policies: one module each, found and imported by the registry."""

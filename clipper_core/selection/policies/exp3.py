@@ -1,0 +1,86 @@
+"""``exp3``: a bandit that queries one model, drawn with probability ∝ its weight.
+
+After a label, the chosen model's weight is multiplied by ``exp(-η · loss / p)``,
+where ``p`` was its probability (Clipper's Exp3).  Weights are then scaled so the
+largest is 1 and floored at ``min_weight``, so that a model that lost for a long
+time comes back within reach when it becomes the better one.
+
+Options: ``eta`` (η, the learning rate; Clipper used 0.01), ``min_weight``,
+``loss_scale`` (numeric losses are ``|ŷ - y| / loss_scale`` capped at 1; labels
+lose 0 or 1), ``seed`` (the draws' random seed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from clipper_core.selection import register_policy
+from clipper_core.selection.base import (
+    SelectionPolicy,
+    State,
+    check_number,
+    confidence_of,
+    loss,
+    normalised_weights,
+    probabilities,
+)
+
+
+@register_policy
+class Exp3(SelectionPolicy):
+    """Exponential weights for exploration and exploitation, one model per query."""
+
+    name = "exp3"
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "eta": 0.01,
+        "min_weight": 0.01,
+        "loss_scale": 1.0,
+        "seed": None,
+    }
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        super().check_config(config)
+        check_number(config, "eta", low=0.0, low_open=True)
+        check_number(config, "min_weight", low=0.0, high=1.0, low_open=True)
+        check_number(config, "loss_scale", low=0.0, low_open=True)
+
+    def initial_state(self) -> State:
+        return {"weights": dict.fromkeys(self.models, 1.0), "updates": 0}
+
+    def weights(self, state: State) -> dict[str, float]:
+        return normalised_weights(self.models, state.get("weights", {}), self.config["min_weight"])
+
+    def probabilities(self, state: State) -> dict[str, float]:
+        """Each model's chance of being drawn for the next query."""
+        return probabilities(self.weights(state))
+
+    def select(self, state: State, x: Any) -> list[str]:
+        if not self.models:
+            return []
+        probs = self.probabilities(state)
+        return self.rng.choices(self.models, weights=[probs[m] for m in self.models])
+
+    def combine(self, state: State, x: Any, outputs: Mapping[str, Any]) -> tuple[Any, float]:
+        model = next((m for m in self.models if m in outputs), next(iter(outputs)))
+        y = outputs[model]
+        return y, confidence_of(y)
+
+    def observe(self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any]) -> State:
+        eta = self.config["eta"]
+        weights = self.weights(state)
+        probs = probabilities(weights)
+        for m, y in outputs.items():
+            p = probs.get(m)
+            if p:
+                weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]) / p)
+        return {
+            **state,
+            "weights": normalised_weights(self.models, weights, self.config["min_weight"]),
+            "updates": int(state.get("updates", 0)) + 1,
+        }
+
+    def describe(self, state: State) -> dict[str, Any]:
+        return {"probabilities": self.probabilities(state)}

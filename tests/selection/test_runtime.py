@@ -1,0 +1,102 @@
+"""The selection runtime's bookkeeping, in process: per-user states with a global
+default, and the writer that stores them (group commits, ordered deletes)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from clipper_core.dataplane import Application
+from clipper_core.errors import BadInput, NotFound
+from clipper_core.selection.runtime import (
+    AppSelector,
+    SelectionService,
+    StatePersister,
+    kv_namespace,
+)
+from clipper_core.state import AppRecord, StateStore
+
+
+def test_a_user_without_state_reads_the_global_one() -> None:
+    selector = AppSelector("app", "exp4", {"eta": 1.0})
+    policy = selector.policy_for(["a", "b"])
+    assert selector.state_for(5, policy) == policy.initial_state()
+    selector.states[0] = {"weights": {"a": 1.0, "b": 0.5}}
+    assert selector.state_for(5, policy) == {"weights": {"a": 1.0, "b": 0.5}}
+    selector.states[5] = {"weights": {"a": 0.1, "b": 1.0}}
+    assert selector.state_for(5, policy)["weights"]["a"] == 0.1
+    assert selector.describe(["a", "b"], 6)["own_state"] is False
+    assert selector.describe(["a", "b"], 5)["summary"]["weight_share"]["b"] == pytest.approx(
+        1 / 1.1
+    )
+    # The bound policy follows the links.
+    assert selector.policy_for(["a", "b", "c"]).models == ("a", "b", "c")
+    assert selector.routes_queries
+    assert not AppSelector("app", "single", None).routes_queries
+    with pytest.raises(BadInput):
+        AppSelector("app", "exp4", {"eta": -1})
+
+
+def test_persister_commits_in_groups_and_orders_deletes(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    store = StateStore(tmp_path / "state.sqlite3")
+
+    async def scenario() -> int:
+        persister = StatePersister(store)
+        writes = [persister.put("ns", str(uid), {"n": uid}) for uid in range(50)]
+        writes.append(persister.put("ns", "3", {"n": "latest"}))  # the latest wins
+        await asyncio.gather(*writes)
+        assert store.list_kv("ns")["3"] == {"n": "latest"}
+        assert len(store.list_kv("ns")) == 50
+        # A drop discards pending writes to its namespace; writes after it land.
+        persister.put("ns", "stale", 1)
+        persister.drop("ns")
+        await persister.put("ns", "fresh", 2)
+        await persister.flush()
+        return persister.commits
+
+    commits = loop.run_until_complete(scenario())
+    assert commits <= 4  # 52 writes, a handful of transactions
+    assert store.list_kv("ns") == {"fresh": 2}
+    store.close()
+    with StateStore(tmp_path / "state.sqlite3") as reopened:
+        assert reopened.list_kv("ns") == {"fresh": 2}
+
+
+def test_service_restores_states_of_the_current_policy_only(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    store = StateStore(tmp_path / "state.sqlite3")
+    store.add_app(AppRecord("app", "doubles", "-1", 100_000, policy="ucb1"))
+    ns = kv_namespace("app")
+    store.put_kv_many(
+        [
+            (ns, "0", {"policy": "ucb1", "state": {"count": {"a": 1.0}}}),
+            (ns, "7", {"policy": "ucb1", "state": {"count": {"a": 2.0}}}),
+            (ns, "8", {"policy": "exp3", "state": {"weights": {}}}),  # another policy's
+            (ns, "junk", {"policy": "ucb1", "state": {}}),
+        ]
+    )
+
+    async def scenario() -> None:
+        service = SelectionService()
+        service.open(store)
+        app = Application("app", "doubles", -1, 0.1, ["a"], policy="ucb1")
+        selector = service.attach(app, {})
+        assert app.selector is selector
+        assert selector.states == {0: {"count": {"a": 1.0}}, 7: {"count": {"a": 2.0}}}
+        # Switching the policy starts over, in memory and in the store.
+        service.set_policy(app, "exp3", {"eta": 0.5})
+        assert app.policy == "exp3" and app.selector is not selector
+        assert app.selector.states == {}
+        service.forget("app")
+        with pytest.raises(NotFound):
+            service.get("app")
+        await service.close()
+
+    loop.run_until_complete(scenario())
+    assert store.list_kv(ns) == {}
+    store.close()

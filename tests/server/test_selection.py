@@ -1,0 +1,238 @@
+"""Model selection end to end: ensembles with stragglers, bandits learning from
+feedback, cascades (restarts: test_selection_restart.py).  Real server, real
+model processes, real HTTP."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from clipper_core.errors import ClipperError
+from tests.server.conftest import Running
+from tests.server.selection_helpers import (
+    make_app,
+    make_cheap_classifier,
+    make_expensive_classifier,
+    make_label,
+    make_slow_label,
+    predict,
+    start_isolated,
+    update,
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server for the module, with two constant label models: ``one`` and
+    ``zero`` (so a label stream decides which of them is right)."""
+    r = start_isolated(tmp_path_factory.mktemp("selection") / "state")
+    try:
+        r.conn.deploy_pickled("one", 1, "doubles", make_label(1))
+        r.conn.deploy_pickled("zero", 1, "doubles", make_label(0))
+        yield r
+    finally:
+        r.bg.stop()
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+def test_policy_is_configurable_and_visible(served: Running) -> None:
+    conn = served.conn
+    make_app(served, "cfg", "exp3", {"eta": 0.3, "seed": 4}, "one", "zero")
+    info = conn.get_app_info("cfg")
+    assert info is not None
+    assert info["policy"] == "exp3" and info["policy_config"] == {"eta": 0.3, "seed": 4}
+    state = conn.get_selection_state("cfg")
+    assert state is not None and state["policy_config"]["min_weight"] == 0.01  # defaults shown
+
+    conn.set_selection_policy("cfg", "cascade", {"order": ["zero", "one"], "threshold": 0.5})
+    info = conn.get_app_info("cfg")
+    assert info is not None and info["policy"] == "cascade"
+    assert info["policy_config"]["order"] == ["zero", "one"]
+    reply = predict(served, "cfg", 1.0)
+    assert reply["model"] == "zero:1" and reply["models"] == ["zero:1"]
+
+    with pytest.raises(ClipperError, match="unknown selection policy"):
+        conn.set_selection_policy("cfg", "nope")
+    with pytest.raises(ClipperError, match="'gamma'"):
+        conn.set_selection_policy("cfg", "exp3", {"gamma": 1})
+    with pytest.raises(ClipperError, match="eta"):
+        conn.register_application(
+            "bad", "doubles", "-1", 1000, policy="exp4", policy_config={"eta": -1}
+        )
+    assert "bad" not in conn.get_all_apps()
+    # The default stays Clipper's: one model answers, replies keep their shape.
+    conn.register_application("plain", "doubles", "-1", 2_000_000)
+    conn.link_model_to_app("plain", "one")
+    assert conn.get_app_info("plain")["policy"] == "single"  # type: ignore[index]
+    reply = predict(served, "plain", 3.0)
+    assert reply["output"] == 1 and reply["model"] == "one:1" and "confidence" not in reply
+    assert update(served, "plain", 3.0, 1)["models"] == ["one:1"]
+
+
+def test_update_rejects_bad_bodies(served: Running) -> None:
+    make_app(served, "upd", "exp4", {}, "one", "zero")
+    post = served.client.post
+    assert post("/missing/update", {"input": [1.0], "label": 1})[0] == 404
+    status, body = post("/upd/update", {"input": [1.0]})
+    assert status == 400 and "label" in body["cause"]
+    status, body = post("/upd/update", {"input_batch": [[1.0]], "label": 1})
+    assert status == 400 and "input_batch" in body["cause"]
+    status, body = post("/upd/update", {"uid": -3, "input": [1.0], "label": 1})
+    assert status == 400 and "uid" in body["cause"]
+    status, body = post("/upd/update", {"input": "text", "label": 1})
+    assert status == 400 and "doubles" in body["cause"]
+    status, body = post("/upd/update", {"input": [1.0], "label": {"a": 1}})
+    assert status == 400 and "label" in body["cause"]
+
+
+# -- bandits ----------------------------------------------------------------------------
+
+BANDITS = {
+    "exp3": {"eta": 0.2, "seed": 11},
+    "exp4": {"eta": 0.2},
+    "epsilon_greedy": {"epsilon": 0.1, "discount": 0.95, "seed": 11},
+    "ucb1": {},
+}
+STEPS = 120  # per phase
+TAIL = 80  # the share of traffic is measured over the last TAIL steps of a phase
+
+
+@pytest.mark.parametrize("policy", sorted(BANDITS))
+def test_bandit_moves_to_the_better_model_and_away_when_it_degrades(
+    served: Running, policy: str
+) -> None:
+    app = f"bandit-{policy}"
+    make_app(served, app, policy, BANDITS[policy], "one", "zero")
+    stream = random.Random(2024)
+    uid = 7
+    shares = []
+    # Phase 1: the label is 1 nine times out of ten ("one" is better); phase 2:
+    # the stream switches and "zero" is right nine times out of ten.
+    for good, bad in ((1, 0), (0, 1)):
+        chosen = []
+        for step in range(STEPS):
+            x = float(stream.randrange(50))
+            reply = predict(served, app, x, uid)
+            assert not reply["default"], reply
+            # Which model's answer the client got: for Exp4, the weighted vote.
+            chosen.append(reply["output"])
+            label = good if stream.random() < 0.9 else bad
+            update(served, app, x, label, uid)
+            if step == 0 and policy == "exp4":
+                assert sorted(reply["models"]) == ["one:1", "zero:1"]
+        shares.append(sum(1 for y in chosen[-TAIL:] if y == good) / TAIL)
+    assert shares[0] >= 0.75, shares
+    assert shares[1] >= 0.6, shares
+    state = served.conn.get_selection_state(app, uid)
+    assert state is not None and state["own_state"] and state["updates"] == 2 * STEPS
+    # Another user (no feedback of its own) reads the untouched global state.
+    assert served.conn.get_selection_state(app, 99)["own_state"] is False  # type: ignore[index]
+
+
+# -- feedback and the prediction cache ----------------------------------------------------
+
+
+def test_feedback_reads_outputs_from_the_prediction_cache(served: Running) -> None:
+    make_app(served, "fb", "ensemble", {}, "one", "zero")
+    dataplane = served.server.dataplane
+    mvs = [dataplane.get_model_version(m, "1") for m in ("one", "zero")]
+
+    def model_calls() -> int:
+        return sum(slot.batches for mv in mvs for slot in mv.replicas.values())
+
+    reply = predict(served, "fb", 1234.5)
+    assert sorted(reply["models"]) == ["one:1", "zero:1"]
+    calls = model_calls()
+    for _ in range(3):
+        assert sorted(update(served, "fb", 1234.5, 1)["models"]) == ["one:1", "zero:1"]
+    assert model_calls() == calls  # nothing recomputed: both outputs were cached
+    state = served.conn.get_selection_state("fb")
+    assert state is not None
+    assert state["feedback_cache_hits"] == 6 and state["feedback_computed"] == 0
+    assert state["summary"]["mean_loss"] == {"one": 0.0, "zero": 1.0}
+
+    # An input never predicted: its outputs are computed once, then cached.
+    update(served, "fb", -777.0, 0)
+    update(served, "fb", -777.0, 0)
+    state = served.conn.get_selection_state("fb")
+    assert state is not None
+    assert state["feedback_computed"] == 2 and state["feedback_cache_hits"] == 8
+    assert model_calls() == calls + 2
+
+
+# -- ensembles and stragglers -----------------------------------------------------------
+
+
+def test_ensemble_answers_at_the_slo_with_the_models_that_arrived(served: Running) -> None:
+    conn = served.conn
+    conn.deploy_pickled("slowpoke", 1, "doubles", make_slow_label(0, 3.0), cache_enabled=False)
+    conn.deploy_pickled("one_too", 1, "doubles", make_label(1))
+    conn.register_application("ens", "doubles", "-1", 300_000, policy="ensemble")
+    for m in ("one", "one_too", "slowpoke"):
+        conn.link_model_to_app("ens", m)
+
+    reply = predict(served, "ens", 5.0)
+    # The slow model (3 s) cannot have answered: the reply came at the 300 ms SLO
+    # with the two outputs that arrived, their vote, and a lowered confidence.
+    assert reply["default"] is False
+    assert reply["output"] == 1
+    assert sorted(reply["models"]) == ["one:1", "one_too:1"]
+    assert reply["missing"] == ["slowpoke:1"]
+    assert reply["confidence"] == pytest.approx(2 / 3)
+    assert "model" not in reply  # no single model answered
+
+    # All three answer: full agreement is 2 of 3 votes; disagreement lowers it.
+    conn.register_application("ens-fast", "doubles", "-1", 2_000_000, policy="ensemble")
+    for m in ("one", "one_too", "zero"):
+        conn.link_model_to_app("ens-fast", m)
+    reply = predict(served, "ens-fast", 5.0)
+    assert reply["output"] == 1 and reply["confidence"] == pytest.approx(2 / 3)
+    assert "missing" not in reply
+
+    # Only when nothing arrived is the default output returned.
+    conn.register_application("ens-slow", "doubles", "-1", 200_000, policy="ensemble")
+    conn.link_model_to_app("ens-slow", "slowpoke")
+    reply = predict(served, "ens-slow", 6.0)
+    assert reply["default"] is True and reply["output"] == -1
+    assert "latency objective" in reply["default_explanation"]
+    assert reply["missing"] == ["slowpoke:1"] and reply["models"] == []
+
+
+# -- cascades ----------------------------------------------------------------------------
+
+
+def test_cascade_calls_the_expensive_model_only_for_unsure_inputs(served: Running) -> None:
+    conn = served.conn
+    conn.deploy_pickled("cheap", 1, "doubles", make_cheap_classifier(), cache_enabled=False)
+    conn.deploy_pickled("expensive", 1, "doubles", make_expensive_classifier(), cache_enabled=False)
+    make_app(
+        served,
+        "casc",
+        "cascade",
+        {"order": ["cheap", "expensive"], "threshold": 0.9},
+        "expensive",
+        "cheap",
+    )
+    expensive = served.server.dataplane.get_model_version("expensive", "1")
+    cheap = served.server.dataplane.get_model_version("cheap", "1")
+    inputs = [-3.0, -2.0, -0.5, 0.2, 0.7, 0.9, 1.5, 2.5, 4.0, -1.5, 0.6, 3.0]
+    unsure = [x for x in inputs if abs(x) <= 1.0]
+    before = expensive.queries
+    for x in inputs:
+        reply = predict(served, "casc", x)
+        assert not reply["default"]
+        if abs(x) > 1.0:
+            assert reply["model"] == "cheap:1" and reply["models"] == ["cheap:1"]
+            assert reply["output"] == {"label": int(x > 0), "confidence": 0.95}
+            assert reply["confidence"] == pytest.approx(0.95)
+        else:
+            assert reply["model"] == "expensive:1"
+            assert reply["models"] == ["cheap:1", "expensive:1"]
+            assert reply["output"] == [int(x > 0.5), 0.99]
+            assert reply["confidence"] == pytest.approx(0.99)
+    assert expensive.queries - before == len(unsure)
+    assert cheap.queries >= len(inputs)
