@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from clipper_core.connection import ClipperConnection
 from clipper_core.errors import BadInput
+from clipper_core.runtime_env import (
+    _print_progress,
+    build_runtime_env,
+    deploy_environment,
+    requirements_for,
+)
 
 
 def deploy_python_closure(
@@ -20,7 +27,10 @@ def deploy_python_closure(
     registry: str | None = None,
     num_replicas: int = 1,
     batch_size: int = -1,
-    pkgs_to_install: list[str] | None = None,
+    pkgs_to_install: Sequence[str] | None = None,
+    *,
+    requirements_file: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = _print_progress,
     **kwargs: Any,
 ) -> None:
     """Serialize ``func`` with cloudpickle and serve it in its own process.
@@ -30,19 +40,28 @@ def deploy_python_closure(
     ignored: containers here are local processes.  Extra keyword arguments
     (``cpus``, ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``) go
     to the model's configuration.
+
+    With ``pkgs_to_install`` (pip requirement strings) or ``requirements_file``,
+    the model runs in a virtual environment of its own, built by the server once
+    per set of requirements and cached under its state dir (``envs/<id>/``);
+    pip's output is passed to ``progress`` (stderr by default) while it builds.
+    cloudpickle is pinned there to this version.  The Python and cloudpickle
+    versions are recorded either way: a container running other ones stops at
+    start and says which.
     """
     if not callable(func):
         raise BadInput("func must be callable: it takes a list of inputs, returns a list")
-    if pkgs_to_install:
-        raise BadInput(
-            "pkgs_to_install needs per-model virtual environments, which this"
-            " version does not build yet; install the packages where the server runs"
-        )
+    extra: dict[str, Any] = {}
+    deploy_env = deploy_environment([("cloudpickle", "exact"), ("numpy", "any")], pickled_code=True)
+    requirements = requirements_for(pkgs_to_install, requirements_file, deploy_env)
+    if requirements:
+        extra["runtime_env"] = build_runtime_env(clipper_conn, requirements, progress=progress)
     clipper_conn.deploy_pickled(
         name,
         version,
         input_type,
         func,
+        container_extra={"deploy_env": deploy_env, **extra},
         labels=labels,
         num_replicas=num_replicas,
         batch_size=batch_size,
@@ -61,7 +80,7 @@ def create_endpoint(
     labels: list[str] | None = None,
     num_replicas: int = 1,
     batch_size: int = -1,
-    pkgs_to_install: list[str] | None = None,
+    pkgs_to_install: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> None:
     """Register an app, deploy ``func`` as a model of the same name, and link them."""

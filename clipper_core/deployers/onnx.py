@@ -1,0 +1,106 @@
+"""Deploy ONNX models, run by ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clipper_core.connection import ClipperConnection
+from clipper_core.deployers.framework import default_progress, deploy_framework_model, pick_model
+from clipper_core.errors import BadInput
+
+
+def deploy_onnx_model(
+    clipper_conn: ClipperConnection,
+    name: str,
+    version: str | int,
+    input_type: str,
+    func: Callable[[Any, list[Any]], Sequence[Any]] | None = None,
+    model: Any = None,
+    base_image: str | None = None,
+    labels: list[str] | None = None,
+    registry: str | None = None,
+    num_replicas: int = 1,
+    batch_size: int = -1,
+    pkgs_to_install: Sequence[str] | None = None,
+    *,
+    output: str | None = None,
+    intra_op_threads: int = 0,
+    requirements_file: str | os.PathLike[str] | None = None,
+    inputs: Iterable[Any] | None = None,
+    outputs: Iterable[Any] | None = None,
+    progress: Callable[[str], None] | None = default_progress,
+    **kwargs: Any,
+) -> None:
+    """Serve an ONNX model with ONNX Runtime (CPU execution provider).
+
+    ``model`` is an ``onnx.ModelProto``, the bytes of a ``.onnx`` file, or its
+    path.  Without ``func``, the graph must have one input: each batch is stacked
+    into one ``(N, d)`` tensor, cast to the input's element type, and one
+    ``session.run`` returns ``output`` (the first output by default).  With
+    ``func``, ``func(session, inputs)`` is called with the
+    ``onnxruntime.InferenceSession``.  Input and output names, types and shapes
+    come from the graph.
+
+    Args:
+        clipper_conn: The connection to the server.
+        name: Model name.
+        version: Model version.
+        input_type: Clipper's input type.
+        func: Optional ``func(session, inputs) -> outputs``.
+        model: ``onnx.ModelProto``, bytes, or a path to a ``.onnx`` file.
+        base_image: Accepted for Clipper compatibility; ignored.
+        labels: Model labels.
+        registry: Accepted for Clipper compatibility; ignored.
+        num_replicas: Replicas to start.
+        batch_size: -1 adaptive, > 0 fixed.
+        pkgs_to_install: pip requirements for an environment of its own
+            (onnxruntime is pinned to this version unless named).
+        output: Name of the graph output to return.
+        intra_op_threads: ONNX Runtime's intra-op threads (0: its default).
+        requirements_file: More requirements, from a file.
+        inputs: Declared OIP input specs (default: from the graph).
+        outputs: Declared OIP output specs (default: from the graph).
+        progress: Where the environment build's lines go.
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+    """
+    model = pick_model(model, kwargs, "onnx_model")
+
+    def save(folder: Path) -> dict[str, Any]:
+        path = folder / "model.onnx"
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            path.write_bytes(bytes(model))
+        elif isinstance(model, (str, os.PathLike)):
+            if not Path(model).is_file():
+                raise BadInput(f"{model} is not an ONNX file")
+            shutil.copyfile(model, path)
+        elif hasattr(model, "SerializeToString"):
+            path.write_bytes(model.SerializeToString())
+        else:
+            raise BadInput(
+                f"model must be an onnx.ModelProto, bytes or a path, not {type(model).__name__}"
+            )
+        return {"file": "model.onnx", "output": output, "intra_op_threads": intra_op_threads}
+
+    deploy_framework_model(
+        clipper_conn,
+        name,
+        version,
+        input_type,
+        adapter="onnx",
+        save=save,
+        func=func,
+        packages=[("onnxruntime", "present")],
+        inputs=inputs,
+        outputs=outputs,
+        labels=labels,
+        num_replicas=num_replicas,
+        batch_size=batch_size,
+        pkgs_to_install=pkgs_to_install,
+        requirements_file=requirements_file,
+        progress=progress,
+        **kwargs,
+    )

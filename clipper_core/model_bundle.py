@@ -1,0 +1,74 @@
+"""A model directory travels to the server as one tar archive (the deploy payload)
+and is unpacked once into the state dir, where the container loads it from.
+
+Unpacking refuses members that would land outside the target folder, links,
+and device files: the archive comes over the management API.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from clipper_core.errors import BadInput
+
+#: ``container["archive"]`` value of a tar payload.
+TAR = "tar"
+
+
+def pack_directory(folder: str | os.PathLike[str]) -> bytes:
+    """The contents of ``folder`` as an uncompressed tar archive (paths relative)."""
+    root = Path(folder)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(root.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+    return buf.getvalue()
+
+
+def unpack_archive(
+    archive: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    remove_archive: bool = False,
+) -> str:
+    """Unpack a tar payload into ``target`` (replaced if it exists); return its path.
+
+    ``remove_archive`` deletes the archive once it is unpacked.
+
+    Raises:
+        BadInput: Not a tar archive, or a member escapes ``target`` or is not a
+            plain file or folder.
+    """
+    dest = Path(target)
+    tmp = dest.with_name(dest.name + ".unpacking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    root = tmp.resolve()
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                out = (root / m.name).resolve()
+                if not (m.isfile() or m.isdir()):
+                    raise BadInput(f"model archive member {m.name!r} is not a file or folder")
+                if out != root and root not in out.parents:
+                    raise BadInput(f"model archive member {m.name!r} escapes its folder")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, members=members, filter="data")
+            else:  # Python < 3.11.4: the checks above stand in for the filter
+                tar.extractall(tmp, members=members)
+    except tarfile.TarError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BadInput(f"the model payload is not a valid tar archive: {exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    if remove_archive:
+        Path(archive).unlink(missing_ok=True)
+    return str(dest)
