@@ -1,0 +1,155 @@
+"""The live dashboard on the management port.
+
+``GET /dashboard`` serves one static page (``index.html``, with the hand-written
+canvas charts of ``dashboard.js``; no build step, no third-party JavaScript).  The
+page polls ``GET /dashboard/data`` every second: apps, models, versions, replicas,
+and the per-second series that :class:`clipper_core.metrics.MetricsSampler` keeps.
+
+When the server has a management token, ``/dashboard/data`` needs it like every
+management call (``Authorization: Bearer``, or ``?token=`` — the page passes on
+the ``token`` parameter of its own address).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from clipper_core.errors import ClipperError
+from clipper_core.http import Request, Response, Router, error_response, json_response
+
+if TYPE_CHECKING:
+    from clipper_core.server import ClipperServer
+
+_STATIC = {
+    "/dashboard": ("index.html", "text/html; charset=utf-8"),
+    "/dashboard/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+}
+
+#: Per-app series the page draws (keys of a sampler point's app entry).
+APP_SERIES = ("throughput", "goodput", "p50_seconds", "p99_seconds", "slo_attainment")
+#: Per-model-version series.
+MODEL_SERIES = ("mean_batch_size", "batch_size_limit", "cache_hit_ratio", "queue_length")
+
+
+@cache
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+def is_public(request: Request) -> bool:
+    """The page and its script hold no data: the management guard lets them through,
+    so that a browser can load them without an ``Authorization`` header."""
+    return request.method in ("GET", "HEAD") and request.path in _STATIC
+
+
+def auth_headers(request: Request) -> Mapping[str, str]:
+    """The request's headers, with ``?token=`` of ``/dashboard/data`` as a bearer
+    token (the page cannot make the browser send a header of its own on load)."""
+    token = request.query.get("token")
+    if request.path != "/dashboard/data" or not token or "authorization" in request.headers:
+        return request.headers
+    return {**request.headers, "authorization": f"Bearer {token}"}
+
+
+def _check_token(server: ClipperServer, request: Request) -> None:
+    token = getattr(server.config, "admin_token", "") or ""
+    if token:
+        from clipper_core.auth import check_admin
+
+        check_admin(auth_headers(request), token)
+
+
+def _series(server: ClipperServer) -> dict[str, Any]:
+    points = server.metrics.series()
+    n = len(points)
+    apps: dict[str, dict[str, list[Any]]] = {}
+    models: dict[str, dict[str, list[Any]]] = {}
+    for i, point in enumerate(points):
+        for name, rates in point["apps"].items():
+            per = apps.setdefault(name, {k: [None] * n for k in APP_SERIES})
+            for k in APP_SERIES:
+                per[k][i] = rates.get(k)
+        for key, rates in point["models"].items():
+            per = models.setdefault(key, {k: [None] * n for k in MODEL_SERIES})
+            for k in MODEL_SERIES:
+                per[k][i] = rates.get(k)
+    return {"t": [p["t"] for p in points], "apps": apps, "models": models}
+
+
+def dashboard_data(server: ClipperServer) -> dict[str, Any]:
+    """What the page shows: the snapshot without histograms, plus the series."""
+    snap = server.metrics.snapshot()
+    dp = server.dataplane
+    apps = []
+    for name, a in snap["apps"].items():
+        linked = a["linked_models"]
+        model = dp.models.get(linked[0]) if linked else None
+        current = None if model is None or model.current is None else model.current
+        apps.append(
+            {
+                "name": name,
+                "input_type": a["input_type"],
+                "slo_seconds": a["slo_seconds"],
+                "linked_models": linked,
+                "model_key": None if current is None else f"{linked[0]}:{current}",
+                "requests": a["requests"],
+                "answers_within_slo": a["answers_within_slo"],
+                "errors": a["errors"],
+                "default_outputs": a["default_outputs"],
+                "window": a["window"],
+            }
+        )
+    models = []
+    for key, m in snap["models"].items():
+        models.append(
+            {
+                "key": key,
+                **{
+                    k: v
+                    for k, v in m.items()
+                    if k not in ("batch_size", "batch_latency_seconds", "container_latency_seconds")
+                },
+                "container_latency_mean_seconds": _mean(m["container_latency_seconds"]),
+            }
+        )
+    return {
+        "server": {
+            "query_url": server.query_url,
+            "management_url": server.management_url,
+            "pid": os.getpid(),
+            "uptime_seconds": snap["uptime_seconds"],
+            "window_seconds": snap["window_seconds"],
+            "interval_seconds": server.metrics.sampler.interval,
+        },
+        "apps": apps,
+        "models": models,
+        "cache": snap["cache"],
+        "series": _series(server),
+    }
+
+
+def _mean(h: dict[str, Any]) -> float | None:
+    return h["sum"] / h["count"] if h["count"] else None
+
+
+def install(router: Router, server: ClipperServer) -> None:
+    """Add ``/dashboard``, its script and ``/dashboard/data`` to ``router``."""
+
+    def static(request: Request, params: dict[str, str]) -> Response:
+        name, content_type = _STATIC[request.path]
+        return Response(200, _static(name), content_type, {"Cache-Control": "no-cache"})
+
+    def data(request: Request, params: dict[str, str]) -> Response:
+        try:
+            _check_token(server, request)
+        except ClipperError as exc:
+            return error_response(exc.http_status, exc.kind, str(exc))
+        return json_response(dashboard_data(server), headers={"Cache-Control": "no-store"})
+
+    for path in _STATIC:
+        router.add("GET", path, static)
+    router.add("GET", "/dashboard/data", data)

@@ -1,0 +1,194 @@
+"""Structured logging: one record per event worth knowing, as JSON lines or text.
+
+Events are ordinary ``logging`` records with two extras, ``event`` (a short
+snake_case name such as ``replica_exited``) and ``fields`` (a dict of values), so
+they go through whatever handlers the embedding program set up.  ``clipper serve``
+installs :func:`configure_logging`, which writes them as one JSON object per line
+(``--log-format json``, the default) or as readable text (``--log-format text``)::
+
+    {"ts": "2025-01-01T12:00:00.123Z", "level": "warning", "logger": "clipper_core.server",
+     "event": "replica_exited", "msg": "replica 0 of m:1 exited: exit code 3",
+     "model": "m", "version": "1", "replica": "0", "exit_code": 3, "stderr_tail": "..."}
+
+Records without an event (plain ``log.info(...)``) come out with ``"event": "log"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from clipper_core.process_manager import ReplicaEvent
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_CORE_KEYS = frozenset({"ts", "level", "logger", "event", "msg"})
+_ACCESS_LOGGER = "clipper_core.http.access"
+_ACCESS_FIELDS = ("method", "path", "http_version", "status", "bytes")
+
+server_log = logging.getLogger("clipper_core.server")
+
+
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    message: str,
+    *,
+    level: int = logging.INFO,
+    **fields: Any,
+) -> None:
+    """Log ``message`` as the structured event ``event`` with ``fields``."""
+    if logger.isEnabledFor(level):
+        logger.log(level, "%s", message, extra={"event": event, "fields": fields})
+
+
+class RateLimiter:
+    """Lets one event per key through every ``interval`` seconds (loop thread only)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) > 10_000:  # keys are app names; bound it anyway
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        return fields
+    if record.name == _ACCESS_LOGGER and isinstance(record.args, tuple):
+        if len(record.args) == len(_ACCESS_FIELDS):
+            return dict(zip(_ACCESS_FIELDS, record.args, strict=True))
+    return {}
+
+
+def _event(record: logging.LogRecord) -> str:
+    event = getattr(record, "event", None)
+    if isinstance(event, str):
+        return event
+    return "http_access" if record.name == _ACCESS_LOGGER else "log"
+
+
+def _timestamp(created: float) -> str:
+    secs = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{secs}.{int(created % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, event, msg, then the fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": _event(record),
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            doc[key if key not in _CORE_KEYS else f"field_{key}"] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: msg [event] key=value ...``; multi-line values indented."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        event = getattr(record, "event", None)
+        fields = getattr(record, "fields", None)
+        if not isinstance(fields, dict) or not isinstance(event, str):
+            return line
+        tail: list[str] = []
+        extra = [f"[{event}]"]
+        for key, value in fields.items():
+            text = str(value)
+            if "\n" in text:
+                tail.append(f"  {key}:\n" + "\n".join(f"    {ln}" for ln in text.splitlines()))
+            else:
+                extra.append(f"{key}={text}")
+        return " ".join([line, *extra]) + ("\n" + "\n".join(tail) if tail else "")
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "json", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send every log record to ``stream`` (stderr) as JSON lines or text.
+
+    Replaces the root logger's handlers; returns the handler installed.
+    """
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {LOG_FORMATS}, not {fmt!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler
+
+
+_REPLICA_LEVELS = {
+    "started": logging.INFO,
+    "ready": logging.INFO,
+    "stopped": logging.INFO,
+    "restarting": logging.WARNING,
+    "exited": logging.WARNING,
+    "failed": logging.ERROR,
+}
+
+
+def log_replica_event(event: ReplicaEvent) -> None:
+    """Log a process manager event: start, ready, stop, crash (with its stderr tail)."""
+    handle = event.handle
+    spec = handle.spec
+    kind = str(event.kind)
+    fields: dict[str, Any] = {
+        "model": spec.model_name,
+        "version": spec.model_version,
+        "replica": str(spec.replica_id),
+        "pid": handle.pid,
+    }
+    who = f"replica {spec.replica_id} of {spec.model_name}:{spec.model_version}"
+    if kind == "ready":
+        fields["address"] = event.detail
+        message = f"{who} is ready at {event.detail}"
+    elif kind in ("exited", "failed"):
+        fields["exit_code"] = handle.exit_code
+        fields["restarts"] = handle.restarts
+        fields["stderr_tail"] = handle.stderr_tail()
+        summary = event.detail.split(";", 1)[0]
+        message = f"{who} {kind}: {summary}"
+    elif kind == "restarting":
+        fields["restarts"] = handle.restarts
+        message = f"{who}: {event.detail}"
+    else:
+        detail = event.detail.split(";", 1)[0]
+        message = f"{who} {kind}" + (f" ({detail})" if detail else "")
+    log_event(
+        server_log,
+        f"replica_{kind}",
+        message,
+        level=_REPLICA_LEVELS.get(kind, logging.INFO),
+        **fields,
+    )

@@ -1,0 +1,134 @@
+"""Structured log records: JSON lines, text, replica events, rate limiting."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from clipper_core.logs import (
+    JsonFormatter,
+    RateLimiter,
+    TextFormatter,
+    configure_logging,
+    log_event,
+    log_replica_event,
+)
+from clipper_core.process_manager import ReplicaEvent, ReplicaHandle, ReplicaSpec
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("clipper_core")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield stream, handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_event_as_json_line(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    stream, _ = captured
+    log = logging.getLogger("clipper_core.test")
+    log_event(log, "model_deployed", "deployed m:1", model="m", version="1", msg="clash")
+    log.warning("plain %s", "record")
+    first, second = _lines(stream)
+    assert first["event"] == "model_deployed"
+    assert first["msg"] == "deployed m:1"
+    assert first["level"] == "info"
+    assert first["logger"] == "clipper_core.test"
+    assert first["model"] == "m" and first["version"] == "1"
+    assert first["field_msg"] == "clash"  # a field never overwrites the core keys
+    assert first["ts"].endswith("Z")
+    assert second == {**second, "event": "log", "msg": "plain record", "level": "warning"}
+
+
+def test_exception_is_kept(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    stream, _ = captured
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("clipper_core.test").exception("failed")
+    (doc,) = _lines(stream)
+    assert "ValueError: boom" in doc["exc"]
+
+
+def test_text_format_puts_fields_after_the_message() -> None:
+    record = logging.LogRecord(
+        "clipper_core.server", logging.WARNING, __file__, 1, "%s", ("hi",), None
+    )
+    record.event = "replica_exited"
+    record.fields = {"model": "m", "stderr_tail": "line 1\nline 2"}
+    text = TextFormatter().format(record)
+    first, *rest = text.splitlines()
+    assert first.endswith("WARNING clipper_core.server: hi [replica_exited] model=m")
+    assert rest == ["  stderr_tail:", "    line 1", "    line 2"]
+
+
+def test_access_log_records_become_fields() -> None:
+    record = logging.LogRecord(
+        "clipper_core.http.access", logging.INFO, __file__, 1, '"%s %s HTTP/%s" %d %d',
+        ("GET", "/metrics", "1.1", 200, 42), None,
+    )  # fmt: skip
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["event"] == "http_access"
+    assert doc["path"] == "/metrics" and doc["status"] == 200 and doc["bytes"] == 42
+
+
+def test_replica_crash_carries_its_stderr_tail(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, _ = captured
+    spec = ReplicaSpec(model_name="m", model_version="2", replica_id=1, argv=["x"])
+    handle = ReplicaHandle(spec, stderr_tail_lines=5)
+    handle.pid = 4242
+    handle.exit_code = 3
+    handle._stderr.extend(["Traceback (most recent call last):", "RuntimeError: out of cheese"])
+    log_replica_event(ReplicaEvent("exited", handle, "exit code 3; stderr tail:\n..."))
+    log_replica_event(ReplicaEvent("ready", handle, "127.0.0.1:5000"))
+    crash, ready = _lines(stream)
+    assert crash["event"] == "replica_exited" and crash["level"] == "warning"
+    assert crash["msg"] == "replica 1 of m:2 exited: exit code 3"
+    assert crash["exit_code"] == 3 and crash["pid"] == 4242
+    assert crash["stderr_tail"].endswith("RuntimeError: out of cheese")
+    assert (crash["model"], crash["version"], crash["replica"]) == ("m", "2", "1")
+    assert ready["event"] == "replica_ready" and ready["address"] == "127.0.0.1:5000"
+
+
+def test_rate_limiter() -> None:
+    limiter = RateLimiter(60.0)
+    assert limiter.allow("a")
+    assert not limiter.allow("a")
+    assert limiter.allow("b")
+
+
+def test_configure_logging_levels() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging("warning", "json", stream)
+        logging.getLogger("clipper_core.x").info("hidden")
+        logging.getLogger("clipper_core.x").warning("shown")
+        assert [d["msg"] for d in _lines(stream)] == ["shown"]
+        with pytest.raises(ValueError):
+            configure_logging("info", "xml", stream)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
