@@ -1,0 +1,326 @@
+"""Admission control: refuse early what would be served late.
+
+Three pieces, all cheap enough for the hot path:
+
+* :class:`ServiceTimeEstimator` follows a model version's recent batch latency and
+  per-item service time; :meth:`~ServiceTimeEstimator.expected_wait` turns a queue
+  length into the time a newly queued input would wait.  ``ModelVersion.submit``
+  refuses an input (:class:`~clipper_core.errors.Overloaded`, HTTP 503 with
+  ``Retry-After``) when that wait exceeds the input's remaining deadline, instead of
+  queueing work that would miss it anyway and delay everything behind it.
+* :class:`ClientLimiter` enforces an optional per-client concurrency limit and
+  token-bucket rate limit (HTTP 429 with ``Retry-After``).  A client is its API key
+  when it sends one, else its remote address (:func:`client_key`).
+* Deadline helpers (:func:`deadline_after`, :func:`deadline_from_headers`) turn a
+  client's tighter deadline (the ``Clipper-Deadline-Ms`` header, or OIP's
+  ``timeout`` parameter) into the absolute ``time.monotonic()`` deadline that
+  ``DataPlane.predict(deadline=...)`` takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Literal
+
+from clipper_core.errors import BadInput, RateLimited
+
+__all__ = [
+    "ADMISSION_HEADROOM",
+    "DEADLINE_HEADER",
+    "MAX_DEADLINE_SECONDS",
+    "ClientLimiter",
+    "ServiceTimeEstimator",
+    "client_key",
+    "deadline_after",
+    "deadline_from_headers",
+    "retry_after_header",
+]
+
+#: The request header that carries a client's deadline, in milliseconds from now
+#: (lower-cased, as ``Request.headers`` holds names).
+DEADLINE_HEADER = "clipper-deadline-ms"
+
+#: The longest deadline a client may ask for; longer ones are a client bug.
+MAX_DEADLINE_SECONDS = 86_400.0
+
+#: Share of a request's remaining deadline that its expected queueing wait may
+#: fill; the rest absorbs the estimate's error, the reply's encoding and event-loop
+#: lag, so that what is admitted is answered in time.
+ADMISSION_HEADROOM = 0.8
+
+_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def deadline_after(
+    value: object, unit: Literal["s", "ms", "us"] = "ms", *, now: float | None = None
+) -> float:
+    """The absolute ``time.monotonic()`` deadline ``value`` units from now.
+
+    For front ends that take a client's deadline: the Clipper REST header
+    (milliseconds), OIP's ``timeout`` request parameter (Triton documents it in
+    microseconds: ``deadline_after(timeout, "us")``), a gRPC deadline (seconds).
+    Pass the result as ``DataPlane.predict(..., deadline=...)``; the app's SLO still
+    applies when it is tighter.
+
+    Args:
+        value: A positive number, or a string holding one.
+        unit: ``"s"``, ``"ms"`` or ``"us"``.
+        now: The current ``time.monotonic()`` (read when omitted).
+
+    Raises:
+        BadInput: ``value`` is not a finite number > 0 (booleans are refused), or it
+            is longer than :data:`MAX_DEADLINE_SECONDS`.
+    """
+    scale = _UNITS.get(unit)
+    if scale is None:
+        raise ValueError(f"unknown deadline unit {unit!r}")
+    number: float
+    if isinstance(value, bool):
+        raise BadInput(f"deadline must be a number of {unit}, got a boolean")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str | bytes):
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        try:
+            number = float(text.strip())
+        except ValueError:
+            raise BadInput(f"deadline must be a number of {unit}, got {text[:40]!r}") from None
+    else:
+        raise BadInput(f"deadline must be a number of {unit}, got {type(value).__name__}")
+    seconds = number * scale
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BadInput(f"deadline must be a positive, finite number of {unit}, got {number!r}")
+    if seconds > MAX_DEADLINE_SECONDS:
+        raise BadInput(
+            f"deadline of {number:g} {unit} exceeds the limit of {MAX_DEADLINE_SECONDS:g} s"
+        )
+    return (time.monotonic() if now is None else now) + seconds
+
+
+def deadline_from_headers(headers: Mapping[str, str]) -> float | None:
+    """The deadline a Clipper REST request asks for with ``Clipper-Deadline-Ms``,
+    or None.  ``headers`` has lower-cased names (as ``Request.headers``).
+
+    Raises:
+        BadInput: The header is present but not a positive number of milliseconds.
+    """
+    raw = headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    return deadline_after(raw, "ms")
+
+
+def retry_after_header(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1 (RFC 9110 delta-seconds)."""
+    if not math.isfinite(seconds):
+        return "1"
+    return str(max(1, math.ceil(seconds)))
+
+
+class ServiceTimeEstimator:
+    """Recent batch latency and per-item service time of one model version.
+
+    Both are exponentially weighted moving averages over observed batches.  The
+    expected wait of an input queued behind ``queued`` others, with ``replicas``
+    replicas taking batches from the queue, is::
+
+        first_free                      # until a replica is free (default: a batch)
+        + queued * per_item / replicas  # the batches ahead of it
+        + batch_latency_high            # its own batch
+
+    where ``batch_latency_high`` is the mean batch latency plus twice its mean
+    deviation (as TCP sizes its retransmission timer), so that a model whose
+    batches vary in length is given the margin it needs.
+
+    Args:
+        alpha: Weight of the newest observation (0 < alpha <= 1).
+    """
+
+    __slots__ = ("_alpha", "batch_latency", "batch_latency_dev", "observations", "per_item")
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self._alpha = alpha
+        self.per_item = 0.0
+        self.batch_latency = 0.0
+        self.batch_latency_dev = 0.0
+        self.observations = 0
+
+    @property
+    def batch_latency_high(self) -> float:
+        """A pessimistic batch latency: the mean plus twice the mean deviation."""
+        return self.batch_latency + 2.0 * self.batch_latency_dev
+
+    def observe(self, batch_size: int, latency: float) -> None:
+        """Record one batch of ``batch_size`` inputs that took ``latency`` seconds."""
+        if batch_size <= 0 or not latency >= 0:
+            return
+        per_item = latency / batch_size
+        if self.observations == 0:
+            self.per_item = per_item
+            self.batch_latency = latency
+        else:
+            a = self._alpha
+            self.per_item += a * (per_item - self.per_item)
+            error = latency - self.batch_latency
+            self.batch_latency += a * error
+            self.batch_latency_dev += a * (abs(error) - self.batch_latency_dev)
+        self.observations += 1
+
+    def expected_wait(
+        self, queued: int, replicas: int, first_free: float | None = None
+    ) -> float | None:
+        """Seconds an input queued now would wait for its answer, or None while
+        there is nothing to go by (no batch observed yet, or no replica).
+
+        Args:
+            queued: Inputs ahead of it.
+            replicas: Replicas taking batches.
+            first_free: Seconds until the first replica is free (0 when one is
+                idle); unknown (None): a whole batch, the worst case.
+        """
+        if self.observations == 0 or replicas <= 0:
+            return None
+        high = self.batch_latency_high
+        if first_free is None or not math.isfinite(first_free):
+            first_free = high
+        return first_free + queued * self.per_item / replicas + high
+
+    def drain_time(self, queued: int, replicas: int) -> float:
+        """Seconds until ``queued`` inputs are served (for ``Retry-After``)."""
+        if self.observations == 0 or replicas <= 0:
+            return 1.0
+        return queued * self.per_item / replicas + self.batch_latency
+
+
+def client_key(headers: Mapping[str, str], remote: str) -> str:
+    """Who a request counts against for per-client limits.
+
+    The API key when one is sent (``X-Api-Key`` or ``Authorization: Bearer``), so
+    that clients behind one proxy are told apart; hashed, so the limiter holds no
+    secrets.  Otherwise the remote address without its port.
+    """
+    key = headers.get("x-api-key")
+    if not key:
+        auth = headers.get("authorization", "")
+        scheme, _, rest = auth.partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            key = rest.strip()
+    if key:
+        return "key:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return "addr:" + remote
+
+
+class _ClientState:
+    __slots__ = ("in_flight", "stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.in_flight = 0
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class ClientLimiter:
+    """Per-client concurrency and rate limits; answers 429 at once beyond them.
+
+    Args:
+        max_concurrency: Requests one client may have in flight (0: no limit).
+        rate: Requests per second one client may start, on average (0: no limit).
+        burst: Requests a client may start at once after being idle (the token
+            bucket's size); 0 means ``max(1, ceil(rate))``.
+        max_clients: How many clients are remembered; beyond it the least recently
+            seen idle ones are forgotten (a forgotten client starts with a full
+            bucket), so that memory stays bounded whatever the number of addresses.
+
+    Every successful :meth:`acquire` must be paired with one :meth:`release` (in a
+    ``finally``).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 0,
+        rate: float = 0.0,
+        burst: int = 0,
+        max_clients: int = 65_536,
+    ) -> None:
+        if max_concurrency < 0 or rate < 0 or burst < 0 or max_clients < 1:
+            raise ValueError("limits must be >= 0 and max_clients >= 1")
+        self.max_concurrency = max_concurrency
+        self.rate = float(rate)
+        self.burst = float(burst or max(1, math.ceil(rate)))
+        self.max_clients = max_clients
+        self.rejected = 0
+        self._clients: OrderedDict[str, _ClientState] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_concurrency > 0 or self.rate > 0
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def acquire(self, client: str) -> None:
+        """Count a request of ``client`` in, or refuse it.
+
+        Raises:
+            RateLimited: The client has ``max_concurrency`` requests in flight, or
+                its token bucket is empty.  ``retry_after`` says when to come back.
+        """
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        clients = self._clients
+        state = clients.get(client)
+        if state is None:
+            state = _ClientState(self.burst, now)
+            clients[client] = state
+            if len(clients) > self.max_clients:
+                self._evict()
+        else:
+            clients.move_to_end(client)
+        if self.max_concurrency and state.in_flight >= self.max_concurrency:
+            self.rejected += 1
+            raise RateLimited(
+                f"too many concurrent requests from this client (limit {self.max_concurrency})",
+                retry_after=1.0,
+            )
+        if self.rate > 0:
+            state.tokens = min(self.burst, state.tokens + (now - state.stamp) * self.rate)
+            state.stamp = now
+            if state.tokens < 1.0:
+                self.rejected += 1
+                raise RateLimited(
+                    f"request rate of this client exceeds {self.rate:g}/s",
+                    retry_after=(1.0 - state.tokens) / self.rate,
+                )
+            state.tokens -= 1.0
+        state.in_flight += 1
+
+    def release(self, client: str) -> None:
+        """Count a request of ``client`` out (it finished, failed or was cancelled)."""
+        if not self.enabled:
+            return
+        state = self._clients.get(client)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1
+
+    def _evict(self) -> None:
+        # Oldest first; a client with requests in flight is kept (its release must
+        # find it), and there are at most as many of those as open requests.
+        clients = self._clients
+        excess = len(clients) - self.max_clients
+        victims: list[str] = []
+        for key, state in clients.items():
+            if state.in_flight == 0:
+                victims.append(key)
+                if len(victims) >= excess:
+                    break
+        for key in victims:
+            del clients[key]

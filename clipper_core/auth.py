@@ -1,0 +1,180 @@
+"""Access control: the management token and per-application API keys.
+
+* The management API requires ``Authorization: Bearer <token>`` on every call when
+  a token is configured (``ServerConfig.admin_token``, by default the
+  ``CLIPPER_ADMIN_TOKEN`` environment variable).  Missing or wrong: 401 JSON.
+* An application may require API keys on its query route (``api_keys`` in its
+  configuration).  The client sends one as ``X-Api-Key: <key>`` or
+  ``Authorization: Bearer <key>``.  No key, or a key unknown to the server: 401;
+  a key of another application: 403.
+
+Secrets are compared in constant time (:func:`hmac.compare_digest` over SHA-256
+digests, so that neither content nor length leaks through timing).  API keys are
+kept, in memory and in the state store, only as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+
+from clipper_core.errors import BadInput, Forbidden, Unauthorized
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "API_KEYS_NAMESPACE",
+    "ApiKeys",
+    "bearer_token",
+    "check_admin",
+    "hash_api_key",
+    "presented_api_key",
+    "secret_matches",
+]
+
+#: The environment variable the server and the clients read the admin token from.
+ADMIN_TOKEN_ENV = "CLIPPER_ADMIN_TOKEN"
+
+#: StateStore kv namespace: application name -> list of SHA-256 hex digests.
+API_KEYS_NAMESPACE = "auth.api_keys"
+
+#: Shortest API key accepted (a short key can be guessed).
+MIN_API_KEY_LENGTH = 16
+
+#: What a 401 answer carries, per RFC 6750.
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+def secret_matches(presented: str | None, expected: str) -> bool:
+    """Whether ``presented`` equals ``expected``, in constant time."""
+    if presented is None:
+        return False
+    return hmac.compare_digest(_digest(presented), _digest(expected))
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    auth = headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def check_admin(headers: Mapping[str, str], token: str | None) -> None:
+    """Let a management call through, or raise.
+
+    Args:
+        headers: The request's headers (lower-cased names).
+        token: The configured token; None or empty disables the check.
+
+    Raises:
+        Unauthorized: A token is configured and the request does not carry it.
+    """
+    if not token:
+        return
+    presented = bearer_token(headers)
+    if presented is None:
+        raise Unauthorized("management calls need an 'Authorization: Bearer <token>' header")
+    if not secret_matches(presented, token):
+        raise Unauthorized("the management token is not valid")
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest that stands for ``key`` in memory and in the store."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def validate_api_keys(keys: object) -> list[str]:
+    """The API keys of an application's configuration, checked.
+
+    Raises:
+        BadInput: Not a list of strings of at least :data:`MIN_API_KEY_LENGTH`
+            printable ASCII characters without spaces.
+    """
+    if keys is None:
+        return []
+    if isinstance(keys, str) or not isinstance(keys, list):
+        raise BadInput("api_keys must be a list of strings")
+    out: list[str] = []
+    for key in keys:
+        if not isinstance(key, str):
+            raise BadInput("api_keys must be a list of strings")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise BadInput(f"an API key must have at least {MIN_API_KEY_LENGTH} characters")
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise BadInput("an API key must be printable ASCII without spaces")
+        out.append(key)
+    return out
+
+
+def presented_api_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a query carries: ``X-Api-Key``, else a Bearer token."""
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip()
+    return bearer_token(headers)
+
+
+class ApiKeys:
+    """Which applications require API keys, and the digests of their keys."""
+
+    def __init__(self) -> None:
+        self._by_app: dict[str, tuple[bytes, ...]] = {}
+        self._all: set[bytes] = set()
+
+    def set_digests(self, app: str, digests: Iterable[str]) -> None:
+        """Require one of these keys (SHA-256 hex digests) on ``app``'s queries;
+        none at all lifts the requirement."""
+        raw = tuple(bytes.fromhex(d) for d in digests)
+        if raw:
+            self._by_app[app] = raw
+        else:
+            self._by_app.pop(app, None)
+        self._all = {d for ds in self._by_app.values() for d in ds}
+
+    def remove(self, app: str) -> None:
+        self.set_digests(app, ())
+
+    def required(self, app: str) -> bool:
+        """Whether ``app`` requires an API key."""
+        return app in self._by_app
+
+    def check(self, app: str, headers: Mapping[str, str]) -> None:
+        """Let a query of ``app`` through, or raise.
+
+        Raises:
+            Unauthorized: The app requires a key and none, or an unknown one, came.
+            Forbidden: The key belongs to another application.
+        """
+        wanted = self._by_app.get(app)
+        if wanted is None:
+            return
+        key = presented_api_key(headers)
+        if key is None:
+            raise Unauthorized(
+                f"application {app!r} requires an API key ('X-Api-Key: <key>' or"
+                " 'Authorization: Bearer <key>')"
+            )
+        digest = _digest(key)
+        ok = False
+        for candidate in wanted:  # every candidate compared: no early exit
+            ok |= hmac.compare_digest(digest, candidate)
+        if ok:
+            return
+        if digest in self._all:
+            raise Forbidden(f"this API key does not grant access to application {app!r}")
+        raise Unauthorized("the API key is not valid")
+
+
+def admin_token_from_env() -> str:
+    """The admin token of the environment (``CLIPPER_ADMIN_TOKEN``), or ""."""
+    return os.environ.get(ADMIN_TOKEN_ENV, "").strip()

@@ -1,0 +1,244 @@
+"""Access control: the management token (every call, 401 JSON without it), the
+CLI and ClipperConnection sending it, per-app API keys on the query port (401 /
+403), no management route on the query port, and TLS on both HTTP ports (and the
+gRPC helpers) with a self-signed certificate made here."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clipper_core.connection import ClipperConnection, LocalContainerManager
+from clipper_core.errors import ClipperError
+from clipper_core.tls import (
+    client_ssl_context,
+    grpc_channel_credentials,
+    grpc_server_credentials,
+)
+from tests.reliability.conftest import REPO, http
+from tests.server import models as server_models
+from tests.server.conftest import Running, start_server
+
+TOKEN = "admin-token-for-tests-0123456789"
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    try:
+        yield started
+    finally:
+        for r in started:
+            r.bg.stop()
+
+
+def _conn(r: Running, **kw: object) -> ClipperConnection:
+    cm = LocalContainerManager(
+        "127.0.0.1",
+        r.server.query_port,
+        r.server.management_port,
+        str(r.state_dir),
+        **kw,  # type: ignore[arg-type]
+    )
+    return ClipperConnection(cm, timeout=60)
+
+
+def test_management_calls_need_the_token(
+    servers: list[Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLIPPER_ADMIN_TOKEN", raising=False)
+    r = start_server(tmp_path / "s", admin_token=TOKEN)
+    servers.append(r)
+    base = r.server.management_url
+    for method, path, body in [
+        ("POST", "/admin/get_all_applications", {}),
+        ("POST", "/admin/add_app", {"name": "x", "input_type": "doubles"}),
+        ("POST", "/admin/add_model", {"model_name": "m", "model_version": "1"}),
+        ("POST", "/admin/shutdown", {}),
+        ("GET", "/admin/ping", None),
+        ("GET", "/no/such/route", None),
+    ]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            status, resp_headers, reply = http(method, base + path, body, headers=headers)
+            assert status == 401, (path, headers, reply)
+            assert reply["error"] == "unauthorized" and reply["cause"]
+            assert resp_headers["www-authenticate"].startswith("Bearer")
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert http("GET", base + "/admin/ping", headers=good)[0] == 200
+
+    with pytest.raises(ClipperError, match="401"):
+        _conn(r).get_all_apps()
+    conn = _conn(r, admin_token=TOKEN)
+    conn.register_application("guarded", "doubles", "-1", 100_000)
+    assert conn.get_all_apps() == ["guarded"]
+    assert _conn(r).ping()  # a 401 still says that a server answers
+
+    # The CLI sends the token from the environment (or --admin-token).
+    env = {**os.environ, "CLIPPER_STATE_DIR": str(r.state_dir)}
+    ports = [
+        "--query-port",
+        str(r.server.query_port),
+        "--management-port",
+        str(r.server.management_port),
+    ]
+    cmd = [sys.executable, "-m", "clipper_core.cli", *ports, "apps", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert res.returncode == 1 and "401" in res.stderr, res
+    env["CLIPPER_ADMIN_TOKEN"] = TOKEN
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert [a["name"] for a in json.loads(res.stdout)] == ["guarded"]
+
+
+def test_query_port_serves_no_management_route(servers: list[Running], tmp_path: Path) -> None:
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+    assert not [p for _, p in r.server._query_http.router.routes() if p.startswith("/admin")]  # type: ignore[union-attr]
+    payload = {"model_name": "evil", "model_version": "1", "input_type": "doubles"}
+    for op in ("add_model", "add_app", "set_num_replicas", "shutdown", "ping"):
+        status, _, body = http("POST", f"{r.bg.query_url}/admin/{op}", payload)
+        assert status in (404, 405), (op, status, body)
+    assert r.conn.get_all_models() == []
+
+
+def test_app_api_keys(servers: list[Running], tmp_path: Path) -> None:
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+    conn = r.conn
+    status, _, body = http(
+        "POST",
+        f"{r.server.management_url}/admin/add_app",
+        {
+            "name": "keyed",
+            "input_type": "doubles",
+            "default_output": "0",
+            "api_keys": ["keyed-app-key-000001"],
+        },
+    )
+    assert status == 200, body
+    conn.register_application("second", "doubles", "0", 100_000)
+    conn.set_app_api_keys("second", ["second-app-key-00001", "second-app-key-00002"])
+    conn.register_application("open", "doubles", "0", 100_000)
+    with pytest.raises(ClipperError, match="at least 16"):
+        conn.set_app_api_keys("open", ["short"])
+    url = f"{r.bg.query_url}/keyed/predict"
+    body = {"input": [1.0]}
+    assert http("POST", url, body)[0] == 401
+    status, headers, reply = http("POST", url, body, headers={"X-Api-Key": "guess-guess-guess"})
+    assert status == 401 and reply["error"] == "unauthorized"
+    assert headers["www-authenticate"].startswith("Bearer")
+    status, _, reply = http("POST", url, body, headers={"X-Api-Key": "second-app-key-00002"})
+    assert status == 403 and reply["error"] == "forbidden"
+    assert http("POST", url, body, headers={"X-Api-Key": "keyed-app-key-000001"})[0] == 200
+    auth = {"Authorization": "Bearer keyed-app-key-000001"}
+    assert http("POST", url, body, headers=auth)[0] == 200
+    assert http("POST", f"{r.bg.query_url}/open/predict", body)[0] == 200
+    # Lifting the requirement, and deleting the app, drop the keys.
+    conn.set_app_api_keys("second", [])
+    assert http("POST", f"{r.bg.query_url}/second/predict", body)[0] == 200
+    # Only digests are stored: no key in the state file, none in the app's info.
+    raw = (r.state_dir / "state.sqlite3").read_bytes()
+    wal = r.state_dir / "state.sqlite3-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert b"keyed-app-key-000001" not in raw
+    assert "keyed-app-key" not in json.dumps(conn.get_app_info("keyed"))
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipper-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_on_both_http_ports(servers: list[Running], tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    r = start_server(tmp_path / "s", tls_cert=str(cert), tls_key=str(key))
+    servers.append(r)
+    assert r.server.query_url.startswith("https://")
+    conn = ClipperConnection.for_server(r.server)  # https, trusting the certificate
+    conn.register_application("secure", "doubles", "-1", 2_000_000)
+    conn.deploy_pickled("secure", 1, "doubles", server_models.make_sum())
+    conn.link_model_to_app("secure", "secure")
+    ctx = client_ssl_context(cert)
+    status, _, body = http(
+        "POST", f"{r.server.query_url}/secure/predict", {"input": [1.0, 2.0]}, context=ctx
+    )
+    assert status == 200 and body["output"] == 3.0
+    assert conn.inspect_instance()["apps"] == ["secure"]
+    # Plain HTTP to the TLS port gets no HTTP answer; a client that does not
+    # trust the certificate refuses it.
+    with socket.create_connection(("127.0.0.1", r.server.query_port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            reply = s.recv(100)
+        except OSError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/1.1 200")
+    with pytest.raises(OSError):
+        http("GET", f"{r.server.query_url}/health", context=ssl.create_default_context())
+
+
+def test_grpc_tls_helpers(tmp_path: Path) -> None:
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    cert, key = _self_signed(tmp_path)
+
+    async def body() -> str:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(cert, key))
+        await server.start()
+        try:
+            creds = grpc_channel_credentials(cert)
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(body()) == "SERVING"

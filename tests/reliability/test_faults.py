@@ -1,0 +1,143 @@
+"""Faults: a replica killed mid-batch is back within 5 s; a model that hangs is
+caught by the batch timeout and its replica recycled; a container that fails to
+start reports its stderr through the CLI, which exits 1."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability import models
+from tests.reliability.conftest import REPO, http, pid_alive, wait_for
+from tests.server.conftest import Running, start_server
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = start_server(tmp_path / "state")
+    try:
+        yield r
+    finally:
+        r.bg.stop()
+
+
+def test_replica_killed_mid_batch_is_restarted_within_5_s(running: Running) -> None:
+    conn = running.conn
+    conn.register_application("k9", "doubles", "-1", 10_000_000)
+    conn.deploy_pickled(
+        "k9", 1, "doubles", models.make_sleeper(0.2), batch_size=4, cache_enabled=False
+    )
+    conn.link_model_to_app("k9", "k9")
+    mv = running.server.dataplane.get_model_version("k9", "1")
+    [pid] = running.replica_pids("k9")
+    url = f"{running.bg.query_url}/k9/predict"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(http, "POST", url, {"input": [float(i)]}) for i in range(24)]
+        wait_for("a batch in flight", lambda: any(i["busy"] for i in mv.replica_info()))
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+        def back() -> bool:
+            pids = running.replica_pids("k9")
+            return len(pids) == 1 and pids[0] != pid and "0" in mv.replicas
+
+        wait_for("the replica restarted", back, timeout=30)
+        restarted_in = time.monotonic() - killed_at
+        results = [f.result(timeout=60) for f in futs]
+    assert restarted_in < 5.0, f"restarted after {restarted_in:.2f} s"
+    # Nothing hangs: each request is answered by a replica or with a clear error.
+    for status, _, body in results:
+        assert status == 200 or body.get("cause"), body
+    assert not pid_alive(pid)
+    status, _, body = http("POST", url, {"input": [1.0]})
+    assert status == 200 and not body["default"]
+
+
+def test_hung_model_is_timed_out_and_its_replica_recycled(running: Running) -> None:
+    conn = running.conn
+    conn.register_application("hang", "doubles", "-1", 30_000_000)
+    conn.deploy_pickled("hang", 1, "doubles", models.make_hanger(), batch_size=1, batch_timeout=1.0)
+    conn.link_model_to_app("hang", "hang")
+    info = conn.get_model_info("hang", 1)
+    assert info is not None and info["batch_timeout"] == 1.0
+    url = f"{running.bg.query_url}/hang/predict"
+    status, _, body = http("POST", url, {"input": [1.0]})
+    assert status == 200 and not body["default"]
+    [pid] = running.replica_pids("hang")
+    assert body["output"] == pid
+
+    status, _, body = http("POST", url, {"input": [-1.0]})  # hangs the model
+    assert status == 504, body
+    assert body["error"] == "model_timeout" and "batch timeout of 1 s" in body["cause"]
+
+    def recycled() -> int | None:
+        pids = running.replica_pids("hang")
+        mv = running.server.dataplane.get_model_version("hang", "1")
+        if len(pids) == 1 and pids[0] != pid and "0" in mv.replicas:
+            return pids[0]
+        return None
+
+    new_pid = wait_for("the hung replica replaced", recycled, timeout=30)
+    assert not pid_alive(pid)
+    status, _, body = http("POST", url, {"input": [2.0]})
+    assert status == 200 and body["output"] == new_pid and not body["default"]
+    mv = running.server.dataplane.get_model_version("hang", "1")
+    assert mv.timeouts == 1
+
+
+BROKEN_MODEL = """
+from model_containers import Model
+
+
+class Broken(Model):
+    input_type = "doubles"
+
+    def load(self):
+        raise RuntimeError("weights file is missing: MARKER-7f3a")
+
+    def predict(self, inputs):
+        return [0.0 for _ in inputs]
+"""
+
+
+def test_cli_deploy_of_a_broken_model_prints_stderr_and_exits_1(
+    running: Running, tmp_path: Path
+) -> None:
+    source = tmp_path / "brokenmodel.py"
+    source.write_text(BROKEN_MODEL)
+    env = {**os.environ, "CLIPPER_STATE_DIR": str(running.state_dir)}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipper_core.cli",
+            "--query-port",
+            str(running.server.query_port),
+            "--management-port",
+            str(running.server.management_port),
+            "deploy",
+            "broken",
+            f"{source}:Broken",
+            "--input-type",
+            "doubles",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert res.returncode == 1, res
+    # An error message (holding the container's stderr tail), not a CLI crash.
+    assert res.stderr.startswith("clipper: error:"), res.stderr
+    assert "stderr tail" in res.stderr and "MARKER-7f3a" in res.stderr, res.stderr
+    assert "clipper_core/cli.py" not in res.stderr
+    assert running.conn.get_all_models() == []
