@@ -134,7 +134,8 @@ def main() -> None:
     # The server runs in its own process, as in production (the benchmark's
     # own Python would otherwise share its GIL).
     qp, mp = _free_port(), _free_port()
-    env = {**os.environ, "CLIPPER_STATE_DIR": str(tmp / "state")}
+    # No OIP gRPC port (its default, 8001, may be taken).
+    env = {**os.environ, "CLIPPER_STATE_DIR": str(tmp / "state"), "CLIPPER_GRPC_PORT": "off"}
     server = subprocess.Popen(
         [
             sys.executable,

@@ -1,0 +1,286 @@
+"""Scenarios: small TOML files naming a model, an app and a default load.
+
+``load_scenario("noop")`` reads ``bench/scenarios/noop.toml``; a path to any other
+``.toml`` works too.  Command-line options override the ``[load]`` and
+``[model]`` tables (see ``bench.__main__``); ``--smoke`` replaces the load with
+the ``[smoke]`` table's small figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+MODEL_KINDS = ("noop", "matmul", "sleep")
+PROTOCOLS = ("rest", "oip-json", "oip-binary", "oip-grpc")
+MODES = ("closed", "open", "burst")
+DISTRIBUTIONS = ("uniform", "zipf")
+
+
+def batch_slo_share() -> float:
+    """Share of the app SLO that the server gives one batch
+    (``clipper_core.dataplane.model_version.BATCH_SLO_SHARE``), so that the
+    formula follows the server; 0.5 when it cannot be read."""
+    try:
+        from clipper_core.dataplane.model_version import BATCH_SLO_SHARE
+    except ImportError:  # pragma: no cover - the bench runs next to clipper_core
+        return 0.5
+    return float(BATCH_SLO_SHARE)
+
+
+class ScenarioError(ValueError):
+    """A scenario file or an override is invalid."""
+
+
+@dataclass
+class ModelSpec:
+    kind: str = "noop"
+    input_type: str = "floats"
+    dim: int = 8
+    seed: int = 0
+    output: str = "full"  # matmul: "full" row or "argmax"
+    a_ms: float = 1.0  # sleep: per-item cost
+    b_ms: float = 5.0  # sleep: per-batch cost
+    batch_size: int = -1
+    batch_wait_micros: int = 1000
+    cache_enabled: bool = False
+    num_replicas: int = 1
+    formula_check: bool = False  # sleep: report the settled batch size vs the formula
+
+
+@dataclass
+class ServerSpec:
+    admission: bool = True  # False: `serve --no-admission` (where the server has it)
+    args: list[str] = field(default_factory=list)  # more `clipper serve` options
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AppSpec:
+    slo_ms: float = 1000.0
+    default_output: str = "-1"
+
+
+@dataclass
+class InputSpec:
+    distinct: int = 64
+    distribution: str = "uniform"
+    zipf_s: float = 1.1
+    seed: int = 0
+
+
+@dataclass
+class LoadSpec:
+    protocol: str = "rest"
+    mode: str = "closed"
+    concurrency: int = 32
+    concurrency_factor: float = 0.0  # sleep: concurrency = ceil(factor * optimum)
+    rate: float = 1000.0
+    burst_size: int = 32
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    max_requests: int = 0  # 0: bounded by time only
+    timeout_s: float = 10.0
+    workers: int = 1
+    max_connections: int = 1024
+    grpc_channels: int = 0  # 0: min(concurrency, 4)
+    seed: int = 12345
+    oip_shape: list[int] = field(default_factory=lambda: [1, -1])  # -1: the input's length
+
+
+@dataclass
+class RampSpec:
+    start: float = 250.0
+    factor: float = 1.5
+    max_rate: float = 50_000.0
+    refine: int = 3
+    step_duration_s: float = 5.0
+    step_warmup_s: float = 1.0
+    attainment: float = 0.99
+    rates: list[float] = field(default_factory=list)  # explicit list instead of auto
+
+
+@dataclass
+class SweepSpec:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    batch_wait_micros: list[int] = field(default_factory=lambda: [0, 500, 1000, 2000])
+    adaptive: bool = True
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    server: ServerSpec = field(default_factory=ServerSpec)
+    app: AppSpec = field(default_factory=AppSpec)
+    inputs: InputSpec = field(default_factory=InputSpec)
+    load: LoadSpec = field(default_factory=LoadSpec)
+    ramp: RampSpec = field(default_factory=RampSpec)
+    sweep: SweepSpec = field(default_factory=SweepSpec)
+    smoke: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def slo_s(self) -> float:
+        return self.app.slo_ms / 1000.0
+
+    def optimum_batch_size(self, max_batch_size: int = 256) -> int | None:
+        """For a ``sleep`` model, the largest n with a*n + b within the batch objective."""
+        if self.model.kind != "sleep" or self.model.a_ms <= 0 or not self.model.formula_check:
+            return None
+        batch_slo_ms = self.app.slo_ms * batch_slo_share()
+        n = math.floor((batch_slo_ms - self.model.b_ms) / self.model.a_ms)
+        return max(1, min(n, max_batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def copy(self) -> Scenario:
+        return copy.deepcopy(self)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def _fill(obj: Any, table: dict[str, Any], where: str) -> None:
+    for key, value in table.items():
+        if not hasattr(obj, key):
+            raise ScenarioError(f"{where}: unknown key {key!r}")
+        current = getattr(obj, key)
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ScenarioError(f"{where}.{key}: expected true/false, got {value!r}")
+        elif isinstance(current, float) and isinstance(value, int):
+            value = float(value)
+        elif isinstance(current, list):
+            if not isinstance(value, list):
+                raise ScenarioError(f"{where}.{key}: expected a list, got {value!r}")
+        elif isinstance(current, dict):
+            if not isinstance(value, dict):
+                raise ScenarioError(f"{where}.{key}: expected a table, got {value!r}")
+            value = {str(k): str(v) for k, v in value.items()}
+        elif current is not None and not isinstance(value, type(current)):
+            raise ScenarioError(f"{where}.{key}: expected {type(current).__name__}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """Read a scenario by name (``bench/scenarios/NAME.toml``) or path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = SCENARIO_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ScenarioError(
+            f"no scenario {name_or_path!r}: expected one of {', '.join(available())}"
+            " or a path to a .toml file"
+        )
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    sc = Scenario(name=str(data.pop("name", path.stem)), source=str(path))
+    sc.description = str(data.pop("description", ""))
+    tables: dict[str, Any] = {
+        "model": sc.model,
+        "server": sc.server,
+        "app": sc.app,
+        "inputs": sc.inputs,
+        "load": sc.load,
+        "ramp": sc.ramp,
+        "sweep": sc.sweep,
+    }
+    for key, value in data.items():
+        if key == "smoke":
+            sc.smoke = dict(value)
+        elif key == "targets":
+            sc.targets = [_check_target(t, path.name) for t in value]
+        elif key in tables:
+            _fill(tables[key], value, f"{path.name}: [{key}]")
+        else:
+            raise ScenarioError(f"{path.name}: unknown table or key {key!r}")
+    validate(sc)
+    return sc
+
+
+#: What a ``[[targets]]`` entry may bound (see ``bench.targets``).
+TARGET_KEYS = {
+    "throughput_rps_min",
+    "fraction_of_bare_min",
+    "p50_ms_max",
+    "p99_ms_max",
+    "best_rate_min",
+    "adaptive_over_best_static_min",
+    "controller_ratio_tolerance",
+}
+TARGET_WHEN = {"kind", "protocol", "mode", "concurrency"}
+
+
+def _check_target(t: Any, where: str) -> dict[str, Any]:
+    if not isinstance(t, dict) or "name" not in t:
+        raise ScenarioError(f"{where}: each [[targets]] needs a name")
+    for k in t:
+        if k not in TARGET_KEYS | {"name", "when"}:
+            raise ScenarioError(f"{where}: target {t['name']!r}: unknown key {k!r}")
+    for k in t.get("when", {}):
+        if k not in TARGET_WHEN:
+            raise ScenarioError(f"{where}: target {t['name']!r}: unknown condition {k!r}")
+    return dict(t)
+
+
+def validate(sc: Scenario) -> None:
+    m, ld = sc.model, sc.load
+    if m.kind not in MODEL_KINDS:
+        raise ScenarioError(f"model.kind must be one of {MODEL_KINDS}, got {m.kind!r}")
+    if m.input_type not in ("floats", "doubles", "ints"):
+        raise ScenarioError(f"model.input_type must be floats, doubles or ints, got {m.input_type}")
+    if m.dim < 1:
+        raise ScenarioError("model.dim must be >= 1")
+    if m.kind == "matmul" and m.output not in ("full", "argmax"):
+        raise ScenarioError("model.output must be 'full' or 'argmax'")
+    if ld.protocol not in PROTOCOLS:
+        raise ScenarioError(f"load.protocol must be one of {PROTOCOLS}, got {ld.protocol!r}")
+    if ld.mode not in MODES:
+        raise ScenarioError(f"load.mode must be one of {MODES}, got {ld.mode!r}")
+    if sc.inputs.distribution not in DISTRIBUTIONS:
+        raise ScenarioError(f"inputs.distribution must be one of {DISTRIBUTIONS}")
+    if sc.inputs.distinct < 1:
+        raise ScenarioError("inputs.distinct must be >= 1")
+    if ld.concurrency < 1 or ld.rate <= 0 or ld.burst_size < 1 or ld.workers < 1:
+        raise ScenarioError("load: concurrency, rate, burst_size and workers must be positive")
+    if ld.duration_s <= 0 and ld.max_requests <= 0:
+        raise ScenarioError("load: bound the run by duration_s or max_requests")
+    if sc.app.slo_ms <= 0:
+        raise ScenarioError("app.slo_ms must be > 0")
+
+
+def apply_smoke(sc: Scenario) -> None:
+    """Shrink the load to the ``[smoke]`` table: seconds, small counts."""
+    s = sc.smoke
+    ld = sc.load
+    ld.duration_s = float(s.get("duration_s", 1.5))
+    ld.warmup_s = float(s.get("warmup_s", 0.3))
+    if "concurrency" in s:
+        ld.concurrency = int(s["concurrency"])
+    if "rate" in s:
+        ld.rate = float(s["rate"])
+    ld.max_requests = int(s.get("max_requests", 0))
+    # A loaded CI machine must not turn a smoke run into SLO misses or 503s from
+    # admission control: the smoke checks the harness, not the server's speed.
+    if "slo_ms" in s:
+        sc.app.slo_ms = float(s["slo_ms"])
+    ld.workers = 1
+    sc.ramp.rates = [float(r) for r in s.get("ramp_rates", [50, 100])]
+    sc.ramp.step_duration_s = float(s.get("step_duration_s", 1.0))
+    sc.ramp.step_warmup_s = float(s.get("step_warmup_s", 0.2))
+    sc.ramp.refine = 0
+    sc.sweep.batch_sizes = [int(b) for b in s.get("sweep_batch_sizes", [4])]
+    sc.sweep.batch_wait_micros = [int(w) for w in s.get("sweep_batch_wait_micros", [500])]

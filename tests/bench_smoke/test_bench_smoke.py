@@ -1,0 +1,154 @@
+"""CI smoke runs of the load harness: each scenario end to end, in seconds.
+
+Each test runs ``python -m bench <scenario> --smoke`` in a subprocess (a real
+server, real model containers, load from worker processes) and checks the JSON
+report's shape and that no request failed.  No speed is asserted: these keep the
+harness from rotting; the numbers come from full runs on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import scenario
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+SUMMARY_FIELDS = {
+    "requests",
+    "ok",
+    "errors",
+    "throughput_rps",
+    "latency_ms",
+    "default_rate",
+    "slo_attainment",
+    "slo_ms",
+    "cdf",
+}
+LATENCY_FIELDS = {"p50", "p90", "p99", "p999", "max", "mean"}
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 300) -> tuple[dict[str, Any], Path]:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--smoke", "--out", str(out), "--name", "r"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0 and "is not available" in proc.stderr:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    report = json.loads((out / "r.json").read_text())
+    return report, out
+
+
+def check_run(run: dict[str, Any]) -> None:
+    s = run["summary"]
+    assert SUMMARY_FIELDS <= set(s), set(s)
+    assert LATENCY_FIELDS <= set(s["latency_ms"])
+    assert s["requests"] > 0
+    assert s["errors"] == {}, s["errors"]
+    assert s["ok"] == s["requests"]
+    assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
+    assert 0.0 <= s["slo_attainment"] <= 1.0
+    assert run["timeline"], "no timeline"
+    assert {"t", "throughput_rps", "p50_ms", "p99_ms"} <= set(run["timeline"][0])
+
+
+def check_plots(report: dict[str, Any], *suffixes: str) -> None:
+    made = {Path(p).name for p in report["plots"]}
+    for suffix in suffixes:
+        assert f"r-{suffix}.png" in made, made
+        assert Path(next(p for p in report["plots"] if p.endswith(f"-{suffix}.png"))).stat().st_size
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=() if n == "noop" else pytest.mark.slow) for n in scenario.available()],
+)
+def test_scenario_smoke(tmp_path: Path, name: str) -> None:
+    report, _ = run_bench(tmp_path, name)
+    assert report["kind"] == "run"
+    assert report["meta"]["machine"]["cpus"] >= 1
+    (run,) = report["runs"]
+    check_run(run)
+    server = run["summary"]["server"]
+    assert server["mean_batch_size"] is not None and server["mean_batch_size"] >= 1
+    assert "batch_size" in run["timeline"][-1]
+    check_plots(report, "cdf", "timeline")
+    if name == "sleep":
+        c = run["controller"]
+        assert c["optimum_formula"] == 45
+        assert c["settled_controller_batch_size"] is not None
+    if name == "cache":
+        assert server["cache_hit_rate"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+def test_compare_with_the_bare_server(tmp_path: Path) -> None:
+    report, _ = run_bench(tmp_path, "noop", "--compare")
+    ours, bare = report["runs"]
+    check_run(ours)
+    check_run(bare)
+    assert bare["target"] == "bare"
+    assert report["comparison"]["throughput_fraction_of_bare"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+def test_rate_ramp(tmp_path: Path) -> None:
+    report, _ = run_bench(tmp_path, "matmul", "--rates", "auto")
+    steps = report["ramp"]["steps"]
+    assert [s["rate"] for s in steps] == [50.0, 100.0]
+    for s in steps:
+        assert s["mode"] == "open"
+        assert s["summary"]["errors"] == {}
+    assert report["ramp"]["best_rate"] == 100.0
+    check_plots(report, "ramp")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweep(tmp_path: Path) -> None:
+    report, _ = run_bench(tmp_path, "matmul", "--sweep")
+    configs = report["sweep"]["configs"]
+    assert {(c["batch_size"], c["batch_wait_micros"]) for c in configs} == {(4, 500), (-1, 500)}
+    summary = report["sweep"]["summary"]
+    assert summary["best_static"]["batch_size"] == 4
+    assert summary["adaptive"]["batch_size"] == -1
+    check_plots(report, "sweep")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("protocol", ["oip-json", "oip-binary", "oip-grpc"])
+def test_oip_protocols(tmp_path: Path, protocol: str) -> None:
+    report, _ = run_bench(tmp_path, "noop", "--protocol", protocol, "--no-plots")
+    (run,) = report["runs"]
+    assert run["protocol"] == protocol
+    check_run(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+def test_open_loop_bursts_from_two_workers(tmp_path: Path) -> None:
+    report, _ = run_bench(
+        tmp_path, "noop", "--mode", "burst", "--burst-size", "8", "--workers", "2", "--no-plots"
+    )
+    (run,) = report["runs"]
+    check_run(run)
+    assert len(run["workers"]) == 2
+    assert "lag_ms" in run["summary"]
