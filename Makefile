@@ -13,7 +13,7 @@ EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd) setup.py
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m pip install -q -e '.[test,lint,bench]'
 	touch $(STAMP)
 
 # Rebuild the extensions in place when a Cython source changes.

@@ -8,14 +8,17 @@ model versions are strings.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clipper_core import dashboard, runtime_env
+from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
 from clipper_core.clipper_api import validate_input_type
-from clipper_core.errors import BadInput, ClipperError
+from clipper_core.errors import BadInput, ClipperError, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.query_api import server_metrics
 from clipper_core.state import AppRecord, ModelRecord
@@ -74,7 +77,35 @@ def _app_dict(rec: AppRecord, linked: list[str]) -> dict[str, Any]:
         "latency_slo_micros": rec.slo_micros,
         "linked_models": linked,
         "policy": rec.policy,
+        "policy_config": rec.policy_config,
     }
+
+
+def _policy_config(body: Body) -> dict[str, Any]:
+    config = body.get("policy_config")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise BadInput("field 'policy_config' must be an object")
+    return config
+
+
+def admin_guard(server: ClipperServer) -> Callable[[Request], Response | None]:
+    """The management port's guard: when a token is configured, every request
+    (every route, ping included) without ``Authorization: Bearer <token>`` gets a
+    401 JSON answer.  The token is compared in constant time."""
+
+    def guard(request: Request) -> Response | None:
+        token = server.config.admin_token
+        if not token or dashboard.is_public(request):
+            return None
+        try:
+            check_admin(dashboard.auth_headers(request), token)
+        except Unauthorized as exc:
+            return error_response(401, exc.kind, str(exc), WWW_AUTHENTICATE)
+        return None
+
+    return guard
 
 
 def install(router: Router, server: ClipperServer) -> None:
@@ -90,14 +121,24 @@ def install(router: Router, server: ClipperServer) -> None:
         name = _str(body, "name")
         if not name or "/" in name:
             raise BadInput(f"invalid application name {name!r}")
+        api_keys = validate_api_keys(body.get("api_keys"))
         server.add_app(
             AppRecord(
                 name=name,
                 input_type=validate_input_type(_str(body, "input_type")),
                 default_output=_str(body, "default_output", "None"),
                 slo_micros=slo,
+                policy=_str(body, "policy", "single"),
+                policy_config=_policy_config(body),
             )
         )
+        if api_keys:
+            server.set_app_api_keys(name, api_keys)
+        return "Success!"
+
+    async def set_api_keys(body: Body) -> Any:
+        # An empty list lets the app's queries through without a key again.
+        server.set_app_api_keys(_str(body, "app_name"), validate_api_keys(body.get("api_keys")))
         return "Success!"
 
     async def delete_app(body: Body) -> Any:
@@ -128,6 +169,21 @@ def install(router: Router, server: ClipperServer) -> None:
         name = _str(body, "model_name")
         if not name or ":" in name or "/" in name:
             raise BadInput(f"invalid model name {name!r}")
+        queue_capacity = body.get("queue_capacity")
+        if queue_capacity is not None and (
+            isinstance(queue_capacity, bool)
+            or not isinstance(queue_capacity, int)
+            or queue_capacity < 1
+        ):
+            raise BadInput("field 'queue_capacity' must be a positive integer")
+        batch_timeout = body.get("batch_timeout")
+        if batch_timeout is not None and (
+            isinstance(batch_timeout, bool)
+            or not isinstance(batch_timeout, int | float)
+            or not math.isfinite(batch_timeout)
+            or batch_timeout <= 0
+        ):
+            raise BadInput("field 'batch_timeout' must be a number of seconds > 0")
         rec = ModelRecord(
             name=name,
             version=_str(body, "model_version"),
@@ -141,6 +197,8 @@ def install(router: Router, server: ClipperServer) -> None:
             cache_enabled=bool(body.get("cache_enabled", True)),
             batch_wait_micros=wait,
             created_at=time.time(),
+            queue_capacity=queue_capacity,
+            batch_timeout=batch_timeout,
         )
         payload = body.get("payload_b64")
         if payload is not None and not isinstance(payload, str):
@@ -195,6 +253,8 @@ def install(router: Router, server: ClipperServer) -> None:
             "memory_limit_mb": rec.memory_limit_mb,
             "cache_enabled": rec.cache_enabled,
             "batch_wait_micros": rec.batch_wait_micros,
+            "queue_capacity": rec.queue_capacity,
+            "batch_timeout": rec.batch_timeout,
         }
 
     async def get_model(body: Body) -> Any:
@@ -245,6 +305,22 @@ def install(router: Router, server: ClipperServer) -> None:
         )
         return {"replica_id": replica_id}
 
+    async def set_selection_policy(body: Body) -> Any:
+        server.set_selection_policy(
+            _str(body, "app_name"), _str(body, "policy"), _policy_config(body)
+        )
+        return "Success!"
+
+    async def get_selection_state(body: Body) -> Any:
+        name = _str(body, "app_name")
+        app = server.dataplane.apps.get(name)
+        if app is None:
+            return {}
+        uid = body.get("uid")
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
+            raise BadInput("field 'uid' must be an integer >= 0")
+        return server.selection.get(name).describe(app.linked_models, uid)
+
     async def get_state(body: Body) -> Any:
         return server_metrics(server)
 
@@ -254,6 +330,7 @@ def install(router: Router, server: ClipperServer) -> None:
 
     operations: dict[str, Handler] = {
         "add_app": add_app,
+        "set_api_keys": set_api_keys,
         "delete_app": delete_app,
         "delete_application": delete_app,
         "add_model": add_model,
@@ -271,8 +348,12 @@ def install(router: Router, server: ClipperServer) -> None:
         "get_num_replicas": get_num_replicas,
         "register_replica": register_replica,
         "get_state": get_state,
+        "set_selection_policy": set_selection_policy,
+        "get_selection_state": get_selection_state,
         "shutdown": shutdown,
     }
+    # Per-model virtual environments: start a build, follow its log.
+    operations.update(runtime_env.admin_operations(server))
 
     async def dispatch(request: Request, params: dict[str, str]) -> Response:
         handler = operations.get(params["op"])

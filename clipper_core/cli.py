@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +25,14 @@ from clipper_core.errors import ClipperError
 
 def _connection(args: argparse.Namespace) -> ClipperConnection:
     return ClipperConnection(
-        LocalContainerManager(args.host, args.query_port, args.management_port, args.state_dir)
+        LocalContainerManager(
+            args.host,
+            args.query_port,
+            args.management_port,
+            args.state_dir,
+            admin_token=args.admin_token,
+            tls_ca=args.tls_ca,
+        )
     )
 
 
@@ -42,19 +49,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from clipper_core.config import ServerConfig
+    from clipper_core.logs import configure_logging
     from clipper_core.server import ClipperServer
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     cfg = ServerConfig(
         host=args.host, query_port=args.query_port, management_port=args.management_port
     )
+    cfg.access_log = args.access_log
+    if args.grpc_port is not None:
+        cfg.grpc_port = None if args.grpc_port < 0 else args.grpc_port
     if args.state_dir:
         cfg.state_dir = args.state_dir
+    if args.admin_token is not None:
+        cfg.admin_token = args.admin_token
+    cfg.tls_cert, cfg.tls_key = args.tls_cert, args.tls_key
+    cfg.shutdown_grace = args.shutdown_grace
+    cfg.admission_control = not args.no_admission
+    cfg.client_max_concurrency = args.client_max_concurrency
+    cfg.client_rate_limit = args.client_rate_limit
+    for name in ("queue_capacity", "batch_timeout", "max_body_size"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     server = ClipperServer(cfg)
+    ready_file = args.ready_file
+
+    def on_started(srv: ClipperServer) -> None:
+        if ready_file:  # for supervisors and tests: the ports actually bound
+            tmp = Path(f"{ready_file}.tmp")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "query_port": srv.query_port,
+                        "management_port": srv.management_port,
+                        "grpc_port": srv.grpc_port,
+                        "query_url": srv.query_url,
+                        "management_url": srv.management_url,
+                    }
+                )
+            )
+            tmp.replace(ready_file)
+
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(server.run_forever())
+    asyncio.run(server.run_forever(on_started))
     return 0
 
 
@@ -77,37 +115,65 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(value: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value * scale:{spec}}{unit}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     conn = _connection(args)
     state = conn.get_state()
+    metrics = state.get("metrics") or {}
     apps = conn.get_all_apps(verbose=True)
     print(f"server: query {conn.get_query_addr()}, management {conn.management_url}")
+    window = metrics.get("window_seconds")
+    if window:
+        print(f"rates over the last {window:.0f} s")
     print()
-    rows = [
-        [
-            a["name"],
-            a["input_type"],
-            f"{a['latency_slo_micros'] / 1000:g} ms",
-            ",".join(a["linked_models"]) or "-",
-        ]
-        for a in apps
-    ]
-    print(_table(rows, ["APP", "INPUT", "SLO", "MODELS"]) if rows else "no applications")
-    print()
-    mrows = []
-    for m in state["models"]:
-        q = m["queue"]
-        mrows.append(
+    rows = []
+    for a in apps:
+        am = metrics.get("apps", {}).get(a["name"], {})
+        w = am.get("window", {})
+        rows.append(
             [
-                f"{m['model']}:{m['version']}",
-                str(m["replicas"]),
-                str(m["queries"]),
-                str(m["cache_hits"]),
-                str(q.get("length", "")),
-                str(m["batch_size"]),
+                a["name"],
+                a["input_type"],
+                f"{a['latency_slo_micros'] / 1000:g} ms",
+                ",".join(a["linked_models"]) or "-",
+                str(am.get("requests", "-")),
+                _fmt(w.get("throughput"), ".1f"),
+                _fmt(w.get("p50_seconds"), ".1f", 1000, " ms"),
+                _fmt(w.get("p99_seconds"), ".1f", 1000, " ms"),
+                _fmt(w.get("slo_attainment"), ".1f", 100, "%"),
+                str(sum(am.get("default_outputs", {}).values())),
+                str(sum(am.get("errors", {}).values())),
             ]
         )
-    header = ["MODEL", "REPLICAS", "QUERIES", "CACHE_HITS", "QUEUED", "BATCH"]
+    header = ["APP", "INPUT", "SLO", "MODELS", "REQUESTS", "REQ/S", "P50", "P99", "IN_SLO"]
+    header += ["DEFAULTS", "ERRORS"]
+    print(_table(rows, header) if rows else "no applications")
+    print()
+    mrows = []
+    for key, m in metrics.get("models", {}).items():
+        w = m.get("window", {})
+        lat = m.get("container_latency_seconds", {})
+        mrows.append(
+            [
+                key + ("" if m.get("current") else " (inactive)"),
+                f"{m['replicas_healthy']}/{m['replicas']}",
+                str(m["requests"]),
+                str(m["cache_hits"]) if m.get("cache_enabled") else "off",
+                _fmt(w.get("cache_hit_ratio"), ".0f", 100, "%"),
+                str(m["queue_length"]),
+                f"{m['batch_size_limit']}/{m['max_batch_size']}",
+                _fmt(w.get("mean_batch_size"), ".1f"),
+                _fmt(lat["sum"] / lat["count"] if lat.get("count") else None, ".2f", 1000),
+                str(sum(m.get("errors", {}).values())),
+            ]
+        )
+    header = ["MODEL", "REPLICAS", "QUERIES", "CACHE_HITS", "HIT%", "QUEUED", "BATCH"]
+    header += ["AVG_BATCH", "MODEL_MS", "ERRORS"]
     print(_table(mrows, header) if mrows else "no models")
     return 0
 
@@ -191,6 +257,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         obj,
         num_replicas=args.replicas,
         batch_size=args.batch_size,
+        queue_capacity=args.queue_capacity,
+        batch_timeout=args.batch_timeout,
     )
     print(f"deployed {args.name}:{args.version}")
     if args.app:
@@ -221,6 +289,18 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
         default=d(None),
         help="state folder (default $CLIPPER_STATE_DIR or ~/.clipper_core)",
     )
+    common.add_argument(
+        "--admin-token",
+        default=d(None),
+        help="management API token (default $CLIPPER_ADMIN_TOKEN; prefer the variable:"
+        " arguments are visible to other users in the process list)",
+    )
+    common.add_argument(
+        "--tls-ca",
+        default=d(None),
+        help="CA (or self-signed certificate) to verify an HTTPS server with"
+        " (default $CLIPPER_TLS_CA)",
+    )
     return common
 
 
@@ -239,6 +319,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub_parser("serve", help="run a server in the foreground until SIGTERM/SIGINT")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        default="json",
+        choices=["json", "text"],
+        help="json: one JSON object per line (default); text: for people",
+    )
+    p.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (off by default)"
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="Open Inference Protocol gRPC port (default $CLIPPER_GRPC_PORT or 8001;"
+        " 0 picks one, -1 serves none)",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate: serve both ports over HTTPS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM lets in-flight requests finish (default 30)",
+    )
+    p.add_argument(
+        "--queue-capacity", type=int, help="default queue bound per model version (10000)"
+    )
+    p.add_argument("--batch-timeout", type=float, help="default seconds per batch (30)")
+    p.add_argument("--max-body-size", type=int, help="largest query body in bytes (10 MiB)")
+    p.add_argument(
+        "--no-admission",
+        action="store_true",
+        help="queue inputs even when their expected wait exceeds their deadline",
+    )
+    p.add_argument(
+        "--client-max-concurrency",
+        type=int,
+        default=0,
+        help="requests in flight per client (API key or address); 0: no limit",
+    )
+    p.add_argument(
+        "--client-rate-limit",
+        type=float,
+        default=0.0,
+        help="requests per second per client; 0: no limit",
+    )
+    p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
     p.set_defaults(fn=cmd_serve)
 
     p = sub_parser("start", help="start a server in the background and wait until it answers")
@@ -267,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default 1)")
     p.add_argument("--batch-size", type=int, default=-1, help="fixed batch size (-1: adaptive)")
+    p.add_argument("--queue-capacity", type=int, help="queue bound (default: the server's)")
+    p.add_argument(
+        "--batch-timeout", type=float, help="seconds per batch before the replica is recycled"
+    )
     p.add_argument("--app", help="also register (if needed) and link this application")
     p.add_argument("--slo-micros", type=int, default=100_000, help="app latency objective")
     p.add_argument("--default-output", default="None", help="app default output")

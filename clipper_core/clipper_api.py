@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +69,14 @@ class PredictQuery:
         batch: Whether the request used ``input_batch`` (answer with
             :func:`format_batch_reply`).
         version: The model version the client pinned, or ``None``.
+        uid: The user id whose selection-policy state decides (``"uid"``; 0, the
+            app-wide state, when absent).
     """
 
     inputs: list[Any]
     batch: bool
     version: str | None
+    uid: int = 0
 
 
 def validate_input_type(input_type: object) -> str:
@@ -117,6 +121,10 @@ def parse_predict(body: bytes, input_type: str) -> PredictQuery:
         elif not version:
             raise BadInput("version must not be empty")
 
+    uid = obj.get("uid", 0)
+    if type(uid) is not int or uid < 0:
+        raise BadInput(f"uid must be an integer >= 0, got {orjson.dumps(uid).decode()}")
+
     has_input = "input" in obj
     has_batch = "input_batch" in obj
     if has_input == has_batch:
@@ -131,7 +139,7 @@ def parse_predict(body: bytes, input_type: str) -> PredictQuery:
 
     if has_input:
         return PredictQuery(
-            [_convert(obj["input"], input_type, "input", may_hold_bools)], False, version
+            [_convert(obj["input"], input_type, "input", may_hold_bools)], False, version, uid
         )
 
     batch = obj["input_batch"]
@@ -145,7 +153,7 @@ def parse_predict(body: bytes, input_type: str) -> PredictQuery:
         inputs = _convert_numeric_batch(batch, input_type, may_hold_bools)
     else:
         inputs = [_convert(x, input_type, f"input_batch[{i}]", False) for i, x in enumerate(batch)]
-    return PredictQuery(inputs, True, version)
+    return PredictQuery(inputs, True, version, uid)
 
 
 def input_key(x: Any, input_type: str) -> bytes:
@@ -385,12 +393,47 @@ def _jsonable(output: Any) -> Any:
     return output
 
 
+# -- nesting limit --------------------------------------------------------------
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_INNERMOST_PAIR = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_json_depth(body: bytes, max_depth: int) -> None:
+    """Refuse a JSON document nested deeper than ``max_depth`` before parsing it.
+
+    Runs at C speed: a body with at most ``max_depth`` brackets passes at once;
+    otherwise strings are blanked out and the innermost bracket pairs removed, one
+    nesting level per (regex) pass, at most ``max_depth`` passes.  A malformed body
+    is left for the JSON parser to report.
+
+    Raises:
+        BadInput: The body nests arrays/objects more than ``max_depth`` deep.
+    """
+    if max_depth <= 0 or body.count(b"[") + body.count(b"{") <= max_depth:
+        return
+    if b'"' in body:
+        body = _JSON_STRING.sub(b"", body)
+    brackets = body.translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        reduced = _INNERMOST_PAIR.sub(b"", brackets)
+        if reduced == brackets:
+            return  # unbalanced: not JSON, which the parser will say
+        brackets = reduced
+    if brackets:
+        raise BadInput(f"request body nests JSON deeper than the limit of {max_depth} levels")
+
+
 __all__ = [
     "DEFAULT_EXPLANATION",
     "INPUT_TYPES",
     "MAX_BATCH",
     "MAX_INPUT_ELEMENTS",
     "PredictQuery",
+    "check_json_depth",
     "format_batch_reply",
     "format_reply",
     "input_key",

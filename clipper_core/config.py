@@ -6,6 +6,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipper_core.auth import admin_token_from_env
+
+
+def _default_grpc_port() -> int | None:
+    # CLIPPER_GRPC_PORT: a port number, 0 for an ephemeral one, "off" for none.
+    raw = os.environ.get("CLIPPER_GRPC_PORT", "").strip().lower()
+    if not raw:
+        return 8001
+    if raw in ("off", "none", "-1"):
+        return None
+    return int(raw)
+
 
 def _default_state_dir() -> str:
     return os.environ.get("CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core"))
@@ -19,6 +31,8 @@ class ServerConfig:
         host: address both HTTP ports bind to (loopback by default).
         query_port: Clipper's query REST port (0 picks a free port).
         management_port: the admin REST port (0 picks a free port).
+        grpc_port: the Open Inference Protocol gRPC port (8001; 0 picks a free
+            port; None serves no gRPC).  Default: ``$CLIPPER_GRPC_PORT`` if set.
         state_dir: folder holding the SQLite store and the deployed models' files.
         state_path: the SQLite file; ``":memory:"`` keeps nothing across restarts.
         max_body_size: largest accepted request body, in bytes (413 above it).
@@ -28,11 +42,28 @@ class ServerConfig:
         replica_start_timeout: seconds a container may take to become ready.
         cache_bytes: byte budget of the prediction cache (0 disables it).
         python: interpreter that runs model containers.
+        access_log: log one line per HTTP response on both ports (logger
+            ``clipper_core.http.access``; event ``http_access`` in JSON logs).
+        max_header_size: largest request line plus headers, in bytes (431 above it).
+        max_json_depth: deepest JSON nesting a query body may have (400 above it).
+        admission_control: refuse (503 + Retry-After) an input whose expected
+            queueing wait exceeds its remaining deadline.
+        client_max_concurrency: requests one client (API key, else remote address)
+            may have in flight on the query port; 0 for no limit (429 above it).
+        client_rate_limit: requests per second one client may start; 0 for none.
+        client_burst: the rate limit's burst size (0: the rate, at least 1).
+        admin_token: when set, every management call needs
+            ``Authorization: Bearer <token>`` (default: ``$CLIPPER_ADMIN_TOKEN``).
+        tls_cert: PEM certificate; with ``tls_key``, both HTTP ports speak TLS.
+        tls_key: PEM private key of ``tls_cert``.
+        shutdown_grace: seconds a graceful stop (SIGTERM) lets in-flight requests
+            finish before closing what remains.
     """
 
     host: str = "127.0.0.1"
     query_port: int = 1337
     management_port: int = 1338
+    grpc_port: int | None = field(default_factory=_default_grpc_port)
     state_dir: str = field(default_factory=_default_state_dir)
     state_path: str | None = None
     max_body_size: int = 10 * 1024 * 1024
@@ -42,6 +73,17 @@ class ServerConfig:
     replica_start_timeout: float = 60.0
     cache_bytes: int = 64 * 1024 * 1024
     python: str = ""
+    access_log: bool = False
+    max_header_size: int = 64 * 1024
+    max_json_depth: int = 64
+    admission_control: bool = True
+    client_max_concurrency: int = 0
+    client_rate_limit: float = 0.0
+    client_burst: int = 0
+    admin_token: str = field(default_factory=admin_token_from_env, repr=False)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    shutdown_grace: float = 30.0
 
     def resolved_state_path(self) -> str:
         if self.state_path is not None:

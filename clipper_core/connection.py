@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from clipper_core.auth import admin_token_from_env
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
@@ -42,6 +44,14 @@ class LocalContainerManager:
 
     Fills the slot of Clipper's ``DockerContainerManager``: pass it to
     ``ClipperConnection``.
+
+    Args (beyond where the server listens):
+        admin_token: Sent as ``Authorization: Bearer`` on every management call;
+            default ``$CLIPPER_ADMIN_TOKEN``.
+        tls: The server speaks HTTPS (implied by ``tls_ca``).
+        tls_ca: PEM file of the CA that signed the server's certificate (a
+            self-signed certificate is its own CA); default ``$CLIPPER_TLS_CA``,
+            else the system's CAs.
     """
 
     def __init__(
@@ -50,6 +60,10 @@ class LocalContainerManager:
         query_port: int = 1337,
         management_port: int = 1338,
         state_dir: str | None = None,
+        *,
+        admin_token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
     ) -> None:
         self.host = host
         self.query_port = query_port
@@ -57,6 +71,23 @@ class LocalContainerManager:
         self.state_dir = state_dir or os.environ.get(
             "CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core")
         )
+        self.admin_token = (
+            admin_token if admin_token is not None else admin_token_from_env()
+        ) or None
+        self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
+        self.tls = tls or self.tls_ca is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None for plain HTTP)."""
+        if not self.tls:
+            return None
+        from clipper_core.tls import client_ssl_context
+
+        return client_ssl_context(self.tls_ca)
 
     @property
     def pid_file(self) -> Path:
@@ -93,7 +124,13 @@ class ClipperConnection:
     def for_server(cls, server: ClipperServer) -> ClipperConnection:
         """A connection to an embedded ``ClipperServer`` (already started)."""
         cm = LocalContainerManager(
-            server.config.host, server.query_port, server.management_port, server.config.state_dir
+            server.config.host,
+            server.query_port,
+            server.management_port,
+            server.config.state_dir,
+            admin_token=server.config.admin_token,
+            tls=server.scheme == "https",
+            tls_ca=server.config.tls_cert,
         )
         conn = cls(cm)
         conn.connected = True
@@ -103,10 +140,16 @@ class ClipperConnection:
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.cm.host}:{self.cm.management_port}"
+        return f"{self.cm.scheme}://{self.cm.host}:{self.cm.management_port}"
 
     def get_query_addr(self) -> str:
         return f"{self.cm.host}:{self.cm.query_port}"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.cm.admin_token:
+            headers["Authorization"] = f"Bearer {self.cm.admin_token}"
+        return headers
 
     def _call(self, op: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body or {}).encode()
@@ -114,10 +157,12 @@ class ClipperConnection:
             f"{self.management_url}/admin/{op}",
             data=data,
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers=self._headers(),
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(
+                req, timeout=self.timeout, context=self.cm.ssl_context()
+            ) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -133,9 +178,14 @@ class ClipperConnection:
             ) from None
 
     def ping(self) -> bool:
+        """Whether a server answers on the management port (a 401, for a wrong or
+        missing token, is an answer too)."""
+        req = urllib.request.Request(f"{self.management_url}/admin/ping", headers=self._headers())
         try:
-            with urllib.request.urlopen(f"{self.management_url}/admin/ping", timeout=2) as resp:
+            with urllib.request.urlopen(req, timeout=2, context=self.cm.ssl_context()) as resp:
                 return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
@@ -195,8 +245,12 @@ class ClipperConnection:
         self._call("get_all_applications")
         self.connected = True
 
-    def stop_all(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Stop the server and every model container it started."""
+    def stop_all(self, graceful: bool = True, timeout: float = 60.0) -> None:
+        """Stop the server and every model container it started.
+
+        The server drains its in-flight requests first (for up to its
+        ``shutdown_grace``, 30 s by default); after ``timeout`` seconds a server
+        started by ``start_clipper`` is killed."""
         pid = self._server_pid()
         if self.ping():
             self._call("shutdown")
@@ -231,20 +285,37 @@ class ClipperConnection:
     # -- applications -----------------------------------------------------------
 
     def register_application(
-        self, name: str, input_type: str, default_output: str, slo_micros: int
+        self,
+        name: str,
+        input_type: str,
+        default_output: str,
+        slo_micros: int,
+        *,
+        policy: str = "single",
+        policy_config: dict[str, Any] | None = None,
     ) -> None:
-        self._call(
-            "add_app",
-            {
-                "name": name,
-                "input_type": input_type,
-                "default_output": default_output,
-                "latency_slo_micros": slo_micros,
-            },
-        )
+        """Register an app; ``policy`` picks the selection policy among its linked
+        models (``single``, ``ensemble``, ``exp3``, ``exp4``, ``epsilon_greedy``,
+        ``ucb1``, ``cascade``) and ``policy_config`` holds its options."""
+        body: dict[str, Any] = {
+            "name": name,
+            "input_type": input_type,
+            "default_output": default_output,
+            "latency_slo_micros": slo_micros,
+        }
+        if policy != "single" or policy_config:
+            body["policy"] = policy
+            body["policy_config"] = policy_config or {}
+        self._call("add_app", body)
 
     def unregister_application(self, name: str) -> None:
         self._call("delete_app", {"name": name})
+
+    def set_app_api_keys(self, app_name: str, api_keys: list[str]) -> None:
+        """Require one of ``api_keys`` (``X-Api-Key`` or ``Authorization: Bearer``)
+        on the app's queries; an empty list lifts the requirement.  The server keeps
+        only their SHA-256 digests."""
+        self._call("set_api_keys", {"app_name": app_name, "api_keys": list(api_keys)})
 
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
         self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
@@ -261,6 +332,25 @@ class ClipperConnection:
 
     def get_linked_models(self, app_name: str) -> list[str]:
         return list(self._call("get_linked_models", {"app_name": app_name}))
+
+    def set_selection_policy(
+        self, app_name: str, policy: str, policy_config: dict[str, Any] | None = None
+    ) -> None:
+        """Switch an app's selection policy (or its options); what the previous one
+        learned is dropped."""
+        self._call(
+            "set_selection_policy",
+            {"app_name": app_name, "policy": policy, "policy_config": policy_config or {}},
+        )
+
+    def get_selection_state(self, app_name: str, uid: int | None = None) -> dict[str, Any] | None:
+        """The app's policy, options, the state that decides for ``uid`` (the global
+        one by default), a summary (probabilities, mean losses...) and counters."""
+        body: dict[str, Any] = {"app_name": app_name}
+        if uid is not None:
+            body["uid"] = uid
+        info = self._call("get_selection_state", body)
+        return dict(info) if info else None
 
     # -- models -----------------------------------------------------------------
 
@@ -279,6 +369,8 @@ class ClipperConnection:
         memory_limit_mb: int | None = None,
         cache_enabled: bool = True,
         batch_wait_micros: int = 1000,
+        queue_capacity: int | None = None,
+        batch_timeout: float | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "model_name": name,
@@ -294,19 +386,46 @@ class ClipperConnection:
             "batch_wait_micros": batch_wait_micros,
             "python_path": _local_python_path(),
         }
+        # Admission settings; absent: the server's defaults.
+        if queue_capacity is not None:
+            body["queue_capacity"] = queue_capacity
+        if batch_timeout is not None:
+            body["batch_timeout"] = batch_timeout
         if payload is not None:
             body["payload_b64"] = base64.b64encode(payload).decode()
         self._call("add_model", body)
 
     def deploy_pickled(
-        self, name: str, version: str | int, input_type: str, obj: Any, **kwargs: Any
+        self,
+        name: str,
+        version: str | int,
+        input_type: str,
+        obj: Any,
+        *,
+        container_extra: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Deploy a cloudpickled callable or ``Model`` instance (used by deployers)."""
+        """Deploy a cloudpickled callable or ``Model`` instance (used by deployers).
+
+        The Python, cloudpickle and numpy versions are recorded with it, so that a
+        container running other ones says so at start (``container_extra`` may
+        replace that record, or add a ``runtime_env``).
+        """
+        from clipper_core.runtime_env import deploy_environment
+
+        container: dict[str, Any] = {
+            "kind": "closure",
+            "filename": "closure.pkl",
+            "deploy_env": deploy_environment(
+                [("cloudpickle", "exact"), ("numpy", "any")], pickled_code=True
+            ),
+            **(container_extra or {}),
+        }
         self._add_model(
             name,
             version,
             input_type,
-            container={"kind": "closure", "filename": "closure.pkl"},
+            container=container,
             payload=cloudpickle.dumps(obj),
             **kwargs,
         )
@@ -425,10 +544,26 @@ class ClipperConnection:
             self.set_num_replicas(m["model_name"], 0, m["model_version"])
 
     def inspect_instance(self) -> dict[str, Any]:
-        url = f"http://{self.cm.host}:{self.cm.query_port}/metrics"
+        """The query port's ``/metrics`` as JSON: apps, models, cache, replicas, and
+        under ``"metrics"`` every figure of the Prometheus exposition."""
+        url = f"{self.cm.scheme}://{self.cm.host}:{self.cm.query_port}/metrics"
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        with urllib.request.urlopen(
+            req, timeout=self.timeout, context=self.cm.ssl_context()
+        ) as resp:
             return dict(json.loads(resp.read()))
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The server's metrics as Python data (the figures Prometheus scrapes).
+
+        Keys: ``apps`` (per app: requests, answers_within_slo, errors by kind,
+        default_outputs by reason, latency_seconds histogram, and ``window``:
+        throughput, goodput, slo_attainment, p50/p99 over the last
+        ``window_seconds``), ``models`` (per ``"name:version"``: requests, batches,
+        errors, cache hits/misses, queue, batch size limit and histograms,
+        container latency, replicas), ``cache``, ``uptime_seconds``.
+        """
+        return dict(self.inspect_instance()["metrics"])
 
     def get_state(self) -> dict[str, Any]:
         return dict(self._call("get_state"))

@@ -54,6 +54,8 @@ class QueueFull(ClipperError):
     http_status = 503
     grpc_code = "RESOURCE_EXHAUSTED"
     kind = "queue_full"
+    #: Seconds a client should wait before retrying (the ``Retry-After`` header).
+    retry_after: float = 1.0
 
 
 class QueueClosed(ClipperError):
@@ -86,3 +88,54 @@ class ReplicaUnavailable(ClipperError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     kind = "replica_unavailable"
+
+
+class Overloaded(ClipperError):
+    """Admission control refused the request: the queue is full, or its expected
+    wait exceeds the request's remaining deadline.  Answered 503 with
+    ``Retry-After`` at once, instead of queueing work that would miss anyway."""
+
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds after which a retry may succeed (the ``Retry-After`` header).
+        self.retry_after = retry_after
+
+
+class RateLimited(ClipperError):
+    """A per-client concurrency or rate limit was exceeded (HTTP 429)."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unauthorized(ClipperError):
+    """No valid credentials came with the request (HTTP 401)."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    kind = "unauthorized"
+
+
+class Forbidden(ClipperError):
+    """The credentials are valid but do not grant this request (HTTP 403)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+    kind = "forbidden"
+
+
+class ModelTimeout(ModelError):
+    """A batch ran past the model's batch timeout; the replica is recycled."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+    kind = "model_timeout"

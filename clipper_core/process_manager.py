@@ -1,7 +1,7 @@
 """Model-container replicas as local child processes, supervised and restarted.
 
 :class:`LocalProcessManager` is the default ``ContainerManager``: it starts each
-replica with :func:`asyncio.create_subprocess_exec`, learns its address from the
+replica as a child process (see :class:`_Child` for how), learns its address from the
 ``CLIPPER_CONTAINER_READY <address>`` line the container prints on stdout, keeps the
 last lines of its stderr for error messages, and restarts it with exponential
 backoff when it dies without being asked to.  Interested parties (the data plane,
@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,9 +61,13 @@ _DRAIN_TIMEOUT = 0.5
 _KILL_TIMEOUT = 10.0
 # Longer stdout/stderr lines are truncated.
 _MAX_LINE = 64 * 1024
-# What a failed spawn raises: no such executable, an exception in preexec_fn (for
-# example pinning refused), a NUL byte in argv.
+# What a failed spawn raises: no such executable, fork refused, a NUL byte in argv.
 _SPAWN_ERRORS = (OSError, subprocess.SubprocessError, ValueError)
+
+#: Set in every replica's environment: the pid of the frontend that started it.  A
+#: container watches it and exits when its parent is gone (the portable
+#: counterpart of PR_SET_PDEATHSIG, which the launcher below also sets).
+PARENT_PID_ENV = "CLIPPER_PARENT_PID"
 
 
 @dataclass
@@ -72,7 +81,8 @@ class ReplicaSpec:
         argv: The full command line, e.g. ``[sys.executable, "-m", "model_containers", ...]``.
         env: Variables set on top of this process's environment (None: just inherit).
             ``PYTHONUNBUFFERED=1`` is set unless given here, so that a Python
-            container's READY line is not stuck in a buffer.
+            container's READY line is not stuck in a buffer; ``CLIPPER_PARENT_PID``
+            is always set to this process's pid.
         cwd: The working directory, or None for ours.
         cpus: CPUs to pin the process to (``sched_setaffinity``), or None.
         memory_limit_mb: Address-space limit (``RLIMIT_AS``) in MiB, or None.  It
@@ -131,6 +141,7 @@ class ReplicaHandle:
         # "exit code 3; stderr tail: ..." of the last exit, for error messages.
         self._last_exit = ""
         self._supervisor: asyncio.Task[None] | None = None
+        self._child: _Child | None = None  # the current process, while it runs
 
     @property
     def key(self) -> str:
@@ -228,31 +239,78 @@ def _check_spec(spec: ReplicaSpec) -> None:
         raise BadInput(f"replica {spec.key}: memory_limit_mb must be > 0")
 
 
-def _make_preexec(spec: ReplicaSpec) -> Callable[[], None] | None:
-    """What the child runs between fork and exec: pinning and the memory limit.
+# Runs in the child, between our fork and the container's exec, as a separate
+# interpreter.  A preexec_fn would do the same in the forked copy of this process,
+# but CPython then also runs the os.register_at_fork hooks there (threading's and
+# grpc's), which was seen to spin for ever in a child of the threaded server; and a
+# parent-side sched_setaffinity/prlimit would race with the container's start.
+# Same pid and session after exec.  argv: parent pid, cpus ("0,2" or ""), RLIMIT_AS
+# bytes (or -1), program, then the container's argv.
+_LAUNCHER = """\
+import os, sys
+parent, cpus, limit, program = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager
+except Exception:
+    pass
+if os.getppid() != parent:
+    sys.exit("clipper launcher: the process manager exited before the replica started")
+try:
+    if cpus:
+        os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
+    if limit >= 0:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (OSError, ValueError) as exc:
+    sys.exit(f"clipper launcher: cannot apply cpus={cpus or '-'} limit={limit}: {exc}")
+try:
+    os.execv(program, sys.argv[5:])
+except OSError as exc:
+    print(f"clipper launcher: cannot run {program}: {exc}", file=sys.stderr, flush=True)
+    os._exit(127)
+"""
 
-    Everything is computed here, in the parent; the child only makes two system
-    calls, which keeps the fork-without-exec window short and lock-free.
-    """
-    cpus = frozenset(spec.cpus) if spec.cpus else None
-    limit: tuple[int, int] | None = None
+
+def _resolve_program(program: str, env: dict[str, str], cwd: str | None) -> str:
+    """The executable ``program`` names, found as exec would; raises FileNotFoundError
+    here, so that a typo fails the start at once rather than as an exit code."""
+    if os.sep in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        found: str | None = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is not None and cwd is not None:
+            found = os.path.join(cwd, found)  # a relative PATH entry
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "no such executable", program)
+    return os.path.abspath(found)
+
+
+def _launch_argv(spec: ReplicaSpec, env: dict[str, str]) -> list[str]:
+    """The command line that runs ``spec.argv`` through the launcher."""
+    if not sys.executable:
+        raise BadInput("cannot start replicas: sys.executable is unknown")
+    limit = -1
     if spec.memory_limit_mb is not None:
-        wanted = spec.memory_limit_mb * 1024 * 1024
+        limit = spec.memory_limit_mb * 1024 * 1024
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
-            wanted = min(wanted, hard)
-        # The hard limit too, so that the container cannot raise it again.
-        limit = (wanted, wanted)
-    if cpus is None and limit is None:
-        return None
-
-    def preexec() -> None:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, limit)
-
-    return preexec
+            limit = min(limit, hard)
+    cpus = ",".join(str(c) for c in sorted(set(spec.cpus))) if spec.cpus else ""
+    program = _resolve_program(spec.argv[0], env, spec.cwd)
+    return [
+        sys.executable,
+        "-I",  # ignore PYTHON* variables and user site-packages: only the launcher
+        "-S",
+        "-c",
+        _LAUNCHER,
+        str(os.getpid()),
+        cpus,
+        str(limit),
+        program,
+        *spec.argv,
+    ]
 
 
 class LocalProcessManager:
@@ -403,6 +461,24 @@ class LocalProcessManager:
                 await asyncio.shield(task)
         self._forget(handle)
 
+    async def restart(self, handle: ReplicaHandle, grace: float = 1.0) -> None:
+        """Restart a replica's process now, for example because its model hangs.
+
+        SIGTERM to its process group, SIGKILL after ``grace`` seconds; the
+        supervisor then starts a new process, as after a crash (same backoff, same
+        ``exited``/``restarting``/``ready`` events).  A replica that is stopping,
+        stopped or between processes is left alone.
+        """
+        child = handle._child
+        if child is None or handle._stop_requested.is_set() or child.exited.done():
+            return
+        logger.warning("restarting replica %s (pid %s) on request", handle.key, child.pid)
+        child.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), grace)
+        except TimeoutError:
+            child.signal(signal.SIGKILL)
+
     async def scale(
         self,
         model_name: str,
@@ -516,26 +592,12 @@ class LocalProcessManager:
         env["PYTHONUNBUFFERED"] = "1"
         if spec.env:
             env.update(spec.env)
+        env[PARENT_PID_ENV] = str(os.getpid())
         generation = handle._generation + 1
-        loop = asyncio.get_running_loop()
         handle._stderr.clear()
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _ChildProtocol(loop),
-            *spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=spec.cwd,
-            start_new_session=True,
-            preexec_fn=_make_preexec(spec),
-        )
-        try:
-            child = _Child(transport, protocol)
-        except BaseException:
-            transport.close()  # kills the process: nobody would supervise it
-            raise
+        child = await _Child.spawn(_launch_argv(spec, env), env, spec.cwd)
         handle._generation = generation
+        handle._child = child
         handle.pid = child.pid
         handle.address = None
         handle.started_at = time.time()
@@ -543,9 +605,9 @@ class LocalProcessManager:
         handle.state = "starting"
         handle._notify()
         self._emit("started", handle, f"pid {child.pid}")
-        # Only now: output that arrived while subprocess_exec returned (a fast child,
-        # a busy loop) must not be read before the handle knows this process.
-        protocol.attach(lambda fd, line: self._on_line(handle, generation, fd, line))
+        # Only now: output that arrived while the pipes were being connected (a fast
+        # child, a busy loop) must not be read before the handle knows this process.
+        child.output.attach(lambda fd, line: self._on_line(handle, generation, fd, line))
         return child
 
     async def _supervise(self, handle: ReplicaHandle, first_spawn: asyncio.Future[None]) -> None:
@@ -610,9 +672,10 @@ class LocalProcessManager:
             # Cancelled (the loop is going away) or a bug: never leave the child
             # running unsupervised.  It is reaped by the loop's child watcher.
             if child is not None:
-                child.signal(signal.SIGKILL)
-                child.transport.close()
+                child.close()  # SIGKILL if it still runs
             if not first_spawn.done():
+                # start() raises it; the replica never existed.
+                self._forget(handle)
                 if isinstance(exc, asyncio.CancelledError):
                     first_spawn.cancel()
                 else:
@@ -646,9 +709,11 @@ class LocalProcessManager:
         finally:
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
-            # Releases the pipes (and kills the leader if, being cancelled, we got
+            # Releases the pipes (and kills the process if, being cancelled, we got
             # here before it exited).
-            child.transport.close()
+            child.close()
+            if handle._child is child:
+                handle._child = None
         return child.returncode
 
     async def _terminate(self, handle: ReplicaHandle, child: _Child) -> None:
@@ -693,13 +758,8 @@ class LocalProcessManager:
             self._emit("ready", handle, address)
 
 
-class _ChildProtocol(asyncio.SubprocessProtocol):
-    """Splits a child's stdout and stderr into lines and reports its exit.
-
-    ``asyncio.subprocess.Process.wait()`` (stdlib loop, Python 3.11) returns only
-    once the pipes are closed too, which a helper process that inherited them can
-    postpone for ever; ``process_exited`` comes when the process exits.
-    """
+class _ChildOutput:
+    """Splits a child's stdout and stderr into lines and reports its exit."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.exited: asyncio.Future[None] = loop.create_future()
@@ -710,10 +770,15 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
         self._skipping = {1: False, 2: False}  # inside an over-long line
         self._open = {1, 2}
 
+    def attach(self, on_line: Callable[[int, str], None]) -> None:
+        """Start delivering lines (those read so far first) to ``on_line(fd, line)``."""
+        self._on_line = on_line
+        early, self._early = self._early, []
+        for fd, raw in early:
+            self._deliver(fd, raw)
+
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        buf = self._buffers.get(fd)
-        if buf is None:
-            return
+        buf = self._buffers[fd]
         buf += data
         while (end := buf.find(b"\n")) >= 0:
             line = bytes(buf[:end])
@@ -728,11 +793,13 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
                 self._skipping[fd] = True
             buf.clear()
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        buf = self._buffers.get(fd)
-        if buf is not None and buf and not self._skipping[fd]:
+    def pipe_connection_lost(self, fd: int) -> None:
+        if fd not in self._open:
+            return
+        buf = self._buffers[fd]
+        if buf and not self._skipping[fd]:
             self._deliver(fd, bytes(buf))
-            buf.clear()
+        buf.clear()
         self._open.discard(fd)
         if not self._open and not self.pipes_closed.done():
             self.pipes_closed.set_result(None)
@@ -740,13 +807,6 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
     def process_exited(self) -> None:
         if not self.exited.done():
             self.exited.set_result(None)
-
-    def attach(self, on_line: Callable[[int, str], None]) -> None:
-        """Start delivering lines (those read so far first) to ``on_line(fd, line)``."""
-        self._on_line = on_line
-        early, self._early = self._early, []
-        for fd, raw in early:
-            self._deliver(fd, raw)
 
     def _deliver(self, fd: int, raw: bytes) -> None:
         if self._on_line is None:
@@ -758,19 +818,88 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
             logger.exception("handling a line of a replica's output failed")
 
 
-class _Child:
-    """One spawned process: its transport and protocol."""
+class _PipeReader(asyncio.Protocol):
+    """Feeds one of a child's pipes to its :class:`_ChildOutput`."""
 
-    def __init__(self, transport: asyncio.SubprocessTransport, protocol: _ChildProtocol) -> None:
-        # uvloop's transport implements SubprocessTransport without subclassing it.
-        self.transport = transport
-        self.pid: int = transport.get_pid()
-        self.exited = protocol.exited
-        self.pipes_closed = protocol.pipes_closed
+    def __init__(self, output: _ChildOutput, fd: int) -> None:
+        self._output = output
+        self._fd = fd
+
+    def data_received(self, data: bytes) -> None:
+        self._output.pipe_data_received(self._fd, data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._output.pipe_connection_lost(self._fd)
+
+
+def _popen(argv: list[str], env: dict[str, str], cwd: str | None) -> subprocess.Popen[bytes]:
+    # Called on the loop on purpose: it blocks only for a vfork and the exec of the
+    # launcher, and a thread would be worse (PR_SET_PDEATHSIG fires when the thread
+    # that forked exits).
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+class _Child:
+    """One spawned process: the Popen, its pipes on the loop, and exit detection.
+
+    Spawned with :class:`subprocess.Popen` rather than the loop's subprocess support:
+    without a preexec_fn CPython forks (vfork) and execs without running any Python
+    in the child, whereas uvloop runs the interpreter's at-fork hooks there (grpc's
+    and threading's: observed to spin for ever in a child of a threaded server).
+    The exit is seen through a pidfd on the loop (a thread where there is none), not
+    through the pipes, which a helper process may keep open; and since only we reap
+    the process, its pid cannot be reused while ``returncode`` is None.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid: int = popen.pid
+        self.output = _ChildOutput(loop)
+        self.exited = self.output.exited
+        self.pipes_closed = self.output.pipes_closed
+        self._loop = loop
+        self._pipes: list[asyncio.BaseTransport] = []
+        self._pidfd: int | None = None
+
+    @classmethod
+    async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str | None) -> _Child:
+        """Start ``argv`` in a new session with stdout and stderr piped to us.
+
+        Raises:
+            OSError, subprocess.SubprocessError, ValueError: It could not start.
+        """
+        loop = asyncio.get_running_loop()
+        popen = _popen(argv, env, cwd)
+        child = cls(loop, popen)
+        try:
+            child._watch_exit()
+            for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
+                assert pipe is not None
+                transport, _ = await loop.connect_read_pipe(
+                    functools.partial(_PipeReader, child.output, fd), pipe
+                )
+                child._pipes.append(transport)
+        except BaseException:
+            child.close()
+            raise
+        return child
 
     @property
     def returncode(self) -> int | None:
-        return self.transport.get_returncode()
+        """The exit status once reaped (negative: killed by that signal)."""
+        return self.popen.returncode
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the process group the replica leads (its own session), so that
@@ -785,3 +914,42 @@ class _Child:
         except PermissionError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+    def close(self) -> None:
+        """Release the pipes and the pidfd; a process that still runs is killed
+        and reaped by a thread.  Safe to call twice."""
+        for transport in self._pipes:
+            transport.close()
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None and not pipe.closed and not self._pipes:
+                pipe.close()  # never handed to the loop
+        self._stop_watching_pidfd()
+        if self.returncode is None:
+            self.signal(signal.SIGKILL)
+            threading.Thread(target=self.popen.wait, name=f"reap {self.pid}", daemon=True).start()
+
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd (Linux < 5.3): a thread waits
+            threading.Thread(
+                target=self._wait_in_thread, name=f"wait {self.pid}", daemon=True
+            ).start()
+            return
+        self._loop.add_reader(self._pidfd, self._on_pidfd_readable)
+
+    def _on_pidfd_readable(self) -> None:
+        self._stop_watching_pidfd()
+        self.popen.poll()  # reaps it
+        self.output.process_exited()
+
+    def _stop_watching_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _wait_in_thread(self) -> None:
+        self.popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self.output.process_exited)

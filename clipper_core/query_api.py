@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from clipper_core.admission import client_key, deadline_from_headers
 from clipper_core.clipper_api import (
+    check_json_depth,
     format_batch_reply,
     format_reply,
     input_key,
     parse_predict,
 )
+from clipper_core.errors import ClipperError
 from clipper_core.http import Request, Response, Router, json_response
+from clipper_core.metrics import metrics_response
+from clipper_core.selection.api import reply_fields
 
 if TYPE_CHECKING:
     from clipper_core.server import ClipperServer
@@ -19,22 +24,46 @@ if TYPE_CHECKING:
 def install(router: Router, server: ClipperServer) -> None:
     """Add the query routes of ``server`` to ``router``."""
     dataplane = server.dataplane
+    limiter = server.client_limiter
+    api_keys = server.api_keys
+    max_depth = server.config.max_json_depth
 
     async def predict(request: Request, params: dict[str, str]) -> Response:
-        app = dataplane.app(params["app"])
-        query = parse_predict(request.body, app.input_type)
+        # Cheap refusals first: per-client limit (429), then the app's API keys
+        # (401/403), then the client's deadline header (400 when malformed).
+        client = client_key(request.headers, request.remote) if limiter.enabled else ""
+        limiter.acquire(client)
+        try:
+            app_name = params["app"]
+            dataplane.app(app_name)
+            api_keys.check(app_name, request.headers)
+            deadline = deadline_from_headers(request.headers)
+            return await _predict(request, app_name, deadline)
+        finally:
+            limiter.release(client)
+
+    async def _predict(request: Request, app_name: str, deadline: float | None) -> Response:
+        app = dataplane.app(app_name)
+        try:
+            check_json_depth(request.body, max_depth)
+            query = parse_predict(request.body, app.input_type)
+        except ClipperError as exc:
+            app.metrics.error(exc.kind, received=True)
+            raise
         input_type = app.input_type
         keys = [input_key(x, input_type) for x in query.inputs]
         outcomes = await dataplane.predict(
-            app.name, query.inputs, keys, version=query.version, raise_errors=not query.batch
+            app.name,
+            query.inputs,
+            keys,
+            version=query.version,
+            deadline=deadline,
+            raise_errors=not query.batch,
+            uid=query.uid,
         )
         replies = [
             format_reply(
-                dataplane.next_query_id(),
-                o.output,
-                o.default,
-                o.explanation,
-                None if o.model is None else {"model": o.model},
+                dataplane.next_query_id(), o.output, o.default, o.explanation, reply_fields(o)
             )
             for o in outcomes
         ]
@@ -43,8 +72,9 @@ def install(router: Router, server: ClipperServer) -> None:
         return json_response(replies[0])
 
     async def metrics(request: Request, params: dict[str, str]) -> Response:
-        # Clipper's inspect_instance() GETs /metrics and parses JSON.
-        return json_response(server_metrics(server))
+        # Prometheus text for scrapers; JSON for Clipper's inspect_instance() (see
+        # clipper_core.metrics.wants_json).
+        return metrics_response(server, request, lambda: server_metrics(server))
 
     async def health(request: Request, params: dict[str, str]) -> Response:
         return json_response({"status": "ok"})
@@ -68,4 +98,5 @@ def server_metrics(server: ClipperServer) -> dict[str, Any]:
         }
         for h in server.manager.list()
     ]
+    stats["metrics"] = server.metrics.snapshot()
     return stats

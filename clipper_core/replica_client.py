@@ -194,6 +194,9 @@ class ReplicaClient:
         self._metadata: Any = None
         self._health: Any = None
         self._batch_id = 0
+        #: Seconds the container's model call took for the last successful
+        #: ``predict`` (``PredictResponse.model_seconds``; 0.0 if not reported).
+        self.last_model_seconds = 0.0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -280,11 +283,54 @@ class ReplicaClient:
         except grpc.aio.UsageError as exc:  # the channel was closed under us
             raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
         outputs = decode_outputs(response)
+        self.last_model_seconds = response.model_seconds
         if len(outputs) != len(inputs):
             raise ModelError(
                 f"{self._describe()} returned {len(outputs)} outputs for {len(inputs)} inputs"
             )
         return outputs
+
+    async def predict_tensors(
+        self,
+        tensors: Sequence[pb.Tensor],
+        input_type: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (the RPC's deadline)
+    ) -> list[pb.Tensor]:
+        """Predict one tensor batch (``PredictRequest.tensors``) with one RPC.
+
+        Args:
+            tensors: The named input tensors, all with the batch's N rows.
+            input_type: The model's input type (sent along for the container's check).
+            timeout: Seconds until the RPC's deadline; ``None`` for no deadline.
+
+        Returns:
+            The output tensors as the container sent them.
+
+        Raises:
+            ModelError, BadInput, DeadlineExceeded, ReplicaUnavailable: as ``predict``;
+            ``ModelError`` also when the container answers no output tensor (a
+            container that predates tensor batches).
+        """
+        self._ensure_channel()
+        self._batch_id += 1
+        request = pb.PredictRequest(
+            batch_id=self._batch_id,
+            input_type=INPUT_TYPES[input_type],  # type: ignore[arg-type]
+            tensors=tensors,
+        )
+        try:
+            response = await self._predict(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "predict") from None
+        except grpc.aio.UsageError as exc:
+            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+        if not response.tensors:
+            raise ModelError(
+                f"{self._describe()} answered a tensor batch with no output tensor"
+                " (does the container predate tensor batches?)"
+            )
+        self.last_model_seconds = response.model_seconds
+        return list(response.tensors)
 
     async def metadata(self, timeout: float | None = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The container's ModelMetadata as a dict.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -21,18 +22,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clipper_core import admin_api, query_api
+from clipper_core import admin_api, dashboard, query_api
+from clipper_core.admission import ClientLimiter
+from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys, hash_api_key
 from clipper_core.clipper_api import parse_default_output
 from clipper_core.config import ServerConfig
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.errors import BadInput, ClipperError, NotFound
 from clipper_core.http import HttpServer, Router
+from clipper_core.logs import log_event, log_replica_event
+from clipper_core.metrics import ServerMetrics
+from clipper_core.model_bundle import TAR, unpack_archive
+from clipper_core.oip import InferenceService
+from clipper_core.oip import http as oip_http
+from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
 from clipper_core.process_manager import (
     LocalProcessManager,
     ReplicaEvent,
     ReplicaHandle,
     ReplicaSpec,
 )
+from clipper_core.runtime_env import RuntimeEnvManager
+from clipper_core.selection import api as selection_api
+from clipper_core.selection import validate_policy
+from clipper_core.selection.runtime import SelectionService
 from clipper_core.state import AppRecord, ModelRecord, StateStore
 
 log = logging.getLogger("clipper_core.server")
@@ -50,12 +63,28 @@ class ClipperServer:
         self.config = cfg
         self.store: StateStore | None = None
         self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes)
+        self.selection = SelectionService()
+        self.metrics = ServerMetrics(self)
         self.manager = LocalProcessManager(on_event=self._on_replica_event)
+        # Per-model virtual environments (pkgs_to_install), cached by requirements.
+        self.runtime_envs = RuntimeEnvManager(
+            Path(cfg.state_dir) / "envs", python=cfg.python or sys.executable
+        )
+        self.client_limiter = ClientLimiter(
+            max_concurrency=cfg.client_max_concurrency,
+            rate=cfg.client_rate_limit,
+            burst=cfg.client_burst,
+        )
+        self.api_keys = ApiKeys()
+        # The Open Inference Protocol: REST on the query port, gRPC on grpc_port.
+        self.oip = InferenceService(self)
+        self._grpc: GrpcInferenceServer | None = None
         self._query_http: HttpServer | None = None
         self._admin_http: HttpServer | None = None
         self._connecting: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
         self.started_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------
@@ -71,12 +100,22 @@ class ClipperServer:
         return self._admin_http.port
 
     @property
+    def grpc_port(self) -> int | None:
+        """The OIP gRPC port bound, or None when ``config.grpc_port`` is None."""
+        return None if self._grpc is None else self._grpc.port
+
+    @property
+    def scheme(self) -> str:
+        """``"https"`` when the HTTP ports speak TLS, else ``"http"``."""
+        return "https" if self.config.tls_cert else "http"
+
+    @property
     def query_url(self) -> str:
-        return f"http://{self.config.host}:{self.query_port}"
+        return f"{self.scheme}://{self.config.host}:{self.query_port}"
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.config.host}:{self.management_port}"
+        return f"{self.scheme}://{self.config.host}:{self.management_port}"
 
     async def start(self) -> None:
         """Open the store, bind both ports, and bring back every app and model."""
@@ -85,35 +124,103 @@ class ClipperServer:
         if state_path != ":memory:":
             Path(state_path).parent.mkdir(parents=True, exist_ok=True)
         cfg.models_dir().mkdir(parents=True, exist_ok=True)
+        ssl_context = None
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise BadInput("TLS needs both tls_cert and tls_key")
+            from clipper_core.tls import server_ssl_context
+
+            ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
+        if not cfg.admin_token and cfg.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "the management API listens on %s without a token: anyone who reaches"
+                " port %s can deploy code; set CLIPPER_ADMIN_TOKEN",
+                cfg.host,
+                cfg.management_port,
+            )
         self.store = StateStore(state_path)
+        self.selection.open(self.store)
         query_router = Router()
         query_api.install(query_router, self)
+        oip_http.install(query_router, self, self.oip)
+        selection_api.install(query_router, self)
         admin_router = Router()
         admin_api.install(admin_router, self)
+        dashboard.install(admin_router, self)
         self._query_http = HttpServer(
-            query_router, host=cfg.host, port=cfg.query_port, max_body_size=cfg.max_body_size
+            query_router,
+            host=cfg.host,
+            port=cfg.query_port,
+            max_body_size=cfg.max_body_size,
+            max_header_size=cfg.max_header_size,
+            access_log=cfg.access_log,
+            ssl=ssl_context,
         )
         self._admin_http = HttpServer(
-            admin_router, host=cfg.host, port=cfg.management_port, max_body_size=1 << 30
+            admin_router,
+            host=cfg.host,
+            port=cfg.management_port,
+            max_body_size=1 << 30,
+            access_log=cfg.access_log,
+            ssl=ssl_context,
+            guard=admin_api.admin_guard(self),
         )
         await self._query_http.start()
         await self._admin_http.start()
+        if cfg.grpc_port is not None:
+            tls = read_tls_files(cfg.tls_cert, cfg.tls_key)
+            grpc_server = GrpcInferenceServer(
+                self.oip,
+                host=cfg.host,
+                port=cfg.grpc_port,
+                tls=tls,
+                max_message_bytes=cfg.max_body_size,
+            )
+            await grpc_server.start()
+            self._grpc = grpc_server
         self.started_at = time.time()
+        self.metrics.start()
         await self._restore()
-        log.info(
-            "clipper_core serving: query %s, management %s", self.query_url, self.management_url
+        log_event(
+            log,
+            "server_started",
+            f"clipper_core serving: query {self.query_url}, management {self.management_url}"
+            + ("" if self._grpc is None else f", OIP gRPC {cfg.host}:{self._grpc.port}"),
+            query_url=self.query_url,
+            management_url=self.management_url,
+            pid=os.getpid(),
         )
 
     async def stop(self) -> None:
-        """Stop accepting, drain, stop every container, close the store."""
-        if self._query_http is not None:
-            await self._query_http.stop()
-        if self._admin_http is not None:
-            await self._admin_http.stop()
+        """Stop accepting, drain, stop every container, close the store.
+
+        In-flight requests get up to ``config.shutdown_grace`` seconds to finish;
+        those still running then are answered 503.  Safe to call more than once
+        (later calls wait for the first).
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        try:
+            await self._shutdown()
+        finally:
+            self._stopped.set()  # run_forever returns whatever happened
+
+    async def _shutdown(self) -> None:
+        grace = self.config.shutdown_grace
+        draining = [h.stop(grace) for h in (self._query_http, self._admin_http) if h is not None]
+        if self._grpc is not None:
+            draining.append(self._grpc.stop(grace))
+        await asyncio.gather(*draining)
         for task in list(self._connecting.values()) + list(self._background):
             task.cancel()
         await self.manager.stop_all()
+        await self.runtime_envs.close()
+        await self.metrics.stop()
         await self.dataplane.close()
+        await self.selection.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -132,17 +239,27 @@ class ClipperServer:
         await self.stop()
 
     def request_shutdown(self) -> None:
-        """Ask ``run_forever`` to stop (safe from signal handlers)."""
-        self._background_task(self.stop())
+        """Ask ``run_forever`` to stop gracefully (safe from signal handlers)."""
+        if self._stop_task is None:
+            # Not a _background_task: stop() cancels those.
+            self._stop_task = asyncio.get_running_loop().create_task(self._stop())
 
-    async def run_forever(self) -> None:
-        """Start, serve until SIGTERM/SIGINT or a shutdown request, then stop."""
+    async def run_forever(self, on_started: Callable[[ClipperServer], None] | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT or a shutdown request, then stop.
+
+        Args:
+            on_started: Called once both ports are bound and the state restored.
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_shutdown)
         await self.start()
+        if on_started is not None:
+            on_started(self)
         await self._stopped.wait()
+        if self._stop_task is not None:
+            await self._stop_task  # surfaces an error of the stop itself
 
     # -- state ------------------------------------------------------------------
 
@@ -155,6 +272,8 @@ class ClipperServer:
         store = self._store()
         for rec in store.list_apps():
             self._add_app_to_dataplane(rec)
+        for app_name, digests in store.list_kv(API_KEYS_NAMESPACE).items():
+            self.api_keys.set_digests(app_name, digests)
         for mrec in store.list_models():
             self._add_model_to_dataplane(mrec)
         for mrec in store.list_models():
@@ -170,15 +289,15 @@ class ClipperServer:
                 log.error("restoring a model failed: %s", res)
 
     def _add_app_to_dataplane(self, rec: AppRecord) -> None:
-        self.dataplane.add_app(
-            Application(
-                name=rec.name,
-                input_type=rec.input_type,
-                default_output=parse_default_output(rec.default_output),
-                slo=rec.slo_micros / 1e6,
-                policy=rec.policy,
-            )
+        app = Application(
+            name=rec.name,
+            input_type=rec.input_type,
+            default_output=parse_default_output(rec.default_output),
+            slo=rec.slo_micros / 1e6,
+            policy=rec.policy,
         )
+        self.dataplane.add_app(app)
+        self.selection.attach(app, rec.policy_config)
 
     def _add_model_to_dataplane(self, rec: ModelRecord) -> ModelVersion:
         cfg = self.config
@@ -186,12 +305,14 @@ class ClipperServer:
             rec.name,
             rec.version,
             rec.input_type,
-            queue_capacity=cfg.queue_capacity,
+            queue_capacity=rec.queue_capacity or cfg.queue_capacity,
             max_batch_size=cfg.max_batch_size,
             batch_size=rec.batch_size,
             batch_wait=rec.batch_wait_micros / 1e6,
-            batch_timeout=cfg.batch_timeout,
+            batch_timeout=rec.batch_timeout or cfg.batch_timeout,
             cache=self.dataplane.cache if rec.cache_enabled else None,
+            admission=cfg.admission_control,
+            on_replica_hung=lambda rid: self._recycle_replica(rec.name, rec.version, rid),
         )
         self.dataplane.add_model_version(mv)
         return mv
@@ -199,8 +320,18 @@ class ClipperServer:
     # -- operations used by the management API ------------------------------------
 
     def add_app(self, rec: AppRecord) -> None:
+        validate_policy(rec.policy, rec.policy_config)
         self._store().add_app(rec)
         self._add_app_to_dataplane(rec)
+        self.selection.reset(rec.name)  # nothing learned survives from an older namesake
+        log_event(
+            log,
+            "app_registered",
+            f"application {rec.name} registered",
+            app=rec.name,
+            input_type=rec.input_type,
+            slo_micros=rec.slo_micros,
+        )
 
     def delete_app(self, name: str) -> None:
         store = self._store()
@@ -208,6 +339,40 @@ class ClipperServer:
             raise NotFound(f"application {name!r} is not registered")
         store.delete_app(name)
         self.dataplane.remove_app(name)
+        self.selection.forget(name)
+        store.delete_kv(API_KEYS_NAMESPACE, name)
+        self.api_keys.remove(name)
+        log_event(log, "app_deleted", f"application {name} deleted", app=name)
+
+    def set_app_api_keys(self, name: str, keys: list[str]) -> None:
+        """Require one of ``keys`` on the app's queries (none: no key needed).
+
+        Only SHA-256 digests are kept, in memory and in the store."""
+        store = self._store()
+        if store.get_app(name) is None:
+            raise NotFound(f"application {name!r} is not registered")
+        digests = sorted({hash_api_key(k) for k in keys})
+        if digests:
+            store.put_kv(API_KEYS_NAMESPACE, name, digests)
+        else:
+            store.delete_kv(API_KEYS_NAMESPACE, name)
+        self.api_keys.set_digests(name, digests)
+        log_event(log, "api_keys_set", f"application {name}: {len(digests)} API key(s)", app=name)
+
+    def set_selection_policy(
+        self, name: str, policy: str, policy_config: dict[str, Any] | None = None
+    ) -> None:
+        """Switch an app's selection policy (or its options); learned state restarts."""
+        validate_policy(policy, policy_config)
+        self._store().set_app_policy(name, policy, policy_config)
+        self.selection.set_policy(self.dataplane.app(name), policy, policy_config)
+        log_event(
+            log,
+            "selection_policy_set",
+            f"application {name}: selection policy {policy}",
+            app=name,
+            policy=policy,
+        )
 
     def link(self, app: str, model: str) -> None:
         store = self._store()
@@ -224,6 +389,7 @@ class ClipperServer:
             )
         store.link_model(app, model)
         self.dataplane.link(app, model)
+        log_event(log, "model_linked", f"model {model} linked to {app}", app=app, model=model)
 
     def unlink(self, app: str, model: str) -> None:
         self._store().unlink_model(app, model)
@@ -252,15 +418,40 @@ class ClipperServer:
             container["path"] = self.save_model_payload(
                 rec.name, rec.version, container.get("filename", "model.pkl"), data
             )
+            if container.get("archive") == TAR:
+                # A framework model's directory: unpacked once, loaded by every replica.
+                archive = Path(container["path"])
+                container["path"] = await asyncio.to_thread(
+                    unpack_archive, archive, archive.with_name("model"), remove_archive=True
+                )
         rec = ModelRecord(**{**rec.to_dict(), "container": container})
         store.add_model(rec)
         self._add_model_to_dataplane(rec)
         first = store.get_current_version(rec.name) is None
         try:
             await self._scale(rec.name, rec.version, rec.num_replicas)
-        except BaseException:
+        except BaseException as exc:
+            log_event(
+                log,
+                "model_deploy_failed",
+                f"deploying {rec.name}:{rec.version} failed: {exc}",
+                level=logging.ERROR,
+                model=rec.name,
+                version=rec.version,
+                error=str(exc),
+            )
             await self._forget_model(rec.name, rec.version)
             raise
+        log_event(
+            log,
+            "model_deployed",
+            f"model {rec.name}:{rec.version} deployed with {rec.num_replicas} replica(s)",
+            model=rec.name,
+            version=rec.version,
+            input_type=rec.input_type,
+            replicas=rec.num_replicas,
+            container=container.get("kind", "external"),
+        )
         if first:
             self.set_model_version(rec.name, rec.version)
 
@@ -273,13 +464,30 @@ class ClipperServer:
         store.delete_model_version(name, version)
 
     def set_model_version(self, name: str, version: str) -> None:
+        previous = self._store().get_current_version(name)
         self._store().set_current_version(name, version)
         self.dataplane.set_current_version(name, version)
+        if previous != version:
+            log_event(
+                log,
+                "version_switched",
+                f"model {name}: queries now go to version {version} (was {previous})",
+                model=name,
+                version=version,
+                previous=previous,
+            )
 
     async def delete_model_version(self, name: str, version: str) -> None:
         if self._store().get_model(name, version) is None:
             raise NotFound(f"model {name}:{version} is not registered")
         await self._forget_model(name, version)
+        log_event(
+            log,
+            "model_version_removed",
+            f"model {name}:{version} removed",
+            model=name,
+            version=version,
+        )
 
     async def set_num_replicas(self, name: str, version: str, n: int) -> None:
         store = self._store()
@@ -289,6 +497,14 @@ class ClipperServer:
             raise BadInput("num_replicas must be >= 0")
         store.set_num_replicas(name, version, n)
         await self._scale(name, version, n)
+        log_event(
+            log,
+            "replicas_scaled",
+            f"model {name}:{version} scaled to {n} replica(s)",
+            model=name,
+            version=version,
+            replicas=n,
+        )
 
     async def register_replica(
         self, name: str, version: str, replica_id: str, address: str
@@ -328,8 +544,13 @@ class ClipperServer:
             argv += ["--model-class", str(container["class"])]
             if container.get("model_path"):
                 argv += ["--model-path", str(container["model_path"])]
+        elif container.get("adapter"):
+            argv += ["--adapter", str(container["adapter"]), "--model-path", str(container["path"])]
         else:
             raise BadInput(f"model {name}:{version} has no container to start (kind {kind!r})")
+        if container.get("deploy_env"):
+            argv += ["--deploy-env", json.dumps(container["deploy_env"], separators=(",", ":"))]
+        argv[0] = self.runtime_envs.python_for(container) or argv[0]
         env = dict(os.environ)
         extra_path = [str(p) for p in container.get("python_path", []) if p]
         if extra_path:
@@ -351,6 +572,8 @@ class ClipperServer:
         rec = self._store().get_model(name, version)
         if rec is None or rec.container.get("kind") == "external":
             return
+        if n > 0 and rec.container.get("runtime_env"):
+            await self.runtime_envs.ensure(rec.container["runtime_env"])
         handles = await self.manager.scale(
             name, version, n, lambda rid: self._replica_spec(name, version, rid)
         )
@@ -383,24 +606,43 @@ class ClipperServer:
         handle: ReplicaHandle = event.handle
         spec = handle.spec
         rid = str(spec.replica_id)
+        log_replica_event(event)
         if event.kind == "ready" and handle.address:
             self._background_task(
                 self._connect_replica(spec.model_name, spec.model_version, rid, handle.address)
             )
         elif event.kind in ("exited", "stopped", "failed"):
-            if event.kind != "stopped":
-                log.warning(
-                    "replica %s of %s:%s %s: %s",
-                    rid,
-                    spec.model_name,
-                    spec.model_version,
-                    event.kind,
-                    event.detail,
-                )
             model = self.dataplane.models.get(spec.model_name)
             mv = None if model is None else model.versions.get(spec.model_version)
             if mv is not None:
                 self._background_task(mv.remove_replica(rid))
+
+    def _recycle_replica(self, name: str, version: str, replica_id: str) -> None:
+        """A replica's batch passed its batch timeout: restart its process.
+
+        The process manager stops it (SIGTERM, SIGKILL after a second) and its
+        supervisor starts a new one; the usual exited/ready events then replace the
+        replica's dispatcher.  A replica started by hand cannot be restarted from
+        here: its dispatcher waits until it answers health checks again."""
+        for handle in self.manager.list(name, version):
+            if str(handle.spec.replica_id) == replica_id:
+                log_event(
+                    log,
+                    "replica_recycled",
+                    f"replica {replica_id} of {name}:{version} hung; restarting it",
+                    level=logging.WARNING,
+                    model=name,
+                    version=version,
+                    replica=replica_id,
+                )
+                self._background_task(self.manager.restart(handle))
+                return
+        log.warning(
+            "replica %s of %s:%s hung and was not started by this server; waiting for it",
+            replica_id,
+            name,
+            version,
+        )
 
     def _background_task(self, coro: Awaitable[Any]) -> None:
         async def run() -> None:
@@ -471,9 +713,13 @@ class BackgroundServer:
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the server (see ``ClipperServer.stop``); ``timeout`` defaults to the
+        shutdown grace period plus 30 s for the containers."""
         if self._loop is None or self._thread is None:
             return
+        if timeout is None:
+            timeout = self.server.config.shutdown_grace + 30.0
         asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout)
         self._thread.join(timeout)
         self._loop.close()

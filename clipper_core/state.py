@@ -22,7 +22,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -41,7 +41,7 @@ __all__ = [
 INPUT_TYPES = frozenset({"ints", "floats", "doubles", "strings", "bytes"})
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Names appear in URL paths (/<app>/predict) and in "name:version:replica" ids, so
 # they may not contain '/' or ':'.
@@ -154,6 +154,10 @@ class ModelRecord:
         cache_enabled: Whether predictions of this version are cached.
         batch_wait_micros: Delayed-batching wait after a batch's first request.
         created_at: When the version was registered (UNIX time).
+        queue_capacity: Bound of the version's queue, or None for the server's
+            default (``ServerConfig.queue_capacity``).
+        batch_timeout: Seconds one batch may take before the replica is deemed hung
+            and recycled, or None for the server's default.
     """
 
     name: str
@@ -168,6 +172,8 @@ class ModelRecord:
     cache_enabled: bool = True
     batch_wait_micros: int = 1000
     created_at: float = field(default_factory=time.time)
+    queue_capacity: int | None = None
+    batch_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_name("model name", self.name)
@@ -202,6 +208,17 @@ class ModelRecord:
         ):
             raise BadInput(f"created_at must be a number, got {self.created_at!r}")
         object.__setattr__(self, "created_at", float(self.created_at))
+        if self.queue_capacity is not None:
+            _check_int("queue_capacity", self.queue_capacity, 1)
+        if self.batch_timeout is not None:
+            if (
+                not isinstance(self.batch_timeout, int | float)
+                or isinstance(self.batch_timeout, bool)
+                or not math.isfinite(self.batch_timeout)
+                or self.batch_timeout <= 0
+            ):
+                raise BadInput(f"batch_timeout must be a number > 0, got {self.batch_timeout!r}")
+            object.__setattr__(self, "batch_timeout", float(self.batch_timeout))
 
     @property
     def key(self) -> str:
@@ -267,12 +284,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (namespace, key)
         )""",
     ),
+    (
+        # Per-version admission settings; NULL: the server's defaults.
+        "ALTER TABLE models ADD COLUMN queue_capacity INTEGER",
+        "ALTER TABLE models ADD COLUMN batch_timeout REAL",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _MODEL_COLUMNS = (
     "name, version, input_type, labels, container, batch_size, num_replicas, cpus,"
-    " memory_limit_mb, cache_enabled, batch_wait_micros, created_at"
+    " memory_limit_mb, cache_enabled, batch_wait_micros, created_at, queue_capacity,"
+    " batch_timeout"
 )
 
 
@@ -291,6 +314,8 @@ def _model_from_row(row: sqlite3.Row) -> ModelRecord:
         cache_enabled=bool(row["cache_enabled"]),
         batch_wait_micros=row["batch_wait_micros"],
         created_at=row["created_at"],
+        queue_capacity=row["queue_capacity"],
+        batch_timeout=row["batch_timeout"],
     )
 
 
@@ -446,6 +471,35 @@ class StateStore:
             if conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"application {name} not found")
 
+    def set_app_policy(
+        self, name: str, policy: str, policy_config: Mapping[str, Any] | None = None
+    ) -> AppRecord:
+        """Set an application's selection policy and its options.
+
+        Returns:
+            The updated record.
+
+        Raises:
+            BadInput: The policy name is empty or the options are not a JSON object.
+            NotFound: No application has that name.
+        """
+        current = self.get_app(name)
+        if current is None:
+            raise NotFound(f"application {name} not found")
+        rec = AppRecord.from_dict(
+            {**current.to_dict(), "policy": policy, "policy_config": dict(policy_config or {})}
+        )
+        with self._write() as conn:
+            if (
+                conn.execute(
+                    "UPDATE apps SET policy = ?, policy_config = ? WHERE name = ?",
+                    (rec.policy, json.dumps(rec.policy_config), name),
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"application {name} not found")
+        return rec
+
     # -- models ------------------------------------------------------------------
 
     def add_model(self, model: ModelRecord, *, make_current: bool = False) -> None:
@@ -480,7 +534,7 @@ class StateStore:
                     f" {app['name']}, which takes {app['input_type']}"
                 )
             conn.execute(
-                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES ({', '.join('?' * 14)})",
                 (
                     model.name,
                     model.version,
@@ -494,6 +548,8 @@ class StateStore:
                     int(model.cache_enabled),
                     model.batch_wait_micros,
                     model.created_at,
+                    model.queue_capacity,
+                    model.batch_timeout,
                 ),
             )
             if make_current:
@@ -669,6 +725,35 @@ class StateStore:
             conn.execute(
                 "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?, ?, ?)",
                 (namespace, key, text),
+            )
+
+    def put_kv_many(
+        self,
+        items: Iterable[tuple[str, str, Any]],
+        *,
+        delete_namespaces: Iterable[str] = (),
+    ) -> None:
+        """In one transaction: delete whole namespaces, then store (namespace, key,
+        value) items, replacing any.
+
+        Raises:
+            BadInput: A value is not JSON-serialisable (nothing is written).
+        """
+        rows = []
+        for namespace, key, value in items:
+            if not isinstance(namespace, str) or not isinstance(key, str):
+                raise BadInput("kv namespace and key must be strings")
+            try:
+                rows.append((namespace, key, json.dumps(value, allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                raise BadInput(
+                    f"value for {namespace}/{key} is not JSON-serialisable: {exc}"
+                ) from None
+        drops = [(ns,) for ns in delete_namespaces]
+        with self._write() as conn:
+            conn.executemany("DELETE FROM kv WHERE namespace = ?", drops)
+            conn.executemany(
+                "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?, ?, ?)", rows
             )
 
     def get_kv(self, namespace: str, key: str, default: Any = None) -> Any:

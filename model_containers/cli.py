@@ -4,7 +4,9 @@
 
     python -m model_containers --model-name NAME --model-version V \\
         [--input-type {ints,floats,doubles,strings,bytes}] \\
-        (--closure FILE.pkl | --model-class package.module:ClassName [--model-path DIR]) \\
+        (--closure FILE.pkl | --model-class package.module:ClassName [--model-path DIR]
+         | --adapter {sklearn,pytorch,onnx,xgboost,pyspark,tensorflow,keras} --model-path DIR) \\
+        [--deploy-env JSON] \\
         [--host 127.0.0.1] [--port 0] [--advertise-address HOST:PORT] \\
         [--register-url http://127.0.0.1:1338] [--register-token TOKEN] \\
         [--register-timeout 30] [--replica-id R] [--max-workers 1] [--grace 2]
@@ -74,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:NAME",
         help="a Model subclass (or instance) to import, e.g. mypkg.models:Scorer",
     )
+    source.add_argument(
+        "--adapter",
+        metavar="FRAMEWORK",
+        help="a framework adapter (model_containers.adapters) loading --model-path, a"
+        " directory written by a clipper_core deployer",
+    )
+    parser.add_argument(
+        "--deploy-env",
+        metavar="JSON",
+        help="Python and package versions recorded at deploy time; a mismatch stops the"
+        " container before the model loads (see model_containers.environment)",
+    )
     parser.add_argument("--model-path", metavar="DIR", help="set as model.model_path before load()")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -107,7 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace) -> Model:
     """Import or unpickle the model (``load()`` is not called yet)."""
     obj: Any
-    if args.closure:
+    if args.adapter:
+        from model_containers.adapters import adapter_class
+
+        if not args.model_path:
+            raise ModelLoadError(f"--adapter {args.adapter} needs --model-path DIR")
+        try:
+            obj = adapter_class(args.adapter)()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load adapter {args.adapter}: {exception_line(exc)}"
+            ) from exc
+    elif args.closure:
         import cloudpickle
 
         try:
@@ -137,6 +162,22 @@ def load_model(args: argparse.Namespace) -> Model:
     )
 
 
+def _check_deploy_env(text: str) -> str:
+    """'' when this environment can run the model, else the message to print."""
+    import json
+
+    from model_containers.environment import check
+
+    try:
+        recorded = json.loads(text)
+    except ValueError as exc:
+        return f"--deploy-env is not valid JSON: {exc}"
+    report = check(recorded if isinstance(recorded, dict) else {})
+    for warning in report.warnings:
+        log.warning("deploy environment differs: %s", warning)
+    return report.message() if report.errors else ""
+
+
 def _resolve_input_type(parser: argparse.ArgumentParser, cli: str | None, model: Model) -> str:
     declared = getattr(model, "input_type", None)
     if declared is not None and declared not in INPUT_TYPES:
@@ -162,6 +203,23 @@ def _install_signal_handlers(events: queue.SimpleQueue[tuple[str, str]]) -> None
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+
+def _watch_parent(events: queue.SimpleQueue[tuple[str, str]]) -> None:
+    """Stop when the frontend that started us exits (``CLIPPER_PARENT_PID``), so
+    that a killed frontend leaves no container behind.  On Linux the frontend also
+    sets a parent-death signal; this is the portable fallback."""
+    raw = os.environ.get("CLIPPER_PARENT_PID", "")
+    if not raw.isdigit() or os.getppid() != int(raw):
+        return  # not started by a frontend (or through a wrapper): nothing to watch
+    parent = int(raw)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        events.put(("signal", f"exit of the parent frontend (pid {parent})"))
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _leave(code: int) -> int:
@@ -197,7 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
     _install_signal_handlers(events)
+    _watch_parent(events)
 
+    if args.deploy_env:
+        failed = _check_deploy_env(args.deploy_env)
+        if failed:
+            print(f"model_containers: {failed}", file=sys.stderr, flush=True)
+            return 1
     try:
         model = load_model(args)
     except ModelLoadError as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Clipper's input types, as accepted on the command line and in ``Model.input_type``.
 INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
@@ -41,8 +44,15 @@ class Model:
             when given.
         output_type: Free text reported in the container's metadata.
         platform: Reported in metadata (``"python_model"`` by default).
-        inputs: OIP tensor specs of the inputs (reported in metadata).
-        outputs: OIP tensor specs of the outputs (reported in metadata).
+        inputs: OIP tensor specs of the inputs, the batch dimension first (-1).
+            The frontend validates Open Inference Protocol requests against them.
+            Default: one input ``input`` of the input type's datatype (ints →
+            INT32, floats → FP32, doubles → FP64, strings/bytes → BYTES), shape
+            ``(-1, -1)``.
+        outputs: OIP tensor specs of the outputs.  Default: one output
+            ``output`` reported as BYTES, shape ``(-1,)``, whose datatype is
+            inferred from what ``predict`` returns; a declared output's datatype
+            is what the default ``predict_tensors`` casts to.
         model_path: The ``--model-path`` directory, set before ``load()``; ``None``
             when not given.
 
@@ -80,6 +90,32 @@ class Model:
             first dimension is N.
         """
         raise NotImplementedError(f"{type(self).__name__}.predict is not implemented")
+
+    def predict_tensors(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        """Predict a batch of named tensors (Open Inference Protocol requests).
+
+        The frontend concatenates the requests of a batch along the first
+        dimension, so every input holds N rows from one or more clients; each
+        output must hold exactly N rows, in the same order.  Override it for
+        models with several inputs or outputs.
+
+        The default serves a model written for ``predict``: it takes exactly one
+        input tensor, passes each of its N rows as one input (numeric rows
+        flattened to 1-D arrays of the input type's dtype; BYTES rows of one
+        element as ``str`` or ``bytes``), and returns the N outputs as one tensor
+        named after the first declared output (``output`` by default).
+
+        Args:
+            inputs: Input name to a writable numpy array, first dimension N
+                (BYTES tensors are object arrays of ``bytes``).
+
+        Returns:
+            Output name to an array-like with first dimension N: numeric arrays,
+            or object/str arrays for BYTES (``str`` is sent as UTF-8).
+        """
+        from model_containers.tensors import predict_rows
+
+        return predict_rows(self, inputs)
 
 
 class ClosureModel(Model):

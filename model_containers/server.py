@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from model_containers import codec
+from model_containers import codec, tensors
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
 from model_containers.model import Model, TensorSpec
@@ -84,12 +86,31 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         self._input_enum = INPUT_TYPE_ENUM[info.input_type]
         self._model: Model | None = None
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        # The model call's duration, per worker thread: _predict writes it and
+        # Predict (same thread) returns it in PredictResponse.model_seconds.
+        self._timing = threading.local()
 
     def set_model(self, model: Model) -> None:
         """Start serving ``model`` (already loaded)."""
+        if getattr(model, "input_type", None) is None:
+            # A closure's input type comes from the command line; the default
+            # predict_tensors reads it from the model.
+            model.input_type = self.info.input_type  # type: ignore[misc]
         self._model = model
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> Any:
+        self._timing.seconds = 0.0
+        if request.tensors:
+            try:
+                outputs = self._predict_tensors(request)
+            except _RpcFailure as failure:
+                context.abort(failure.code, failure.details)  # raises
+                raise AssertionError("unreachable") from None
+            return pb.PredictResponse(
+                batch_id=request.batch_id,
+                tensors=outputs,
+                model_seconds=self._timing.seconds,
+            )
         try:
             encoded = self._predict(request)
         except _RpcFailure as failure:
@@ -102,6 +123,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             offsets=encoded.offsets,
             dtype=encoded.dtype,
             shape=encoded.shape,
+            model_seconds=self._timing.seconds,
         )
 
     def _predict(self, request: pb.PredictRequest) -> codec.EncodedOutputs:
@@ -123,7 +145,9 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             return codec.encode_outputs([], 0)
         with self._slots:
             try:
+                started = time.perf_counter()
                 outputs = model.predict(inputs)
+                self._timing.seconds = time.perf_counter() - started
             except Exception as exc:
                 log.error(
                     "batch %d (%d inputs) failed:\n%s",
@@ -138,10 +162,72 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             log.error("batch %d: %s", request.batch_id, exc)
             raise _RpcFailure(grpc.StatusCode.INTERNAL, str(exc)) from None
 
+    def _predict_tensors(self, request: pb.PredictRequest) -> list[pb.Tensor]:
+        """A tensor batch: decode, ``model.predict_tensors``, encode (see container.proto)."""
+        model = self._model
+        if model is None:
+            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        inputs: dict[str, Any] = {}
+        n = -1
+        try:
+            for t in request.tensors:
+                if t.name in inputs:
+                    raise tensors.TensorInputError(f"input {t.name!r} appears twice")
+                arr = tensors.decode_tensor(t.datatype, t.shape, t.data)
+                if arr.ndim == 0 or (n >= 0 and arr.shape[0] != n):
+                    raise tensors.TensorInputError(
+                        f"input {t.name!r} of shape {list(arr.shape)} does not share the"
+                        f" batch dimension {n}"
+                    )
+                n = arr.shape[0]
+                inputs[t.name] = arr
+        except tensors.TensorInputError as exc:
+            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        with self._slots:
+            try:
+                started = time.perf_counter()
+                outputs = model.predict_tensors(inputs)
+                self._timing.seconds = time.perf_counter() - started
+            except tensors.TensorInputError as exc:
+                raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            except Exception as exc:
+                log.error(
+                    "tensor batch %d (%d rows) failed:\n%s",
+                    request.batch_id,
+                    n,
+                    "".join(traceback.format_exception(exc)),
+                )
+                raise _RpcFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise _RpcFailure(
+                grpc.StatusCode.INTERNAL,
+                f"predict_tensors returned {type(outputs).__name__}; expected a dict of"
+                " output name to array",
+            )
+        declared = {spec.name: spec.datatype for spec in getattr(model, "outputs", ())}
+        encoded: list[pb.Tensor] = []
+        for name, value in outputs.items():
+            try:
+                datatype, shape, data = tensors.encode_tensor(value, declared.get(name))
+            except (ValueError, TypeError) as exc:
+                raise _RpcFailure(grpc.StatusCode.INTERNAL, f"output {name!r}: {exc}") from None
+            if not shape or shape[0] != n:
+                raise _RpcFailure(
+                    grpc.StatusCode.INTERNAL,
+                    f"output {name!r} has shape {shape}; its first dimension must be the"
+                    f" batch's {n} rows",
+                )
+            encoded.append(pb.Tensor(name=str(name), datatype=datatype, shape=shape, data=data))
+        return encoded
+
     def Metadata(self, request: pb.MetadataRequest, context: grpc.ServicerContext) -> Any:
         model = self._model
         specs_in = getattr(model, "inputs", ()) if model is not None else ()
         specs_out = getattr(model, "outputs", ()) if model is not None else ()
+        if not specs_in:
+            specs_in = tensors.default_input_specs(self.info.input_type)
+        if not specs_out:
+            specs_out = tensors.default_output_specs()
         return pb.ModelMetadata(
             name=self.info.model_name,
             version=self.info.model_version,

@@ -38,7 +38,16 @@ PROTO_DIR = "protos"
 #: Output package (relative to the repository root) -> the protos compiled into it.
 TARGETS: dict[str, tuple[str, ...]] = {
     "model_containers/_proto": ("container.proto",),
+    "clipper_core/_proto": ("oip_service.proto",),
 }
+
+#: Protos whose generated module builds its descriptors in a private pool instead
+#: of protobuf's default one.  ``oip_service.proto`` declares the messages of the
+#: ``inference`` package, as do other projects' generated modules (tritonclient's
+#: ``grpc_service.proto``); two files defining one symbol in the default pool make
+#: the second import fail, so the frontend's copy keeps to a pool of its own.  The
+#: wire format and the gRPC method paths do not depend on the pool.
+PRIVATE_POOL_PROTOS: frozenset[str] = frozenset({"oip_service.proto"})
 
 _INIT_TEMPLATE = '''"""Generated gRPC/protobuf code for {protos}.
 
@@ -76,6 +85,18 @@ def _fix_imports(text: str) -> str:
     return text
 
 
+def _use_private_pool(text: str) -> str:
+    """Build a generated module's descriptors in a pool of its own."""
+    fixed, count = re.subn(
+        r"_descriptor_pool\.Default\(\)\.AddSerializedFile\(",
+        "_descriptor_pool.DescriptorPool().AddSerializedFile(",
+        text,
+    )
+    if count != 1:
+        raise SystemExit("cannot find the default descriptor pool in protoc's output")
+    return fixed
+
+
 def _protoc(proto: str, out_dir: Path) -> None:
     from grpc_tools import protoc
 
@@ -108,6 +129,9 @@ def generate() -> dict[str, dict[str, str]]:
             for path in sorted((Path(tmp) / PROTO_DIR).iterdir()):
                 if path.name.endswith(_GENERATED_SUFFIXES):
                     text = _fix_imports(path.read_text(encoding="utf-8"))
+                    stem = path.name.split("_pb2", 1)[0]
+                    if f"{stem}.proto" in PRIVATE_POOL_PROTOS and path.name.endswith("_pb2.py"):
+                        text = _use_private_pool(text)
                     if path.name.endswith((".pyi", "_pb2_grpc.py")):
                         text = _PYI_HEADER + text
                     files[path.name] = text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -11,6 +12,10 @@ import pytest
 import uvloop
 
 from clipper_core.structures import load
+
+# Servers started by tests (in this process or as children) bind an ephemeral
+# OIP gRPC port instead of 8001, so that test runs never collide on it.
+os.environ.setdefault("CLIPPER_GRPC_PORT", "0")
 
 IMPLEMENTATIONS = ["cython", "python"]
 

@@ -135,18 +135,30 @@ class DataPlane:
         version: str | None = None,
         deadline: float | None = None,
         raise_errors: bool = True,
+        uid: int = 0,
     ) -> list[Outcome]:
-        """Answer each input within the app's latency objective."""
+        """Answer each input within the app's latency objective.
+
+        ``uid`` is the user whose selection-policy state decides which models answer
+        (0, the app-wide state, by default).
+        """
         app = self.app(app_name)
         end = time.monotonic() + app.slo
         if deadline is not None:
             end = min(end, deadline)
         if not app.linked_models:
+            app.metrics.unanswered(len(inputs), "no_model")
             return [app.default(f"no model is linked to application {app.name!r}")] * len(inputs)
+        selector = app.selector
+        if selector is not None and selector.routes_queries:
+            return await selector.predict(
+                self, app, inputs, keys, end, version=version, uid=uid, raise_errors=raise_errors
+            )
         model = self.models.get(app.linked_models[0])
         mv = None if model is None else model.version_for(version)
         if mv is None:
             name = app.linked_models[0]
+            app.metrics.unanswered(len(inputs), "no_model")
             return [app.default(f"model {name!r} has no deployed version")] * len(inputs)
         if mv.input_type != app.input_type:
             raise BadInput(

@@ -6,10 +6,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipper_core.dataplane.model_version import ModelVersion, _consume
 from clipper_core.errors import ClipperError, DeadlineExceeded
+from clipper_core.metrics import AppMetrics, error_kind, record_failure
+
+if TYPE_CHECKING:
+    from clipper_core.selection.runtime import AppSelector
 
 
 @dataclass(slots=True)
@@ -20,6 +24,11 @@ class Outcome:
     default: bool = False
     explanation: str | None = None
     model: str | None = None
+    # Set by selection policies that may query several models (clipper_core.selection):
+    # the model versions that answered, the answer's confidence, those that did not.
+    models: list[str] | None = None
+    confidence: float | None = None
+    missing: list[str] | None = None
 
 
 @dataclass
@@ -32,6 +41,9 @@ class Application:
     slo: float  # seconds
     linked_models: list[str] = field(default_factory=list)
     policy: str = "single"
+    metrics: AppMetrics = field(default_factory=AppMetrics, repr=False, compare=False)
+    # The app's selection policy at work (set by the server; None: the direct path).
+    selector: AppSelector | None = field(default=None, repr=False, compare=False)
 
     def default(self, explanation: str) -> Outcome:
         return Outcome(self.default_output, True, explanation)
@@ -73,6 +85,19 @@ async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) ->
             f.remove_done_callback(on_done)
 
 
+def _withdraw(futures: Sequence[asyncio.Future[Any]]) -> int:
+    """Cancel the futures still pending; a queued input whose every requester
+    cancelled is skipped by the dispatchers (``ModelVersion.submit``).  Returns how
+    many were cancelled."""
+    n = 0
+    for f in futures:
+        if f.cancel():
+            n += 1
+        else:
+            f.add_done_callback(_consume)
+    return n
+
+
 async def predict_with_slo(
     app: Application,
     model: ModelVersion,
@@ -88,29 +113,47 @@ async def predict_with_slo(
     error raises when ``raise_errors`` (a single query) and otherwise becomes a
     flagged default for that input only (one reply per input in a batch).
     """
+    started = time.monotonic()
     futures: list[asyncio.Future[Any]] = []
     try:
         for value, key in zip(inputs, keys, strict=True):
             futures.append(model.submit(value, key, deadline))
-    except ClipperError:
-        for f in futures:
-            f.add_done_callback(_consume)
+    except ClipperError as err:
+        _withdraw(futures)  # the request fails as a whole: its queued inputs go
+        record_failure(app, model, err, len(inputs), rejected=True)
         raise
-    await wait_until(futures, deadline)
+    try:
+        await wait_until(futures, deadline)
+    except asyncio.CancelledError:
+        # The client went away (the HTTP server cancels its handler): withdraw its
+        # queued inputs so that they never reach the model.
+        model.withdrawn += _withdraw(futures)
+        raise
     slo_ms = app.slo * 1000.0
+    if deadline < started + app.slo - 1e-3:
+        # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
+        slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
     outcomes: list[Outcome] = []
+    late = expired = errored = 0
     for fut in futures:
         if not fut.done():
             fut.add_done_callback(_consume)
             outcomes.append(app.default(f"no answer within the latency objective ({slo_ms:g} ms)"))
+            late += 1
             continue
         exc = fut.exception()
         if exc is None:
             outcomes.append(Outcome(fut.result(), model=model.key))
         elif isinstance(exc, DeadlineExceeded):
             outcomes.append(app.default(f"the deadline passed before the model ran ({exc})"))
+            expired += 1
         elif raise_errors:
+            record_failure(app, model, exc, len(inputs))
             raise exc
         else:
             outcomes.append(app.default(f"{type(exc).__name__}: {exc}"))
+            app.metrics.error(error_kind(exc))
+            errored += 1
+    app.metrics.answered(len(inputs), late, expired, errored, time.monotonic() - started, app.slo)
+    model.metrics.defaults += late + expired + errored
     return outcomes

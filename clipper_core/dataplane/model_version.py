@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
+from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     ClipperError,
     DeadlineExceeded,
     ModelError,
+    ModelTimeout,
+    Overloaded,
     QueueClosed,
     ReplicaUnavailable,
 )
+from clipper_core.metrics import ModelVersionMetrics
 from clipper_core.replica_client import ReplicaClient
 from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry, SloController
 
@@ -60,6 +67,10 @@ class ReplicaSlot:
     batches: int = 0
     failures: int = 0
     in_flight: list[QueueEntry] = field(default_factory=list)
+    #: Set while the dispatcher waits for the replica to answer health checks again.
+    recovering: bool = False
+    #: When the batch in flight was sent (``time.monotonic()``).
+    batch_started: float = 0.0
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -97,6 +108,8 @@ class ModelVersion:
         batch_wait: float = 0.001,
         batch_timeout: float = 30.0,
         cache: PredictionCache | None = None,
+        admission: bool = False,
+        on_replica_hung: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -121,7 +134,23 @@ class ModelVersion:
         self.queries = 0
         self.cache_hits = 0
         self.retried = 0
+        self.metrics = ModelVersionMetrics()
         self.closed = False
+        # Admission control (see clipper_core.admission): refuse an input whose
+        # expected queueing wait exceeds its remaining deadline.
+        self.admission = admission
+        self.estimator = ServiceTimeEstimator()
+        self.rejected_overload = 0
+        # Called with a replica id when one of its batches passes batch_timeout;
+        # the server recycles the replica's process.
+        self.on_replica_hung = on_replica_hung
+        self.timeouts = 0
+        # Queued inputs cancelled because every requester went away.
+        self.cancelled = 0
+        # Inputs whose requester went away (client disconnects) while pending.
+        self.withdrawn = 0
+        # Cache key -> the queued computation that waiters of that key share.
+        self._computations: dict[bytes, _Computation] = {}
 
     @property
     def key(self) -> str:
@@ -137,11 +166,18 @@ class ModelVersion:
     def submit(self, value: Any, key: bytes, deadline: float) -> Any:
         """Enqueue one input; return its output future (or, on a cache hit, a done one).
 
-        Raises QueueFull / QueueClosed at once, so the caller can answer 503.
+        Cancelling the returned future withdraws the input: a queued input that no
+        requester waits for any more is skipped by the dispatchers (identical inputs
+        share one computation, which is withdrawn only when all its requesters are
+        gone).
+
+        Raises QueueFull / QueueClosed / Overloaded at once, so the caller can
+        answer 503.
         """
         self.queries += 1
         cache = self.cache
         if cache is None:
+            self._admit(deadline)
             return self.queue.put(PendingQuery(value), deadline)
         loop = asyncio.get_running_loop()
         miss = _MISS
@@ -151,28 +187,61 @@ class ModelVersion:
             done: asyncio.Future[Any] = loop.create_future()
             done.set_result(hit)
             return done
+        self.metrics.cache_misses += 1
         shared, owner = cache.reserve(self.name, self.version, key)
         if not owner:
+            computation = self._computations.get(key)
+            if computation is not None and not shared.done():
+                computation.join(shared)
             return shared
         try:
+            self._admit(deadline)
             queued = self.queue.put(PendingQuery(value), deadline)
         except ClipperError as exc:
             cache.fail(self.name, self.version, key, exc)
             _consume(shared)
             raise
-        queued.add_done_callback(lambda f: self._settle_cache(key, f))
+        computation = _Computation(self, key, queued)
+        self._computations[key] = computation
+        computation.join(shared)
+        queued.add_done_callback(computation.settle)
         return shared
 
-    def _settle_cache(self, key: bytes, fut: asyncio.Future[Any]) -> None:
-        assert self.cache is not None
-        if fut.cancelled():
-            self.cache.fail(self.name, self.version, key, DeadlineExceeded("cancelled"))
+    def _admit(self, deadline: float) -> None:
+        """Refuse an input that would wait in the queue past its deadline."""
+        if not self.admission:
             return
-        exc = fut.exception()
-        if exc is not None:
-            self.cache.fail(self.name, self.version, key, exc)
-        else:
-            self.cache.put(self.name, self.version, key, fut.result())
+        queued = len(self.queue)
+        now = time.monotonic()
+        batch_latency = self.estimator.batch_latency_high
+        replicas = 0
+        idle = False
+        first_free = math.inf  # when the first busy replica should be done
+        for s in self.replicas.values():
+            if s.recovering or s.task is None or s.task.done():
+                continue
+            replicas += 1
+            if not s.in_flight:
+                idle = True
+            else:
+                first_free = min(first_free, max(0.0, batch_latency - (now - s.batch_started)))
+        if queued == 0 and idle:
+            # Next in line for an idle replica: whether the model is fast enough
+            # for the deadline is not overload (the app's default answers that).
+            return
+        wait = self.estimator.expected_wait(queued, replicas, 0.0 if idle else first_free)
+        if wait is None:
+            return
+        remaining = deadline - now
+        if wait <= remaining * ADMISSION_HEADROOM:
+            return
+        self.rejected_overload += 1
+        raise Overloaded(
+            f"{self.key} is overloaded: {queued} inputs queued for {replicas} replica(s);"
+            f" the expected wait of {wait * 1000:.0f} ms exceeds the remaining deadline"
+            f" of {max(remaining, 0.0) * 1000:.0f} ms",
+            retry_after=self.estimator.drain_time(queued, replicas),
+        )
 
     # -- replicas ---------------------------------------------------------------
 
@@ -238,8 +307,15 @@ class ModelVersion:
             slot.in_flight = entries
             inputs = [e.item.input for e in entries]
             started = time.monotonic()
+            slot.batch_started = started
             try:
-                outputs = await client.predict(inputs, self.input_type, timeout=self.batch_timeout)
+                if any(type(x) is TensorQuery for x in inputs):
+                    # Open Inference Protocol requests: resolves the futures itself.
+                    outputs = await predict_tensor_batch(self, client, entries)
+                else:
+                    outputs = await client.predict(
+                        inputs, self.input_type, timeout=self.batch_timeout
+                    )
             except ReplicaUnavailable as exc:
                 slot.failures += 1
                 self._hand_back(entries, slot, exc)
@@ -250,6 +326,30 @@ class ModelVersion:
                 # slot); an external one may come back by itself.
                 await self._await_recovery(slot)
                 continue
+            except DeadlineExceeded:
+                # The batch ran past batch_timeout: the model hangs (or is far too
+                # slow).  Its inputs fail -- not handed back, since a poison input
+                # would hang the next replica too -- and the replica is recycled.
+                self.timeouts += 1
+                slot.failures += 1
+                timeout_error = ModelTimeout(
+                    f"{self.key}: a batch of {len(entries)} took longer than the batch"
+                    f" timeout of {self.batch_timeout:g} s on replica {slot.replica_id};"
+                    " the replica is being restarted"
+                )
+                self.metrics.error(timeout_error.kind, len(entries))
+                self._fail(entries, timeout_error)
+                slot.in_flight = []
+                log.error("%s", timeout_error)
+                if self.on_replica_hung is not None:
+                    try:
+                        self.on_replica_hung(slot.replica_id)
+                    except Exception:
+                        log.exception(
+                            "recycling replica %s of %s failed", slot.replica_id, self.key
+                        )
+                await self._await_recovery(slot)
+                continue
             except asyncio.CancelledError:
                 self._hand_back(
                     entries, slot, ReplicaUnavailable(f"replica {slot.replica_id} was removed")
@@ -257,14 +357,19 @@ class ModelVersion:
                 slot.in_flight = []
                 raise
             except ClipperError as exc:
+                self.metrics.error(exc.kind, len(entries))
                 self._fail(entries, exc)
             except Exception as exc:  # a bug, not a model error: keep serving
                 log.exception("dispatch to %s failed", self.key)
+                self.metrics.error("internal", len(entries))
                 self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
             else:
                 slot.failures = 0
                 slot.batches += 1
-                controller.observe(len(entries), time.monotonic() - started)
+                latency = time.monotonic() - started
+                controller.observe(len(entries), latency)
+                self.estimator.observe(len(entries), latency)
+                self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
                 for entry, output in zip(entries, outputs, strict=True):
                     fut = entry.future
                     if not fut.done():
@@ -274,11 +379,15 @@ class ModelVersion:
     @staticmethod
     async def _await_recovery(slot: ReplicaSlot) -> None:
         delay = 0.05
-        while True:
-            await asyncio.sleep(delay)
-            if await slot.client.health():
-                return
-            delay = min(delay * 2, 1.0)
+        slot.recovering = True  # admission control does not count it meanwhile
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                if await slot.client.health():
+                    return
+                delay = min(delay * 2, 1.0)
+        finally:
+            slot.recovering = False
 
     @staticmethod
     def _fail(entries: list[QueueEntry], exc: BaseException) -> None:
@@ -293,6 +402,7 @@ class ModelVersion:
                 continue
             item: PendingQuery = entry.item
             if item.retried:
+                self.metrics.error(ReplicaUnavailable.kind, 1)
                 fut.set_exception(
                     ReplicaUnavailable(f"{self.key}: the batch failed on two replicas; last: {exc}")
                 )
@@ -305,6 +415,8 @@ class ModelVersion:
                 fut.set_exception(put_exc)
                 continue
             again.add_done_callback(lambda f, dst=fut: _copy_outcome(f, dst))
+            # A requester that goes away withdraws the retry too.
+            fut.add_done_callback(lambda f, src=again: src.cancel() if f.cancelled() else None)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -316,8 +428,74 @@ class ModelVersion:
             "queue": self.queue.stats(),
             "batch_size": self.controller.batch_size,
             "replicas": len(self.replicas),
+            "rejected_overload": self.rejected_overload,
+            "cancelled": self.cancelled,
+            "withdrawn": self.withdrawn,
+            "batch_timeouts": self.timeouts,
         }
         return out
+
+
+class _Computation:
+    """One queued input that several requesters of the same cache key share.
+
+    Each requester holds its own future (the cache's); the queued input is
+    withdrawn -- its queue future cancelled, so that no dispatcher sends it to the
+    model -- only once *every* requester's future is cancelled.  A requester that
+    disconnects therefore never cancels the answer others still wait for.
+    """
+
+    __slots__ = ("key", "mv", "queued", "settled", "waiters")
+
+    def __init__(self, mv: ModelVersion, key: bytes, queued: asyncio.Future[Any]) -> None:
+        self.mv = mv
+        self.key = key
+        self.queued = queued
+        self.waiters = 0
+        self.settled = False
+
+    def join(self, waiter: asyncio.Future[Any]) -> None:
+        self.waiters += 1
+        waiter.add_done_callback(self._left)
+
+    def _left(self, waiter: asyncio.Future[Any]) -> None:
+        if not waiter.cancelled() or self.settled:
+            return  # answered (or failed) through the cache, like everyone else
+        self.waiters -= 1
+        if self.waiters > 0 or self.queued.done():
+            return
+        # Nobody waits any more.  Settle the cache entry now, so that a new request
+        # for the same input starts a fresh computation instead of joining this one.
+        mv = self.mv
+        self._forget()
+        self.queued.cancel()
+        mv.cancelled += 1
+        if mv.cache is not None:
+            mv.cache.fail(
+                mv.name, mv.version, self.key, DeadlineExceeded("every requester went away")
+            )
+
+    def settle(self, queued: asyncio.Future[Any]) -> None:
+        """The queued input's outcome: store it in the cache and resolve every waiter."""
+        if self.settled:
+            return
+        self._forget()
+        mv = self.mv
+        cache = mv.cache
+        assert cache is not None
+        if queued.cancelled():
+            cache.fail(mv.name, mv.version, self.key, DeadlineExceeded("cancelled"))
+            return
+        exc = queued.exception()
+        if exc is not None:
+            cache.fail(mv.name, mv.version, self.key, exc)
+        else:
+            cache.put(mv.name, mv.version, self.key, queued.result())
+
+    def _forget(self) -> None:
+        self.settled = True
+        if self.mv._computations.get(self.key) is self:
+            del self.mv._computations[self.key]
 
 
 class _Missing:

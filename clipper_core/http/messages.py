@@ -22,9 +22,19 @@ class Request:
         body: The whole request body (chunked bodies are already reassembled).
         http_version: ``"1.1"`` or ``"1.0"``.
         keep_alive: Whether the connection stays open after the response.
+        remote: The client's address (IP, without the port), or ``""`` if unknown.
     """
 
-    __slots__ = ("body", "headers", "http_version", "keep_alive", "method", "path", "query")
+    __slots__ = (
+        "body",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "remote",
+    )
 
     def __init__(
         self,
@@ -35,7 +45,9 @@ class Request:
         body: bytes,
         http_version: str = "1.1",
         keep_alive: bool = True,
+        remote: str = "",
     ) -> None:
+        self.remote = remote
         self.method = method
         self.path = path
         self.query = query

@@ -15,9 +15,13 @@ a moment before closing, so that the client reads the answer instead of a reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import ssl as ssl_module
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from types import CoroutineType
 from typing import Any, cast
@@ -199,6 +203,7 @@ class HttpProtocol(asyncio.Protocol):
         "_method",
         "_on_task_done",
         "_parser",
+        "_peer",
         "_pending",
         "_raw_header_size",
         "_read_paused",
@@ -240,12 +245,16 @@ class HttpProtocol(asyncio.Protocol):
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._peer = ""
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._peer = str(peer[0])
         self._server._connections.add(self)
         self._last_active = self._loop.time()
         self._idle_timer = self._loop.call_later(self._server.keepalive_timeout, self._check_idle)
@@ -410,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
             body,
             self._parser.get_http_version(),
             self._keep_alive,
+            self._peer,
         )
         if not self._keep_alive:
             self._stopped_input = True
@@ -419,7 +429,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _dispatch(self, request: Request) -> None:
         result: Any
-        routed = self._router.resolve(request.method, request.path)
+        guard = self._server.guard
+        refused = None if guard is None else guard(request)
+        routed = refused or self._router.resolve(request.method, request.path)
         if type(routed) is tuple:
             handler, params = routed
             try:
@@ -624,6 +636,13 @@ class HttpProtocol(asyncio.Protocol):
         if transport is not None and not self._pending and not self._in_message:
             transport.close()
 
+    def _cancel_running(self) -> list[asyncio.Future[Any]]:
+        """Cancel the handlers still running (their answers become 503s)."""
+        running = [ex.task for ex in self._pending if ex.task is not None and not ex.task.done()]
+        for task in running:
+            task.cancel()
+        return running
+
     def _abort(self) -> list[asyncio.Future[Any]]:
         """Close at once; returns the handler tasks that were still running."""
         running = [ex.task for ex in self._pending if ex.task is not None and not ex.task.done()]
@@ -650,10 +669,22 @@ def _error_for(exc: BaseException, request: Request | None) -> Response:
     """The answer to a handler's exception: a ClipperError maps to its status."""
     if isinstance(exc, ClipperError):
         cause = str(exc) or exc.kind
-        return error_response(exc.http_status, exc.kind, cause)
+        return error_response(exc.http_status, exc.kind, cause, _error_headers(exc))
     where = f"{request.method} {request.path}" if request is not None else "a request"
     logger.error("unhandled error while handling %s", where, exc_info=exc)
     return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _error_headers(exc: ClipperError) -> dict[str, str] | None:
+    """``Retry-After`` on overload answers (503, 429), ``WWW-Authenticate`` on 401."""
+    status = exc.http_status
+    if status in (429, 503):
+        retry = getattr(exc, "retry_after", None)
+        seconds = retry if isinstance(retry, int | float) and math.isfinite(retry) else 1.0
+        return {"Retry-After": str(max(1, math.ceil(seconds)))}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
+    return None
 
 
 class HttpServer:
@@ -668,6 +699,9 @@ class HttpServer:
         keepalive_timeout: Seconds an idle connection is kept open.
         access_log: Log one line per response on ``clipper_core.http.access``.
         backlog: The listening socket's backlog.
+        ssl: Serve HTTPS with this context (see ``clipper_core.tls``); None: plain.
+        guard: Called with every request before routing; a ``Response`` it returns
+            is the answer (e.g. a 401), None lets the request through.
     """
 
     def __init__(
@@ -681,7 +715,11 @@ class HttpServer:
         keepalive_timeout: float = 75.0,
         access_log: bool = False,
         backlog: int = 1024,
+        ssl: ssl_module.SSLContext | None = None,
+        guard: Callable[[Request], Response | None] | None = None,
     ) -> None:
+        self.ssl = ssl
+        self.guard = guard
         self.router = router
         self.host = host
         self.max_body_size = max_body_size
@@ -718,14 +756,15 @@ class HttpServer:
             self._requested_port,
             backlog=self._backlog,
             reuse_address=True,
+            ssl=self.ssl,
         )
         sockets = self._server.sockets
         self._port = sockets[0].getsockname()[1] if sockets else self._requested_port
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to ``grace`` seconds,
-        close idle keep-alive connections, then close whatever remains (cancelling
-        the handlers still running)."""
+        close idle keep-alive connections, then cancel the handlers still running --
+        their clients are answered 503, not dropped -- and close what remains."""
         server = self._server
         if server is None:
             return
@@ -739,6 +778,16 @@ class HttpServer:
                     await asyncio.wait_for(self._all_closed.wait(), grace)
                 except TimeoutError:
                     pass
+            cancelled: list[asyncio.Future[Any]] = []
+            for conn in list(self._connections):
+                cancelled.extend(conn._cancel_running())
+            if cancelled:
+                # Cancelled handlers answer 503 ("cancelled") in order, and each
+                # draining connection closes once it owes nothing.
+                await asyncio.wait(cancelled, timeout=1.0)
+                if self._connections:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._all_closed.wait(), 1.0)
             running: list[asyncio.Future[Any]] = []
             for conn in list(self._connections):
                 running.extend(conn._abort())

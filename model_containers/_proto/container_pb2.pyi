@@ -35,32 +35,50 @@ TENSOR: OutputEncoding
 RAW_BYTES: OutputEncoding
 
 class PredictRequest(_message.Message):
-    __slots__ = ("batch_id", "input_type", "data", "offsets")
+    __slots__ = ("batch_id", "input_type", "data", "offsets", "tensors")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     input_type: InputType
     data: bytes
     offsets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, batch_id: _Optional[int] = ..., input_type: _Optional[_Union[InputType, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, batch_id: _Optional[int] = ..., input_type: _Optional[_Union[InputType, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("batch_id", "encoding", "data", "offsets", "dtype", "shape")
+    __slots__ = ("batch_id", "encoding", "data", "offsets", "dtype", "shape", "tensors", "model_seconds")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     encoding: OutputEncoding
     data: bytes
     offsets: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, batch_id: _Optional[int] = ..., encoding: _Optional[_Union[OutputEncoding, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    model_seconds: float
+    def __init__(self, batch_id: _Optional[int] = ..., encoding: _Optional[_Union[OutputEncoding, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., model_seconds: _Optional[float] = ...) -> None: ...
 
 class MetadataRequest(_message.Message):
     __slots__ = ()

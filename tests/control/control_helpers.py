@@ -4,9 +4,11 @@ checks that a process is gone."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,3 +95,14 @@ def assert_dead(pid: int) -> None:
     except FileNotFoundError:
         return
     assert state in ("Z", "X"), f"pid {pid} still runs (state {state})"
+
+
+async def poll_until(predicate: Callable[[], bool], within: float = 20.0) -> None:
+    """Wait until ``predicate()`` holds (for state no event announces)."""
+    deadline = time.monotonic() + within
+    for _ in itertools.count():
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {within} s")
+        await asyncio.sleep(0.02)

@@ -323,7 +323,7 @@ def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         raw.close()
 
@@ -392,3 +392,27 @@ def test_close_twice_is_safe(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(sqlite3.ProgrammingError):
         s.list_apps()
+
+
+def test_a_version_1_file_is_migrated_keeping_its_models(tmp_path: Path) -> None:
+    # Schema 2 added per-version queue_capacity and batch_timeout (NULL: defaults).
+    from clipper_core import state as state_module
+
+    path = tmp_path / "v1.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in state_module._MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute(
+        "INSERT INTO models VALUES ('m', '1', 'ints', '[]', '{}', -1, 2, NULL, NULL, 1, 1000, 0)"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        m = s.get_model("m", "1")
+        assert m is not None and m.num_replicas == 2
+        assert m.queue_capacity is None and m.batch_timeout is None
+        s.add_model(model("m", "2", queue_capacity=50, batch_timeout=1.5))
+        m2 = s.get_model("m", "2")
+        assert m2 is not None and (m2.queue_capacity, m2.batch_timeout) == (50, 1.5)

@@ -22,6 +22,17 @@ def make_sleepy(seconds: float) -> Any:
     return predict
 
 
+def make_timed(seconds: float) -> Any:
+    """Sleeps, then reports (pid, start, end) so tests can see overlapping calls."""
+
+    def predict(inputs: list[Any]) -> list[Any]:
+        start = time.time()
+        time.sleep(seconds)
+        return [[os.getpid(), start, time.time()] for _ in inputs]
+
+    return predict
+
+
 def make_constant(value: Any, delay: float = 0.0) -> Any:
     def predict(inputs: list[Any]) -> list[Any]:
         if delay:
