@@ -48,7 +48,7 @@ class ModelSpec:
     a_ms: float = 1.0  # sleep: per-item cost
     b_ms: float = 5.0  # sleep: per-batch cost
     batch_size: int = -1
-    batch_wait_micros: int = 1000
+    batch_wait_micros: int = 0
     cache_enabled: bool = False
     num_replicas: int = 1
     formula_check: bool = False  # sleep: report the settled batch size vs the formula

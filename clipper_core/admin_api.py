@@ -163,7 +163,7 @@ def install(router: Router, server: ClipperServer) -> None:
         replicas = _int(body, "num_replicas", 1)
         if replicas < 0:
             raise BadInput("num_replicas must be >= 0")
-        wait = _int(body, "batch_wait_micros", 1000)
+        wait = _int(body, "batch_wait_micros", 0)
         if wait < 0:
             raise BadInput("batch_wait_micros must be >= 0")
         name = _str(body, "model_name")

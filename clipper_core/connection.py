@@ -368,7 +368,7 @@ class ClipperConnection:
         cpus: list[int] | None = None,
         memory_limit_mb: int | None = None,
         cache_enabled: bool = True,
-        batch_wait_micros: int = 1000,
+        batch_wait_micros: int = 0,
         queue_capacity: int | None = None,
         batch_timeout: float | None = None,
     ) -> None:

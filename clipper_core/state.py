@@ -170,7 +170,7 @@ class ModelRecord:
     cpus: list[int] | None = None
     memory_limit_mb: int | None = None
     cache_enabled: bool = True
-    batch_wait_micros: int = 1000
+    batch_wait_micros: int = 0
     created_at: float = field(default_factory=time.time)
     queue_capacity: int | None = None
     batch_timeout: float | None = None

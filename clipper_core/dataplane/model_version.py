@@ -42,6 +42,9 @@ RETRY_PRIORITY = 1
 #: the rest is left for queueing, the network and the frontend.
 BATCH_SLO_SHARE = 0.5
 
+#: AIMD's hold band (Clipper's 10%): latencies above (1 - this) x SLO are news.
+AIMD_TOLERANCE = 0.1
+
 #: Objective used while no application is linked.
 UNLINKED_BATCH_SLO = 0.1
 
@@ -105,7 +108,7 @@ class ModelVersion:
         queue_capacity: int,
         max_batch_size: int,
         batch_size: int = -1,
-        batch_wait: float = 0.001,
+        batch_wait: float = 0.0,
         batch_timeout: float = 30.0,
         cache: PredictionCache | None = None,
         admission: bool = False,
@@ -130,6 +133,7 @@ class ModelVersion:
             self.controller = SloController(
                 UNLINKED_BATCH_SLO, mode="aimd", max_batch_size=max_batch_size
             )
+        self._aimd = batch_size <= 0
         self.replicas: dict[str, ReplicaSlot] = {}
         self.queries = 0
         self.cache_hits = 0
@@ -367,7 +371,7 @@ class ModelVersion:
                 slot.failures = 0
                 slot.batches += 1
                 latency = time.monotonic() - started
-                controller.observe(len(entries), latency)
+                self._observe(len(entries), latency)
                 self.estimator.observe(len(entries), latency)
                 self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
                 for entry, output in zip(entries, outputs, strict=True):
@@ -375,6 +379,21 @@ class ModelVersion:
                     if not fut.done():
                         fut.set_result(output)
             slot.in_flight = []
+
+    def _observe(self, n: int, latency: float) -> None:
+        controller = self.controller
+        # AIMD grows the limit after every fast batch, even one smaller than the
+        # limit (Clipper's rule); under light load that walks the limit up to
+        # max_batch_size, and the first burst then runs a batch far too big for
+        # the SLO.  A batch below the limit that was fast says nothing about the
+        # limit, so only full batches, and slow ones, teach the controller.
+        if (
+            self._aimd
+            and n < controller.batch_size
+            and latency < controller.slo * (1.0 - AIMD_TOLERANCE)
+        ):
+            return
+        controller.observe(n, latency)
 
     @staticmethod
     async def _await_recovery(slot: ReplicaSlot) -> None:
