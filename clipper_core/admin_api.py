@@ -151,7 +151,12 @@ def install(router: Router, server: ClipperServer) -> None:
             raise BadInput("field 'container' must be an object")
         python_path = body.get("python_path")
         if python_path is not None:
+            if not isinstance(python_path, list):
+                raise BadInput("field 'python_path' must be a list of folders")
             container["python_path"] = [str(p) for p in python_path]
+        kind = container.get("kind")
+        if kind == "closure" and "path" not in container and body.get("payload_b64") is None:
+            raise BadInput("a closure model needs its pickled payload ('payload_b64')")
         cpus = body.get("cpus")
         if cpus is not None and (
             not isinstance(cpus, list) or not all(isinstance(c, int) and c >= 0 for c in cpus)

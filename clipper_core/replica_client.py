@@ -240,6 +240,12 @@ class ReplicaClient:
             return BadInput(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"{self._describe()}: {what} missed its deadline")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # A message over the size limit: retrying it elsewhere fails the same way.
+            return ModelError(
+                f"{self._describe()}: {what} failed: the batch exceeds the message size"
+                f" limit ({details}); send smaller inputs or lower the model's batch size"
+            )
         return ReplicaUnavailable(f"{self._describe()}: {what} failed: {code.name}: {details}")
 
     async def predict(

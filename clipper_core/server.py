@@ -28,7 +28,7 @@ from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys, hash_api_key
 from clipper_core.clipper_api import parse_default_output
 from clipper_core.config import ServerConfig
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
-from clipper_core.errors import BadInput, ClipperError, NotFound
+from clipper_core.errors import BadInput, ClipperError, NotFound, ReplicaUnavailable
 from clipper_core.http import HttpServer, Router
 from clipper_core.logs import log_event, log_replica_event
 from clipper_core.metrics import ServerMetrics
@@ -81,7 +81,8 @@ class ClipperServer:
         self._grpc: GrpcInferenceServer | None = None
         self._query_http: HttpServer | None = None
         self._admin_http: HttpServer | None = None
-        self._connecting: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # (model, version, replica id) -> (address, task connecting to it)
+        self._connecting: dict[tuple[str, str, str], tuple[str, asyncio.Task[None]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
@@ -213,14 +214,28 @@ class ClipperServer:
         draining = [h.stop(grace) for h in (self._query_http, self._admin_http) if h is not None]
         if self._grpc is not None:
             draining.append(self._grpc.stop(grace))
-        await asyncio.gather(*draining)
-        for task in list(self._connecting.values()) + list(self._background):
+        for result in await asyncio.gather(*draining, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("stopping a frontend failed: %r", result)
+        tasks = [t for _, t in self._connecting.values()] + list(self._background)
+        for task in tasks:
             task.cancel()
-        await self.manager.stop_all()
-        await self.runtime_envs.close()
-        await self.metrics.stop()
-        await self.dataplane.close()
-        await self.selection.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Dispatchers first, then processes: a replica killed under a running
+        # dispatcher would hand its batch back for nothing.  Each step runs even
+        # if one before it failed, so containers are always stopped.
+        steps = (
+            self.dataplane.close,
+            self.manager.stop_all,
+            self.runtime_envs.close,
+            self.metrics.stop,
+            self.selection.close,
+        )
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step %s failed", step.__qualname__)
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -590,17 +605,49 @@ class ClipperServer:
         self, name: str, version: str, replica_id: str, address: str
     ) -> None:
         key = (name, version, replica_id)
-        task = self._connecting.get(key)
-        if task is None or task.done():
+        current = self._connecting.get(key)
+        if current is not None and not current[1].done() and current[0] != address:
+            # A restarted replica announced a new address: the connect to the old
+            # one can only fail (after replica_start_timeout), so drop it.
+            current[1].cancel()
+            current = None
+        if current is None or current[1].done():
             mv = self.dataplane.get_model_version(name, version)
             if replica_id in mv.replicas and mv.replicas[replica_id].address == address:
                 return
             task = asyncio.get_running_loop().create_task(
                 mv.add_replica(replica_id, address, ready_timeout=self.config.replica_start_timeout)
             )
-            self._connecting[key] = task
-            task.add_done_callback(lambda _t: self._connecting.pop(key, None))
-        await asyncio.shield(task)
+            current = (address, task)
+            self._connecting[key] = current
+
+            def forget(t: asyncio.Task[None], key: tuple[str, str, str] = key) -> None:
+                entry = self._connecting.get(key)
+                if entry is not None and entry[1] is t:
+                    del self._connecting[key]
+
+            task.add_done_callback(forget)
+        task = current[1]
+        while True:
+            try:
+                await asyncio.shield(task)
+                return
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # our caller was cancelled
+                # Replaced by a connect to the replica's new address, or the
+                # replica went away: wait for the replacement if there is one.
+                newer = self._connecting.get(key)
+                if newer is None:
+                    raise ReplicaUnavailable(
+                        f"replica {replica_id} of {name}:{version} went away while connecting"
+                    ) from None
+                task = newer[1]
+
+    def _cancel_connect(self, name: str, version: str, replica_id: str) -> None:
+        entry = self._connecting.pop((name, version, replica_id), None)
+        if entry is not None:
+            entry[1].cancel()
 
     def _on_replica_event(self, event: ReplicaEvent) -> None:
         handle: ReplicaHandle = event.handle
@@ -612,6 +659,7 @@ class ClipperServer:
                 self._connect_replica(spec.model_name, spec.model_version, rid, handle.address)
             )
         elif event.kind in ("exited", "stopped", "failed"):
+            self._cancel_connect(spec.model_name, spec.model_version, rid)
             model = self.dataplane.models.get(spec.model_name)
             mv = None if model is None else model.versions.get(spec.model_version)
             if mv is not None:

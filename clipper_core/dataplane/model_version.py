@@ -10,7 +10,6 @@ replica; a second failure fails those requests with a clear error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -260,6 +259,12 @@ class ModelVersion:
         except BaseException:
             await client.close()
             raise
+        if self.closed or replica_id in self.replicas:
+            # Stopped, or another connect for this replica won, while we waited.
+            await client.close()
+            if self.closed:
+                raise QueueClosed(f"model version {self.key} was stopped")
+            return
         slot = ReplicaSlot(replica_id, address, client)
         slot.task = asyncio.get_running_loop().create_task(
             self._dispatch(slot), name=f"dispatch {self.key} replica {replica_id}"
@@ -274,8 +279,8 @@ class ModelVersion:
             return
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await slot.task
+            # wait(), not await: a CancelledError here must be our caller's own.
+            await asyncio.wait([slot.task])
         await slot.client.close()
 
     async def close(self) -> None:
@@ -368,16 +373,20 @@ class ModelVersion:
                 self.metrics.error("internal", len(entries))
                 self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
             else:
-                slot.failures = 0
-                slot.batches += 1
-                latency = time.monotonic() - started
-                self._observe(len(entries), latency)
-                self.estimator.observe(len(entries), latency)
-                self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
-                for entry, output in zip(entries, outputs, strict=True):
-                    fut = entry.future
-                    if not fut.done():
-                        fut.set_result(output)
+                try:
+                    slot.failures = 0
+                    slot.batches += 1
+                    latency = time.monotonic() - started
+                    self._observe(len(entries), latency)
+                    self.estimator.observe(len(entries), latency)
+                    self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
+                    for entry, output in zip(entries, outputs, strict=True):
+                        fut = entry.future
+                        if not fut.done():
+                            fut.set_result(output)
+                except Exception as exc:  # never let the dispatcher die with futures open
+                    log.exception("finishing a batch of %s failed", self.key)
+                    self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
             slot.in_flight = []
 
     def _observe(self, n: int, latency: float) -> None:

@@ -40,6 +40,8 @@ HEADER_LENGTH = "inference-header-content-length"
 
 #: Most elements one tensor may hold (a shape that claims more is refused early).
 MAX_ELEMENTS = 1 << 31
+#: Largest dimension of a tensor with no elements (nothing else bounds it).
+MAX_EMPTY_DIM = 1 << 16
 
 _INT_KINDS = "iu"
 
@@ -111,6 +113,10 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
         count *= d
     if count > MAX_ELEMENTS:
         raise BadInput(f"input {name!r}: shape {dims} holds too many elements")
+    if count == 0 and dims and max(dims) > MAX_EMPTY_DIM:
+        # [3000000000, 0] holds no element (so no data bounds it) but would make
+        # a reply of three billion rows.
+        raise BadInput(f"input {name!r}: shape {dims} has a dimension too large for no data")
     return tuple(dims)
 
 

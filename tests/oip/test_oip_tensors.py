@@ -292,3 +292,12 @@ def test_tensor_batch_merges_splits_and_isolates_failures(loop: asyncio.Abstract
     assert ra.outputs["rows"][1].tolist() == [3, 3] and rb.outputs["rows"][1].tolist() == [3]
     assert isinstance(c.future.exception(), ModelError)
     assert errors == [("model_error", 1)]
+
+
+def test_an_empty_tensor_cannot_claim_billions_of_rows() -> None:
+    from clipper_core.errors import BadInput
+    from clipper_core.oip.tensors import check_shape
+
+    assert check_shape("x", [4, 0]) == (4, 0)
+    with pytest.raises(BadInput, match="too large for no data"):
+        check_shape("x", [3_000_000_000, 0])
