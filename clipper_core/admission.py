@@ -23,7 +23,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from clipper_core.errors import BadInput, RateLimited
@@ -198,12 +198,16 @@ class ServiceTimeEstimator:
         return queued * self.per_item / replicas + self.batch_latency
 
 
-def client_key(headers: Mapping[str, str], remote: str) -> str:
+def client_key(
+    headers: Mapping[str, str], remote: str, known_key: Callable[[str], bool] | None = None
+) -> str:
     """Who a request counts against for per-client limits.
 
-    The API key when one is sent (``X-Api-Key`` or ``Authorization: Bearer``), so
-    that clients behind one proxy are told apart; hashed, so the limiter holds no
-    secrets.  Otherwise the remote address without its port.
+    A valid API key when one is sent (``X-Api-Key`` or ``Authorization: Bearer``),
+    so that clients behind one proxy are told apart; hashed, so the limiter holds
+    no secrets.  Otherwise the remote address without its port.  Only keys that
+    ``known_key`` accepts count: a client sending a fresh made-up key with each
+    request must not get a fresh allowance each time.
     """
     key = headers.get("x-api-key")
     if not key:
@@ -211,7 +215,8 @@ def client_key(headers: Mapping[str, str], remote: str) -> str:
         scheme, _, rest = auth.partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
             key = rest.strip()
-    if key:
+    key = (key or "").strip()
+    if key and known_key is not None and known_key(key):
         return "key:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     return "addr:" + remote
 

@@ -148,6 +148,14 @@ class ApiKeys:
         """Whether ``app`` requires an API key."""
         return app in self._by_app
 
+    def known(self, key: str) -> bool:
+        """Whether ``key`` is the key of some application (constant time per key)."""
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        found = False
+        for d in self._all:
+            found |= hmac.compare_digest(d, digest)
+        return found
+
     def check(self, app: str, headers: Mapping[str, str]) -> None:
         """Let a query of ``app`` through, or raise.
 

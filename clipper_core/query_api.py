@@ -31,7 +31,9 @@ def install(router: Router, server: ClipperServer) -> None:
     async def predict(request: Request, params: dict[str, str]) -> Response:
         # Cheap refusals first: per-client limit (429), then the app's API keys
         # (401/403), then the client's deadline header (400 when malformed).
-        client = client_key(request.headers, request.remote) if limiter.enabled else ""
+        client = (
+            client_key(request.headers, request.remote, api_keys.known) if limiter.enabled else ""
+        )
         limiter.acquire(client)
         try:
             app_name = params["app"]

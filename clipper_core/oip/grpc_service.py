@@ -231,7 +231,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         headers = _metadata(context)
         limiter = self.limiter
-        client = client_key(headers, _peer_host(context.peer() or "")) if limiter.enabled else ""
+        client = (
+            client_key(
+                headers, _peer_host(context.peer() or ""), self.service.server.api_keys.known
+            )
+            if limiter.enabled
+            else ""
+        )
         try:
             limiter.acquire(client)
         except ClipperError as exc:

@@ -80,7 +80,11 @@ def install(router: Router, server: ClipperServer, service: InferenceService) ->
         return _json({"name": name, "ready": ok}, 200 if ok else 400)
 
     async def infer(request: Request, params: dict[str, str]) -> Response:
-        client = client_key(request.headers, request.remote) if limiter.enabled else ""
+        client = (
+            client_key(request.headers, request.remote, service.server.api_keys.known)
+            if limiter.enabled
+            else ""
+        )
         try:
             limiter.acquire(client)
         except ClipperError as exc:

@@ -78,11 +78,22 @@ def test_remembered_clients_stay_bounded() -> None:
     limiter.release("busy")
 
 
-def test_client_key_prefers_the_api_key_and_hashes_it() -> None:
-    assert client_key({}, "10.0.0.1") == "addr:10.0.0.1"
-    k1 = client_key({"x-api-key": "secret-key-1"}, "10.0.0.1")
-    k2 = client_key({"authorization": "Bearer secret-key-1"}, "10.0.0.2")
+def test_client_key_prefers_a_valid_api_key_and_hashes_it() -> None:
+    keys = ApiKeys()
+    keys.set_digests("app", [hash_api_key("secret-key-1")])
+    assert client_key({}, "10.0.0.1", keys.known) == "addr:10.0.0.1"
+    k1 = client_key({"x-api-key": "secret-key-1"}, "10.0.0.1", keys.known)
+    k2 = client_key({"authorization": "Bearer secret-key-1"}, "10.0.0.2", keys.known)
     assert k1 == k2 and k1.startswith("key:") and "secret" not in k1
+
+
+def test_made_up_api_keys_do_not_buy_fresh_allowances() -> None:
+    keys = ApiKeys()
+    keys.set_digests("app", [hash_api_key("secret-key-1")])
+    # Each request with a different unknown key still counts against its address.
+    for made_up in ("k1", "k2", "k3"):
+        assert client_key({"x-api-key": made_up}, "10.0.0.9", keys.known) == "addr:10.0.0.9"
+    assert client_key({"x-api-key": "anything"}, "10.0.0.9") == "addr:10.0.0.9"
 
 
 # -- expected wait ----------------------------------------------------------------

@@ -95,20 +95,21 @@ def test_admission_refuses_work_that_would_miss_its_deadline(
 def test_per_client_concurrency_limit_answers_429(servers: list[Running], tmp_path: Path) -> None:
     r = _serve(servers, tmp_path, client_max_concurrency=1)
     mv = _deploy_slow(r, "lim", 1.0)
+    one, two = "client-one-key-0001", "client-two-key-0001"
+    r.conn.set_app_api_keys("lim", [one, two])
     url = f"{r.bg.query_url}/lim/predict"
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(http, "POST", url, {"input": [0.0]})
+        first = pool.submit(http, "POST", url, {"input": [0.0]}, headers={"X-Api-Key": one})
         wait_for("the first request in flight", lambda: _busy(mv))
-        status, headers, body = http("POST", url, {"input": [1.0]})
+        status, headers, body = http("POST", url, {"input": [1.0]}, headers={"X-Api-Key": one})
         assert status == 429, body
         assert body["error"] == "rate_limited" and int(headers["retry-after"]) >= 1
-        # Another client (told apart by its API key) is not limited by the first.
-        other = pool.submit(
-            http, "POST", url, {"input": [2.0]}, headers={"X-Api-Key": "client-two-key-0001"}
-        )
+        # Another client (told apart by its valid API key) is not limited by the first.
+        other = pool.submit(http, "POST", url, {"input": [2.0]}, headers={"X-Api-Key": two})
         assert first.result(timeout=60)[0] == 200
         assert other.result(timeout=60)[0] == 200
-    assert http("POST", url, {"input": [3.0]})[0] == 200  # the slot was released
+    # the slot was released
+    assert http("POST", url, {"input": [3.0]}, headers={"X-Api-Key": one})[0] == 200
 
 
 def test_per_client_rate_limit_answers_429(servers: list[Running], tmp_path: Path) -> None:
