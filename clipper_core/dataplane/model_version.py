@@ -195,7 +195,7 @@ class ModelVersion:
         if not owner:
             computation = self._computations.get(key)
             if computation is not None and not shared.done():
-                computation.join(shared)
+                computation.join(shared, deadline)
             return shared
         try:
             self._admit(deadline)
@@ -204,9 +204,9 @@ class ModelVersion:
             cache.fail(self.name, self.version, key, exc)
             _consume(shared)
             raise
-        computation = _Computation(self, key, queued)
+        computation = _Computation(self, key, queued, value, deadline)
         self._computations[key] = computation
-        computation.join(shared)
+        computation.join(shared, deadline)
         queued.add_done_callback(computation.settle)
         return shared
 
@@ -473,17 +473,28 @@ class _Computation:
     disconnects therefore never cancels the answer others still wait for.
     """
 
-    __slots__ = ("key", "mv", "queued", "settled", "waiters")
+    __slots__ = ("deadline", "key", "mv", "queued", "settled", "value", "waiters")
 
-    def __init__(self, mv: ModelVersion, key: bytes, queued: asyncio.Future[Any]) -> None:
+    def __init__(
+        self,
+        mv: ModelVersion,
+        key: bytes,
+        queued: asyncio.Future[Any],
+        value: Any,
+        deadline: float,
+    ) -> None:
         self.mv = mv
         self.key = key
         self.queued = queued
+        self.value = value
+        self.deadline = deadline  # the latest deadline of any requester
         self.waiters = 0
         self.settled = False
 
-    def join(self, waiter: asyncio.Future[Any]) -> None:
+    def join(self, waiter: asyncio.Future[Any], deadline: float) -> None:
         self.waiters += 1
+        if deadline > self.deadline:
+            self.deadline = deadline
         waiter.add_done_callback(self._left)
 
     def _left(self, waiter: asyncio.Future[Any]) -> None:
@@ -505,8 +516,24 @@ class _Computation:
 
     def settle(self, queued: asyncio.Future[Any]) -> None:
         """The queued input's outcome: store it in the cache and resolve every waiter."""
-        if self.settled:
+        if self.settled or queued is not self.queued:
             return
+        if (
+            not queued.cancelled()
+            and isinstance(queued.exception(), DeadlineExceeded)
+            and self.waiters > 0
+            and self.deadline > time.monotonic()
+        ):
+            # It expired on the first requester's deadline, but a requester who
+            # joined later may still wait: queue it again on the latest deadline.
+            try:
+                again = self.mv.queue.put(PendingQuery(self.value), self.deadline)
+            except ClipperError:
+                pass
+            else:
+                self.queued = again
+                again.add_done_callback(self.settle)
+                return
         self._forget()
         mv = self.mv
         cache = mv.cache

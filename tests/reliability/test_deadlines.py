@@ -102,6 +102,32 @@ def test_expired_work_never_reaches_the_model(running: Running, tmp_path: Path) 
     assert mv.queue.stats()["expired"] >= 1
 
 
+def test_a_shared_computation_outlives_its_first_requesters_deadline(
+    running: Running, tmp_path: Path
+) -> None:
+    mv, log = _deploy_logger(running, tmp_path, "share", 0.5, cache=True)
+    url = f"{running.bg.query_url}/share/predict"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(http, "POST", url, {"input": [1.0]})
+        wait_for("the first request in flight", lambda: _busy(mv))
+        # Two requests for the same input share one computation; the first of them
+        # gives up after 50 ms, the second waits up to 10 s.
+        hasty = pool.submit(
+            http, "POST", url, {"input": [2.0]}, headers={"Clipper-Deadline-Ms": "50"}
+        )
+        wait_for("the hasty request queued", lambda: len(mv.queue) >= 1)
+        patient = pool.submit(
+            http, "POST", url, {"input": [2.0]}, headers={"Clipper-Deadline-Ms": "10000"}
+        )
+        status, _, body = hasty.result(timeout=30)
+        assert status == 200 and body["default"] is True
+        status, _, body = patient.result(timeout=30)
+        # The hasty request's expiry did not take the patient one's answer away.
+        assert status == 200 and body["default"] is False and body["output"] == 2.0, body
+        assert first.result(timeout=30)[0] == 200
+    assert models.read_calls(log) == [1.0, 2.0]
+
+
 @pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
 def test_disconnected_client_withdraws_its_queued_work(
     running: Running, tmp_path: Path, cache: bool
