@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipper_core.errors import (
+    BadInput,
     ClipperError,
     DeadlineExceeded,
     ModelError,
@@ -183,6 +184,19 @@ async def predict_tensor_batch(
         except BaseException as exc:
             if _is_fatal(exc) or not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, BadInput) and len(group) > 1:
+                # The model refused the merged call: find whose input it was by
+                # sending each request on its own, so the others still get answers.
+                for entry in group:
+                    if entry.future.done():
+                        continue
+                    try:
+                        await _predict_group(mv, client, [entry])
+                    except BaseException as one_exc:
+                        if _is_fatal(one_exc) or not isinstance(one_exc, Exception):
+                            raise
+                        _fail_group(mv, [entry], one_exc)
+                continue
             _fail_group(mv, group, exc)
     return [None] * len(entries)
 

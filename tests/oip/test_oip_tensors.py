@@ -294,6 +294,45 @@ def test_tensor_batch_merges_splits_and_isolates_failures(loop: asyncio.Abstract
     assert errors == [("model_error", 1)]
 
 
+class RefusingClient(FakeClient):
+    """Refuses (INVALID_ARGUMENT) any call holding a NaN: a bad input of one request."""
+
+    async def predict_tensors(
+        self,
+        tensors: list[Any],
+        input_type: str,
+        timeout: Any,  # noqa: ASYNC109 (ReplicaClient's signature)
+    ) -> list[Any]:
+        (t,) = tensors
+        if np.isnan(np.frombuffer(t.data, dtype="<f8")).any():
+            self.calls.append(list(t.shape))
+            raise BadInput("ValueError: NaN in the input")
+        return await super().predict_tensors(tensors, input_type, timeout)
+
+
+def test_a_bad_input_fails_only_its_own_request_in_a_merged_call(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    errors: list[tuple[str, int]] = []
+    mv = SimpleNamespace(
+        key="m:1",
+        input_type="doubles",
+        batch_timeout=5.0,
+        metrics=SimpleNamespace(error=lambda kind, n: errors.append((kind, n))),
+    )
+    client = RefusingClient()
+    a = _entry(loop, np.array([[1.0, 2.0]]))
+    bad = _entry(loop, np.array([[np.nan, 0.0]]))
+    b = _entry(loop, np.array([[3.0, 4.0]]))
+    loop.run_until_complete(predict_tensor_batch(mv, client, [a, bad, b]))  # type: ignore[arg-type]
+    # One merged call refused, then each request alone.
+    assert client.calls == [[3, 2], [1, 2], [1, 2], [1, 2]]
+    np.testing.assert_array_equal(a.future.result().outputs["y"][1], [[2.0, 3.0]])
+    np.testing.assert_array_equal(b.future.result().outputs["y"][1], [[4.0, 5.0]])
+    assert isinstance(bad.future.exception(), BadInput)
+    assert errors == [("bad_input", 1)]
+
+
 def test_an_empty_tensor_cannot_claim_billions_of_rows() -> None:
     from clipper_core.errors import BadInput
     from clipper_core.oip.tensors import check_shape
