@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clipper_core.clipper_api import input_key, parse_predict
-from clipper_core.dataplane.application import Outcome
+from clipper_core.admission import client_key
+from clipper_core.clipper_api import check_json_depth, input_key, parse_predict
+from clipper_core.dataplane.application import Application, Outcome
 from clipper_core.errors import BadInput
 from clipper_core.http import Request, Response, Router, json_response
 
@@ -67,12 +68,25 @@ def install(router: Router, server: ClipperServer) -> None:
     """Add ``POST /<app>/update`` to the query port's routes."""
     dataplane = server.dataplane
 
+    limiter = server.client_limiter
+    api_keys = server.api_keys
+    max_depth = server.config.max_json_depth
+
     async def update(request: Request, params: dict[str, str]) -> Response:
+        # The same gates as /predict: per-client limit, API keys, JSON depth.
         app = dataplane.app(params["app"])
-        # The predict route's API-key check, where the server has one.
-        api_keys = getattr(server, "api_keys", None)
-        if api_keys is not None:
-            api_keys.check(app.name, request.headers)
+        api_keys.check(app.name, request.headers)
+        client = (
+            client_key(request.headers, request.remote, api_keys.known) if limiter.enabled else ""
+        )
+        limiter.acquire(client)
+        try:
+            return await _update(request, app)
+        finally:
+            limiter.release(client)
+
+    async def _update(request: Request, app: Application) -> Response:
+        check_json_depth(request.body, max_depth)
         query = parse_predict(request.body, app.input_type)
         if query.batch:
             raise BadInput("an update carries one 'input' and its 'label', not 'input_batch'")

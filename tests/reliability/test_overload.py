@@ -124,3 +124,24 @@ def test_per_client_rate_limit_answers_429(servers: list[Running], tmp_path: Pat
             assert int(headers["retry-after"]) >= 1
             break
     assert statuses[0] == 200 and statuses[-1] == 429
+
+
+def test_feedback_updates_pass_the_same_gates_as_queries(
+    servers: list[Running], tmp_path: Path
+) -> None:
+    r = _serve(servers, tmp_path, client_rate_limit=1.0)
+    r.conn.register_application("upd", "doubles", "-1", 1_000_000)
+    url = f"{r.bg.query_url}/upd/update"
+    nested: Any = 1.0
+    for _ in range(300):
+        nested = [nested]
+    status, _, body = http("POST", url, {"uid": 1, "input": nested, "label": 1})
+    assert status == 400 and body["error"], body
+    statuses = []
+    for _ in range(5):
+        status, headers, _ = http("POST", url, {"uid": 1, "input": [1.0], "label": 1})
+        statuses.append(status)
+        if status == 429:
+            assert int(headers["retry-after"]) >= 1
+            break
+    assert statuses[-1] == 429, statuses
