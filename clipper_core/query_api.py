@@ -18,6 +18,7 @@ from clipper_core.metrics import metrics_response
 from clipper_core.selection.api import reply_fields
 
 if TYPE_CHECKING:
+    from clipper_core.dataplane import Application
     from clipper_core.server import ClipperServer
 
 
@@ -36,16 +37,14 @@ def install(router: Router, server: ClipperServer) -> None:
         )
         limiter.acquire(client)
         try:
-            app_name = params["app"]
-            dataplane.app(app_name)
-            api_keys.check(app_name, request.headers)
+            app = dataplane.app(params["app"])
+            api_keys.check(app.name, request.headers)
             deadline = deadline_from_headers(request.headers)
-            return await _predict(request, app_name, deadline)
+            return await _predict(request, app, deadline)
         finally:
             limiter.release(client)
 
-    async def _predict(request: Request, app_name: str, deadline: float | None) -> Response:
-        app = dataplane.app(app_name)
+    async def _predict(request: Request, app: Application, deadline: float | None) -> Response:
         try:
             check_json_depth(request.body, max_depth)
             query = parse_predict(request.body, app.input_type)

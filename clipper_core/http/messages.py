@@ -7,6 +7,9 @@ from typing import Any
 
 import orjson
 
+from clipper_core.admission import retry_after_header
+from clipper_core.errors import ClipperError
+
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -107,3 +110,14 @@ def error_response(
     return Response(
         status, orjson.dumps({"error": error, "cause": cause}), "application/json", headers
     )
+
+
+def error_headers(exc: ClipperError) -> dict[str, str] | None:
+    """``Retry-After`` on overload answers (503, 429), ``WWW-Authenticate`` on 401."""
+    status = exc.http_status
+    if status in (429, 503):
+        retry = getattr(exc, "retry_after", None)
+        return {"Retry-After": retry_after_header(retry if isinstance(retry, int | float) else 1.0)}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
+    return None

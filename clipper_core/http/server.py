@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import ssl as ssl_module
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httptools
 
 from clipper_core.errors import ClipperError
-from clipper_core.http.messages import Request, Response, error_response
+from clipper_core.http.messages import Request, Response, error_headers, error_response
 from clipper_core.http.router import Router
 
 logger = logging.getLogger("clipper_core.http")
@@ -669,22 +668,10 @@ def _error_for(exc: BaseException, request: Request | None) -> Response:
     """The answer to a handler's exception: a ClipperError maps to its status."""
     if isinstance(exc, ClipperError):
         cause = str(exc) or exc.kind
-        return error_response(exc.http_status, exc.kind, cause, _error_headers(exc))
+        return error_response(exc.http_status, exc.kind, cause, error_headers(exc))
     where = f"{request.method} {request.path}" if request is not None else "a request"
     logger.error("unhandled error while handling %s", where, exc_info=exc)
     return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
-
-
-def _error_headers(exc: ClipperError) -> dict[str, str] | None:
-    """``Retry-After`` on overload answers (503, 429), ``WWW-Authenticate`` on 401."""
-    status = exc.http_status
-    if status in (429, 503):
-        retry = getattr(exc, "retry_after", None)
-        seconds = retry if isinstance(retry, int | float) and math.isfinite(retry) else 1.0
-        return {"Retry-After": str(max(1, math.ceil(seconds)))}
-    if status == 401:
-        return {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
-    return None
 
 
 class HttpServer:

@@ -15,7 +15,6 @@ is overloaded or has no replica, 504 when its deadline passes.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import orjson
@@ -23,6 +22,7 @@ import orjson
 from clipper_core.admission import client_key, deadline_from_headers
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import Request, Response, Router
+from clipper_core.http.messages import error_headers
 from clipper_core.oip.service import InferenceService
 from clipper_core.oip.tensors import HEADER_LENGTH, encode_http_response, parse_http_request
 
@@ -40,13 +40,8 @@ def _json(obj: object, status: int = 200) -> Response:
 
 def error_response(exc: ClipperError) -> Response:
     """An OIP error reply: ``{"error": message}`` with the error's HTTP status."""
-    headers: dict[str, str] | None = None
-    retry = getattr(exc, "retry_after", None)
-    if exc.http_status in (429, 503) and isinstance(retry, int | float) and math.isfinite(retry):
-        headers = {"Retry-After": str(max(1, math.ceil(retry)))}
-    elif exc.http_status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
-    return Response(exc.http_status, orjson.dumps({"error": str(exc) or exc.kind}), _JSON, headers)
+    body = orjson.dumps({"error": str(exc) or exc.kind})
+    return Response(exc.http_status, body, _JSON, error_headers(exc))
 
 
 def install(router: Router, server: ClipperServer, service: InferenceService) -> None:

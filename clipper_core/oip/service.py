@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipper_core import __version__
 from clipper_core.dataplane import Application, ModelVersion
+from clipper_core.dataplane.application import wait_until
 from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult
 from clipper_core.errors import (
     BadInput,
@@ -275,7 +276,7 @@ class InferenceService:
         key = query.cache_key() if mv.cache is not None else b""
         fut = mv.submit(query, key, end)
         try:
-            await _wait(fut, end)
+            await wait_until([fut], end)
         except asyncio.CancelledError:
             fut.cancel()  # the client went away: withdraw the request
             raise
@@ -329,16 +330,6 @@ class InferenceService:
             params,
             [OutputTensor("output", datatype_of(arr.dtype), arr, binary)],
         )
-
-
-async def _wait(fut: asyncio.Future[Any], deadline: float) -> None:
-    if fut.done():
-        return
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return
-    done, _ = await asyncio.wait([fut], timeout=remaining)
-    del done
 
 
 def _rows_of(request: InferRequest) -> int:
