@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+# Before anything imports grpc: the heavy Spark tests start a Java gateway (a fork
+# with a preexec_fn) in this process while its gRPC server threads run, and gRPC's
+# fork handlers then race the child's pipes (see model_containers/__main__.py).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import pytest
 import uvloop
 
