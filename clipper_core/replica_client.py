@@ -14,12 +14,18 @@ DEADLINE_EXCEEDED      ``DeadlineExceeded``
 anything else          ``ReplicaUnavailable`` (crashed, stopping,
                        unreachable, still loading)
 =====================  ==========================================
+
+Predict goes over the container's local socket when it has one on this host
+(``clipper_core.local_channel``): the same messages and statuses, a tenth of
+gRPC's round trip.  Health checks and metadata always use gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
@@ -30,6 +36,7 @@ import numpy as np
 import orjson
 from grpc_health.v1 import health_pb2
 
+from clipper_core import local_channel
 from clipper_core.errors import (
     BadInput,
     ClipperError,
@@ -56,8 +63,11 @@ INPUT_TYPES: dict[str, int] = {
 }
 _INPUT_TYPE_NAMES = {v: k for k, v in INPUT_TYPES.items()}
 
+log = logging.getLogger(__name__)
+
 _SERVICE = "clipper.container.v1.ModelContainer"
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 #: Channel options.  Keepalive pings stay off (gRPC's default): replicas are
 #: health-checked by the frontend, and pings to an idle container are wasted.
@@ -160,6 +170,11 @@ def decode_outputs(response: pb.PredictResponse) -> list[Any]:
     raise ModelError(f"unknown output encoding {response.encoding}")
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class ReplicaClient:
     """A connection to one model container.
 
@@ -173,6 +188,9 @@ class ReplicaClient:
         model_version: For error messages.
         replica_id: For error messages.
         channel_options: gRPC channel options; ``DEFAULT_CHANNEL_OPTIONS`` by default.
+        local: Send Predict over the container's local socket when it has one
+            that this host can reach (checked by ``wait_ready`` and after the
+            socket is lost).
     """
 
     def __init__(
@@ -183,6 +201,7 @@ class ReplicaClient:
         model_version: str = "",
         replica_id: str = "",
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+        local: bool = True,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -198,6 +217,11 @@ class ReplicaClient:
         #: ``predict`` (``PredictResponse.model_seconds``; 0.0 if not reported).
         self.last_model_seconds = 0.0
         self._closed = False
+        self._use_local = local and os.name == "posix"
+        self._local: local_channel.LocalChannel | None = None
+        # Whether to ask the container (Metadata) for its local socket before the
+        # next Predict: at first, and again after the socket was lost.
+        self._resolve_local = self._use_local
 
     def __repr__(self) -> str:
         return f"ReplicaClient({self._describe()})"
@@ -231,9 +255,15 @@ class ReplicaClient:
         )
         self._channel = channel
 
+    @property
+    def transport(self) -> str:
+        """``"local"`` when Predict goes over the local socket, else ``"grpc"``."""
+        return "local" if self._local is not None and not self._local.closed else "grpc"
+
     def _error(self, exc: grpc.aio.AioRpcError, what: str) -> ClipperError:
-        code = exc.code()
-        details = exc.details() or ""
+        return self._status_error(exc.code(), exc.details() or "", what)
+
+    def _status_error(self, code: grpc.StatusCode, details: str, what: str) -> ClipperError:
         if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             return ModelError(details or f"{self._describe()}: {what} failed")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -282,12 +312,7 @@ class ReplicaClient:
             data=data,
             offsets=offsets,
         )
-        try:
-            response = await self._predict(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "predict") from None
-        except grpc.aio.UsageError as exc:  # the channel was closed under us
-            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+        response = await self._call_predict(request, timeout)
         outputs = decode_outputs(response)
         self.last_model_seconds = response.model_seconds
         if len(outputs) != len(inputs):
@@ -324,12 +349,7 @@ class ReplicaClient:
             input_type=INPUT_TYPES[input_type],  # type: ignore[arg-type]
             tensors=tensors,
         )
-        try:
-            response = await self._predict(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "predict") from None
-        except grpc.aio.UsageError as exc:
-            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+        response = await self._call_predict(request, timeout)
         if not response.tensors:
             raise ModelError(
                 f"{self._describe()} answered a tensor batch with no output tensor"
@@ -337,6 +357,90 @@ class ReplicaClient:
             )
         self.last_model_seconds = response.model_seconds
         return list(response.tensors)
+
+    async def _call_predict(
+        self,
+        request: pb.PredictRequest,
+        timeout: float | None,  # noqa: ASYNC109 (the call's deadline)
+    ) -> pb.PredictResponse:
+        if self._local is not None and self._local.closed:
+            self._lost_local()  # the container went away: ask again which socket
+        if self._resolve_local:
+            await self._connect_local()
+        channel = self._local
+        if channel is not None:
+            return await self._call_local(channel, request, timeout)
+        try:
+            return await self._predict(request, timeout=timeout)  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "predict") from None
+        except grpc.aio.UsageError as exc:  # the channel was closed under us
+            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+
+    async def _call_local(
+        self,
+        channel: local_channel.LocalChannel,
+        request: pb.PredictRequest,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> pb.PredictResponse:
+        payload = request.SerializeToString()
+        if len(payload) > _MAX_MESSAGE_BYTES:
+            raise self._status_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(payload)} bytes exceeds the limit of {_MAX_MESSAGE_BYTES}",
+                "predict",
+            )
+        try:
+            call_id, fut = channel.call(local_channel.KIND_PREDICT, payload)
+        except ConnectionError as exc:
+            self._lost_local()
+            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+        try:
+            kind, body = await fut
+        except ConnectionError as exc:
+            self._lost_local()
+            raise ReplicaUnavailable(f"{self._describe()}: predict failed: {exc}") from None
+        except TimeoutError:
+            raise DeadlineExceeded(f"{self._describe()}: predict missed its deadline") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            channel.forget(call_id)
+        if kind != local_channel.KIND_OK:
+            code = _STATUS_CODES.get(kind, grpc.StatusCode.UNKNOWN)
+            raise self._status_error(code, body.decode("utf-8", "replace"), "predict")
+        try:
+            response: pb.PredictResponse = pb.PredictResponse.FromString(body)
+        except Exception as exc:  # a broken container: not this batch's fault alone
+            raise ModelError(f"{self._describe()} sent a bad PredictResponse: {exc}") from None
+        return response
+
+    async def _connect_local(self) -> None:
+        """Ask the container for its local socket and connect; gRPC if it has
+        none, or if it cannot be reached from here (another host)."""
+        meta = await self.metadata()
+        self._resolve_local = False
+        path, token = meta["local_socket"], meta["instance_token"]
+        if not path or not token:
+            return
+        try:
+            channel = await local_channel.LocalChannel.connect(path, token, timeout=2.0)
+        except (OSError, TimeoutError) as exc:
+            log.info("%s: Predict stays on gRPC (local socket: %s)", self._describe(), exc)
+            return
+        if self._local is not None or self._closed:  # a concurrent call won, or close()
+            channel.close()
+            return
+        self._local = channel
+
+    def _lost_local(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        self._resolve_local = self._use_local and not self._closed
 
     async def metadata(self, timeout: float | None = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The container's ModelMetadata as a dict.
@@ -366,6 +470,8 @@ class ReplicaClient:
             "pid": meta.pid,
             "inputs": specs(meta.inputs),
             "outputs": specs(meta.outputs),
+            "local_socket": meta.local_socket,
+            "instance_token": meta.instance_token,
         }
 
     async def health(self, timeout: float | None = 2.0) -> bool:  # noqa: ASYNC109
@@ -398,6 +504,8 @@ class ReplicaClient:
             if remaining <= 0:
                 break
             if await self.health(timeout=max(min(remaining, 2.0), 0.01)):
+                if self._resolve_local:
+                    await self._connect_local()
                 return
             await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
         raise ReplicaUnavailable(f"{self._describe()}: not SERVING within {timeout:g} s")
@@ -405,6 +513,10 @@ class ReplicaClient:
     async def close(self) -> None:
         """Close the channel; RPCs in flight are cancelled.  Idempotent."""
         self._closed = True
+        self._resolve_local = False
+        if self._local is not None:
+            self._local.close()
+            self._local = None
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()

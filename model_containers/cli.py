@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to print and register, when the frontend must use another one "
         "than the bound host:port (e.g. listening on 0.0.0.0)",
     )
+    parser.add_argument(
+        "--local-socket",
+        default="auto",
+        metavar="auto|off|PATH",
+        help="also answer Predict on a Unix socket, for a frontend on this host (much "
+        "cheaper than gRPC); auto: a private temporary path (default)",
+    )
     parser.add_argument("--register-url", metavar="URL", help="frontend management base URL")
     parser.add_argument(
         "--register-token",
@@ -283,11 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             max_workers=args.max_workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
+            local_socket=None if args.local_socket == "off" else args.local_socket,
         )
+        server.start()  # health answers NOT_SERVING while the model loads
     except OSError as exc:
         print(f"model_containers: {exc}", file=sys.stderr, flush=True)
         return 1
-    server.start()  # health answers NOT_SERVING while the model loads
 
     try:
         if args.model_path is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 import traceback
@@ -18,6 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from model_containers import codec, tensors
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
+from model_containers.failures import PredictFailure
+from model_containers.local_socket import LocalSocketServer
 from model_containers.model import Model, TensorSpec
 
 log = logging.getLogger("model_containers")
@@ -51,15 +54,6 @@ def exception_line(exc: BaseException) -> str:
     return text if len(text) <= _MAX_DETAILS else text[: _MAX_DETAILS - 3] + "..."
 
 
-class _RpcFailure(Exception):
-    """Ends an RPC with a status; raised inside the servicer, turned into abort()."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
 @dataclass(frozen=True)
 class ContainerInfo:
     """What the container serves; reported by the Metadata RPC and on registration."""
@@ -89,6 +83,10 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         # The model call's duration, per worker thread: _predict writes it and
         # Predict (same thread) returns it in PredictResponse.model_seconds.
         self._timing = threading.local()
+        #: The local socket's path once one listens (ModelMetadata.local_socket).
+        self.local_socket = ""
+        #: Repeated as the local socket's first frame (ModelMetadata.instance_token).
+        self.instance_token = secrets.token_hex(16)
 
     def set_model(self, model: Model) -> None:
         """Start serving ``model`` (already loaded)."""
@@ -99,23 +97,28 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         self._model = model
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.answer(request)
+        except PredictFailure as failure:
+            context.abort(failure.code, failure.details)  # raises
+            raise AssertionError("unreachable") from None
+
+    def answer(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """One Predict, whatever the transport.
+
+        Raises:
+            PredictFailure: The status the call fails with (INTERNAL for a model
+                error, INVALID_ARGUMENT, UNAVAILABLE while loading).
+        """
         self._timing.seconds = 0.0
         if request.tensors:
-            try:
-                outputs = self._predict_tensors(request)
-            except _RpcFailure as failure:
-                context.abort(failure.code, failure.details)  # raises
-                raise AssertionError("unreachable") from None
+            outputs = self._predict_tensors(request)
             return pb.PredictResponse(
                 batch_id=request.batch_id,
                 tensors=outputs,
                 model_seconds=self._timing.seconds,
             )
-        try:
-            encoded = self._predict(request)
-        except _RpcFailure as failure:
-            context.abort(failure.code, failure.details)  # raises
-            raise AssertionError("unreachable") from None
+        encoded = self._predict(request)
         return pb.PredictResponse(
             batch_id=request.batch_id,
             encoding=encoded.encoding,  # type: ignore[arg-type]
@@ -129,9 +132,9 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
     def _predict(self, request: pb.PredictRequest) -> codec.EncodedOutputs:
         model = self._model
         if model is None:
-            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+            raise PredictFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         if request.input_type != self._input_enum:
-            raise _RpcFailure(
+            raise PredictFailure(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"this container serves {self.info.input_type} inputs, got "
                 f"{pb.InputType.Name(request.input_type)}",
@@ -139,7 +142,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         try:
             inputs = codec.decode_inputs(self.info.input_type, request.data, request.offsets)
         except codec.DecodeError as exc:
-            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         n = len(inputs)
         if n == 0:
             return codec.encode_outputs([], 0)
@@ -155,18 +158,18 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                     n,
                     "".join(traceback.format_exception(exc)),
                 )
-                raise _RpcFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
+                raise PredictFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
         try:
             return codec.encode_outputs(outputs, n)
         except codec.OutputError as exc:
             log.error("batch %d: %s", request.batch_id, exc)
-            raise _RpcFailure(grpc.StatusCode.INTERNAL, str(exc)) from None
+            raise PredictFailure(grpc.StatusCode.INTERNAL, str(exc)) from None
 
     def _predict_tensors(self, request: pb.PredictRequest) -> list[pb.Tensor]:
         """A tensor batch: decode, ``model.predict_tensors``, encode (see container.proto)."""
         model = self._model
         if model is None:
-            raise _RpcFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+            raise PredictFailure(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
         inputs: dict[str, Any] = {}
         n = -1
         try:
@@ -182,14 +185,14 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                 n = arr.shape[0]
                 inputs[t.name] = arr
         except tensors.TensorInputError as exc:
-            raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         with self._slots:
             try:
                 started = time.perf_counter()
                 outputs = model.predict_tensors(inputs)
                 self._timing.seconds = time.perf_counter() - started
             except tensors.TensorInputError as exc:
-                raise _RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             except Exception as exc:
                 log.error(
                     "tensor batch %d (%d rows) failed:\n%s",
@@ -197,9 +200,9 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                     n,
                     "".join(traceback.format_exception(exc)),
                 )
-                raise _RpcFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
+                raise PredictFailure(grpc.StatusCode.INTERNAL, exception_line(exc)) from None
         if not isinstance(outputs, Mapping) or not outputs:
-            raise _RpcFailure(
+            raise PredictFailure(
                 grpc.StatusCode.INTERNAL,
                 f"predict_tensors returned {type(outputs).__name__}; expected a dict of"
                 " output name to array",
@@ -210,9 +213,9 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             try:
                 datatype, shape, data = tensors.encode_tensor(value, declared.get(name))
             except (ValueError, TypeError) as exc:
-                raise _RpcFailure(grpc.StatusCode.INTERNAL, f"output {name!r}: {exc}") from None
+                raise PredictFailure(grpc.StatusCode.INTERNAL, f"output {name!r}: {exc}") from None
             if not shape or shape[0] != n:
-                raise _RpcFailure(
+                raise PredictFailure(
                     grpc.StatusCode.INTERNAL,
                     f"output {name!r} has shape {shape}; its first dimension must be the"
                     f" batch's {n} rows",
@@ -238,6 +241,8 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             pid=os.getpid(),
             inputs=[_tensor_spec(s) for s in specs_in],
             outputs=[_tensor_spec(s) for s in specs_out],
+            local_socket=self.local_socket,
+            instance_token=self.instance_token,
         )
 
 
@@ -259,8 +264,11 @@ class ContainerServer:
         port: int = 0,
         max_workers: int = 1,
         max_message_bytes: int = 64 * 1024 * 1024,
+        local_socket: str | None = "auto",
     ) -> None:
         self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
+        self._max_message_bytes = max_message_bytes
+        self._local_path = local_socket
         # Non-blocking Watch streams: they must not each hold a worker thread.
         self._health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="container-health")
         self.health = health.HealthServicer(
@@ -291,6 +299,7 @@ class ContainerServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {bind}")
         self.host = host
+        self._local: LocalSocketServer | None = None  # made by start()
 
     @property
     def address(self) -> str:
@@ -301,6 +310,17 @@ class ContainerServer:
         return f"{host}:{self.port}"
 
     def start(self) -> None:
+        """Start the gRPC server, and the local socket unless it is off.
+
+        Raises:
+            OSError: The local socket cannot listen at the given path.
+        """
+        if self._local_path is not None and os.name == "posix":
+            path = None if self._local_path == "auto" else self._local_path
+            self._local = LocalSocketServer(
+                self.servicer, path, max_message_bytes=self._max_message_bytes
+            )
+            self._local.start()
         self._server.start()
 
     def serve(self, model: Model) -> None:
@@ -310,8 +330,13 @@ class ContainerServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, then stop; RPCs in flight get ``grace`` seconds."""
+        """Report NOT_SERVING, then stop; calls in flight get ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace
+        if self._local is not None:
+            self._local.refuse()
         self._server.stop(grace).wait()
+        if self._local is not None:
+            self._local.stop(deadline - time.monotonic())
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._health_pool.shutdown(wait=False, cancel_futures=True)

@@ -95,7 +95,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "input_type", "output_type", "platform", "replica_id", "pid", "inputs", "outputs")
+    __slots__ = ("name", "version", "input_type", "output_type", "platform", "replica_id", "pid", "inputs", "outputs", "local_socket", "instance_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,8 @@ class ModelMetadata(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_type: InputType
@@ -114,4 +116,6 @@ class ModelMetadata(_message.Message):
     pid: int
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_type: _Optional[_Union[InputType, str]] = ..., output_type: _Optional[str] = ..., platform: _Optional[str] = ..., replica_id: _Optional[str] = ..., pid: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    local_socket: str
+    instance_token: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_type: _Optional[_Union[InputType, str]] = ..., output_type: _Optional[str] = ..., platform: _Optional[str] = ..., replica_id: _Optional[str] = ..., pid: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., local_socket: _Optional[str] = ..., instance_token: _Optional[str] = ...) -> None: ...

@@ -24,3 +24,9 @@ def containers(tmp_path: Path) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture(params=["local", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Predict over the container's local socket, then over gRPC."""
+    return str(request.param)

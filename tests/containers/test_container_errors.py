@@ -1,4 +1,6 @@
-"""Failures: a model error fails its batch only; the client maps gRPC statuses."""
+"""Failures: a model error fails its batch only; the client maps gRPC statuses.
+
+Each test that predicts runs over the container's local socket and over gRPC."""
 
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ from clipper_core.replica_client import ReplicaClient
 
 def test_model_exception_fails_the_batch_and_the_container_keeps_serving(
     containers: Launcher,
+    transport: str,
 ) -> None:
     container = containers.start(*model_class_args("SumModel"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address, model_name="sum") as client:
+        async with ReplicaClient(
+            container.address, model_name="sum", local=transport == "local"
+        ) as client:
             await client.wait_ready(30)
+            assert client.transport == transport
             with pytest.raises(ModelError) as info:
                 await client.predict([np.array([1.0]), np.array([-1.0])], "doubles", timeout=30)
             assert str(info.value) == "ValueError: bad feature count"
@@ -35,7 +41,9 @@ def test_model_exception_fails_the_batch_and_the_container_keeps_serving(
     assert "Traceback" in container.stderr() and "bad feature count" in container.stderr()
 
 
-def test_closure_exception_last_traceback_line(containers: Launcher, tmp_path: Path) -> None:
+def test_closure_exception_last_traceback_line(
+    containers: Launcher, tmp_path: Path, transport: str
+) -> None:
     class FeatureError(Exception):
         pass
 
@@ -51,7 +59,7 @@ def test_closure_exception_last_traceback_line(containers: Launcher, tmp_path: P
     container = containers.start(*closure_args(pickle_closure(tmp_path / "f.pkl", broken), "ints"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             with pytest.raises(ModelError) as info:
                 await client.predict([np.array([1], dtype=np.int32)], "ints", timeout=30)
@@ -62,11 +70,11 @@ def test_closure_exception_last_traceback_line(containers: Launcher, tmp_path: P
     run_async(scenario)
 
 
-def test_wrong_output_count_is_a_clear_error(containers: Launcher) -> None:
+def test_wrong_output_count_is_a_clear_error(containers: Launcher, transport: str) -> None:
     container = containers.start(*model_class_args("WrongCountModel"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             with pytest.raises(ModelError, match="returned 2 outputs for a batch of 3 inputs"):
                 await client.predict([np.zeros(1)] * 3, "doubles", timeout=30)
@@ -74,7 +82,9 @@ def test_wrong_output_count_is_a_clear_error(containers: Launcher) -> None:
     run_async(scenario)
 
 
-def test_unserialisable_output_and_non_list_return(containers: Launcher, tmp_path: Path) -> None:
+def test_unserialisable_output_and_non_list_return(
+    containers: Launcher, tmp_path: Path, transport: str
+) -> None:
     def odd(inputs: list[Any]) -> Any:
         if inputs[0] == "object":
             return [object() for _ in inputs]
@@ -83,7 +93,7 @@ def test_unserialisable_output_and_non_list_return(containers: Launcher, tmp_pat
     container = containers.start(*closure_args(pickle_closure(tmp_path / "f.pkl", odd), "strings"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             with pytest.raises(ModelError, match=r"output 0: .*object is not JSON serialisable"):
                 await client.predict(["object"], "strings", timeout=30)
@@ -93,11 +103,11 @@ def test_unserialisable_output_and_non_list_return(containers: Launcher, tmp_pat
     run_async(scenario)
 
 
-def test_wrong_input_type_is_bad_input(containers: Launcher) -> None:
+def test_wrong_input_type_is_bad_input(containers: Launcher, transport: str) -> None:
     container = containers.start(*model_class_args("SumModel"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             with pytest.raises(BadInput, match="serves doubles inputs, got INTS"):
                 await client.predict([np.array([1], dtype=np.int32)], "ints", timeout=30)
@@ -110,12 +120,14 @@ def test_wrong_input_type_is_bad_input(containers: Launcher) -> None:
     run_async(scenario)
 
 
-def test_deadline_exceeded_and_health_during_a_long_batch(containers: Launcher) -> None:
+def test_deadline_exceeded_and_health_during_a_long_batch(
+    containers: Launcher, transport: str
+) -> None:
     """A slow batch: the caller's deadline passes; health is answered meanwhile."""
     container = containers.start(*model_class_args("SlowModel"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             with pytest.raises(DeadlineExceeded):
                 await client.predict([np.array([1.5])], "doubles", timeout=0.3)
@@ -155,11 +167,11 @@ def test_unreachable_replica(loop: str) -> None:
     run_async(scenario, loop=loop)
 
 
-def test_replica_that_dies_is_unavailable(containers: Launcher) -> None:
+def test_replica_that_dies_is_unavailable(containers: Launcher, transport: str) -> None:
     container = containers.start(*model_class_args("SumModel"))
 
     async def scenario() -> None:
-        async with ReplicaClient(container.address) as client:
+        async with ReplicaClient(container.address, local=transport == "local") as client:
             await client.wait_ready(30)
             assert await client.predict([np.ones(2)], "doubles", timeout=30) == [2.0]
             container.proc.kill()

@@ -31,7 +31,10 @@ def test_metadata_and_health(containers: Launcher, tmp_path: Any) -> None:
         async with ReplicaClient(container.address) as client:
             await client.wait_ready(30)
             assert await client.health() is True
-            assert await client.metadata() == {
+            meta = await client.metadata()
+            assert meta.pop("local_socket").endswith("/predict.sock")
+            assert len(meta.pop("instance_token")) == 32
+            assert meta == {
                 "name": "tagger",
                 "version": "7",
                 "input_type": "strings",

@@ -1,0 +1,143 @@
+"""The container's local socket: Predict framed over a Unix socket (container.proto,
+"Local transport"), found through Metadata, checked by token, cleaned up on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from container_harness import Launcher, model_class_args, run_async
+
+from clipper_core.local_channel import HEADER, KIND_PREDICT, LocalChannel
+from clipper_core.replica_client import INPUT_TYPES, ReplicaClient, encode_batch
+from model_containers._proto import container_pb2 as pb
+
+# gRPC status codes as the error frames carry them.
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 3, 8, 12
+
+
+def _request(inputs: list[np.ndarray], input_type: str = "doubles") -> bytes:
+    data, offsets = encode_batch(inputs, input_type)
+    return pb.PredictRequest(
+        batch_id=7, input_type=INPUT_TYPES[input_type], data=data, offsets=offsets
+    ).SerializeToString()
+
+
+def test_predict_goes_over_the_local_socket_with_the_same_answers(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"))
+    batch = [np.arange(3.0), np.ones(5), np.array([2.5])]
+
+    async def scenario() -> tuple[str, str]:
+        async with (
+            ReplicaClient(container.address) as local,
+            ReplicaClient(container.address, local=False) as remote,
+        ):
+            await local.wait_ready(30)
+            await remote.wait_ready(30)
+            assert (local.transport, remote.transport) == ("local", "grpc")
+            assert await local.predict(batch, "doubles", timeout=30) == [3.0, 5.0, 2.5]
+            assert await remote.predict(batch, "doubles", timeout=30) == [3.0, 5.0, 2.5]
+            meta = await local.metadata()
+            return meta["local_socket"], meta["instance_token"]
+
+    path, token = run_async(scenario)
+    assert len(token) == 32
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(Path(path).parent).st_mode) == 0o700
+
+
+def test_local_socket_off_keeps_predict_on_grpc(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"), "--local-socket", "off")
+
+    async def scenario() -> None:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            assert (await client.metadata())["local_socket"] == ""
+            assert client.transport == "grpc"
+            assert await client.predict([np.ones(4)], "doubles", timeout=30) == [4.0]
+
+    run_async(scenario)
+
+
+def test_another_process_token_is_refused(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"))
+
+    async def scenario() -> None:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            meta = await client.metadata()
+        with pytest.raises(ConnectionRefusedError, match="another container process"):
+            await LocalChannel.connect(meta["local_socket"], "0" * 32, timeout=5)
+        channel = await LocalChannel.connect(meta["local_socket"], meta["instance_token"], 5)
+        channel.close()
+
+    run_async(scenario)
+
+
+def test_bad_frames_get_error_frames(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"), "--max-message-mb", "1")
+
+    async def scenario() -> None:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            meta = await client.metadata()
+        channel = await LocalChannel.connect(meta["local_socket"], meta["instance_token"], 5)
+        try:
+            _, fut = channel.call(KIND_PREDICT, b"\xff\xff not a protobuf")
+            kind, body = await fut
+            assert kind == INVALID_ARGUMENT and b"bad PredictRequest" in body
+            _, fut = channel.call(42, b"")
+            assert await fut == (UNIMPLEMENTED, b"unknown frame kind 42")
+            # Still serving on the same connection.
+            _, fut = channel.call(KIND_PREDICT, _request([np.ones(2)]))
+            kind, body = await fut
+            assert kind == 0 and pb.PredictResponse.FromString(body).batch_id == 7
+            # Over the size limit: answered, then the connection is closed.
+            _, fut = channel.call(KIND_PREDICT, _request([np.ones(200_000)]))
+            kind, body = await fut
+            assert kind == RESOURCE_EXHAUSTED and b"exceeds the container's limit" in body
+            for _ in range(200):
+                if channel.closed:
+                    break
+                await asyncio.sleep(0.01)
+            assert channel.closed
+        finally:
+            channel.close()
+
+    run_async(scenario)
+    assert HEADER.size == 13
+
+
+def test_a_lost_connection_is_found_again(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"))
+
+    async def scenario() -> None:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            assert await client.predict([np.ones(2)], "doubles", timeout=30) == [2.0]
+            client._local.close()  # type: ignore[union-attr]  # as if the socket broke
+            assert await client.predict([np.ones(3)], "doubles", timeout=30) == [3.0]
+            assert client.transport == "local"
+
+    run_async(scenario, loop="uvloop")
+
+
+def test_sigterm_removes_the_socket(containers: Launcher) -> None:
+    container = containers.start(*model_class_args("SumModel"))
+
+    async def scenario() -> str:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            return str((await client.metadata())["local_socket"])
+
+    path = run_async(scenario)
+    assert os.path.exists(path)
+    container.proc.send_signal(signal.SIGTERM)
+    assert container.wait(30) == 0
+    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
