@@ -52,6 +52,9 @@ MAX_DEADLINE_SECONDS = 86_400.0
 #: lag, so that what is admitted is answered in time.
 ADMISSION_HEADROOM = 0.8
 
+#: An observed batch counts for at most this many times the current estimates.
+SPIKE_LIMIT = 4.0
+
 _UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
@@ -165,6 +168,14 @@ class ServiceTimeEstimator:
             self.per_item = per_item
             self.batch_latency = latency
         else:
+            # One slow batch (a GC pause, a descheduled VM) must not make every
+            # input look late for the next dozen batches and be refused: it counts
+            # as at most SPIKE_LIMIT times the estimate.  A lasting slowdown still
+            # gets through, compounding batch after batch (x1.6 each at alpha 0.2).
+            if self.per_item > 0:
+                per_item = min(per_item, self.per_item * SPIKE_LIMIT)
+            if self.batch_latency > 0:
+                latency = min(latency, self.batch_latency * SPIKE_LIMIT)
             a = self._alpha
             self.per_item += a * (per_item - self.per_item)
             error = latency - self.batch_latency

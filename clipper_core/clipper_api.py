@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -175,6 +175,39 @@ def input_key(x: Any, input_type: str) -> bytes:
     raise TypeError(f"cannot key an input of type {type(x).__name__} for {input_type!r}")
 
 
+class InputKeys(Sequence[bytes]):
+    """The inputs' cache keys (``input_key``), computed when first read: a model
+    version without a cache never reads them."""
+
+    __slots__ = ("_input_type", "_inputs", "_keys")
+
+    def __init__(self, inputs: Sequence[Any], input_type: str) -> None:
+        self._inputs = inputs
+        self._input_type = input_type
+        self._keys: list[bytes] | None = None
+
+    def _all(self) -> list[bytes]:
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = [input_key(x, self._input_type) for x in self._inputs]
+        return keys
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._all())
+
+
 def format_reply(
     query_id: int,
     output: Any,
@@ -321,6 +354,9 @@ def _cast(arr: np.ndarray, input_type: str, where: str) -> np.ndarray:
             )
         return arr.astype(np.int32)
     dtype = _DTYPES[input_type]
+    if arr.dtype == dtype:
+        # doubles from JSON: orjson refuses NaN and infinities, so it is finite.
+        return arr
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(dtype)
     if kind == "f" or dtype == np.float32:

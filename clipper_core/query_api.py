@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from clipper_core.admission import client_key, deadline_from_headers
 from clipper_core.clipper_api import (
+    InputKeys,
     check_json_depth,
     format_batch_reply,
     format_reply,
-    input_key,
     parse_predict,
 )
 from clipper_core.errors import ClipperError
@@ -51,8 +51,7 @@ def install(router: Router, server: ClipperServer) -> None:
         except ClipperError as exc:
             app.metrics.error(exc.kind, received=True)
             raise
-        input_type = app.input_type
-        keys = [input_key(x, input_type) for x in query.inputs]
+        keys = InputKeys(query.inputs, app.input_type)
         outcomes = await dataplane.predict(
             app.name,
             query.inputs,

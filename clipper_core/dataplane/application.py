@@ -116,8 +116,12 @@ async def predict_with_slo(
     started = time.monotonic()
     futures: list[asyncio.Future[Any]] = []
     try:
-        for value, key in zip(inputs, keys, strict=True):
-            futures.append(model.submit(value, key, deadline))
+        if model.cache is None:  # no key is read: do not make them
+            for value in inputs:
+                futures.append(model.submit(value, b"", deadline))
+        else:
+            for value, key in zip(inputs, keys, strict=True):
+                futures.append(model.submit(value, key, deadline))
     except ClipperError as err:
         _withdraw(futures)  # the request fails as a whole: its queued inputs go
         record_failure(app, model, err, len(inputs), rejected=True)

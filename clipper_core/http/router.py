@@ -31,6 +31,9 @@ def _segments(path: str) -> list[str]:
     return path[1:].split("/")
 
 
+_MATCH_CACHE_SIZE = 1024
+
+
 class Router:
     """Maps (method, path) to a handler.
 
@@ -46,6 +49,10 @@ class Router:
         self._root = _Node()
         # Fast path for the literal routes: path -> method -> handler.
         self._static: dict[str, dict[str, Handler]] = {}
+        # Matches of parameter routes, (method, path) -> (handler, params): most
+        # traffic hits a few paths (/<app>/predict).  Bounded, since paths come from
+        # clients; emptied when full and on add().
+        self._matched: dict[tuple[str, str], tuple[Handler, dict[str, str]]] = {}
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         """Register ``handler`` for ``method`` requests to ``path``.
@@ -56,6 +63,7 @@ class Router:
         method = method.upper()
         if method not in _METHODS:
             raise ValueError(f"unknown HTTP method {method!r}")
+        self._matched.clear()
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
         names: list[str] = []
@@ -93,9 +101,15 @@ class Router:
             handler = static.get(method)
             if handler is not None:
                 return handler, {}
+        matched = self._matched.get((method, path))
+        if matched is not None:
+            return matched[0], dict(matched[1])  # a handler may keep or change its dict
         allow: set[str] = set()
         found = _search(self._root, _segments(path), 0, [], method, allow)
         if found is not None:
+            if len(self._matched) >= _MATCH_CACHE_SIZE:
+                self._matched.clear()
+            self._matched[method, path] = (found[0], dict(found[1]))
             return found
         if not allow:
             return error_response(404, "not_found", f"no route for {method} {path}")

@@ -15,6 +15,7 @@ from clipper_core import clipper_api as api
 from clipper_core.clipper_api import (
     DEFAULT_EXPLANATION,
     INPUT_TYPES,
+    InputKeys,
     format_batch_reply,
     format_reply,
     input_key,
@@ -240,6 +241,14 @@ def test_input_key() -> None:
     assert len(input_key(f32, "floats")) == 4 and len(input_key(f64, "doubles")) == 8
     with pytest.raises(TypeError):
         input_key(object(), "ints")
+
+
+def test_input_keys_are_made_when_read() -> None:
+    inputs = parse_predict(body({"input_batch": [[1, 2], [3, 4]]}), "ints").inputs
+    keys = InputKeys(inputs, "ints")
+    assert keys._keys is None and len(keys) == 2  # a model without a cache: never made
+    assert list(keys) == [input_key(x, "ints") for x in inputs]
+    assert keys[1] == input_key(inputs[1], "ints") and keys[:1] == [keys[0]]
 
 
 # -- replies -----------------------------------------------------------------------

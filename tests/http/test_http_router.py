@@ -36,6 +36,25 @@ def test_literal_and_param_routes() -> None:
     )
 
 
+def test_repeated_matches_are_remembered_and_still_right() -> None:
+    r = Router()
+    r.add("POST", "/{app}/predict", h_param)
+    first = r.resolve("POST", "/a/predict")
+    assert first == (h_param, {"app": "a"})
+    assert isinstance(first, tuple)
+    first[1]["app"] = "changed by a handler"
+    assert r.resolve("POST", "/a/predict") == (h_param, {"app": "a"})
+    assert r.resolve("POST", "/b/predict") == (h_param, {"app": "b"})
+    # A route added later takes precedence over what was remembered.
+    r.add("POST", "/a/predict", h_literal)
+    assert r.resolve("POST", "/a/predict") == (h_literal, {})
+    # Many distinct paths: the memory stays bounded and answers stay right.
+    for i in range(3000):
+        assert r.resolve("POST", f"/app{i}/predict") == (h_param, {"app": f"app{i}"})
+    assert len(r._matched) <= 1024
+    assert isinstance(r.resolve("GET", "/a/predict"), Response)  # 405, never remembered
+
+
 def test_literal_segments_take_precedence() -> None:
     r = Router()
     r.add("POST", "/{app}/predict", h_param)

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clipper_core.admission import (
+    SPIKE_LIMIT,
     ClientLimiter,
     ServiceTimeEstimator,
     client_key,
@@ -110,6 +111,19 @@ def test_expected_wait_follows_observed_batches() -> None:
     est.observe(0, 1.0)  # ignored
     est.observe(1, math.nan)  # ignored
     assert est.per_item == pytest.approx(0.010)
+
+
+def test_one_slow_batch_is_damped_and_a_lasting_slowdown_learned() -> None:
+    est = ServiceTimeEstimator()
+    for _ in range(20):
+        est.observe(10, 0.010)  # 1 ms per item
+    est.observe(2, 0.100)  # a 50 ms-per-item hiccup (a GC pause, a descheduled VM)
+    assert est.per_item == pytest.approx(0.001 * (1 + 0.2 * (SPIKE_LIMIT - 1)))
+    assert est.batch_latency == pytest.approx(0.010 * (1 + 0.2 * (SPIKE_LIMIT - 1)))
+    for _ in range(10):
+        est.observe(10, 0.100)  # the model really is ten times slower now
+    assert est.per_item == pytest.approx(0.010, rel=0.15)
+    assert est.batch_latency == pytest.approx(0.100, rel=0.15)
 
 
 @given(st.lists(st.tuples(st.integers(1, 512), st.floats(0, 10)), min_size=1, max_size=50))
