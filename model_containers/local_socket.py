@@ -21,6 +21,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ HEADER = struct.Struct("<IBQ")
 KIND_OK = 0
 KIND_PREDICT = 1
 KIND_HELLO = 255
+_RECV_SIZE = 256 * 1024
 
 
 def frame(kind: int, call_id: int, payload: bytes) -> bytes:
@@ -50,19 +52,26 @@ def _status(code: grpc.StatusCode) -> int:
     return int(code.value[0])
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytearray | None:
-    """Exactly ``n`` bytes, or None when the peer closed before the first byte."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = conn.recv_into(view[got:])
-        if k == 0:
-            if got == 0:
+class _FrameReader:
+    """Reads frames off a socket with as few recv calls as it can: one per frame
+    when the frontend's write arrives whole (the common case)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._buf = bytearray()
+
+    def read(self, n: int) -> bytes | None:
+        """Exactly ``n`` bytes, or None when the peer closed first."""
+        buf = self._buf
+        while len(buf) < n:
+            chunk = self._conn.recv(max(_RECV_SIZE, n - len(buf)))
+            if not chunk:
                 return None
-            raise ConnectionResetError("the frontend closed the local socket mid-frame")
-        got += k
-    return buf
+            buf += chunk
+        with memoryview(buf) as view:
+            out = bytes(view[:n])
+        del buf[:n]
+        return out
 
 
 class LocalSocketServer:
@@ -103,8 +112,7 @@ class LocalSocketServer:
         self._hello = frame(KIND_HELLO, 0, servicer.instance_token.encode())
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
-        self._busy = 0
-        self._idle = threading.Condition(self._lock)
+        self._busy: set[socket.socket] = set()  # connections inside a call
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -133,8 +141,9 @@ class LocalSocketServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.sendall(self._hello)
+            frames = _FrameReader(conn)
             while True:
-                header = _recv_exact(conn, HEADER.size)
+                header = frames.read(HEADER.size)
                 if header is None:
                     return
                 length, kind, call_id = HEADER.unpack(header)
@@ -146,18 +155,15 @@ class LocalSocketServer:
                     too_big = _status(grpc.StatusCode.RESOURCE_EXHAUSTED)
                     conn.sendall(frame(too_big, call_id, message.encode()))
                     return  # the payload is not read: the stream cannot go on
-                payload = _recv_exact(conn, length) if length else bytearray()
+                payload = frames.read(length)
                 if payload is None:
-                    return
-                with self._lock:
-                    self._busy += 1
+                    raise ConnectionResetError("the frontend closed the local socket mid-frame")
+                self._busy.add(conn)  # a set's add and discard are atomic
                 try:
                     code, body = self._answer(kind, payload)
                     conn.sendmsg([HEADER.pack(len(body), code, call_id), body])
                 finally:
-                    with self._lock:
-                        self._busy -= 1
-                        self._idle.notify_all()
+                    self._busy.discard(conn)
         except OSError:
             pass  # the frontend went away, or stop() shut the connection
         finally:
@@ -165,13 +171,13 @@ class LocalSocketServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _answer(self, kind: int, payload: bytearray) -> tuple[int, bytes]:
+    def _answer(self, kind: int, payload: bytes) -> tuple[int, bytes]:
         if kind != KIND_PREDICT:
             return _status(grpc.StatusCode.UNIMPLEMENTED), f"unknown frame kind {kind}".encode()
         if self._stopping:
             return _status(grpc.StatusCode.UNAVAILABLE), b"the container is stopping"
         try:
-            request = pb.PredictRequest.FromString(bytes(payload))
+            request = pb.PredictRequest.FromString(payload)
         except DecodeError as exc:
             return _status(grpc.StatusCode.INVALID_ARGUMENT), f"bad PredictRequest: {exc}".encode()
         try:
@@ -196,8 +202,10 @@ class LocalSocketServer:
         """``refuse()``, let a running call finish within ``grace`` seconds, then
         close every connection."""
         self.refuse()
+        deadline = time.monotonic() + max(grace, 0.0)
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
-            self._idle.wait_for(lambda: self._busy == 0, timeout=max(grace, 0.0))
             conns = list(self._conns)
         for conn in conns:
             with contextlib.suppress(OSError):

@@ -81,6 +81,14 @@ def test_client_encoding_decodes_in_the_container(input_type: str, inputs: list[
         ("doubles", b"\x00" * 16, [0, 12, 8, 16], "non-decreasing"),
         ("ints", b"\x00" * 8, [0, 6, 8], "not a multiple of 4"),
         ("strings", b"\xff", [0, 1], "input 0 is not valid UTF-8"),
+        # Large batches are checked with numpy: the same answers.
+        ("doubles", b"\x00" * 800, [*range(0, 400, 8), 320, *range(400, 808, 8)], "non-dec"),
+        (
+            "ints",
+            b"\x00" * 400,
+            [*range(0, 200, 4), 202, *range(204, 404, 4)],
+            r"offset 50 \(202\)",
+        ),
     ],
 )
 def test_container_refuses_inconsistent_payloads(
@@ -88,6 +96,13 @@ def test_container_refuses_inconsistent_payloads(
 ) -> None:
     with pytest.raises(codec.DecodeError, match=message):
         codec.decode_inputs(input_type, data, offsets)
+
+
+def test_large_batches_decode_like_small_ones() -> None:
+    inputs = [np.arange(i % 5, dtype=np.float32) for i in range(300)]
+    data, offsets = encode_batch(inputs, "floats")
+    decoded = codec.decode_inputs("floats", data, offsets)
+    assert [x.tolist() for x in decoded] == [x.tolist() for x in inputs]
 
 
 def test_output_encodings_round_trip() -> None:
