@@ -396,6 +396,66 @@ def test_env_and_cwd(run: Runner, make_manager: MakeManager, tmp_path: Path) -> 
     run(scenario())
 
 
+THREADS_CHILD = """
+    import os, time
+    import numpy  # loads OpenBLAS, which reads its variable now
+    from threadpoolctl import threadpool_info
+    blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+    pools = [os.environ.get(v, "-") for v in VARS]
+    print("CLIPPER_CONTAINER_READY " + ",".join(pools) + "|" + str(blas), flush=True)
+    time.sleep(120)
+""".replace("VARS", repr(process_manager.THREAD_POOL_VARS))
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(None, 1), ([0], 1), ([0, 1], 2)])
+def test_math_thread_pools_follow_the_replicas_cpus(
+    run: Runner,
+    make_manager: MakeManager,
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: list[int] | None,
+    threads: int,
+) -> None:
+    if cpus and not set(cpus) <= os.sched_getaffinity(0):
+        pytest.skip(f"needs CPUs {cpus}")
+    for var in process_manager.THREAD_POOL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    manager, _ = make_manager()
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(THREADS_CHILD, cpus=cpus))
+        pools, blas = (await manager.wait_ready(handle, timeout=30)).split("|")
+        assert pools.split(",") == [str(threads)] * len(process_manager.THREAD_POOL_VARS)
+        assert blas == f"[{threads}]"  # numpy's OpenBLAS really runs that many
+
+    run(scenario())
+
+
+def test_thread_pool_variables_already_set_win(
+    run: Runner, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in process_manager.THREAD_POOL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the frontend's environment
+    manager, _ = make_manager()
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(THREADS_CHILD, env={"OPENBLAS_NUM_THREADS": "2"}))
+        pools, blas = (await manager.wait_ready(handle, timeout=30)).split("|")
+        assert pools.split(",") == ["3", "2", "1", "1", "1"]
+        assert blas == "[2]"
+
+    run(scenario())
+
+
+def test_thread_pool_env() -> None:
+    names = process_manager.THREAD_POOL_VARS
+    assert process_manager.thread_pool_env(None, {}) == dict.fromkeys(names, "1")
+    assert process_manager.thread_pool_env([3, 1, 3], {}) == dict.fromkeys(names, "2")
+    kept = process_manager.thread_pool_env([0], {"MKL_NUM_THREADS": "8"})
+    assert "MKL_NUM_THREADS" not in kept
+    assert kept["OMP_NUM_THREADS"] == "1"
+
+
 def test_noise_on_stdout_and_a_bare_ready_word_are_ignored(
     run: Runner, make_manager: MakeManager
 ) -> None:
