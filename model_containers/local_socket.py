@@ -10,6 +10,10 @@ container's token from ``ModelMetadata``.
 
 One thread per connection reads a frame, answers it and reads the next; the
 servicer's semaphore still caps concurrent model calls (``--max-workers``).
+
+The default socket lives in a private folder ``clipper-sock-<pid>-*`` in the
+temporary directory.  A container killed with SIGKILL cannot remove it, so each
+new container removes the folders of this user whose pid is no longer running.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -42,6 +48,50 @@ KIND_OK = 0
 KIND_PREDICT = 1
 KIND_HELLO = 255
 _RECV_SIZE = 256 * 1024
+#: The default socket folder is ``<tmp>/clipper-sock-<pid>-<random>``.
+DIR_PREFIX = "clipper-sock-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: running, as another user
+        return True
+    return True
+
+
+def remove_stale_dirs(tmp: str | None = None) -> int:
+    """Remove the socket folders that containers of this user left behind when
+    they were killed (their pid no longer runs); return how many went.
+
+    Only this user's folders are touched.  A pid reused by another process keeps
+    its dead container's folder (harmless); a live container's folder carries
+    its own running pid, so it is never removed.
+    """
+    tmp = tmp or tempfile.gettempdir()
+    uid = os.getuid()
+    removed = 0
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(DIR_PREFIX):
+            continue
+        pid_text = name[len(DIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _running(int(pid_text)):
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def frame(kind: int, call_id: int, payload: bytes) -> bytes:
@@ -96,7 +146,8 @@ class LocalSocketServer:
         self._max = max_message_bytes
         self._dir: str | None = None
         if path is None:
-            self._dir = tempfile.mkdtemp(prefix="clipper-")
+            remove_stale_dirs()
+            self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
             path = os.path.join(self._dir, "predict.sock")
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

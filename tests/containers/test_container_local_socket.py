@@ -7,15 +7,18 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from container_harness import Launcher, model_class_args, run_async
+from container_harness import Container, Launcher, model_class_args, run_async
 
 from clipper_core.local_channel import HEADER, KIND_PREDICT, LocalChannel
 from clipper_core.replica_client import INPUT_TYPES, ReplicaClient, encode_batch
 from model_containers._proto import container_pb2 as pb
+from model_containers.local_socket import DIR_PREFIX, remove_stale_dirs
 
 # gRPC status codes as the error frames carry them.
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED = 3, 8, 12
@@ -141,3 +144,39 @@ def test_sigterm_removes_the_socket(containers: Launcher) -> None:
     container.proc.send_signal(signal.SIGTERM)
     assert container.wait(30) == 0
     assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+
+
+def _socket_path(container: Container) -> str:
+    async def scenario() -> str:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            return str((await client.metadata())["local_socket"])
+
+    return run_async(scenario)
+
+
+def test_a_killed_containers_socket_folder_goes_with_the_next_start(
+    containers: Launcher,
+) -> None:
+    killed = containers.start(*model_class_args("SumModel"))
+    stale = os.path.dirname(_socket_path(killed))
+    assert os.path.basename(stale).startswith(f"{DIR_PREFIX}{killed.pid}-")
+    killed.proc.kill()  # SIGKILL: no chance to clean up
+    killed.wait(30)
+    assert os.path.isdir(stale)
+    alive = containers.start(*model_class_args("SumModel"))
+    assert not os.path.exists(stale)
+    assert os.path.exists(_socket_path(alive))
+
+
+def test_remove_stale_dirs_keeps_running_containers_folders(tmp_path: Path) -> None:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()  # a pid that no longer runs (reuse within this test is unlikely)
+    dead = tmp_path / f"{DIR_PREFIX}{probe.pid}-abc"
+    live = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "clipper-sock-notapid-x"
+    for folder in (dead, live, other):
+        folder.mkdir()
+    (dead / "predict.sock").write_bytes(b"")
+    assert remove_stale_dirs(str(tmp_path)) == 1
+    assert not dead.exists() and live.exists() and other.exists()
