@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import tempfile
 import time
 import urllib.request
@@ -55,7 +56,12 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 
 async def main(once: bool, query_port: int, management_port: int) -> None:
-    state = tempfile.mkdtemp(prefix="clipper-demo-")
+    # The demo's store lives as long as the demo: nothing is left in /tmp.
+    with tempfile.TemporaryDirectory(prefix="clipper-demo-") as state:
+        await _serve(once, query_port, management_port, state)
+
+
+async def _serve(once: bool, query_port: int, management_port: int, state: str) -> None:
     async with ClipperServer(
         query_port=query_port, management_port=management_port, state_dir=state
     ) as server:
@@ -87,8 +93,6 @@ async def main(once: bool, query_port: int, management_port: int) -> None:
             " -d '{\"input\": [1.0, 1.0, 1.0, 1.0]}'\nCtrl-C to stop"
         )
         stop = asyncio.Event()
-        import signal
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
