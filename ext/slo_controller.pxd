@@ -47,6 +47,7 @@ cdef class SloController:
     cpdef void reset(self) noexcept
     cdef void _forget(self) noexcept
     cdef void _aimd_step(self, double latency) noexcept
+    cdef void _grow(self) noexcept
     cdef void _quantile_step(self, int n, double latency) noexcept
     cdef void _push(self, int n, double latency) noexcept
     cdef void _refit(self) noexcept

@@ -297,11 +297,14 @@ cdef class SloController:
             smaller = <int>(self.batch_size * self._multiplicative_decrease)
             self.batch_size = smaller if smaller > 1 else 1
         elif latency < self._hold_from:
-            # Written so that batch_size + additive_increase cannot overflow.
-            if self.batch_size >= self.max_batch_size - self._additive_increase:
-                self.batch_size = self.max_batch_size
-            else:
-                self.batch_size += self._additive_increase
+            self._grow()
+
+    cdef void _grow(self) noexcept:
+        # Written so that batch_size + additive_increase cannot overflow.
+        if self.batch_size >= self.max_batch_size - self._additive_increase:
+            self.batch_size = self.max_batch_size
+        else:
+            self.batch_size += self._additive_increase
 
     cdef void _quantile_step(self, int n, double latency) noexcept:
         cdef int smaller
@@ -318,6 +321,11 @@ cdef class SloController:
                 self._push(n, latency)
                 self._since_refit = 1
                 self._fitted = False
+        elif not self._fitted and self._run >= self._count:
+            # One size in the window and no fit: AIMD's hold band would keep it
+            # there for ever (a batch of 1 already near the SLO), and a fit needs
+            # a second size.
+            self._grow()
         elif not self._fitted or self._run >= self._count:
             self._aimd_step(latency)
         if self._since_refit >= self._refit_every and self._run < self._count:

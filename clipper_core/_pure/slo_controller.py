@@ -341,10 +341,13 @@ class SloController:
             smaller = int(self._batch_size * self._multiplicative_decrease)
             self._batch_size = smaller if smaller > 1 else 1
         elif latency < self._hold_from:
-            if self._batch_size >= self._max_batch_size - self._additive_increase:
-                self._batch_size = self._max_batch_size
-            else:
-                self._batch_size += self._additive_increase
+            self._grow()
+
+    def _grow(self) -> None:
+        if self._batch_size >= self._max_batch_size - self._additive_increase:
+            self._batch_size = self._max_batch_size
+        else:
+            self._batch_size += self._additive_increase
 
     def _quantile_step(self, n: int, latency: float) -> None:
         self._push(n, latency)
@@ -362,6 +365,11 @@ class SloController:
                 self._push(n, latency)
                 self._since_refit = 1
                 self._fitted = False
+        elif not self._fitted and self._run >= len(self._window):
+            # One size in the window and no fit: AIMD's hold band would keep it
+            # there for ever (a batch of 1 already near the SLO), and a fit needs
+            # a second size.
+            self._grow()
         elif not self._fitted or self._run >= len(self._window):
             self._aimd_step(latency)
         if self._since_refit >= self._refit_every and self._run < len(self._window):
