@@ -1,6 +1,7 @@
-"""Faults: a replica killed mid-batch is back within 5 s; a model that hangs is
-caught by the batch timeout and its replica recycled; a container that fails to
-start reports its stderr through the CLI, which exits 1."""
+"""Faults: a replica killed mid-batch is back within 5 s, and the batch it held is
+answered by the other replica; a model that hangs is caught by the batch timeout
+and its replica recycled; a container that fails to start reports its stderr
+through the CLI, which exits 1."""
 
 from __future__ import annotations
 
@@ -59,6 +60,71 @@ def test_replica_killed_mid_batch_is_restarted_within_5_s(running: Running) -> N
     assert not pid_alive(pid)
     status, _, body = http("POST", url, {"input": [1.0]})
     assert status == 200 and not body["default"]
+
+
+def test_batch_in_flight_on_a_killed_replica_is_answered_by_the_other_one(
+    running: Running, tmp_path: Path
+) -> None:
+    conn = running.conn
+    conn.register_application("k9r", "doubles", "-1", 30_000_000)
+    calls, gate = tmp_path / "calls.log", tmp_path / "gate"
+    # Batches of exactly four (a long batch wait): the four requests below make one
+    # batch, on one replica, while the other replica stays idle.  The model logs a
+    # batch, then holds it until the gate file exists.
+    conn.deploy_pickled(
+        "k9r",
+        1,
+        "doubles",
+        models.make_gated_logger(str(calls), str(gate)),
+        num_replicas=2,
+        batch_size=4,
+        batch_wait_micros=5_000_000,
+        cache_enabled=False,
+    )
+    conn.link_model_to_app("k9r", "k9r")
+    mv = running.server.dataplane.get_model_version("k9r", "1")
+    wait_for("both replicas connected", lambda: len(mv.replicas) == 2)
+    pids = running.replica_pids("k9r")
+    assert len(pids) == 2
+    assert mv.retried == 0
+    inputs = [1.0, 2.0, 3.0, 4.0]
+    url = f"{running.bg.query_url}/k9r/predict"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+            futs = [pool.submit(http, "POST", url, {"input": [x]}) for x in inputs]
+            # The whole batch is in the model, which cannot answer before the gate
+            # opens: it is surely in flight when its replica is killed.
+            first = wait_for(
+                "the batch in the model",
+                lambda: (c := models.read_pid_calls(str(calls))) and len(c) >= 4 and c,
+            )
+            victim = first[0][0]
+            assert sorted(first) == [(victim, x) for x in inputs], first
+            assert victim in pids
+            [survivor] = [p for p in pids if p != victim]
+            assert sum(i["busy"] for i in mv.replica_info()) == 1
+            os.kill(victim, signal.SIGKILL)
+            # The batch comes back to the queue and the idle replica takes it.
+            retried = wait_for(
+                "the batch retried",
+                lambda: len(c := models.read_pid_calls(str(calls))) >= 8 and c,
+            )
+            gate.touch()
+            results = [f.result(timeout=60) for f in futs]
+    finally:
+        gate.touch()  # never leave a replica holding a batch
+    assert not pid_alive(victim)
+    # Each request in the killed batch got the model's real answer, from the
+    # surviving replica: none failed, none got the default output.
+    for x, (status, _, body) in zip(inputs, results, strict=True):
+        assert status == 200 and not body["default"], body
+        assert body["output"] == [survivor, 2.0 * x], body
+    # The model saw each input twice: on the killed replica, then on the other.
+    assert sorted(retried) == sorted(first + [(survivor, x) for x in inputs]), retried
+    # Each input was handed back exactly once.
+    assert mv.retried == len(inputs)
+    model = conn.get_metrics()["models"]["k9r:1"]
+    assert model["retried"] == len(inputs) and model["errors"] == {}, model
 
 
 def test_hung_model_is_timed_out_and_its_replica_recycled(running: Running) -> None:

@@ -1,11 +1,13 @@
 """The frontend's lifecycle with a real ``clipper serve`` process: SIGTERM drains
 the requests in flight, stops the containers and exits 0; a kill -9 leaves no
 container behind, and a restart brings back every app, model, version, link,
-replica count and key from the store."""
+replica count and key from the store, and every selection policy's learned
+state."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -13,9 +15,11 @@ import sqlite3
 from pathlib import Path
 
 from clipper_core.deployers import deploy_python_closure
+from clipper_core.selection.runtime import kv_namespace
 from tests.reliability import models
 from tests.reliability.conftest import ServeProcess, http, pid_alive, wait_for
 from tests.server import models as server_models
+from tests.server import selection_helpers as selection_models
 
 
 def _container_pids(conn) -> list[int]:  # type: ignore[no-untyped-def]
@@ -128,6 +132,84 @@ def test_kill_9_restart_restores_everything_and_leaves_no_orphans(
     assert os.getpid() not in new_containers
     # The key/value state (API keys, selection policies' state) is all there.
     assert set(kv_before) <= set(_kv(state))
+
+
+def test_kill_9_restart_restores_learned_selection_state(
+    serve_processes: list[ServeProcess], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = ServeProcess(state)
+    serve_processes.append(first)
+    conn = first.connection()
+    conn.deploy_pickled("one", 1, "doubles", selection_models.make_label(1))
+    conn.deploy_pickled("zero", 1, "doubles", selection_models.make_label(0))
+    policies = {
+        "bandit-exp3": ("exp3", {"eta": 0.5, "seed": 5}),
+        # No exploration: what it picks follows from the learned state alone.
+        "bandit-eg": ("epsilon_greedy", {"epsilon": 0.0, "seed": 5}),
+    }
+    for app, (policy, config) in policies.items():
+        conn.register_application(
+            app, "doubles", "-1", 2_000_000, policy=policy, policy_config=config
+        )
+        conn.link_model_to_app(app, "one")
+        conn.link_model_to_app(app, "zero")
+    # User 1 learns that "one" is right, user 2 that "zero" is.
+    uids = {1: 1, 2: 0}
+    for app in policies:
+        for i in range(12):
+            for uid, label in uids.items():
+                body = {"input": [float(i)], "uid": uid}
+                status, _, reply = http("POST", f"{first.query_url}/{app}/predict", body)
+                assert status == 200 and not reply["default"], reply
+                status, _, reply = http(
+                    "POST", f"{first.query_url}/{app}/update", {**body, "label": label}
+                )
+                assert status == 200 and reply["success"], reply
+    before = {
+        (app, uid): conn.get_selection_state(app, uid) for app in policies for uid in (0, *uids)
+    }
+    for (app, uid), info in before.items():
+        assert info is not None and info["policy"] == policies[app][0]
+        assert info["own_state"] == (uid != 0)
+    for app in policies:
+        for uid in uids:
+            assert before[app, uid]["state"]["updates"] == 12
+    # Each user's weights moved away from the model that was wrong for it, and
+    # epsilon-greedy learned (after trying it once) that "one" is wrong for user 2.
+    assert before["bandit-exp3", 1]["state"]["weights"]["zero"] < 1.0
+    assert before["bandit-exp3", 2]["state"]["weights"]["one"] < 1.0
+    assert before["bandit-eg", 2]["state"]["loss"]["one"] > 0.0
+    # An update is answered once its state is committed (StatePersister.put), so
+    # the store already holds every learned state: no wait, nothing left to flush.
+    kv = _kv(state)
+    for (app, uid), info in before.items():
+        if uid != 0:
+            stored = json.loads(kv[kv_namespace(app), str(uid)])
+            assert stored == {"policy": policies[app][0], "state": info["state"]}, (app, uid)
+    containers = _container_pids(conn)
+    assert len(containers) == 2
+
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=30)
+    wait_for("the orphaned containers gone", lambda: not any(map(pid_alive, containers)))
+
+    second = ServeProcess(state)
+    serve_processes.append(second)
+    conn2 = second.connection()
+    for (app, uid), info in before.items():
+        after = conn2.get_selection_state(app, uid)
+        assert after is not None, (app, uid)
+        assert after["policy"] == info["policy"] and after["policy_config"] == info["policy_config"]
+        assert after["state"] == info["state"], (app, uid)
+        assert after["own_state"] == info["own_state"] and after["uids"] == info["uids"]
+    # And the restored state decides: with no exploration, each user gets the
+    # model it learned is right.
+    wait_for("the replicas back", lambda: len(_container_pids(conn2)) == 2)
+    for uid, label in uids.items():
+        body = {"input": [100.0], "uid": uid}
+        status, _, reply = http("POST", f"{second.query_url}/bandit-eg/predict", body)
+        assert status == 200 and not reply["default"] and reply["output"] == label, reply
 
 
 def _kv(state: Path) -> dict[tuple[str, str], str]:

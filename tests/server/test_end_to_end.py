@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import math
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -212,6 +214,15 @@ def test_replica_killed_mid_load_no_request_hangs(running: Running) -> None:
     assert status == 200 and not reply["default"]
 
 
+def _wait_until(what: str, probe, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``probe`` until it is true; a guard against a hang, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {timeout:g} s")
+        time.sleep(0.01)
+
+
 def test_version_switch_under_load_has_no_failures(running: Running) -> None:
     conn = running.conn
     conn.register_application("ver", "doubles", "-1", 10_000_000)
@@ -219,19 +230,50 @@ def test_version_switch_under_load_has_no_failures(running: Running) -> None:
     conn.link_model_to_app("ver", "ver")
     conn.deploy_pickled("ver", 2, "doubles", models.make_constant("v2", 0.005), cache_enabled=False)
     assert conn.get_current_model_version("ver") == "1"
+    # Each answer with when its request was sent and when the answer came back.
+    results: list[tuple[float, float, int, dict]] = []
+    stop = threading.Event()
+    enough = 30  # answers wanted from each version
+    per_worker = 2000  # a bound on the load, should the switch never show
+
+    def worker(w: int) -> None:
+        for i in range(per_worker):
+            if stop.is_set():
+                return
+            sent = time.monotonic()
+            status, reply = running.client.predict("ver", {"input": [float(w * per_worker + i)]})
+            results.append((sent, time.monotonic(), status, reply))
+
+    def answers(version: str, sent_after: float = -math.inf) -> int:
+        return sum(
+            1 for sent, _, s, r in list(results) if sent > sent_after and r.get("output") == version
+        )
+
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futs = [
-            pool.submit(running.client.predict, "ver", {"input": [float(i)]}, timeout=20)
-            for i in range(300)
-        ]
-        time.sleep(0.2)
-        conn.set_model_version("ver", 2)
-        results = [f.result(timeout=30) for f in futs]
-    assert all(s == 200 and not r["default"] for s, r in results), [
-        r for s, r in results if s != 200 or r["default"]
+        workers = [pool.submit(worker, w) for w in range(6)]
+        try:
+            # The switch comes while the same workers keep the load going: after
+            # v1 has answered, and until v2 answers the requests sent after it.
+            _wait_until("answers from v1", lambda: answers("v1") >= enough)
+            switch_asked = time.monotonic()
+            conn.set_model_version("ver", 2)
+            switched = time.monotonic()
+            _wait_until("answers from v2", lambda: answers("v2", switched) >= enough)
+        finally:
+            stop.set()
+        for f in workers:
+            f.result(timeout=60)
+    assert all(s == 200 and not r["default"] for _, _, s, r in results), [
+        r for _, _, s, r in results if s != 200 or r["default"]
     ]
-    outputs = [r["output"] for _, r in results]
-    assert set(outputs) <= {"v1", "v2"}
+    outputs = [r["output"] for _, _, _, r in results]
+    assert set(outputs) == {"v1", "v2"}, set(outputs)
+    # Both versions served this one load: v1 alone before the switch was asked for,
+    # v2 alone for every request sent after it was done.
+    before = [r["output"] for _, received, _, r in results if received < switch_asked]
+    after = [r["output"] for sent, _, _, r in results if sent > switched]
+    assert len(before) >= enough and set(before) == {"v1"}
+    assert len(after) >= enough and set(after) == {"v2"}
     assert running.client.predict("ver", {"input": [1.0]})[1]["output"] == "v2"
     assert conn.get_current_model_version("ver") == "2"
     conn.set_model_version("ver", 1)  # roll back
