@@ -235,3 +235,58 @@ def test_replica_crash_is_counted_and_logged(server: Running, logs: Any) -> None
     ]
     assert wait_for(lambda: logs.events("replica_restarting"), "a restart event")
     assert server.client.predict("crashy", {"input": [2.0]})[0] == 200
+
+
+def test_cache_evictions_are_counted_and_an_evicted_input_misses(tmp_path: Path) -> None:
+    # Each cached answer is charged len(key) + the value's size + 128 bytes
+    # (ENTRY_OVERHEAD): the same for every input here (two doubles in, one
+    # out), under 200 bytes, so 2 KiB holds about a dozen and a full cache has no
+    # room for one more.
+    budget = 2048
+    running = start_server(tmp_path / "state", cache_bytes=budget)
+    try:
+        conn, client = running.conn, running.client
+        create_endpoint(conn, "tiny", "doubles", models.make_sum(), slo_micros=30_000_000)
+        distinct = 40
+        for i in range(distinct):  # each input once: no hit sets a CLOCK reference bit
+            status, reply = client.predict("tiny", {"input": [float(i), 1.0]})
+            assert status == 200
+            assert reply["output"] == i + 1.0 and reply["default"] is False
+
+        s = scrape(running.bg.query_url)
+        cache = conn.get_metrics()["cache"]
+        evictions = value(s, "clipper_cache_evictions_total")
+        assert evictions > 0
+        assert cache["evictions"] == evictions
+        assert cache["misses"] == value(s, "clipper_cache_misses_total") == distinct
+        assert cache["hits"] == value(s, "clipper_cache_hits_total") == 0
+        assert cache["capacity_bytes"] == value(s, "clipper_cache_capacity_bytes") == budget
+        assert cache["bytes"] == value(s, "clipper_cache_bytes") <= budget
+        assert cache["entries"] == value(s, "clipper_cache_entries") < distinct
+        # Every answer was stored once and nothing was invalidated: what is not
+        # in the cache any more was evicted.
+        assert cache["entries"] + cache["evictions"] == distinct
+
+        # Without reference bits CLOCK evicts in insertion order: the first input
+        # went long ago.  Asking again is a miss, and the model answers it again.
+        status, reply = client.predict("tiny", {"input": [0.0, 1.0]})
+        assert status == 200
+        assert reply["output"] == 1.0 and reply["default"] is False
+        # The newest input is still cached (re-storing input 0 evicted an old one).
+        status, reply = client.predict("tiny", {"input": [float(distinct - 1), 1.0]})
+        assert status == 200
+        assert reply["output"] == float(distinct) and reply["default"] is False
+
+        s = scrape(running.bg.query_url)
+        m = conn.get_metrics()
+        cache, tiny = m["cache"], m["models"]["tiny:1"]
+        assert cache["misses"] == value(s, "clipper_cache_misses_total") == distinct + 1
+        assert cache["hits"] == value(s, "clipper_cache_hits_total") == 1
+        assert (tiny["cache_misses"], tiny["cache_hits"]) == (distinct + 1, 1)
+        mv = {"model": "tiny", "version": "1"}
+        assert value(s, "clipper_model_cache_misses_total", **mv) == distinct + 1
+        assert value(s, "clipper_model_cache_hits_total", **mv) == 1
+        assert cache["evictions"] == value(s, "clipper_cache_evictions_total") > evictions
+        assert cache["entries"] + cache["evictions"] == distinct + 1
+    finally:
+        running.bg.stop()

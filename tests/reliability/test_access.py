@@ -1,7 +1,7 @@
 """Access control: the management token (every call, 401 JSON without it), the
 CLI and ClipperConnection sending it, per-app API keys on the query port (401 /
-403), no management route on the query port, and TLS on both HTTP ports (and the
-gRPC helpers) with a self-signed certificate made here."""
+403), no management route on the query port, and TLS on both HTTP ports, on the
+OIP gRPC port (and the gRPC helpers) with a self-signed certificate made here."""
 
 from __future__ import annotations
 
@@ -242,3 +242,83 @@ def test_grpc_tls_helpers(tmp_path: Path) -> None:
             await server.stop(None)
 
     assert asyncio.run(body()) == "SERVING"
+
+
+def test_tls_on_the_oip_grpc_port(servers: list[Running], tmp_path: Path) -> None:
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.utils import InferenceServerException
+
+    cert, key = _self_signed(tmp_path)
+    r = start_server(tmp_path / "s", tls_cert=str(cert), tls_key=str(key), grpc_port=0)
+    servers.append(r)
+    port = r.server.grpc_port
+    assert port
+    target = f"127.0.0.1:{port}"
+    conn = ClipperConnection.for_server(r.server)
+    conn.deploy_pickled("gsum", 1, "doubles", server_models.make_sum())
+
+    # tritonclient over TLS, trusting the self-signed certificate.
+    client = grpcclient.InferenceServerClient(target, ssl=True, root_certificates=str(cert))
+    try:
+        assert client.is_server_live(client_timeout=30)
+        inp = grpcclient.InferInput("input", [2, 2], "FP64")
+        inp.set_data_from_numpy(np.array([[1.0, 2.0], [3.0, 4.5]]))
+        res = client.infer("gsum", [inp], client_timeout=30)
+        np.testing.assert_array_equal(res.as_numpy("output"), [3.0, 7.5])
+        assert res.get_response().model_name == "gsum"
+    finally:
+        client.close()
+
+    # The raw stubs over grpc.secure_channel with the clipper_core.tls helper.
+    req = service_pb2.ModelInferRequest(model_name="gsum")
+    req.inputs.add(name="input", datatype="FP64", shape=[1, 3])
+    req.raw_input_contents.append(np.array([1.0, 2.0, 3.0]).tobytes())
+    with grpc.secure_channel(target, grpc_channel_credentials(cert)) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=30).live
+        reply = stub.ModelInfer(req, timeout=30)
+        assert np.frombuffer(reply.raw_output_contents[0], dtype="<f8").tolist() == [6.0]
+
+    # Plaintext gRPC to the TLS port is not answered: the handshake fails.
+    with grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for call, msg in [
+            (stub.ServerLive, service_pb2.ServerLiveRequest()),
+            (stub.ModelInfer, req),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                call(msg, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    # At the byte level: an HTTP/2 client preface in plaintext gets no HTTP/2
+    # frame back (a server speaking h2c would answer with its SETTINGS frame),
+    # only the end of the connection (or a TLS alert record, 0x15).
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        reply = b""
+        try:
+            while chunk := s.recv(4096):
+                reply += chunk
+        except OSError:
+            pass
+    assert not reply or reply[0] == 0x15, reply
+    # A TLS client that does not trust the certificate refuses the port.
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials()) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    untrusting = grpcclient.InferenceServerClient(target, ssl=True)
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            untrusting.is_server_live(client_timeout=10)
+        assert err.value.status() == "StatusCode.UNAVAILABLE", err.value
+    finally:
+        untrusting.close()
+    # The server still serves TLS clients.
+    with grpc.secure_channel(target, grpc_channel_credentials(cert)) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(req, timeout=30)
+        assert np.frombuffer(reply.raw_output_contents[0], dtype="<f8").tolist() == [6.0]

@@ -3,18 +3,24 @@ never reaches the model, and a client that goes away withdraws its queued work -
 without cancelling the answer that another client, coalesced on the same input,
 still waits for.  The model records every input it sees; each test ends with a
 later request that queues behind the withdrawn one, so "never reached the model"
-is checked once the model has provably moved past it."""
+is checked once the model has provably moved past it.  The same holds on the Open
+Inference Protocol: the ``timeout`` request parameter (HTTP) and the call's
+deadline (gRPC) bound a model queried by its own name."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.reliability import models
 from tests.reliability.conftest import http, predict_bytes, raw_request, wait_for
@@ -184,3 +190,131 @@ def test_disconnect_does_not_cancel_a_coalesced_waiter(running: Running, tmp_pat
     status, _, body = http("POST", url, {"input": [6.0]})
     assert status == 200 and body["output"] == 6.0
     assert models.read_calls(log) == [1.0, 2.0, 4.0, 6.0]
+
+
+def _oip_body(value: float, **parameters: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 1], "data": [value]}]
+    }
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def _grpc_request(model: str, value: float, **parameters: Any) -> Any:
+    req = service_pb2.ModelInferRequest(model_name=model)
+    req.inputs.add(name="input", datatype="FP64", shape=[1, 1])
+    req.raw_input_contents.append(np.array([value]).tobytes())
+    for key, v in parameters.items():
+        if isinstance(v, str):
+            req.parameters[key].string_param = v
+        elif isinstance(v, float):
+            req.parameters[key].double_param = v
+        else:
+            req.parameters[key].int64_param = v
+    return req
+
+
+def _grpc_output(reply: Any) -> list[float]:
+    return list(np.frombuffer(reply.raw_output_contents[0], dtype="<f8").tolist())
+
+
+def _oip_output(body: Any) -> list[float]:
+    return [float(v) for v in body["outputs"][0]["data"]]
+
+
+def test_oip_timeout_parameter_drops_expired_work(running: Running, tmp_path: Path) -> None:
+    mv, log = _deploy_logger(running, tmp_path, "otm", 1.0, cache=False)
+    url = f"{running.bg.query_url}/v2/models/otm/infer"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(http, "POST", url, _oip_body(1.0))
+        wait_for("the first request in flight", lambda: _busy(mv))
+        # Queued behind a 1 s batch with a 50 ms timeout (µs, as Triton's): the
+        # model is named directly (no application default), so it fails 504.
+        status, _, body = http("POST", url, _oip_body(2.0, timeout=50_000))
+        assert status == 504, body
+        assert set(body) == {"error"}, body
+        assert re.fullmatch(
+            r"otm:1 did not answer within \d+ ms|deadline passed while queued in otm:1",
+            body["error"],
+        ), body
+        status, _, body = first.result(timeout=30)
+        assert status == 200 and _oip_output(body) == [1.0], body
+    # A timeout that leaves time enough is no obstacle (and is echoed back).
+    status, _, body = http("POST", url, _oip_body(3.0, timeout=20_000_000))
+    assert status == 200 and _oip_output(body) == [3.0], body
+    assert body["parameters"] == {"timeout": 20_000_000}
+    assert models.read_calls(log) == [1.0, 3.0]  # 2.0 never reached the model
+    stats = mv.queue.stats()
+    assert stats["cancelled"] + stats["expired"] >= 1, stats
+
+
+def test_oip_bad_timeout_parameter_is_400(running: Running, tmp_path: Path) -> None:
+    _mv, log = _deploy_logger(running, tmp_path, "obad", 0.0, cache=False)
+    url = f"{running.bg.query_url}/v2/models/obad/infer"
+    for bad, shown in [
+        (-5, "-5"),
+        (0, "0"),
+        (-0.5, "-0.5"),
+        ("soon", "'soon'"),
+        ("1000", "'1000'"),
+        (True, "True"),
+        ([1000], "[1000]"),
+        ({"us": 1000}, "{'us': 1000}"),
+    ]:
+        status, _, body = http("POST", url, _oip_body(1.0, timeout=bad))
+        assert status == 400, (bad, body)
+        assert body == {
+            "error": f"parameter 'timeout' must be a positive number of µs, got {shown}"
+        }, bad
+    # Over gRPC the same values end the call with INVALID_ARGUMENT.
+    with grpc.insecure_channel(f"127.0.0.1:{running.server.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for bad, shown in [(-5, "-5"), (0, "0"), (-2.5, "-2.5"), ("soon", "'soon'")]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(_grpc_request("obad", 1.0, timeout=bad), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert info.value.details() == (
+                f"parameter 'timeout' must be a positive number of µs, got {shown}"
+            )
+        reply = stub.ModelInfer(_grpc_request("obad", 4.0, timeout=10_000_000), timeout=30)
+        assert _grpc_output(reply) == [4.0]
+    status, _, body = http("POST", url, _oip_body(5.0, timeout=10_000_000))
+    assert status == 200 and _oip_output(body) == [5.0], body
+    # Refused requests never reached the model.
+    assert models.read_calls(log) == [4.0, 5.0]
+
+
+def test_grpc_deadline_drops_expired_work(running: Running, tmp_path: Path) -> None:
+    mv, log = _deploy_logger(running, tmp_path, "gdl", 1.0, cache=False)
+    with grpc.insecure_channel(f"127.0.0.1:{running.server.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer.future(_grpc_request("gdl", 1.0), timeout=30)
+        wait_for("the first request in flight", lambda: _busy(mv))
+        # Queued behind a 1 s batch with a 100 ms call deadline: the client sees
+        # DEADLINE_EXCEEDED, and the server withdraws the input from the queue.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(_grpc_request("gdl", 2.0), timeout=0.1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+        assert _grpc_output(first.result(timeout=30)) == [1.0]
+
+        # The deadline reaches the data plane: now that the model has a measured
+        # batch latency (1 s), admission control refuses at once an input whose
+        # call deadline is shorter than the expected wait behind a busy replica.
+        busy = stub.ModelInfer.future(_grpc_request("gdl", 3.0), timeout=30)
+        wait_for("the next request in flight", lambda: _busy(mv))
+        rejected = mv.rejected_overload
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(_grpc_request("gdl", 4.0), timeout=0.1)
+        assert info.value.code() in (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ), info.value
+        wait_for("the admission refusal counted", lambda: mv.rejected_overload > rejected)
+        assert _grpc_output(busy.result(timeout=30)) == [3.0]
+
+        reply = stub.ModelInfer(_grpc_request("gdl", 5.0), timeout=30)
+        assert _grpc_output(reply) == [5.0]
+    assert models.read_calls(log) == [1.0, 3.0, 5.0]  # 2.0 and 4.0 never ran
+    stats = mv.queue.stats()
+    assert stats["cancelled"] + stats["expired"] >= 1, stats
