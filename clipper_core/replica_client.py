@@ -333,6 +333,7 @@ class ReplicaClient:
         self,
         tensors: Sequence[pb.Tensor],
         input_type: str,
+        parameters: bytes = b"",
         timeout: float | None = None,  # noqa: ASYNC109 (the RPC's deadline)
     ) -> list[pb.Tensor]:
         """Predict one tensor batch (``PredictRequest.tensors``) with one RPC.
@@ -340,6 +341,7 @@ class ReplicaClient:
         Args:
             tensors: The named input tensors, all with the batch's N rows.
             input_type: The model's input type (sent along for the container's check).
+            parameters: The requests' parameters, a JSON object (``b""``: none).
             timeout: Seconds until the RPC's deadline; ``None`` for no deadline.
 
         Returns:
@@ -356,6 +358,7 @@ class ReplicaClient:
             batch_id=self._batch_id,
             input_type=INPUT_TYPES[input_type],  # type: ignore[arg-type]
             tensors=tensors,
+            parameters=parameters,
         )
         response = await self._call_predict(request, timeout)
         if not response.tensors:

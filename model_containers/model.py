@@ -105,6 +105,12 @@ class Model:
         element as ``str`` or ``bytes``), and returns the N outputs as one tensor
         named after the first declared output (``output`` by default).
 
+        An override that declares a ``parameters`` argument, as in
+        ``def predict_tensors(self, inputs, parameters=None)``, also receives the
+        requests' OIP ``parameters`` (a dict; ``timeout`` and
+        ``binary_data_output`` are the server's and left out).  Requests with
+        different parameters never share a call, and they key the cache too.
+
         Args:
             inputs: Input name to a writable numpy array, first dimension N
                 (BYTES tensors are object arrays of ``bytes``).

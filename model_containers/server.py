@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import secrets
@@ -79,6 +81,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         self.info = info
         self._input_enum = INPUT_TYPE_ENUM[info.input_type]
         self._model: Model | None = None
+        self._takes_parameters = False
         self._slots = threading.BoundedSemaphore(max_concurrency)
         # The model call's duration, per worker thread: _predict writes it and
         # Predict (same thread) returns it in PredictResponse.model_seconds.
@@ -94,6 +97,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
             # A closure's input type comes from the command line; the default
             # predict_tensors reads it from the model.
             model.input_type = self.info.input_type  # type: ignore[misc]
+        self._takes_parameters = takes_parameters(model)
         self._model = model
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> Any:
@@ -184,12 +188,18 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                     )
                 n = arr.shape[0]
                 inputs[t.name] = arr
-        except tensors.TensorInputError as exc:
+            params = json.loads(request.parameters) if request.parameters else {}
+            if not isinstance(params, dict):
+                raise tensors.TensorInputError("the request parameters are not a JSON object")
+        except (tensors.TensorInputError, ValueError) as exc:
             raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         with self._slots:
             try:
                 started = time.perf_counter()
-                outputs = model.predict_tensors(inputs)
+                if self._takes_parameters:
+                    outputs = model.predict_tensors(inputs, parameters=params)  # type: ignore[call-arg]
+                else:
+                    outputs = model.predict_tensors(inputs)
                 self._timing.seconds = time.perf_counter() - started
             except tensors.TensorInputError as exc:
                 raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
@@ -340,3 +350,12 @@ class ContainerServer:
             self._local.stop(deadline - time.monotonic())
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._health_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def takes_parameters(model: Model) -> bool:
+    """Whether ``model.predict_tensors`` takes the requests' ``parameters``."""
+    try:
+        signature = inspect.signature(model.predict_tensors)
+    except (TypeError, ValueError):
+        return False
+    return "parameters" in signature.parameters

@@ -7,13 +7,14 @@ queue, admission control, deadlines, the prediction cache and its coalescing of
 identical misses, hand-back to another replica -- and the adaptive batch size
 counts queue items, so a request of N rows counts once.
 
-When a dispatcher takes a batch that holds tensor queries, :func:`predict_tensor_batch`
-groups them by *signature* (input names, datatypes and every dimension but the
-first), concatenates each group's tensors along dimension 0 into one model call
-(``PredictRequest.tensors``), and splits the output tensors back by each request's
-row count, so every client gets exactly its own rows.  Requests of different
-signatures in one batch make one call per signature, one after the other; Clipper
-queries taken in the same batch make one more.
+When a dispatcher takes a batch that holds tensor queries,
+:func:`predict_tensor_batch` groups them by *signature* (input names, datatypes,
+every dimension but the first, and the request parameters for the model),
+concatenates each group's tensors along dimension 0 into one model call
+(``PredictRequest.tensors``), and splits the output tensors back by each
+request's row count, so every client gets exactly its own rows.  Requests of
+different signatures in one batch make one call per signature, one after the
+other; Clipper queries taken in the same batch make one more.
 """
 
 from __future__ import annotations
@@ -63,29 +64,37 @@ class TensorQuery:
         arrays: The tensors (BYTES: object arrays of ``bytes``); read-only views of
             the request body where numpy allows.
         rows: The shared first dimension.
+        parameters: The request's parameters for the model, a JSON object with
+            sorted keys (``b""`` for none): ``PredictRequest.parameters``.
         signature: What must agree for requests to share one model call.
     """
 
-    __slots__ = ("arrays", "datatypes", "names", "rows", "signature")
+    __slots__ = ("arrays", "datatypes", "names", "parameters", "rows", "signature")
 
     def __init__(
         self,
         names: Sequence[str],
         datatypes: Sequence[str],
         arrays: Sequence[np.ndarray[Any, Any]],
+        parameters: bytes = b"",
     ) -> None:
         self.names = tuple(names)
         self.datatypes = tuple(datatypes)
         self.arrays = tuple(arrays)
+        self.parameters = parameters
         self.rows = int(self.arrays[0].shape[0])
-        self.signature = tuple(
-            (n, d, a.shape[1:])
-            for n, d, a in zip(self.names, self.datatypes, self.arrays, strict=True)
+        self.signature = (
+            tuple(
+                (n, d, a.shape[1:])
+                for n, d, a in zip(self.names, self.datatypes, self.arrays, strict=True)
+            ),
+            parameters,
         )
 
     def cache_key(self) -> bytes:
-        """Every input's name, datatype, shape and bytes, unambiguously framed."""
-        parts = [_KEY_PREFIX]
+        """Every input's name, datatype, shape and bytes, and the parameters,
+        unambiguously framed."""
+        parts = [_KEY_PREFIX, f"{len(self.parameters)}\x00".encode(), self.parameters]
         for name, datatype, arr in zip(self.names, self.datatypes, self.arrays, strict=True):
             data = tensor_bytes(datatype, arr)
             header = f"{name}\x00{datatype}\x00{list(arr.shape)}\x00{len(data)}\x00"
@@ -229,7 +238,9 @@ async def _predict_group(mv: ModelVersion, client: ReplicaClient, group: list[Qu
             )
         )
     started = time.monotonic()
-    answer = await client.predict_tensors(tensors, mv.input_type, timeout=mv.batch_timeout)
+    answer = await client.predict_tensors(
+        tensors, mv.input_type, parameters=first.parameters, timeout=mv.batch_timeout
+    )
     log.debug(
         "%s: tensor call of %d requests, %d rows, %.1f ms",
         mv.key,

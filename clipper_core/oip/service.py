@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from clipper_core import __version__
 from clipper_core.dataplane import Application, ModelVersion
 from clipper_core.dataplane.application import wait_until
@@ -390,8 +392,24 @@ def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequ
     if rows < 1:
         raise BadInput("the batch dimension (the first of every input) must be at least 1")
     return TensorQuery(
-        [t.name for t in ordered], [t.datatype for t in ordered], [t.array for t in ordered]
+        [t.name for t in ordered],
+        [t.datatype for t in ordered],
+        [t.array for t in ordered],
+        model_parameters(request.parameters),
     )
+
+
+#: Request parameters the server acts on itself; the model never sees them.
+SERVER_PARAMETERS = frozenset({"timeout", "binary_data_output"})
+
+
+def model_parameters(parameters: Mapping[str, Any]) -> bytes:
+    """The request's parameters for the model: a JSON object, keys sorted, so that
+    equal parameters make equal bytes (they key the cache and group calls)."""
+    mine = {k: v for k, v in parameters.items() if k not in SERVER_PARAMETERS}
+    if not mine:
+        return b""
+    return orjson.dumps(mine, option=orjson.OPT_SORT_KEYS)
 
 
 def select_outputs(key: str, result: TensorResult, request: InferRequest) -> list[OutputTensor]:

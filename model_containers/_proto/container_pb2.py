@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/container.proto\x12\x14\x63lipper.container.v1\"\xa5\x01\n\x0ePredictRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x33\n\ninput_type\x18\x02 \x01(\x0e\x32\x1f.clipper.container.v1.InputType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07offsets\x18\x04 \x03(\x04\x12-\n\x07tensors\x18\x05 \x03(\x0b\x32\x1c.clipper.container.v1.Tensor\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xde\x01\n\x0fPredictResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x36\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32$.clipper.container.v1.OutputEncoding\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07offsets\x18\x04 \x03(\x04\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\r\n\x05shape\x18\x06 \x03(\x03\x12-\n\x07tensors\x18\x07 \x03(\x0b\x32\x1c.clipper.container.v1.Tensor\x12\x15\n\rmodel_seconds\x18\x0f \x01(\x01\"\x11\n\x0fMetadataRequest\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xbe\x02\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x33\n\ninput_type\x18\x03 \x01(\x0e\x32\x1f.clipper.container.v1.InputType\x12\x13\n\x0boutput_type\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\x30\n\x06inputs\x18\x08 \x03(\x0b\x32 .clipper.container.v1.TensorSpec\x12\x31\n\x07outputs\x18\t \x03(\x0b\x32 .clipper.container.v1.TensorSpec\x12\x14\n\x0clocal_socket\x18\n \x01(\t\x12\x16\n\x0einstance_token\x18\x0b \x01(\t*b\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04INTS\x10\x01\x12\n\n\x06\x46LOATS\x10\x02\x12\x0b\n\x07\x44OUBLES\x10\x03\x12\x0b\n\x07STRINGS\x10\x04\x12\t\n\x05\x42YTES\x10\x05*V\n\x0eOutputEncoding\x12\x1f\n\x1bOUTPUT_ENCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04JSON\x10\x01\x12\n\n\x06TENSOR\x10\x02\x12\r\n\tRAW_BYTES\x10\x03\x32\xc0\x01\n\x0eModelContainer\x12V\n\x07Predict\x12$.clipper.container.v1.PredictRequest\x1a%.clipper.container.v1.PredictResponse\x12V\n\x08Metadata\x12%.clipper.container.v1.MetadataRequest\x1a#.clipper.container.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/container.proto\x12\x14\x63lipper.container.v1\"\xb9\x01\n\x0ePredictRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x33\n\ninput_type\x18\x02 \x01(\x0e\x32\x1f.clipper.container.v1.InputType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07offsets\x18\x04 \x03(\x04\x12-\n\x07tensors\x18\x05 \x03(\x0b\x32\x1c.clipper.container.v1.Tensor\x12\x12\n\nparameters\x18\x06 \x01(\x0c\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xde\x01\n\x0fPredictResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x36\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32$.clipper.container.v1.OutputEncoding\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07offsets\x18\x04 \x03(\x04\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\r\n\x05shape\x18\x06 \x03(\x03\x12-\n\x07tensors\x18\x07 \x03(\x0b\x32\x1c.clipper.container.v1.Tensor\x12\x15\n\rmodel_seconds\x18\x0f \x01(\x01\"\x11\n\x0fMetadataRequest\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xbe\x02\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x33\n\ninput_type\x18\x03 \x01(\x0e\x32\x1f.clipper.container.v1.InputType\x12\x13\n\x0boutput_type\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\x30\n\x06inputs\x18\x08 \x03(\x0b\x32 .clipper.container.v1.TensorSpec\x12\x31\n\x07outputs\x18\t \x03(\x0b\x32 .clipper.container.v1.TensorSpec\x12\x14\n\x0clocal_socket\x18\n \x01(\t\x12\x16\n\x0einstance_token\x18\x0b \x01(\t*b\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04INTS\x10\x01\x12\n\n\x06\x46LOATS\x10\x02\x12\x0b\n\x07\x44OUBLES\x10\x03\x12\x0b\n\x07STRINGS\x10\x04\x12\t\n\x05\x42YTES\x10\x05*V\n\x0eOutputEncoding\x12\x1f\n\x1bOUTPUT_ENCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04JSON\x10\x01\x12\n\n\x06TENSOR\x10\x02\x12\r\n\tRAW_BYTES\x10\x03\x32\xc0\x01\n\x0eModelContainer\x12V\n\x07Predict\x12$.clipper.container.v1.PredictRequest\x1a%.clipper.container.v1.PredictResponse\x12V\n\x08Metadata\x12%.clipper.container.v1.MetadataRequest\x1a#.clipper.container.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.container_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INPUTTYPE']._serialized_start=913
-  _globals['_INPUTTYPE']._serialized_end=1011
-  _globals['_OUTPUTENCODING']._serialized_start=1013
-  _globals['_OUTPUTENCODING']._serialized_end=1099
+  _globals['_INPUTTYPE']._serialized_start=933
+  _globals['_INPUTTYPE']._serialized_end=1031
+  _globals['_OUTPUTENCODING']._serialized_start=1033
+  _globals['_OUTPUTENCODING']._serialized_end=1119
   _globals['_PREDICTREQUEST']._serialized_start=49
-  _globals['_PREDICTREQUEST']._serialized_end=214
-  _globals['_TENSOR']._serialized_start=216
-  _globals['_TENSOR']._serialized_end=285
-  _globals['_PREDICTRESPONSE']._serialized_start=288
-  _globals['_PREDICTRESPONSE']._serialized_end=510
-  _globals['_METADATAREQUEST']._serialized_start=512
-  _globals['_METADATAREQUEST']._serialized_end=529
-  _globals['_TENSORSPEC']._serialized_start=531
-  _globals['_TENSORSPEC']._serialized_end=590
-  _globals['_MODELMETADATA']._serialized_start=593
-  _globals['_MODELMETADATA']._serialized_end=911
-  _globals['_MODELCONTAINER']._serialized_start=1102
-  _globals['_MODELCONTAINER']._serialized_end=1294
+  _globals['_PREDICTREQUEST']._serialized_end=234
+  _globals['_TENSOR']._serialized_start=236
+  _globals['_TENSOR']._serialized_end=305
+  _globals['_PREDICTRESPONSE']._serialized_start=308
+  _globals['_PREDICTRESPONSE']._serialized_end=530
+  _globals['_METADATAREQUEST']._serialized_start=532
+  _globals['_METADATAREQUEST']._serialized_end=549
+  _globals['_TENSORSPEC']._serialized_start=551
+  _globals['_TENSORSPEC']._serialized_end=610
+  _globals['_MODELMETADATA']._serialized_start=613
+  _globals['_MODELMETADATA']._serialized_end=931
+  _globals['_MODELCONTAINER']._serialized_start=1122
+  _globals['_MODELCONTAINER']._serialized_end=1314
 # @@protoc_insertion_point(module_scope)

@@ -35,18 +35,20 @@ TENSOR: OutputEncoding
 RAW_BYTES: OutputEncoding
 
 class PredictRequest(_message.Message):
-    __slots__ = ("batch_id", "input_type", "data", "offsets", "tensors")
+    __slots__ = ("batch_id", "input_type", "data", "offsets", "tensors", "parameters")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     input_type: InputType
     data: bytes
     offsets: _containers.RepeatedScalarFieldContainer[int]
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, batch_id: _Optional[int] = ..., input_type: _Optional[_Union[InputType, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    parameters: bytes
+    def __init__(self, batch_id: _Optional[int] = ..., input_type: _Optional[_Union[InputType, str]] = ..., data: _Optional[bytes] = ..., offsets: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[bytes] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "datatype", "shape", "data")

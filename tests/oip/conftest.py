@@ -154,6 +154,7 @@ def oip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
       ``echo`` links ``summer``: the model wins.
     * ``mixer``: several inputs/outputs, 150 ms per call, fixed batch size 64.
     * app ``slowapp`` (50 ms objective, default -1) links ``sleepy`` (1 s per call).
+    * ``scaler``: takes the request parameters (``Scaler``), cache on.
     * app ``orphan`` has no model.
     """
     tmp = tmp_path_factory.mktemp("oip")
@@ -189,6 +190,9 @@ def oip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
                 batch_wait_micros=5000,
             )
             deploy_python_closure(conn, "sleepy", 1, "doubles", oip_models.make_sleepy(1.0))
+            conn.deploy_model(
+                "scaler", 1, "doubles", oip_models.Scaler(), batch_size=64, batch_wait_micros=20_000
+            )
         finally:
             cloudpickle.unregister_pickle_by_value(oip_models)
         conn.register_application("alias", "doubles", "-1", 5_000_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -76,6 +77,34 @@ class Mixer(Model):
             "upper": upper,
             "rows": np.full(n, n, dtype=np.int64),
             "half": (b / 2).astype(np.float16),
+        }
+
+
+class Scaler(Model):
+    """Takes the request parameters: ``y = x * scale`` (parameter ``scale``,
+    default 1), ``keys`` = the parameter names the model received (JSON, one row
+    each), ``rows`` = the rows of the model call (all the requests merged)."""
+
+    input_type = "doubles"
+    inputs = (TensorSpec("x", "FP64", (-1, -1)),)
+    outputs = (
+        TensorSpec("y", "FP64", (-1, -1)),
+        TensorSpec("keys", "BYTES", (-1,)),
+        TensorSpec("rows", "INT64", (-1,)),
+    )
+
+    def predict_tensors(
+        self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        params = dict(parameters or {})
+        x = inputs["x"]
+        n = x.shape[0]
+        time.sleep(0.02)  # long enough for concurrent requests to queue up together
+        keys = json.dumps(sorted(params))
+        return {
+            "y": x * float(params.get("scale", 1.0)),
+            "keys": np.array([keys] * n, dtype=object),
+            "rows": np.full(n, n, dtype=np.int64),
         }
 
 

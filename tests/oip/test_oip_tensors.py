@@ -247,6 +247,7 @@ class FakeClient:
         self,
         tensors: list[Any],
         input_type: str,
+        parameters: bytes,
         timeout: Any,  # noqa: ASYNC109 (ReplicaClient's signature)
     ) -> list[Any]:
         (t,) = tensors
@@ -301,13 +302,14 @@ class RefusingClient(FakeClient):
         self,
         tensors: list[Any],
         input_type: str,
+        parameters: bytes,
         timeout: Any,  # noqa: ASYNC109 (ReplicaClient's signature)
     ) -> list[Any]:
         (t,) = tensors
         if np.isnan(np.frombuffer(t.data, dtype="<f8")).any():
             self.calls.append(list(t.shape))
             raise BadInput("ValueError: NaN in the input")
-        return await super().predict_tensors(tensors, input_type, timeout)
+        return await super().predict_tensors(tensors, input_type, parameters, timeout)
 
 
 def test_a_bad_input_fails_only_its_own_request_in_a_merged_call(
