@@ -232,7 +232,7 @@ class InferenceService:
         except NotFound:
             return False
         mv = target.mv
-        if mv is None:
+        if mv is None or (target.app is not None and target.app.policy != "single"):
             return False
         return any(
             s.task is not None and not s.task.done() and not getattr(s, "recovering", False)
@@ -257,6 +257,8 @@ class InferenceService:
         """
         now = time.monotonic()
         app = target.app
+        if app is not None and app.policy != "single":
+            raise BadInput(policy_refusal(app))
         end = now + (app.slo if app is not None else self.server.config.batch_timeout)
         timeout = request.timeout
         if timeout is not None:
@@ -332,6 +334,17 @@ class InferenceService:
             params,
             [OutputTensor("output", datatype_of(arr.dtype), arr, binary)],
         )
+
+
+def policy_refusal(app: Application) -> str:
+    """Why an application with a selection policy answers no OIP inference: its
+    policy combines and scores Clipper outputs (labels, numbers, confidences),
+    and answering from one of its models would bypass it silently."""
+    return (
+        f"application {app.name!r} selects among its models with policy"
+        f" {app.policy!r}, which serves Clipper's API: query POST /{app.name}/predict,"
+        f" or one of its models ({', '.join(app.linked_models)}) by name over OIP"
+    )
 
 
 def _rows_of(request: InferRequest) -> int:

@@ -5,6 +5,8 @@ model processes, real HTTP."""
 from __future__ import annotations
 
 import random
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -236,3 +238,24 @@ def test_cascade_calls_the_expensive_model_only_for_unsure_inputs(served: Runnin
             assert reply["confidence"] == pytest.approx(0.99)
     assert expensive.queries - before == len(unsure)
     assert cheap.queries >= len(inputs)
+
+
+def test_oip_refuses_an_app_whose_policy_it_would_bypass(served: Running) -> None:
+    # Over OIP an application is answered by one model; an ensemble or a bandit
+    # would be bypassed silently, so the request is refused, naming the way in.
+    make_app(served, "oipens", "ensemble", {}, "one", "zero")
+    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 1], "data": [1.0]}]}
+    status, reply = served.client.post("/v2/models/oipens/infer", body)
+    assert status == 400, reply
+    assert "'ensemble'" in reply["error"] and "/oipens/predict" in reply["error"]
+    assert "one, zero" in reply["error"]
+    ready = urllib.request.Request(served.client.base + "/v2/models/oipens/ready")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(ready, timeout=10)
+    assert refused.value.code == 400  # not ready for OIP inference
+    # Its models stay reachable by name, and a single-policy app through OIP.
+    status, reply = served.client.post("/v2/models/one/infer", body)
+    assert status == 200 and reply["outputs"][0]["data"] == [1], reply
+    make_app(served, "oipsingle", "single", {}, "zero")
+    status, reply = served.client.post("/v2/models/oipsingle/infer", body)
+    assert status == 200 and reply["outputs"][0]["data"] == [0], reply
