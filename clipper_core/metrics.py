@@ -188,6 +188,10 @@ class ModelVersionMetrics:
         batches: Batches a replica answered.
         errors: Inputs that failed in this model version, by error kind.
         defaults: Inputs sent to this version that got the app's default output.
+        slo_judged: Inputs sent to this version on behalf of an app, whose answer
+            the app's latency objective judged (not those refused at submission).
+        within_slo: Of those, the ones this version answered within the objective:
+            its share of its apps' SLO attainment and goodput.
         batch_size: Inputs per answered batch.
         batch_latency: Seconds per batch as the dispatcher sees it (gRPC round trip).
         model_latency: Seconds the model's own call took per batch, as the
@@ -202,6 +206,8 @@ class ModelVersionMetrics:
         "defaults",
         "errors",
         "model_latency",
+        "slo_judged",
+        "within_slo",
     )
 
     def __init__(self) -> None:
@@ -209,6 +215,8 @@ class ModelVersionMetrics:
         self.batches = 0
         self.errors: dict[str, int] = {}
         self.defaults = 0
+        self.slo_judged = 0
+        self.within_slo = 0
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
         self.batch_latency = Histogram(LATENCY_BUCKETS)
         self.model_latency = Histogram(LATENCY_BUCKETS)
@@ -223,6 +231,11 @@ class ModelVersionMetrics:
 
     def error(self, kind: str, n: int) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + n
+
+    def judged(self, n: int, within: int) -> None:
+        """``n`` inputs an app's objective judged; ``within`` answered in time."""
+        self.slo_judged += n
+        self.within_slo += within
 
 
 _overload_limiter = RateLimiter(5.0)
@@ -284,6 +297,8 @@ class _ModelPoint(NamedTuple):
     model_latency_count: int
     queue_length: int
     batch_size_limit: int
+    within_slo: int
+    slo_judged: int
 
 
 class _Sample(NamedTuple):
@@ -318,6 +333,8 @@ def _model_point(mv: ModelVersion) -> _ModelPoint:
         m.model_latency.count,
         int(mv.queue.stats().get("len", 0)),
         int(mv.controller.batch_size),
+        m.within_slo,
+        m.slo_judged,
     )
 
 
@@ -355,13 +372,16 @@ def _app_rates(new: _AppPoint, old: _AppPoint | None, dt: float) -> dict[str, An
 
 def _model_rates(new: _ModelPoint, old: _ModelPoint | None, dt: float) -> dict[str, Any]:
     if old is None:
-        old = _ModelPoint(0, 0, 0.0, 0, 0, 0.0, 0, 0, 0)
+        old = _ModelPoint(0, 0, 0.0, 0, 0, 0.0, 0, 0, 0, 0, 0)
     batches = _delta(new.batches, old.batches)
     hits = _delta(new.cache_hits, old.cache_hits)
     misses = _delta(new.cache_misses, old.cache_misses)
     model_n = _delta(new.model_latency_count, old.model_latency_count)
+    within = _delta(new.within_slo, old.within_slo)
     return {
         "throughput": _delta(new.queries, old.queries) / dt,
+        "goodput": within / dt,
+        "slo_attainment": _ratio(within, _delta(new.slo_judged, old.slo_judged)),
         "batches_per_second": batches / dt,
         "mean_batch_size": _ratio(_delta(new.batch_size_sum, old.batch_size_sum), batches),
         "cache_hit_ratio": _ratio(hits, hits + misses),
@@ -550,6 +570,8 @@ class ServerMetrics:
                     "batches": m2.batches,
                     "errors": dict(sorted(m2.errors.items())),
                     "default_outputs": m2.defaults,
+                    "answers_within_slo": m2.within_slo,
+                    "slo_judged": m2.slo_judged,
                     "retried": mv.retried,
                     "cache_enabled": mv.cache is not None,
                     "cache_hits": mv.cache_hits,
@@ -733,6 +755,22 @@ def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
     retried = counter(
         "clipper_model_retried", "Inputs handed to another replica after a replica failed."
     )
+    judged = counter(
+        "clipper_model_slo_judged",
+        "Inputs sent to the model version for an app, judged by the app's objective.",
+    )
+    within = counter(
+        "clipper_model_answers_within_slo",
+        "Of those, inputs the model version answered within the app's objective.",
+    )
+    attainment = gauge(
+        "clipper_model_slo_attainment_ratio",
+        "Answers within the apps' objectives / inputs judged, over the sliding window.",
+    )
+    goodput = gauge(
+        "clipper_model_goodput_per_second",
+        "Answers within the apps' objectives per second, over the sliding window.",
+    )
     hits = counter("clipper_model_cache_hits", "Inputs answered from the prediction cache.")
     misses = counter("clipper_model_cache_misses", "Inputs not found in the prediction cache.")
     rejected = counter("clipper_model_queue_rejected", "Inputs rejected by a full queue.")
@@ -779,6 +817,12 @@ def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
             errors.add_metric([*key, kind], n)
         defaults.add_metric(key, m["default_outputs"])
         retried.add_metric(key, m["retried"])
+        judged.add_metric(key, m["slo_judged"])
+        within.add_metric(key, m["answers_within_slo"])
+        w = m["window"]
+        if w["slo_attainment"] is not None:
+            attainment.add_metric(key, w["slo_attainment"])
+        goodput.add_metric(key, w["goodput"])
         if m["cache_enabled"]:
             hits.add_metric(key, m["cache_hits"])
             misses.add_metric(key, m["cache_misses"])
@@ -803,6 +847,7 @@ def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
             h = m[field]
             fam.add_metric(key, _hist_buckets(h), h["sum"])
     yield from (requests, batches, errors, defaults, retried, hits, misses, rejected, expired)
+    yield from (judged, within, attainment, goodput)
     yield from (qlen, qcap, limit, max_bs, current, replicas, healthy, up, restarts)
     yield from (batch_size, batch_latency, container_latency)
 

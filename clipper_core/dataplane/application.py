@@ -158,6 +158,9 @@ async def predict_with_slo(
             outcomes.append(app.default(f"{type(exc).__name__}: {exc}"))
             app.metrics.error(error_kind(exc))
             errored += 1
-    app.metrics.answered(len(inputs), late, expired, errored, time.monotonic() - started, app.slo)
+    elapsed = time.monotonic() - started
+    app.metrics.answered(len(inputs), late, expired, errored, elapsed, app.slo)
+    answered = len(inputs) - late - expired - errored
+    model.metrics.judged(len(inputs), answered if elapsed <= app.slo else 0)
     model.metrics.defaults += late + expired + errored
     return outcomes

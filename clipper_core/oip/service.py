@@ -44,6 +44,7 @@ from clipper_core.errors import (
     NotFound,
     ReplicaUnavailable,
 )
+from clipper_core.metrics import record_failure
 from clipper_core.oip.tensors import InferRequest, InputTensor, OutputTensor
 from model_containers.tensors import datatype_of, outputs_to_tensor
 
@@ -266,19 +267,31 @@ class InferenceService:
         if deadline is not None:
             end = min(end, deadline)
         mv = target.mv
+        rows = _rows_of(request)
         if mv is None:
             assert app is not None
-            rows = _rows_of(request)
             reason = (
                 f"no model is linked to application {app.name!r}"
                 if not app.linked_models
                 else f"model {app.linked_models[0]!r} has no deployed version"
             )
+            app.metrics.unanswered(rows, "no_model")
             return self._default_reply(target, request, rows, reason)
-        meta = await self.version_metadata(mv)
-        query = build_query(mv.key, meta.get("inputs", []), request)
+        try:
+            meta = await self.version_metadata(mv)
+            query = build_query(mv.key, meta.get("inputs", []), request)
+        except ClipperError as exc:
+            if app is not None:
+                record_failure(app, mv, exc, rows)
+            raise
+        rows = query.rows
         key = query.cache_key() if mv.cache is not None else b""
-        fut = mv.submit(query, key, end)
+        try:
+            fut = mv.submit(query, key, end)
+        except ClipperError as exc:
+            if app is not None:
+                record_failure(app, mv, exc, rows, rejected=True)
+            raise
         try:
             await wait_until([fut], end)
         except asyncio.CancelledError:
@@ -288,23 +301,29 @@ class InferenceService:
             fut.cancel()
             waited = (time.monotonic() - now) * 1000
             if app is not None:
+                self._count(app, mv, rows, now, late=rows)
                 return self._default_reply(
                     target,
                     request,
-                    query.rows,
+                    rows,
                     f"no answer within the latency objective ({app.slo * 1000:g} ms)",
                 )
             raise DeadlineExceeded(f"{mv.key} did not answer within {waited:.0f} ms")
-        exc = fut.exception()
-        if exc is not None:
-            if isinstance(exc, DeadlineExceeded) and app is not None:
+        failure = fut.exception()
+        if failure is not None:
+            if isinstance(failure, DeadlineExceeded) and app is not None:
+                self._count(app, mv, rows, now, expired=rows)
                 return self._default_reply(
-                    target, request, query.rows, f"the deadline passed before the model ran ({exc})"
+                    target, request, rows, f"the deadline passed before the model ran ({failure})"
                 )
-            raise exc
+            if app is not None:
+                record_failure(app, mv, failure, rows)
+            raise failure
         result = fut.result()
         if not isinstance(result, TensorResult):
             raise ClipperError(f"{mv.key} answered a tensor request with {type(result).__name__}")
+        if app is not None:
+            self._count(app, mv, rows, now)
         return InferReply(
             target.name,
             mv.version,
@@ -312,6 +331,23 @@ class InferenceService:
             dict(request.parameters),
             select_outputs(mv.key, result, request),
         )
+
+    @staticmethod
+    def _count(
+        app: Application,
+        mv: ModelVersion,
+        rows: int,
+        started: float,
+        *,
+        late: int = 0,
+        expired: int = 0,
+    ) -> None:
+        """An application's request answered over OIP: its rows count as inputs in
+        the app's and the model version's figures, as Clipper's ``input_batch``."""
+        elapsed = time.monotonic() - started
+        app.metrics.answered(rows, late, expired, 0, elapsed, app.slo)
+        mv.metrics.judged(rows, rows - late - expired if elapsed <= app.slo else 0)
+        mv.metrics.defaults += late + expired
 
     def _default_reply(
         self, target: Target, request: InferRequest, rows: int, explanation: str

@@ -237,7 +237,12 @@ class AppSelector:
         except ClipperError as exc:
             app.metrics.error(exc.kind, len(inputs), received=True)
             raise
-        app.metrics.answered(len(inputs), late, 0, errored, time.monotonic() - started, app.slo)
+        elapsed = time.monotonic() - started
+        app.metrics.answered(len(inputs), late, 0, errored, elapsed, app.slo)
+        for q in queries:  # each model asked: did it answer in time?
+            answered = q.outputs() if elapsed <= app.slo else {}
+            for name, mv in q.mvs.items():
+                mv.metrics.judged(1, 1 if name in answered else 0)
         return outcomes
 
     def _submit(

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper_core.deployers import create_endpoint
+from clipper_core.deployers import create_endpoint, deploy_python_closure
 from tests.observability.artifacts import REPO
 from tests.server import models
 from tests.server.conftest import Running, start_server
@@ -114,6 +114,18 @@ def test_prometheus_and_json_carry_the_same_figures(server: Running, logs: Any) 
     fmv = {"model": "fragile", "version": "1"}
     assert value(s, "clipper_model_errors_total", kind="model_error", **fmv) == 2
     assert value(s, "clipper_model_default_outputs_total", model="slow", version="1") == 1
+    # SLO attainment and goodput per model version: the inputs it answered for its
+    # apps within their objectives (the cache's answers count for the version).
+    assert value(s, "clipper_model_slo_judged_total", **mv) == 23
+    assert value(s, "clipper_model_answers_within_slo_total", **mv) == 23
+    assert value(s, "clipper_model_slo_attainment_ratio", **mv) == 1.0
+    assert value(s, "clipper_model_goodput_per_second", **mv) > 0
+    assert value(s, "clipper_model_slo_judged_total", **fmv) == 2  # the batch of two
+    assert value(s, "clipper_model_answers_within_slo_total", **fmv) == 1
+    smv = {"model": "slow", "version": "1"}
+    assert value(s, "clipper_model_slo_judged_total", **smv) == 1
+    assert value(s, "clipper_model_answers_within_slo_total", **smv) == 0
+    assert value(s, "clipper_model_slo_attainment_ratio", **smv) == 0.0
     assert value(s, "clipper_cache_hits_total") == 10
     assert value(s, "clipper_cache_capacity_bytes") > 0
     assert value(s, "process_resident_memory_bytes") > 0  # this server's own registry
@@ -130,11 +142,52 @@ def test_prometheus_and_json_carry_the_same_figures(server: Running, logs: Any) 
     assert o["batches"] == batches and o["batch_size"]["sum"] == 13
     assert o["container_latency_seconds"]["count"] == batches
     assert o["replicas"] == 1 and o["replica_list"][0]["healthy"] is True
+    assert (o["slo_judged"], o["answers_within_slo"]) == (23, 23)
+    assert o["window"]["slo_attainment"] == 1.0
     assert m["cache"]["hits"] == 10
     assert conn.inspect_instance()["metrics"]["apps"]["obs"]["requests"] == 24
 
     # Access logs are off by default.
     assert logs.events("http_access") == []
+
+
+def test_oip_requests_to_an_app_count_in_its_figures(server: Running) -> None:
+    conn = server.conn
+    # Apps named apart from their models: over OIP a model's name wins.
+    deploy_python_closure(conn, "summer", 1, "doubles", models.make_sum())
+    deploy_python_closure(conn, "sleeper", 1, "doubles", models.make_constant(7, delay=0.4))
+    conn.register_application("oipobs", "doubles", "-1", 2_000_000)
+    conn.link_model_to_app("oipobs", "summer")
+    conn.register_application("oipslow", "doubles", "-1", 50_000)
+    conn.link_model_to_app("oipslow", "sleeper")
+
+    def infer(app: str, rows: list[list[float]]) -> dict[str, Any]:
+        tensor: dict[str, Any] = {"name": "input", "datatype": "FP64"}
+        tensor["shape"] = [len(rows), len(rows[0])]
+        tensor["data"] = [v for r in rows for v in r]
+        status, reply = server.client.post(f"/v2/models/{app}/infer", {"inputs": [tensor]})
+        assert status == 200, reply
+        return dict(reply)
+
+    assert infer("oipobs", [[1.0, 2.0], [3.0, 4.0]])["outputs"][0]["data"] == [3.0, 7.0]
+    assert infer("oipobs", [[5.0, 5.0]])["outputs"][0]["data"] == [10.0]
+    slow_reply = infer("oipslow", [[1.0]])
+    assert slow_reply["parameters"]["default"] is True, slow_reply
+    bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}
+    assert server.client.post("/v2/models/oipobs/infer", bad)[0] == 400
+
+    m = conn.get_metrics()
+    a = m["apps"]["oipobs"]
+    # Rows count as inputs (as Clipper's input_batch does); a request is one latency.
+    assert a["requests"] == 4 and a["answers_within_slo"] == 3
+    assert a["errors"] == {"bad_input": 1} and a["latency_seconds"]["count"] == 2
+    o = m["models"]["summer:1"]
+    assert (o["slo_judged"], o["answers_within_slo"]) == (3, 3)
+    slow = m["apps"]["oipslow"]
+    assert slow["requests"] == 1 and slow["default_outputs"]["slo"] == 1
+    assert slow["answers_within_slo"] == 0
+    so = m["models"]["sleeper:1"]
+    assert (so["slo_judged"], so["answers_within_slo"], so["default_outputs"]) == (1, 0, 1)
 
 
 def test_clipper_clients_get_json_prometheus_gets_text(server: Running) -> None:
