@@ -23,6 +23,16 @@ from clipper_core.connection import ClipperConnection, LocalContainerManager, Se
 from clipper_core.errors import ClipperError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _connection(args: argparse.Namespace) -> ClipperConnection:
     return ClipperConnection(
         LocalContainerManager(
@@ -68,7 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.admission_control = not args.no_admission
     cfg.client_max_concurrency = args.client_max_concurrency
     cfg.client_rate_limit = args.client_rate_limit
-    for name in ("queue_capacity", "batch_timeout", "max_body_size"):
+    for name in (
+        "queue_capacity",
+        "batch_timeout",
+        "max_body_size",
+        "max_header_size",
+        "max_json_depth",
+    ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     server = ClipperServer(cfg)
@@ -343,10 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds SIGTERM lets in-flight requests finish (default 30)",
     )
     p.add_argument(
-        "--queue-capacity", type=int, help="default queue bound per model version (10000)"
+        "--queue-capacity", type=_positive_int, help="default queue bound per model version (10000)"
     )
     p.add_argument("--batch-timeout", type=float, help="default seconds per batch (30)")
-    p.add_argument("--max-body-size", type=int, help="largest query body in bytes (10 MiB)")
+    p.add_argument(
+        "--max-body-size", type=_positive_int, help="largest query body in bytes (10 MiB)"
+    )
+    p.add_argument(
+        "--max-header-size",
+        type=_positive_int,
+        help="largest request line + headers in bytes (64 KiB; 431 above)",
+    )
+    p.add_argument(
+        "--max-json-depth",
+        type=_positive_int,
+        help="deepest JSON nesting of a query body (64; 400 above)",
+    )
     p.add_argument(
         "--no-admission",
         action="store_true",
