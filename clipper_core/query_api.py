@@ -14,7 +14,7 @@ from clipper_core.clipper_api import (
 )
 from clipper_core.errors import ClipperError
 from clipper_core.http import Request, Response, Router, json_response
-from clipper_core.metrics import metrics_response
+from clipper_core.metrics_export import metrics_response
 from clipper_core.selection.api import reply_fields
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def install(router: Router, server: ClipperServer) -> None:
 
     async def metrics(request: Request, params: dict[str, str]) -> Response:
         # Prometheus text for scrapers; JSON for Clipper's inspect_instance() (see
-        # clipper_core.metrics.wants_json).
+        # clipper_core.metrics_export.wants_json).
         return metrics_response(server, request, lambda: server_metrics(server))
 
     async def health(request: Request, params: dict[str, str]) -> Response:

@@ -31,7 +31,6 @@ from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.errors import BadInput, ClipperError, NotFound, ReplicaUnavailable
 from clipper_core.http import HttpServer, Router
 from clipper_core.logs import log_event, log_replica_event
-from clipper_core.metrics import ServerMetrics
 from clipper_core.model_bundle import TAR, unpack_archive
 from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
@@ -46,6 +45,7 @@ from clipper_core.runtime_env import RuntimeEnvManager
 from clipper_core.selection import api as selection_api
 from clipper_core.selection import validate_policy
 from clipper_core.selection.runtime import SelectionService
+from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state import AppRecord, ModelRecord, StateStore
 
 log = logging.getLogger("clipper_core.server")

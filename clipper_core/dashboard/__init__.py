@@ -3,7 +3,7 @@
 ``GET /dashboard`` serves one static page (``index.html``, with the hand-written
 canvas charts of ``dashboard.js``; no build step, no third-party JavaScript).  The
 page polls ``GET /dashboard/data`` every second: apps, models, versions, replicas,
-and the per-second series that :class:`clipper_core.metrics.MetricsSampler` keeps.
+and the per-second series that :class:`clipper_core.server_metrics.MetricsSampler` keeps.
 
 When the server has a management token, ``/dashboard/data`` needs it like every
 management call (``Authorization: Bearer``, or ``?token=`` — the page passes on

@@ -15,12 +15,10 @@ from clipper_core.metrics import (
     AppMetrics,
     Histogram,
     ModelVersionMetrics,
-    _app_families,
-    _app_point,
-    _app_rates,
     histogram_quantile,
-    wants_json,
 )
+from clipper_core.metrics_export import _app_families, wants_json
+from clipper_core.server_metrics import _app_point, _app_rates
 
 
 def test_histogram_buckets_are_upper_bounds_inclusive() -> None:
