@@ -150,7 +150,7 @@ class DataPlane:
             app.metrics.unanswered(len(inputs), "no_model")
             return [app.default(f"no model is linked to application {app.name!r}")] * len(inputs)
         selector = app.selector
-        if selector is not None and selector.routes_queries:
+        if selector is not None and app.routes_queries:
             return await selector.predict(
                 self, app, inputs, keys, end, version=version, uid=uid, raise_errors=raise_errors
             )

@@ -45,6 +45,11 @@ class Application:
     # The app's selection policy at work (set by the server; None: the direct path).
     selector: AppSelector | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def routes_queries(self) -> bool:
+        """Whether queries go through the app's selection policy (not ``single``)."""
+        return self.selector is not None and self.selector.routes_queries
+
     def default(self, explanation: str) -> Outcome:
         return Outcome(self.default_output, True, explanation)
 
@@ -158,9 +163,25 @@ async def predict_with_slo(
             outcomes.append(app.default(f"{type(exc).__name__}: {exc}"))
             app.metrics.error(error_kind(exc))
             errored += 1
-    elapsed = time.monotonic() - started
-    app.metrics.answered(len(inputs), late, expired, errored, elapsed, app.slo)
-    answered = len(inputs) - late - expired - errored
-    model.metrics.judged(len(inputs), answered if elapsed <= app.slo else 0)
-    model.metrics.defaults += late + expired + errored
+    count_answered(app, model, len(inputs), started, late=late, expired=expired, errored=errored)
     return outcomes
+
+
+def count_answered(
+    app: Application,
+    model: ModelVersion,
+    n: int,
+    started: float,
+    *,
+    late: int = 0,
+    expired: int = 0,
+    errored: int = 0,
+) -> None:
+    """``n`` inputs of one request to ``app``, sent to ``model`` at ``started``,
+    each answered (``late``, ``expired`` and ``errored`` of them with the default
+    output): the app's figures and the model version's share of them."""
+    elapsed = time.monotonic() - started
+    app.metrics.answered(n, late, expired, errored, elapsed, app.slo)
+    defaults = late + expired + errored
+    model.metrics.judged(n, n - defaults if elapsed <= app.slo else 0)
+    model.metrics.defaults += defaults

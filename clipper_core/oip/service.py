@@ -35,7 +35,7 @@ import orjson
 
 from clipper_core import __version__
 from clipper_core.dataplane import Application, ModelVersion
-from clipper_core.dataplane.application import wait_until
+from clipper_core.dataplane.application import count_answered, wait_until
 from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult
 from clipper_core.errors import (
     BadInput,
@@ -233,7 +233,7 @@ class InferenceService:
         except NotFound:
             return False
         mv = target.mv
-        if mv is None or (target.app is not None and target.app.policy != "single"):
+        if mv is None or (target.app is not None and target.app.routes_queries):
             return False
         return any(
             s.task is not None and not s.task.done() and not getattr(s, "recovering", False)
@@ -258,7 +258,7 @@ class InferenceService:
         """
         now = time.monotonic()
         app = target.app
-        if app is not None and app.policy != "single":
+        if app is not None and app.routes_queries:
             raise BadInput(policy_refusal(app))
         end = now + (app.slo if app is not None else self.server.config.batch_timeout)
         timeout = request.timeout
@@ -301,7 +301,7 @@ class InferenceService:
             fut.cancel()
             waited = (time.monotonic() - now) * 1000
             if app is not None:
-                self._count(app, mv, rows, now, late=rows)
+                count_answered(app, mv, rows, now, late=rows)
                 return self._default_reply(
                     target,
                     request,
@@ -312,7 +312,7 @@ class InferenceService:
         failure = fut.exception()
         if failure is not None:
             if isinstance(failure, DeadlineExceeded) and app is not None:
-                self._count(app, mv, rows, now, expired=rows)
+                count_answered(app, mv, rows, now, expired=rows)
                 return self._default_reply(
                     target, request, rows, f"the deadline passed before the model ran ({failure})"
                 )
@@ -323,7 +323,7 @@ class InferenceService:
         if not isinstance(result, TensorResult):
             raise ClipperError(f"{mv.key} answered a tensor request with {type(result).__name__}")
         if app is not None:
-            self._count(app, mv, rows, now)
+            count_answered(app, mv, rows, now)
         return InferReply(
             target.name,
             mv.version,
@@ -331,23 +331,6 @@ class InferenceService:
             dict(request.parameters),
             select_outputs(mv.key, result, request),
         )
-
-    @staticmethod
-    def _count(
-        app: Application,
-        mv: ModelVersion,
-        rows: int,
-        started: float,
-        *,
-        late: int = 0,
-        expired: int = 0,
-    ) -> None:
-        """An application's request answered over OIP: its rows count as inputs in
-        the app's and the model version's figures, as Clipper's ``input_batch``."""
-        elapsed = time.monotonic() - started
-        app.metrics.answered(rows, late, expired, 0, elapsed, app.slo)
-        mv.metrics.judged(rows, rows - late - expired if elapsed <= app.slo else 0)
-        mv.metrics.defaults += late + expired
 
     def _default_reply(
         self, target: Target, request: InferRequest, rows: int, explanation: str

@@ -101,13 +101,7 @@ def test_kill_9_restart_restores_everything_and_leaves_no_orphans(
     kv_before = _kv(state)
     assert any(ns == "auth.api_keys" for ns, _ in kv_before)
 
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(timeout=30)
-    # The containers notice their parent's death and go (no orphans).
-    wait_for("the orphaned containers gone", lambda: not any(map(pid_alive, containers)))
-
-    second = ServeProcess(state)
-    serve_processes.append(second)
+    second = _kill_9_and_restart(first, containers, serve_processes)
     conn2 = second.connection()
     assert conn2.get_all_apps(verbose=True) == before["apps"]
     assert conn2.get_all_models(verbose=True) == before["models"]
@@ -190,12 +184,7 @@ def test_kill_9_restart_restores_learned_selection_state(
     containers = _container_pids(conn)
     assert len(containers) == 2
 
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(timeout=30)
-    wait_for("the orphaned containers gone", lambda: not any(map(pid_alive, containers)))
-
-    second = ServeProcess(state)
-    serve_processes.append(second)
+    second = _kill_9_and_restart(first, containers, serve_processes)
     conn2 = second.connection()
     for (app, uid), info in before.items():
         after = conn2.get_selection_state(app, uid)
@@ -210,6 +199,19 @@ def test_kill_9_restart_restores_learned_selection_state(
         body = {"input": [100.0], "uid": uid}
         status, _, reply = http("POST", f"{second.query_url}/bandit-eg/predict", body)
         assert status == 200 and not reply["default"] and reply["output"] == label, reply
+
+
+def _kill_9_and_restart(
+    first: ServeProcess, containers: list[int], serve_processes: list[ServeProcess]
+) -> ServeProcess:
+    """SIGKILL the frontend, wait until its containers noticed and went (no
+    orphans), and start a new one on the same state folder."""
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=30)
+    wait_for("the orphaned containers gone", lambda: not any(map(pid_alive, containers)))
+    second = ServeProcess(first.state_dir)
+    serve_processes.append(second)
+    return second
 
 
 def _kv(state: Path) -> dict[tuple[str, str], str]:
