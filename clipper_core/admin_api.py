@@ -20,6 +20,7 @@ from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
 from clipper_core.clipper_api import validate_input_type
 from clipper_core.errors import BadInput, ClipperError, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
+from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.query_api import server_metrics
 from clipper_core.state import AppRecord, ModelRecord
 
@@ -90,13 +91,22 @@ def _policy_config(body: Body) -> dict[str, Any]:
     return config
 
 
-def admin_guard(server: ClipperServer) -> Callable[[Request], Response | None]:
-    """The management port's guard: when a token is configured, every request
-    (every route, ping included) without ``Authorization: Bearer <token>`` gets a
-    401 JSON answer.  The token is compared in constant time."""
+def admin_guard(
+    token: str | None, policy: SameOriginPolicy
+) -> Callable[[Request], Response | None]:
+    """The management port's guard.
+
+    First what a cross-site page could send is refused (see
+    :mod:`clipper_core.http.same_origin`: foreign ``Host`` or ``Origin``, a body
+    that is not JSON).  Then, when there is a token (always, unless the operator
+    opted out), every request (every route, ping included) without
+    ``Authorization: Bearer <token>`` gets a 401 JSON answer; the token is
+    compared in constant time."""
 
     def guard(request: Request) -> Response | None:
-        token = server.config.admin_token
+        refused = policy.refusal(request)
+        if refused is not None:
+            return refused
         if not token or dashboard.is_public(request):
             return None
         try:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from clipper_core.errors import BadInput, Forbidden, Unauthorized
 
@@ -35,6 +37,12 @@ __all__ = [
 
 #: The environment variable the server and the clients read the admin token from.
 ADMIN_TOKEN_ENV = "CLIPPER_ADMIN_TOKEN"
+
+#: Set to 1 to run the management API without any token (loud, for sandboxes only).
+NO_ADMIN_TOKEN_ENV = "CLIPPER_INSECURE_NO_ADMIN_TOKEN"
+
+#: The file in the state folder that holds the token generated on first start (0600).
+ADMIN_TOKEN_FILE = "admin_token"
 
 #: StateStore kv namespace: application name -> list of SHA-256 hex digests.
 API_KEYS_NAMESPACE = "auth.api_keys"
@@ -183,6 +191,57 @@ class ApiKeys:
         raise Unauthorized("the API key is not valid")
 
 
-def admin_token_from_env() -> str:
-    """The admin token of the environment (``CLIPPER_ADMIN_TOKEN``), or ""."""
-    return os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+def admin_token_from_env() -> str | None:
+    """The admin token of the environment (``CLIPPER_ADMIN_TOKEN``), or None when
+    the variable is unset.  Set but empty (or blank) gives ``""``, which the
+    server refuses: an empty token must never mean "no authentication"."""
+    value = os.environ.get(ADMIN_TOKEN_ENV)
+    return None if value is None else value.strip()
+
+
+def no_admin_token_from_env() -> bool:
+    """Whether ``CLIPPER_INSECURE_NO_ADMIN_TOKEN`` asks for a management API
+    without a token."""
+    return os.environ.get(NO_ADMIN_TOKEN_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def admin_token_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the server keeps the token it generated (see :func:`load_or_create_admin_token`)."""
+    return Path(state_dir) / ADMIN_TOKEN_FILE
+
+
+def read_admin_token(state_dir: str | os.PathLike[str]) -> str | None:
+    """The token a server generated in ``state_dir``, or None (no file, or not ours to read)."""
+    try:
+        token = admin_token_path(state_dir).read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def load_or_create_admin_token(state_dir: str | os.PathLike[str]) -> str:
+    """The management token of a server started without one.
+
+    The first start writes a random token to ``<state_dir>/admin_token``,
+    readable by its owner only (0600); later starts reuse it, and the Python API
+    and the CLI read it from there.  A file left readable by others is tightened.
+    """
+    path = admin_token_path(state_dir)
+    token = read_admin_token(state_dir)
+    if token is not None:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return token
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    try:
+        # Another server starting on the same folder at once keeps the first token.
+        os.link(tmp, path)
+    except FileExistsError:
+        token = read_admin_token(state_dir) or token
+    finally:
+        tmp.unlink()
+    return token

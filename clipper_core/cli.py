@@ -73,6 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.state_dir = args.state_dir
     if args.admin_token is not None:
         cfg.admin_token = args.admin_token
+    if args.insecure_no_admin_token:
+        cfg.insecure_no_admin_token = True
+    cfg.allowed_hosts = list(args.allowed_host)
     cfg.tls_cert, cfg.tls_key = args.tls_cert, args.tls_key
     cfg.shutdown_grace = args.shutdown_grace
     cfg.admission_control = not args.no_admission
@@ -391,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="requests per second per client; 0: no limit",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the management port accepts in Host besides its address (repeatable)",
+    )
+    p.add_argument(
+        "--insecure-no-admin-token",
+        action="store_true",
+        help="serve the management API without a token (any local process can deploy code);"
+        " by default the first start generates one into the state folder",
     )
     p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
     p.set_defaults(fn=cmd_serve)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipper_core.auth import admin_token_from_env
+from clipper_core.auth import admin_token_from_env, no_admin_token_from_env
 
 
 def _default_grpc_port() -> int | None:
@@ -52,8 +52,16 @@ class ServerConfig:
             may have in flight on the query port; 0 for no limit (429 above it).
         client_rate_limit: requests per second one client may start; 0 for none.
         client_burst: the rate limit's burst size (0: the rate, at least 1).
-        admin_token: when set, every management call needs
-            ``Authorization: Bearer <token>`` (default: ``$CLIPPER_ADMIN_TOKEN``).
+        admin_token: every management call needs ``Authorization: Bearer
+            <token>`` (default: ``$CLIPPER_ADMIN_TOKEN``).  None: the first start
+            generates one into ``<state_dir>/admin_token`` (0600), which the Python
+            API and the CLI read.  ``""`` is an error, never "no authentication".
+        insecure_no_admin_token: serve the management API without any token
+            (default ``$CLIPPER_INSECURE_NO_ADMIN_TOKEN``); any local process can
+            then deploy code.  Logged as a warning at every start.
+        allowed_hosts: names the management port accepts in ``Host`` besides its
+            bound address (and the loopback names when bound to loopback); other
+            names are refused, which stops DNS-rebinding pages.
         tls_cert: PEM certificate; with ``tls_key``, both HTTP ports speak TLS.
         tls_key: PEM private key of ``tls_cert``.
         shutdown_grace: seconds a graceful stop (SIGTERM) lets in-flight requests
@@ -80,7 +88,9 @@ class ServerConfig:
     client_max_concurrency: int = 0
     client_rate_limit: float = 0.0
     client_burst: int = 0
-    admin_token: str = field(default_factory=admin_token_from_env, repr=False)
+    admin_token: str | None = field(default_factory=admin_token_from_env, repr=False)
+    insecure_no_admin_token: bool = field(default_factory=no_admin_token_from_env)
+    allowed_hosts: list[str] = field(default_factory=list)
     tls_cert: str | None = None
     tls_key: str | None = None
     shutdown_grace: float = 30.0

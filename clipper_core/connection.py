@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from clipper_core.auth import admin_token_from_env
+from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ class LocalContainerManager:
 
     Args (beyond where the server listens):
         admin_token: Sent as ``Authorization: Bearer`` on every management call;
-            default ``$CLIPPER_ADMIN_TOKEN``.
+            default ``$CLIPPER_ADMIN_TOKEN``, else the token the server generated in
+            ``<state_dir>/admin_token`` (read when first needed).
         tls: The server speaks HTTPS (implied by ``tls_ca``).
         tls_ca: PEM file of the CA that signed the server's certificate (a
             self-signed certificate is its own CA); default ``$CLIPPER_TLS_CA``,
@@ -71,11 +72,20 @@ class LocalContainerManager:
         self.state_dir = state_dir or os.environ.get(
             "CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core")
         )
-        self.admin_token = (
-            admin_token if admin_token is not None else admin_token_from_env()
-        ) or None
+        self._admin_token = admin_token if admin_token is not None else admin_token_from_env()
         self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
         self.tls = tls or self.tls_ca is not None
+
+    @property
+    def admin_token(self) -> str | None:
+        """The token sent to the management API (see the class's arguments)."""
+        if not self._admin_token:
+            self._admin_token = read_admin_token(self.state_dir)
+        return self._admin_token or None
+
+    @admin_token.setter
+    def admin_token(self, value: str | None) -> None:
+        self._admin_token = value
 
     @property
     def scheme(self) -> str:
@@ -211,9 +221,13 @@ class ClipperConnection:
             "--state-dir",
             str(state),
         ]
+        env = dict(os.environ)
+        if self.cm._admin_token:  # given to this connection: the server requires the same
+            env[ADMIN_TOKEN_ENV] = self.cm._admin_token
         with open(self.cm.log_file, "ab") as log:
             proc = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

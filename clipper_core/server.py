@@ -30,6 +30,7 @@ from clipper_core.config import ServerConfig
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.errors import BadInput, ClipperError, NotFound, ReplicaUnavailable
 from clipper_core.http import HttpServer, Router
+from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.logs import log_event, log_replica_event
 from clipper_core.model_bundle import TAR, unpack_archive
 from clipper_core.oip import InferenceService
@@ -47,6 +48,12 @@ from clipper_core.selection import validate_policy
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state import AppRecord, ModelRecord, StateStore
+from clipper_core.state_dir import (
+    make_private_dir,
+    prepare_state_dir,
+    resolve_admin_token,
+    write_private_file,
+)
 
 log = logging.getLogger("clipper_core.server")
 
@@ -121,10 +128,8 @@ class ClipperServer:
     async def start(self) -> None:
         """Open the store, bind both ports, and bring back every app and model."""
         cfg = self.config
-        state_path = cfg.resolved_state_path()
-        if state_path != ":memory:":
-            Path(state_path).parent.mkdir(parents=True, exist_ok=True)
-        cfg.models_dir().mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(cfg)
+        admin_token = resolve_admin_token(cfg)
         ssl_context = None
         if cfg.tls_cert or cfg.tls_key:
             if not (cfg.tls_cert and cfg.tls_key):
@@ -132,13 +137,7 @@ class ClipperServer:
             from clipper_core.tls import server_ssl_context
 
             ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
-        if not cfg.admin_token and cfg.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning(
-                "the management API listens on %s without a token: anyone who reaches"
-                " port %s can deploy code; set CLIPPER_ADMIN_TOKEN",
-                cfg.host,
-                cfg.management_port,
-            )
+        state_path = cfg.resolved_state_path()
         self.store = StateStore(state_path)
         self.selection.open(self.store)
         query_router = Router()
@@ -164,7 +163,12 @@ class ClipperServer:
             max_body_size=1 << 30,
             access_log=cfg.access_log,
             ssl=ssl_context,
-            guard=admin_api.admin_guard(self),
+            guard=admin_api.admin_guard(
+                admin_token,
+                SameOriginPolicy(
+                    cfg.host, lambda: self.management_port, self.scheme, cfg.allowed_hosts
+                ),
+            ),
         )
         await self._query_http.start()
         await self._admin_http.start()
@@ -413,9 +417,9 @@ class ClipperServer:
     def save_model_payload(self, name: str, version: str, filename: str, data: bytes) -> str:
         """Write a deployed model's file (e.g. a pickled closure) into the state dir."""
         folder = self.config.models_dir() / name / version
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         path = folder / filename
-        path.write_bytes(data)
+        write_private_file(path, data)
         return str(path)
 
     async def add_model(self, rec: ModelRecord, *, payload_b64: str | None = None) -> None:

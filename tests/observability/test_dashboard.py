@@ -56,7 +56,7 @@ def test_page_and_data_endpoint(server: Running) -> None:
         assert server.client.predict("dash", {"input": [float(i % 5)]})[0] == 200
 
     def data() -> dict[str, Any]:
-        status, ctype, body = get(base + "/dashboard/data")
+        status, ctype, body = get(base + "/dashboard/data", server.admin_headers())
         assert status == 200 and ctype == "application/json"
         return dict(json.loads(body))
 
@@ -172,7 +172,10 @@ def test_dashboard_in_a_real_browser_under_load(tmp_path: Path) -> None:
                 browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 try:
                     page = browser.new_page(viewport={"width": 1440, "height": 900})
-                    page.goto(running.bg.management_url + "/dashboard")
+                    page.goto(
+                        f"{running.bg.management_url}/dashboard"
+                        f"?token={running.server.config.admin_token}"
+                    )
                     page.wait_for_function(
                         "() => Number(document.body.dataset.updates) >= 3", timeout=30_000
                     )

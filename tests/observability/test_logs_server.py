@@ -88,10 +88,13 @@ def test_serve_writes_json_lines_and_access_logs_on_request(tmp_path: Path) -> N
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "CLIPPER_ADMIN_TOKEN": ""},
+            env={k: v for k, v in os.environ.items() if k != "CLIPPER_ADMIN_TOKEN"},
         )  # fmt: skip
     try:
-        conn = ClipperConnection(LocalContainerManager("127.0.0.1", qp, mp, str(tmp_path / "s")))
+        # The server generates its token into the state folder; the client reads it there.
+        conn = ClipperConnection(
+            LocalContainerManager("127.0.0.1", qp, mp, str(tmp_path / "state"))
+        )
         end = time.monotonic() + 60
         while not conn.ping():
             assert proc.poll() is None, log_path.read_text()

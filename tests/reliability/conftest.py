@@ -150,9 +150,14 @@ def http(
     timeout: float = 30.0,
     context: Any = None,
 ) -> tuple[int, dict[str, str], Any]:
-    """One request with the stdlib; returns status, headers (lower-case) and JSON."""
+    """One request with the stdlib; returns status, headers (lower-case) and JSON.
+
+    A body goes as ``application/json`` unless ``headers`` name another type."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    sent = dict(headers or {})
+    if data is not None and not any(k.lower() == "content-type" for k in sent):
+        sent["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw = resp.read()

@@ -125,6 +125,7 @@ def test_app_api_keys(servers: list[Running], tmp_path: Path) -> None:
             "default_output": "0",
             "api_keys": ["keyed-app-key-000001"],
         },
+        headers=r.admin_headers(),
     )
     assert status == 200, body
     conn.register_application("second", "doubles", "0", 100_000)

@@ -53,6 +53,10 @@ class Running:
         )
         self.client = Client(bg.query_url)
 
+    def admin_headers(self) -> dict[str, str]:
+        """What a raw management call needs: the token the server generated."""
+        return {"Authorization": f"Bearer {self.server.config.admin_token}"}
+
     def replica_pids(self, model: str, version: str = "1") -> list[int]:
         return [
             h.pid

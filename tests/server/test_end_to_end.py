@@ -382,6 +382,7 @@ def test_hand_started_container_joins_replicas(running: Running, tmp_path) -> No
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "CLIPPER_ADMIN_TOKEN": str(running.server.config.admin_token)},
     )
     try:
         deadline = time.monotonic() + 20

@@ -1,0 +1,93 @@
+"""The server's state folder: who may read it, and the management token in it.
+
+The folder holds the store, the deployed models' files (pickled code among
+them) and the generated management token, so it is made readable by its owner
+only (0700, files 0600).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from clipper_core.auth import ADMIN_TOKEN_ENV, NO_ADMIN_TOKEN_ENV, load_or_create_admin_token
+from clipper_core.config import ServerConfig
+from clipper_core.errors import BadInput
+from clipper_core.logs import log_event
+
+log = logging.getLogger("clipper_core.server")
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by its owner only; an
+    existing folder of ours that others can read is tightened."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(PRIVATE_DIR)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, readable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, PRIVATE_FILE)  # an existing file keeps its mode on open
+
+
+def prepare_state_dir(cfg: ServerConfig) -> None:
+    """The state folder and its models folder, both private."""
+    make_private_dir(Path(cfg.state_dir))
+    make_private_dir(cfg.models_dir())
+    state_path = cfg.resolved_state_path()
+    if state_path != ":memory:":
+        make_private_dir(Path(state_path).parent)
+
+
+def resolve_admin_token(cfg: ServerConfig) -> str | None:
+    """The token the management API will require, or None when the operator opted
+    out.  Sets ``cfg.admin_token`` to a generated one on a start without one.
+
+    Raises:
+        BadInput: The token is empty, or both a token and the opt-out were given.
+    """
+    token = cfg.admin_token
+    if token is not None and not token.strip():
+        raise BadInput(
+            f"the management token is empty (${ADMIN_TOKEN_ENV} or --admin-token): an empty"
+            " token would leave the management API open; unset it to have one generated,"
+            f" or set ${NO_ADMIN_TOKEN_ENV}=1 to run without one"
+        )
+    if cfg.insecure_no_admin_token:
+        if token is not None:
+            raise BadInput("a management token and insecure_no_admin_token exclude each other")
+        log_event(
+            log,
+            "management_unauthenticated",
+            f"INSECURE: the management API on {cfg.host}:{cfg.management_port} needs no"
+            " token: every local process (and every user of this machine) can deploy and"
+            f" run code through it; unset {NO_ADMIN_TOKEN_ENV} to require one",
+            level=logging.WARNING,
+        )
+        return None
+    if token is None:
+        token = load_or_create_admin_token(cfg.state_dir)
+        cfg.admin_token = token
+        log_event(
+            log,
+            "management_token",
+            f"management token in {Path(cfg.state_dir) / 'admin_token'} (the Python API and"
+            " the CLI read it from there)",
+        )
+    return token.strip()
