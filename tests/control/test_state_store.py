@@ -1,39 +1,32 @@
-"""StateStore: CRUD, conflicts, links, current versions, key/value, persistence."""
+"""The StateStore contract: records, CRUD, conflicts, links, current versions,
+key/value, threads.  Every test taking ``store`` runs against each backend of
+``store_backends.BACKENDS``; SQLite-only behaviour is in test_store_sqlite.py."""
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from store_backends import BACKENDS, app, model, open_store
 
-from clipper_core.errors import BadInput, ClipperError, Conflict, NotFound
-from clipper_core.state import SCHEMA_VERSION, AppRecord, ModelRecord, StateStore
-
-
-def app(name: str = "app", input_type: str = "doubles", **kw: Any) -> AppRecord:
-    return AppRecord(name, input_type, "-1", 100_000, **kw)
+from clipper_core.errors import BadInput, Conflict, NotFound
+from clipper_core.store import AppRecord, EndpointRecord, ModelRecord, StateStore
 
 
-def model(
-    name: str = "m", version: str = "1", input_type: str = "doubles", **kw: Any
-) -> ModelRecord:
-    kw.setdefault("labels", ["a"])
-    kw.setdefault("container", {"kind": "closure", "path": "/x"})
-    return ModelRecord(name, version, input_type, **kw)
-
-
-@pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    path = tmp_path / "state.sqlite3" if request.param == "file" else ":memory:"
-    with StateStore(path) as s:
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    s = open_store(request.param, tmp_path)
+    try:
         yield s
+    finally:
+        s.close()
 
 
 # -- records --------------------------------------------------------------------
@@ -95,6 +88,24 @@ def test_from_dict_rejects_unknown_and_missing_fields() -> None:
         AppRecord.from_dict(d)
     with pytest.raises(BadInput):
         ModelRecord.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_endpoint_records() -> None:
+    e = EndpointRecord("m", "1", "external-127.0.0.1:7000", "127.0.0.1:7000")
+    assert EndpointRecord.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    assert e.key == "m:1"
+    bad: list[dict[str, Any]] = [
+        {"model": "m:x"},
+        {"version": ""},
+        {"replica_id": ""},
+        {"address": ""},
+        {"address": 7000},
+    ]
+    for change in bad:
+        with pytest.raises(BadInput):
+            EndpointRecord(**{**e.to_dict(), **change})
+    with pytest.raises(BadInput, match="unknown EndpointRecord field"):
+        EndpointRecord.from_dict({**e.to_dict(), "port": 1})
 
 
 # -- applications ---------------------------------------------------------------
@@ -287,132 +298,40 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 @settings(max_examples=50, deadline=None)
 @given(key=st.text(max_size=20), value=json_values)
-def test_kv_round_trips_any_json(key: str, value: Any) -> None:
-    with StateStore(":memory:") as store:
+def test_kv_round_trips_any_json(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, key: str, value: Any
+) -> None:
+    store = open_store(backend, tmp_path_factory.mktemp("kv"))
+    try:
         store.put_kv("ns", key, value)
         assert store.get_kv("ns", key) == value
-
-
-# -- persistence, schema, concurrency --------------------------------------------
-
-
-def test_state_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    with StateStore(path) as s:
-        s.add_app(app("a", policy="exp4", policy_config={"eta": 0.2}))
-        s.add_model(model("m", "1", cpus=[0], num_replicas=3), make_current=True)
-        s.add_model(model("m", "2"))
-        s.link_model("a", "m")
-        s.put_kv("policy:a", "1", {"w": [1.0]})
-    with StateStore(str(path)) as s:
-        assert s.get_app("a") == app("a", policy="exp4", policy_config={"eta": 0.2})
-        assert [m.key for m in s.list_models()] == ["m:1", "m:2"]
-        assert s.get_model("m", "1").cpus == [0]  # type: ignore[union-attr]
-        assert s.get_model("m", "1").num_replicas == 3  # type: ignore[union-attr]
-        assert s.get_current_version("m") == "1"
-        assert s.linked_models("a") == ["m"]
-        assert s.get_kv("policy:a", "1") == {"w": [1.0]}
-        assert s.schema_version == SCHEMA_VERSION
-
-
-def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    StateStore(path).close()
-    raw = sqlite3.connect(path)
-    try:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
-        raw.close()
+        store.close()
 
 
-def test_an_empty_database_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    sqlite3.connect(path).close()  # version 0, no tables
-    with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        s.add_app(app())
+# -- threads ----------------------------------------------------------------------
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "new.sqlite3"
-    StateStore(path).close()
-    raw = sqlite3.connect(path)
-    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    raw.commit()
-    raw.close()
-    with pytest.raises(ClipperError, match="newer"):
-        StateStore(path)
-
-
-def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "junk.sqlite3"
-    path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ClipperError, match="cannot open the state store"):
-        StateStore(path)
-
-
-def test_a_second_connection_sees_committed_writes(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    with StateStore(path) as writer, StateStore(path) as reader:
-        writer.add_app(app("a"))
-        assert reader.get_app("a") == app("a")
-        reader.add_model(model())
-        assert writer.get_model("m", "1") is not None
-
-
-def test_calls_from_many_threads(tmp_path: Path) -> None:
+def test_calls_from_many_threads(store: StateStore) -> None:
     errors: list[BaseException] = []
-    with StateStore(tmp_path / "state.sqlite3") as store:
 
-        def work(i: int) -> None:
-            try:
-                for j in range(20):
-                    store.add_app(app(f"a{i}-{j}"))
-                    store.put_kv("ns", f"{i}-{j}", j)
-                    assert store.get_app(f"a{i}-{j}") is not None
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+    def work(i: int) -> None:
+        try:
+            for j in range(20):
+                store.add_app(app(f"a{i}-{j}"))
+                store.put_kv("ns", f"{i}-{j}", j)
+                assert store.get_app(f"a{i}-{j}") is not None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert not errors
-        assert len(store.list_apps()) == 80
-        assert len(store.list_kv("ns")) == 80
-
-
-def test_close_twice_is_safe(tmp_path: Path) -> None:
-    s = StateStore(tmp_path / "x.sqlite3")
-    s.close()
-    s.close()
-    with pytest.raises(sqlite3.ProgrammingError):
-        s.list_apps()
-
-
-def test_a_version_1_file_is_migrated_keeping_its_models(tmp_path: Path) -> None:
-    # Schema 2 added per-version queue_capacity and batch_timeout (NULL: defaults).
-    from clipper_core import state as state_module
-
-    path = tmp_path / "v1.sqlite3"
-    raw = sqlite3.connect(path)
-    for statement in state_module._MIGRATIONS[0]:
-        raw.execute(statement)
-    raw.execute(
-        "INSERT INTO models VALUES ('m', '1', 'ints', '[]', '{}', -1, 2, NULL, NULL, 1, 1000, 0)"
-    )
-    raw.execute("PRAGMA user_version = 1")
-    raw.commit()
-    raw.close()
-    with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION
-        m = s.get_model("m", "1")
-        assert m is not None and m.num_replicas == 2
-        assert m.queue_capacity is None and m.batch_timeout is None
-        s.add_model(model("m", "2", queue_capacity=50, batch_timeout=1.5))
-        m2 = s.get_model("m", "2")
-        assert m2 is not None and (m2.queue_capacity, m2.batch_timeout) == (50, 1.5)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors
+    assert len(store.list_apps()) == 80
+    assert len(store.list_kv("ns")) == 80

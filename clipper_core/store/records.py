@@ -1,0 +1,287 @@
+"""The records of the desired state: applications, model versions and replica
+endpoints registered by hand, with the checks every record passes on creation.
+
+Records are frozen dataclasses that copy their containers, so a record read from a
+store can be handed around without the store changing under the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from clipper_core.errors import BadInput
+
+__all__ = [
+    "INPUT_TYPES",
+    "LEARNED_STATE_PREFIX",
+    "AppRecord",
+    "EndpointRecord",
+    "ModelRecord",
+    "check_input_type",
+    "check_int",
+    "check_name",
+    "learned_state_namespace",
+]
+
+INPUT_TYPES = frozenset({"ints", "floats", "doubles", "strings", "bytes"})
+
+# Names appear in URL paths (/<app>/predict) and in "name:version:replica" ids, so
+# they may not contain '/' or ':'.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+_R = TypeVar("_R", "AppRecord", "ModelRecord", "EndpointRecord")
+
+
+def check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
+        raise BadInput(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+
+
+def check_int(what: str, value: object, minimum: int) -> None:
+    # bool is an int subclass; True as a replica count is a caller bug.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadInput(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_input_type(value: object) -> None:
+    if value not in INPUT_TYPES:
+        raise BadInput(f"unknown input type {value!r}; expected one of {sorted(INPUT_TYPES)}")
+
+
+def json_copy(what: str, value: Any) -> Any:
+    """A deep copy through JSON, which also proves that ``value`` can be stored."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _from_dict(cls: type[_R], data: Mapping[str, Any]) -> _R:
+    if not isinstance(data, Mapping):
+        raise BadInput(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadInput(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a missing required field
+        raise BadInput(f"invalid {cls.__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    """An application: the endpoint clients query.
+
+    Attributes:
+        name: The application name (the ``/<name>/predict`` path).
+        input_type: One of :data:`INPUT_TYPES`.
+        default_output: Returned when the SLO is missed or no model is linked.
+        slo_micros: The latency objective in microseconds.
+        policy: The selection policy's name.
+        policy_config: The policy's options (JSON).
+    """
+
+    name: str
+    input_type: str
+    default_output: str
+    slo_micros: int
+    policy: str = "single"
+    policy_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name("application name", self.name)
+        check_input_type(self.input_type)
+        if not isinstance(self.default_output, str):
+            raise BadInput(f"default_output must be a string, got {self.default_output!r}")
+        check_int("slo_micros", self.slo_micros, 1)
+        if not isinstance(self.policy, str) or not self.policy:
+            raise BadInput(f"policy must be a non-empty string, got {self.policy!r}")
+        if not isinstance(self.policy_config, dict):
+            raise BadInput(f"policy_config must be an object, got {self.policy_config!r}")
+        object.__setattr__(self, "policy_config", json_copy("policy_config", self.policy_config))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (a deep copy) that :meth:`from_dict` reads back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AppRecord:
+        """Build a record from :meth:`to_dict`'s output.
+
+        Raises:
+            BadInput: A field is missing, unknown or invalid.
+        """
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One version of a model and how to run it.
+
+    Attributes:
+        name: The model name.
+        version: The version, always a string (``"1"``).
+        input_type: One of :data:`INPUT_TYPES`.
+        labels: Free-form labels.
+        container: How to start a replica (opaque JSON for the container manager,
+            e.g. ``{"kind": "closure", "path": ...}``).
+        batch_size: Maximum batch size; ``-1`` lets the SLO controller choose.
+        num_replicas: Desired number of replicas.
+        cpus: CPUs to pin the replicas to, or None.
+        memory_limit_mb: Address-space limit per replica, or None.
+        cache_enabled: Whether predictions of this version are cached.
+        batch_wait_micros: Delayed-batching wait after a batch's first request.
+        created_at: When the version was registered (UNIX time).
+        queue_capacity: Bound of the version's queue, or None for the server's
+            default (``ServerConfig.queue_capacity``).
+        batch_timeout: Seconds one batch may take before the replica is deemed hung
+            and recycled, or None for the server's default.
+    """
+
+    name: str
+    version: str
+    input_type: str
+    labels: list[str]
+    container: dict[str, Any]
+    batch_size: int = -1
+    num_replicas: int = 1
+    cpus: list[int] | None = None
+    memory_limit_mb: int | None = None
+    cache_enabled: bool = True
+    batch_wait_micros: int = 0
+    created_at: float = field(default_factory=time.time)
+    queue_capacity: int | None = None
+    batch_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        check_name("model name", self.name)
+        check_name("model version", self.version)
+        check_input_type(self.input_type)
+        if not isinstance(self.labels, list | tuple) or not all(
+            isinstance(label, str) for label in self.labels
+        ):
+            raise BadInput(f"labels must be a list of strings, got {self.labels!r}")
+        object.__setattr__(self, "labels", list(self.labels))
+        if not isinstance(self.container, dict):
+            raise BadInput(f"container must be an object, got {self.container!r}")
+        object.__setattr__(self, "container", json_copy("container", self.container))
+        if self.batch_size != -1:
+            check_int("batch_size (or -1 for adaptive)", self.batch_size, 1)
+        check_int("num_replicas", self.num_replicas, 0)
+        if self.cpus is not None:
+            if not isinstance(self.cpus, list | tuple) or not self.cpus:
+                raise BadInput(f"cpus must be a non-empty list or None, got {self.cpus!r}")
+            for cpu in self.cpus:
+                check_int("a cpu index", cpu, 0)
+            object.__setattr__(self, "cpus", list(self.cpus))
+        if self.memory_limit_mb is not None:
+            check_int("memory_limit_mb", self.memory_limit_mb, 1)
+        if not isinstance(self.cache_enabled, bool):
+            raise BadInput(f"cache_enabled must be a boolean, got {self.cache_enabled!r}")
+        check_int("batch_wait_micros", self.batch_wait_micros, 0)
+        if (
+            not isinstance(self.created_at, int | float)
+            or isinstance(self.created_at, bool)
+            or not math.isfinite(self.created_at)
+        ):
+            raise BadInput(f"created_at must be a number, got {self.created_at!r}")
+        object.__setattr__(self, "created_at", float(self.created_at))
+        if self.queue_capacity is not None:
+            check_int("queue_capacity", self.queue_capacity, 1)
+        if self.batch_timeout is not None:
+            if (
+                not isinstance(self.batch_timeout, int | float)
+                or isinstance(self.batch_timeout, bool)
+                or not math.isfinite(self.batch_timeout)
+                or self.batch_timeout <= 0
+            ):
+                raise BadInput(f"batch_timeout must be a number > 0, got {self.batch_timeout!r}")
+            object.__setattr__(self, "batch_timeout", float(self.batch_timeout))
+
+    @property
+    def key(self) -> str:
+        """``"name:version"``, as Clipper's ``get_all_models`` lists it."""
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (a deep copy) that :meth:`from_dict` reads back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
+        """Build a record from :meth:`to_dict`'s output.
+
+        Raises:
+            BadInput: A field is missing, unknown or invalid.
+        """
+        return _from_dict(cls, data)
+
+
+# Each entry migrates the schema from version i to i + 1 (index i).  Append only:
+# never edit a migration that has shipped.
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """A replica of a model version that serves at a known address: one started by
+    hand and registered (``register_replica``), or, later, one published by the
+    process that owns the replicas.
+
+    Attributes:
+        model: The model name.
+        version: The model version.
+        replica_id: The replica's id, unique within the version (any non-empty
+            string: ``"external-127.0.0.1:7000"`` is one).
+        address: Where the replica listens (``host:port``).
+    """
+
+    model: str
+    version: str
+    replica_id: str
+    address: str
+
+    def __post_init__(self) -> None:
+        check_name("model name", self.model)
+        check_name("model version", self.version)
+        for what, value in (("replica_id", self.replica_id), ("address", self.address)):
+            if not isinstance(value, str) or not value or len(value) > 512:
+                raise BadInput(f"{what} must be a non-empty string, got {value!r}")
+
+    @property
+    def key(self) -> str:
+        """``"name:version"`` of the model version this replica serves."""
+        return f"{self.model}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that :meth:`from_dict` reads back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EndpointRecord:
+        """Build a record from :meth:`to_dict`'s output.
+
+        Raises:
+            BadInput: A field is missing, unknown or invalid.
+        """
+        return _from_dict(cls, data)
+
+
+#: Prefix of the kv namespaces of learned selection state, one per application
+#: (``selection.runtime.kv_namespace``): runtime state, not desired state, but it
+#: goes when its application goes.
+LEARNED_STATE_PREFIX = "selection:"
+
+
+def learned_state_namespace(app_name: str) -> str:
+    """The kv namespace of ``app_name``'s learned selection state (key: the uid)."""
+    return f"{LEARNED_STATE_PREFIX}{app_name}"
