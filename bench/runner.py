@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, payloads, profiles, report, targets
+from bench import load, payloads, profiles, report, targets
 from bench.scenario import Scenario, batch_slo_share
 from bench.serverproc import BareProcess, ClipperProcess, Poller
 
@@ -94,14 +94,14 @@ def worker_specs(
             count = 1 << 16
         else:
             r = rate / workers
-            sched = loadgen.arrival_times(mode, r, horizon, burst_size=ld.burst_size, seed=seed)
+            sched = load.arrival_times(mode, r, horizon, burst_size=ld.burst_size, seed=seed)
             spec["schedule"] = sched
             count = max(1, len(sched))
             initial = max(8, math.ceil(r * sc.slo_s * 1.5) + 4)
             if mode == "burst":
                 initial = max(initial, ld.burst_size + 4)
             spec["initial_connections"] = min(initial, spec["max_connections"])
-        spec["order"] = loadgen.payload_order(
+        spec["order"] = load.payload_order(
             sc.inputs.distribution,
             len(request_bytes),
             count,
@@ -160,12 +160,12 @@ def measure(
     if poller is not None:
         poller.__enter__()
     try:
-        results = loadgen.run_workers(specs, timeout=timeout, on_start=on_start)
+        results = load.run_workers(specs, timeout=timeout, on_start=on_start)
     finally:
         if poller is not None:
             poller.__exit__(None, None, None)
         profile_files = profiler.finish() if profiler is not None else []
-    rec = loadgen.merge(results)
+    rec = load.merge(results)
     samples = poller.samples if poller is not None else []
     origin = rec["start"] + warmup_s
     t_to = rec["start"] + warmup_s + duration_s
@@ -251,9 +251,9 @@ def measure(
 
 def _probe_http(host: str, port: int, data: bytes) -> tuple[int, bytes]:
     async def go() -> tuple[int, bytes]:
-        conn = await loadgen.http_connect(host, port)
+        conn = await load.http_connect(host, port)
         try:
-            return await loadgen.http_exchange(conn, data, wait_s=60)
+            return await load.http_exchange(conn, data, wait_s=60)
         finally:
             conn.close()
 
