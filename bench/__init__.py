@@ -4,8 +4,9 @@
 
 Harness modules: ``__main__`` (CLI), ``scenario`` (TOML scenarios in
 ``scenarios/``), ``serverproc`` (server / bare-server processes, metrics sampling),
-``loadgen`` (closed- and open-loop generators in worker processes), ``payloads``
+``load`` (closed- and open-loop generators in worker processes), ``payloads``
 (request bytes per protocol), ``models`` (the scenarios' models), ``runner`` (run,
-compare, ramp, sweep), ``report`` / ``plots`` / ``targets`` (numbers, JSON, PNG),
+compare, ramp, sweep; ``prepare`` starts and probes the server, ``measure`` loads
+it once), ``report`` / ``plots`` / ``targets`` (numbers, JSON, PNG),
 ``profiles`` / ``profile_server`` (server profiles), ``bare_server`` (the floor).
 """

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import error_kind
+from bench.load import error_kind
 
 #: Percentiles kept in the JSON for the latency CDF plot (enough to redraw it).
 CDF_PERCENTILES = [

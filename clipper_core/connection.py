@@ -7,7 +7,6 @@ embedded one (``ClipperConnection.for_server(srv)``).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -20,9 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
+from clipper_core.connection_models import ModelDeployment
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
@@ -108,20 +106,12 @@ class LocalContainerManager:
         return Path(self.state_dir) / "server.log"
 
 
-def _local_python_path() -> list[str]:
-    # The deployer's own source folders, so that functions and classes pickled by
-    # reference import in the container; never site-packages (the container may
-    # run in an environment of its own).
-    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
-    paths = [os.getcwd()]
-    for p in sys.path:
-        if p and os.path.isdir(p) and not os.path.abspath(p).startswith(prefixes):
-            paths.append(os.path.abspath(p))
-    return list(dict.fromkeys(paths))
+class ClipperConnection(ModelDeployment):
+    """Configure a running clipper_core server (Clipper's ``clipper_admin`` API).
 
-
-class ClipperConnection:
-    """Configure a running clipper_core server (Clipper's ``clipper_admin`` API)."""
+    The deploy calls (``deploy_model``, ``deploy_pickled``, ``register_model``) come
+    from :class:`~clipper_core.connection_models.ModelDeployment`.
+    """
 
     def __init__(
         self, container_manager: LocalContainerManager | None = None, *, timeout: float = 300.0
@@ -367,126 +357,6 @@ class ClipperConnection:
         return dict(info) if info else None
 
     # -- models -----------------------------------------------------------------
-
-    def _add_model(
-        self,
-        name: str,
-        version: str | int,
-        input_type: str,
-        *,
-        container: dict[str, Any],
-        payload: bytes | None = None,
-        labels: list[str] | None = None,
-        num_replicas: int = 1,
-        batch_size: int = -1,
-        cpus: list[int] | None = None,
-        memory_limit_mb: int | None = None,
-        cache_enabled: bool = True,
-        batch_wait_micros: int = 0,
-        queue_capacity: int | None = None,
-        batch_timeout: float | None = None,
-    ) -> None:
-        body: dict[str, Any] = {
-            "model_name": name,
-            "model_version": str(version),
-            "input_type": input_type,
-            "labels": labels or [],
-            "container": container,
-            "num_replicas": num_replicas,
-            "batch_size": batch_size,
-            "cpus": cpus,
-            "memory_limit_mb": memory_limit_mb,
-            "cache_enabled": cache_enabled,
-            "batch_wait_micros": batch_wait_micros,
-            "python_path": _local_python_path(),
-        }
-        # Admission settings; absent: the server's defaults.
-        if queue_capacity is not None:
-            body["queue_capacity"] = queue_capacity
-        if batch_timeout is not None:
-            body["batch_timeout"] = batch_timeout
-        if payload is not None:
-            body["payload_b64"] = base64.b64encode(payload).decode()
-        self._call("add_model", body)
-
-    def deploy_pickled(
-        self,
-        name: str,
-        version: str | int,
-        input_type: str,
-        obj: Any,
-        *,
-        container_extra: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Deploy a cloudpickled callable or ``Model`` instance (used by deployers).
-
-        The Python, cloudpickle and numpy versions are recorded with it, so that a
-        container running other ones says so at start (``container_extra`` may
-        replace that record, or add a ``runtime_env``).
-        """
-        from clipper_core.runtime_env import deploy_environment
-
-        container: dict[str, Any] = {
-            "kind": "closure",
-            "filename": "closure.pkl",
-            "deploy_env": deploy_environment(
-                [("cloudpickle", "exact"), ("numpy", "any")], pickled_code=True
-            ),
-            **(container_extra or {}),
-        }
-        self._add_model(
-            name,
-            version,
-            input_type,
-            container=container,
-            payload=cloudpickle.dumps(obj),
-            **kwargs,
-        )
-
-    def deploy_model(
-        self,
-        name: str,
-        version: str | int,
-        input_type: str,
-        model: Any,
-        *,
-        labels: list[str] | None = None,
-        num_replicas: int = 1,
-        batch_size: int = -1,
-        **kwargs: Any,
-    ) -> None:
-        """Deploy an instance of a ``model_containers.Model`` subclass."""
-        self.deploy_pickled(
-            name,
-            version,
-            input_type,
-            model,
-            labels=labels,
-            num_replicas=num_replicas,
-            batch_size=batch_size,
-            **kwargs,
-        )
-
-    def register_model(
-        self,
-        name: str,
-        version: str | int,
-        input_type: str,
-        labels: list[str] | None = None,
-        batch_size: int = -1,
-    ) -> None:
-        """Register a model whose containers are started by hand and join by
-        themselves (``python -m model_containers --register-url ...``)."""
-        self._add_model(
-            name,
-            version,
-            input_type,
-            container={"kind": "external"},
-            labels=labels,
-            num_replicas=0,
-            batch_size=batch_size,
-        )
 
     def get_all_models(self, verbose: bool = False) -> list[Any]:
         return list(self._call("get_all_models", {"verbose": verbose}))

@@ -18,22 +18,23 @@ anything else          ``ReplicaUnavailable`` (crashed, stopping,
 Predict goes over the container's local socket when it has one on this host
 (``clipper_core.local_channel``): the same messages and statuses, a tenth of
 gRPC's round trip.  Health checks and metadata always use gRPC.
+
+The batch wire format is in ``clipper_core.replica_codec``.  How the data plane
+gets a client for a replica is a :class:`ReplicaConnector`: today's local replicas
+use :func:`insecure_connector`; remote ones can use TLS ``credentials`` and a
+per-model token in ``call_metadata``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from itertools import accumulate, pairwise
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
-import numpy as np
-import orjson
 from grpc_health.v1 import health_pb2
 
 from clipper_core import local_channel
@@ -44,24 +45,18 @@ from clipper_core.errors import (
     ModelError,
     ReplicaUnavailable,
 )
+from clipper_core.replica_codec import INPUT_TYPES, decode_outputs, encode_batch, input_type_name
 from model_containers._proto import container_pb2 as pb
 
-__all__ = ["INPUT_TYPES", "ReplicaClient", "decode_outputs", "encode_batch"]
-
-#: Numeric input types and the little-endian dtype each travels as.
-NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
-    "ints": np.dtype("<i4"),
-    "floats": np.dtype("<f4"),
-    "doubles": np.dtype("<f8"),
-}
-INPUT_TYPES: dict[str, int] = {
-    "ints": pb.INTS,
-    "floats": pb.FLOATS,
-    "doubles": pb.DOUBLES,
-    "strings": pb.STRINGS,
-    "bytes": pb.BYTES,
-}
-_INPUT_TYPE_NAMES = {v: k for k, v in INPUT_TYPES.items()}
+__all__ = [
+    "DEFAULT_CHANNEL_OPTIONS",
+    "INPUT_TYPES",
+    "ReplicaClient",
+    "ReplicaConnector",
+    "decode_outputs",
+    "encode_batch",
+    "insecure_connector",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,101 +76,6 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 )
-
-
-def encode_batch(inputs: Sequence[Any], input_type: str) -> tuple[bytes, list[int]]:
-    """Concatenate a batch of inputs into one payload and N+1 byte offsets.
-
-    Args:
-        inputs: Numeric inputs are numpy arrays (or nested lists), flattened and
-            cast to the input type's dtype (``int32``, ``float32``, ``float64``);
-            strings are ``str`` (sent as UTF-8); bytes are bytes-like objects.
-        input_type: ``"ints"``, ``"floats"``, ``"doubles"``, ``"strings"`` or
-            ``"bytes"``.
-
-    Returns:
-        ``(data, offsets)`` with ``data[offsets[i]:offsets[i+1]]`` the i-th input.
-
-    Raises:
-        BadInput: An input does not fit the input type (a float for ``ints``, a
-            ragged list, a non-string for ``strings``...).
-    """
-    dtype = NUMERIC_DTYPES.get(input_type)
-    if dtype is not None:
-        if all(type(x) is np.ndarray and x.dtype == dtype for x in inputs):
-            arrays: Sequence[np.ndarray[Any, Any]] = inputs  # what the HTTP APIs send
-        else:
-            arrays = _numeric_arrays(inputs, input_type, dtype)
-        if not arrays:
-            return b"", [0]
-        data = np.concatenate([a.ravel() for a in arrays]).tobytes()
-        return data, [0, *accumulate(a.nbytes for a in arrays)]
-    if input_type == "strings":
-        try:
-            parts = [s.encode("utf-8") for s in inputs]
-        except (AttributeError, UnicodeEncodeError) as exc:
-            raise BadInput(f"strings inputs must be str: {exc}") from None
-        if not all(isinstance(s, str) for s in inputs):
-            raise BadInput("strings inputs must be str")
-    elif input_type == "bytes":
-        if not all(isinstance(b, (bytes, bytearray, memoryview)) for b in inputs):
-            raise BadInput("bytes inputs must be bytes-like")
-        parts = [bytes(b) if isinstance(b, memoryview) else b for b in inputs]
-    else:
-        raise BadInput(f"unknown input type {input_type!r}; expected one of {list(INPUT_TYPES)}")
-    return b"".join(parts), [0, *accumulate(map(len, parts))]
-
-
-def _numeric_arrays(
-    inputs: Sequence[Any], input_type: str, dtype: np.dtype[Any]
-) -> list[np.ndarray[Any, Any]]:
-    """Each input as an array of ``dtype``, refusing what does not fit."""
-    arrays: list[np.ndarray[Any, Any]] = []
-    for i, item in enumerate(inputs):
-        try:
-            # same_kind refuses float -> int but allows float64 -> float32.
-            arrays.append(np.asarray(item).astype(dtype, casting="same_kind", copy=False))
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"input {i} is not a vector of {input_type}: {exc}") from None
-        if arrays[-1].dtype.kind == "O":
-            raise BadInput(f"input {i} is not a vector of {input_type}")
-        if dtype.kind == "i" and arrays[-1].size:
-            # astype wraps out-of-range integers silently; check the source.
-            source = np.asarray(item)
-            if source.dtype.kind in "iu" and source.dtype.itemsize > dtype.itemsize:
-                info = np.iinfo(dtype)
-                if source.min() < info.min or source.max() > info.max:
-                    raise BadInput(f"input {i} has values outside the int32 range")
-    return arrays
-
-
-def _loads(doc: memoryview) -> Any:
-    try:
-        return orjson.loads(doc)
-    except orjson.JSONDecodeError:
-        # Python's json writes NaN/Infinity, which orjson refuses.
-        return json.loads(bytes(doc))
-
-
-def decode_outputs(response: pb.PredictResponse) -> list[Any]:
-    """The N outputs of a PredictResponse.
-
-    JSON outputs become Python objects; TENSOR outputs numpy arrays (numpy scalars
-    for a scalar shape), read-only views of the response; RAW_BYTES outputs bytes.
-    """
-    offsets = list(response.offsets)
-    n = max(len(offsets) - 1, 0)
-    data = response.data
-    if response.encoding == pb.TENSOR:
-        shape = tuple(response.shape)
-        flat = np.frombuffer(data, dtype=np.dtype(response.dtype))
-        return list(flat.reshape((n, *shape)))
-    if response.encoding == pb.RAW_BYTES:
-        return [data[a:b] for a, b in pairwise(offsets)]
-    if response.encoding == pb.JSON:
-        view = memoryview(data)
-        return [_loads(view[a:b]) for a, b in pairwise(offsets)]
-    raise ModelError(f"unknown output encoding {response.encoding}")
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -199,6 +99,11 @@ class ReplicaClient:
         local: Send Predict over the container's local socket when it has one
             that this host can reach (checked by ``wait_ready`` and after the
             socket is lost).
+        credentials: Open a TLS channel with these (``grpc.ssl_channel_credentials``);
+            None: a plaintext channel.
+        call_metadata: ``(key, value)`` pairs sent with every gRPC call, e.g. a
+            bearer token (keys lowercase).  The local socket does not carry them:
+            it is authenticated by the instance token that ``Metadata`` returns.
     """
 
     def __init__(
@@ -210,12 +115,17 @@ class ReplicaClient:
         replica_id: str = "",
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
         local: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
+        call_metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.address = address
         self.model_name = model_name
         self.model_version = model_version
         self.replica_id = replica_id
         self._options = list(channel_options)
+        self._credentials = credentials
+        # None, not (), when empty: the calls then look exactly as without metadata.
+        self._call_metadata: tuple[tuple[str, str], ...] | None = tuple(call_metadata) or None
         self._channel: Any = None  # grpc.aio.Channel | None
         self._predict: Any = None  # grpc.aio.UnaryUnaryMultiCallable
         self._metadata: Any = None
@@ -245,7 +155,12 @@ class ReplicaClient:
             raise ReplicaUnavailable(f"{self._describe()}: client is closed")
         if self._channel is not None:
             return
-        channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        else:
+            channel = grpc.aio.secure_channel(
+                self.address, self._credentials, options=self._options
+            )
         self._predict = channel.unary_unary(
             f"/{_SERVICE}/Predict",
             request_serializer=pb.PredictRequest.SerializeToString,
@@ -382,7 +297,9 @@ class ReplicaClient:
         if channel is not None:
             return await self._call_local(channel, request, timeout)
         try:
-            return await self._predict(request, timeout=timeout)  # type: ignore[no-any-return]
+            return await self._predict(  # type: ignore[no-any-return]
+                request, timeout=timeout, metadata=self._call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "predict") from None
         except grpc.aio.UsageError as exc:  # the channel was closed under us
@@ -462,7 +379,9 @@ class ReplicaClient:
         """
         self._ensure_channel()
         try:
-            meta = await self._metadata(pb.MetadataRequest(), timeout=timeout)
+            meta = await self._metadata(
+                pb.MetadataRequest(), timeout=timeout, metadata=self._call_metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "metadata") from None
         except grpc.aio.UsageError as exc:
@@ -474,7 +393,7 @@ class ReplicaClient:
         return {
             "name": meta.name,
             "version": meta.version,
-            "input_type": _INPUT_TYPE_NAMES.get(meta.input_type, ""),
+            "input_type": input_type_name(meta.input_type),
             "output_type": meta.output_type,
             "platform": meta.platform,
             "replica_id": meta.replica_id,
@@ -490,7 +409,9 @@ class ReplicaClient:
         self._ensure_channel()
         try:
             reply = await self._health(
-                health_pb2.HealthCheckRequest(service=_SERVICE), timeout=timeout
+                health_pb2.HealthCheckRequest(service=_SERVICE),
+                timeout=timeout,
+                metadata=self._call_metadata,
             )
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             return False
@@ -537,3 +458,23 @@ class ReplicaClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class ReplicaConnector(Protocol):
+    """Makes the client that the data plane uses to reach one replica.
+
+    ``ModelVersion`` calls it for every replica it connects.  The connector is
+    where transport security is decided: TLS credentials and a per-model token
+    (``ReplicaClient(credentials=..., call_metadata=...)``) for a remote replica.
+    """
+
+    def __call__(self, address: str, model: str, version: str, replica_id: str) -> ReplicaClient:
+        """A client, not yet connected, for replica ``replica_id`` of ``model:version``
+        at ``address`` (``host:port``)."""
+        ...
+
+
+def insecure_connector(address: str, model: str, version: str, replica_id: str) -> ReplicaClient:
+    """The default :class:`ReplicaConnector`: a plaintext gRPC channel, with Predict
+    over the container's local socket when it is on this host."""
+    return ReplicaClient(address, model_name=model, model_version=version, replica_id=replica_id)

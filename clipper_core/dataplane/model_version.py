@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
+from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     ClipperError,
@@ -29,7 +30,7 @@ from clipper_core.errors import (
     ReplicaUnavailable,
 )
 from clipper_core.metrics import ModelVersionMetrics
-from clipper_core.replica_client import ReplicaClient
+from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
 from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry, SloController
 
 log = logging.getLogger("clipper_core.dataplane")
@@ -96,7 +97,11 @@ def _copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 
 
 class ModelVersion:
-    """A model version that can be queried; owns its queue and dispatchers."""
+    """A model version that can be queried; owns its queue and dispatchers.
+
+    ``connector`` makes the client of each replica that connects (see
+    :class:`~clipper_core.replica_client.ReplicaConnector`).
+    """
 
     def __init__(
         self,
@@ -112,6 +117,7 @@ class ModelVersion:
         cache: PredictionCache | None = None,
         admission: bool = False,
         on_replica_hung: Callable[[str], None] | None = None,
+        connector: ReplicaConnector = insecure_connector,
     ) -> None:
         self.name = name
         self.version = version
@@ -119,6 +125,7 @@ class ModelVersion:
         self.batch_wait = batch_wait
         self.batch_timeout = batch_timeout
         self.cache = cache
+        self.connector = connector
         self.queue = BatchQueue(queue_capacity, name=f"{name}:{version}")
         if batch_size > 0:
             # Clipper's batch_size > 0 pins the batch size.
@@ -153,7 +160,7 @@ class ModelVersion:
         # Inputs whose requester went away (client disconnects) while pending.
         self.withdrawn = 0
         # Cache key -> the queued computation that waiters of that key share.
-        self._computations: dict[bytes, _Computation] = {}
+        self._computations: dict[bytes, SharedComputation] = {}
 
     @property
     def key(self) -> str:
@@ -204,11 +211,17 @@ class ModelVersion:
             cache.fail(self.name, self.version, key, exc)
             _consume(shared)
             raise
-        computation = _Computation(self, key, queued, value, deadline)
+        computation = SharedComputation(self, key, queued, value, deadline)
         self._computations[key] = computation
         computation.join(shared, deadline)
         queued.add_done_callback(computation.settle)
         return shared
+
+    def requeue(self, value: Any, deadline: float) -> asyncio.Future[Any]:
+        """Queue ``value`` again as a fresh input (for a shared computation that
+        expired while a later requester still waits); raises as ``BatchQueue.put``."""
+        future: asyncio.Future[Any] = self.queue.put(PendingQuery(value), deadline)
+        return future
 
     def _admit(self, deadline: float) -> None:
         """Refuse an input that would wait in the queue past its deadline."""
@@ -251,9 +264,7 @@ class ModelVersion:
     async def add_replica(self, replica_id: str, address: str, *, ready_timeout: float) -> None:
         """Connect to a replica and start its dispatcher (replacing one of the same id)."""
         await self.remove_replica(replica_id)
-        client = ReplicaClient(
-            address, model_name=self.name, model_version=self.version, replica_id=replica_id
-        )
+        client = self.connector(address, self.name, self.version, replica_id)
         try:
             await client.wait_ready(ready_timeout)
         except BaseException:
@@ -462,95 +473,6 @@ class ModelVersion:
             "batch_timeouts": self.timeouts,
         }
         return out
-
-
-class _Computation:
-    """One queued input that several requesters of the same cache key share.
-
-    Each requester holds its own future (the cache's); the queued input is
-    withdrawn -- its queue future cancelled, so that no dispatcher sends it to the
-    model -- only once *every* requester's future is cancelled.  A requester that
-    disconnects therefore never cancels the answer others still wait for.
-    """
-
-    __slots__ = ("deadline", "key", "mv", "queued", "settled", "value", "waiters")
-
-    def __init__(
-        self,
-        mv: ModelVersion,
-        key: bytes,
-        queued: asyncio.Future[Any],
-        value: Any,
-        deadline: float,
-    ) -> None:
-        self.mv = mv
-        self.key = key
-        self.queued = queued
-        self.value = value
-        self.deadline = deadline  # the latest deadline of any requester
-        self.waiters = 0
-        self.settled = False
-
-    def join(self, waiter: asyncio.Future[Any], deadline: float) -> None:
-        self.waiters += 1
-        if deadline > self.deadline:
-            self.deadline = deadline
-        waiter.add_done_callback(self._left)
-
-    def _left(self, waiter: asyncio.Future[Any]) -> None:
-        if not waiter.cancelled() or self.settled:
-            return  # answered (or failed) through the cache, like everyone else
-        self.waiters -= 1
-        if self.waiters > 0 or self.queued.done():
-            return
-        # Nobody waits any more.  Settle the cache entry now, so that a new request
-        # for the same input starts a fresh computation instead of joining this one.
-        mv = self.mv
-        self._forget()
-        self.queued.cancel()
-        mv.cancelled += 1
-        if mv.cache is not None:
-            mv.cache.fail(
-                mv.name, mv.version, self.key, DeadlineExceeded("every requester went away")
-            )
-
-    def settle(self, queued: asyncio.Future[Any]) -> None:
-        """The queued input's outcome: store it in the cache and resolve every waiter."""
-        if self.settled or queued is not self.queued:
-            return
-        if (
-            not queued.cancelled()
-            and isinstance(queued.exception(), DeadlineExceeded)
-            and self.waiters > 0
-            and self.deadline > time.monotonic()
-        ):
-            # It expired on the first requester's deadline, but a requester who
-            # joined later may still wait: queue it again on the latest deadline.
-            try:
-                again = self.mv.queue.put(PendingQuery(self.value), self.deadline)
-            except ClipperError:
-                pass
-            else:
-                self.queued = again
-                again.add_done_callback(self.settle)
-                return
-        self._forget()
-        mv = self.mv
-        cache = mv.cache
-        assert cache is not None
-        if queued.cancelled():
-            cache.fail(mv.name, mv.version, self.key, DeadlineExceeded("cancelled"))
-            return
-        exc = queued.exception()
-        if exc is not None:
-            cache.fail(mv.name, mv.version, self.key, exc)
-        else:
-            cache.put(mv.name, mv.version, self.key, queued.result())
-
-    def _forget(self) -> None:
-        self.settled = True
-        if self.mv._computations.get(self.key) is self:
-            del self.mv._computations[self.key]
 
 
 class _Missing:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import uvloop
 
-from bench import loadgen, payloads, report, scenario
+from bench import load, payloads, report, scenario
 from bench.serverproc import BareProcess
 
 # -- schedules and inputs ---------------------------------------------------------------
 
 
 def test_poisson_schedule_has_the_rate_and_stays_in_the_horizon() -> None:
-    t = loadgen.arrival_times("open", 2000.0, 5.0, seed=1)
+    t = load.arrival_times("open", 2000.0, 5.0, seed=1)
     assert t[0] == 0.0 and t[-1] < 5.0
     assert np.all(np.diff(t) >= 0)
     assert abs(len(t) / 5.0 - 2000.0) < 2000.0 * 0.05
@@ -28,25 +28,25 @@ def test_poisson_schedule_has_the_rate_and_stays_in_the_horizon() -> None:
 
 
 def test_burst_schedule_sends_bursts_of_the_given_size() -> None:
-    t = loadgen.arrival_times("burst", 1000.0, 4.0, burst_size=10, seed=2)
+    t = load.arrival_times("burst", 1000.0, 4.0, burst_size=10, seed=2)
     _, counts = np.unique(t, return_counts=True)
     assert set(counts.tolist()) == {10}
     assert abs(len(t) / 4.0 - 1000.0) < 1000.0 * 0.15
 
 
 def test_schedules_are_reproducible() -> None:
-    a = loadgen.arrival_times("open", 500.0, 2.0, seed=7)
-    b = loadgen.arrival_times("open", 500.0, 2.0, seed=7)
+    a = load.arrival_times("open", 500.0, 2.0, seed=7)
+    b = load.arrival_times("open", 500.0, 2.0, seed=7)
     assert np.array_equal(a, b)
 
 
 def test_payload_order_uniform_is_round_robin() -> None:
-    order = loadgen.payload_order("uniform", 5, 12, seed=0)
+    order = load.payload_order("uniform", 5, 12, seed=0)
     assert all((order[i + 1] - order[i]) % 5 == 1 for i in range(11))
 
 
 def test_payload_order_zipf_is_skewed() -> None:
-    order = loadgen.payload_order("zipf", 1000, 50_000, zipf_s=1.1, seed=0)
+    order = load.payload_order("zipf", 1000, 50_000, zipf_s=1.1, seed=0)
     _, counts = np.unique(order, return_counts=True)
     top = np.sort(counts)[::-1]
     assert top[0] > 20 * 50  # the favourite far above the uniform share (50)
@@ -123,7 +123,7 @@ def _spec(mode: str, port: int, **kw: Any) -> dict[str, Any]:
         "mode": mode,
         "concurrency": 4,
         "payloads": reqs,
-        "order": loadgen.payload_order("uniform", 3, 100, seed=0),
+        "order": load.payload_order("uniform", 3, 100, seed=0),
         "duration_s": 0.5,
         "warmup_s": 0.1,
         "max_requests": 0,
@@ -133,7 +133,7 @@ def _spec(mode: str, port: int, **kw: Any) -> dict[str, Any]:
         "spin": False,
     }
     if mode != "closed":
-        spec["schedule"] = loadgen.arrival_times(mode, 400.0, 0.6, burst_size=8, seed=3)
+        spec["schedule"] = load.arrival_times(mode, 400.0, 0.6, burst_size=8, seed=3)
     spec.update(kw)
     return spec
 
@@ -145,7 +145,7 @@ def bare() -> Any:
 
 
 def test_closed_loop_against_the_bare_server(bare: BareProcess) -> None:
-    rec = uvloop.run(loadgen.run_load(_spec("closed", bare.port)))
+    rec = uvloop.run(load.run_load(_spec("closed", bare.port)))
     assert rec["sent"] == len(rec["t0"]) > 50
     assert set(rec["code"].tolist()) == {200}
     assert rec["default"].all()  # the reply says "default":true
@@ -154,14 +154,14 @@ def test_closed_loop_against_the_bare_server(bare: BareProcess) -> None:
 
 
 def test_count_bound_stops_the_run(bare: BareProcess) -> None:
-    rec = uvloop.run(loadgen.run_load(_spec("closed", bare.port, max_requests=37)))
+    rec = uvloop.run(load.run_load(_spec("closed", bare.port, max_requests=37)))
     assert len(rec["t0"]) == 37
 
 
 @pytest.mark.parametrize("mode", ["open", "burst"])
 def test_open_loop_measures_from_the_schedule(bare: BareProcess, mode: str) -> None:
     spec = _spec(mode, bare.port)
-    rec = uvloop.run(loadgen.run_load(spec))
+    rec = uvloop.run(load.run_load(spec))
     assert len(rec["t0"]) == len(spec["schedule"])
     assert set(rec["code"].tolist()) == {200}
     offsets = np.sort(rec["t0"] - rec["start"])
@@ -190,7 +190,7 @@ def test_connection_close_replies_reconnect_without_errors() -> None:
         srv = await asyncio.get_running_loop().create_server(CloseAfterReply, "127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         async with srv:
-            return await loadgen.run_load(_spec("closed", port, duration_s=0.3, warmup_s=0))
+            return await load.run_load(_spec("closed", port, duration_s=0.3, warmup_s=0))
 
     rec = uvloop.run(go())
     assert len(rec["code"]) > 10
@@ -202,23 +202,23 @@ def test_connection_refused_is_a_connect_error() -> None:
 
     port = free_port()
     with pytest.raises(OSError):
-        uvloop.run(loadgen.run_load(_spec("closed", port)))
+        uvloop.run(load.run_load(_spec("closed", port)))
 
 
 def test_workers_run_in_their_own_processes(bare: BareProcess) -> None:
     import os
 
     specs = [_spec("closed", bare.port, concurrency=2) for _ in range(2)]
-    merged = loadgen.merge(loadgen.run_workers(specs, timeout=60))
+    merged = load.merge(load.run_workers(specs, timeout=60))
     assert len(merged["workers"]) == 2
     assert all(w["pid"] != os.getpid() for w in merged["workers"])
     assert np.all(np.diff(merged["t0"]) >= 0)
 
 
 def test_error_kinds_are_named() -> None:
-    assert loadgen.error_kind(503) == "http_503"
-    assert loadgen.error_kind(loadgen.ERR_TIMEOUT) == "timeout"
-    assert loadgen.error_kind(loadgen.GRPC_BASE - 14) == "grpc_UNAVAILABLE"
+    assert load.error_kind(503) == "http_503"
+    assert load.error_kind(load.ERR_TIMEOUT) == "timeout"
+    assert load.error_kind(load.GRPC_BASE - 14) == "grpc_UNAVAILABLE"
 
 
 # -- reports -------------------------------------------------------------------------------

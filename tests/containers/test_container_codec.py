@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clipper_core.errors import BadInput
-from clipper_core.replica_client import decode_outputs, encode_batch
+from clipper_core.replica_codec import decode_outputs, encode_batch
 from model_containers import codec
 from model_containers._proto import container_pb2 as pb
 from model_containers.server import exception_line

@@ -1,0 +1,136 @@
+"""The frontend's side of the container wire format (``protos/container.proto``).
+
+A batch travels as one payload plus N+1 byte offsets; outputs come back as JSON
+documents, a tensor, or raw bytes.  The container's side is ``model_containers.codec``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
+from typing import Any
+
+import numpy as np
+import orjson
+
+from clipper_core.errors import BadInput, ModelError
+from model_containers._proto import container_pb2 as pb
+
+__all__ = ["INPUT_TYPES", "NUMERIC_DTYPES", "decode_outputs", "encode_batch", "input_type_name"]
+
+#: Numeric input types and the little-endian dtype each travels as.
+NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
+    "ints": np.dtype("<i4"),
+    "floats": np.dtype("<f4"),
+    "doubles": np.dtype("<f8"),
+}
+INPUT_TYPES: dict[str, int] = {
+    "ints": pb.INTS,
+    "floats": pb.FLOATS,
+    "doubles": pb.DOUBLES,
+    "strings": pb.STRINGS,
+    "bytes": pb.BYTES,
+}
+_INPUT_TYPE_NAMES = {v: k for k, v in INPUT_TYPES.items()}
+
+
+def input_type_name(value: int) -> str:
+    """The name of a wire ``InputType`` value (``pb.DOUBLES`` -> ``"doubles"``); ``""``
+    when unknown."""
+    return _INPUT_TYPE_NAMES.get(value, "")
+
+
+def encode_batch(inputs: Sequence[Any], input_type: str) -> tuple[bytes, list[int]]:
+    """Concatenate a batch of inputs into one payload and N+1 byte offsets.
+
+    Args:
+        inputs: Numeric inputs are numpy arrays (or nested lists), flattened and
+            cast to the input type's dtype (``int32``, ``float32``, ``float64``);
+            strings are ``str`` (sent as UTF-8); bytes are bytes-like objects.
+        input_type: ``"ints"``, ``"floats"``, ``"doubles"``, ``"strings"`` or
+            ``"bytes"``.
+
+    Returns:
+        ``(data, offsets)`` with ``data[offsets[i]:offsets[i+1]]`` the i-th input.
+
+    Raises:
+        BadInput: An input does not fit the input type (a float for ``ints``, a
+            ragged list, a non-string for ``strings``...).
+    """
+    dtype = NUMERIC_DTYPES.get(input_type)
+    if dtype is not None:
+        if all(type(x) is np.ndarray and x.dtype == dtype for x in inputs):
+            arrays: Sequence[np.ndarray[Any, Any]] = inputs  # what the HTTP APIs send
+        else:
+            arrays = _numeric_arrays(inputs, input_type, dtype)
+        if not arrays:
+            return b"", [0]
+        data = np.concatenate([a.ravel() for a in arrays]).tobytes()
+        return data, [0, *accumulate(a.nbytes for a in arrays)]
+    if input_type == "strings":
+        try:
+            parts = [s.encode("utf-8") for s in inputs]
+        except (AttributeError, UnicodeEncodeError) as exc:
+            raise BadInput(f"strings inputs must be str: {exc}") from None
+        if not all(isinstance(s, str) for s in inputs):
+            raise BadInput("strings inputs must be str")
+    elif input_type == "bytes":
+        if not all(isinstance(b, (bytes, bytearray, memoryview)) for b in inputs):
+            raise BadInput("bytes inputs must be bytes-like")
+        parts = [bytes(b) if isinstance(b, memoryview) else b for b in inputs]
+    else:
+        raise BadInput(f"unknown input type {input_type!r}; expected one of {list(INPUT_TYPES)}")
+    return b"".join(parts), [0, *accumulate(map(len, parts))]
+
+
+def _numeric_arrays(
+    inputs: Sequence[Any], input_type: str, dtype: np.dtype[Any]
+) -> list[np.ndarray[Any, Any]]:
+    """Each input as an array of ``dtype``, refusing what does not fit."""
+    arrays: list[np.ndarray[Any, Any]] = []
+    for i, item in enumerate(inputs):
+        try:
+            # same_kind refuses float -> int but allows float64 -> float32.
+            arrays.append(np.asarray(item).astype(dtype, casting="same_kind", copy=False))
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"input {i} is not a vector of {input_type}: {exc}") from None
+        if arrays[-1].dtype.kind == "O":
+            raise BadInput(f"input {i} is not a vector of {input_type}")
+        if dtype.kind == "i" and arrays[-1].size:
+            # astype wraps out-of-range integers silently; check the source.
+            source = np.asarray(item)
+            if source.dtype.kind in "iu" and source.dtype.itemsize > dtype.itemsize:
+                info = np.iinfo(dtype)
+                if source.min() < info.min or source.max() > info.max:
+                    raise BadInput(f"input {i} has values outside the int32 range")
+    return arrays
+
+
+def _loads(doc: memoryview) -> Any:
+    try:
+        return orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        # Python's json writes NaN/Infinity, which orjson refuses.
+        return json.loads(bytes(doc))
+
+
+def decode_outputs(response: pb.PredictResponse) -> list[Any]:
+    """The N outputs of a PredictResponse.
+
+    JSON outputs become Python objects; TENSOR outputs numpy arrays (numpy scalars
+    for a scalar shape), read-only views of the response; RAW_BYTES outputs bytes.
+    """
+    offsets = list(response.offsets)
+    n = max(len(offsets) - 1, 0)
+    data = response.data
+    if response.encoding == pb.TENSOR:
+        shape = tuple(response.shape)
+        flat = np.frombuffer(data, dtype=np.dtype(response.dtype))
+        return list(flat.reshape((n, *shape)))
+    if response.encoding == pb.RAW_BYTES:
+        return [data[a:b] for a, b in pairwise(offsets)]
+    if response.encoding == pb.JSON:
+        view = memoryview(data)
+        return [_loads(view[a:b]) for a, b in pairwise(offsets)]
+    raise ModelError(f"unknown output encoding {response.encoding}")
