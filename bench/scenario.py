@@ -25,10 +25,10 @@ DISTRIBUTIONS = ("uniform", "zipf")
 
 def batch_slo_share() -> float:
     """Share of the app SLO that the server gives one batch
-    (``clipper_core.dataplane.model_version.BATCH_SLO_SHARE``), so that the
+    (``clipper_core.planning.budgets.BATCH_SLO_SHARE``), so that the
     formula follows the server; 0.5 when it cannot be read."""
     try:
-        from clipper_core.dataplane.model_version import BATCH_SLO_SHARE
+        from clipper_core.planning.budgets import BATCH_SLO_SHARE
     except ImportError:  # pragma: no cover - the bench runs next to clipper_core
         return 0.5
     return float(BATCH_SLO_SHARE)

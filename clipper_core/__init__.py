@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from clipper_core._version import __version__
 from clipper_core.connection import ClipperConnection, ClipperException, LocalContainerManager
 from clipper_core.errors import ClipperError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ClipperConnection",

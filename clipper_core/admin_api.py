@@ -21,7 +21,6 @@ from clipper_core.clipper_api import validate_input_type
 from clipper_core.errors import BadInput, ClipperError, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.same_origin import SameOriginPolicy
-from clipper_core.query_api import server_metrics
 from clipper_core.state import AppRecord, ModelRecord
 
 if TYPE_CHECKING:
@@ -337,7 +336,7 @@ def install(router: Router, server: ClipperServer) -> None:
         return server.selection.get(name).describe(app.linked_models, uid)
 
     async def get_state(body: Body) -> Any:
-        return server_metrics(server)
+        return server.inspect()
 
     async def shutdown(body: Body) -> Any:
         server.request_shutdown()

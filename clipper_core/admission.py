@@ -15,17 +15,23 @@ Three pieces, all cheap enough for the hot path:
   client's tighter deadline (the ``Clipper-Deadline-Ms`` header, or OIP's
   ``timeout`` parameter) into the absolute ``time.monotonic()`` deadline that
   ``DataPlane.predict(deadline=...)`` takes.
+* :class:`QueryGate` is what every query route (Clipper's ``/predict`` and
+  ``/update``, OIP over HTTP and gRPC) checks before any work, in one order: the
+  client's limits (429), then the application's API keys (401/403), then the
+  body's JSON nesting (:func:`check_json_depth`, 400).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from clipper_core.auth import ApiKeys
 from clipper_core.errors import BadInput, RateLimited
 
 __all__ = [
@@ -33,7 +39,9 @@ __all__ = [
     "DEADLINE_HEADER",
     "MAX_DEADLINE_SECONDS",
     "ClientLimiter",
+    "QueryGate",
     "ServiceTimeEstimator",
+    "check_json_depth",
     "client_key",
     "deadline_after",
     "deadline_from_headers",
@@ -340,3 +348,96 @@ class ClientLimiter:
                     break
         for key in victims:
             del clients[key]
+
+
+class QueryGate:
+    """The checks of every query route, before any work, in one order.
+
+    1. :meth:`admit`: the client's concurrency and rate limits (429), first
+       because they are the cheapest refusal and must hold whatever the request
+       carries -- a client over its limit gets 429 with or without a valid key;
+    2. :meth:`check`: the application's API keys (401, 403);
+    3. :meth:`check_body`: the JSON nesting of the body (400).
+
+    Args:
+        limiter: The per-client limits.
+        api_keys: The applications' API keys.
+        max_json_depth: Deepest JSON nesting a query body may have (0: no limit).
+    """
+
+    __slots__ = ("api_keys", "limiter", "max_json_depth")
+
+    def __init__(self, limiter: ClientLimiter, api_keys: ApiKeys, max_json_depth: int) -> None:
+        self.limiter = limiter
+        self.api_keys = api_keys
+        self.max_json_depth = max_json_depth
+
+    def client_of(self, headers: Mapping[str, str], peer: str) -> str:
+        """Who the request counts against (:func:`client_key`); "" without limits."""
+        if not self.limiter.enabled:
+            return ""
+        return client_key(headers, peer, self.api_keys.known)
+
+    def admit(self, headers: Mapping[str, str], peer: str) -> str:
+        """Count the request in against its client's limits; the client, which
+        must be passed to :meth:`release` once (in a ``finally``).
+
+        Raises:
+            RateLimited: The client is over a limit.
+        """
+        client = self.client_of(headers, peer)
+        self.limiter.acquire(client)
+        return client
+
+    def release(self, client: str) -> None:
+        """Count a request admitted by :meth:`admit` out."""
+        self.limiter.release(client)
+
+    def check(self, app_name: str, headers: Mapping[str, str]) -> None:
+        """Let a query of ``app_name`` through its API keys, or raise.
+
+        Raises:
+            Unauthorized: The app requires a key and none, or an unknown one, came.
+            Forbidden: The key belongs to another application.
+        """
+        self.api_keys.check(app_name, headers)
+
+    def required(self, app_name: str) -> bool:
+        """Whether ``app_name`` requires an API key."""
+        return self.api_keys.required(app_name)
+
+    def check_body(self, body: bytes) -> None:
+        """Refuse a JSON body nested deeper than ``max_json_depth`` (BadInput)."""
+        check_json_depth(body, self.max_json_depth)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_INNERMOST_PAIR = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_json_depth(body: bytes, max_depth: int) -> None:
+    """Refuse a JSON document nested deeper than ``max_depth`` before parsing it.
+
+    Runs at C speed: a body with at most ``max_depth`` brackets passes at once;
+    otherwise strings are blanked out and the innermost bracket pairs removed, one
+    nesting level per (regex) pass, at most ``max_depth`` passes.  A malformed body
+    is left for the JSON parser to report.
+
+    Raises:
+        BadInput: The body nests arrays/objects more than ``max_depth`` deep.
+    """
+    if max_depth <= 0 or body.count(b"[") + body.count(b"{") <= max_depth:
+        return
+    if b'"' in body:
+        body = _JSON_STRING.sub(b"", body)
+    brackets = body.translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        reduced = _INNERMOST_PAIR.sub(b"", brackets)
+        if reduced == brackets:
+            return  # unbalanced: not JSON, which the parser will say
+        brackets = reduced
+    if brackets:
+        raise BadInput(f"request body nests JSON deeper than the limit of {max_depth} levels")

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import numpy as np
 import orjson
@@ -244,6 +243,31 @@ def format_reply(
     return reply
 
 
+class Answered(Protocol):
+    """Which model versions answered an input (``dataplane.Outcome`` is one)."""
+
+    model: str | None
+    models: list[str] | None
+    confidence: float | None
+    missing: list[str] | None
+
+
+def reply_fields(outcome: Answered) -> dict[str, Any] | None:
+    """The reply keys beyond Clipper's: ``model`` (the version whose output is the
+    answer), and for policies that may query several models ``models`` (those that
+    answered), ``confidence`` and ``missing`` (those that did not answer in time)."""
+    fields: dict[str, Any] = {}
+    if outcome.model is not None:
+        fields["model"] = outcome.model
+    if outcome.models is not None:
+        fields["models"] = outcome.models
+    if outcome.confidence is not None:
+        fields["confidence"] = round(outcome.confidence, 6)
+    if outcome.missing:
+        fields["missing"] = outcome.missing
+    return fields or None
+
+
 def format_batch_reply(replies: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The reply to an ``input_batch`` request: ``{"batch_predictions": [...]}``."""
     return {"batch_predictions": list(replies)}
@@ -429,51 +453,18 @@ def _jsonable(output: Any) -> Any:
     return output
 
 
-# -- nesting limit --------------------------------------------------------------
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_INNERMOST_PAIR = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def check_json_depth(body: bytes, max_depth: int) -> None:
-    """Refuse a JSON document nested deeper than ``max_depth`` before parsing it.
-
-    Runs at C speed: a body with at most ``max_depth`` brackets passes at once;
-    otherwise strings are blanked out and the innermost bracket pairs removed, one
-    nesting level per (regex) pass, at most ``max_depth`` passes.  A malformed body
-    is left for the JSON parser to report.
-
-    Raises:
-        BadInput: The body nests arrays/objects more than ``max_depth`` deep.
-    """
-    if max_depth <= 0 or body.count(b"[") + body.count(b"{") <= max_depth:
-        return
-    if b'"' in body:
-        body = _JSON_STRING.sub(b"", body)
-    brackets = body.translate(None, _NOT_BRACKETS)
-    for _ in range(max_depth):
-        if not brackets:
-            return
-        reduced = _INNERMOST_PAIR.sub(b"", brackets)
-        if reduced == brackets:
-            return  # unbalanced: not JSON, which the parser will say
-        brackets = reduced
-    if brackets:
-        raise BadInput(f"request body nests JSON deeper than the limit of {max_depth} levels")
-
-
 __all__ = [
     "DEFAULT_EXPLANATION",
     "INPUT_TYPES",
     "MAX_BATCH",
     "MAX_INPUT_ELEMENTS",
+    "Answered",
     "PredictQuery",
-    "check_json_depth",
     "format_batch_reply",
     "format_reply",
     "input_key",
     "parse_default_output",
     "parse_predict",
+    "reply_fields",
     "validate_input_type",
 ]

@@ -17,14 +17,32 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
 from clipper_core.connection_models import ModelDeployment
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
+    from clipper_core.config import ServerConfig
+
+
+class RunningServer(Protocol):
+    """A started embedded server, as :meth:`ClipperConnection.for_server` reads it
+    (``ClipperServer`` is one)."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def query_port(self) -> int: ...
+
+    @property
+    def management_port(self) -> int: ...
+
+    @property
+    def scheme(self) -> str: ...
+
 
 #: Clipper's client raised ``ClipperException``; ours is the same tree.
 ClipperException = ClipperError
@@ -121,7 +139,7 @@ class ClipperConnection(ModelDeployment):
         self.connected = False
 
     @classmethod
-    def for_server(cls, server: ClipperServer) -> ClipperConnection:
+    def for_server(cls, server: RunningServer) -> ClipperConnection:
         """A connection to an embedded ``ClipperServer`` (already started)."""
         cm = LocalContainerManager(
             server.config.host,

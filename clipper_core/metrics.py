@@ -7,22 +7,18 @@ someone looks, in :mod:`clipper_core.server_metrics` (the per-second sampler, th
 sliding windows and the snapshot) and :mod:`clipper_core.metrics_export` (the
 Prometheus rendering of that snapshot and ``GET /metrics``).
 
+What a request to an app counts, and for which model version, is decided in
+:mod:`clipper_core.dataplane.accounting`; this module imports nothing of
+clipper_core.
+
 Metric names and labels are listed in the README's "Observability" section.
 """
 
 from __future__ import annotations
 
-import logging
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from clipper_core.logs import RateLimiter, log_event
-
-if TYPE_CHECKING:
-    from clipper_core.dataplane import Application, ModelVersion
-
-log = logging.getLogger("clipper_core.metrics")
+from typing import Any
 
 #: Upper bounds (seconds) of the latency histograms.  Fine-grained below 100 ms so
 #: that p50/p99 estimated from bucket counts are close enough to draw.
@@ -212,40 +208,3 @@ class ModelVersionMetrics:
         """``n`` inputs an app's objective judged; ``within`` answered in time."""
         self.slo_judged += n
         self.within_slo += within
-
-
-_overload_limiter = RateLimiter(5.0)
-
-
-#: Error kinds that mean "too much load": logged as an ``overload`` event.
-OVERLOAD_KINDS = frozenset({"queue_full", "overloaded"})
-
-
-def record_failure(
-    app: Application, mv: ModelVersion, exc: BaseException, n: int, *, rejected: bool = False
-) -> None:
-    """A predict call of ``n`` inputs to ``app`` (model ``mv``) raised ``exc``.
-
-    ``rejected``: ``mv`` refused the inputs when they were submitted (errors of a
-    batch that ran are counted for ``mv`` by its dispatcher).  An overloaded model
-    is also logged, at most every 5 s per app.
-    """
-    kind = error_kind(exc)
-    app.metrics.error(kind, n, received=True)
-    if rejected:
-        mv.metrics.error(kind, n)
-    if kind in OVERLOAD_KINDS and _overload_limiter.allow(app.name):
-        q = mv.queue.stats()
-        log_event(
-            log,
-            "overload",
-            f"{mv.key} is overloaded ({kind}): queries to {app.name} are refused",
-            level=logging.WARNING,
-            app=app.name,
-            model=mv.name,
-            version=mv.version,
-            queue_length=q.get("len"),
-            queue_capacity=q.get("capacity"),
-            rejected_total=q.get("rejected"),
-            kind=kind,
-        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,8 +21,14 @@ from prometheus_client.core import (
 
 if TYPE_CHECKING:
     from clipper_core.http import Request, Response
-    from clipper_core.server import ClipperServer
-    from clipper_core.server_metrics import ServerMetrics
+
+
+class PrometheusSource(Protocol):
+    """What renders the Prometheus exposition (``ServerMetrics`` is one)."""
+
+    def prometheus(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition in the format ``accept`` prefers, and its content type."""
+        ...
 
 
 # -- Prometheus ------------------------------------------------------------------------
@@ -33,10 +39,16 @@ def _hist_buckets(h: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 class SnapshotCollector:
-    """Renders :meth:`ServerMetrics.snapshot` as Prometheus metric families."""
+    """Renders a metrics snapshot (:meth:`ServerMetrics.snapshot
+    <clipper_core.server_metrics.ServerMetrics.snapshot>`) as Prometheus metric
+    families.
 
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self.metrics = metrics
+    Args:
+        snapshot: Reads the snapshot at each scrape.
+    """
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
 
     def describe(self) -> Iterable[Metric]:
         # Names are fixed but label sets come and go with apps and models; nothing
@@ -44,7 +56,7 @@ class SnapshotCollector:
         return ()
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.metrics.snapshot()
+        snap = self.snapshot()
         yield from _app_families(snap["apps"])
         yield from _model_families(snap["models"])
         cache = snap["cache"]
@@ -291,12 +303,13 @@ def _prefers_text(accept: str) -> bool:
 
 
 def metrics_response(
-    server: ClipperServer, request: Request, json_body: Callable[[], Any]
+    metrics: PrometheusSource, request: Request, json_body: Callable[[], Any]
 ) -> Response:
-    """Answer ``GET /metrics``: ``json_body()`` as JSON, or the Prometheus exposition."""
+    """Answer ``GET /metrics``: ``json_body()`` as JSON, or ``metrics``' Prometheus
+    exposition."""
     from clipper_core.http import Response, json_response
 
     if wants_json(request):
         return json_response(json_body())
-    body, content_type = server.metrics.prometheus(request.headers.get("accept", ""))
+    body, content_type = metrics.prometheus(request.headers.get("accept", ""))
     return Response(200, body, content_type)

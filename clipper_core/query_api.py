@@ -1,52 +1,67 @@
-"""Clipper's query REST API on the query port: ``POST /<app>/predict``."""
+"""Clipper's query REST API on the query port: ``POST /<app>/predict``, and
+``GET /metrics`` and ``GET /health``.
+
+The routes see the data plane through :class:`~clipper_core.dataplane.QueryView`
+and pass the :class:`~clipper_core.admission.QueryGate` first.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from clipper_core.admission import client_key, deadline_from_headers
+from clipper_core.admission import QueryGate, deadline_from_headers
 from clipper_core.clipper_api import (
     InputKeys,
-    check_json_depth,
     format_batch_reply,
     format_reply,
     parse_predict,
+    reply_fields,
 )
 from clipper_core.errors import ClipperError
 from clipper_core.http import Request, Response, Router, json_response
 from clipper_core.metrics_export import metrics_response
-from clipper_core.selection.api import reply_fields
 
 if TYPE_CHECKING:
-    from clipper_core.dataplane import Application
-    from clipper_core.server import ClipperServer
+    from clipper_core.dataplane import Application, QueryView
+    from clipper_core.process_manager import ReplicaHandle
+    from clipper_core.server_metrics import ServerMetrics
+
+__all__ = ["inspect_instance", "install"]
 
 
-def install(router: Router, server: ClipperServer) -> None:
-    """Add the query routes of ``server`` to ``router``."""
-    dataplane = server.dataplane
-    limiter = server.client_limiter
-    api_keys = server.api_keys
-    max_depth = server.config.max_json_depth
+def install(
+    router: Router,
+    dataplane: QueryView,
+    gate: QueryGate,
+    metrics: ServerMetrics,
+    inspect: Callable[[], dict[str, Any]],
+) -> None:
+    """Add the query routes to ``router``.
+
+    Args:
+        router: The query port's routes.
+        dataplane: What answers the queries.
+        gate: The checks before any work.
+        metrics: For the Prometheus exposition of ``GET /metrics``.
+        inspect: The JSON of ``GET /metrics`` (``inspect_instance()``).
+    """
 
     async def predict(request: Request, params: dict[str, str]) -> Response:
         # Cheap refusals first: per-client limit (429), then the app's API keys
         # (401/403), then the client's deadline header (400 when malformed).
-        client = (
-            client_key(request.headers, request.remote, api_keys.known) if limiter.enabled else ""
-        )
-        limiter.acquire(client)
+        client = gate.admit(request.headers, request.remote)
         try:
             app = dataplane.app(params["app"])
-            api_keys.check(app.name, request.headers)
+            gate.check(app.name, request.headers)
             deadline = deadline_from_headers(request.headers)
             return await _predict(request, app, deadline)
         finally:
-            limiter.release(client)
+            gate.release(client)
 
     async def _predict(request: Request, app: Application, deadline: float | None) -> Response:
         try:
-            check_json_depth(request.body, max_depth)
+            gate.check_body(request.body)
             query = parse_predict(request.body, app.input_type)
         except ClipperError as exc:
             app.metrics.error(exc.kind, received=True)
@@ -71,22 +86,30 @@ def install(router: Router, server: ClipperServer) -> None:
             return json_response(format_batch_reply(replies))
         return json_response(replies[0])
 
-    async def metrics(request: Request, params: dict[str, str]) -> Response:
+    async def metrics_route(request: Request, params: dict[str, str]) -> Response:
         # Prometheus text for scrapers; JSON for Clipper's inspect_instance() (see
         # clipper_core.metrics_export.wants_json).
-        return metrics_response(server, request, lambda: server_metrics(server))
+        return metrics_response(metrics, request, inspect)
 
     async def health(request: Request, params: dict[str, str]) -> Response:
         return json_response({"status": "ok"})
 
     router.add("POST", "/{app}/predict", predict)
-    router.add("GET", "/metrics", metrics)
+    router.add("GET", "/metrics", metrics_route)
     router.add("GET", "/health", health)
 
 
-def server_metrics(server: ClipperServer) -> dict[str, Any]:
-    """The figures that ``inspect_instance()`` returns."""
-    stats = server.dataplane.stats()
+def inspect_instance(
+    dataplane: QueryView, metrics: ServerMetrics, replicas: Iterable[ReplicaHandle]
+) -> dict[str, Any]:
+    """The figures that ``inspect_instance()`` returns.
+
+    Args:
+        dataplane: Its apps, model versions and cache.
+        metrics: The server's metrics (their snapshot goes under ``"metrics"``).
+        replicas: Every replica the process manager supervises.
+    """
+    stats = dataplane.stats()
     stats["replicas"] = [
         {
             "model": h.spec.model_name,
@@ -96,7 +119,7 @@ def server_metrics(server: ClipperServer) -> dict[str, Any]:
             "state": h.state,
             "restarts": h.restarts,
         }
-        for h in server.manager.list()
+        for h in replicas
     ]
-    stats["metrics"] = server.metrics.snapshot()
+    stats["metrics"] = metrics.snapshot()
     return stats

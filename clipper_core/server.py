@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from clipper_core import admin_api, dashboard, query_api
-from clipper_core.admission import ClientLimiter
+from clipper_core.admission import ClientLimiter, QueryGate
 from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys, hash_api_key
 from clipper_core.clipper_api import parse_default_output
 from clipper_core.config import ServerConfig
@@ -36,6 +36,7 @@ from clipper_core.model_bundle import TAR, unpack_archive
 from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
 from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
+from clipper_core.planning import budgets
 from clipper_core.process_manager import (
     LocalProcessManager,
     ReplicaEvent,
@@ -69,10 +70,12 @@ class ClipperServer:
             setattr(cfg, key, value)
         self.config = cfg
         self.store: StateStore | None = None
-        self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes)
+        # Set once the state is restored, cleared when stopping: OIP readiness.
+        self.ready = False
+        self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes, batch_slo_rule=budgets.batch_slos)
         self.selection = SelectionService()
-        self.metrics = ServerMetrics(self)
         self.manager = LocalProcessManager(on_event=self._on_replica_event)
+        self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         # Per-model virtual environments (pkgs_to_install), cached by requirements.
         self.runtime_envs = RuntimeEnvManager(
             Path(cfg.state_dir) / "envs", python=cfg.python or sys.executable
@@ -83,8 +86,14 @@ class ClipperServer:
             burst=cfg.client_burst,
         )
         self.api_keys = ApiKeys()
+        self.gate = QueryGate(self.client_limiter, self.api_keys, cfg.max_json_depth)
         # The Open Inference Protocol: REST on the query port, gRPC on grpc_port.
-        self.oip = InferenceService(self)
+        self.oip = InferenceService(
+            self.dataplane,
+            self.gate,
+            default_timeout=cfg.batch_timeout,
+            ready=lambda: self.ready,
+        )
         self._grpc: GrpcInferenceServer | None = None
         self._query_http: HttpServer | None = None
         self._admin_http: HttpServer | None = None
@@ -141,12 +150,12 @@ class ClipperServer:
         self.store = StateStore(state_path)
         self.selection.open(self.store)
         query_router = Router()
-        query_api.install(query_router, self)
-        oip_http.install(query_router, self, self.oip)
-        selection_api.install(query_router, self)
+        query_api.install(query_router, self.dataplane, self.gate, self.metrics, self.inspect)
+        oip_http.install(query_router, self.oip)
+        selection_api.install(query_router, self.dataplane, self.gate)
         admin_router = Router()
         admin_api.install(admin_router, self)
-        dashboard.install(admin_router, self)
+        dashboard.install(admin_router, self.metrics, self.dataplane, self)
         self._query_http = HttpServer(
             query_router,
             host=cfg.host,
@@ -186,6 +195,7 @@ class ClipperServer:
         self.started_at = time.time()
         self.metrics.start()
         await self._restore()
+        self.ready = True
         log_event(
             log,
             "server_started",
@@ -214,6 +224,7 @@ class ClipperServer:
             self._stopped.set()  # run_forever returns whatever happened
 
     async def _shutdown(self) -> None:
+        self.ready = False
         grace = self.config.shutdown_grace
         draining = [h.stop(grace) for h in (self._query_http, self._admin_http) if h is not None]
         if self._grpc is not None:
@@ -279,6 +290,10 @@ class ClipperServer:
         await self._stopped.wait()
         if self._stop_task is not None:
             await self._stop_task  # surfaces an error of the stop itself
+
+    def inspect(self) -> dict[str, Any]:
+        """The figures of ``inspect_instance()`` (``GET /metrics`` as JSON)."""
+        return query_api.inspect_instance(self.dataplane, self.metrics, self.manager.list())
 
     # -- state ------------------------------------------------------------------
 

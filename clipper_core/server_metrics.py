@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -33,8 +34,11 @@ from clipper_core.metrics import (
 from clipper_core.metrics_export import SnapshotCollector
 
 if TYPE_CHECKING:
-    from clipper_core.dataplane import Application, ModelVersion
-    from clipper_core.server import ClipperServer
+    from clipper_core.dataplane import Application, ModelVersion, QueryView
+    from clipper_core.process_manager import ReplicaHandle
+
+#: The replicas the process manager supervises for a (model, version).
+ReplicaSource = Callable[[str, str], "list[ReplicaHandle]"]
 
 log = logging.getLogger("clipper_core.metrics")
 
@@ -164,8 +168,8 @@ class MetricsSampler:
     per-interval points for the dashboard.
     """
 
-    def __init__(self, server: ClipperServer, interval: float = 1.0) -> None:
-        self.server = server
+    def __init__(self, dataplane: QueryView, interval: float = 1.0) -> None:
+        self.dataplane = dataplane
         self.interval = interval
         keep = math.ceil(WINDOW_SECONDS / interval) + 1
         self.samples: deque[_Sample] = deque(maxlen=keep)
@@ -174,7 +178,7 @@ class MetricsSampler:
 
     def take(self) -> _Sample:
         """Read every counter now."""
-        dp = self.server.dataplane
+        dp = self.dataplane
         return _Sample(
             time.monotonic(),
             time.time(),
@@ -245,9 +249,9 @@ class MetricsSampler:
 # -- the snapshot ---------------------------------------------------------------------
 
 
-def _replicas(server: ClipperServer, mv: ModelVersion) -> list[dict[str, Any]]:
+def _replicas(replicas: ReplicaSource, mv: ModelVersion) -> list[dict[str, Any]]:
     """The connected replicas of ``mv`` merged with the process manager's view."""
-    handles = {str(h.spec.replica_id): h for h in server.manager.list(mv.name, mv.version)}
+    handles = {str(h.spec.replica_id): h for h in replicas(mv.name, mv.version)}
     out: list[dict[str, Any]] = []
     for rid, slot in mv.replicas.items():
         h = handles.pop(rid, None)
@@ -283,13 +287,31 @@ def _replicas(server: ClipperServer, mv: ModelVersion) -> list[dict[str, Any]]:
 
 
 class ServerMetrics:
-    """A server's metrics: the sampler, the snapshot and the Prometheus registry."""
+    """A server's metrics: the sampler, the snapshot and the Prometheus registry.
 
-    def __init__(self, server: ClipperServer, *, interval: float = 1.0) -> None:
-        self.server = server
-        self.sampler = MetricsSampler(server, interval)
+    Args:
+        dataplane: Whose apps, model versions and cache are measured.
+        replicas: The process manager's replicas of a (model, version): their
+            ``spec.replica_id``, ``pid``, ``state``, ``restarts`` and ``address``
+            are merged with the connected ones.
+        started_at: When the server started (UNIX time; 0 while not started).
+        interval: Seconds between samples.
+    """
+
+    def __init__(
+        self,
+        dataplane: QueryView,
+        replicas: ReplicaSource,
+        started_at: Callable[[], float],
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self.dataplane = dataplane
+        self._replicas = replicas
+        self._started_at = started_at
+        self.sampler = MetricsSampler(dataplane, interval)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self))
+        self.registry.register(SnapshotCollector(self.snapshot))
         # process_cpu_seconds_total, process_resident_memory_bytes, ... of this
         # process, in this registry only (the global one is left alone).
         ProcessCollector(registry=self.registry)
@@ -302,8 +324,7 @@ class ServerMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         """Every figure, as plain data (the JSON of ``/metrics`` under ``"metrics"``)."""
-        server = self.server
-        dp = server.dataplane
+        dp = self.dataplane
         app_rates, model_rates, window = self.sampler.window()
         apps: dict[str, Any] = {}
         for name, app in sorted(dp.apps.items()):
@@ -324,7 +345,7 @@ class ServerMetrics:
             for version, mv in sorted(model.versions.items()):
                 m2 = mv.metrics
                 q = mv.queue.stats()
-                replicas = _replicas(server, mv)
+                replicas = _replicas(self._replicas, mv)
                 ctl = mv.controller
                 models[mv.key] = {
                     "model": mv.name,
@@ -368,10 +389,9 @@ class ServerMetrics:
                 "bytes": int(cs["nbytes"]),
                 "capacity_bytes": int(cs["max_bytes"]),
             }
+        started_at = self._started_at()
         return {
-            "uptime_seconds": max(time.time() - server.started_at, 0.0)
-            if server.started_at
-            else 0.0,
+            "uptime_seconds": max(time.time() - started_at, 0.0) if started_at else 0.0,
             "window_seconds": window,
             "apps": apps,
             "models": models,

@@ -7,7 +7,9 @@ and the per-second series that :class:`clipper_core.server_metrics.MetricsSample
 
 When the server has a management token, ``/dashboard/data`` needs it like every
 management call (``Authorization: Bearer``, or ``?token=`` — the page passes on
-the ``token`` parameter of its own address).
+the ``token`` parameter of its own address): the management port's guard
+(``admin_api.admin_guard``) checks it, reading the headers through
+:func:`auth_headers`, and lets only :func:`is_public` requests through without it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,24 @@ import os
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from clipper_core.errors import ClipperError
-from clipper_core.http import Request, Response, Router, error_response, json_response
+from clipper_core.http import Request, Response, Router, json_response
 
 if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
+    from clipper_core.dataplane import QueryView
+    from clipper_core.server_metrics import ServerMetrics
+
+
+class ServerInfo(Protocol):
+    """Where the server listens, read when the page asks (``ClipperServer`` is one)."""
+
+    @property
+    def query_url(self) -> str: ...
+
+    @property
+    def management_url(self) -> str: ...
+
 
 _STATIC = {
     "/dashboard": ("index.html", "text/html; charset=utf-8"),
@@ -55,16 +68,8 @@ def auth_headers(request: Request) -> Mapping[str, str]:
     return {**request.headers, "authorization": f"Bearer {token}"}
 
 
-def _check_token(server: ClipperServer, request: Request) -> None:
-    token = getattr(server.config, "admin_token", "") or ""
-    if token:
-        from clipper_core.auth import check_admin
-
-        check_admin(auth_headers(request), token)
-
-
-def _series(server: ClipperServer) -> dict[str, Any]:
-    points = server.metrics.series()
+def _series(metrics: ServerMetrics) -> dict[str, Any]:
+    points = metrics.series()
     n = len(points)
     apps: dict[str, dict[str, list[Any]]] = {}
     models: dict[str, dict[str, list[Any]]] = {}
@@ -80,10 +85,9 @@ def _series(server: ClipperServer) -> dict[str, Any]:
     return {"t": [p["t"] for p in points], "apps": apps, "models": models}
 
 
-def dashboard_data(server: ClipperServer) -> dict[str, Any]:
+def dashboard_data(metrics: ServerMetrics, dp: QueryView, info: ServerInfo) -> dict[str, Any]:
     """What the page shows: the snapshot without histograms, plus the series."""
-    snap = server.metrics.snapshot()
-    dp = server.dataplane
+    snap = metrics.snapshot()
     apps = []
     for name, a in snap["apps"].items():
         linked = a["linked_models"]
@@ -118,17 +122,17 @@ def dashboard_data(server: ClipperServer) -> dict[str, Any]:
         )
     return {
         "server": {
-            "query_url": server.query_url,
-            "management_url": server.management_url,
+            "query_url": info.query_url,
+            "management_url": info.management_url,
             "pid": os.getpid(),
             "uptime_seconds": snap["uptime_seconds"],
             "window_seconds": snap["window_seconds"],
-            "interval_seconds": server.metrics.sampler.interval,
+            "interval_seconds": metrics.sampler.interval,
         },
         "apps": apps,
         "models": models,
         "cache": snap["cache"],
-        "series": _series(server),
+        "series": _series(metrics),
     }
 
 
@@ -136,19 +140,20 @@ def _mean(h: dict[str, Any]) -> float | None:
     return h["sum"] / h["count"] if h["count"] else None
 
 
-def install(router: Router, server: ClipperServer) -> None:
-    """Add ``/dashboard``, its script and ``/dashboard/data`` to ``router``."""
+def install(router: Router, metrics: ServerMetrics, dataplane: QueryView, info: ServerInfo) -> None:
+    """Add ``/dashboard``, its script and ``/dashboard/data`` to ``router``.
+
+    The routes check no token themselves: the management port's guard does, for
+    ``/dashboard/data`` as for every management call.
+    """
 
     def static(request: Request, params: dict[str, str]) -> Response:
         name, content_type = _STATIC[request.path]
         return Response(200, _static(name), content_type, {"Cache-Control": "no-cache"})
 
     def data(request: Request, params: dict[str, str]) -> Response:
-        try:
-            _check_token(server, request)
-        except ClipperError as exc:
-            return error_response(exc.http_status, exc.kind, str(exc))
-        return json_response(dashboard_data(server), headers={"Cache-Control": "no-store"})
+        body = dashboard_data(metrics, dataplane, info)
+        return json_response(body, headers={"Cache-Control": "no-store"})
 
     for path in _STATIC:
         router.add("GET", path, static)

@@ -3,47 +3,57 @@
 from __future__ import annotations
 
 import itertools
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from clipper_core.dataplane.application import Application, Outcome, predict_with_slo
+from clipper_core.dataplane.application import predict_with_slo
+from clipper_core.dataplane.model import Model
 from clipper_core.dataplane.model_version import ModelVersion
+from clipper_core.dataplane.routing import Application, ModelLookup, Outcome, QueryRouter
+from clipper_core.dataplane.view import QueryView
 from clipper_core.errors import BadInput, NotFound
 from clipper_core.structures import PredictionCache
 
-__all__ = ["Application", "DataPlane", "Model", "ModelVersion", "Outcome"]
+__all__ = [
+    "Application",
+    "BatchSloRule",
+    "DataPlane",
+    "Model",
+    "ModelLookup",
+    "ModelVersion",
+    "Outcome",
+    "QueryRouter",
+    "QueryView",
+]
 
-
-@dataclass
-class Model:
-    """A model name with its deployed versions and the version queries go to."""
-
-    name: str
-    versions: dict[str, ModelVersion] = field(default_factory=dict)
-    current: str | None = None
-
-    def version_for(self, version: str | None) -> ModelVersion | None:
-        if version is None:
-            return None if self.current is None else self.versions.get(self.current)
-        mv = self.versions.get(version)
-        if mv is None:
-            raise NotFound(f"model {self.name!r} has no version {version!r}")
-        return mv
+#: Decides the batch latency objective of model versions from the apps and models:
+#: ``rule(apps, models) -> {(model, version): seconds}``; versions left out get
+#: the objective for unlinked models.  See ``clipper_core.planning.budgets``.
+BatchSloRule = Callable[
+    [Mapping[str, Application], Mapping[str, Model]], Mapping[tuple[str, str], float]
+]
 
 
 class DataPlane:
-    """Registry of applications and model versions, and the query entry point."""
+    """Registry of applications and model versions, and the query entry point.
 
-    def __init__(self, *, cache_bytes: int) -> None:
+    Args:
+        cache_bytes: The prediction cache's budget (0: no cache).
+        batch_slo_rule: Decides the model versions' batch latency objectives; it
+            runs again whenever apps, links or versions change.  The data plane
+            makes no such policy itself: without a rule every version keeps the
+            objective for unlinked models until :meth:`set_batch_slos` is called.
+    """
+
+    def __init__(self, *, cache_bytes: int, batch_slo_rule: BatchSloRule | None = None) -> None:
         self.cache: PredictionCache | None = (
             PredictionCache(cache_bytes) if cache_bytes > 0 else None
         )
         self.apps: dict[str, Application] = {}
         self.models: dict[str, Model] = {}
         self._query_ids = itertools.count()
+        self._batch_slo_rule = batch_slo_rule
 
     # -- configuration ----------------------------------------------------------
 
@@ -104,16 +114,16 @@ class DataPlane:
             for mv in list(model.versions.values()):
                 await mv.close()
 
-    def _update_slos(self) -> None:
-        # A model's batch latency objective follows the tightest app it serves.
-        tightest: dict[str, float] = {}
-        for app in self.apps.values():
-            for name in app.linked_models:
-                tightest[name] = min(tightest.get(name, math.inf), app.slo)
+    def set_batch_slos(self, slos: Mapping[tuple[str, str], float]) -> None:
+        """Give each model version its batch latency objective (seconds), by
+        ``(model, version)``; versions left out get the one for unlinked models."""
         for model in self.models.values():
-            slo = tightest.get(model.name)
-            for mv in model.versions.values():
-                mv.set_slo(slo)
+            for version, mv in model.versions.items():
+                mv.set_slo(slos.get((model.name, version)))
+
+    def _update_slos(self) -> None:
+        if self._batch_slo_rule is not None:
+            self.set_batch_slos(self._batch_slo_rule(self.apps, self.models))
 
     # -- queries ----------------------------------------------------------------
 

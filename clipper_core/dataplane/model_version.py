@@ -19,6 +19,7 @@ from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
 from clipper_core.dataplane.coalesce import SharedComputation
+from clipper_core.dataplane.futures import consume_exception, copy_outcome
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     ClipperError,
@@ -37,10 +38,6 @@ log = logging.getLogger("clipper_core.dataplane")
 
 #: Priority of a batch handed back after its replica failed: ahead of new work.
 RETRY_PRIORITY = 1
-
-#: The model's batch latency objective is this share of the tightest linked SLO;
-#: the rest is left for queueing, the network and the frontend.
-BATCH_SLO_SHARE = 0.5
 
 #: AIMD's hold band (Clipper's 10%): latencies above (1 - this) x SLO are news.
 AIMD_TOLERANCE = 0.1
@@ -74,26 +71,6 @@ class ReplicaSlot:
     recovering: bool = False
     #: When the batch in flight was sent (``time.monotonic()``).
     batch_started: float = 0.0
-
-
-def _consume(fut: asyncio.Future[Any]) -> None:
-    # Mark an exception as retrieved: nobody may be waiting any more (SLO passed).
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
-    if dst.done():
-        _consume(src)
-        return
-    if src.cancelled():
-        dst.cancel()
-        return
-    exc = src.exception()
-    if exc is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())
 
 
 class ModelVersion:
@@ -166,9 +143,12 @@ class ModelVersion:
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
-    def set_slo(self, app_slo: float | None) -> None:
-        """Derive the batch latency objective from the tightest linked app SLO."""
-        target = UNLINKED_BATCH_SLO if app_slo is None else app_slo * BATCH_SLO_SHARE
+    def set_slo(self, batch_slo: float | None) -> None:
+        """Set the batch latency objective (seconds; None: no app is linked).
+
+        The data plane's caller decides it (``clipper_core.planning.budgets``).
+        """
+        target = UNLINKED_BATCH_SLO if batch_slo is None else batch_slo
         self.controller.set_slo(max(target, 1e-4))
 
     # -- queries ----------------------------------------------------------------
@@ -209,7 +189,7 @@ class ModelVersion:
             queued = self.queue.put(PendingQuery(value), deadline)
         except ClipperError as exc:
             cache.fail(self.name, self.version, key, exc)
-            _consume(shared)
+            consume_exception(shared)
             raise
         computation = SharedComputation(self, key, queued, value, deadline)
         self._computations[key] = computation
@@ -453,7 +433,7 @@ class ModelVersion:
             except ClipperError as put_exc:
                 fut.set_exception(put_exc)
                 continue
-            again.add_done_callback(lambda f, dst=fut: _copy_outcome(f, dst))
+            again.add_done_callback(lambda f, dst=fut: copy_outcome(f, dst))
             # A requester that goes away withdraws the retry too.
             fut.add_done_callback(lambda f, src=again: src.cancel() if f.cancelled() else None)
 

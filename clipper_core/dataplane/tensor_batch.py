@@ -25,7 +25,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,13 +36,11 @@ from clipper_core.errors import (
     ModelError,
     ReplicaUnavailable,
 )
+from clipper_core.metrics import ModelVersionMetrics
 from clipper_core.replica_client import ReplicaClient
 from clipper_core.structures import QueueEntry
 from model_containers._proto import container_pb2 as pb
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
-
-if TYPE_CHECKING:
-    from clipper_core.dataplane.model_version import ModelVersion
 
 log = logging.getLogger("clipper_core.dataplane")
 
@@ -53,6 +51,22 @@ __all__ = ["TensorQuery", "TensorResult", "predict_tensor_batch"]
 # tensor keys with a secret drawn at start-up keeps a crafted input from ever
 # equalling one (keys are compared in full).
 _KEY_PREFIX = b"\x00oip\x00" + secrets.token_bytes(16)
+
+
+class BatchOwner(Protocol):
+    """What a tensor batch reads of its model version (``ModelVersion`` is one)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def input_type(self) -> str: ...
+
+    @property
+    def batch_timeout(self) -> float: ...
+
+    @property
+    def metrics(self) -> ModelVersionMetrics: ...
 
 
 class TensorQuery:
@@ -155,7 +169,7 @@ def _is_fatal(exc: BaseException) -> bool:
 
 
 async def predict_tensor_batch(
-    mv: ModelVersion, client: ReplicaClient, entries: Sequence[QueueEntry]
+    mv: BatchOwner, client: ReplicaClient, entries: Sequence[QueueEntry]
 ) -> list[Any]:
     """Serve a batch holding tensor queries; resolve each entry's future.
 
@@ -210,7 +224,7 @@ async def predict_tensor_batch(
     return [None] * len(entries)
 
 
-def _fail_group(mv: ModelVersion, group: Sequence[QueueEntry], exc: Exception) -> None:
+def _fail_group(mv: BatchOwner, group: Sequence[QueueEntry], exc: Exception) -> None:
     if not isinstance(exc, ClipperError):
         log.error("tensor batch of %s failed", mv.key, exc_info=exc)
         exc = ModelError(f"{type(exc).__name__}: {exc}")
@@ -220,7 +234,7 @@ def _fail_group(mv: ModelVersion, group: Sequence[QueueEntry], exc: Exception) -
             entry.future.set_exception(exc)
 
 
-async def _predict_group(mv: ModelVersion, client: ReplicaClient, group: list[QueueEntry]) -> None:
+async def _predict_group(mv: BatchOwner, client: ReplicaClient, group: list[QueueEntry]) -> None:
     """One model call for requests of one signature."""
     queries: list[TensorQuery] = [e.item.input for e in group]
     first = queries[0]

@@ -26,7 +26,6 @@ import numpy as np
 
 from clipper_core._proto import oip_service_pb2 as pb
 from clipper_core._proto import oip_service_pb2_grpc as pb_grpc
-from clipper_core.admission import client_key
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.oip.service import InferenceService, InferReply
 from clipper_core.oip.tensors import (
@@ -194,7 +193,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.limiter = service.server.client_limiter
+        self.gate = service.gate
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -230,18 +229,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         headers = _metadata(context)
-        limiter = self.limiter
-        client = (
-            client_key(
-                headers, _peer_host(context.peer() or ""), self.service.server.api_keys.known
-            )
-            if limiter.enabled
-            else ""
-        )
+        gate = self.gate
         try:
-            limiter.acquire(client)
+            client = gate.admit(headers, _peer_host(context.peer() or ""))
         except ClipperError as exc:
             await _abort(context, exc)
+            raise AssertionError("unreachable") from None
         try:
             service = self.service
             target = service.resolve(request.model_name, request.model_version or None)
@@ -255,7 +248,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(context, exc)
             raise AssertionError("unreachable") from None
         finally:
-            limiter.release(client)
+            gate.release(client)
 
 
 def read_tls_files(cert: str | None, key: str | None) -> tuple[bytes, bytes] | None:

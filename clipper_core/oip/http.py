@@ -15,19 +15,14 @@ is overloaded or has no replica, 504 when its deadline passes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 
-from clipper_core.admission import client_key, deadline_from_headers
+from clipper_core.admission import deadline_from_headers
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import Request, Response, Router
 from clipper_core.http.messages import error_headers
 from clipper_core.oip.service import InferenceService
 from clipper_core.oip.tensors import HEADER_LENGTH, encode_http_response, parse_http_request
-
-if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
 
 __all__ = ["install"]
 
@@ -44,9 +39,10 @@ def error_response(exc: ClipperError) -> Response:
     return Response(exc.http_status, body, _JSON, error_headers(exc))
 
 
-def install(router: Router, server: ClipperServer, service: InferenceService) -> None:
-    """Add the OIP routes of ``server`` to the query port's ``router``."""
-    limiter = server.client_limiter
+def install(router: Router, service: InferenceService) -> None:
+    """Add the OIP routes over ``service`` to the query port's ``router``; requests
+    pass ``service.gate`` as Clipper's ``/predict`` does."""
+    gate = service.gate
 
     def server_metadata(request: Request, params: dict[str, str]) -> Response:
         return _json(service.server_metadata())
@@ -75,13 +71,8 @@ def install(router: Router, server: ClipperServer, service: InferenceService) ->
         return _json({"name": name, "ready": ok}, 200 if ok else 400)
 
     async def infer(request: Request, params: dict[str, str]) -> Response:
-        client = (
-            client_key(request.headers, request.remote, service.server.api_keys.known)
-            if limiter.enabled
-            else ""
-        )
         try:
-            limiter.acquire(client)
+            client = gate.admit(request.headers, request.remote)
         except ClipperError as exc:
             return error_response(exc)
         try:
@@ -99,7 +90,7 @@ def install(router: Router, server: ClipperServer, service: InferenceService) ->
         except ClipperError as exc:
             return error_response(exc)
         finally:
-            limiter.release(client)
+            gate.release(client)
         if header_length is None:
             return Response(200, body, _JSON)
         return Response(

@@ -12,9 +12,9 @@ application's latency objective -- when that passes, the reply is the
 application's default output in a tensor named ``output``, flagged with the
 response parameters ``default: true`` and ``default_explanation``, as Clipper's
 REST API does.  A model queried by its own name has no latency objective: its
-deadline is the server's ``batch_timeout``, or sooner with the request parameter
-``timeout`` (microseconds, as Triton's), a gRPC deadline, or the
-``Clipper-Deadline-Ms`` header; past it the request fails with 504 /
+deadline is the service's ``default_timeout`` (the server's ``batch_timeout``),
+or sooner with the request parameter ``timeout`` (microseconds, as Triton's), a
+gRPC deadline, or the ``Clipper-Deadline-Ms`` header; past it the request fails with 504 /
 DEADLINE_EXCEEDED.
 
 Metadata (tensor specs, platform) comes from a replica of the version, once; it
@@ -27,15 +27,16 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clipper_core import __version__
+from clipper_core._version import __version__
 from clipper_core.dataplane import Application, ModelVersion
-from clipper_core.dataplane.application import count_answered, wait_until
+from clipper_core.dataplane.accounting import count_answered, record_failure
+from clipper_core.dataplane.futures import wait_until
 from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult
 from clipper_core.errors import (
     BadInput,
@@ -44,12 +45,12 @@ from clipper_core.errors import (
     NotFound,
     ReplicaUnavailable,
 )
-from clipper_core.metrics import record_failure
 from clipper_core.oip.tensors import InferRequest, InputTensor, OutputTensor
 from model_containers.tensors import datatype_of, outputs_to_tensor
 
 if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
+    from clipper_core.admission import QueryGate
+    from clipper_core.dataplane import QueryView
 
 log = logging.getLogger("clipper_core.oip")
 
@@ -89,11 +90,29 @@ class InferReply:
 
 
 class InferenceService:
-    """Resolution, metadata, readiness and inference for the OIP frontends."""
+    """Resolution, metadata, readiness and inference for the OIP frontends.
 
-    def __init__(self, server: ClipperServer) -> None:
-        self.server = server
-        self.dataplane = server.dataplane
+    Args:
+        dataplane: What answers the requests.
+        gate: The checks before any work (the transports admit the client; the
+            service applies the API keys of what a name resolves to).
+        default_timeout: Seconds a model queried by its own name may take (an
+            application's objective applies to a query by the app's name).
+        ready: Whether the server is ready (its state restored).
+    """
+
+    def __init__(
+        self,
+        dataplane: QueryView,
+        gate: QueryGate,
+        *,
+        default_timeout: float,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.dataplane = dataplane
+        self.gate = gate
+        self.default_timeout = default_timeout
+        self._ready = ready
         self._metadata: weakref.WeakKeyDictionary[ModelVersion, dict[str, Any]] = (
             weakref.WeakKeyDictionary()
         )
@@ -107,7 +126,8 @@ class InferenceService:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def server_ready(self) -> bool:
-        return self.server.store is not None
+        """Whether the server is ready: started, its state restored, not stopping."""
+        return self._ready()
 
     # -- names ------------------------------------------------------------------
 
@@ -144,20 +164,20 @@ class InferenceService:
         application linked to it that requires one: any of their keys lets it
         through, so that OIP offers no way around an application's keys.
         """
-        keys = self.server.api_keys
+        gate = self.gate
         if target.app is not None:
-            keys.check(target.app.name, headers)
+            gate.check(target.app.name, headers)
             return
         assert target.mv is not None
         guarded = [
             app.name
             for app in self.dataplane.apps.values()
-            if target.mv.name in app.linked_models and keys.required(app.name)
+            if target.mv.name in app.linked_models and gate.required(app.name)
         ]
         error: ClipperError | None = None
         for app_name in guarded:
             try:
-                keys.check(app_name, headers)
+                gate.check(app_name, headers)
                 return
             except ClipperError as exc:
                 error = exc
@@ -260,7 +280,7 @@ class InferenceService:
         app = target.app
         if app is not None and app.routes_queries:
             raise BadInput(policy_refusal(app))
-        end = now + (app.slo if app is not None else self.server.config.batch_timeout)
+        end = now + (app.slo if app is not None else self.default_timeout)
         timeout = request.timeout
         if timeout is not None:
             end = min(end, now + timeout)

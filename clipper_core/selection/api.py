@@ -1,5 +1,4 @@
-"""The query port's feedback route, ``POST /<app>/update``, and the reply fields that
-say which models answered.
+"""The query port's feedback route, ``POST /<app>/update``.
 
 An update is ``{"uid": int, "input": X, "label": y}`` (Clipper's shape; ``uid``
 defaults to 0, the app-wide state).  ``X`` follows the app's input type as in
@@ -15,32 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clipper_core.admission import client_key
-from clipper_core.clipper_api import check_json_depth, input_key, parse_predict
-from clipper_core.dataplane.application import Application, Outcome
-from clipper_core.errors import BadInput
+from clipper_core.admission import QueryGate
+from clipper_core.clipper_api import input_key, parse_predict
+from clipper_core.errors import BadInput, NotFound
 from clipper_core.http import Request, Response, Router, json_response
 
 if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
+    from clipper_core.dataplane import Application, QueryView
 
-__all__ = ["install", "parse_label", "reply_fields"]
-
-
-def reply_fields(outcome: Outcome) -> dict[str, Any] | None:
-    """The reply keys beyond Clipper's: ``model`` (the version whose output is the
-    answer), and for policies that may query several models ``models`` (those that
-    answered), ``confidence`` and ``missing`` (those that did not answer in time)."""
-    fields: dict[str, Any] = {}
-    if outcome.model is not None:
-        fields["model"] = outcome.model
-    if outcome.models is not None:
-        fields["models"] = outcome.models
-    if outcome.confidence is not None:
-        fields["confidence"] = round(outcome.confidence, 6)
-    if outcome.missing:
-        fields["missing"] = outcome.missing
-    return fields or None
+__all__ = ["install", "parse_label"]
 
 
 def parse_label(body: dict[str, Any]) -> Any:
@@ -64,36 +46,38 @@ def parse_label(body: dict[str, Any]) -> Any:
     )
 
 
-def install(router: Router, server: ClipperServer) -> None:
-    """Add ``POST /<app>/update`` to the query port's routes."""
-    dataplane = server.dataplane
+def install(router: Router, dataplane: QueryView, gate: QueryGate) -> None:
+    """Add ``POST /<app>/update`` to the query port's routes.
 
-    limiter = server.client_limiter
-    api_keys = server.api_keys
-    max_depth = server.config.max_json_depth
+    Args:
+        router: The query port's routes.
+        dataplane: Where the app is found.
+        gate: The checks before any work, in the same order as ``/predict``.
+    """
 
     async def update(request: Request, params: dict[str, str]) -> Response:
-        # The same gates as /predict: per-client limit, API keys, JSON depth.
-        app = dataplane.app(params["app"])
-        api_keys.check(app.name, request.headers)
-        client = (
-            client_key(request.headers, request.remote, api_keys.known) if limiter.enabled else ""
-        )
-        limiter.acquire(client)
+        # The same gates as /predict, in the same order: per-client limit (429),
+        # then the app's API keys (401/403), then the JSON depth (400).
+        client = gate.admit(request.headers, request.remote)
         try:
+            app = dataplane.app(params["app"])
+            gate.check(app.name, request.headers)
             return await _update(request, app)
         finally:
-            limiter.release(client)
+            gate.release(client)
 
     async def _update(request: Request, app: Application) -> Response:
-        check_json_depth(request.body, max_depth)
+        gate.check_body(request.body)
         query = parse_predict(request.body, app.input_type)
         if query.batch:
             raise BadInput("an update carries one 'input' and its 'label', not 'input_batch'")
         body = orjson.loads(request.body)  # valid: parse_predict read it
         label = parse_label(body)
         x = query.inputs[0]
-        result = await server.selection.get(app.name).update(
+        selector = app.selector
+        if selector is None:
+            raise NotFound(f"application {app.name!r} has no selection policy to learn")
+        result = await selector.update(
             dataplane, app, query.uid, x, input_key(x, app.input_type), label
         )
         return json_response(result)

@@ -156,6 +156,32 @@ def test_app_api_keys(servers: list[Running], tmp_path: Path) -> None:
     assert "keyed-app-key" not in json.dumps(conn.get_app_info("keyed"))
 
 
+def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
+    servers: list[Running], tmp_path: Path
+) -> None:
+    # One request per 100 s per client: the first is let through (and then fails
+    # the key check), every later one is over the limit.
+    r = start_server(tmp_path / "s", client_rate_limit=0.01)
+    servers.append(r)
+    key = "keyed-app-key-000001"
+    r.conn.register_application("keyed", "doubles", "-1", 1_000_000)
+    r.conn.set_app_api_keys("keyed", [key])
+    base = f"{r.bg.query_url}/keyed"
+    query = {"input": [1.0]}
+    feedback = {"uid": 1, "input": [1.0], "label": 1.0}
+    status, _, body = http("POST", f"{base}/predict", query)
+    assert status == 401 and body["error"] == "unauthorized", body
+    # The same client (its address: it sends no valid key) is now over its limit:
+    # 429, not 401, on the query route and on the feedback route alike.
+    for route, payload in (("predict", query), ("update", feedback)):
+        status, headers, body = http("POST", f"{base}/{route}", payload)
+        assert status == 429 and body["error"] == "rate_limited", (route, body)
+        assert int(headers["retry-after"]) >= 1
+    # A valid key is a client of its own, and passes the key check.
+    status, _, body = http("POST", f"{base}/update", feedback, headers={"X-Api-Key": key})
+    assert status == 200 and body["success"], body
+
+
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

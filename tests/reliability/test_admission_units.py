@@ -16,13 +16,13 @@ from clipper_core.admission import (
     SPIKE_LIMIT,
     ClientLimiter,
     ServiceTimeEstimator,
+    check_json_depth,
     client_key,
     deadline_after,
     deadline_from_headers,
     retry_after_header,
 )
 from clipper_core.auth import ApiKeys, check_admin, hash_api_key, secret_matches
-from clipper_core.clipper_api import check_json_depth
 from clipper_core.dataplane.model_version import ModelVersion
 from clipper_core.errors import (
     BadInput,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from clipper_core.clipper_api import format_reply, parse_predict
+from clipper_core.clipper_api import format_reply, parse_predict, reply_fields
 from clipper_core.dataplane import Outcome
 from clipper_core.errors import BadInput, NotFound
-from clipper_core.selection.api import parse_label, reply_fields
+from clipper_core.selection.api import parse_label
 from clipper_core.state import AppRecord, StateStore
 
 
