@@ -52,10 +52,10 @@ _SPAWN_ERRORS = (OSError, subprocess.SubprocessError, ValueError)
 class ProcessSupervisor:
     """Runs replicas as supervised child processes of this one.
 
-    A replica's process learns its address from the ``CLIPPER_CONTAINER_READY
-    <address>`` line it prints on stdout; the last lines of its stderr are kept for
-    error messages.  Each replica gets its own session (so its process group can be signalled as a
-    whole), its stdout and stderr captured, and a supervisor task that restarts it
+    The manager learns a replica's address from the ``CLIPPER_CONTAINER_READY
+    <address>`` line it prints on stdout and keeps its last stderr lines for error
+    messages.  Each replica gets its own session (so its process group can be
+    signalled as a whole) and a supervisor task that restarts it
     when it dies without being asked to: after ``restart_backoff[0]`` seconds,
     doubling up to ``restart_backoff[1]``; the delay starts over once a process
     stays up ``stable_after`` seconds.  A replica whose processes exit before
