@@ -18,12 +18,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from clipper_core.process_manager import ReplicaEvent
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -148,47 +145,11 @@ def configure_logging(
     return handler
 
 
-_REPLICA_LEVELS = {
-    "started": logging.INFO,
-    "ready": logging.INFO,
-    "stopped": logging.INFO,
-    "restarting": logging.WARNING,
-    "exited": logging.WARNING,
-    "failed": logging.ERROR,
-}
+def log_replica_event(event: Any) -> None:
+    """Deprecated: :func:`clipper_core.managers.base.log_replica_event` logs replica
+    events now.  Kept (with a lazy import, so that this module stays a leaf) while
+    ``server.py`` still imports it from here; accepts the process supervisor's
+    events as well as manager-neutral ones."""
+    from clipper_core.process_manager import log_replica_event as log_either
 
-
-def log_replica_event(event: ReplicaEvent) -> None:
-    """Log a process manager event: start, ready, stop, crash (with its stderr tail)."""
-    handle = event.handle
-    spec = handle.spec
-    kind = str(event.kind)
-    fields: dict[str, Any] = {
-        "model": spec.model_name,
-        "version": spec.model_version,
-        "replica": str(spec.replica_id),
-        "pid": handle.pid,
-    }
-    who = f"replica {spec.replica_id} of {spec.model_name}:{spec.model_version}"
-    if kind == "ready":
-        fields["address"] = event.detail
-        message = f"{who} is ready at {event.detail}"
-    elif kind in ("exited", "failed"):
-        fields["exit_code"] = handle.exit_code
-        fields["restarts"] = handle.restarts
-        fields["stderr_tail"] = handle.stderr_tail()
-        summary = event.detail.split(";", 1)[0]
-        message = f"{who} {kind}: {summary}"
-    elif kind == "restarting":
-        fields["restarts"] = handle.restarts
-        message = f"{who}: {event.detail}"
-    else:
-        detail = event.detail.split(";", 1)[0]
-        message = f"{who} {kind}" + (f" ({detail})" if detail else "")
-    log_event(
-        server_log,
-        f"replica_{kind}",
-        message,
-        level=_REPLICA_LEVELS.get(kind, logging.INFO),
-        **fields,
-    )
+    log_either(event)

@@ -21,14 +21,10 @@ from typing import Any
 import cloudpickle
 
 from clipper_core.connection import ClipperConnection
+from clipper_core.deployers.requirements import deploy_environment, requirements_for
 from clipper_core.errors import BadInput
 from clipper_core.model_bundle import TAR, pack_directory
-from clipper_core.runtime_env import (
-    _print_progress,
-    build_runtime_env,
-    deploy_environment,
-    requirements_for,
-)
+from clipper_core.runtime_env import _print_progress, build_runtime_env
 
 #: The manifest a model folder carries (read by ``model_containers.adapters.base``).
 MANIFEST = "clipper_model.json"

@@ -7,13 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from clipper_core.connection import ClipperConnection
+from clipper_core.deployers.requirements import deploy_environment, requirements_for
 from clipper_core.errors import BadInput
-from clipper_core.runtime_env import (
-    _print_progress,
-    build_runtime_env,
-    deploy_environment,
-    requirements_for,
-)
+from clipper_core.runtime_env import _print_progress, build_runtime_env
 
 
 def deploy_python_closure(

@@ -1,4 +1,5 @@
-"""LocalProcessManager with real child processes (small Python programs)."""
+"""The process supervisor of the local manager with real child processes (small
+Python programs)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ from control_helpers import (
     spec,
 )
 
-from clipper_core import process_manager
 from clipper_core.errors import BadInput, Conflict, ReplicaUnavailable
-from clipper_core.process_manager import LocalProcessManager, ReplicaEvent, ReplicaHandle
+from clipper_core.managers import replica
+from clipper_core.managers._child import _Child
+from clipper_core.managers.replica import ProcessEvent, ReplicaHandle
+from clipper_core.managers.supervisor import ProcessSupervisor
 
-MakeManager = Callable[..., tuple[LocalProcessManager, Recorder]]
+MakeManager = Callable[..., tuple[ProcessSupervisor, Recorder]]
 
 CRASH_CHILD = """
     import sys
@@ -38,7 +41,7 @@ CRASH_CHILD = """
 """
 
 
-def is_ready(handle: ReplicaHandle, not_pid: int | None = None) -> Callable[[ReplicaEvent], bool]:
+def is_ready(handle: ReplicaHandle, not_pid: int | None = None) -> Callable[[ProcessEvent], bool]:
     return lambda e: e.kind == "ready" and e.handle is handle and e.handle.pid != not_pid
 
 
@@ -72,14 +75,14 @@ def test_output_read_before_spawn_returns_is_not_lost(
     """A busy loop can read a fast child's READY line before the spawn returns to
     the manager; the line must still count."""
     manager, _ = make_manager()
-    real_spawn = process_manager._Child.spawn
+    real_spawn = _Child.spawn
 
     async def slow_spawn(*args: Any, **kwargs: Any) -> Any:
         child = await real_spawn(*args, **kwargs)
         await asyncio.sleep(0.5)  # the child prints READY meanwhile
         return child
 
-    monkeypatch.setattr(process_manager._Child, "spawn", slow_spawn)
+    monkeypatch.setattr(_Child, "spawn", slow_spawn)
     code = """
         import sys, time
         print("CLIPPER_CONTAINER_READY early", flush=True)
@@ -404,7 +407,7 @@ THREADS_CHILD = """
     pools = [os.environ.get(v, "-") for v in VARS]
     print("CLIPPER_CONTAINER_READY " + ",".join(pools) + "|" + str(blas), flush=True)
     time.sleep(120)
-""".replace("VARS", repr(process_manager.THREAD_POOL_VARS))
+""".replace("VARS", repr(replica.THREAD_POOL_VARS))
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(None, 1), ([0], 1), ([0, 1], 2)])
@@ -417,14 +420,14 @@ def test_math_thread_pools_follow_the_replicas_cpus(
 ) -> None:
     if cpus and not set(cpus) <= os.sched_getaffinity(0):
         pytest.skip(f"needs CPUs {cpus}")
-    for var in process_manager.THREAD_POOL_VARS:
+    for var in replica.THREAD_POOL_VARS:
         monkeypatch.delenv(var, raising=False)
     manager, _ = make_manager()
 
     async def scenario() -> None:
         handle = await manager.start(spec(THREADS_CHILD, cpus=cpus))
         pools, blas = (await manager.wait_ready(handle, timeout=30)).split("|")
-        assert pools.split(",") == [str(threads)] * len(process_manager.THREAD_POOL_VARS)
+        assert pools.split(",") == [str(threads)] * len(replica.THREAD_POOL_VARS)
         assert blas == f"[{threads}]"  # numpy's OpenBLAS really runs that many
 
     run(scenario())
@@ -433,7 +436,7 @@ def test_math_thread_pools_follow_the_replicas_cpus(
 def test_thread_pool_variables_already_set_win(
     run: Runner, make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in process_manager.THREAD_POOL_VARS:
+    for var in replica.THREAD_POOL_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the frontend's environment
     manager, _ = make_manager()
@@ -448,10 +451,10 @@ def test_thread_pool_variables_already_set_win(
 
 
 def test_thread_pool_env() -> None:
-    names = process_manager.THREAD_POOL_VARS
-    assert process_manager.thread_pool_env(None, {}) == dict.fromkeys(names, "1")
-    assert process_manager.thread_pool_env([3, 1, 3], {}) == dict.fromkeys(names, "2")
-    kept = process_manager.thread_pool_env([0], {"MKL_NUM_THREADS": "8"})
+    names = replica.THREAD_POOL_VARS
+    assert replica.thread_pool_env(None, {}) == dict.fromkeys(names, "1")
+    assert replica.thread_pool_env([3, 1, 3], {}) == dict.fromkeys(names, "2")
+    kept = replica.thread_pool_env([0], {"MKL_NUM_THREADS": "8"})
     assert "MKL_NUM_THREADS" not in kept
     assert kept["OMP_NUM_THREADS"] == "1"
 
@@ -529,7 +532,7 @@ def test_a_failing_event_callback_does_not_stop_supervision(
 ) -> None:
     seen: list[str] = []
 
-    def explode(event: ReplicaEvent) -> None:
+    def explode(event: ProcessEvent) -> None:
         seen.append(event.kind)
         raise RuntimeError("listener bug")
 
@@ -624,7 +627,7 @@ def test_stop_all_leaves_no_children(run: Runner, make_manager: MakeManager) -> 
 
 def test_async_context_manager_stops_everything(run: Runner) -> None:
     async def scenario() -> int:
-        async with LocalProcessManager() as manager:
+        async with ProcessSupervisor() as manager:
             handle = await manager.start(spec(READY_CHILD))
             await manager.wait_ready(handle, 20)
             assert handle.pid is not None
@@ -635,9 +638,9 @@ def test_async_context_manager_stops_everything(run: Runner) -> None:
 
 def test_invalid_manager_settings() -> None:
     with pytest.raises(BadInput):
-        LocalProcessManager(restart_backoff=(2.0, 1.0))
+        ProcessSupervisor(restart_backoff=(2.0, 1.0))
     with pytest.raises(BadInput):
-        LocalProcessManager(max_start_failures=0)
+        ProcessSupervisor(max_start_failures=0)
 
 
 _AT_FORK_MARKER: list[Path | None] = [None]
@@ -680,10 +683,11 @@ def test_no_python_code_runs_between_fork_and_exec(
 
 MANAGER_PROCESS = """
 import asyncio, sys
-from clipper_core.process_manager import LocalProcessManager, ReplicaSpec
+from clipper_core.managers.replica import ReplicaSpec
+from clipper_core.managers.supervisor import ProcessSupervisor
 
 async def main():
-    manager = LocalProcessManager()
+    manager = ProcessSupervisor()
     handle = await manager.start(ReplicaSpec("m", "1", 0, sys.argv[1:]))
     await manager.wait_ready(handle, 20)
     print(handle.pid, flush=True)

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from clipper_core.deployers import deploy_python_closure
-from clipper_core.errors import BadInput, ClipperError
-from clipper_core.model_bundle import pack_directory, unpack_archive
-from clipper_core.runtime_env import (
-    RuntimeEnvManager,
+from clipper_core.deployers.requirements import (
     deploy_environment,
     requirement_name,
     requirements_for,
 )
+from clipper_core.errors import BadInput, ClipperError
+from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.model_bundle import pack_directory, unpack_archive
 from model_containers.environment import check
 from tests.deployers.conftest import endpoint, link, serve
 from tests.server.conftest import Running, start_server

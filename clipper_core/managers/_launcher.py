@@ -1,0 +1,87 @@
+"""The launcher every replica is started through: a tiny separate interpreter that
+applies the parent-death signal, CPU pinning and the memory limit, then execs the
+container (see ``_LAUNCHER``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import sys
+
+from clipper_core.errors import BadInput
+from clipper_core.managers.replica import ReplicaSpec
+
+# Runs in the child, between our fork and the container's exec, as a separate
+# interpreter.  A preexec_fn would do the same in the forked copy of this process,
+# but CPython then also runs the os.register_at_fork hooks there (threading's and
+# grpc's), which was seen to spin for ever in a child of the threaded server; and a
+# parent-side sched_setaffinity/prlimit would race with the container's start.
+# Same pid and session after exec.  argv: parent pid, cpus ("0,2" or ""), RLIMIT_AS
+# bytes (or -1), program, then the container's argv.
+_LAUNCHER = """\
+import os, sys
+parent, cpus, limit, program = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager
+except Exception:
+    pass
+if os.getppid() != parent:
+    sys.exit("clipper launcher: the process manager exited before the replica started")
+try:
+    if cpus:
+        os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
+    if limit >= 0:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (OSError, ValueError) as exc:
+    sys.exit(f"clipper launcher: cannot apply cpus={cpus or '-'} limit={limit}: {exc}")
+try:
+    os.execv(program, sys.argv[5:])
+except OSError as exc:
+    print(f"clipper launcher: cannot run {program}: {exc}", file=sys.stderr, flush=True)
+    os._exit(127)
+"""
+
+
+def _resolve_program(program: str, env: dict[str, str], cwd: str | None) -> str:
+    """The executable ``program`` names, found as exec would; raises FileNotFoundError
+    here, so that a typo fails the start at once rather than as an exit code."""
+    if os.sep in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        found: str | None = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is not None and cwd is not None:
+            found = os.path.join(cwd, found)  # a relative PATH entry
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "no such executable", program)
+    return os.path.abspath(found)
+
+
+def _launch_argv(spec: ReplicaSpec, env: dict[str, str]) -> list[str]:
+    """The command line that runs ``spec.argv`` through the launcher."""
+    if not sys.executable:
+        raise BadInput("cannot start replicas: sys.executable is unknown")
+    limit = -1
+    if spec.memory_limit_mb is not None:
+        limit = spec.memory_limit_mb * 1024 * 1024
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+    cpus = ",".join(str(c) for c in sorted(set(spec.cpus))) if spec.cpus else ""
+    program = _resolve_program(spec.argv[0], env, spec.cwd)
+    return [
+        sys.executable,
+        "-I",  # ignore PYTHON* variables and user site-packages: only the launcher
+        "-S",
+        "-c",
+        _LAUNCHER,
+        str(os.getpid()),
+        cpus,
+        str(limit),
+        program,
+        *spec.argv,
+    ]

@@ -1,0 +1,197 @@
+"""The local container manager: each replica is a supervised child process.
+
+:class:`LocalProcessManager` implements
+:class:`~clipper_core.managers.base.ContainerManager` on this host.  It builds each
+replica's command line from the model record (:func:`~.local_spec.replica_spec`),
+builds the model's virtual environment first when the record asks for one
+(:class:`~.envs.RuntimeEnvManager`, exposed as ``manager.envs``), and hands the
+process to a :class:`~.supervisor.ProcessSupervisor`, which restarts it with
+backoff when it dies and gives up on one that keeps dying before it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipper_core.errors import BadInput, ReplicaUnavailable
+from clipper_core.managers.base import ContainerManager, ReplicaEvent, ReplicaStatus
+from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.managers.local_spec import replica_spec, startable
+from clipper_core.managers.replica import (
+    ProcessEvent,
+    ReplicaHandle,
+    ReplicaSpec,
+    to_replica_event,
+    to_replica_status,
+)
+from clipper_core.managers.supervisor import ProcessSupervisor
+from clipper_core.state import ModelRecord
+
+__all__ = ["LocalProcessManager"]
+
+logger = logging.getLogger("clipper_core.process_manager")
+
+
+class LocalProcessManager:
+    """Runs the replicas of model versions as child processes of this one.
+
+    Only processes this manager started are ever signalled.  Call :meth:`close`
+    before the event loop closes (or use the manager as an async context manager):
+    it stops every replica and cancels environment builds in progress.
+
+    Args:
+        python: The interpreter that runs model containers, and that their
+            virtual environments are made from.
+        envs_dir: Where the per-model virtual environments are cached
+            (``<state_dir>/envs``).
+        replica_host: The address replicas listen on (at a port they pick).
+        start_timeout: The default ``timeout`` of :meth:`wait_ready`, in seconds.
+        pip_args: Extra arguments for ``pip install`` in environment builds.
+        restart_backoff: First and largest delay before a restart, in seconds.
+        stderr_tail_lines: How many stderr lines each replica keeps.
+        max_start_failures: Consecutive exits before ready that mark a replica failed.
+        stable_after: Uptime in seconds after which the restart delay starts over.
+
+    Attributes:
+        envs: The per-model virtual environments (the management API's
+            ``build_runtime_env`` and ``get_runtime_env`` use it).
+        supervisor: The process-level supervisor (argv specs and handles).
+    """
+
+    def __init__(
+        self,
+        *,
+        python: str,
+        envs_dir: str | Path,
+        replica_host: str = "127.0.0.1",
+        start_timeout: float = 60.0,
+        pip_args: Sequence[str] = (),
+        restart_backoff: tuple[float, float] = (0.2, 5.0),
+        stderr_tail_lines: int = 50,
+        max_start_failures: int = 5,
+        stable_after: float = 30.0,
+    ) -> None:
+        if start_timeout <= 0:
+            raise BadInput("start_timeout must be > 0")
+        self.python = python
+        self.replica_host = replica_host
+        self.start_timeout = start_timeout
+        self.envs = RuntimeEnvManager(envs_dir, python=python, pip_args=pip_args)
+        self.supervisor = ProcessSupervisor(
+            restart_backoff=restart_backoff,
+            stderr_tail_lines=stderr_tail_lines,
+            on_event=self._on_process_event,
+            max_start_failures=max_start_failures,
+            stable_after=stable_after,
+        )
+        self._subscribers: list[Callable[[ReplicaEvent], None]] = []
+
+    async def __aenter__(self) -> LocalProcessManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- ContainerManager ---------------------------------------------------------
+
+    async def scale(self, model: ModelRecord, n: int) -> None:
+        """Start or stop replicas of ``model`` until ``n`` are supervised.
+
+        Builds (or waits for) the record's ``runtime_env`` first when replicas are
+        to run.  Returns once the processes exist, not once they are ready.  A
+        record with container kind ``"external"`` (or no container) is left alone.
+
+        Raises:
+            BadInput: ``n`` < 0, the container kind is unknown, or the environment
+                build failed (with pip's last lines).
+            ReplicaUnavailable: A replica could not be spawned (the others stay).
+        """
+        if n < 0:
+            raise BadInput(f"replica count must be >= 0, got {n}")
+        if not startable(model):
+            return
+        runtime_env = model.container.get("runtime_env")
+        if n > 0 and runtime_env:
+            await self.envs.ensure(runtime_env)
+        await self.supervisor.scale(model.name, model.version, n, self._spec_maker(model))
+
+    # The timeout is part of the contract (and of the error message), so it is a
+    # parameter rather than left to the caller's asyncio.timeout().
+    async def wait_ready(
+        self,
+        name: str,
+        version: str,
+        replica_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
+        """Wait until a replica announces its address (``start_timeout`` by default).
+
+        Follows the current process or, while a restart is pending, the next one.
+
+        Raises:
+            ReplicaUnavailable: The process exited first (exit code and stderr tail
+                in the message), the replica is stopped, failed or unknown, or the
+                timeout passed.
+        """
+        handle = self._handle(name, version, replica_id)
+        if handle is None:
+            raise ReplicaUnavailable(f"replica {name}:{version}:{replica_id} is not running")
+        return await self.supervisor.wait_ready(
+            handle, self.start_timeout if timeout is None else timeout
+        )
+
+    async def restart(self, name: str, version: str, replica_id: str) -> None:
+        """Restart a replica's process now: SIGTERM to its process group, SIGKILL
+        after a second; the supervisor starts a new one as after a crash.  An
+        unknown, stopping or stopped replica is left alone."""
+        handle = self._handle(name, version, replica_id)
+        if handle is not None:
+            await self.supervisor.restart(handle)
+
+    def list(self, name: str | None = None, version: str | None = None) -> list[ReplicaStatus]:
+        """The supervised replicas (failed ones included until the next scale)."""
+        return [to_replica_status(h) for h in self.supervisor.list(name, version)]
+
+    def subscribe(self, callback: Callable[[ReplicaEvent], None]) -> None:
+        """Call ``callback`` with every :class:`ReplicaEvent` from now on (on the
+        loop, synchronously; it must not block).  Errors it raises are logged."""
+        self._subscribers.append(callback)
+
+    async def close(self) -> None:
+        """Stop every replica (and wait until each is reaped), then cancel
+        environment builds in progress.  Safe to call more than once."""
+        await self.supervisor.stop_all()
+        await self.envs.close()
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _spec_maker(self, model: ModelRecord) -> Callable[[int], ReplicaSpec]:
+        def make(replica_id: int) -> ReplicaSpec:
+            return replica_spec(model, replica_id, self.python, self.envs, host=self.replica_host)
+
+        return make
+
+    def _handle(self, name: str, version: str, replica_id: str) -> ReplicaHandle | None:
+        for handle in self.supervisor.list(name, version):
+            if str(handle.spec.replica_id) == replica_id:
+                return handle
+        return None
+
+    def _on_process_event(self, event: ProcessEvent) -> None:
+        if not self._subscribers:
+            return
+        neutral = to_replica_event(event)
+        for callback in list(self._subscribers):
+            try:
+                callback(neutral)
+            except Exception:
+                logger.exception(
+                    "a subscriber failed on a %r event of %s", event.kind, event.handle.key
+                )
+
+
+if TYPE_CHECKING:  # mypy checks that the class keeps the interface
+    _implements: type[ContainerManager] = LocalProcessManager

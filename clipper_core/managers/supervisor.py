@@ -1,0 +1,497 @@
+"""Supervision of local replica processes: spawn, watch, restart with backoff, stop.
+
+:class:`ProcessSupervisor` works on argv-level
+:class:`~clipper_core.managers.replica.ReplicaSpec` s and reports
+:class:`~clipper_core.managers.replica.ProcessEvent` s;
+:class:`~clipper_core.managers.local.LocalProcessManager` builds the specs from model
+records and is what the control plane uses.  Nothing here waits without a bound
+(Clipper's most reported problem was a deploy hung on a container that never
+started): :meth:`ProcessSupervisor.wait_ready` fails as soon as the process exits,
+or when its timeout passes, with the exit code and the stderr tail in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clipper_core.errors import BadInput, Conflict, ReplicaUnavailable
+from clipper_core.managers._child import _Child
+from clipper_core.managers._launcher import _launch_argv
+from clipper_core.managers.base import EventKind
+from clipper_core.managers.replica import (
+    PARENT_PID_ENV,
+    READY_PREFIX,
+    ProcessEvent,
+    ReplicaHandle,
+    ReplicaSpec,
+    check_spec,
+    describe_exit,
+    thread_pool_env,
+    with_stderr_tail,
+)
+
+logger = logging.getLogger("clipper_core.process_manager")
+
+# After a process exits, how long its pipes may still be read for the last lines
+# (a grandchild holding them open must not stall the supervisor).
+_DRAIN_TIMEOUT = 0.5
+# How long to wait for the exit of a process sent SIGKILL before giving up on it.
+_KILL_TIMEOUT = 10.0
+# What a failed spawn raises: no such executable, fork refused, a NUL byte in argv.
+_SPAWN_ERRORS = (OSError, subprocess.SubprocessError, ValueError)
+
+
+class ProcessSupervisor:
+    """Runs replicas as supervised child processes of this one.
+
+    The manager learns a replica's address from the ``CLIPPER_CONTAINER_READY
+    <address>`` line it prints on stdout and keeps its last stderr lines for error
+    messages.  Each replica gets its own session (so its process group can be
+    signalled as a whole) and a supervisor task that restarts it
+    when it dies without being asked to: after ``restart_backoff[0]`` seconds,
+    doubling up to ``restart_backoff[1]``; the delay starts over once a process
+    stays up ``stable_after`` seconds.  A replica whose processes exit before
+    becoming ready ``max_start_failures`` times in a row is marked ``"failed"`` and
+    left alone.
+
+    Only processes this manager started are ever signalled.  Call :meth:`stop_all`
+    before the event loop closes (or use the manager as an async context manager).
+
+    Args:
+        restart_backoff: First and largest delay before a restart, in seconds.
+        stderr_tail_lines: How many stderr lines each replica keeps.
+        on_event: Called (on the loop, synchronously) with every
+            :class:`ProcessEvent`; it must not block.  Errors it raises are logged.
+        max_start_failures: Consecutive exits before READY that mark a replica failed.
+        stable_after: Uptime in seconds after which the restart delay starts over.
+    """
+
+    def __init__(
+        self,
+        *,
+        restart_backoff: tuple[float, float] = (0.2, 5.0),
+        stderr_tail_lines: int = 50,
+        on_event: Callable[[ProcessEvent], None] | None = None,
+        max_start_failures: int = 5,
+        stable_after: float = 30.0,
+    ) -> None:
+        first, largest = restart_backoff
+        if not 0 <= first <= largest:
+            raise BadInput("restart_backoff must be (first, largest) with 0 <= first <= largest")
+        if stderr_tail_lines < 0 or max_start_failures < 1 or stable_after < 0:
+            raise BadInput("stderr_tail_lines >= 0, max_start_failures >= 1, stable_after >= 0")
+        self._backoff = (float(first), float(largest))
+        self._tail_lines = stderr_tail_lines
+        self._on_event = on_event
+        self._max_start_failures = max_start_failures
+        self._stable_after = stable_after
+        self._replicas: dict[str, ReplicaHandle] = {}
+        self._scale_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def __aenter__(self) -> ProcessSupervisor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop_all()
+
+    # -- replicas ----------------------------------------------------------------
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Spawn a replica and supervise it.
+
+        Returns once the process exists (``handle.pid`` is set), not once it is
+        ready: follow with :meth:`wait_ready`.
+
+        Raises:
+            BadInput: The spec is invalid (empty argv, unavailable cpus, ...).
+            Conflict: A replica with the same name, version and id is running.
+            ReplicaUnavailable: The process could not be spawned (no such
+                executable, pinning refused, ...).
+        """
+        check_spec(spec)
+        if spec.key in self._replicas:
+            raise Conflict(f"replica {spec.key} already exists")
+        handle = ReplicaHandle(spec, self._tail_lines)
+        self._replicas[spec.key] = handle
+        first_spawn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved even if our caller is cancelled, so that the loop does not log it.
+        first_spawn.add_done_callback(lambda f: f.cancelled() or f.exception())
+        handle._supervisor = asyncio.create_task(
+            self._supervise(handle, first_spawn), name=f"supervise {spec.key}"
+        )
+        try:
+            await asyncio.shield(first_spawn)
+        except _SPAWN_ERRORS as exc:
+            await handle._supervisor
+            raise ReplicaUnavailable(f"cannot start replica {spec.key}: {exc}") from exc
+        return handle
+
+    # The timeout is part of the contract (and of the error message), so it is a
+    # parameter rather than left to the caller's asyncio.timeout().
+    async def wait_ready(self, handle: ReplicaHandle, timeout: float) -> str:  # noqa: ASYNC109
+        """Wait until the replica announces its address.
+
+        Watches the current process (or, while a restart is pending, the next one).
+        The replica is left running or restarting when this raises: call
+        :meth:`stop` to give up on it.
+
+        Returns:
+            The address from the READY line.
+
+        Raises:
+            ReplicaUnavailable: The watched process exited first, the replica is
+                stopped or failed, or ``timeout`` seconds passed.  The message holds
+                the exit code and the stderr tail.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watched: int | None = None
+        while True:
+            changed = handle._changed
+            if handle.ready.is_set() and handle.address is not None:
+                return handle.address
+            if handle.state in ("stopped", "failed"):
+                message = f"replica {handle.key} is {handle.state}"
+                if handle._last_exit:
+                    message = f"{message}; its last process ended with {handle._last_exit}"
+                raise ReplicaUnavailable(message)
+            if handle.state == "starting":
+                if watched is None:
+                    watched = handle._generation
+                elif watched != handle._generation:
+                    raise self._exited_before_ready(handle)
+            elif handle.state == "restarting" and watched is not None:
+                raise self._exited_before_ready(handle)
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                raise ReplicaUnavailable(
+                    with_stderr_tail(
+                        f"replica {handle.key} did not become ready within {timeout:g} s"
+                        f" (pid {handle.pid}, state {handle.state}; a container must print"
+                        f" '{READY_PREFIX} <address>' on stdout)",
+                        handle.stderr_tail(),
+                    )
+                ) from None
+
+    async def stop(self, handle: ReplicaHandle, grace: float = 3.0) -> None:
+        """Stop a replica for good: SIGTERM to its process group, SIGKILL after
+        ``grace`` seconds; no restart.  Waits until the process is reaped.  Stopping
+        a stopped or failed replica only forgets it."""
+        if not handle._stop_requested.is_set():
+            handle._grace = grace
+            handle._stop_requested.set()
+        task = handle._supervisor
+        if task is not None:
+            # shield: a cancelled caller must not leave the child half-stopped.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        self._forget(handle)
+
+    async def restart(self, handle: ReplicaHandle, grace: float = 1.0) -> None:
+        """Restart a replica's process now, for example because its model hangs.
+
+        SIGTERM to its process group, SIGKILL after ``grace`` seconds; the
+        supervisor then starts a new process, as after a crash (same backoff, same
+        ``exited``/``restarting``/``ready`` events).  A replica that is stopping,
+        stopped or between processes is left alone.
+        """
+        child = handle._child
+        if child is None or handle._stop_requested.is_set() or child.exited.done():
+            return
+        logger.warning("restarting replica %s (pid %s) on request", handle.key, child.pid)
+        child.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), grace)
+        except TimeoutError:
+            child.signal(signal.SIGKILL)
+
+    async def scale(
+        self,
+        model_name: str,
+        model_version: str,
+        n: int,
+        make_spec: Callable[[int], ReplicaSpec],
+    ) -> list[ReplicaHandle]:
+        """Start or stop replicas of a model version until ``n`` are supervised.
+
+        Failed replicas are replaced (their ids are reused); new replicas take the
+        lowest free ids; stopping takes the highest ids first.  Does not wait for
+        readiness.
+
+        Args:
+            model_name: The model.
+            model_version: Its version.
+            n: The replica count wanted.
+            make_spec: Builds the spec of replica ``replica_id``.
+
+        Returns:
+            The version's replicas, by id.
+
+        Raises:
+            BadInput: ``n`` < 0, or ``make_spec`` returned a spec for another replica.
+            ReplicaUnavailable: A replica could not be spawned (the others stay).
+        """
+        if n < 0:
+            raise BadInput(f"replica count must be >= 0, got {n}")
+        lock = self._scale_locks.setdefault((model_name, model_version), asyncio.Lock())
+        async with lock:
+            current = {h.spec.replica_id: h for h in self.list(model_name, model_version)}
+            for replica_id, handle in list(current.items()):
+                if handle.state == "failed":
+                    await self.stop(handle)
+                    del current[replica_id]
+            if len(current) > n:
+                excess = sorted(current, reverse=True)[: len(current) - n]
+                await asyncio.gather(*(self.stop(current[i]) for i in excess))
+            elif len(current) < n:
+                specs: list[ReplicaSpec] = []
+                replica_id = 0
+                while len(current) + len(specs) < n:
+                    if replica_id not in current:
+                        spec = make_spec(replica_id)
+                        if (spec.model_name, spec.model_version, spec.replica_id) != (
+                            model_name,
+                            model_version,
+                            replica_id,
+                        ):
+                            raise BadInput(
+                                f"make_spec({replica_id}) returned a spec for {spec.key},"
+                                f" not {model_name}:{model_version}:{replica_id}"
+                            )
+                        specs.append(spec)
+                    replica_id += 1
+                results = await asyncio.gather(
+                    *(self.start(spec) for spec in specs), return_exceptions=True
+                )
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+        return self.list(model_name, model_version)
+
+    def list(
+        self, model_name: str | None = None, model_version: str | None = None
+    ) -> list[ReplicaHandle]:
+        """The supervised replicas (failed ones included, until stopped), optionally
+        of one model or model version, by name, version and id."""
+        handles = [
+            h
+            for h in self._replicas.values()
+            if (model_name is None or h.spec.model_name == model_name)
+            and (model_version is None or h.spec.model_version == model_version)
+        ]
+        handles.sort(key=lambda h: (h.spec.model_name, h.spec.model_version, h.spec.replica_id))
+        return handles
+
+    async def stop_all(self, grace: float = 3.0) -> None:
+        """Stop every replica (in parallel) and wait until each is reaped.  Safe to
+        call more than once."""
+        # A loop, because a start() running concurrently may add a replica.
+        while self._replicas:
+            handles = list(self._replicas.values())
+            await asyncio.gather(*(self.stop(h, grace) for h in handles))
+
+    # -- supervision -------------------------------------------------------------
+
+    def _forget(self, handle: ReplicaHandle) -> None:
+        if self._replicas.get(handle.key) is handle:
+            del self._replicas[handle.key]
+
+    def _emit(self, kind: EventKind, handle: ReplicaHandle, detail: str = "") -> None:
+        log = logger.warning if kind in ("exited", "failed") else logger.info
+        log("replica %s %s%s", handle.key, kind, f": {detail}" if detail else "")
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(ProcessEvent(kind, handle, detail))
+        except Exception:
+            logger.exception("on_event callback failed on a %r event of %s", kind, handle.key)
+
+    @staticmethod
+    def _exited_before_ready(handle: ReplicaHandle) -> ReplicaUnavailable:
+        return ReplicaUnavailable(
+            f"replica {handle.key} exited before it was ready: {handle._last_exit}"
+        )
+
+    async def _spawn(self, handle: ReplicaHandle) -> _Child:
+        spec = handle.spec
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if spec.env:
+            env.update(spec.env)
+        env.update(thread_pool_env(spec.cpus, env))
+        env[PARENT_PID_ENV] = str(os.getpid())
+        generation = handle._generation + 1
+        handle._stderr.clear()
+        child = await _Child.spawn(_launch_argv(spec, env), env, spec.cwd)
+        handle._generation = generation
+        handle._child = child
+        handle.pid = child.pid
+        handle.address = None
+        handle.started_at = time.time()
+        handle._ready_this_run = False
+        handle.state = "starting"
+        handle._notify()
+        self._emit("started", handle, f"pid {child.pid}")
+        # Only now: output that arrived while the pipes were being connected (a fast
+        # child, a busy loop) must not be read before the handle knows this process.
+        child.output.attach(lambda fd, line: self._on_line(handle, generation, fd, line))
+        return child
+
+    async def _supervise(self, handle: ReplicaHandle, first_spawn: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0  # consecutive exits (or failed spawns) before READY
+        backoff_step = 0
+        child: _Child | None = None
+        try:
+            while True:
+                spawned_at = loop.time()
+                handle._ready_this_run = False
+                try:
+                    child = await self._spawn(handle)
+                except _SPAWN_ERRORS as exc:
+                    if not first_spawn.done():
+                        handle.state = "stopped"
+                        handle._notify()
+                        self._forget(handle)
+                        first_spawn.set_exception(exc)
+                        return
+                    handle.exit_code = None
+                    handle._last_exit = f"a failed spawn: {exc}"
+                else:
+                    if not first_spawn.done():
+                        first_spawn.set_result(None)
+                    handle.exit_code = await self._watch(handle, child)
+                    handle._last_exit = with_stderr_tail(
+                        describe_exit(handle.exit_code), handle.stderr_tail()
+                    )
+                handle.ready.clear()
+                handle.address = None
+                if handle._stop_requested.is_set():
+                    self._set_stopped(handle)
+                    return
+                failures = 0 if handle._ready_this_run else failures + 1
+                if loop.time() - spawned_at >= self._stable_after:
+                    backoff_step = 0
+                if failures >= self._max_start_failures:
+                    handle.state = "failed"
+                    handle._notify()
+                    self._emit("exited", handle, handle._last_exit)
+                    self._emit(
+                        "failed",
+                        handle,
+                        f"{failures} consecutive starts ended before it was ready;"
+                        f" the last with {handle._last_exit}",
+                    )
+                    return
+                delay = min(self._backoff[0] * 2**backoff_step, self._backoff[1])
+                backoff_step += 1
+                handle.state = "restarting"
+                handle._notify()
+                self._emit("exited", handle, handle._last_exit)
+                self._emit("restarting", handle, f"restart {handle.restarts + 1} in {delay:g} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(handle._stop_requested.wait(), delay)
+                if handle._stop_requested.is_set():
+                    self._set_stopped(handle)
+                    return
+                handle.restarts += 1
+        except BaseException as exc:
+            # Cancelled (the loop is going away) or a bug: never leave the child
+            # running unsupervised.  It is reaped by the loop's child watcher.
+            if child is not None:
+                child.close()  # SIGKILL if it still runs
+            if not first_spawn.done():
+                # start() raises it; the replica never existed.
+                self._forget(handle)
+                if isinstance(exc, asyncio.CancelledError):
+                    first_spawn.cancel()
+                else:
+                    first_spawn.set_exception(exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.exception("supervisor of replica %s failed", handle.key)
+                handle.state = "failed"
+                handle._notify()
+                self._emit("failed", handle, f"supervisor error: {exc!r}")
+                return
+            raise
+
+    def _set_stopped(self, handle: ReplicaHandle) -> None:
+        handle.state = "stopped"
+        handle._notify()
+        self._forget(handle)
+        self._emit("stopped", handle, handle._last_exit)
+
+    async def _watch(self, handle: ReplicaHandle, child: _Child) -> int | None:
+        """Follow one process until it exits (terminating it if a stop is
+        requested), then drain its pipes briefly.  Returns its exit status."""
+        stop = asyncio.create_task(handle._stop_requested.wait())
+        try:
+            either: set[asyncio.Future[Any]] = {child.exited, stop}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not child.exited.done():
+                await self._terminate(handle, child)
+            # The last lines may still be in the pipes; a helper the container
+            # spawned may hold them open for ever, hence the bound.
+            await asyncio.wait({child.pipes_closed}, timeout=_DRAIN_TIMEOUT)
+        finally:
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+            # Releases the pipes (and kills the process if, being cancelled, we got
+            # here before it exited).
+            child.close()
+            if handle._child is child:
+                handle._child = None
+        return child.returncode
+
+    async def _terminate(self, handle: ReplicaHandle, child: _Child) -> None:
+        child.signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(child.exited), handle._grace)
+            return
+        logger.warning(
+            "replica %s (pid %s) ignored SIGTERM for %g s; sending SIGKILL",
+            handle.key,
+            child.pid,
+            handle._grace,
+        )
+        child.signal(signal.SIGKILL)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), _KILL_TIMEOUT)
+        except TimeoutError:
+            logger.error("replica %s (pid %s) survived SIGKILL", handle.key, child.pid)
+
+    def _on_line(self, handle: ReplicaHandle, generation: int, fd: int, line: str) -> None:
+        if fd == 2:
+            handle._stderr.append(line)
+            logger.debug("replica %s stderr: %s", handle.key, line)
+            return
+        word, _, rest = line.partition(" ")
+        if word != READY_PREFIX:
+            logger.debug("replica %s stdout: %s", handle.key, line)
+            return
+        address = rest.strip()
+        if not address:
+            logger.warning("replica %s printed %s without an address", handle.key, word)
+        elif (
+            handle._generation == generation
+            and not handle._ready_this_run
+            and not handle._stop_requested.is_set()
+        ):
+            handle.address = address
+            handle._ready_this_run = True
+            handle.state = "running"
+            handle.ready.set()
+            handle._notify()
+            self._emit("ready", handle, address)
