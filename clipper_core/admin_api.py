@@ -1,93 +1,47 @@
 """The management REST API (Clipper's ``/admin/...``) on the management port.
 
+A JSON adapter over the :class:`~clipper_core.control.ControlPlane`: writes go
+through it, reads come from its store (in a worker thread), and observed state
+(connected replicas, learned selection state) from the data plane.
+
 Wire rules that Clipper's own ``clipper_admin`` client depends on: every call is a
-``POST /admin/<name>`` with a JSON body; success is exactly HTTP 200; errors are
-400 with a JSON message; looking up something unknown answers 200 with ``{}``;
-model versions are strings.
+``POST /admin/<name>`` with a JSON body; success is exactly HTTP 200; a bad
+request is 400 (404 when it names an app or model that does not exist) with a
+JSON message; looking up something unknown answers 200 with ``{}``; model
+versions are strings.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import asyncio
+import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
-
-from clipper_core import dashboard, runtime_env
+from clipper_core import dashboard
+from clipper_core.admin_requests import (
+    Body,
+    app_record,
+    app_reply,
+    field_int,
+    field_str,
+    field_str_list,
+    model_record,
+    model_reply,
+    parse_body,
+    policy_config,
+)
 from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
-from clipper_core.clipper_api import validate_input_type
+from clipper_core.control import ControlPlane
+from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput, ClipperError, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.same_origin import SameOriginPolicy
-from clipper_core.state import AppRecord, ModelRecord
+from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.requirements import check_requirements
+from clipper_core.selection.runtime import SelectionService
 
-if TYPE_CHECKING:
-    from clipper_core.server import ClipperServer
-
-Body = dict[str, Any]
 Handler = Callable[[Body], Awaitable[Any]]
-
-
-def _body(request: Request) -> Body:
-    if not request.body.strip():
-        return {}
-    try:
-        body = orjson.loads(request.body)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadInput("request body must be a JSON object")
-    return body
-
-
-def _str(body: Body, key: str, default: str | None = None) -> str:
-    value = body.get(key, default)
-    if value is None:
-        raise BadInput(f"missing field {key!r}")
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadInput(f"field {key!r} must be a string")
-    return str(value)
-
-
-def _int(body: Body, key: str, default: int | None = None) -> int:
-    value = body.get(key, default)
-    if value is None:
-        raise BadInput(f"missing field {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(f"field {key!r} must be an integer")
-    return value
-
-
-def _str_list(body: Body, key: str) -> list[str]:
-    value = body.get(key, [])
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadInput(f"field {key!r} must be a list of strings")
-    return list(value)
-
-
-def _app_dict(rec: AppRecord, linked: list[str]) -> dict[str, Any]:
-    return {
-        "name": rec.name,
-        "input_type": rec.input_type,
-        "default_output": rec.default_output,
-        "latency_slo_micros": rec.slo_micros,
-        "linked_models": linked,
-        "policy": rec.policy,
-        "policy_config": rec.policy_config,
-    }
-
-
-def _policy_config(body: Body) -> dict[str, Any]:
-    config = body.get("policy_config")
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise BadInput("field 'policy_config' must be an object")
-    return config
 
 
 def admin_guard(
@@ -117,173 +71,136 @@ def admin_guard(
     return guard
 
 
-def install(router: Router, server: ClipperServer) -> None:
-    """Add the management routes of ``server`` to ``router``."""
+def env_operations(envs: RuntimeEnvManager | None) -> dict[str, Handler]:
+    """``build_runtime_env`` and ``get_runtime_env``: per-model virtual
+    environments, built by the local container manager (``envs``; None when the
+    server's container manager builds none)."""
 
-    def store() -> Any:
-        return server._store()
+    def manager() -> RuntimeEnvManager:
+        if envs is None:
+            raise BadInput("this server's container manager builds no runtime environments")
+        return envs
+
+    async def build_runtime_env(body: Body) -> Any:
+        m = manager()
+        env_id = m.start_build(check_requirements(body.get("requirements")))
+        return m.status(env_id, m.build_log_start(env_id))
+
+    async def get_runtime_env(body: Body) -> Any:
+        env_id = body.get("env_id")
+        if not isinstance(env_id, str) or not re.fullmatch(r"[0-9a-f]{1,64}", env_id):
+            raise BadInput("field 'env_id' must be an environment id")
+        offset = body.get("offset") or 0
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise BadInput("field 'offset' must be a non-negative integer")
+        return manager().status(env_id, offset)
+
+    return {"build_runtime_env": build_runtime_env, "get_runtime_env": get_runtime_env}
+
+
+def install(
+    router: Router,
+    control: ControlPlane,
+    dataplane: QueryView,
+    selection: SelectionService,
+    *,
+    envs: RuntimeEnvManager | None,
+    inspect: Callable[[], dict[str, Any]],
+    shutdown: Callable[[], None],
+) -> None:
+    """Add the management routes to ``router``.
+
+    Args:
+        control: Every write goes through it; its store answers the reads.
+        dataplane: Observed state: connected replicas, apps' selectors.
+        selection: The apps' learned selection state.
+        envs: The local container manager's environments, or None.
+        inspect: The ``get_state`` figures (``inspect_instance``).
+        shutdown: Asks the server to stop.
+    """
+    store = control.store
+
+    async def read(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
 
     async def add_app(body: Body) -> Any:
-        slo = _int(body, "latency_slo_micros", 100_000)
-        if slo <= 0:
-            raise BadInput("latency_slo_micros must be positive")
-        name = _str(body, "name")
-        if not name or "/" in name:
-            raise BadInput(f"invalid application name {name!r}")
-        api_keys = validate_api_keys(body.get("api_keys"))
-        server.add_app(
-            AppRecord(
-                name=name,
-                input_type=validate_input_type(_str(body, "input_type")),
-                default_output=_str(body, "default_output", "None"),
-                slo_micros=slo,
-                policy=_str(body, "policy", "single"),
-                policy_config=_policy_config(body),
-            )
-        )
-        if api_keys:
-            server.set_app_api_keys(name, api_keys)
+        rec = app_record(body)
+        await control.register_app(rec, validate_api_keys(body.get("api_keys")))
         return "Success!"
 
     async def set_api_keys(body: Body) -> Any:
         # An empty list lets the app's queries through without a key again.
-        server.set_app_api_keys(_str(body, "app_name"), validate_api_keys(body.get("api_keys")))
+        keys = validate_api_keys(body.get("api_keys"))
+        await control.set_app_api_keys(field_str(body, "app_name"), keys)
         return "Success!"
 
     async def delete_app(body: Body) -> Any:
-        server.delete_app(_str(body, "name"))
+        await control.delete_app(field_str(body, "name"))
         return "Success!"
 
     async def add_model(body: Body) -> Any:
-        container = body.get("container") or {"kind": "external"}
-        if not isinstance(container, dict):
-            raise BadInput("field 'container' must be an object")
-        python_path = body.get("python_path")
-        if python_path is not None:
-            if not isinstance(python_path, list):
-                raise BadInput("field 'python_path' must be a list of folders")
-            container["python_path"] = [str(p) for p in python_path]
-        kind = container.get("kind")
-        if kind == "closure" and "path" not in container and body.get("payload_b64") is None:
-            raise BadInput("a closure model needs its pickled payload ('payload_b64')")
-        cpus = body.get("cpus")
-        if cpus is not None and (
-            not isinstance(cpus, list) or not all(isinstance(c, int) and c >= 0 for c in cpus)
-        ):
-            raise BadInput("field 'cpus' must be a list of CPU numbers")
-        mem = body.get("memory_limit_mb")
-        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int) or mem <= 0):
-            raise BadInput("field 'memory_limit_mb' must be a positive integer")
-        replicas = _int(body, "num_replicas", 1)
-        if replicas < 0:
-            raise BadInput("num_replicas must be >= 0")
-        wait = _int(body, "batch_wait_micros", 0)
-        if wait < 0:
-            raise BadInput("batch_wait_micros must be >= 0")
-        name = _str(body, "model_name")
-        if not name or ":" in name or "/" in name:
-            raise BadInput(f"invalid model name {name!r}")
-        queue_capacity = body.get("queue_capacity")
-        if queue_capacity is not None and (
-            isinstance(queue_capacity, bool)
-            or not isinstance(queue_capacity, int)
-            or queue_capacity < 1
-        ):
-            raise BadInput("field 'queue_capacity' must be a positive integer")
-        batch_timeout = body.get("batch_timeout")
-        if batch_timeout is not None and (
-            isinstance(batch_timeout, bool)
-            or not isinstance(batch_timeout, int | float)
-            or not math.isfinite(batch_timeout)
-            or batch_timeout <= 0
-        ):
-            raise BadInput("field 'batch_timeout' must be a number of seconds > 0")
-        rec = ModelRecord(
-            name=name,
-            version=_str(body, "model_version"),
-            input_type=validate_input_type(_str(body, "input_type")),
-            labels=_str_list(body, "labels"),
-            container=container,
-            batch_size=_int(body, "batch_size", -1),
-            num_replicas=replicas,
-            cpus=cpus,
-            memory_limit_mb=mem,
-            cache_enabled=bool(body.get("cache_enabled", True)),
-            batch_wait_micros=wait,
-            created_at=time.time(),
-            queue_capacity=queue_capacity,
-            batch_timeout=batch_timeout,
-        )
-        payload = body.get("payload_b64")
-        if payload is not None and not isinstance(payload, str):
-            raise BadInput("field 'payload_b64' must be a base64 string")
-        await server.add_model(rec, payload_b64=payload)
+        await control.deploy_model(model_record(body), payload_b64=body.get("payload_b64"))
         return "Success!"
 
     async def add_model_links(body: Body) -> Any:
-        app = _str(body, "app_name")
-        for model in _str_list(body, "model_names"):
-            server.link(app, model)
+        app = field_str(body, "app_name")
+        for model in field_str_list(body, "model_names"):
+            await control.link(app, model)
         return "Success!"
 
     async def remove_model_links(body: Body) -> Any:
-        app = _str(body, "app_name")
-        for model in _str_list(body, "model_names"):
-            server.unlink(app, model)
+        app = field_str(body, "app_name")
+        for model in field_str_list(body, "model_names"):
+            await control.unlink(app, model)
         return "Success!"
 
     async def set_model_version(body: Body) -> Any:
-        server.set_model_version(_str(body, "model_name"), _str(body, "model_version"))
+        await control.set_model_version(
+            field_str(body, "model_name"), field_str(body, "model_version")
+        )
         return "Success!"
 
-    async def get_all_applications(body: Body) -> Any:
-        apps = store().list_apps()
-        if body.get("verbose"):
-            return [_app_dict(a, store().linked_models(a.name)) for a in apps]
+    def apps_with_links(verbose: bool) -> Any:
+        apps = store.list_apps()
+        if verbose:
+            return [app_reply(a, store.linked_models(a.name)) for a in apps]
         return [a.name for a in apps]
 
+    async def get_all_applications(body: Body) -> Any:
+        return await read(apps_with_links, bool(body.get("verbose")))
+
+    def app_with_links(name: str) -> Any:
+        rec = store.get_app(name)
+        return {} if rec is None else app_reply(rec, store.linked_models(rec.name))
+
     async def get_application(body: Body) -> Any:
-        rec = store().get_app(_str(body, "name"))
-        return {} if rec is None else _app_dict(rec, store().linked_models(rec.name))
+        return await read(app_with_links, field_str(body, "name"))
+
+    def links_of(name: str) -> Any:
+        return [] if store.get_app(name) is None else store.linked_models(name)
 
     async def get_linked_models(body: Body) -> Any:
-        name = _str(body, "app_name")
-        return [] if store().get_app(name) is None else store().linked_models(name)
+        return await read(links_of, field_str(body, "app_name"))
 
-    def model_dict(rec: ModelRecord) -> dict[str, Any]:
-        current = store().get_current_version(rec.name)
-        container = rec.container
-        return {
-            "model_name": rec.name,
-            "model_version": rec.version,
-            "input_type": rec.input_type,
-            "labels": rec.labels,
-            "container_name": container.get("kind", "external"),
-            "model_data_path": container.get("path", ""),
-            "is_current_version": current == rec.version,
-            "batch_size": rec.batch_size,
-            "num_replicas": rec.num_replicas,
-            "cpus": rec.cpus,
-            "memory_limit_mb": rec.memory_limit_mb,
-            "cache_enabled": rec.cache_enabled,
-            "batch_wait_micros": rec.batch_wait_micros,
-            "queue_capacity": rec.queue_capacity,
-            "batch_timeout": rec.batch_timeout,
-        }
+    def model_of(name: str, version: str) -> Any:
+        rec = store.get_model(name, version)
+        return {} if rec is None else model_reply(rec, store.get_current_version(name))
 
     async def get_model(body: Body) -> Any:
-        rec = store().get_model(_str(body, "model_name"), _str(body, "model_version"))
-        return {} if rec is None else model_dict(rec)
+        return await read(model_of, field_str(body, "model_name"), field_str(body, "model_version"))
+
+    def models(verbose: bool) -> Any:
+        recs = store.list_models()
+        if verbose:
+            return [model_reply(m, store.get_current_version(m.name)) for m in recs]
+        return [f"{m.name}:{m.version}" for m in recs]
 
     async def get_all_models(body: Body) -> Any:
-        models = store().list_models()
-        if body.get("verbose"):
-            return [model_dict(m) for m in models]
-        return [f"{m.name}:{m.version}" for m in models]
+        return await read(models, bool(body.get("verbose")))
 
     async def get_all_containers(body: Body) -> Any:
         out: list[Any] = []
-        for model in server.dataplane.models.values():
+        for model in dataplane.models.values():
             for mv in model.versions.values():
                 for info in mv.replica_info():
                     if body.get("verbose"):
@@ -293,53 +210,60 @@ def install(router: Router, server: ClipperServer) -> None:
         return out
 
     async def delete_versioned_model(body: Body) -> Any:
-        await server.delete_model_version(_str(body, "model_name"), _str(body, "model_version"))
+        await control.delete_model_version(
+            field_str(body, "model_name"), field_str(body, "model_version")
+        )
         return "Success!"
 
+    async def version_of(body: Body) -> tuple[str, str | None]:
+        name = field_str(body, "model_name")
+        version = body.get("model_version")
+        if version in (None, ""):
+            version = await read(store.get_current_version, name)
+        return name, None if version is None else str(version)
+
     async def set_num_replicas(body: Body) -> Any:
-        name = _str(body, "model_name")
-        version = body.get("model_version") or store().get_current_version(name)
+        name, version = await version_of(body)
         if version is None:
             raise BadInput(f"model {name!r} has no current version")
-        await server.set_num_replicas(name, str(version), _int(body, "num_replicas"))
+        await control.set_num_replicas(name, version, field_int(body, "num_replicas"))
         return "Success!"
 
     async def get_num_replicas(body: Body) -> Any:
-        name = _str(body, "model_name")
-        version = body.get("model_version") or store().get_current_version(name)
-        rec = None if version is None else store().get_model(name, str(version))
+        name, version = await version_of(body)
+        rec = None if version is None else await read(store.get_model, name, version)
         return {} if rec is None else {"num_replicas": rec.num_replicas, "version": rec.version}
 
     async def register_replica(body: Body) -> Any:
-        address = _str(body, "address")
+        address = field_str(body, "address")
         replica = body.get("replica_id")
         replica_id = str(replica) if replica not in (None, "") else f"external-{address}"
-        await server.register_replica(
-            _str(body, "model_name"), _str(body, "model_version"), replica_id, address
+        await control.register_replica(
+            field_str(body, "model_name"), field_str(body, "model_version"), replica_id, address
         )
         return {"replica_id": replica_id}
 
     async def set_selection_policy(body: Body) -> Any:
-        server.set_selection_policy(
-            _str(body, "app_name"), _str(body, "policy"), _policy_config(body)
+        await control.set_selection_policy(
+            field_str(body, "app_name"), field_str(body, "policy"), policy_config(body)
         )
         return "Success!"
 
     async def get_selection_state(body: Body) -> Any:
-        name = _str(body, "app_name")
-        app = server.dataplane.apps.get(name)
+        name = field_str(body, "app_name")
+        app = dataplane.apps.get(name)
         if app is None:
             return {}
         uid = body.get("uid")
         if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
             raise BadInput("field 'uid' must be an integer >= 0")
-        return server.selection.get(name).describe(app.linked_models, uid)
+        return selection.get(name).describe(app.linked_models, uid)
 
     async def get_state(body: Body) -> Any:
-        return server.inspect()
+        return inspect()
 
-    async def shutdown(body: Body) -> Any:
-        server.request_shutdown()
+    async def shutdown_call(body: Body) -> Any:
+        shutdown()
         return "Shutting down"
 
     operations: dict[str, Handler] = {
@@ -364,19 +288,19 @@ def install(router: Router, server: ClipperServer) -> None:
         "get_state": get_state,
         "set_selection_policy": set_selection_policy,
         "get_selection_state": get_selection_state,
-        "shutdown": shutdown,
+        "shutdown": shutdown_call,
+        **env_operations(envs),
     }
-    # Per-model virtual environments: start a build, follow its log.
-    operations.update(runtime_env.admin_operations(server))
 
     async def dispatch(request: Request, params: dict[str, str]) -> Response:
         handler = operations.get(params["op"])
         if handler is None:
             return error_response(404, "not_found", f"unknown management call {params['op']!r}")
         try:
-            result = await handler(_body(request))
+            result = await handler(parse_body(request))
         except ClipperError as exc:
-            status = 500 if exc.http_status >= 500 else 400
+            # 404 for a missing app or model; every other client error is 400.
+            status = 500 if exc.http_status >= 500 else 404 if exc.http_status == 404 else 400
             return error_response(status, exc.kind, str(exc))
         return json_response(result)
 

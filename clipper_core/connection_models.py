@@ -96,7 +96,7 @@ class ModelDeployment:
         container running other ones says so at start (``container_extra`` may
         replace that record, or add a ``runtime_env``).
         """
-        from clipper_core.runtime_env import deploy_environment
+        from clipper_core.deployers.requirements import deploy_environment
 
         container: dict[str, Any] = {
             "kind": "closure",
@@ -148,12 +148,13 @@ class ModelDeployment:
         batch_size: int = -1,
     ) -> None:
         """Register a model whose containers are started by hand and join by
-        themselves (``python -m model_containers --register-url ...``)."""
+        themselves (``python -m model_containers --register-url ...``).  Its
+        ``container_name`` reads ``"NO_CONTAINER"``, as in Clipper."""
         self._add_model(
             name,
             version,
             input_type,
-            container={"kind": "external"},
+            container={"kind": "external", "image": "NO_CONTAINER"},
             labels=labels,
             num_replicas=0,
             batch_size=batch_size,

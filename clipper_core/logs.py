@@ -143,13 +143,3 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     return handler
-
-
-def log_replica_event(event: Any) -> None:
-    """Deprecated: :func:`clipper_core.managers.base.log_replica_event` logs replica
-    events now.  Kept (with a lazy import, so that this module stays a leaf) while
-    ``server.py`` still imports it from here; accepts the process supervisor's
-    events as well as manager-neutral ones."""
-    from clipper_core.process_manager import log_replica_event as log_either
-
-    log_either(event)

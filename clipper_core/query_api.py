@@ -24,7 +24,7 @@ from clipper_core.metrics_export import metrics_response
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, QueryView
-    from clipper_core.process_manager import ReplicaHandle
+    from clipper_core.managers.base import ReplicaStatus
     from clipper_core.server_metrics import ServerMetrics
 
 __all__ = ["inspect_instance", "install"]
@@ -100,21 +100,22 @@ def install(
 
 
 def inspect_instance(
-    dataplane: QueryView, metrics: ServerMetrics, replicas: Iterable[ReplicaHandle]
+    dataplane: QueryView, metrics: ServerMetrics, replicas: Iterable[ReplicaStatus]
 ) -> dict[str, Any]:
     """The figures that ``inspect_instance()`` returns.
 
     Args:
         dataplane: Its apps, model versions and cache.
         metrics: The server's metrics (their snapshot goes under ``"metrics"``).
-        replicas: Every replica the process manager supervises.
+        replicas: Every replica the container manager runs.
     """
     stats = dataplane.stats()
     stats["replicas"] = [
         {
-            "model": h.spec.model_name,
-            "version": h.spec.model_version,
-            "replica_id": h.spec.replica_id,
+            "model": h.model,
+            "version": h.version,
+            # An int, as before replica ids were strings (clients parse it).
+            "replica_id": int(h.replica_id) if h.replica_id.isdigit() else h.replica_id,
             "pid": h.pid,
             "state": h.state,
             "restarts": h.restarts,

@@ -1,5 +1,5 @@
 """Per-model runtime environments, client side: have the server build one, showing
-its progress; and the management API's two environment calls.
+its progress.
 
 A model deployed with ``pkgs_to_install`` (or a requirements file) runs in a
 virtual environment of its own, built and cached by the server's local container
@@ -12,87 +12,18 @@ deployer records about its own environment is in
 
 from __future__ import annotations
 
-import importlib
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from clipper_core.errors import BadInput, ClipperError
-from clipper_core.managers.envs import (
-    FAILED,
-    READY,
-    RuntimeEnvManager,
-    check_requirements,
-)
+from clipper_core.errors import ClipperError
+from clipper_core.requirements import FAILED, READY
 
 if TYPE_CHECKING:
     from clipper_core.connection import ClipperConnection
 
-__all__ = ["RuntimeEnvManager", "admin_operations", "build_runtime_env"]
-
-# Compatibility: server.py and the tests still import these from here (the lead
-# drops this once they import clipper_core.managers.envs directly).
-_check_requirements = check_requirements
-
-# Compatibility: the deploy-side names moved to clipper_core.deployers.requirements.
-# Resolved lazily, because the deployers import this module (build_runtime_env).
-_MOVED_TO_DEPLOYERS = frozenset(
-    {
-        "canonical_name",
-        "deploy_environment",
-        "distribution_of",
-        "read_requirements_file",
-        "requirement_name",
-        "requirements_for",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_DEPLOYERS:
-        return getattr(importlib.import_module("clipper_core.deployers.requirements"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# -- the management API's two calls -----------------------------------------------------
-
-
-class _HasRuntimeEnvs(Protocol):
-    """The server object admin_api passes today (compatibility)."""
-
-    @property
-    def runtime_envs(self) -> RuntimeEnvManager: ...
-
-
-def admin_operations(
-    envs: RuntimeEnvManager | _HasRuntimeEnvs,
-) -> dict[str, Callable[[dict[str, Any]], Any]]:
-    """``build_runtime_env`` and ``get_runtime_env`` for the management API.
-
-    Args:
-        envs: The environments of the local container manager (``manager.envs``).
-            An object with a ``runtime_envs`` attribute (the server) is accepted
-            too, for compatibility.
-    """
-    manager = envs if isinstance(envs, RuntimeEnvManager) else envs.runtime_envs
-
-    async def build_runtime_env(body: dict[str, Any]) -> Any:
-        env_id = manager.start_build(check_requirements(body.get("requirements")))
-        return manager.status(env_id, manager.build_log_start(env_id))
-
-    async def get_runtime_env(body: dict[str, Any]) -> Any:
-        env_id = body.get("env_id")
-        if not isinstance(env_id, str) or not re.fullmatch(r"[0-9a-f]{1,64}", env_id):
-            raise BadInput("field 'env_id' must be an environment id")
-        offset = body.get("offset") or 0
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise BadInput("field 'offset' must be a non-negative integer")
-        return manager.status(env_id, offset)
-
-    return {"build_runtime_env": build_runtime_env, "get_runtime_env": get_runtime_env}
-
+__all__ = ["build_runtime_env"]
 
 # -- client side: build with progress ------------------------------------------------------
 

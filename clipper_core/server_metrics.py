@@ -35,10 +35,10 @@ from clipper_core.metrics_export import SnapshotCollector
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, ModelVersion, QueryView
-    from clipper_core.process_manager import ReplicaHandle
+    from clipper_core.managers.base import ReplicaStatus
 
-#: The replicas the process manager supervises for a (model, version).
-ReplicaSource = Callable[[str, str], "list[ReplicaHandle]"]
+#: The replicas the container manager runs for a (model, version).
+ReplicaSource = Callable[[str, str], "list[ReplicaStatus]"]
 
 log = logging.getLogger("clipper_core.metrics")
 
@@ -251,7 +251,7 @@ class MetricsSampler:
 
 def _replicas(replicas: ReplicaSource, mv: ModelVersion) -> list[dict[str, Any]]:
     """The connected replicas of ``mv`` merged with the process manager's view."""
-    handles = {str(h.spec.replica_id): h for h in replicas(mv.name, mv.version)}
+    handles = {h.replica_id: h for h in replicas(mv.name, mv.version)}
     out: list[dict[str, Any]] = []
     for rid, slot in mv.replicas.items():
         h = handles.pop(rid, None)
@@ -291,9 +291,9 @@ class ServerMetrics:
 
     Args:
         dataplane: Whose apps, model versions and cache are measured.
-        replicas: The process manager's replicas of a (model, version): their
-            ``spec.replica_id``, ``pid``, ``state``, ``restarts`` and ``address``
-            are merged with the connected ones.
+        replicas: The container manager's replicas of a (model, version): their
+            ``replica_id``, ``pid``, ``state``, ``restarts`` and ``address`` are
+            merged with the connected ones.
         started_at: When the server started (UNIX time; 0 while not started).
         interval: Seconds between samples.
     """

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,8 +37,15 @@ from google.protobuf.message import DecodeError
 from model_containers._proto import container_pb2 as pb
 from model_containers.failures import PredictFailure
 
-if TYPE_CHECKING:
-    from model_containers.server import ModelContainerServicer
+
+class Answerer(Protocol):
+    """What the socket serves (``model_containers.server.ModelContainerServicer``)."""
+
+    instance_token: str
+    local_socket: str
+
+    def answer(self, request: pb.PredictRequest) -> pb.PredictResponse: ...
+
 
 log = logging.getLogger("model_containers")
 
@@ -137,7 +144,7 @@ class LocalSocketServer:
 
     def __init__(
         self,
-        servicer: ModelContainerServicer,
+        servicer: Answerer,
         path: str | None = None,
         *,
         max_message_bytes: int = 64 * 1024 * 1024,

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from model_containers.tensor_spec import TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
 
+__all__ = ["INPUT_TYPES", "ClosureModel", "Model", "TensorSpec"]
+
 #: Clipper's input types, as accepted on the command line and in ``Model.input_type``.
 INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output tensor in Open Inference Protocol metadata.
-
-    Attributes:
-        name: Tensor name.
-        datatype: OIP datatype (``"FP64"``, ``"INT32"``, ``"BYTES"``, ...).
-        shape: Dimensions; ``-1`` marks a variable one.
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...] = ()
 
 
 class Model:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from model_containers.model import Model, TensorSpec
+from model_containers.tensor_spec import TensorSpec
 
 #: OIP datatype -> little-endian numpy dtype (BYTES: object arrays of ``bytes``).
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -72,8 +71,6 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 
 def default_input_specs(input_type: str) -> tuple[TensorSpec, ...]:
     """The input a Clipper-typed model serves: ``input`` of shape [-1, -1]."""
-    from model_containers.model import TensorSpec
-
     return (TensorSpec("input", INPUT_TYPE_DATATYPES[input_type], (-1, -1)),)
 
 
@@ -82,8 +79,6 @@ def default_output_specs() -> tuple[TensorSpec, ...]:
 
     The datatype actually answered is inferred from what ``predict`` returns.
     """
-    from model_containers.model import TensorSpec
-
     return (TensorSpec("output", "BYTES", (-1,)),)
 
 
@@ -284,7 +279,19 @@ def _stack(items: list[Any]) -> np.ndarray[Any, Any]:
     return out
 
 
-def predict_rows(model: Model, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
+class RowModel(Protocol):
+    """What :func:`predict_rows` uses of a ``Model`` that implements ``predict``."""
+
+    @property
+    def input_type(self) -> str | None: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]: ...
+
+    def predict(self, inputs: list[Any]) -> Sequence[Any]: ...
+
+
+def predict_rows(model: RowModel, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
     """``Model.predict_tensors`` for a Clipper-style model: rows in, rows out."""
     if len(inputs) != 1:
         raise TensorInputError(

@@ -60,12 +60,18 @@ async def predict_with_slo(
     if deadline < started + app.slo - 1e-3:
         # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
         slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
+    # Clipper's words when nothing could have answered: no replica is connected.
+    late_why = (
+        f"no connected model found for query: {model.key} has no live replica"
+        if not model.replicas
+        else f"no answer within the latency objective ({slo_ms:g} ms)"
+    )
     outcomes: list[Outcome] = []
     late = expired = errored = 0
     for fut in futures:
         if not fut.done():
             fut.add_done_callback(consume_exception)
-            outcomes.append(app.default(f"no answer within the latency objective ({slo_ms:g} ms)"))
+            outcomes.append(app.default(late_why))
             late += 1
             continue
         exc = fut.exception()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # Requirement-line syntax is shared with the server's environment builder.
-from clipper_core.managers.envs import canonical_name, requirement_name
+from clipper_core.requirements import canonical_name, requirement_name
 
 __all__ = [
     "canonical_name",

@@ -1,6 +1,6 @@
 """What the control plane needs from a container manager, whatever runs the replicas.
 
-A :class:`ContainerManager` is handed a :class:`~clipper_core.state.ModelRecord` and
+A :class:`ContainerManager` is handed a :class:`~clipper_core.store.records.ModelRecord` and
 a replica count; it starts, supervises and stops that many replicas, each one a
 model container serving gRPC at an address it learns at start.  It never touches
 the data plane: it reports what happens through :class:`ReplicaEvent` s and
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from clipper_core.logs import log_event, server_log
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import ModelRecord
 
 __all__ = [
     "ContainerManager",

@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from clipper_core.errors import BadInput, ClipperError
+from clipper_core.requirements import (
+    BUILDING,
+    FAILED,
+    READY,
+    canonical_name,
+    check_requirements,
+    requirement_name,
+)
 
 __all__ = [
     "BUILDING",
@@ -64,45 +71,7 @@ MARKER = "clipper-env.json"
 #: What ``model_containers`` imports, installed in every environment.
 CONTAINER_DEPENDENCIES = ("grpcio", "grpcio-health-checking", "protobuf", "numpy", "cloudpickle")
 
-# Build states reported by get_runtime_env.
-READY, BUILDING, FAILED = "ready", "building", "failed"
-
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _LOG_CHUNK = 64 * 1024
-
-
-# -- requirement lines (shared with the deploy side, clipper_core.deployers.requirements)
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503 normalised distribution name: ``Scikit_Learn`` -> ``scikit-learn``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def requirement_name(line: str) -> str | None:
-    """The distribution a requirement line names, or None (options, URLs, paths)."""
-    text = line.strip()
-    if not text or text.startswith(("-", "#", ".", "/")) or "://" in text:
-        return None
-    match = _NAME.match(text)
-    return canonical_name(match.group(1)) if match else None
-
-
-def check_requirements(value: Any) -> list[str]:
-    """The requirement lines of a request, stripped.
-
-    Raises:
-        BadInput: Not a non-empty list of one-line strings.
-    """
-    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        raise BadInput("requirements must be a list of strings")
-    out = [r.strip() for r in value if r.strip()]
-    for r in out:
-        if "\n" in r or "\r" in r:
-            raise BadInput(f"a requirement must be one line: {r!r}")
-    if not out:
-        raise BadInput("an environment needs at least one requirement")
-    return out
 
 
 # -- server side: build and cache environments ----------------------------------------

@@ -28,8 +28,7 @@ from clipper_core.managers.base import (
     ReplicaState,
     ReplicaStatus,
 )
-from clipper_core.managers.local_spec import EXTERNAL_KIND
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import EXTERNAL_KIND, ModelRecord
 from model_containers.model import Model
 from model_containers.server import ContainerInfo, ContainerServer, exception_line
 

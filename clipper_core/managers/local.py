@@ -28,7 +28,7 @@ from clipper_core.managers.replica import (
     to_replica_status,
 )
 from clipper_core.managers.supervisor import ProcessSupervisor
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import ModelRecord
 
 __all__ = ["LocalProcessManager"]
 

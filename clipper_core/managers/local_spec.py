@@ -8,16 +8,15 @@ import os
 from clipper_core.errors import BadInput
 from clipper_core.managers.envs import RuntimeEnvManager
 from clipper_core.managers.replica import ReplicaSpec
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import ModelRecord
 
 #: Container kinds that are started by hand and join with ``register_replica``.
-EXTERNAL_KIND = "external"
 
 
 def startable(record: ModelRecord) -> bool:
     """Whether the local manager starts replicas of ``record`` (container kind
     ``"external"``, or no container at all, means they are registered by hand)."""
-    return bool(record.container) and record.container.get("kind") != EXTERNAL_KIND
+    return not record.registered_by_hand
 
 
 def replica_spec(

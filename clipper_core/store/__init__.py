@@ -2,7 +2,7 @@
 change feeds.
 
 ``StateStore`` here is the Protocol; :class:`SqliteStateStore` is the store this
-version ships (``clipper_core.state.StateStore`` still names it, for old imports).
+version ships.
 """
 
 from clipper_core.store.base import (

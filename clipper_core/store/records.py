@@ -29,6 +29,9 @@ __all__ = [
     "learned_state_namespace",
 ]
 
+#: Container kind of a model whose replicas are started by hand.
+EXTERNAL_KIND = "external"
+
 INPUT_TYPES = frozenset({"ints", "floats", "doubles", "strings", "bytes"})
 
 # Names appear in URL paths (/<app>/predict) and in "name:version:replica" ids, so
@@ -212,6 +215,12 @@ class ModelRecord:
     def key(self) -> str:
         """``"name:version"``, as Clipper's ``get_all_models`` lists it."""
         return f"{self.name}:{self.version}"
+
+    @property
+    def registered_by_hand(self) -> bool:
+        """Whether its replicas are started by hand and join by themselves
+        (container kind ``"external"``, or no container), not by the server."""
+        return not self.container or self.container.get("kind") == EXTERNAL_KIND
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (a deep copy) that :meth:`from_dict` reads back."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from control_helpers import Recorder, Runner, is_our_child
 
-from clipper_core.process_manager import LocalProcessManager
+from clipper_core.managers.supervisor import ProcessSupervisor as LocalProcessManager
 
 T = TypeVar("T")
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from clipper_core.process_manager import ReplicaEvent, ReplicaSpec
+from clipper_core.managers.replica import ProcessEvent as ReplicaEvent
+from clipper_core.managers.replica import ReplicaSpec
 
 Runner = Callable[..., Any]
 

@@ -28,7 +28,7 @@ from clipper_core.managers import ContainerManager, ReplicaEvent, ReplicaStatus
 from clipper_core.managers.fake import FakeContainerManager
 from clipper_core.managers.local import LocalProcessManager
 from clipper_core.replica_client import decode_outputs, encode_batch
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import ModelRecord
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
 

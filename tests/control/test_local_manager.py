@@ -10,13 +10,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import cloudpickle
 import pytest
 from control_helpers import Runner
 
+from clipper_core.admin_api import env_operations
 from clipper_core.errors import BadInput
 from clipper_core.logs import JsonFormatter
 from clipper_core.managers import ReplicaEvent, log_replica_event
@@ -30,8 +30,7 @@ from clipper_core.managers.replica import (
     to_replica_event,
     to_replica_status,
 )
-from clipper_core.runtime_env import admin_operations
-from clipper_core.state import ModelRecord
+from clipper_core.store.records import ModelRecord
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,22 +131,24 @@ def test_scale_starts_replicas_on_the_models_environment(run: Runner, tmp_path: 
     run(scenario(), timeout=120)
 
 
-def test_admin_operations_take_the_environments(run: Runner, tmp_path: Path) -> None:
+def test_env_operations_take_the_environments(run: Runner, tmp_path: Path) -> None:
     envs = RuntimeEnvManager(tmp_path, python=sys.executable)
     env_id = ready_env(envs, ["six==1.16.0"], tmp_path / "unused")
 
     async def scenario() -> None:
-        for target in (envs, SimpleNamespace(runtime_envs=envs)):  # the server, still
-            ops = admin_operations(target)  # type: ignore[arg-type]
-            built = await ops["build_runtime_env"]({"requirements": ["six==1.16.0"]})
-            assert (built["env_id"], built["status"]) == (env_id, READY)
-            got = await ops["get_runtime_env"]({"env_id": env_id, "offset": 0})
-            assert got["python"] == envs.interpreter(env_id)
-            assert await ops["get_runtime_env"]({"env_id": "0" * 20}) == {}
-            with pytest.raises(BadInput):
-                await ops["get_runtime_env"]({"env_id": "../x"})
-            with pytest.raises(BadInput):
-                await ops["build_runtime_env"]({"requirements": []})
+        ops = env_operations(envs)
+        built = await ops["build_runtime_env"]({"requirements": ["six==1.16.0"]})
+        assert (built["env_id"], built["status"]) == (env_id, READY)
+        got = await ops["get_runtime_env"]({"env_id": env_id, "offset": 0})
+        assert got["python"] == envs.interpreter(env_id)
+        assert await ops["get_runtime_env"]({"env_id": "0" * 20}) == {}
+        with pytest.raises(BadInput):
+            await ops["get_runtime_env"]({"env_id": "../x"})
+        with pytest.raises(BadInput):
+            await ops["build_runtime_env"]({"requirements": []})
+        # A container manager without environments (not the local one) says so.
+        with pytest.raises(BadInput, match="no runtime environments"):
+            await env_operations(None)["build_runtime_env"]({"requirements": ["six"]})
 
     run(scenario())
 

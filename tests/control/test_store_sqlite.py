@@ -14,22 +14,12 @@ from store_backends import app, model
 from clipper_core.auth import API_KEYS_NAMESPACE
 from clipper_core.errors import ClipperError
 from clipper_core.selection.runtime import kv_namespace
-from clipper_core.state import SCHEMA_VERSION, StateStore
 from clipper_core.store import AppRecord, EndpointRecord, SqliteStateStore, StateEvent, schema
+from clipper_core.store.schema import SCHEMA_VERSION
+
+StateStore = SqliteStateStore
 
 V2_DUMP = Path(__file__).parent / "data" / "state_v2.sql"
-
-
-def test_the_old_import_path_names_the_sqlite_store() -> None:
-    from clipper_core import state, store
-
-    assert state.StateStore is SqliteStateStore
-    assert state.AppRecord is store.AppRecord and state.ModelRecord is store.ModelRecord
-    assert state.INPUT_TYPES is store.INPUT_TYPES
-    assert SCHEMA_VERSION == schema.SCHEMA_VERSION
-
-
-# -- persistence, schema, concurrency --------------------------------------------
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:

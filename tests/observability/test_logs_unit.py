@@ -15,9 +15,8 @@ from clipper_core.logs import (
     TextFormatter,
     configure_logging,
     log_event,
-    log_replica_event,
 )
-from clipper_core.process_manager import ReplicaEvent, ReplicaHandle, ReplicaSpec
+from clipper_core.managers.base import ReplicaEvent, log_replica_event
 
 
 @pytest.fixture
@@ -92,13 +91,22 @@ def test_replica_crash_carries_its_stderr_tail(
     captured: tuple[io.StringIO, logging.Handler],
 ) -> None:
     stream, _ = captured
-    spec = ReplicaSpec(model_name="m", model_version="2", replica_id=1, argv=["x"])
-    handle = ReplicaHandle(spec, stderr_tail_lines=5)
-    handle.pid = 4242
-    handle.exit_code = 3
-    handle._stderr.extend(["Traceback (most recent call last):", "RuntimeError: out of cheese"])
-    log_replica_event(ReplicaEvent("exited", handle, "exit code 3; stderr tail:\n..."))
-    log_replica_event(ReplicaEvent("ready", handle, "127.0.0.1:5000"))
+    tail = "Traceback (most recent call last):\nRuntimeError: out of cheese"
+    log_replica_event(
+        ReplicaEvent(
+            "exited",
+            "m",
+            "2",
+            "1",
+            pid=4242,
+            detail="exit code 3; stderr tail:\n...",
+            exit_code=3,
+            stderr_tail=tail,
+        )
+    )
+    log_replica_event(
+        ReplicaEvent("ready", "m", "2", "1", "127.0.0.1:5000", 4242, "127.0.0.1:5000")
+    )
     crash, ready = _lines(stream)
     assert crash["event"] == "replica_exited" and crash["level"] == "warning"
     assert crash["msg"] == "replica 1 of m:2 exited: exit code 3"

@@ -16,7 +16,8 @@ from clipper_core.selection.runtime import (
     StatePersister,
     kv_namespace,
 )
-from clipper_core.state import AppRecord, StateStore
+from clipper_core.store.records import AppRecord
+from clipper_core.store.sqlite import SqliteStateStore as StateStore
 
 
 def test_a_user_without_state_reads_the_global_one() -> None:

@@ -11,7 +11,8 @@ from clipper_core.clipper_api import format_reply, parse_predict, reply_fields
 from clipper_core.dataplane import Outcome
 from clipper_core.errors import BadInput, NotFound
 from clipper_core.selection.api import parse_label
-from clipper_core.state import AppRecord, StateStore
+from clipper_core.store.records import AppRecord
+from clipper_core.store.sqlite import SqliteStateStore as StateStore
 
 
 def test_store_sets_an_apps_policy(tmp_path: Path) -> None:

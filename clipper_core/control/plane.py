@@ -1,0 +1,237 @@
+"""``ControlPlane``: the one writer of desired state.
+
+The management API, the CLI (through it) and later declarative files, the
+planner and the tuner all change apps, models, links, versions, replica counts
+and API keys through this object, never the store or the data plane directly.
+
+Every write follows one pattern: validate, write the store (one transaction, in
+a worker thread), reconcile this frontend's data plane inline so that the caller
+reads its own write when the call returns, and, for operations that start
+containers, wait until the replicas serve (rolling back a deploy that fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from clipper_core.auth import hash_api_key
+from clipper_core.control.artifacts import ArtifactStore
+from clipper_core.control.reconcile import DataPlaneReconciler
+from clipper_core.control.replicas import ReplicaReconciler
+from clipper_core.errors import BadInput, NotFound
+from clipper_core.logs import log_event
+from clipper_core.selection import validate_policy
+from clipper_core.store.base import StateEvent, StateStore
+from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord
+
+log = logging.getLogger("clipper_core.server")
+
+
+class ControlPlane:
+    """Changes desired state and brings the data plane and the replicas along.
+
+    Args:
+        store: Desired state.
+        apply: This frontend's data-plane reconciler.
+        replicas: The replica reconciler (this process owns the containers).
+        artifacts: Where deployed models' files go.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        apply: DataPlaneReconciler,
+        replicas: ReplicaReconciler,
+        artifacts: ArtifactStore,
+    ) -> None:
+        self.store = store
+        self._apply = apply
+        self._replicas = replicas
+        self._artifacts = artifacts
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def _reconcile(self, kind: str, name: str) -> None:
+        await self._apply.reconcile(StateEvent(0, kind, name))  # type: ignore[arg-type]
+
+    # -- applications -------------------------------------------------------------
+
+    async def register_app(self, rec: AppRecord, api_keys: list[str] | None = None) -> None:
+        """Register an application (and the API keys its queries need, if any)."""
+        validate_policy(rec.policy, rec.policy_config)
+        digests = sorted({hash_api_key(k) for k in api_keys or ()})
+        await self._write(self.store.add_app, rec, digests)
+        await self._reconcile("app", rec.name)
+        self._apply.restart_learning(rec.name)  # nothing learned survives from a namesake
+        log_event(
+            log,
+            "app_registered",
+            f"application {rec.name} registered",
+            app=rec.name,
+            input_type=rec.input_type,
+            slo_micros=rec.slo_micros,
+        )
+
+    async def delete_app(self, name: str) -> None:
+        if await self._write(self.store.get_app, name) is None:
+            raise NotFound(f"application {name!r} is not registered")
+        await self._write(self.store.delete_app, name)
+        await self._reconcile("app", name)
+        log_event(log, "app_deleted", f"application {name} deleted", app=name)
+
+    async def set_app_api_keys(self, name: str, keys: list[str]) -> None:
+        """Require one of ``keys`` on the app's queries (none: no key needed).
+
+        Only SHA-256 digests are kept, in memory and in the store."""
+        digests = sorted({hash_api_key(k) for k in keys})
+        await self._write(self.store.set_app_api_keys, name, digests)
+        await self._reconcile("app", name)
+        log_event(log, "api_keys_set", f"application {name}: {len(digests)} API key(s)", app=name)
+
+    async def set_selection_policy(
+        self, name: str, policy: str, policy_config: dict[str, Any] | None = None
+    ) -> None:
+        """Switch an app's selection policy (or its options); learned state restarts."""
+        validate_policy(policy, policy_config)
+        await self._write(self.store.set_app_policy, name, policy, policy_config)
+        await self._reconcile("app", name)
+        self._apply.restart_learning(name)
+        log_event(
+            log,
+            "selection_policy_set",
+            f"application {name}: selection policy {policy}",
+            app=name,
+            policy=policy,
+        )
+
+    async def link(self, app: str, model: str) -> None:
+        """Link a model to an app (404 when either is missing, 400 when their input
+        types differ)."""
+        await self._write(self.store.link_model, app, model)
+        await self._reconcile("app", app)
+        log_event(log, "model_linked", f"model {model} linked to {app}", app=app, model=model)
+
+    async def unlink(self, app: str, model: str) -> None:
+        await self._write(self.store.unlink_model, app, model)
+        await self._reconcile("app", app)
+
+    # -- models -------------------------------------------------------------------
+
+    async def deploy_model(self, rec: ModelRecord, *, payload_b64: str | None = None) -> None:
+        """Register a model version, start its replicas, and make it current when
+        it is the model's first version.  Returns once the replicas serve; on a
+        failure the version is removed again and the error raised."""
+        if await self._write(self.store.get_model, rec.name, rec.version) is not None:
+            raise BadInput(f"model {rec.name}:{rec.version} already exists")
+        if payload_b64 is not None:
+            container = await self._artifacts.put(
+                rec.name, rec.version, dict(rec.container), payload_b64
+            )
+            rec = ModelRecord(**{**rec.to_dict(), "container": container})
+        first = await self._write(self.store.get_current_version, rec.name) is None
+        try:
+            await self._write(self.store.add_model, rec)
+        except BaseException:
+            if payload_b64 is not None:
+                await self._artifacts.remove(rec.name, rec.version)
+            raise
+        await self._reconcile("model", rec.name)
+        try:
+            await self._replicas.ensure(rec.name, rec.version)
+        except BaseException as exc:
+            log_event(
+                log,
+                "model_deploy_failed",
+                f"deploying {rec.name}:{rec.version} failed: {exc}",
+                level=logging.ERROR,
+                model=rec.name,
+                version=rec.version,
+                error=str(exc),
+            )
+            await self._forget_model(rec)
+            raise
+        log_event(
+            log,
+            "model_deployed",
+            f"model {rec.name}:{rec.version} deployed with {rec.num_replicas} replica(s)",
+            model=rec.name,
+            version=rec.version,
+            input_type=rec.input_type,
+            replicas=rec.num_replicas,
+            container=rec.container.get("kind", "external"),
+        )
+        if first:
+            await self.set_model_version(rec.name, rec.version)
+
+    async def _forget_model(self, rec: ModelRecord) -> None:
+        await self._replicas.stop(rec)
+        await self._write(self.store.delete_model_version, rec.name, rec.version)
+        await self._reconcile("model", rec.name)
+        await self._artifacts.remove(rec.name, rec.version)
+
+    async def set_model_version(self, name: str, version: str) -> None:
+        """Send the model's queries to ``version`` (roll forward or back)."""
+        previous = await self._write(self.store.get_current_version, name)
+        await self._write(self.store.set_current_version, name, version)
+        await self._reconcile("model", name)
+        if previous != version:
+            log_event(
+                log,
+                "version_switched",
+                f"model {name}: queries now go to version {version} (was {previous})",
+                model=name,
+                version=version,
+                previous=previous,
+            )
+
+    async def delete_model_version(self, name: str, version: str) -> None:
+        rec = await self._write(self.store.get_model, name, version)
+        if rec is None:
+            raise NotFound(f"model {name}:{version} is not registered")
+        await self._forget_model(rec)
+        log_event(
+            log,
+            "model_version_removed",
+            f"model {name}:{version} removed",
+            model=name,
+            version=version,
+        )
+
+    async def set_num_replicas(self, name: str, version: str, n: int) -> None:
+        """Scale a model version and return once ``n`` replicas serve."""
+        if n < 0:
+            raise BadInput("num_replicas must be >= 0")
+        if await self._write(self.store.get_model, name, version) is None:
+            raise NotFound(f"model {name}:{version} is not registered")
+        await self._write(self.store.set_num_replicas, name, version, n)
+        await self._reconcile("model", name)
+        await self._replicas.ensure(name, version)
+        log_event(
+            log,
+            "replicas_scaled",
+            f"model {name}:{version} scaled to {n} replica(s)",
+            model=name,
+            version=version,
+            replicas=n,
+        )
+
+    async def register_replica(
+        self, name: str, version: str, replica_id: str, address: str
+    ) -> None:
+        """A container started by hand joins a model version's replicas; it is
+        remembered in the store, so a restart connects to it again.  Returns once
+        it is connected."""
+        await self._write(
+            self.store.put_endpoint, EndpointRecord(name, version, replica_id, address)
+        )
+        await self._reconcile("endpoint", name)
+        try:
+            await self._apply.connected(name, version, replica_id, address)
+        except BaseException:
+            # Not connected: the call failed, so nothing is remembered.
+            await self._write(self.store.delete_endpoint, name, version, replica_id)
+            await self._reconcile("endpoint", name)
+            raise

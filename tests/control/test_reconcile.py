@@ -1,0 +1,319 @@
+"""The control plane over the in-process fake container manager: every write goes
+through ``ControlPlane`` and reaches the data plane before the call returns; the
+data-plane reconciler is level-triggered (it rereads the store, so duplicate and
+missed events are harmless, and ``sync_all`` is both the restore and the resync);
+the replica reconciler connects what the manager starts, follows crashes, and a
+deploy that fails leaves nothing behind.  Real gRPC to in-process containers; no
+child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from control_helpers import Runner
+
+from clipper_core.auth import ApiKeys
+from clipper_core.control import (
+    BackgroundTasks,
+    ControlPlane,
+    DataPlaneReconciler,
+    ModelDefaults,
+    ReplicaReconciler,
+)
+from clipper_core.control.artifacts import LocalArtifactStore
+from clipper_core.dataplane import DataPlane
+from clipper_core.errors import BadInput, NotFound, ReplicaUnavailable
+from clipper_core.managers.fake import FakeContainerManager, load_container_model
+from clipper_core.planning import budgets
+from clipper_core.replica_client import insecure_connector
+from clipper_core.selection.runtime import SelectionService
+from clipper_core.store import SqliteStateStore, StateEvent
+from clipper_core.store.records import AppRecord, ModelRecord
+from model_containers.model import Model
+from tests.server import models
+
+DEFAULTS = ModelDefaults(
+    queue_capacity=1000,
+    max_batch_size=32,
+    batch_timeout=10.0,
+    admission=False,
+    replica_start_timeout=20.0,
+)
+
+
+class ThreadCheckingStore(SqliteStateStore):
+    """Notes the thread of each write: none may run on the event loop's."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.write_threads: list[str] = []
+
+    def add_app(self, *args: Any, **kw: Any) -> None:
+        self.write_threads.append(threading.current_thread().name)
+        super().add_app(*args, **kw)
+
+    def add_model(self, *args: Any, **kw: Any) -> None:
+        self.write_threads.append(threading.current_thread().name)
+        super().add_model(*args, **kw)
+
+
+class Frontend:
+    """One frontend's data plane and reconcilers over a store (and a manager)."""
+
+    def __init__(self, store: SqliteStateStore, manager: FakeContainerManager, root: Path) -> None:
+        self.store = store
+        self.manager = manager
+        self.dataplane = DataPlane(cache_bytes=0, batch_slo_rule=budgets.batch_slos)
+        self.selection = SelectionService()
+        self.selection.open(store)
+        self.tasks = BackgroundTasks()
+        self.apply = DataPlaneReconciler(
+            self.dataplane,
+            self.selection,
+            ApiKeys(),
+            store,
+            DEFAULTS,
+            connector=insecure_connector,
+            on_replica_hung=lambda *key: None,
+        )
+        self.replicas = ReplicaReconciler(
+            manager, store, self.apply, self.tasks, start_timeout=20.0
+        )
+        self.control = ControlPlane(
+            store, self.apply, self.replicas, LocalArtifactStore(root / "models")
+        )
+
+    async def predict(self, app: str, x: list[float]) -> Any:
+        [out] = await self.dataplane.predict(app, [x], [b""], deadline=time.monotonic() + 10)
+        return out
+
+    async def close(self) -> None:
+        await self.tasks.cancel_all()
+        await self.apply.close()
+        await self.dataplane.close()
+        await self.selection.close()
+
+
+def closure_payload(fn: Callable[[list[Any]], list[Any]]) -> str:
+    return base64.b64encode(cloudpickle.dumps(fn)).decode()
+
+
+def model_rec(name: str, version: str = "1", replicas: int = 1) -> ModelRecord:
+    return ModelRecord(
+        name=name,
+        version=version,
+        input_type="doubles",
+        labels=[],
+        container={"kind": "closure", "filename": "f.pkl"},
+        num_replicas=replicas,
+    )
+
+
+def app_rec(name: str, policy: str = "single") -> AppRecord:
+    return AppRecord(
+        name=name, input_type="doubles", default_output="-1", slo_micros=5_000_000, policy=policy
+    )
+
+
+@asynccontextmanager
+async def frontend(tmp_path: Path, factory: Any = None) -> AsyncIterator[Frontend]:
+    store = ThreadCheckingStore(str(tmp_path / "state.sqlite3"))
+    manager = FakeContainerManager(factory)
+    f = Frontend(store, manager, tmp_path)
+    try:
+        yield f
+    finally:
+        await f.close()
+        await manager.close()
+        store.close()
+
+
+def test_writes_reach_the_data_plane_before_the_call_returns(
+    run: Runner, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.register_app(app_rec("a"))
+            await f.control.deploy_model(
+                model_rec("m", replicas=2), payload_b64=closure_payload(models.make_sum())
+            )
+            await f.control.link("a", "m")
+            # Read your writes: no await of any feed in between.
+            assert f.dataplane.apps["a"].linked_models == ["m"]
+            mv = f.dataplane.get_model_version("m", "1")
+            assert sorted(mv.replicas) == ["0", "1"]
+            assert f.dataplane.models["m"].current == "1"
+            out = await f.predict("a", [1.0, 2.0])
+            assert (out.output, out.default) == (3.0, False)
+            # Store writes ran off the event loop's thread.
+            loop_thread = threading.current_thread().name
+            assert f.store.write_threads and loop_thread not in f.store.write_threads
+            # Scaling waits for the replicas and drops the ones above n.
+            await f.control.set_num_replicas("m", "1", 1)
+            assert sorted(mv.replicas) == ["0"]
+            await f.control.set_num_replicas("m", "1", 3)
+            assert sorted(mv.replicas) == ["0", "1", "2"]
+            await f.control.unlink("a", "m")
+            assert f.dataplane.apps["a"].linked_models == []
+            await f.control.delete_app("a")
+            assert "a" not in f.dataplane.apps
+            with pytest.raises(NotFound):
+                await f.control.delete_app("a")
+
+    run(scenario(), timeout=120)
+
+
+def test_reconcile_is_level_triggered_and_sync_all_resyncs(run: Runner, tmp_path: Path) -> None:
+    """Another writer changes the store; this frontend converges from events that
+    name only a key, duplicated or missing, and from a full resync."""
+
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.register_app(app_rec("a"))
+            await f.control.deploy_model(
+                model_rec("m"), payload_b64=closure_payload(models.make_sum())
+            )
+            await f.control.link("a", "m")
+            store = f.store
+            # Writes behind the frontend's back (as another frontend's would be).
+            await asyncio.to_thread(store.add_app, app_rec("b"), [])
+            await asyncio.to_thread(store.link_model, "b", "m")
+            await asyncio.to_thread(store.set_app_policy, "a", "exp3", {})
+            for _ in range(2):  # a duplicate event changes nothing more
+                await f.apply.reconcile(StateEvent(0, "app", "b"))
+            assert f.dataplane.apps["b"].linked_models == ["m"]
+            assert f.dataplane.apps["a"].policy == "single"  # no event for "a" yet
+            # A gap: events were lost; the resync reads everything.
+            await asyncio.to_thread(store.unlink_model, "b", "m")
+            await asyncio.to_thread(store.delete_app, "a")
+            await f.apply.sync_all()
+            assert "a" not in f.dataplane.apps
+            assert f.dataplane.apps["b"].linked_models == []
+            # An event for a key that no longer exists removes it.
+            await asyncio.to_thread(store.delete_app, "b")
+            await f.apply.reconcile(StateEvent(0, "app", "b"))
+            assert f.dataplane.apps == {}
+
+    run(scenario(), timeout=120)
+
+
+def test_the_restore_is_the_resync(run: Runner, tmp_path: Path) -> None:
+    """A second frontend over the same store, started empty, gets everything from
+    ``sync_all`` (and its replicas from the replica reconciler)."""
+
+    async def scenario() -> None:
+        async with frontend(tmp_path) as first:
+            await first.control.register_app(app_rec("a"))
+            await first.control.deploy_model(
+                model_rec("m"), payload_b64=closure_payload(models.make_constant("v1"))
+            )
+            await first.control.deploy_model(
+                model_rec("m", "2"), payload_b64=closure_payload(models.make_constant("v2"))
+            )
+            await first.control.link("a", "m")
+            assert (await first.predict("a", [0.0])).output == "v1"
+            await first.control.set_model_version("m", "2")
+            assert (await first.predict("a", [0.0])).output == "v2"
+        async with frontend(tmp_path) as second:
+            await second.apply.sync_all()
+            await second.replicas.ensure_all()
+            assert second.dataplane.models["m"].current == "2"
+            assert sorted(second.dataplane.models["m"].versions) == ["1", "2"]
+            assert (await second.predict("a", [0.0])).output == "v2"
+
+    run(scenario(), timeout=120)
+
+
+def test_a_crashed_replica_is_reconnected(run: Runner, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.register_app(app_rec("a"))
+            await f.control.deploy_model(
+                model_rec("m"), payload_b64=closure_payload(models.make_sum())
+            )
+            await f.control.link("a", "m")
+            mv = f.dataplane.get_model_version("m", "1")
+            before = mv.replicas["0"].address
+            await f.manager.kill("m", "1", "0")
+            deadline = time.monotonic() + 20
+            while not ("0" in mv.replicas and mv.replicas["0"].address != before):
+                assert time.monotonic() < deadline, "the restarted replica was not connected"
+                await asyncio.sleep(0.05)
+            assert (await f.predict("a", [2.0, 2.0])).output == 4.0
+
+    run(scenario(), timeout=120)
+
+
+def test_a_failed_deploy_leaves_nothing_behind(run: Runner, tmp_path: Path) -> None:
+    def factory(rec: ModelRecord) -> Model:
+        if rec.version == "bad":
+            raise RuntimeError("this model cannot load")
+        return load_container_model(rec)
+
+    async def scenario() -> None:
+        async with frontend(tmp_path, factory) as f:
+            with pytest.raises(ReplicaUnavailable, match="cannot load"):
+                await f.control.deploy_model(
+                    model_rec("m", "bad"), payload_b64=closure_payload(models.make_sum())
+                )
+            assert await asyncio.to_thread(f.store.list_models) == []
+            assert "m" not in f.dataplane.models
+            assert not (tmp_path / "models" / "m" / "bad").exists()
+            assert f.manager.list() == []
+            with pytest.raises(BadInput, match="base64"):
+                await f.control.deploy_model(model_rec("m"), payload_b64="not base64!")
+            assert await asyncio.to_thread(f.store.list_models) == []
+
+    run(scenario(), timeout=120)
+
+
+def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path) -> None:
+    """``register_replica`` persists the endpoint: a restarted frontend connects to
+    it again."""
+
+    async def scenario() -> None:
+        outside = FakeContainerManager()  # stands for a container started by hand
+        try:
+            rec = ModelRecord(
+                name="ext", version="1", input_type="doubles", labels=[],
+                container={"kind": "closure", "path": str(tmp_path / "f.pkl")},
+            )  # fmt: skip
+            (tmp_path / "f.pkl").write_bytes(cloudpickle.dumps(models.make_constant("far")))
+            await outside.scale(rec, 1)
+            address = await outside.wait_ready("ext", "1", "0", 20)
+            async with frontend(tmp_path) as f:
+                await f.control.register_app(app_rec("a"))
+                await f.control.deploy_model(
+                    ModelRecord(
+                        name="ext", version="1", input_type="doubles", labels=[],
+                        container={"kind": "external"}, num_replicas=0,
+                    )  # fmt: skip
+                )
+                await f.control.link("a", "ext")
+                await f.control.register_replica("ext", "1", "hand-1", address)
+                assert (await f.predict("a", [0.0])).output == "far"
+                with pytest.raises(NotFound):
+                    await f.control.register_replica("nope", "1", "x", address)
+            async with frontend(tmp_path) as g:
+                await g.apply.sync_all()
+                eps = await asyncio.to_thread(g.store.list_endpoints, "ext")
+                assert [(e.replica_id, e.address) for e in eps] == [("hand-1", address)]
+                deadline = time.monotonic() + 20
+                mv = g.dataplane.get_model_version("ext", "1")
+                while "hand-1" not in mv.replicas:
+                    assert time.monotonic() < deadline, "the endpoint was not reconnected"
+                    await asyncio.sleep(0.05)
+                assert (await g.predict("a", [0.0])).output == "far"
+        finally:
+            await outside.close()
+
+    run(scenario(), timeout=120)
