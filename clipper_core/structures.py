@@ -2,14 +2,17 @@
 
 ``BatchQueue``, ``PredictionCache`` and ``SloController`` come from the compiled
 extensions in ``clipper_core._ext`` unless ``CLIPPER_NO_EXTENSIONS=1`` is set, in
-which case the pure-Python twins in ``clipper_core._pure`` are used.  The twins are
-the executable specification of the extensions: tests run against both.
+which case the pure-Python twins in ``clipper_core._pure`` are used.  When the
+extensions are not built (a source checkout without ``pip install -e .``), the
+twins are used too, with one warning.  The twins are the executable specification
+of the extensions: tests run against both.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import SimpleNamespace
 
 _NAMES = {
@@ -29,9 +32,26 @@ def load(use_extensions: bool) -> SimpleNamespace:
     return ns
 
 
-EXTENSIONS_ACTIVE: bool = os.environ.get("CLIPPER_NO_EXTENSIONS", "") in ("", "0")
+def _choose() -> SimpleNamespace:
+    if os.environ.get("CLIPPER_NO_EXTENSIONS", "") not in ("", "0"):
+        return load(False)
+    try:
+        return load(True)
+    except ImportError as exc:
+        warnings.warn(
+            f"clipper_core's compiled extensions are not built ({exc}); running on the"
+            " pure-Python twins, which are several times slower.  Build them with"
+            " `pip install -e .` (or `make build`); set CLIPPER_NO_EXTENSIONS=1 to choose"
+            " the twins without this warning.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return load(False)
 
-_impl = load(EXTENSIONS_ACTIVE)
+
+_impl = _choose()
+#: Whether the compiled extensions serve (False: the pure-Python twins).
+EXTENSIONS_ACTIVE: bool = _impl.name == "cython"
 BatchQueue = _impl.BatchQueue
 QueueEntry = _impl.QueueEntry
 PredictionCache = _impl.PredictionCache
