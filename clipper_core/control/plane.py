@@ -50,6 +50,8 @@ class ControlPlane:
         self._apply = apply
         self._replicas = replicas
         self._artifacts = artifacts
+        # Versions being deployed: a second deploy of one would share its files.
+        self._deploying: set[tuple[str, str]] = set()
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -124,6 +126,16 @@ class ControlPlane:
         """Register a model version, start its replicas, and make it current when
         it is the model's first version.  Returns once the replicas serve; on a
         failure the version is removed again and the error raised."""
+        key = (rec.name, rec.version)
+        if key in self._deploying:
+            raise BadInput(f"model {rec.name}:{rec.version} is being deployed already")
+        self._deploying.add(key)
+        try:
+            await self._deploy(rec, payload_b64)
+        finally:
+            self._deploying.discard(key)
+
+    async def _deploy(self, rec: ModelRecord, payload_b64: str | None) -> None:
         if await self._write(self.store.get_model, rec.name, rec.version) is not None:
             raise BadInput(f"model {rec.name}:{rec.version} already exists")
         if payload_b64 is not None:
