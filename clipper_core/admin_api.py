@@ -23,6 +23,7 @@ from clipper_core.admin_requests import (
     Body,
     app_record,
     app_reply,
+    field_bool,
     field_int,
     field_str,
     field_str_list,
@@ -33,6 +34,7 @@ from clipper_core.admin_requests import (
 )
 from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
 from clipper_core.control import ControlPlane
+from clipper_core.control.desired import DesiredState
 from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput, ClipperError, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
@@ -259,6 +261,15 @@ def install(
             raise BadInput("field 'uid' must be an integer >= 0")
         return selection.get(name).describe(app.linked_models, uid)
 
+    async def apply(body: Body) -> Any:
+        # The declarative file's JSON form (``clipper apply -f``): the changes made,
+        # or with dry_run those that would be.
+        prune = field_bool(body.pop("prune", None), "prune")
+        dry_run = field_bool(body.pop("dry_run", None), "dry_run")
+        desired = DesiredState.from_dict(body)
+        plan = control.plan if dry_run else control.apply
+        return [c.to_dict() for c in await plan(desired, prune=prune)]
+
     async def get_state(body: Body) -> Any:
         return inspect()
 
@@ -286,6 +297,7 @@ def install(
         "get_num_replicas": get_num_replicas,
         "register_replica": register_replica,
         "get_state": get_state,
+        "apply": apply,
         "set_selection_policy": set_selection_policy,
         "get_selection_state": get_selection_state,
         "shutdown": shutdown_call,

@@ -56,6 +56,15 @@ def field_int(body: Body, key: str, default: int | None = None) -> int:
     return value
 
 
+def field_bool(value: object, key: str) -> bool:
+    """A boolean field (absent: False)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadInput(f"field {key!r} must be true or false")
+    return value
+
+
 def field_str_list(body: Body, key: str) -> list[str]:
     value = body.get(key, [])
     if isinstance(value, str):

@@ -6,12 +6,12 @@ clipper stop             stop it and every model container
 clipper status           apps, models and replicas at a glance
 clipper apps | models    list them
 clipper deploy NAME ...  deploy a Python function or Model class
+clipper apply -f FILE    make the server match a declarative file (TOML)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipper_core.connection import ClipperConnection, LocalContainerManager, ServerNotRunning
+from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
 
 
@@ -241,32 +242,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_object(spec: str) -> Any:
-    path, sep, attr = spec.rpartition(":")
-    if not sep:
-        raise ClipperError(f"expected FILE.py:NAME or module:NAME, got {spec!r}")
-    if path.endswith(".py"):
-        file = Path(path).resolve()
-        if not file.exists():
-            raise ClipperError(f"no such file: {file}")
-        sys.path.insert(0, str(file.parent))
-        module_spec = importlib.util.spec_from_file_location(file.stem, file)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[file.stem] = module
-        module_spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, str(Path.cwd()))
-        module = importlib.import_module(path)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ClipperError(f"{path} has no attribute {attr!r}") from None
-
-
 def cmd_deploy(args: argparse.Namespace) -> int:
     conn = _connection(args)
-    obj = _load_object(args.source)
+    obj, _ = load_object(args.source)
     if isinstance(obj, type):
         obj = obj()
     conn.deploy_pickled(
@@ -287,6 +265,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             )
         conn.link_model_to_app(args.app, args.name)
         print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    changes = _connection(args).apply(args.file, args.prune, dry_run=args.dry_run)
+    for change in changes:
+        print(change["text"])
+    if args.dry_run:
+        print("dry run: nothing changed")
     return 0
 
 
@@ -445,6 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-micros", type=int, default=100_000, help="app latency objective")
     p.add_argument("--default-output", default="None", help="app default output")
     p.set_defaults(fn=cmd_deploy)
+
+    p = sub_parser(
+        "apply",
+        help="make the server match a declarative file",
+        description="Create or update the models, apps and pipelines FILE (TOML) describes;"
+        " applying it again changes nothing.  One line per change.",
+    )
+    p.add_argument("-f", "--file", required=True, help="the file (TOML)")
+    p.add_argument(
+        "--prune", action="store_true", help="also delete what the file does not describe"
+    )
+    p.add_argument("--dry-run", action="store_true", help="only print what would change")
+    p.set_defaults(fn=cmd_apply)
     return parser
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
+from clipper_core.connection_apply import DeclarativeConfig
 from clipper_core.connection_models import ModelDeployment
 from clipper_core.errors import ClipperError
 
@@ -124,11 +125,12 @@ class LocalContainerManager:
         return Path(self.state_dir) / "server.log"
 
 
-class ClipperConnection(ModelDeployment):
+class ClipperConnection(ModelDeployment, DeclarativeConfig):
     """Configure a running clipper_core server (Clipper's ``clipper_admin`` API).
 
     The deploy calls (``deploy_model``, ``deploy_pickled``, ``register_model``) come
-    from :class:`~clipper_core.connection_models.ModelDeployment`.
+    from :class:`~clipper_core.connection_models.ModelDeployment`; ``apply`` (a
+    declarative file) from :class:`~clipper_core.connection_apply.DeclarativeConfig`.
     """
 
     def __init__(

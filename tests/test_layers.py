@@ -19,8 +19,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("clipper_core", "model_containers")
 
@@ -86,6 +84,7 @@ LAYERS: dict[str, int] = {
     "clipper_core": CLIENT,
     "clipper_core.connection": CLIENT,
     "clipper_core.connection_models": CLIENT,
+    "clipper_core.connection_apply": CLIENT,
     "clipper_core.runtime_env": CLIENT,
     "clipper_core.deployers": CLIENT,
 }

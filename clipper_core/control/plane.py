@@ -13,12 +13,16 @@ containers, wait until the replicas serve (rolling back a deploy that fails).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from clipper_core.auth import hash_api_key
+from clipper_core.control.apply import Change, diff
+from clipper_core.control.apply_steps import carry_out, read_current
 from clipper_core.control.artifacts import ArtifactStore
-from clipper_core.control.reconcile import DataPlaneReconciler
+from clipper_core.control.desired import DesiredState, payload_digest
+from clipper_core.control.reconcile import IN_PLACE_SPEC, DataPlaneReconciler
 from clipper_core.control.replicas import ReplicaReconciler
 from clipper_core.errors import BadInput, NotFound
 from clipper_core.logs import log_event
@@ -52,6 +56,8 @@ class ControlPlane:
         self._artifacts = artifacts
         # Versions being deployed: a second deploy of one would share its files.
         self._deploying: set[tuple[str, str]] = set()
+        # One declarative apply at a time: each diffs against what the last one made.
+        self._applying = asyncio.Lock()
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -74,6 +80,25 @@ class ControlPlane:
             f"application {rec.name} registered",
             app=rec.name,
             input_type=rec.input_type,
+            slo_micros=rec.slo_micros,
+        )
+
+    async def update_app(
+        self, name: str, *, slo_micros: int | None = None, default_output: str | None = None
+    ) -> None:
+        """Change an app's latency objective and/or default output in place (its
+        links, API keys and learned selection state stay)."""
+        rec = await self._write(
+            functools.partial(
+                self.store.update_app, name, slo_micros=slo_micros, default_output=default_output
+            )
+        )
+        await self._reconcile("app", name)
+        log_event(
+            log,
+            "app_updated",
+            f"application {name} updated",
+            app=name,
             slo_micros=rec.slo_micros,
         )
 
@@ -139,9 +164,9 @@ class ControlPlane:
         if await self._write(self.store.get_model, rec.name, rec.version) is not None:
             raise BadInput(f"model {rec.name}:{rec.version} already exists")
         if payload_b64 is not None:
-            container = await self._artifacts.put(
-                rec.name, rec.version, dict(rec.container), payload_b64
-            )
+            # The digest tells a declarative apply whether a file's code is this one.
+            spec = {**rec.container, "payload_sha256": payload_digest(payload_b64)}
+            container = await self._artifacts.put(rec.name, rec.version, spec, payload_b64)
             rec = ModelRecord(**{**rec.to_dict(), "container": container})
         first = await self._write(self.store.get_current_version, rec.name) is None
         try:
@@ -229,6 +254,79 @@ class ControlPlane:
             version=version,
             replicas=n,
         )
+
+    async def update_model_spec(self, name: str, version: str, **spec: Any) -> None:
+        """Change a model version's tunables in place: ``num_replicas`` scales
+        (as :meth:`set_num_replicas`), the others
+        (:data:`~clipper_core.control.reconcile.IN_PLACE_SPEC`) apply to its next
+        batch and query.
+
+        Raises:
+            BadInput: A field a running version cannot take in place
+                (``batch_size``, ``queue_capacity``, ``cpus``, ``memory_limit_mb``:
+                deploy a new version), or an invalid value.
+            NotFound: No such version.
+        """
+        fixed = sorted(set(spec) - set(IN_PLACE_SPEC))
+        if fixed:
+            raise BadInput(
+                f"model {name}:{version}: {', '.join(fixed)} cannot change while it runs"
+                f" (in place: {', '.join(IN_PLACE_SPEC)}); deploy a new version"
+            )
+        replicas = spec.pop("num_replicas", None)
+        if spec:
+            await self._write(
+                functools.partial(self.store.update_model_spec, name, version, **spec)
+            )
+            await self._reconcile("model", name)
+            log_event(
+                log,
+                "model_spec_updated",
+                f"model {name}:{version}: {', '.join(f'{k}={v}' for k, v in spec.items())}",
+                model=name,
+                version=version,
+                **spec,
+            )
+        if replicas is not None:
+            await self.set_num_replicas(name, version, replicas)
+
+    # -- declarative configuration ----------------------------------------------------
+
+    async def plan(self, desired: DesiredState, *, prune: bool = False) -> list[Change]:
+        """What :meth:`apply` would change (a dry run): nothing is written.
+
+        Raises:
+            BadInput: The file asks for what cannot be done in place (see
+                :func:`~clipper_core.control.apply.diff`).
+        """
+        current = await self._write(read_current, self.store)
+        return diff(desired, current, prune=prune)
+
+    async def apply(self, desired: DesiredState, *, prune: bool = False) -> list[Change]:
+        """Make the desired state of a declarative file true: model versions
+        first, then current versions, apps, links and pipelines, then (with
+        ``prune``) delete what the file does not describe.  Applying the same
+        file twice changes nothing the second time.
+
+        Returns:
+            Every change, ``unchanged`` ones included, in the order made.
+
+        Raises:
+            BadInput: As :meth:`plan` (then nothing changed); or the first
+                change that failed (those before it stay made).
+        """
+        async with self._applying:
+            changes = await self.plan(desired, prune=prune)
+            await carry_out(self, desired, changes)
+        made = sum(c.kind != "unchanged" for c in changes)
+        log_event(
+            log,
+            "desired_state_applied",
+            f"applied a desired state: {made} change(s)",
+            changes=made,
+            prune=prune,
+        )
+        return changes
 
     async def register_replica(
         self, name: str, version: str, replica_id: str, address: str

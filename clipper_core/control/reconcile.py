@@ -34,6 +34,11 @@ log = logging.getLogger("clipper_core.control")
 
 ReplicaKey = tuple[str, str, str]  # (model, version, replica id)
 
+#: The spec fields a running model version takes in place: the replica count
+#: (the replica reconciler scales), and what :meth:`DataPlaneReconciler.reconcile`
+#: sets on its ``ModelVersion`` (read again for every batch or query).
+IN_PLACE_SPEC = ("num_replicas", "batch_wait_micros", "batch_timeout", "cache_enabled", "labels")
+
 
 @dataclass(frozen=True)
 class ModelDefaults:
@@ -200,6 +205,8 @@ class DataPlaneReconciler:
             model = dp.models.get(name)
             if model is None or version not in model.versions:
                 dp.add_model_version(self._model_version(rec))
+            else:
+                self._retune(model.versions[version], rec)
         model = dp.models.get(name)
         if model is not None:
             if current in wanted and model.current != current:
@@ -224,6 +231,14 @@ class DataPlaneReconciler:
             on_replica_hung=lambda rid: self._on_replica_hung(name, version, rid),
             connector=self._connector,
         )
+
+    def _retune(self, mv: ModelVersion, rec: ModelRecord) -> None:
+        """Apply the in-place spec (:data:`IN_PLACE_SPEC`) to a running version:
+        its dispatchers read these again for every batch, and ``submit`` the
+        cache for every query."""
+        mv.batch_wait = rec.batch_wait_micros / 1e6
+        mv.batch_timeout = rec.batch_timeout or self._defaults.batch_timeout
+        mv.cache = self._dataplane.cache if rec.cache_enabled else None
 
     # -- replicas registered by hand ------------------------------------------------
 

@@ -175,6 +175,16 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
         """Set the desired replica count of a model version."""
         ...
 
+    def update_app(
+        self, name: str, *, slo_micros: int | None = None, default_output: str | None = None
+    ) -> AppRecord:
+        """Change an application's latency objective and/or default output."""
+        ...
+
+    def update_model_spec(self, name: str, version: str, **spec: Any) -> ModelRecord:
+        """Change tunable fields (``records.MODEL_SPEC_FIELDS``) of a model version."""
+        ...
+
     def link_model(self, app: str, model_name: str) -> None:
         """Link a model to an application."""
         ...

@@ -127,6 +127,23 @@ class AppRecord:
         return _from_dict(cls, data)
 
 
+#: The fields of a :class:`ModelRecord` that make its tunable *spec*, as opposed to
+#: its identity (name, version, input type, container): what an in-place update
+#: (``update_model_spec``) may write.  Whether a running version can take a
+#: change of each without a restart is the control plane's business.
+MODEL_SPEC_FIELDS = (
+    "num_replicas",
+    "batch_size",
+    "batch_wait_micros",
+    "queue_capacity",
+    "batch_timeout",
+    "cache_enabled",
+    "labels",
+    "cpus",
+    "memory_limit_mb",
+)
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """One version of a model and how to run it.

@@ -39,12 +39,12 @@ from clipper_core.store.schema import (
     endpoint_from_row,
     model_from_row,
 )
-from clipper_core.store.sqlite_db import SqliteDatabase
+from clipper_core.store.sqlite_spec import SqliteSpecWrites
 
 __all__ = ["SqliteStateStore"]
 
 
-class SqliteStateStore(SqliteDatabase):
+class SqliteStateStore(SqliteSpecWrites):
     """Applications, models, links, replica endpoints and key/value state in one
     SQLite database, with a revision and a change log (see :class:`SqliteDatabase`
     for the connection, the constructor's arguments and the change log).

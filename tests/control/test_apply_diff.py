@@ -1,0 +1,315 @@
+"""The declarative file's pure half: parsing its JSON form into a ``DesiredState``
+and diffing it against what a store holds (``control.apply.diff``)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+
+from clipper_core.auth import hash_api_key
+from clipper_core.control.apply import Change, CurrentState, diff, diff_pipelines
+from clipper_core.control.desired import DesiredState
+from clipper_core.errors import BadInput
+from clipper_core.store.records import AppRecord, ModelRecord
+
+PAYLOAD = base64.b64encode(b"pickled code").decode()
+KEY = "k" * 20
+
+
+def model_entry(name: str = "m", version: Any = "1", **kw: Any) -> dict[str, Any]:
+    entry = {
+        "name": name,
+        "version": version,
+        "input_type": "doubles",
+        "payload_b64": PAYLOAD,
+        "source_sha256": "a" * 64,
+    }
+    return {**entry, **kw}
+
+
+def app_entry(name: str = "app", **kw: Any) -> dict[str, Any]:
+    return {"name": name, "input_type": "doubles", "models": ["m"], **kw}
+
+
+def desired(**data: Any) -> DesiredState:
+    data.setdefault("models", [model_entry()])
+    data.setdefault("apps", [app_entry()])
+    return DesiredState.from_dict(data)
+
+
+def deployed(state: DesiredState) -> CurrentState:
+    """What the store holds once ``state`` has been applied."""
+    models = tuple(m.record for m in state.models)
+    return CurrentState(
+        models=models,
+        current_versions={m.name: state.current_version(m.name) or "" for m in models},
+        apps=tuple(a.record for a in state.apps),
+        links={a.record.name: tuple(sorted(a.models)) for a in state.apps},
+        api_key_digests={
+            a.record.name: tuple(sorted(hash_api_key(k) for k in a.api_keys))
+            for a in state.apps
+        },
+    )
+
+
+def lines(changes: list[Change]) -> list[str]:
+    return [str(c) for c in changes]
+
+
+# -- the desired state -------------------------------------------------------------------
+
+
+def test_entries_become_records_with_defaults() -> None:
+    state = desired(models=[model_entry(version=2, batch_wait_micros=100)])
+    m = state.models[0]
+    assert m.record.version == "2" and m.record.num_replicas == 1
+    assert m.record.batch_wait_micros == 100 and m.record.batch_size == -1
+    assert m.record.container["kind"] == "closure"
+    assert m.record.container["source_sha256"] == "a" * 64
+    assert m.record.container["payload_sha256"] == hashlib.sha256(b"pickled code").hexdigest()
+    a = state.apps[0]
+    assert (a.record.slo_micros, a.record.default_output, a.record.policy) == (
+        100_000,
+        "None",
+        "single",
+    )
+    assert a.models == ("m",) and a.api_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"models": [model_entry(replicas=2)]}, "models[0] (m:1): unknown field(s) 'replicas'"),
+        ({"modles": []}, "the file: unknown field(s) 'modles'"),
+        ({"models": [{"name": "m", "version": "1"}]}, "models[0] (m:1): missing field 'input_type'"),
+        ({"apps": [{"name": "a"}]}, "apps[0] (a): missing field 'input_type'"),
+        ({"models": [model_entry(num_replicas=-1)]}, "models[0] (m:1): num_replicas must be"),
+        ({"models": [model_entry(input_type="tensors")]}, "models[0] (m:1): unknown input type"),
+        ({"models": [model_entry(payload_b64=None)]}, "missing field 'source'"),
+        ({"models": [model_entry(source="m.py:f")]}, "'source' is read by the client"),
+        ({"models": [model_entry(), model_entry()]}, "model version m:1 is described twice"),
+        ({"apps": [app_entry(slo_micros=0)]}, "apps[0] (app): slo_micros must be"),
+        ({"apps": [app_entry(api_keys=["short"])]}, "apps[0] (app): "),
+        ({"apps": [app_entry(models="m")]}, "apps[0] (app): models must be a list"),
+        ({"apps": [app_entry(input_type="strings")]}, "app app takes strings but links model m"),
+        (
+            {"models": [model_entry(current=True), model_entry(version="2", current=True)]},
+            "versions 1 and 2 are both marked current",
+        ),
+        ({"models": "m"}, "models must be a list of tables"),
+    ],
+)
+def test_bad_entries_are_named(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInput) as info:
+        desired(**data)
+    assert message in str(info.value)
+
+
+def test_current_version_is_the_marked_one_else_the_last() -> None:
+    state = desired(models=[model_entry(version="1"), model_entry(version="2")])
+    assert state.current_version("m") == "2"
+    state = desired(models=[model_entry(version="1", current=True), model_entry(version="2")])
+    assert state.current_version("m") == "1"
+
+
+# -- the diff ------------------------------------------------------------------------------
+
+
+def test_a_fresh_store_gets_everything_in_dependency_order() -> None:
+    state = desired(apps=[app_entry(api_keys=[KEY])])
+    assert lines(diff(state, CurrentState())) == [
+        "create model m:1: 1 replica(s)",
+        "create app app: slo 100000 us, 1 API key(s)",
+        "create link app -> m",
+    ]
+
+
+def test_applying_what_is_there_changes_nothing() -> None:
+    state = desired(apps=[app_entry(api_keys=[KEY])])
+    changes = diff(state, deployed(state))
+    assert {c.kind for c in changes} == {"unchanged"}
+    assert lines(changes) == ["unchanged model m:1", "unchanged app app", "unchanged link app -> m"]
+
+
+def test_a_tunable_updates_only_its_model() -> None:
+    state = desired(models=[model_entry(), model_entry("n")])
+    wanted = desired(models=[model_entry(), model_entry("n", num_replicas=3, batch_timeout=5)])
+    changes = diff(wanted, deployed(state))
+    updated = [c for c in changes if c.kind != "unchanged"]
+    assert lines(updated) == ["update model n:1: num_replicas 1 -> 3, batch_timeout default -> 5.0"]
+    assert updated[0].fields == ("num_replicas", "batch_timeout")
+
+
+def test_an_app_field_updates_only_that_app() -> None:
+    state = desired(apps=[app_entry(), app_entry("other")])
+    wanted = desired(apps=[app_entry(slo_micros=5000), app_entry("other")])
+    updated = [c for c in diff(wanted, deployed(state)) if c.kind != "unchanged"]
+    assert lines(updated) == ["update app app: slo_micros 100000 -> 5000"]
+    assert updated[0].fields == ("slo_micros",)
+
+
+def test_api_keys_and_policy_changes_are_named_without_the_keys() -> None:
+    state = desired(apps=[app_entry(api_keys=[KEY])])
+    wanted = desired(apps=[app_entry(api_keys=["z" * 20, KEY], policy="exp3")])
+    (change,) = [c for c in diff(wanted, deployed(state)) if c.kind != "unchanged"]
+    assert change.fields == ("policy", "api_keys")
+    assert "policy 'single' -> 'exp3'" in change.detail and "1 -> 2 key(s)" in change.detail
+    assert KEY not in str(change)
+
+
+def test_links_the_file_drops_are_removed() -> None:
+    state = desired(models=[model_entry(), model_entry("n")], apps=[app_entry(models=["m", "n"])])
+    wanted = desired(models=[model_entry(), model_entry("n")], apps=[app_entry(models=["n"])])
+    assert [str(c) for c in diff(wanted, deployed(state)) if c.what == "link"] == [
+        "delete link app -> m",
+        "unchanged link app -> n",
+    ]
+
+
+def test_changed_code_is_refused_and_names_the_difference() -> None:
+    state = desired()
+    wanted = desired(models=[model_entry(source_sha256="b" * 64)])
+    with pytest.raises(BadInput) as info:
+        diff(wanted, deployed(state))
+    text = str(info.value)
+    assert "model m:1: its code changed (source sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb)" in text
+    assert "new version" in text
+
+
+def test_identity_and_fixed_spec_changes_are_all_refused() -> None:
+    state = desired(models=[model_entry(), model_entry("n")], apps=[])
+    wanted = desired(
+        models=[model_entry(input_type="ints"), model_entry("n", batch_size=8, cpus=[0])],
+        apps=[],
+    )
+    with pytest.raises(BadInput) as info:
+        diff(wanted, deployed(state))
+    text = str(info.value)
+    assert "model m:1: input_type doubles -> ints" in text
+    assert "model n:1: batch_size -1 -> 8" in text and "cpus default -> [0]" in text
+
+
+def test_code_is_compared_by_payload_digest_when_no_source_digest_is_recorded() -> None:
+    rec = desired().models[0].record
+    container = {k: v for k, v in rec.container.items() if k != "source_sha256"}
+    old = ModelRecord(**{**rec.to_dict(), "container": container})
+    current = CurrentState(models=(old,), current_versions={"m": "1"})
+    wanted = desired(models=[model_entry(source_sha256=None)], apps=[])
+    assert lines(diff(wanted, current)) == ["unchanged model m:1"]
+    other = base64.b64encode(b"other code").decode()
+    with pytest.raises(BadInput, match="pickled payload sha256"):
+        diff(desired(models=[model_entry(source_sha256=None, payload_b64=other)], apps=[]), current)
+    bare = ModelRecord(**{**rec.to_dict(), "container": {"kind": "closure", "path": "/x"}})
+    with pytest.raises(BadInput, match="records no digest"):
+        diff(wanted, CurrentState(models=(bare,)))
+
+
+def test_a_new_version_is_created_and_made_current() -> None:
+    state = desired()
+    wanted = desired(models=[model_entry(version="2", source_sha256="b" * 64)])
+    assert lines(c for c in diff(wanted, deployed(state)) if c.what == "model") == [
+        "create model m:2: 1 replica(s)",
+        "update model m: current version 1 -> 2",
+    ]
+
+
+def test_a_new_model_needs_no_current_change_unless_a_later_version_is_marked() -> None:
+    two = [model_entry(version="1"), model_entry(version="2")]
+    assert [c.fields for c in diff(desired(models=two), CurrentState()) if c.what == "model"] == [
+        (),
+        (),
+        ("current",),
+    ]
+    two[0]["current"] = True
+    assert all(c.kind == "create" for c in diff(desired(models=two), CurrentState()))
+
+
+def test_unknown_model_in_a_link_is_refused() -> None:
+    with pytest.raises(BadInput, match="app app links model 'nope', which neither this file nor"):
+        diff(desired(apps=[app_entry(models=["m", "nope"])]), CurrentState())
+
+
+def test_a_link_to_a_model_only_the_server_has_needs_no_prune() -> None:
+    server = ModelRecord("n", "1", "doubles", [], {"kind": "external"})
+    state = desired(apps=[app_entry(models=["n"])])
+    assert "create link app -> n" in lines(diff(state, CurrentState(models=(server,))))
+    with pytest.raises(BadInput, match="which neither this file has"):
+        diff(state, CurrentState(models=(server,)), prune=True)
+
+
+def test_an_apps_input_type_cannot_change() -> None:
+    state = desired()
+    old = AppRecord("app", "strings", "None", 100_000)
+    with pytest.raises(BadInput, match="input_type strings -> doubles"):
+        diff(state, CurrentState(models=deployed(state).models, apps=(old,)))
+
+
+def test_prune_deletes_what_the_file_does_not_describe() -> None:
+    full = desired(
+        models=[model_entry(), model_entry(version="2"), model_entry("n")],
+        apps=[app_entry(), app_entry("gone")],
+    )
+    wanted = desired(models=[model_entry(version="2")], apps=[app_entry()])
+    current = deployed(full)
+    kept = diff(wanted, current)
+    assert not [c for c in kept if c.kind == "delete"]
+    assert [str(c) for c in diff(wanted, current, prune=True) if c.kind == "delete"] == [
+        "delete app gone",
+        "delete model m:1",
+        "delete model n:1",
+    ]
+
+
+def test_external_models_have_no_code() -> None:
+    state = desired(
+        models=[{"name": "m", "version": "1", "input_type": "doubles", "external": True}]
+    )
+    rec = state.models[0].record
+    assert rec.registered_by_hand and rec.num_replicas == 0 and state.models[0].payload_b64 is None
+    assert {c.kind for c in diff(state, deployed(state))} == {"unchanged"}
+
+
+# -- pipelines (pure: their record dicts) ----------------------------------------------------
+
+
+def pipeline(**kw: Any) -> dict[str, Any]:
+    stage = {"name": "a", "model": "m", "version": "1", "output_type": "doubles", "combine": None}
+    last = {"name": "b", "model": "n", "version": "2", "output_type": None, "combine": None}
+    base = {
+        "name": "p",
+        "input_type": "doubles",
+        "stages": [stage, last],
+        "edges": [{"from": "a", "to": "b", "when": None}],
+        "slo_micros": 100_000,
+        "default_output": "-1",
+    }
+    return {**base, **kw}
+
+
+def test_pipeline_diff_names_the_stage_that_changed() -> None:
+    old = pipeline()
+    new = pipeline()
+    new["stages"] = [old["stages"][0], {**old["stages"][1], "version": "3"}]
+    upserts, deletions = diff_pipelines((new,), {"p": old}, prune=True)
+    assert lines(upserts) == ["update pipeline p: stage b model n:2 -> n:3"]
+    assert upserts[0].fields == ("stages",) and deletions == []
+    upserts, _ = diff_pipelines((old,), {"p": old}, prune=False)
+    assert lines(upserts) == ["unchanged pipeline p"]
+
+
+def test_pipeline_diff_creates_updates_edges_and_prunes() -> None:
+    old = pipeline()
+    new = pipeline(slo_micros=5, edges=[{"from": "a", "to": "b", "when": {"op": ">", "value": 1}}])
+    upserts, deletions = diff_pipelines(
+        (new, pipeline(name="q")), {"p": old, "gone": old}, prune=True
+    )
+    assert lines(upserts) == [
+        "update pipeline p: slo_micros 100000 -> 5, edge a->b when None -> {'op': '>', 'value': 1}",
+        "create pipeline q: 2 stage(s)",
+    ]
+    assert upserts[0].fields == ("slo_micros", "edges")
+    assert lines(deletions) == ["delete pipeline gone"]
+    assert diff_pipelines((new,), {"gone": old}, prune=False)[1] == []
