@@ -49,8 +49,7 @@ def deployed(state: DesiredState) -> CurrentState:
         apps=tuple(a.record for a in state.apps),
         links={a.record.name: tuple(sorted(a.models)) for a in state.apps},
         api_key_digests={
-            a.record.name: tuple(sorted(hash_api_key(k) for k in a.api_keys))
-            for a in state.apps
+            a.record.name: tuple(sorted(hash_api_key(k) for k in a.api_keys)) for a in state.apps
         },
     )
 
@@ -84,7 +83,10 @@ def test_entries_become_records_with_defaults() -> None:
     [
         ({"models": [model_entry(replicas=2)]}, "models[0] (m:1): unknown field(s) 'replicas'"),
         ({"modles": []}, "the file: unknown field(s) 'modles'"),
-        ({"models": [{"name": "m", "version": "1"}]}, "models[0] (m:1): missing field 'input_type'"),
+        (
+            {"models": [{"name": "m", "version": "1"}]},
+            "models[0] (m:1): missing field 'input_type'",
+        ),
         ({"apps": [{"name": "a"}]}, "apps[0] (a): missing field 'input_type'"),
         ({"models": [model_entry(num_replicas=-1)]}, "models[0] (m:1): num_replicas must be"),
         ({"models": [model_entry(input_type="tensors")]}, "models[0] (m:1): unknown input type"),
