@@ -1,0 +1,81 @@
+"""``ControlPlane.apply`` over the in-process fake container manager (real gRPC to
+in-process containers): a file's tunables reach the running ``ModelVersion`` and
+``Application`` in place, deploys record a digest of their payload, and what a
+running version cannot take is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from control_helpers import Runner
+from test_reconcile import frontend
+
+from clipper_core.control.desired import DesiredState
+from clipper_core.errors import BadInput
+from tests.server import models
+
+PAYLOAD = base64.b64encode(cloudpickle.dumps(models.make_sum())).decode()
+
+
+def state(model: dict[str, Any] | None = None, app: dict[str, Any] | None = None) -> DesiredState:
+    m = {"name": "m", "version": "1", "input_type": "doubles", "payload_b64": PAYLOAD}
+    a = {"name": "a", "input_type": "doubles", "slo_micros": 5_000_000, "models": ["m"]}
+    return DesiredState.from_dict(
+        {"models": [{**m, **(model or {})}], "apps": [{**a, **(app or {})}]}
+    )
+
+
+def test_apply_reaches_the_data_plane_in_place(run: Runner, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            changes = await f.control.apply(state())
+            assert [str(c) for c in changes] == [
+                "create model m:1: 1 replica(s)",
+                "create app a: slo 5000000 us",
+                "create link a -> m",
+            ]
+            rec = f.store.get_model("m", "1")
+            assert rec is not None
+            digest = hashlib.sha256(base64.b64decode(PAYLOAD)).hexdigest()
+            assert rec.container["payload_sha256"] == digest
+            out = await f.predict("a", [1.0, 2.0])
+            assert (out.output, out.default) == (3.0, False)
+            mv = f.dataplane.get_model_version("m", "1")
+            app = f.dataplane.apps["a"]
+            assert {c.kind for c in await f.control.apply(state())} == {"unchanged"}
+
+            tuned = state(
+                {"num_replicas": 2, "batch_wait_micros": 500, "batch_timeout": 3, "labels": ["x"]},
+                {"slo_micros": 50_000, "default_output": "0"},
+            )
+            plan = await f.control.plan(tuned)
+            assert mv.batch_wait == 0.0 and len(mv.replicas) == 1  # a plan changes nothing
+            assert await f.control.apply(tuned) == plan
+            assert [str(c) for c in plan if c.kind != "unchanged"] == [
+                "update model m:1: num_replicas 1 -> 2, batch_wait_micros 0 -> 500,"
+                " batch_timeout default -> 3.0, labels [] -> ['x']",
+                "update app a: slo_micros 5000000 -> 50000, default_output 'None' -> '0'",
+            ]
+            # The same objects, changed in place.
+            assert f.dataplane.get_model_version("m", "1") is mv and f.dataplane.apps["a"] is app
+            assert (mv.batch_wait, mv.batch_timeout, sorted(mv.replicas)) == (
+                0.0005,
+                3.0,
+                ["0", "1"],
+            )
+            assert app.slo == 0.05
+            await f.control.apply(state({"cache_enabled": False}))
+            assert mv.cache is None
+            assert (mv.batch_wait, mv.batch_timeout, len(mv.replicas)) == (0.0, 10.0, 1)
+
+            with pytest.raises(BadInput, match="batch_size cannot change while it runs"):
+                await f.control.update_model_spec("m", "1", batch_size=4)
+            with pytest.raises(BadInput, match=r"batch_size -1 -> 4 \(its batch controller"):
+                await f.control.apply(state({"batch_size": 4}))
+
+    run(scenario(), timeout=120)
