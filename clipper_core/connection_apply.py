@@ -38,6 +38,11 @@ __all__ = ["DeclarativeConfig", "config_body", "load_object", "read_config"]
 _WIRE_ONLY = ("payload_b64", "source_sha256", "container")
 
 
+def _on_path(folder: Path) -> None:
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
 def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleType]:
     """The object ``FILE.py:NAME`` or ``module:NAME`` names, and its module.
 
@@ -57,14 +62,14 @@ def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleTyp
         file = (base / path).resolve()
         if not file.exists():
             raise ClipperError(f"no such file: {file}")
-        sys.path.insert(0, str(file.parent))
+        _on_path(file.parent)
         module_spec = importlib.util.spec_from_file_location(file.stem, file)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[file.stem] = module
         module_spec.loader.exec_module(module)
     else:
-        sys.path.insert(0, str(base))
+        _on_path(base)
         module = importlib.import_module(path)
     try:
         return getattr(module, attr), module

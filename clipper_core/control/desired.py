@@ -249,9 +249,7 @@ def _opt_bool(where: str, raw: Mapping[str, Any], key: str) -> bool | None:
 
 
 def _model(where: str, raw: object) -> DesiredModel:
-    where = _table(
-        where, raw, MODEL_FIELDS, ("name", "version", "input_type"), _MODEL_WIRE_FIELDS
-    )
+    where = _table(where, raw, MODEL_FIELDS, ("name", "version", "input_type"), _MODEL_WIRE_FIELDS)
     assert isinstance(raw, Mapping)
     if "source" in raw:
         raise BadInput(

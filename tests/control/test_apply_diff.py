@@ -315,3 +315,26 @@ def test_pipeline_diff_creates_updates_edges_and_prunes() -> None:
     assert upserts[0].fields == ("slo_micros", "edges")
     assert lines(deletions) == ["delete pipeline gone"]
     assert diff_pipelines((new,), {"gone": old}, prune=False)[1] == []
+
+
+# -- the README's example ----------------------------------------------------------------------
+
+
+def test_the_readme_example_is_a_valid_file() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from clipper_core.connection_apply import config_body
+    from clipper_core.control.desired import PIPELINES_MERGED
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## Declarative configuration") :]
+    text = section[section.index("```toml\n") + 8 : section.index("```\n\nRules:")]
+    data = config_body(tomllib.loads(text), repo / "examples" / "declarative")
+    if not PIPELINES_MERGED:
+        del data["pipelines"]
+    state = DesiredState.from_dict(data)
+    assert [m.record.key for m in state.models] == ["scale:1", "total:1"]
+    assert state.apps[0].models == ("total",) and len(state.apps[0].api_keys) == 1
+    assert {c.kind for c in diff(state, CurrentState())} == {"create"}
