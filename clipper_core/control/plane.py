@@ -1,8 +1,8 @@
 """``ControlPlane``: the one writer of desired state.
 
-The management API, the CLI (through it) and later declarative files, the
-planner and the tuner all change apps, models, links, versions, replica counts
-and API keys through this object, never the store or the data plane directly.
+The management API, the CLI (through it), declarative files
+(:meth:`ControlPlane.apply`), the planner and the tuner all change apps, models,
+links, versions, replica counts and API keys through this object, never the store or the data plane directly.
 
 Every write follows one pattern: validate, write the store (one transaction, in
 a worker thread), reconcile this frontend's data plane inline so that the caller
