@@ -2,7 +2,8 @@
 
 The management API, the CLI (through it), declarative files
 (:meth:`ControlPlane.apply`), the planner and the tuner all change apps, models,
-links, versions, replica counts and API keys through this object, never the store or the data plane directly.
+links, versions, replica counts and API keys through this object, never the
+store or the data plane directly.
 
 Every write follows one pattern: validate, write the store (one transaction, in
 a worker thread), reconcile this frontend's data plane inline so that the caller
