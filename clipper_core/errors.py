@@ -139,3 +139,11 @@ class ModelTimeout(ModelError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
     kind = "model_timeout"
+
+
+class InputCrashedModel(ModelError):
+    """The input made the model container exit: it was lost with a replica while
+    alone in its batch, after two batches holding it were lost the same way.  The
+    same input is refused at once, without reaching a replica, for a while."""
+
+    kind = "input_crashed_model"
