@@ -4,9 +4,8 @@ Compatible with Clipper's wire format: a query is ``{"input": X}`` or
 ``{"input_batch": [X, ...]}`` with an optional ``"version"``; X is a JSON array of
 numbers for the numeric input types, a JSON string for ``strings`` and a base64
 string for ``bytes``.  A reply is ``{"query_id", "output", "default"}`` plus
-``"default_explanation"`` when the default output was returned.  A non-finite
-number in an output is written as the string ``"NaN"``, ``"Infinity"`` or
-``"-Infinity"`` (JSON has no such numbers; never as ``null``).
+``"default_explanation"`` when the default output was returned.  Outputs become
+JSON as :mod:`clipper_core.output_json` says (a non-finite number is named).
 
 Numeric inputs become 1-D numpy arrays (``ints`` → int32, ``floats`` → float32,
 ``doubles`` → float64), converted a whole list at a time.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload
@@ -25,6 +23,7 @@ import numpy as np
 import orjson
 
 from clipper_core.errors import BadInput
+from clipper_core.output_json import jsonable as _jsonable
 
 #: The input types an application or model can declare.
 INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
@@ -446,55 +445,6 @@ def _json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"request body is not valid JSON{hint}: {exc}"
 
 
-def non_finite_name(x: float) -> str:
-    """How a non-finite number is written in JSON: ``"NaN"``, ``"Infinity"`` or
-    ``"-Infinity"`` (a string where a number would be; ``float()`` reads it back)."""
-    if x != x:
-        return "NaN"
-    return "Infinity" if x > 0 else "-Infinity"
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` (JSON-like: lists, dicts, numbers) with each non-finite float
-    replaced by its name (:func:`non_finite_name`)."""
-    t = type(value)
-    if t is float:
-        return value if math.isfinite(value) else non_finite_name(value)
-    if t is list or t is tuple:
-        return [_finite_json(v) for v in value]
-    if t is dict:
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (np.ndarray, np.generic)):
-        return _jsonable(value)
-    return value
-
-
-def _jsonable(output: Any) -> Any:
-    # orjson writes a non-finite float as null, which a client cannot tell from a
-    # real null: they are written as strings instead (see non_finite_name).
-    if isinstance(output, np.ndarray):
-        if output.dtype.kind == "f" and not np.isfinite(output).all():
-            return _finite_json(output.tolist())
-        return output.tolist()
-    if isinstance(output, np.generic):
-        return _finite_json(output.item())
-    t = type(output)
-    if t is float:
-        return output if math.isfinite(output) else non_finite_name(output)
-    if t is bytes:
-        return base64.b64encode(output).decode("ascii")
-    if t is list or t is dict or t is tuple:
-        # The common case costs one native serialisation: only a reply that
-        # holds a null (or the text "null") is walked.
-        try:
-            probe = orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:
-            return output  # the reply's own serialisation reports it
-        if b"null" in probe:
-            return _finite_json(output)
-    return output
-
-
 __all__ = [
     "DEFAULT_EXPLANATION",
     "INPUT_TYPES",
@@ -505,7 +455,6 @@ __all__ = [
     "format_batch_reply",
     "format_reply",
     "input_key",
-    "non_finite_name",
     "parse_default_output",
     "parse_predict",
     "reply_fields",

@@ -142,8 +142,8 @@ class ModelTimeout(ModelError):
 
 
 class InputCrashedModel(ModelError):
-    """The input made the model container exit: it was lost with a replica while
-    alone in its batch, after two batches holding it were lost the same way.  The
-    same input is refused at once, without reaching a replica, for a while."""
+    """The input made the model container exit: a replica went away while it was
+    alone in its call, after a batch holding it was lost the same way.  The same
+    input is refused at once, without reaching a replica, for a while."""
 
     kind = "input_crashed_model"

@@ -1,21 +1,22 @@
 """Crash isolation: find the input that makes a model container exit, and refuse it.
 
 A replica that goes away with a batch in flight (its connection lost, or its
-dispatcher stopped) hands the batch back once, ahead of new work: the crash may
-have been the replica's (an out-of-memory kill, an operator), not the batch's.
-An input whose batch is lost a second time is a *suspect*.  The suspects are split
-into at most :data:`ISOLATION_FANOUT` groups, and each group (a
-:class:`SuspectBatch`, one queue item) is sent to a replica alone, so that its
-fate is its own: a group that is answered was innocent; one lost again is split
-again; an input lost while alone in its call is *poison*.  Its requester gets
-:class:`~clipper_core.errors.InputCrashedModel`, and its digest is remembered
-(:class:`PoisonInputs`), so that the same input is refused at submission, without
-reaching a replica, for :data:`POISON_TTL` seconds.  One poison input costs three
-replica restarts (batches up to the fan-out), then none.
+dispatcher stopped) hands the batch back, ahead of new work, as one
+:class:`SuspectBatch`: a queue item that a replica gets as a call of its own, so
+that its fate is its own.  The crash may have been the replica's (an out-of-memory
+kill, an operator): then the batch is simply answered.  A suspect batch lost again
+is split into at most :data:`ISOLATION_FANOUT` suspect batches, and so on; an input
+lost while alone in its call, after it was lost once before, is *poison*.  Its
+requester gets :class:`~clipper_core.errors.InputCrashedModel`, and its digest is
+remembered (:class:`PoisonInputs`), so that the same input is refused at
+submission, without reaching a replica, for :data:`POISON_TTL` seconds.  A poison
+input costs two replica restarts when it came alone, three in a batch (up to the
+fan-out), then none.
 
 Work handed back after a crash outlives its requesters' deadlines (up to
-:data:`ISOLATION_WINDOW`): a poison input whose client gave up must still be
-pinned, or every new request for it would crash a replica again.
+:data:`ISOLATION_WINDOW`), and inputs whose requester went away are sent too: a
+poison input whose client gave up must still be pinned, or every new request for
+it would crash a replica again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clipper_core.dataplane.futures import copy_outcome
+from clipper_core.dataplane.futures import consume_exception
 from clipper_core.dataplane.tensor_batch import TensorQuery
 from clipper_core.errors import ClipperError, InputCrashedModel, ReplicaUnavailable
 from clipper_core.metrics import ModelVersionMetrics
@@ -68,17 +69,16 @@ POISON_CAPACITY = 10_000
 
 
 class PendingQuery:
-    """What the queue holds for one input: the input, and whether it was handed back."""
+    """What the queue holds for one input."""
 
-    __slots__ = ("input", "retried")
+    __slots__ = ("input",)
 
     def __init__(self, value: Any) -> None:
         self.input = value
-        self.retried = False
 
 
 class SuspectBatch:
-    """Inputs lost with two replicas, sent to a replica as one call of their own.
+    """Inputs lost with a replica, sent to a replica as one call of their own.
 
     Attributes:
         entries: The inputs' queue entries; the dispatcher resolves their futures.
@@ -213,10 +213,12 @@ class CrashIsolation:
         for e in entries:
             item = e.item
             if type(item) is SuspectBatch:
-                suspects.append(item)
-                # The queue's own future of the group: done once it was taken.
+                # The queue's own future of the batch: done once it was taken.
                 if not e.future.done():
                     e.future.set_result(None)
+                item.entries = _unanswered(item.entries)
+                if item.entries:
+                    suspects.append(item)
             else:
                 plain.append(e)
         return plain, suspects
@@ -229,26 +231,31 @@ class CrashIsolation:
         exc: BaseException,
     ) -> None:
         """A replica went away while ``entries`` were in flight (``suspect``: the
-        suspect batch they were, if any): hand them back, isolate, or pin."""
+        suspect batch they were, if any): hand them back, split them, or pin."""
         self._note_loss(replica_id)
         entries = _unanswered(entries)
+        if not entries:
+            return
         if suspect is None:
-            self._hand_back(entries)
-        elif len(entries) == 1:
+            self._queue(SuspectBatch(entries, 1), count=True)
+        elif len(entries) > 1:
+            self._split(entries, suspect.losses + 1)
+        elif suspect.losses >= 1:
             self._pin(entries[0], replica_id, exc)
-        elif entries:
-            self._isolate(entries, suspect.losses + 1)
+        else:
+            self._queue(SuspectBatch(entries, 1))
 
     def removed(
         self, entries: Sequence[QueueEntry], suspect: SuspectBatch | None, replica_id: str
     ) -> None:
         """The dispatcher of a replica was stopped while ``entries`` were in flight
-        (the replica was removed, or the process exited and its event came first).
-        Plain inputs are handed back as after a loss; a suspect batch is queued
-        again as it is, since a removal proves nothing about its inputs."""
+        (the replica was removed, or its process exited and that event came first).
+        They are handed back; a removal alone counts as no loss."""
         self._note_loss(replica_id)
         if suspect is None:
-            self._hand_back(_unanswered(entries))
+            entries = _unanswered(entries)
+            if entries:
+                self._queue(SuspectBatch(entries, 0), count=True)
             return
         suspect.removals += 1
         if suspect.removals > MAX_REMOVALS:
@@ -266,20 +273,6 @@ class CrashIsolation:
         self._last_loss = time.monotonic()
         self._last_loss_what = f"replica {replica_id} of {self._mv.key} went away with a batch"
 
-    def _hand_back(self, entries: Sequence[QueueEntry]) -> None:
-        mv = self._mv
-        again: list[QueueEntry] = []
-        for entry in entries:
-            item: PendingQuery = entry.item
-            if item.retried:
-                again.append(entry)
-                continue
-            item.retried = True
-            mv.retried += 1
-            self._put_back(entry)
-        if again:
-            self._isolate(again, 2)
-
     def requeue(self, suspects: Sequence[SuspectBatch]) -> None:
         """Queue again suspect batches that were taken but not sent."""
         for batch in suspects:
@@ -287,29 +280,19 @@ class CrashIsolation:
 
     # -- internals ----------------------------------------------------------------
 
-    def _put_back(self, entry: QueueEntry) -> None:
-        """Hand one input back, ahead of new work, past its requester's deadline."""
-        fut = entry.future
-        try:
-            again = self._mv.queue.put(entry.item, self._deadline(entry), RETRY_PRIORITY)
-        except ClipperError as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-            return
-        # Not withdrawn when the requester goes away: if this input is the poison,
-        # it must meet a replica again to be found.
-        again.add_done_callback(lambda f, dst=fut: copy_outcome(f, dst))
-
-    def _isolate(self, entries: list[QueueEntry], losses: int) -> None:
+    def _split(self, entries: list[QueueEntry], losses: int) -> None:
         n = len(entries)
-        groups = min(n, ISOLATION_FANOUT)
-        size = -(-n // groups)
-        self._mv.retried += n
+        size = -(-n // min(n, ISOLATION_FANOUT))
         for start in range(0, n, size):
             self._queue(SuspectBatch(entries[start : start + size], losses))
 
-    def _queue(self, batch: SuspectBatch) -> None:
-        deadline = max(self._deadline(e) for e in batch.entries)
+    def _queue(self, batch: SuspectBatch, *, count: bool = False) -> None:
+        """Queue ``batch`` ahead of new work; ``count``: its inputs are handed back
+        for the first time (``retried``)."""
+        if count:
+            self._mv.retried += len(batch.entries)
+        now = time.monotonic()
+        deadline = max(now + ISOLATION_WINDOW, *(float(e.deadline) for e in batch.entries))
         try:
             fut = self._mv.queue.put(batch, deadline, RETRY_PRIORITY)
         except ClipperError as exc:
@@ -338,8 +321,8 @@ class CrashIsolation:
         minutes = self.poison.ttl / 60.0
         error = InputCrashedModel(
             f"input crashed the model container of {mv.key}: replica {replica_id} went"
-            f" away while predicting this input alone ({exc}), after two batches holding"
-            f" it were lost the same way; the same input is refused for {minutes:g} min"
+            f" away while predicting this input alone ({exc}), after a batch holding it"
+            f" was lost the same way; the same input is refused for {minutes:g} min"
         )
         self.poison.add(input_digest(entry.item.input), error)
         self.isolated += 1
@@ -354,12 +337,18 @@ class CrashIsolation:
             if not entry.future.done():
                 entry.future.set_exception(exc)
 
-    @staticmethod
-    def _deadline(entry: QueueEntry) -> float:
-        return max(float(entry.deadline), time.monotonic() + ISOLATION_WINDOW)
-
 
 def _unanswered(entries: Sequence[QueueEntry]) -> list[QueueEntry]:
-    """The entries not answered yet: pending, or withdrawn by their requester (a
-    withdrawn input may be the poison, and must meet a replica again)."""
-    return [e for e in entries if not e.future.done() or e.future.cancelled()]
+    """The entries not answered yet.  One whose requester went away (its future
+    cancelled) gets a future of its own: it may be the poison, and must still meet
+    a replica (a tensor batch skips entries whose future is done)."""
+    out: list[QueueEntry] = []
+    for e in entries:
+        fut = e.future
+        if not fut.done():
+            out.append(e)
+        elif fut.cancelled():
+            own: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            own.add_done_callback(consume_exception)
+            out.append(QueueEntry(e.item, own, e.deadline, e.priority, e.enqueued_at))
+    return out

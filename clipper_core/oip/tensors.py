@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from clipper_core.clipper_api import non_finite_name
 from clipper_core.errors import BadInput
+from clipper_core.output_json import jsonable
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
 
 __all__ = [
@@ -358,12 +358,7 @@ def _json_data(arr: np.ndarray[Any, Any], datatype: str) -> Any:
     if datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
     if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-        # orjson would write null: name each non-finite value instead (the
-        # strings Python's float() and numpy's float dtypes read back).
-        data: list[Any] = flat.tolist()
-        for i in np.flatnonzero(~np.isfinite(flat)).tolist():
-            data[i] = non_finite_name(data[i])
-        return data
+        return jsonable(flat)  # names the non-finite values: orjson writes null
     # orjson writes numpy arrays natively (no Python object per number).
     return np.ascontiguousarray(flat)
 

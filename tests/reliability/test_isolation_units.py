@@ -59,27 +59,30 @@ def test_poison_set_expires_and_is_bounded() -> None:
     assert small.get(b"c") is None and small.get(b"b") is err
 
 
-def test_hand_back_once_then_isolate_then_pin() -> None:
+def test_hand_back_split_then_pin() -> None:
     async def run() -> None:
         mv = _mv()
         values = [np.array([float(i)]) for i in range(10)]
         futures = [mv.submit(v, b"", time.monotonic() + 0.05) for v in values]
         first = _take(mv)
-        # The first loss: each input back once, ahead of new work.
+        # The first loss: the batch back as one suspect batch, ahead of new work.
         mv.isolation.lost(first, None, "0", LOST)
-        assert mv.retried == 10 and mv.isolation.suspects == 0
+        assert mv.retried == 10 and mv.isolation.suspects == 1
+        mv.submit(np.array([99.0]), b"", time.monotonic() + 5)
         await asyncio.sleep(0.1)  # past the requesters' deadlines: still queued
-        second = _take(mv)
-        assert [e.item.input[0] for e in second] == list(range(10))
-        assert all(e.priority > 0 and e.deadline > time.monotonic() + 30 for e in second)
-        # The second loss: split into at most ISOLATION_FANOUT suspect batches.
-        mv.isolation.lost(second, None, "1", LOST)
-        groups = _take(mv)
-        plain, suspects = mv.isolation.split(groups)
-        assert not plain and 1 < len(suspects) <= ISOLATION_FANOUT
-        assert sorted(e.item.input[0] for s in suspects for e in s.entries) == list(range(10))
+        taken = _take(mv)
+        assert taken[0].priority > 0 and taken[0].deadline > time.monotonic() + 30
+        plain, [whole] = mv.isolation.split(taken)
+        assert [e.item.input[0] for e in plain] == [99.0]
+        assert [e.item.input[0] for e in whole.entries] == list(range(10))
         await asyncio.sleep(0)  # the done callbacks
         assert mv.isolation.suspects == 0  # taken
+        # Lost again: split into at most ISOLATION_FANOUT suspect batches.
+        mv.isolation.lost(whole.entries, whole, "1", LOST)
+        suspects = mv.isolation.split(_take(mv))[1]
+        assert 1 < len(suspects) <= ISOLATION_FANOUT
+        assert sorted(e.item.input[0] for s in suspects for e in s.entries) == list(range(10))
+        assert mv.retried == 10  # handed back once each
         # A group lost again is split again, down to single inputs.
         group = suspects[0]
         mv.isolation.lost(group.entries, group, "2", LOST)
@@ -88,23 +91,34 @@ def test_hand_back_once_then_isolate_then_pin() -> None:
         poison = singles[0]
         mv.isolation.lost(poison.entries, poison, "3", LOST)
         # The one lost alone is pinned: its requester gets the crash.
-        await asyncio.sleep(0)
-        digest_value = poison.entries[0].item.input
-        idx = [v[0] for v in values].index(digest_value[0])
-        exc = futures[idx].exception()
+        value = poison.entries[0].item.input
+        exc = futures[int(value[0])].exception()
         assert isinstance(exc, InputCrashedModel)
         assert "input crashed the model container of m:1" in str(exc)
         assert mv.isolation.isolated == 1 and mv.metrics.errors["input_crashed_model"] == 1
         # ... and the same input is refused at submission, not queued.
-        again = mv.submit(np.array([digest_value[0]]), b"", time.monotonic() + 5)
+        again = mv.submit(np.array([value[0]]), b"", time.monotonic() + 5)
         assert again.done() and again.exception() is exc
         assert len(mv.queue) == 0 and mv.isolation.refused == 1
         # Another input is queued as usual.
-        mv.submit(np.array([99.0]), b"", time.monotonic() + 5)
+        mv.submit(np.array([98.0]), b"", time.monotonic() + 5)
         assert len(mv.queue) == 1
-        for s in (*suspects[1:], *singles[1:]):
-            for e in s.entries:
-                e.future.cancel()
+        for f in futures:
+            f.cancel()
+        await mv.close()
+
+    asyncio.run(run())
+
+
+def test_an_input_lost_alone_is_pinned_at_its_second_loss() -> None:
+    async def run() -> None:
+        mv = _mv()
+        fut = mv.submit(np.array([1.0]), b"", time.monotonic() + 5)
+        mv.isolation.lost(_take(mv), None, "0", LOST)
+        assert not fut.done()
+        [alone] = mv.isolation.split(_take(mv))[1]
+        mv.isolation.lost(alone.entries, alone, "0", LOST)
+        assert isinstance(fut.exception(), InputCrashedModel)
         await mv.close()
 
     asyncio.run(run())
@@ -119,8 +133,9 @@ def test_withdrawn_input_is_still_handed_back_and_answered_ones_are_not() -> Non
         gone.cancel()  # the client went away: the input may still be the poison
         entries[1].future.set_result(4.0)
         mv.isolation.lost(entries, None, "0", LOST)
-        back = _take(mv)
-        assert [e.item.input[0] for e in back] == [1.0]
+        [back] = mv.isolation.split(_take(mv))[1]
+        assert [e.item.input[0] for e in back.entries] == [1.0]
+        assert not back.entries[0].future.done()  # a future of its own, to be sent
         assert done.result() == 4.0
         await mv.close()
 
@@ -149,7 +164,6 @@ def test_a_suspect_batch_that_no_replica_takes_fails_its_inputs() -> None:
     async def run() -> None:
         mv = _mv()
         fut = mv.submit(np.array([1.0]), b"", time.monotonic() + 5)
-        mv.isolation.lost(_take(mv), None, "0", LOST)
         mv.isolation.lost(_take(mv), None, "0", LOST)
         assert mv.isolation.suspects == 1
         await mv.close()  # the queue closes with the suspect batch in it
