@@ -114,28 +114,29 @@ def input_digest(value: Any) -> bytes:
 
 
 class PoisonInputs:
-    """Digests of inputs that crashed a model container, each with its error, for
-    ``ttl`` seconds; at most ``capacity`` of them (the oldest are dropped)."""
+    """Digests of inputs that crashed a model container, each with the message of
+    its error, for ``ttl`` seconds; at most ``capacity`` of them (the oldest are
+    dropped)."""
 
     def __init__(self, ttl: float = POISON_TTL, capacity: int = POISON_CAPACITY) -> None:
         self.ttl = ttl
         self.capacity = capacity
-        # digest -> (expiry, error); insertion order is expiry order (one ttl).
-        self._entries: OrderedDict[bytes, tuple[float, InputCrashedModel]] = OrderedDict()
+        # digest -> (expiry, message); insertion order is expiry order (one ttl).
+        self._entries: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, digest: bytes, error: InputCrashedModel) -> None:
+    def add(self, digest: bytes, message: str) -> None:
         now = time.monotonic()
         self._entries.pop(digest, None)
-        self._entries[digest] = (now + self.ttl, error)
+        self._entries[digest] = (now + self.ttl, message)
         self._expire(now)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
-    def get(self, digest: bytes) -> InputCrashedModel | None:
-        """The error of a remembered digest, or None."""
+    def get(self, digest: bytes) -> str | None:
+        """The error message of a remembered digest, or None."""
         self._expire(time.monotonic())
         found = self._entries.get(digest)
         return None if found is None else found[1]
@@ -166,8 +167,8 @@ class CrashIsolation:
 
     Attributes:
         poison: The inputs refused at submission.
-        suspects: Suspect batches queued or in flight (the dispatchers look for
-            them only while this is not 0).
+        suspects: Suspect batches in the queue, not yet taken (the dispatchers
+            look for them only while this is not 0).
         isolated: Inputs found to crash the model container.
         refused: Requests for them refused since.
     """
@@ -186,9 +187,12 @@ class CrashIsolation:
     def refusal(self, value: Any) -> asyncio.Future[Any] | None:
         """A future failed with the input's error if ``value`` is known poison;
         else None.  Call only while ``poison`` is not empty."""
-        error = self.poison.get(input_digest(value))
-        if error is None:
+        message = self.poison.get(input_digest(value))
+        if message is None:
             return None
+        # A fresh exception each time: one raised again and again would keep
+        # every traceback it was raised with.
+        error = InputCrashedModel(message)
         self.refused += 1
         self._mv.metrics.error(error.kind, 1)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -324,7 +328,7 @@ class CrashIsolation:
             f" away while predicting this input alone ({exc}), after a batch holding it"
             f" was lost the same way; the same input is refused for {minutes:g} min"
         )
-        self.poison.add(input_digest(entry.item.input), error)
+        self.poison.add(input_digest(entry.item.input), str(error))
         self.isolated += 1
         mv.metrics.error(error.kind, 1)
         log.warning("%s", error)

@@ -3,9 +3,9 @@
 Each replica has a dispatcher task that pulls batches sized by the controller from
 the shared queue (so a free replica takes the next batch: more replicas, more
 throughput) and sends them over gRPC.  A replica that goes away mid-batch hands
-the batch back to the queue once, at high priority, for another (or the restarted)
-replica; inputs lost a second time are isolated until the one that crashes the
-container is found and refused (:mod:`clipper_core.dataplane.isolation`).
+the batch back to the queue, at high priority, as a call of its own for another
+(or the restarted) replica; a batch lost again is split until the input that
+crashes the container is found and refused (:mod:`clipper_core.dataplane.isolation`).
 """
 
 from __future__ import annotations
