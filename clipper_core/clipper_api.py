@@ -4,7 +4,8 @@ Compatible with Clipper's wire format: a query is ``{"input": X}`` or
 ``{"input_batch": [X, ...]}`` with an optional ``"version"``; X is a JSON array of
 numbers for the numeric input types, a JSON string for ``strings`` and a base64
 string for ``bytes``.  A reply is ``{"query_id", "output", "default"}`` plus
-``"default_explanation"`` when the default output was returned.
+``"default_explanation"`` when the default output was returned.  Outputs become
+JSON as :mod:`clipper_core.output_json` says (a non-finite number is named).
 
 Numeric inputs become 1-D numpy arrays (``ints`` → int32, ``floats`` → float32,
 ``doubles`` → float64), converted a whole list at a time.
@@ -22,6 +23,7 @@ import numpy as np
 import orjson
 
 from clipper_core.errors import BadInput
+from clipper_core.output_json import jsonable as _jsonable
 
 #: The input types an application or model can declare.
 INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
@@ -441,16 +443,6 @@ def _json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
     if b"NaN" in body or b"Infinity" in body:
         hint = " (NaN and Infinity are not valid JSON numbers)"
     return f"request body is not valid JSON{hint}: {exc}"
-
-
-def _jsonable(output: Any) -> Any:
-    if isinstance(output, np.ndarray):
-        return output.tolist()
-    if isinstance(output, np.generic):
-        return output.item()
-    if type(output) is bytes:
-        return base64.b64encode(output).decode("ascii")
-    return output
 
 
 __all__ = [

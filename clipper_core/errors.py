@@ -139,3 +139,11 @@ class ModelTimeout(ModelError):
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
     kind = "model_timeout"
+
+
+class InputCrashedModel(ModelError):
+    """The input made the model container exit: a replica went away while it was
+    alone in its call, after a batch holding it was lost the same way.  The same
+    input is refused at once, without reaching a replica, for a while."""
+
+    kind = "input_crashed_model"

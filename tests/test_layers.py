@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.admission": LEAVES,
     "clipper_core.auth": LEAVES,
     "clipper_core.clipper_api": LEAVES,
+    "clipper_core.output_json": LEAVES,
     "clipper_core.http": LEAVES,
     "clipper_core.config": LEAVES,
     "clipper_core.tls": LEAVES,

@@ -70,6 +70,8 @@ async def predict_with_slo(
     late = expired = errored = 0
     for fut in futures:
         if not fut.done():
+            if not late and (loss := model.isolation.recent_loss()):
+                late_why = f"{late_why}: {loss}"
             fut.add_done_callback(consume_exception)
             outcomes.append(app.default(late_why))
             late += 1

@@ -2,9 +2,10 @@
 
 Each replica has a dispatcher task that pulls batches sized by the controller from
 the shared queue (so a free replica takes the next batch: more replicas, more
-throughput) and sends them over gRPC.  A replica that fails mid-batch hands the
-batch back to the queue once, at high priority, for another (or the restarted)
-replica; a second failure fails those requests with a clear error.
+throughput) and sends them over gRPC.  A replica that goes away mid-batch hands
+the batch back to the queue, at high priority, as a call of its own for another
+(or the restarted) replica; a batch lost again is split until the input that
+crashes the container is found and refused (:mod:`clipper_core.dataplane.isolation`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
 from clipper_core.dataplane.coalesce import SharedComputation
-from clipper_core.dataplane.futures import consume_exception, copy_outcome
+from clipper_core.dataplane.futures import consume_exception
+from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     ClipperError,
@@ -36,24 +38,11 @@ from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry, Slo
 
 log = logging.getLogger("clipper_core.dataplane")
 
-#: Priority of a batch handed back after its replica failed: ahead of new work.
-RETRY_PRIORITY = 1
-
 #: AIMD's hold band (Clipper's 10%): latencies above (1 - this) x SLO are news.
 AIMD_TOLERANCE = 0.1
 
 #: Objective used while no application is linked.
 UNLINKED_BATCH_SLO = 0.1
-
-
-class PendingQuery:
-    """What the queue holds for one input: the input, and whether it was retried."""
-
-    __slots__ = ("input", "retried")
-
-    def __init__(self, value: Any) -> None:
-        self.input = value
-        self.retried = False
 
 
 @dataclass
@@ -138,6 +127,8 @@ class ModelVersion:
         self.withdrawn = 0
         # Cache key -> the queued computation that waiters of that key share.
         self._computations: dict[bytes, SharedComputation] = {}
+        # Finds and refuses the inputs that crash the model container.
+        self.isolation = CrashIsolation(self)
 
     @property
     def key(self) -> str:
@@ -162,9 +153,14 @@ class ModelVersion:
         gone).
 
         Raises QueueFull / QueueClosed / Overloaded at once, so the caller can
-        answer 503.
+        answer 503.  An input known to crash the model container gets a future
+        failed with ``InputCrashedModel``.
         """
         self.queries += 1
+        if self.isolation.poison:
+            refused = self.isolation.refusal(value)
+            if refused is not None:
+                return refused
         cache = self.cache
         if cache is None:
             self._admit(deadline)
@@ -264,7 +260,7 @@ class ModelVersion:
         log.info("replica %s of %s connected at %s", replica_id, self.key, address)
 
     async def remove_replica(self, replica_id: str) -> None:
-        """Stop a replica's dispatcher; its in-flight batch is handed back once."""
+        """Stop a replica's dispatcher; its in-flight batch is handed back."""
         slot = self.replicas.pop(replica_id, None)
         if slot is None:
             return
@@ -298,87 +294,101 @@ class ModelVersion:
     async def _dispatch(self, slot: ReplicaSlot) -> None:
         queue = self.queue
         controller = self.controller
-        client = slot.client
+        isolation = self.isolation
         while True:
             try:
                 entries = await queue.take_for(controller, self.batch_wait)
             except QueueClosed:
                 return
-            slot.in_flight = entries
-            inputs = [e.item.input for e in entries]
-            started = time.monotonic()
-            slot.batch_started = started
+            suspects: list[SuspectBatch] = []
+            if isolation.suspects:
+                # Each suspect batch is a call of its own, after the plain inputs.
+                entries, suspects = isolation.split(entries)
             try:
-                if any(type(x) is TensorQuery for x in inputs):
-                    # Open Inference Protocol requests: resolves the futures itself.
-                    outputs = await predict_tensor_batch(self, client, entries)
-                else:
-                    outputs = await client.predict(
-                        inputs, self.input_type, timeout=self.batch_timeout
-                    )
-            except ReplicaUnavailable as exc:
-                slot.failures += 1
-                self._hand_back(entries, slot, exc)
-                slot.in_flight = []
-                log.warning("replica %s of %s unavailable: %s", slot.replica_id, self.key, exc)
+                lost = bool(entries) and await self._call(slot, entries, None)
+                while suspects and not lost:
+                    batch = suspects.pop(0)
+                    lost = await self._call(slot, batch.entries, batch)
+            except asyncio.CancelledError:
+                isolation.requeue(suspects)
+                raise
+            if lost:
+                isolation.requeue(suspects)
                 # Take nothing more until it answers health checks again: the
                 # process manager restarts a local replica (and replaces this
                 # slot); an external one may come back by itself.
                 await self._await_recovery(slot)
-                continue
-            except DeadlineExceeded:
-                # The batch ran past batch_timeout: the model hangs (or is far too
-                # slow).  Its inputs fail -- not handed back, since a poison input
-                # would hang the next replica too -- and the replica is recycled.
-                self.timeouts += 1
-                slot.failures += 1
-                timeout_error = ModelTimeout(
-                    f"{self.key}: a batch of {len(entries)} took longer than the batch"
-                    f" timeout of {self.batch_timeout:g} s on replica {slot.replica_id};"
-                    " the replica is being restarted"
-                )
-                self.metrics.error(timeout_error.kind, len(entries))
-                self._fail(entries, timeout_error)
-                slot.in_flight = []
-                log.error("%s", timeout_error)
-                if self.on_replica_hung is not None:
-                    try:
-                        self.on_replica_hung(slot.replica_id)
-                    except Exception:
-                        log.exception(
-                            "recycling replica %s of %s failed", slot.replica_id, self.key
-                        )
-                await self._await_recovery(slot)
-                continue
-            except asyncio.CancelledError:
-                self._hand_back(
-                    entries, slot, ReplicaUnavailable(f"replica {slot.replica_id} was removed")
-                )
-                slot.in_flight = []
-                raise
-            except ClipperError as exc:
-                self.metrics.error(exc.kind, len(entries))
-                self._fail(entries, exc)
-            except Exception as exc:  # a bug, not a model error: keep serving
-                log.exception("dispatch to %s failed", self.key)
-                self.metrics.error("internal", len(entries))
-                self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
+
+    async def _call(
+        self, slot: ReplicaSlot, entries: list[QueueEntry], suspect: SuspectBatch | None
+    ) -> bool:
+        """Send ``entries`` to the replica as one call and resolve their futures;
+        True when the replica went away or hung (it must recover first)."""
+        client = slot.client
+        slot.in_flight = entries
+        inputs = [e.item.input for e in entries]
+        started = time.monotonic()
+        slot.batch_started = started
+        try:
+            if any(type(x) is TensorQuery for x in inputs):
+                # Open Inference Protocol requests: resolves the futures itself.
+                outputs = await predict_tensor_batch(self, client, entries)
             else:
+                outputs = await client.predict(inputs, self.input_type, timeout=self.batch_timeout)
+        except ReplicaUnavailable as exc:
+            slot.failures += 1
+            self.isolation.lost(entries, suspect, slot.replica_id, exc)
+            log.warning("replica %s of %s unavailable: %s", slot.replica_id, self.key, exc)
+            return True
+        except DeadlineExceeded:
+            # The batch ran past batch_timeout: the model hangs (or is far too
+            # slow).  Its inputs fail -- not handed back, since a poison input
+            # would hang the next replica too -- and the replica is recycled.
+            self.timeouts += 1
+            slot.failures += 1
+            timeout_error = ModelTimeout(
+                f"{self.key}: a batch of {len(entries)} took longer than the batch"
+                f" timeout of {self.batch_timeout:g} s on replica {slot.replica_id};"
+                " the replica is being restarted"
+            )
+            self.metrics.error(timeout_error.kind, len(entries))
+            self._fail(entries, timeout_error)
+            log.error("%s", timeout_error)
+            if self.on_replica_hung is not None:
                 try:
-                    slot.failures = 0
-                    slot.batches += 1
-                    latency = time.monotonic() - started
+                    self.on_replica_hung(slot.replica_id)
+                except Exception:
+                    log.exception("recycling replica %s of %s failed", slot.replica_id, self.key)
+            return True
+        except asyncio.CancelledError:
+            self.isolation.removed(entries, suspect, slot.replica_id)
+            raise
+        except ClipperError as exc:
+            self.metrics.error(exc.kind, len(entries))
+            self._fail(entries, exc)
+        except Exception as exc:  # a bug, not a model error: keep serving
+            log.exception("dispatch to %s failed", self.key)
+            self.metrics.error("internal", len(entries))
+            self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
+        else:
+            try:
+                slot.failures = 0
+                slot.batches += 1
+                latency = time.monotonic() - started
+                if suspect is None:  # a suspect call's size is not the controller's
                     self._observe(len(entries), latency)
                     self.estimator.observe(len(entries), latency)
-                    self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
-                    for entry, output in zip(entries, outputs, strict=True):
-                        fut = entry.future
-                        if not fut.done():
-                            fut.set_result(output)
-                except Exception as exc:  # never let the dispatcher die with futures open
-                    log.exception("finishing a batch of %s failed", self.key)
-                    self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
+                self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
+                for entry, output in zip(entries, outputs, strict=True):
+                    fut = entry.future
+                    if not fut.done():
+                        fut.set_result(output)
+            except Exception as exc:  # never let the dispatcher die with futures open
+                log.exception("finishing a batch of %s failed", self.key)
+                self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
+        finally:
             slot.in_flight = []
+        return False
 
     def _observe(self, n: int, latency: float) -> None:
         controller = self.controller
@@ -414,29 +424,6 @@ class ModelVersion:
             if not entry.future.done():
                 entry.future.set_exception(exc)
 
-    def _hand_back(self, entries: list[QueueEntry], slot: ReplicaSlot, exc: Exception) -> None:
-        for entry in entries:
-            fut = entry.future
-            if fut.done():
-                continue
-            item: PendingQuery = entry.item
-            if item.retried:
-                self.metrics.error(ReplicaUnavailable.kind, 1)
-                fut.set_exception(
-                    ReplicaUnavailable(f"{self.key}: the batch failed on two replicas; last: {exc}")
-                )
-                continue
-            item.retried = True
-            self.retried += 1
-            try:
-                again = self.queue.put(item, entry.deadline, RETRY_PRIORITY)
-            except ClipperError as put_exc:
-                fut.set_exception(put_exc)
-                continue
-            again.add_done_callback(lambda f, dst=fut: copy_outcome(f, dst))
-            # A requester that goes away withdraws the retry too.
-            fut.add_done_callback(lambda f, src=again: src.cancel() if f.cancelled() else None)
-
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "model": self.name,
@@ -451,6 +438,8 @@ class ModelVersion:
             "cancelled": self.cancelled,
             "withdrawn": self.withdrawn,
             "batch_timeouts": self.timeouts,
+            "isolated_inputs": self.isolation.isolated,
+            "poison_refused": self.isolation.refused,
         }
         return out
 

@@ -8,6 +8,11 @@ every OIP implementation.
 
 Everything a client can get wrong raises ``BadInput`` with a message naming the
 tensor and the problem.
+
+Non-finite numbers: binary tensor data carries them exactly; in JSON ``data`` a
+reply writes them as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+(JSON has no such numbers, and ``null`` would lose them).  A JSON request cannot
+hold them (no string is accepted as a number): send such inputs as binary data.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import orjson
 
 from clipper_core.errors import BadInput
+from clipper_core.output_json import jsonable
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
 
 __all__ = [
@@ -351,6 +357,8 @@ def _json_data(arr: np.ndarray[Any, Any], datatype: str) -> Any:
     flat = arr.reshape(-1)
     if datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return jsonable(flat)  # names the non-finite values: orjson writes null
     # orjson writes numpy arrays natively (no Python object per number).
     return np.ascontiguousarray(flat)
 

@@ -278,6 +278,30 @@ def test_format_reply_outputs() -> None:
     assert format_reply(1, {"label": "cat"}, False)["output"] == {"label": "cat"}
 
 
+def test_format_reply_names_non_finite_numbers() -> None:
+    inf, nan = float("inf"), float("nan")
+    assert format_reply(1, inf, False)["output"] == "Infinity"
+    assert format_reply(1, np.float32(-inf), False)["output"] == "-Infinity"
+    assert format_reply(1, [1.0, nan, None, {"a": -inf}], False)["output"] == [
+        1.0,
+        "NaN",
+        None,
+        {"a": "-Infinity"},
+    ]
+    out = format_reply(1, np.array([[1, inf], [nan, 2]]), False)["output"]
+    assert out == [[1.0, "Infinity"], ["NaN", 2.0]]
+    assert format_reply(1, (0.5, inf), False)["output"] == [0.5, "Infinity"]
+    assert format_reply(1, [np.float64(nan)], False)["output"] == ["NaN"]
+    extra = format_reply(1, 2, False, extra={"confidence": nan})
+    assert extra["confidence"] == "NaN"
+    # Strict JSON that keeps them apart from a real null.
+    body = orjson.dumps(format_reply(1, [inf, None], False))
+    assert orjson.loads(body)["output"] == ["Infinity", None]
+    # Finite outputs are untouched, the text "null" included.
+    assert format_reply(1, ["null", 1.5], False)["output"] == ["null", 1.5]
+    assert format_reply(1, np.array([1.5, 2.5]), False)["output"] == [1.5, 2.5]
+
+
 def test_format_reply_extra_keys() -> None:
     reply = format_reply(
         1, 2, False, extra={"models": ["m:1"], "confidence": np.float64(0.75), "default": 9}

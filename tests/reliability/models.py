@@ -76,3 +76,36 @@ def read_pid_calls(log_path: str) -> list[tuple[int, float]]:
         return [(int(pid), float(x)) for pid, x in lines]
     except FileNotFoundError:
         return []
+
+
+def make_crasher(log_path: str, poison: float, seconds: float = 0.0) -> Any:
+    """Appends ``<pid> <input>`` to ``log_path`` for each input of a batch, sleeps
+    ``seconds``, then exits the process (``os._exit(1)``) if the batch holds an
+    input whose first value is ``poison``; otherwise answers ``2 * input``."""
+
+    def predict(inputs: list[Any]) -> list[float]:
+        pid = os.getpid()
+        with open(log_path, "a") as f:
+            for x in inputs:
+                f.write(f"{pid} {float(x[0])!r}\n")
+        time.sleep(seconds)
+        if any(float(x[0]) == poison for x in inputs):
+            os._exit(1)
+        return [2.0 * float(x[0]) for x in inputs]
+
+    return predict
+
+
+def make_non_finite(as_array: bool) -> Any:
+    """Answers each input with ``[x[0], inf, -inf, nan]``: a list (sent as JSON by
+    the container) or a float64 array (sent as a tensor)."""
+
+    def predict(inputs: list[Any]) -> list[Any]:
+        rows = [[float(x[0]), float("inf"), float("-inf"), float("nan")] for x in inputs]
+        if as_array:
+            import numpy as np
+
+            return [np.array(r, dtype=np.float64) for r in rows]
+        return rows
+
+    return predict

@@ -1,0 +1,61 @@
+"""Model outputs as JSON values, for the replies of the REST APIs.
+
+numpy arrays and scalars become lists and numbers, ``bytes`` base64 text.  JSON has
+no NaN or infinity, and orjson writes them as ``null``, which a client cannot tell
+from a real null; so a non-finite number is written as the string ``"NaN"``,
+``"Infinity"`` or ``"-Infinity"`` where the number would be (what Python's
+``float()`` and numpy's float dtypes read back; MLServer writes ``null``, Triton
+the bare tokens, which are not JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = ["jsonable", "non_finite_name"]
+
+
+def non_finite_name(x: float) -> str:
+    """``"NaN"``, ``"Infinity"`` or ``"-Infinity"``: how a reply writes ``x``."""
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
+def jsonable(output: Any) -> Any:
+    """``output`` as values that orjson writes faithfully (see the module)."""
+    if isinstance(output, np.ndarray):
+        if output.dtype.kind == "f" and not np.isfinite(output).all():
+            return _named(output.tolist())
+        return output.tolist()
+    if isinstance(output, np.generic):
+        return _named(output.item())
+    t = type(output)
+    if t is bytes:
+        return base64.b64encode(output).decode("ascii")
+    if t is float or ((t is list or t is dict or t is tuple) and _may_hold_non_finite(output)):
+        return _named(output)
+    return output
+
+
+def _may_hold_non_finite(value: Any) -> bool:
+    # One native serialisation: only a value that holds a null is walked.
+    try:
+        return b"null" in orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return False  # the reply's own serialisation reports it
+
+
+def _named(value: Any) -> Any:
+    """``value`` (lists, dicts, numbers) with each non-finite float named."""
+    t = type(value)
+    if t is float:
+        return value if math.isfinite(value) else non_finite_name(value)
+    if t is list or t is tuple:
+        return [_named(v) for v in value]
+    if t is dict:
+        return {k: _named(v) for k, v in value.items()}
+    return jsonable(value) if isinstance(value, (np.ndarray, np.generic)) else value

@@ -1,0 +1,130 @@
+"""Poison inputs: an input that makes the model process exit is isolated from its
+batch, answered with an error that names the crash, and refused at once after
+that, while the rest of its batch is answered (real containers, a closure that
+calls ``os._exit(1)`` on one input)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability import models
+from tests.reliability.conftest import http, wait_for
+from tests.server.conftest import Running, start_server
+
+POISON = -1.0
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    r = start_server(tmp_path / "state")
+    try:
+        yield r
+    finally:
+        r.bg.stop()
+
+
+def _deploy(running: Running, app: str, calls: Path, slo_micros: int, **kw: Any) -> Any:
+    conn = running.conn
+    conn.register_application(app, "doubles", "-1", slo_micros)
+    conn.deploy_pickled(
+        app, 1, "doubles", models.make_crasher(str(calls), POISON), cache_enabled=False, **kw
+    )
+    conn.link_model_to_app(app, app)
+    return running.server.dataplane.get_model_version(app, "1")
+
+
+def _poison_calls(calls: Path) -> list[int]:
+    """The pids of the processes that the poison input reached."""
+    return [pid for pid, x in models.read_pid_calls(str(calls)) if x == POISON]
+
+
+def _restarted(running: Running, app: str, crashed: list[int]) -> list[int] | None:
+    """The replica's pid once a process that the poison did not crash runs."""
+    pids = running.replica_pids(app)
+    return pids if pids and not set(pids) & set(crashed) else None
+
+
+def _assert_crash_error(status: int, body: Any) -> None:
+    assert status == 500, body
+    assert body["error"] == "input_crashed_model", body
+    assert "input crashed the model container of" in body["cause"], body
+    # An error about the crash, not the latency objective's default output.
+    assert "latency" not in body["cause"], body
+
+
+def test_poison_in_a_batch_is_isolated_and_the_rest_answered(
+    running: Running, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls.log"
+    # Batches of exactly four (a long batch wait): the four requests make one batch.
+    mv = _deploy(running, "psn", calls, 120_000_000, batch_size=4, batch_wait_micros=2_000_000)
+    url = f"{running.bg.query_url}/psn/predict"
+    inputs = [1.0, 2.0, POISON, 3.0]
+    with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+        futs = [pool.submit(http, "POST", url, {"input": [x]}, timeout=150) for x in inputs]
+        results = [f.result(timeout=200) for f in futs]
+    for x, (status, _, body) in zip(inputs, results, strict=True):
+        if x == POISON:
+            _assert_crash_error(status, body)
+        else:
+            assert status == 200 and not body["default"], body
+            assert body["output"] == 2.0 * x, body
+    # The poison met three processes: its batch, the batch handed back, then alone.
+    met = _poison_calls(calls)
+    assert len(met) == 3 and len(set(met)) == 3, met
+    assert mv.isolation.isolated == 1
+    # Each innocent input was answered once, alone, by a replica.
+    seen = models.read_pid_calls(str(calls))
+    for x in (1.0, 2.0, 3.0):
+        assert sum(1 for _, v in seen if v == x) == 3, seen
+
+    # Known now: refused at once, without reaching a replica.
+    [pid] = wait_for("the replica back", lambda: _restarted(running, "psn", met))
+    status, _, body = http("POST", url, {"input": [POISON]})
+    _assert_crash_error(status, body)
+    assert len(_poison_calls(calls)) == 3
+    assert mv.isolation.refused == 1
+    # In a batch request it fails only its own input.
+    status, _, body = http("POST", url, {"input_batch": [[POISON], [4.0]]}, timeout=60)
+    assert status == 200, body
+    first, second = body["batch_predictions"]
+    assert (
+        first["default"] and "input crashed the model container" in first["default_explanation"]
+    ), first
+    assert second["output"] == 8.0 and not second["default"], second
+    assert running.replica_pids("psn") == [pid]
+    stats = running.conn.get_metrics()["models"]["psn:1"]
+    assert stats["errors"]["input_crashed_model"] == 3, stats
+
+
+def test_poison_is_pinned_after_its_client_gave_up(running: Running, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    # A one-second objective: the isolation (two restarts) outlasts it.
+    mv = _deploy(running, "psn2", calls, 1_000_000, batch_size=1)
+    url = f"{running.bg.query_url}/psn2/predict"
+    status, _, body = http("POST", url, {"input": [POISON]}, timeout=60)
+    if status == 200:
+        # Answered by the objective's timer: the default output says why.
+        assert body["default"] and "went away with a batch" in body["default_explanation"], body
+    else:
+        _assert_crash_error(status, body)
+    # The isolation went on without the client, until the input was pinned.
+    wait_for("the poison pinned", lambda: mv.isolation.isolated == 1, timeout=120)
+    status, _, body = http("POST", url, {"input": [POISON]})
+    _assert_crash_error(status, body)
+    # It came alone: two processes, the second time alone again.
+    met = _poison_calls(calls)
+    assert len(met) == 2 and len(set(met)) == 2, met
+    wait_for("the replica back", lambda: _restarted(running, "psn2", met), timeout=60)
+
+    def answered() -> bool:
+        status, _, body = http("POST", url, {"input": [7.0]}, timeout=60)
+        return status == 200 and body["output"] == 14.0 and not body["default"]
+
+    wait_for("an answer from the restarted replica", answered, timeout=60)
+    assert len(_poison_calls(calls)) == 2
