@@ -137,9 +137,7 @@ async def frontend(tmp_path: Path, factory: Any = None) -> AsyncIterator[Fronten
         store.close()
 
 
-def test_writes_reach_the_data_plane_before_the_call_returns(
-    run: Runner, tmp_path: Path
-) -> None:
+def test_writes_reach_the_data_plane_before_the_call_returns(run: Runner, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with frontend(tmp_path) as f:
             await f.control.register_app(app_rec("a"))
@@ -294,8 +292,12 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
                 await f.control.register_app(app_rec("a"))
                 await f.control.deploy_model(
                     ModelRecord(
-                        name="ext", version="1", input_type="doubles", labels=[],
-                        container={"kind": "external"}, num_replicas=0,
+                        name="ext",
+                        version="1",
+                        input_type="doubles",
+                        labels=[],
+                        container={"kind": "external"},
+                        num_replicas=0,
                     )  # fmt: skip
                 )
                 await f.control.link("a", "ext")
