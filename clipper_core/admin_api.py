@@ -23,12 +23,14 @@ from clipper_core.admin_requests import (
     Body,
     app_record,
     app_reply,
+    entry_model,
     field_int,
     field_str,
     field_str_list,
     model_record,
     model_reply,
     parse_body,
+    pipeline_record,
     policy_config,
 )
 from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
@@ -259,6 +261,46 @@ def install(
             raise BadInput("field 'uid' must be an integer >= 0")
         return selection.get(name).describe(app.linked_models, uid)
 
+    def entry_input_type(body: Body) -> str | None:
+        entry = entry_model(body)
+        if entry is None:
+            return None
+        name, version = entry
+        if version is None:
+            version = store.get_current_version(name)
+        rec = None if version is None else store.get_model(name, version)
+        return None if rec is None else rec.input_type
+
+    async def pipeline_of(body: Body) -> Any:
+        derived = None if "input_type" in body else await read(entry_input_type, body)
+        return pipeline_record(body, derived)
+
+    async def add_pipeline(body: Body) -> Any:
+        await control.register_pipeline(await pipeline_of(body))
+        return "Success!"
+
+    async def update_pipeline(body: Body) -> Any:
+        changed = await control.update_pipeline(await pipeline_of(body))
+        return {"changed": changed}
+
+    async def delete_pipeline(body: Body) -> Any:
+        await control.delete_pipeline(field_str(body, "name"))
+        return "Success!"
+
+    def pipeline_reply(name: str) -> Any:
+        rec = store.get_pipeline(name)
+        return {} if rec is None else rec.to_dict()
+
+    async def get_pipeline(body: Body) -> Any:
+        return await read(pipeline_reply, field_str(body, "name"))
+
+    def pipelines(verbose: bool) -> Any:
+        recs = store.list_pipelines()
+        return [p.to_dict() for p in recs] if verbose else [p.name for p in recs]
+
+    async def get_all_pipelines(body: Body) -> Any:
+        return await read(pipelines, bool(body.get("verbose")))
+
     async def get_state(body: Body) -> Any:
         return inspect()
 
@@ -288,6 +330,11 @@ def install(
         "get_state": get_state,
         "set_selection_policy": set_selection_policy,
         "get_selection_state": get_selection_state,
+        "add_pipeline": add_pipeline,
+        "update_pipeline": update_pipeline,
+        "delete_pipeline": delete_pipeline,
+        "get_pipeline": get_pipeline,
+        "get_all_pipelines": get_all_pipelines,
         "shutdown": shutdown_call,
         **env_operations(envs),
     }

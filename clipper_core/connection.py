@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
 from clipper_core.connection_models import ModelDeployment
+from clipper_core.connection_pipelines import PipelineConfiguration
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
@@ -124,11 +125,13 @@ class LocalContainerManager:
         return Path(self.state_dir) / "server.log"
 
 
-class ClipperConnection(ModelDeployment):
+class ClipperConnection(ModelDeployment, PipelineConfiguration):
     """Configure a running clipper_core server (Clipper's ``clipper_admin`` API).
 
     The deploy calls (``deploy_model``, ``deploy_pickled``, ``register_model``) come
-    from :class:`~clipper_core.connection_models.ModelDeployment`.
+    from :class:`~clipper_core.connection_models.ModelDeployment`, the pipeline
+    calls (``register_pipeline``...) from
+    :class:`~clipper_core.connection_pipelines.PipelineConfiguration`.
     """
 
     def __init__(
