@@ -261,15 +261,17 @@ def install(
             raise BadInput("field 'uid' must be an integer >= 0")
         return selection.get(name).describe(app.linked_models, uid)
 
-    def entry_input_type(body: Body) -> str | None:
+    def entry_input_type(body: Body) -> str:
         entry = entry_model(body)
-        if entry is None:
-            return None
-        name, version = entry
-        if version is None:
-            version = store.get_current_version(name)
-        rec = None if version is None else store.get_model(name, version)
-        return None if rec is None else rec.input_type
+        if entry is not None:
+            name, version = entry
+            recs = store.list_models(name)
+            types = {r.input_type for r in recs if version is None or r.version == version}
+            if len(types) == 1:
+                return types.pop()
+        # No model to derive it from: the graph's check says what is wrong
+        # (no single entry, a model that is not deployed...).
+        return "doubles"
 
     async def pipeline_of(body: Body) -> Any:
         derived = None if "input_type" in body else await read(entry_input_type, body)
