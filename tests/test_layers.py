@@ -19,8 +19,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("clipper_core", "model_containers")
 

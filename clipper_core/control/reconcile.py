@@ -227,20 +227,14 @@ class DataPlaneReconciler:
             log.error("pipeline %s cannot be served: %s", name, exc)
             return
         if app is None:
-            app = Application(
-                name=rec.name,
-                input_type=rec.input_type,
-                default_output=parse_default_output(rec.default_output),
-                slo=rec.slo_micros / 1e6,
-                policy="pipeline",
-            )
-            app.selector = PipelineRouter(graph)
+            # Filled in below, before anything can query it (no await between).
+            app = Application(rec.name, rec.input_type, None, 0.0, policy="pipeline")
             dp.add_app(app)
-        else:
-            app.input_type = rec.input_type
-            app.default_output = parse_default_output(rec.default_output)
-            app.slo = rec.slo_micros / 1e6
-            app.selector = PipelineRouter(graph)
+        # An update keeps the app (and its figures); the router starts afresh.
+        app.input_type = rec.input_type
+        app.default_output = parse_default_output(rec.default_output)
+        app.slo = rec.slo_micros / 1e6
+        app.selector = PipelineRouter(graph)
         for model in [m for m in app.linked_models if m not in graph.models]:
             dp.unlink(name, model)
         for model in graph.models:

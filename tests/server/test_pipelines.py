@@ -10,9 +10,8 @@ import concurrent.futures
 import json
 import os
 import signal
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import tritonclient.grpc as grpcclient
 from clipper_core import cli
 from clipper_core.deployers import deploy_python_closure
 from clipper_core.errors import ClipperError
+from tests.reliability.conftest import wait_for
 from tests.server import models, pipeline_models
 from tests.server.conftest import Running, start_server
 
@@ -48,18 +48,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield r
     finally:
         r.bg.stop()
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``probe`` until it is truthy (a guard against hangs, not a timing)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what} after {timeout:g} s")
-        time.sleep(0.05)
 
 
 def stage(name: str, model: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -233,7 +221,11 @@ def test_deadline_exhausted_mid_pipeline_answers_the_default_naming_the_stage(
     # Once the slow stage's batch is measured, a query whose remaining budget
     # cannot cover it is answered at once, without queueing for it (one query a
     # second still probes, to keep the estimate current).
-    wait_for("the slow batch measured", lambda: conn.get_metrics()["models"]["slow:1"]["batches"])
+    wait_for(
+        "the slow batch measured",
+        lambda: conn.get_metrics()["models"]["slow:1"]["batches"],
+        timeout=60,
+    )
     explanations = []
     for x in range(2, 6):
         status, reply = srv.client.predict("late", {"input": [float(x)]})
@@ -273,7 +265,7 @@ def test_a_stage_container_killed_mid_query_answers_or_fails_clearly(srv: Runnin
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(srv.client.predict, "fragile", {"input": [1.0]}, timeout=120)
-        wait_for("the victim at work", busy)
+        wait_for("the victim at work", busy, timeout=60)
         os.kill(pid, signal.SIGKILL)
         status, reply = fut.result(timeout=150)
     # The batch is handed to the restarted replica: an answer, or else a clear error.
@@ -282,7 +274,11 @@ def test_a_stage_container_killed_mid_query_answers_or_fails_clearly(srv: Runnin
     else:
         assert status in (500, 503, 504), reply
         assert "stage 'v'" in reply["cause"], reply
-    wait_for("the victim restarted", lambda: srv.replica_pids("victim") not in ([], [pid]))
+    wait_for(
+        "the victim restarted",
+        lambda: srv.replica_pids("victim") not in ([], [pid]),
+        timeout=60,
+    )
 
 
 # -- configuration ----------------------------------------------------------------------
