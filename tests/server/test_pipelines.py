@@ -281,6 +281,56 @@ def test_a_stage_container_killed_mid_query_answers_or_fails_clearly(srv: Runnin
     )
 
 
+def test_stage_errors_fail_the_query_naming_the_stage(srv: Running) -> None:
+    conn = srv.conn
+    deploy_python_closure(conn, "picky", 1, "doubles", models.make_failing(), progress=None)
+    conn.register_pipeline(
+        "errs",
+        [stage("a", "add1", output_type="doubles"), stage("p", "picky")],
+        [edge("a", "p")],
+        SLO,
+        "-1",
+    )
+    status, reply = srv.client.predict("errs", {"input": [-5.0]})
+    assert status == 500, reply
+    assert "pipeline errs: stage 'p' (picky:1) failed" in reply["cause"], reply
+    assert "negative inputs are not supported" in reply["cause"], reply
+    # In a batch, only the failing input gets the default, with the error.
+    status, reply = srv.client.predict("errs", {"input_batch": [[1.0], [-5.0]]})
+    assert status == 200, reply
+    good, bad = reply["batch_predictions"]
+    assert good["output"] == 1 and not good["default"]
+    assert bad["default"] and "stage 'p'" in bad["default_explanation"], bad
+    # An output that is not what its stage declared fails at the hop.
+    conn.register_pipeline(
+        "liar",
+        [stage("b", "big", output_type="doubles"), stage("t", "total")],
+        [edge("b", "t")],
+        SLO,
+        "-1",
+    )
+    status, reply = srv.client.predict("liar", {"input": [1.0]})
+    assert status == 500 and "stage 'b' answered 'big', not doubles" in reply["cause"], reply
+    # A condition that cannot apply to the output is an error of that stage.
+    conn.register_pipeline(
+        "badtest",
+        [stage("b", "big", output_type="doubles"), stage("t", "small")],
+        [edge("b", "t", op=">", value=1)],
+        SLO,
+        "-1",
+    )
+    status, reply = srv.client.predict("badtest", {"input": [1.0]})
+    assert status == 500 and "edge b->t: cannot test output > 1" in reply["cause"], reply
+    m = pipeline_metrics(srv, "errs")
+    assert m["stages"]["p"]["errors"] == 2 and m["stages"]["a"]["answered"] == 3
+    # A stage whose model goes away answers the default, as an app without one.
+    conn.stop_models(["picky"])
+    status, reply = srv.client.predict("errs", {"input": [3.0]})
+    assert status == 200 and reply["default"], reply
+    assert "model 'picky' has no deployed version" in reply["default_explanation"]
+    assert conn.get_metrics()["apps"]["errs"]["default_outputs"]["no_model"] == 1
+
+
 # -- configuration ----------------------------------------------------------------------
 
 
