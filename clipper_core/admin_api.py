@@ -23,6 +23,7 @@ from clipper_core.admin_requests import (
     Body,
     app_record,
     app_reply,
+    entry_model,
     field_bool,
     field_int,
     field_str,
@@ -30,6 +31,7 @@ from clipper_core.admin_requests import (
     model_record,
     model_reply,
     parse_body,
+    pipeline_record,
     policy_config,
 )
 from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
@@ -270,6 +272,48 @@ def install(
         plan = control.plan if dry_run else control.apply
         return [c.to_dict() for c in await plan(desired, prune=prune)]
 
+    def entry_input_type(body: Body) -> str:
+        entry = entry_model(body)
+        if entry is not None:
+            name, version = entry
+            recs = store.list_models(name)
+            types = {r.input_type for r in recs if version is None or r.version == version}
+            if len(types) == 1:
+                return types.pop()
+        # No model to derive it from: the graph's check says what is wrong
+        # (no single entry, a model that is not deployed...).
+        return "doubles"
+
+    async def pipeline_of(body: Body) -> Any:
+        derived = None if "input_type" in body else await read(entry_input_type, body)
+        return pipeline_record(body, derived)
+
+    async def add_pipeline(body: Body) -> Any:
+        await control.register_pipeline(await pipeline_of(body))
+        return "Success!"
+
+    async def update_pipeline(body: Body) -> Any:
+        changed = await control.update_pipeline(await pipeline_of(body))
+        return {"changed": changed}
+
+    async def delete_pipeline(body: Body) -> Any:
+        await control.delete_pipeline(field_str(body, "name"))
+        return "Success!"
+
+    def pipeline_reply(name: str) -> Any:
+        rec = store.get_pipeline(name)
+        return {} if rec is None else rec.to_dict()
+
+    async def get_pipeline(body: Body) -> Any:
+        return await read(pipeline_reply, field_str(body, "name"))
+
+    def pipelines(verbose: bool) -> Any:
+        recs = store.list_pipelines()
+        return [p.to_dict() for p in recs] if verbose else [p.name for p in recs]
+
+    async def get_all_pipelines(body: Body) -> Any:
+        return await read(pipelines, bool(body.get("verbose")))
+
     async def get_state(body: Body) -> Any:
         return inspect()
 
@@ -300,6 +344,11 @@ def install(
         "apply": apply,
         "set_selection_policy": set_selection_policy,
         "get_selection_state": get_selection_state,
+        "add_pipeline": add_pipeline,
+        "update_pipeline": update_pipeline,
+        "delete_pipeline": delete_pipeline,
+        "get_pipeline": get_pipeline,
+        "get_all_pipelines": get_all_pipelines,
         "shutdown": shutdown_call,
         **env_operations(envs),
     }

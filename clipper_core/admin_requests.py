@@ -17,7 +17,7 @@ import orjson
 from clipper_core.clipper_api import validate_input_type
 from clipper_core.errors import BadInput
 from clipper_core.http import Request
-from clipper_core.store.records import AppRecord, ModelRecord
+from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 
 Body = dict[str, Any]
 
@@ -99,6 +99,41 @@ def app_record(body: Body) -> AppRecord:
         policy=field_str(body, "policy", "single"),
         policy_config=policy_config(body),
     )
+
+
+def pipeline_record(body: Body, input_type: str | None = None) -> PipelineRecord:
+    """The pipeline an ``add_pipeline``/``update_pipeline`` body describes
+    (``input_type``: the one to use when the body names none)."""
+    given = body.get("input_type")
+    chosen = input_type if given is None else validate_input_type(field_str(body, "input_type"))
+    if chosen is None:
+        raise BadInput("missing field 'input_type'")
+    for key in ("stages", "edges"):
+        if not isinstance(body.get(key, []), list):
+            raise BadInput(f"field {key!r} must be a list")
+    return PipelineRecord(
+        name=field_str(body, "name"),
+        input_type=chosen,
+        stages=body.get("stages") or [],
+        edges=body.get("edges") or [],
+        slo_micros=field_int(body, "slo_micros", 100_000),
+        default_output=field_str(body, "default_output", "None"),
+    )
+
+
+def entry_model(body: Body) -> tuple[str, str | None] | None:
+    """The (model, version) of the stage of ``body`` that no edge leads to, when
+    there is exactly one and it names a model: the pipeline's input type is that
+    model's when the body names none."""
+    stages, edges = body.get("stages"), body.get("edges") or []
+    if not isinstance(stages, list) or not isinstance(edges, list):
+        return None
+    targets = {e.get("to") for e in edges if isinstance(e, dict)}
+    entries = [s for s in stages if isinstance(s, dict) and s.get("name") not in targets]
+    if len(entries) != 1 or not isinstance(entries[0].get("model"), str):
+        return None
+    version = entries[0].get("version")
+    return entries[0]["model"], None if version is None else str(version)
 
 
 def _optional_positive_int(body: Body, key: str) -> int | None:

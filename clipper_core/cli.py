@@ -5,6 +5,7 @@ clipper serve            run a server in the foreground (what start runs)
 clipper stop             stop it and every model container
 clipper status           apps, models and replicas at a glance
 clipper apps | models    list them
+clipper pipelines        list pipelines (clipper pipeline show|delete NAME)
 clipper deploy NAME ...  deploy a Python function or Model class
 clipper apply -f FILE    make the server match a declarative file (TOML)
 """
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clipper_core.cli_pipelines import add_pipeline_commands
 from clipper_core.connection import ClipperConnection, LocalContainerManager, ServerNotRunning
 from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
@@ -409,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub_parser(name, help=f"list {what}")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(fn=fn)
+
+    add_pipeline_commands(sub_parser, sub_options, _connection, _table)
 
     p = sub_parser(
         "deploy",

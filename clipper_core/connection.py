@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
 from clipper_core.connection_apply import DeclarativeConfig
 from clipper_core.connection_models import ModelDeployment
+from clipper_core.connection_pipelines import PipelineConfiguration
 from clipper_core.errors import ClipperError
 
 if TYPE_CHECKING:
@@ -125,12 +126,14 @@ class LocalContainerManager:
         return Path(self.state_dir) / "server.log"
 
 
-class ClipperConnection(ModelDeployment, DeclarativeConfig):
+class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfig):
     """Configure a running clipper_core server (Clipper's ``clipper_admin`` API).
 
     The deploy calls (``deploy_model``, ``deploy_pickled``, ``register_model``) come
-    from :class:`~clipper_core.connection_models.ModelDeployment`; ``apply`` (a
-    declarative file) from :class:`~clipper_core.connection_apply.DeclarativeConfig`.
+    from :class:`~clipper_core.connection_models.ModelDeployment`, the pipeline
+    calls (``register_pipeline``...) from
+    :class:`~clipper_core.connection_pipelines.PipelineConfiguration`, and ``apply``
+    (a declarative file) from :class:`~clipper_core.connection_apply.DeclarativeConfig`.
     """
 
     def __init__(

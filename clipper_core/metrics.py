@@ -208,3 +208,54 @@ class ModelVersionMetrics:
         """``n`` inputs an app's objective judged; ``within`` answered in time."""
         self.slo_judged += n
         self.within_slo += within
+
+
+class StageMetrics:
+    """Counters of one pipeline stage, bumped by the pipeline's router.
+
+    Attributes:
+        requests: Inputs sent to the stage's model (or joined, for a join).
+        answered: Of those, the ones it answered.
+        deadline_misses: Queries answered with the pipeline's default output
+            because this stage could not answer within the remaining budget.
+        errors: Queries that failed at this stage.
+        skipped: Queries that did not reach the stage (a conditional edge).
+        latency: Seconds from sending an input to the stage until its answer
+            (queueing and batching included).
+    """
+
+    __slots__ = ("answered", "deadline_misses", "errors", "latency", "requests", "skipped")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.answered = 0
+        self.deadline_misses = 0
+        self.errors = 0
+        self.skipped = 0
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+
+class EdgeMetrics:
+    """How often a pipeline edge was reached and taken (its predicate held)."""
+
+    __slots__ = ("evaluated", "taken")
+
+    def __init__(self) -> None:
+        self.evaluated = 0
+        self.taken = 0
+
+
+class PipelineMetrics:
+    """The stage and edge counters of one pipeline (the pipeline as a whole is
+    counted by its application's :class:`AppMetrics`).
+
+    Args:
+        stages: The stage names.
+        edges: The edge labels (``"source->target"``).
+    """
+
+    __slots__ = ("edges", "stages")
+
+    def __init__(self, stages: Sequence[str], edges: Sequence[str]) -> None:
+        self.stages = {name: StageMetrics() for name in stages}
+        self.edges = {label: EdgeMetrics() for label in edges}

@@ -59,6 +59,7 @@ class SnapshotCollector:
         snap = self.snapshot()
         yield from _app_families(snap["apps"])
         yield from _model_families(snap["models"])
+        yield from _pipeline_families(snap["pipelines"])
         cache = snap["cache"]
         if cache is not None:
             for key, kind, doc in (
@@ -262,6 +263,59 @@ def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
     yield from (judged, within, attainment, goodput)
     yield from (qlen, qcap, limit, max_bs, current, replicas, healthy, up, restarts)
     yield from (batch_size, batch_latency, container_latency)
+
+
+def _pipeline_families(pipelines: dict[str, Any]) -> Iterator[Metric]:
+    lab = ["pipeline", "stage"]
+    requests = CounterMetricFamily(
+        "clipper_pipeline_stage_requests", "Inputs that reached the pipeline stage.", labels=lab
+    )
+    answered = CounterMetricFamily(
+        "clipper_pipeline_stage_answered", "Inputs the pipeline stage answered.", labels=lab
+    )
+    misses = CounterMetricFamily(
+        "clipper_pipeline_stage_deadline_misses",
+        "Queries answered with the pipeline's default output because this stage could not"
+        " answer within the remaining latency budget.",
+        labels=lab,
+    )
+    errors = CounterMetricFamily(
+        "clipper_pipeline_stage_errors", "Queries that failed at the pipeline stage.", labels=lab
+    )
+    skipped = CounterMetricFamily(
+        "clipper_pipeline_stage_skipped",
+        "Queries that did not reach the stage (a conditional edge was not taken).",
+        labels=lab,
+    )
+    latency = HistogramMetricFamily(
+        "clipper_pipeline_stage_latency_seconds",
+        "Seconds from sending an input to the stage until its answer (queueing included).",
+        labels=lab,
+    )
+    elab = ["pipeline", "source", "target"]
+    evaluated = CounterMetricFamily(
+        "clipper_pipeline_edge_evaluated", "Times the pipeline edge was reached.", labels=elab
+    )
+    taken = CounterMetricFamily(
+        "clipper_pipeline_edge_taken",
+        "Times the pipeline edge was taken (its condition held).",
+        labels=elab,
+    )
+    for name, p in pipelines.items():
+        for stage, c in p["stages"].items():
+            key = [name, stage]
+            requests.add_metric(key, c["requests"])
+            answered.add_metric(key, c["answered"])
+            misses.add_metric(key, c["deadline_misses"])
+            errors.add_metric(key, c["errors"])
+            skipped.add_metric(key, c["skipped"])
+            h = c["latency_seconds"]
+            latency.add_metric(key, _hist_buckets(h), h["sum"])
+        for e in p["edges"]:
+            ekey = [name, e["from"], e["to"]]
+            evaluated.add_metric(ekey, e["evaluated"])
+            taken.add_metric(ekey, e["taken"])
+    yield from (requests, answered, misses, errors, skipped, latency, evaluated, taken)
 
 
 # -- HTTP -----------------------------------------------------------------------------

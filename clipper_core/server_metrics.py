@@ -32,6 +32,7 @@ from clipper_core.metrics import (
     histogram_quantile,
 )
 from clipper_core.metrics_export import SnapshotCollector
+from clipper_core.pipelines.runtime import PipelineRouter
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, ModelVersion, QueryView
@@ -286,6 +287,46 @@ def _replicas(replicas: ReplicaSource, mv: ModelVersion) -> list[dict[str, Any]]
     return out
 
 
+def pipelines_snapshot(dp: QueryView) -> dict[str, Any]:
+    """Each pipeline's stage and edge counters (the pipeline as a whole is under
+    ``"apps"``: its requests, latency, SLO attainment...)."""
+    out: dict[str, Any] = {}
+    for name, app in sorted(dp.apps.items()):
+        router = app.selector
+        if not isinstance(router, PipelineRouter):
+            continue
+        graph, m = router.graph, router.metrics
+        stages: dict[str, Any] = {}
+        for stage in graph.stages.values():
+            c = m.stages[stage.name]
+            stages[stage.name] = {
+                "model": stage.model,
+                "version": stage.version,
+                "combine": stage.combine,
+                "requests": c.requests,
+                "answered": c.answered,
+                "deadline_misses": c.deadline_misses,
+                "errors": c.errors,
+                "skipped": c.skipped,
+                "latency_seconds": c.latency.to_dict(),
+            }
+        edges = []
+        for edge in graph.edges:
+            e = m.edges[edge.label]
+            edges.append(
+                {
+                    "from": edge.source,
+                    "to": edge.target,
+                    "when": None if edge.when is None else edge.when.describe(),
+                    "evaluated": e.evaluated,
+                    "taken": e.taken,
+                    "taken_fraction": _ratio(e.taken, e.evaluated),
+                }
+            )
+        out[name] = {"entry": graph.entry, "stages": stages, "edges": edges}
+    return out
+
+
 class ServerMetrics:
     """A server's metrics: the sampler, the snapshot and the Prometheus registry.
 
@@ -395,6 +436,7 @@ class ServerMetrics:
             "window_seconds": window,
             "apps": apps,
             "models": models,
+            "pipelines": pipelines_snapshot(dp),
             "cache": cache,
         }
 

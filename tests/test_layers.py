@@ -64,6 +64,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.local_channel": DATA_PLANE,
     # L3 routers
     "clipper_core.selection": ROUTERS,
+    "clipper_core.pipelines": ROUTERS,
     # L4 control
     "clipper_core.control": CONTROL,
     "clipper_core.planning": CONTROL,
@@ -80,12 +81,14 @@ LAYERS: dict[str, int] = {
     "clipper_core.server": ROOTS_LAYER,
     "clipper_core.embedded": ROOTS_LAYER,
     "clipper_core.cli": ROOTS_LAYER,
+    "clipper_core.cli_pipelines": ROOTS_LAYER,
     "clipper_core.demo": ROOTS_LAYER,
     # client side
     "clipper_core": CLIENT,
     "clipper_core.connection": CLIENT,
     "clipper_core.connection_models": CLIENT,
     "clipper_core.connection_apply": CLIENT,
+    "clipper_core.connection_pipelines": CLIENT,
     "clipper_core.runtime_env": CLIENT,
     "clipper_core.deployers": CLIENT,
 }

@@ -9,13 +9,13 @@ Protocol, so that this module does not import the class that calls it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from clipper_core.auth import API_KEYS_NAMESPACE
 from clipper_core.control.apply import APP_POLICY, APP_SETTINGS, Change, CurrentState
-from clipper_core.control.desired import PIPELINES_MERGED, DesiredState
+from clipper_core.control.desired import DesiredState
 from clipper_core.store.base import DesiredStateReader
-from clipper_core.store.records import AppRecord, ModelRecord
+from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 
 __all__ = ["Writes", "carry_out", "read_current"]
 
@@ -48,6 +48,12 @@ class Writes(Protocol):
     async def link(self, app: str, model: str) -> None: ...
 
     async def unlink(self, app: str, model: str) -> None: ...
+
+    async def register_pipeline(self, rec: PipelineRecord) -> None: ...
+
+    async def update_pipeline(self, rec: PipelineRecord) -> bool: ...
+
+    async def delete_pipeline(self, name: str) -> None: ...
 
 
 def read_current(store: DesiredStateReader) -> CurrentState:
@@ -89,7 +95,7 @@ async def carry_out(control: Writes, desired: DesiredState, changes: list[Change
             else:
                 await control.unlink(app, model)
         else:
-            await apply_pipeline_change(cast(PipelineWrites, control), change, desired)
+            await apply_pipeline_change(control, change, desired)
 
 
 async def _model(
@@ -133,38 +139,16 @@ async def _app(control: Writes, change: Change, apps: Mapping[str, Any]) -> None
         await control.set_app_api_keys(rec.name, list(da.api_keys))
 
 
-# -- pipelines (issue 14's pipelines branch) -------------------------------------------
-
-
-class PipelineWrites(Protocol):
-    """The ControlPlane's pipeline writes (the pipelines branch adds them)."""
-
-    async def register_pipeline(self, rec: Any) -> None: ...
-
-    async def update_pipeline(self, rec: Any) -> bool: ...
-
-    async def delete_pipeline(self, name: str) -> None: ...
-
-
-class PipelineReader(Protocol):
-    """The store's pipeline reads (the pipelines branch adds them)."""
-
-    def list_pipelines(self) -> list[Any]: ...
+# -- pipelines -------------------------------------------------------------------------
 
 
 def read_pipelines(store: DesiredStateReader) -> dict[str, dict[str, Any]]:
     """Pipeline name -> its record's ``to_dict()``."""
-    if not PIPELINES_MERGED:
-        return {}
-    return {p.name: p.to_dict() for p in cast(PipelineReader, store).list_pipelines()}
+    return {p.name: p.to_dict() for p in store.list_pipelines()}
 
 
-async def apply_pipeline_change(
-    control: PipelineWrites, change: Change, desired: DesiredState
-) -> None:
+async def apply_pipeline_change(control: Writes, change: Change, desired: DesiredState) -> None:
     """Create, update or delete one pipeline."""
-    from clipper_core.store.records import PipelineRecord  # type: ignore[attr-defined, unused-ignore]
-
     if change.kind == "delete":
         await control.delete_pipeline(change.name)
         return

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,19 +19,20 @@ from typing import Any
 from clipper_core.auth import validate_api_keys
 from clipper_core.clipper_api import validate_input_type
 from clipper_core.errors import BadInput
-from clipper_core.store.records import EXTERNAL_KIND, AppRecord, ModelRecord, check_name
+from clipper_core.store.records import (
+    EXTERNAL_KIND,
+    AppRecord,
+    ModelRecord,
+    PipelineRecord,
+    check_name,
+)
 
 __all__ = [
-    "PIPELINES_MERGED",
     "DesiredApp",
     "DesiredModel",
     "DesiredState",
     "payload_digest",
 ]
-
-#: Whether this build has pipelines (the pipelines branch of issue 14).
-#: TEMPORARY: the lead deletes this flag and its uses when merging that branch.
-PIPELINES_MERGED = importlib.util.find_spec("clipper_core.pipelines") is not None
 
 #: The fields of a model entry, as the file spells them (``source`` is read by the
 #: client and arrives as ``payload_b64`` + ``source_sha256`` + ``container``).
@@ -333,7 +333,7 @@ def _app(where: str, raw: object) -> DesiredApp:
     return DesiredApp(rec, tuple(models), tuple(dict.fromkeys(keys)))
 
 
-# -- pipelines (issue 14's pipelines branch) -------------------------------------------
+# -- pipelines -------------------------------------------------------------------------
 
 
 def _pipeline(where: str, raw: object) -> dict[str, Any]:
@@ -341,10 +341,6 @@ def _pipeline(where: str, raw: object) -> dict[str, Any]:
     filled in, so that it compares with what the store holds)."""
     where = _table(where, raw, PIPELINE_FIELDS, ("name", "input_type", "stages"))
     assert isinstance(raw, Mapping)
-    if not PIPELINES_MERGED:
-        raise BadInput(f"{where}: this server has no pipelines")
-    from clipper_core.store.records import PipelineRecord  # type: ignore[attr-defined, unused-ignore]
-
     data = {"edges": [], "slo_micros": 100_000, "default_output": "None", **raw}
     try:
         out: dict[str, Any] = PipelineRecord.from_dict(data).to_dict()

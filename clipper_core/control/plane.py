@@ -1,9 +1,9 @@
 """``ControlPlane``: the one writer of desired state.
 
 The management API, the CLI (through it), declarative files
-(:meth:`ControlPlane.apply`), the planner and the tuner all change apps, models,
-links, versions, replica counts and API keys through this object, never the
-store or the data plane directly.
+(:meth:`ControlPlane.apply`), the planner and the tuner all change apps, pipelines,
+models, links, versions, replica counts and API keys through this object, never
+the store or the data plane directly.
 
 Every write follows one pattern: validate, write the store (one transaction, in
 a worker thread), reconcile this frontend's data plane inline so that the caller
@@ -25,11 +25,12 @@ from clipper_core.control.artifacts import ArtifactStore
 from clipper_core.control.desired import DesiredState, payload_digest
 from clipper_core.control.reconcile import IN_PLACE_SPEC, DataPlaneReconciler
 from clipper_core.control.replicas import ReplicaReconciler
-from clipper_core.errors import BadInput, NotFound
+from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.logs import log_event
+from clipper_core.pipelines.model import validate as validate_pipeline
 from clipper_core.selection import validate_policy
 from clipper_core.store.base import StateEvent, StateStore
-from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord
+from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
 
 log = logging.getLogger("clipper_core.server")
 
@@ -145,6 +146,68 @@ class ControlPlane:
     async def unlink(self, app: str, model: str) -> None:
         await self._write(self.store.unlink_model, app, model)
         await self._reconcile("app", app)
+
+    # -- pipelines ----------------------------------------------------------------
+
+    def _check_pipeline(self, rec: PipelineRecord, new: bool) -> None:
+        """Its graph against the deployed models and, when ``new``, its name
+        against the apps (run in a worker thread: it reads the store)."""
+        if new and self.store.get_app(rec.name) is not None:
+            raise Conflict(
+                f"an application named {rec.name} exists; a pipeline needs a name of its own"
+            )
+        types: dict[str, dict[str, str]] = {}
+        for m in self.store.list_models():
+            types.setdefault(m.name, {})[m.version] = m.input_type
+        validate_pipeline(rec, types)
+
+    async def register_pipeline(self, rec: PipelineRecord) -> None:
+        """Register a pipeline and serve it at ``/<name>/predict``.
+
+        Raises:
+            BadInput: Its graph is invalid (a cycle, no single entry, a type
+                mismatch along an edge...).
+            NotFound: A stage names a model or version that is not deployed.
+            Conflict: A pipeline or an application has its name.
+        """
+        await self._write(self._check_pipeline, rec, True)
+        await self._write(self.store.add_pipeline, rec)
+        await self._reconcile("pipeline", rec.name)
+        log_event(
+            log,
+            "pipeline_registered",
+            f"pipeline {rec.name} registered with {len(rec.stages)} stage(s)",
+            pipeline=rec.name,
+            input_type=rec.input_type,
+            slo_micros=rec.slo_micros,
+        )
+
+    async def update_pipeline(self, rec: PipelineRecord) -> bool:
+        """Replace a pipeline's description (checked as :meth:`register_pipeline`
+        checks a new one); queries already under way finish on the old one.
+
+        Returns:
+            Whether anything changed.
+
+        Raises:
+            NotFound: No pipeline has that name (or a stage's model is missing).
+        """
+        if await self._write(self.store.get_pipeline, rec.name) is None:
+            raise NotFound(f"pipeline {rec.name!r} is not registered")
+        await self._write(self._check_pipeline, rec, False)
+        changed: bool = await self._write(self.store.update_pipeline, rec)
+        if changed:
+            await self._reconcile("pipeline", rec.name)
+            log_event(log, "pipeline_updated", f"pipeline {rec.name} updated", pipeline=rec.name)
+        return changed
+
+    async def delete_pipeline(self, name: str) -> None:
+        """Stop serving a pipeline and forget it (its models stay deployed)."""
+        if await self._write(self.store.get_pipeline, name) is None:
+            raise NotFound(f"pipeline {name!r} is not registered")
+        await self._write(self.store.delete_pipeline, name)
+        await self._reconcile("pipeline", name)
+        log_event(log, "pipeline_deleted", f"pipeline {name} deleted", pipeline=name)
 
     # -- models -------------------------------------------------------------------
 

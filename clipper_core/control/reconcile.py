@@ -1,7 +1,7 @@
 """``DataPlaneReconciler``: makes this frontend's data plane match the store.
 
 It runs on every frontend.  Reconciling is level-triggered: an event names a key
-(an app, a model, a model's endpoints), and the reconciler rereads that key's
+(an app, a model, a model's endpoints, a pipeline), and the reconciler rereads that key's
 records and changes the data plane until it matches them.  A duplicate, late or
 missed event is therefore harmless, and :meth:`DataPlaneReconciler.sync_all`, which
 reconciles every key, is both the restore on start and the resync after a gap in
@@ -24,11 +24,13 @@ from typing import Any
 from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys
 from clipper_core.clipper_api import parse_default_output
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
-from clipper_core.errors import ReplicaUnavailable
+from clipper_core.errors import ClipperError, ReplicaUnavailable
+from clipper_core.pipelines.model import validate as validate_pipeline
+from clipper_core.pipelines.runtime import PipelineRouter
 from clipper_core.replica_client import ReplicaConnector
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.store.base import DesiredStateReader, StateEvent
-from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord
+from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
 
 log = logging.getLogger("clipper_core.control")
 
@@ -92,6 +94,8 @@ class DataPlaneReconciler:
         self._on_replica_hung = on_replica_hung
         # The app records last applied: a policy change is told from a re-read.
         self._applied: dict[str, AppRecord] = {}
+        # The pipeline records last applied: an update is told from a re-read.
+        self._pipelines: dict[str, PipelineRecord] = {}
         # One connect per replica at a time: key -> (address, task).
         self._connecting: dict[ReplicaKey, tuple[str, asyncio.Task[None]]] = {}
         # Replicas registered by hand (endpoint records), per model version.
@@ -106,14 +110,21 @@ class DataPlaneReconciler:
         """Reconcile every key the store holds and drop what it no longer holds:
         the restore on start, and the resync after a gap in the change feed.
         Connects to replicas registered by hand go on in the background."""
-        apps, models = await asyncio.to_thread(
-            lambda: ([a.name for a in self._reader.list_apps()], self._reader.list_models())
+        apps, models, pipelines = await asyncio.to_thread(
+            lambda: (
+                [a.name for a in self._reader.list_apps()],
+                self._reader.list_models(),
+                [p.name for p in self._reader.list_pipelines()],
+            )
         )
         model_names = sorted({m.name for m in models} | set(self._dataplane.models))
         for name in model_names:
             await self.reconcile(StateEvent(0, "model", name))
-        for app in sorted(set(apps) | set(self._dataplane.apps)):
+        served = {n for n, a in self._dataplane.apps.items() if _is_pipeline(a)}
+        for app in sorted((set(apps) | set(self._dataplane.apps)) - served):
             await self.reconcile(StateEvent(0, "app", app))
+        for name in sorted(set(pipelines) | served):
+            await self.reconcile(StateEvent(0, "pipeline", name))
 
     async def reconcile(self, event: StateEvent) -> None:
         """Make the data plane match the store for the key ``event`` names (only
@@ -128,6 +139,8 @@ class DataPlaneReconciler:
                 await self._reconcile_endpoints(event.name)
             elif event.kind == "endpoint":
                 await self._reconcile_endpoints(event.name)
+            elif event.kind == "pipeline":
+                await self._reconcile_pipeline(event.name)
             else:
                 log.debug("no data-plane state for %s %s", event.kind, event.name)
 
@@ -144,14 +157,18 @@ class DataPlaneReconciler:
         state = await asyncio.to_thread(self._read_app, name)
         rec = state.rec
         dp = self._dataplane
+        app = dp.apps.get(name)
+        if app is not None and _is_pipeline(app):
+            if rec is not None:
+                log.error("application %s: a pipeline has its name; it is not served", name)
+            return  # the pipeline's, not an app's
         if rec is None:
-            if name in dp.apps:
+            if app is not None:
                 dp.remove_app(name)
                 self._selection.forget(name)
             self._api_keys.remove(name)
             self._applied.pop(name, None)
             return
-        app = dp.apps.get(name)
         if app is None:
             app = Application(
                 name=rec.name,
@@ -186,6 +203,48 @@ class DataPlaneReconciler:
         rec = self._applied.get(name)
         if app is not None and rec is not None:
             self._selection.set_policy(app, rec.policy, rec.policy_config)
+
+    # -- pipelines ----------------------------------------------------------------
+
+    async def _reconcile_pipeline(self, name: str) -> None:
+        """Serve the pipeline as an application whose router walks its stages;
+        its stage models count as linked to it (their batch objectives follow
+        its latency objective)."""
+        rec = await asyncio.to_thread(self._reader.get_pipeline, name)
+        dp = self._dataplane
+        app = dp.apps.get(name)
+        if app is not None and not _is_pipeline(app):
+            if rec is not None:
+                log.error("pipeline %s: an application has its name; it is not served", name)
+            return
+        if rec is None:
+            if app is not None:
+                dp.remove_app(name)
+            self._pipelines.pop(name, None)
+            return
+        if app is not None and self._pipelines.get(name) == rec:
+            return
+        try:
+            # The models are checked at registration and, as they come and go,
+            # on the query path: here only the graph.
+            graph = validate_pipeline(rec, None)
+        except ClipperError as exc:
+            log.error("pipeline %s cannot be served: %s", name, exc)
+            return
+        if app is None:
+            # Filled in below, before anything can query it (no await between).
+            app = Application(rec.name, rec.input_type, None, 0.0, policy="pipeline")
+            dp.add_app(app)
+        # An update keeps the app (and its figures); the router starts afresh.
+        app.input_type = rec.input_type
+        app.default_output = parse_default_output(rec.default_output)
+        app.slo = rec.slo_micros / 1e6
+        app.selector = PipelineRouter(graph)
+        for model in [m for m in app.linked_models if m not in graph.models]:
+            dp.unlink(name, model)
+        for model in graph.models:
+            dp.link(name, model)
+        self._pipelines[name] = rec
 
     # -- models -------------------------------------------------------------------
 
@@ -351,6 +410,10 @@ class DataPlaneReconciler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _is_pipeline(app: Application) -> bool:
+    return isinstance(app.selector, PipelineRouter)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

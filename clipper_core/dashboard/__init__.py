@@ -2,8 +2,9 @@
 
 ``GET /dashboard`` serves one static page (``index.html``, with the hand-written
 canvas charts of ``dashboard.js``; no build step, no third-party JavaScript).  The
-page polls ``GET /dashboard/data`` every second: apps, models, versions, replicas,
-and the per-second series that :class:`clipper_core.server_metrics.MetricsSampler` keeps.
+page polls ``GET /dashboard/data`` every second: apps, pipelines (their stages and
+edges), models, versions, replicas, and the per-second series that
+:class:`clipper_core.server_metrics.MetricsSampler` keeps.
 
 When the server has a management token, ``/dashboard/data`` needs it like every
 management call (``Authorization: Bearer``, or ``?token=`` — the page passes on
@@ -121,6 +122,7 @@ def dashboard_data(metrics: ServerMetrics, dp: QueryView, info: ServerInfo) -> d
             }
         )
     return {
+        "pipelines": _pipelines(snap),
         "server": {
             "query_url": info.query_url,
             "management_url": info.management_url,
@@ -134,6 +136,36 @@ def dashboard_data(metrics: ServerMetrics, dp: QueryView, info: ServerInfo) -> d
         "cache": snap["cache"],
         "series": _series(metrics),
     }
+
+
+def _pipelines(snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each pipeline: its figures as an app, its stages' and edges' counters."""
+    out = []
+    for name, p in snap["pipelines"].items():
+        a = snap["apps"].get(name, {})
+        stages = [
+            {
+                "name": stage,
+                **{k: v for k, v in c.items() if k != "latency_seconds"},
+                "latency_mean_seconds": _mean(c["latency_seconds"]),
+            }
+            for stage, c in p["stages"].items()
+        ]
+        out.append(
+            {
+                "name": name,
+                "input_type": a.get("input_type"),
+                "slo_seconds": a.get("slo_seconds"),
+                "requests": a.get("requests", 0),
+                "answers_within_slo": a.get("answers_within_slo", 0),
+                "default_outputs": a.get("default_outputs", {}),
+                "window": a.get("window"),
+                "entry": p["entry"],
+                "stages": stages,
+                "edges": p["edges"],
+            }
+        )
+    return out
 
 
 def _mean(h: dict[str, Any]) -> float | None:

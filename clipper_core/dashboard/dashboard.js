@@ -340,6 +340,57 @@
     box.innerHTML = rows.join("");
   }
 
+  function renderPipelines(data) {
+    var box = document.getElementById("pipelines");
+    var pipes = data.pipelines || [];
+    if (!pipes.length) {
+      box.innerHTML = '<p class="empty">No pipelines yet.</p>';
+      return;
+    }
+    var rows = [
+      "<table><thead><tr><th>pipeline / stage</th><th>model</th><th>requests</th>",
+      "<th>answered</th><th>mean ms</th><th>deadline misses</th><th>errors</th>",
+      "<th>skipped</th></tr></thead><tbody>",
+    ];
+    pipes.forEach(function (p) {
+      var w = p.window || {};
+      rows.push(
+        '<tr class="pipeline" data-pipeline="' + esc(p.name) + '"><td><b>' + esc(p.name) +
+        "</b> " + esc(p.input_type) + " · SLO " + num(p.slo_seconds * 1000, 0) + " ms" +
+        '</td><td></td><td class="num">' + esc(p.requests) +
+        '</td><td class="num">' + esc(p.answers_within_slo) + " in SLO" +
+        '</td><td class="num">p99 ' + num(w.p99_seconds === null || w.p99_seconds === undefined
+          ? null : w.p99_seconds * 1000) +
+        '</td><td class="num">' + esc((p.default_outputs || {}).slo || 0) +
+        "</td><td></td><td></td></tr>"
+      );
+      p.stages.forEach(function (st) {
+        rows.push(
+          '<tr class="replica"><td>' + esc(st.name) + (st.name === p.entry ? " (entry)" : "") +
+          "</td><td>" + esc(st.model ? st.model + (st.version ? ":" + st.version : "")
+            : "join (" + st.combine + ")") +
+          '</td><td class="num">' + esc(st.requests) + '</td><td class="num">' + esc(st.answered) +
+          '</td><td class="num">' + num(st.latency_mean_seconds === null ? null
+            : st.latency_mean_seconds * 1000) +
+          '</td><td class="num">' + esc(st.deadline_misses) +
+          '</td><td class="num">' + esc(st.errors) + '</td><td class="num">' + esc(st.skipped) +
+          "</td></tr>"
+        );
+      });
+      p.edges.forEach(function (e) {
+        rows.push(
+          '<tr class="replica"><td>' + esc(e.from + " → " + e.to) + "</td><td>" +
+          esc(e.when || "always") + '</td><td class="num">' + esc(e.evaluated) +
+          '</td><td class="num">taken ' + esc(e.taken) + '</td><td class="num">' +
+          (e.taken_fraction === null ? "–" : num(100 * e.taken_fraction, 1) + " %") +
+          "</td><td></td><td></td><td></td></tr>"
+        );
+      });
+    });
+    rows.push("</tbody></table>");
+    box.innerHTML = rows.join("");
+  }
+
   function renderCache(data) {
     var box = document.getElementById("cache");
     var c = data.cache;
@@ -362,6 +413,7 @@
       "query " + s.query_url + " · management " + s.management_url + " · pid " + s.pid +
       " · up " + Math.round(s.uptime_seconds) + " s";
     renderApps(data);
+    renderPipelines(data);
     renderModels(data);
     renderCache(data);
   }

@@ -11,10 +11,11 @@ path); an application answers with its (first) linked model, within the
 application's latency objective -- when that passes, the reply is the
 application's default output in a tensor named ``output``, flagged with the
 response parameters ``default: true`` and ``default_explanation``, as Clipper's
-REST API does.  A model queried by its own name has no latency objective: its
-deadline is the service's ``default_timeout`` (the server's ``batch_timeout``),
-or sooner with the request parameter ``timeout`` (microseconds, as Triton's), a
-gRPC deadline, or the ``Clipper-Deadline-Ms`` header; past it the request fails with 504 /
+REST API does.  A pipeline walks its stages (``clipper_core.oip.pipeline``).
+A model queried by its own name has no latency objective: its deadline is the
+service's ``default_timeout`` (the server's ``batch_timeout``), or sooner with the
+request parameter ``timeout`` (microseconds, as Triton's), a gRPC deadline, or the
+``Clipper-Deadline-Ms`` header; past it the request fails with 504 /
 DEADLINE_EXCEEDED.
 
 Metadata (tensor specs, platform) comes from a replica of the version, once; it
@@ -45,6 +46,7 @@ from clipper_core.errors import (
     NotFound,
     ReplicaUnavailable,
 )
+from clipper_core.oip import pipeline
 from clipper_core.oip.tensors import InferRequest, InputTensor, OutputTensor
 from model_containers.tensors import datatype_of, outputs_to_tensor
 
@@ -147,7 +149,7 @@ class InferenceService:
         app = self.dataplane.apps.get(name)
         if app is None:
             raise NotFound(f"unknown model {name!r}: no model or application has that name")
-        if not app.linked_models:
+        if not app.linked_models or pipeline.is_pipeline(app):
             return Target(name, None, app, [])
         linked = self.dataplane.models.get(app.linked_models[0])
         if linked is None:
@@ -235,6 +237,8 @@ class InferenceService:
     async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """``GET /v2/models/{name}[/versions/{version}]``."""
         target = self.resolve(name, version)
+        if target.mv is None and pipeline.is_pipeline(target.app):
+            return pipeline.metadata(target.app)
         if target.mv is None:
             raise NotFound(f"application {name!r} has no deployed model to describe")
         meta = await self.version_metadata(target.mv)
@@ -253,6 +257,8 @@ class InferenceService:
         except NotFound:
             return False
         mv = target.mv
+        if pipeline.is_pipeline(target.app):
+            return pipeline.ready(self.dataplane, target.app)
         if mv is None or (target.app is not None and target.app.routes_queries):
             return False
         return any(
@@ -278,7 +284,7 @@ class InferenceService:
         """
         now = time.monotonic()
         app = target.app
-        if app is not None and app.routes_queries:
+        if app is not None and app.routes_queries and not pipeline.is_pipeline(app):
             raise BadInput(policy_refusal(app))
         end = now + (app.slo if app is not None else self.default_timeout)
         timeout = request.timeout
@@ -286,6 +292,9 @@ class InferenceService:
             end = min(end, now + timeout)
         if deadline is not None:
             end = min(end, deadline)
+        if pipeline.is_pipeline(app):
+            params, outputs = await pipeline.infer(self.dataplane, app, request, end)
+            return InferReply(target.name, "", request.id, params, outputs)
         mv = target.mv
         rows = _rows_of(request)
         if mv is None:

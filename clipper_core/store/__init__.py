@@ -15,7 +15,13 @@ from clipper_core.store.base import (
     StateStore,
 )
 from clipper_core.store.feed import LocalChangeFeed, SqlitePollingFeed
-from clipper_core.store.records import INPUT_TYPES, AppRecord, EndpointRecord, ModelRecord
+from clipper_core.store.records import (
+    INPUT_TYPES,
+    AppRecord,
+    EndpointRecord,
+    ModelRecord,
+    PipelineRecord,
+)
 from clipper_core.store.schema import SCHEMA_VERSION
 from clipper_core.store.sqlite import SqliteStateStore
 
@@ -30,6 +36,7 @@ __all__ = [
     "KvStore",
     "LocalChangeFeed",
     "ModelRecord",
+    "PipelineRecord",
     "ResyncNeeded",
     "SqlitePollingFeed",
     "SqliteStateStore",

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord
+from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
 
 __all__ = [
     "ChangeFeed",
@@ -100,6 +100,14 @@ class DesiredStateReader(Protocol):
         self, model: str | None = None, version: str | None = None
     ) -> list[EndpointRecord]:
         """The registered endpoints (of a model, or of one version of it)."""
+        ...
+
+    def get_pipeline(self, name: str) -> PipelineRecord | None:
+        """The pipeline called ``name``, or None."""
+        ...
+
+    def list_pipelines(self) -> list[PipelineRecord]:
+        """Every pipeline, by name."""
         ...
 
     def revision(self) -> int:
@@ -199,6 +207,18 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
 
     def delete_endpoint(self, model: str, version: str, replica_id: str) -> bool:
         """Remove a replica endpoint; whether there was one."""
+        ...
+
+    def add_pipeline(self, pipeline: PipelineRecord) -> None:
+        """Register a pipeline (Conflict: a pipeline or an app has its name)."""
+        ...
+
+    def update_pipeline(self, pipeline: PipelineRecord) -> bool:
+        """Replace a pipeline's description; whether anything changed."""
+        ...
+
+    def delete_pipeline(self, name: str) -> None:
+        """Delete a pipeline (NotFound: none has that name)."""
         ...
 
     def put_kv(self, namespace: str, key: str, json_value: Any) -> None:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 
 from clipper_core.errors import ClipperError
-from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord
+from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
 
 __all__ = [
     "MIGRATIONS",
@@ -21,12 +21,13 @@ __all__ = [
     "endpoint_from_row",
     "migrate",
     "model_from_row",
+    "pipeline_from_row",
 ]
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
 #: 1: apps, models, current versions, links, kv.  2: per-version queue_capacity and
-#: batch_timeout.  3: revision, change log, endpoints.
-SCHEMA_VERSION = 3
+#: batch_timeout.  3: revision, change log, endpoints.  4: pipelines.
+SCHEMA_VERSION = 4
 
 # Each entry migrates the schema from version i to i + 1 (index i).  Append only:
 # never edit a migration that has shipped.
@@ -104,6 +105,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FOREIGN KEY (model, version) REFERENCES models (name, version) ON DELETE CASCADE
         )""",
     ),
+    (
+        # Prediction pipelines; stages and edges are JSON (see PipelineRecord).
+        """CREATE TABLE pipelines (
+            name TEXT PRIMARY KEY,
+            input_type TEXT NOT NULL,
+            stages TEXT NOT NULL,
+            edges TEXT NOT NULL,
+            slo_micros INTEGER NOT NULL,
+            default_output TEXT NOT NULL
+        )""",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -151,6 +163,17 @@ def endpoint_from_row(row: sqlite3.Row) -> EndpointRecord:
         version=row["version"],
         replica_id=row["replica_id"],
         address=row["address"],
+    )
+
+
+def pipeline_from_row(row: sqlite3.Row) -> PipelineRecord:
+    return PipelineRecord(
+        name=row["name"],
+        input_type=row["input_type"],
+        stages=json.loads(row["stages"]),
+        edges=json.loads(row["edges"]),
+        slo_micros=row["slo_micros"],
+        default_output=row["default_output"],
     )
 
 

@@ -1,6 +1,7 @@
 """The desired state of a clipper_core instance in one SQLite file: applications,
-models, links, current versions, replica endpoints, a small key/value table, and
-the change log that feeds the reconcilers.
+models, links, current versions, replica endpoints, pipelines
+(:mod:`~clipper_core.store.sqlite_pipelines`), a small key/value table, and the
+change log that feeds the reconcilers.
 
 The control plane reconciles running replicas against this store, so a restarted
 server brings everything back from it.  Calls are synchronous and fast; callers on
@@ -39,14 +40,16 @@ from clipper_core.store.schema import (
     endpoint_from_row,
     model_from_row,
 )
+from clipper_core.store.sqlite_pipelines import SqlitePipelines
 from clipper_core.store.sqlite_spec import SqliteSpecWrites
 
 __all__ = ["SqliteStateStore"]
 
 
-class SqliteStateStore(SqliteSpecWrites):
-    """Applications, models, links, replica endpoints and key/value state in one
-    SQLite database, with a revision and a change log (see :class:`SqliteDatabase`
+class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
+    """Applications, models, links, replica endpoints, pipelines and key/value
+    state in one SQLite database, with a revision and a change log (see
+    :class:`~clipper_core.store.sqlite_db.SqliteDatabase`
     for the connection, the constructor's arguments and the change log).
 
     Args:
@@ -69,7 +72,7 @@ class SqliteStateStore(SqliteSpecWrites):
         by an earlier application of that name.
 
         Raises:
-            Conflict: An application of that name exists.
+            Conflict: An application or a pipeline of that name exists.
             BadInput: The digests are not a list of strings.
         """
         digests = self._api_keys_value(api_key_digests or [])
@@ -77,6 +80,8 @@ class SqliteStateStore(SqliteSpecWrites):
             conn = tx.conn
             if conn.execute("SELECT 1 FROM apps WHERE name = ?", (app.name,)).fetchone():
                 raise Conflict(f"application {app.name} already exists")
+            if conn.execute("SELECT 1 FROM pipelines WHERE name = ?", (app.name,)).fetchone():
+                raise Conflict(f"a pipeline named {app.name} exists; an application needs its own")
             conn.execute(
                 "INSERT INTO apps VALUES (?, ?, ?, ?, ?, ?)",
                 (

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clipper_core.store import AppRecord, ModelRecord, SqliteStateStore, StateStore
+from clipper_core.store import AppRecord, ModelRecord, PipelineRecord, SqliteStateStore, StateStore
 
 #: name -> factory(tmp_path, **store options) of an empty store.
 BACKENDS: dict[str, Callable[..., StateStore]] = {
@@ -35,3 +35,20 @@ def model(
     kw.setdefault("labels", ["a"])
     kw.setdefault("container", {"kind": "closure", "path": "/x"})
     return ModelRecord(name, version, input_type, **kw)
+
+
+def pipeline(name: str = "p", input_type: str = "doubles", **kw: Any) -> PipelineRecord:
+    """A three-stage pipeline a -> b -> c over models ma, mb, mc (unless ``stages``
+    and ``edges`` say otherwise)."""
+    kw.setdefault(
+        "stages",
+        [
+            {"name": "a", "model": "ma", "output_type": "doubles"},
+            {"name": "b", "model": "mb", "version": "1", "output_type": "doubles"},
+            {"name": "c", "model": "mc"},
+        ],
+    )
+    kw.setdefault("edges", [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}])
+    kw.setdefault("slo_micros", 100_000)
+    kw.setdefault("default_output", "-1")
+    return PipelineRecord(name, input_type, **kw)

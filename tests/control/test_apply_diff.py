@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 from typing import Any
 
 import pytest
@@ -332,8 +331,6 @@ def test_the_readme_example_is_a_valid_file() -> None:
     section = readme[readme.index("## Declarative configuration") :]
     text = section[section.index("```toml\n") + 8 : section.index("```\n\nRules:")]
     data = config_body(tomllib.loads(text), repo / "examples" / "declarative")
-    if importlib.util.find_spec("clipper_core.pipelines") is None:
-        del data["pipelines"]  # until the pipelines branch is merged
     state = DesiredState.from_dict(data)
     assert [m.record.key for m in state.models] == ["scale:1", "total:1"]
     assert state.apps[0].models == ("total",) and len(state.apps[0].api_keys) == 1

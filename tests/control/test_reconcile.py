@@ -33,11 +33,12 @@ from clipper_core.control.artifacts import LocalArtifactStore
 from clipper_core.dataplane import DataPlane
 from clipper_core.errors import BadInput, NotFound, ReplicaUnavailable
 from clipper_core.managers.fake import FakeContainerManager, load_container_model
+from clipper_core.pipelines import PipelineRouter
 from clipper_core.planning import budgets
 from clipper_core.replica_client import insecure_connector
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.store import SqliteStateStore, StateEvent
-from clipper_core.store.records import AppRecord, ModelRecord
+from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 from model_containers.model import Model
 from tests.server import models
 
@@ -137,9 +138,7 @@ async def frontend(tmp_path: Path, factory: Any = None) -> AsyncIterator[Fronten
         store.close()
 
 
-def test_writes_reach_the_data_plane_before_the_call_returns(
-    run: Runner, tmp_path: Path
-) -> None:
+def test_writes_reach_the_data_plane_before_the_call_returns(run: Runner, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with frontend(tmp_path) as f:
             await f.control.register_app(app_rec("a"))
@@ -294,9 +293,13 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
                 await f.control.register_app(app_rec("a"))
                 await f.control.deploy_model(
                     ModelRecord(
-                        name="ext", version="1", input_type="doubles", labels=[],
-                        container={"kind": "external"}, num_replicas=0,
-                    )  # fmt: skip
+                        name="ext",
+                        version="1",
+                        input_type="doubles",
+                        labels=[],
+                        container={"kind": "external"},
+                        num_replicas=0,
+                    )
                 )
                 await f.control.link("a", "ext")
                 await f.control.register_replica("ext", "1", "hand-1", address)
@@ -315,5 +318,67 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
                 assert (await g.predict("a", [0.0])).output == "far"
         finally:
             await outside.close()
+
+    run(scenario(), timeout=120)
+
+
+def pipe_rec(name: str, slo_micros: int = 5_000_000) -> PipelineRecord:
+    return PipelineRecord(
+        name,
+        "doubles",
+        [{"name": "a", "model": "twice", "output_type": "doubles"}, {"name": "b", "model": "sum"}],
+        [{"from": "a", "to": "b"}],
+        slo_micros,
+        "-1",
+    )
+
+
+def test_pipelines_are_reconciled_like_apps(run: Runner, tmp_path: Path) -> None:
+    """Served before the call returns, rebuilt on an update (the app and its
+    figures kept), restored by ``sync_all``, gone on delete; an app's reconcile
+    never touches a pipeline."""
+
+    def twice(xs: list[Any]) -> list[Any]:
+        return [[2.0 * v for v in x] for x in xs]
+
+    async def scenario() -> None:
+        async with frontend(tmp_path) as first:
+            for name, fn in (("twice", twice), ("sum", models.make_sum())):
+                await first.control.deploy_model(model_rec(name), payload_b64=closure_payload(fn))
+            await first.control.register_pipeline(pipe_rec("p"))
+            app = first.dataplane.apps["p"]
+            assert isinstance(app.selector, PipelineRouter) and app.routes_queries
+            assert app.linked_models == ["twice", "sum"]
+            # The stage models' batch objectives follow the pipeline's objective.
+            assert first.dataplane.get_model_version("sum", "1").controller.slo == 2.5
+            out = await first.predict("p", [1.0, 2.0])
+            assert (out.output, out.default) == (6.0, False)
+            router = app.selector
+            assert await first.control.update_pipeline(pipe_rec("p", 2_000_000)) is True
+            assert first.dataplane.apps["p"] is app and app.selector is not router
+            assert app.slo == 2.0 and app.metrics.requests == 1
+            assert await first.control.update_pipeline(pipe_rec("p", 2_000_000)) is False
+            # Behind its back: level-triggered, and an app reconcile leaves it be.
+            await asyncio.to_thread(first.store.update_pipeline, pipe_rec("p", 3_000_000))
+            await first.apply.reconcile(StateEvent(0, "app", "p"))
+            assert app.slo == 2.0
+            await first.apply.reconcile(StateEvent(0, "pipeline", "p"))
+            assert app.slo == 3.0
+            with pytest.raises(NotFound, match="model 'nope' is not deployed"):
+                await first.control.register_pipeline(
+                    PipelineRecord("q", "doubles", [{"name": "a", "model": "nope"}], [], 1, "-1")
+                )
+            assert "q" not in first.dataplane.apps
+        async with frontend(tmp_path) as second:
+            await second.apply.sync_all()
+            await second.replicas.ensure_all()
+            assert second.dataplane.apps["p"].slo == 3.0
+            assert (await second.predict("p", [1.0])).output == 2.0
+            await second.control.delete_pipeline("p")
+            assert "p" not in second.dataplane.apps
+            await second.apply.sync_all()
+            assert "p" not in second.dataplane.apps
+            with pytest.raises(NotFound):
+                await second.control.delete_pipeline("p")
 
     run(scenario(), timeout=120)

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from store_backends import BACKENDS, app, model, open_store
+from store_backends import BACKENDS, app, model, open_store, pipeline
 
 from clipper_core.errors import BadInput, Conflict, NotFound
-from clipper_core.store import AppRecord, EndpointRecord, ModelRecord, StateStore
+from clipper_core.store import AppRecord, EndpointRecord, ModelRecord, PipelineRecord, StateStore
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -310,6 +310,115 @@ def test_kv_round_trips_any_json(
         assert store.get_kv("ns", key) == value
     finally:
         store.close()
+
+
+# -- pipelines --------------------------------------------------------------------
+
+
+def test_pipeline_records_round_trip_and_fill_in_their_optional_fields() -> None:
+    p = pipeline(
+        edges=[
+            {"from": "a", "to": "b", "when": {"op": ">=", "value": 0.5, "field": 0}},
+            {"from": "b", "to": "c"},
+        ]
+    )
+    assert PipelineRecord.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert p.stages[0] == {
+        "name": "a",
+        "model": "ma",
+        "version": None,
+        "output_type": "doubles",
+        "combine": None,
+    }
+    assert p.edges[1] == {"from": "b", "to": "c", "when": None}
+    assert p.edges[0]["when"] == {"op": ">=", "value": 0.5, "field": 0}
+    # A numeric version is a string, as model versions are.
+    q = pipeline(stages=[{"name": "a", "model": "ma", "version": 2}], edges=[])
+    assert q.stages[0]["version"] == "2"
+
+
+def test_pipeline_records_copy_their_containers() -> None:
+    stages: list[dict[str, Any]] = [{"name": "a", "model": "ma"}]
+    p = pipeline(stages=stages, edges=[])
+    stages[0]["model"] = "other"
+    assert p.stages[0]["model"] == "ma"
+    p.to_dict()["stages"][0]["model"] = "other"
+    assert p.stages[0]["model"] == "ma"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "p/q"}, "invalid pipeline name"),
+        ({"input_type": "tensor"}, "unknown input type"),
+        ({"stages": []}, "non-empty list"),
+        (
+            {"stages": [{"name": "a", "model": "ma"}, {"name": "a", "model": "mb"}]},
+            "duplicate stage",
+        ),
+        ({"stages": [{"name": "a"}]}, "names no model and no combine"),
+        ({"stages": [{"model": "ma"}]}, "needs 'name'"),
+        ({"stages": [{"name": "a", "model": "ma", "colour": 1}]}, "unknown stages.0. field"),
+        ({"stages": [{"name": "a", "model": "m:1"}]}, "model name"),
+        ({"stages": [{"name": "a", "combine": "sum"}]}, "unknown combine"),
+        ({"stages": [{"name": "a", "model": "ma", "output_type": "tensor"}]}, "output_type"),
+        ({"stages": [{"name": "a", "combine": "dict", "version": "1"}]}, "version but no model"),
+        ({"edges": [{"from": "a", "to": "zz"}]}, "names no stage"),
+        ({"edges": [{"from": "a"}]}, "needs 'to'"),
+        ({"edges": [{"from": "a", "to": "b"}, {"from": "a", "to": "b"}]}, "duplicate edge"),
+        ({"edges": [{"from": "a", "to": "b", "when": {"op": "~", "value": 1}}]}, "unknown op"),
+        ({"edges": [{"from": "a", "to": "b", "when": {"op": "in", "value": 1}}]}, "list value"),
+        ({"edges": [{"from": "a", "to": "b", "when": {"op": ">", "value": [1]}}]}, "a number"),
+        ({"edges": [{"from": "a", "to": "b", "when": {"op": ">", "value": True}}]}, "a number"),
+        (
+            {"edges": [{"from": "a", "to": "b", "when": {"op": "==", "value": 1, "field": -1}}]},
+            "index >= 0",
+        ),
+        ({"edges": [{"from": "a", "to": "b", "when": {"value": 1}}]}, "needs 'op'"),
+        ({"slo_micros": 0}, "slo_micros"),
+        ({"default_output": 1}, "default_output"),
+    ],
+)
+def test_invalid_pipeline_records_are_bad_input(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        PipelineRecord(**{**pipeline().to_dict(), **change})
+
+
+def test_pipeline_crud(store: StateStore) -> None:
+    assert store.get_pipeline("p") is None and store.list_pipelines() == []
+    q, p = pipeline("q", slo_micros=5_000), pipeline("p")
+    store.add_pipeline(q)
+    store.add_pipeline(p)
+    assert store.get_pipeline("q") == q
+    assert [x.name for x in store.list_pipelines()] == ["p", "q"]
+    with pytest.raises(Conflict, match="pipeline p already exists"):
+        store.add_pipeline(pipeline("p", input_type="ints"))
+    changed = pipeline("p", default_output="none", edges=[{"from": "a", "to": "c"}])
+    rev = store.revision()
+    assert store.update_pipeline(changed) is True
+    assert store.get_pipeline("p") == changed
+    assert [(e.kind, e.name) for e in store.changes_since(rev)] == [("pipeline", "p")]
+    # The same description again changes nothing, and logs nothing.
+    rev = store.revision()
+    assert store.update_pipeline(changed) is False
+    assert store.revision() == rev
+    store.delete_pipeline("p")
+    assert store.get_pipeline("p") is None
+    with pytest.raises(NotFound):
+        store.delete_pipeline("p")
+    with pytest.raises(NotFound):
+        store.update_pipeline(changed)
+    assert [x.name for x in store.list_pipelines()] == ["q"]
+
+
+def test_pipelines_and_apps_share_one_namespace(store: StateStore) -> None:
+    store.add_app(app("taken"))
+    with pytest.raises(Conflict, match="an application named taken exists"):
+        store.add_pipeline(pipeline("taken"))
+    store.add_pipeline(pipeline("piped"))
+    with pytest.raises(Conflict, match="a pipeline named piped exists"):
+        store.add_app(app("piped"))
+    assert store.get_pipeline("taken") is None and store.get_app("piped") is None
 
 
 # -- threads ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_backends import BACKENDS, app, model, open_store
+from store_backends import BACKENDS, app, model, open_store, pipeline
 
 from clipper_core.auth import API_KEYS_NAMESPACE, hash_api_key
 from clipper_core.errors import BadInput, Conflict, NotFound
@@ -84,6 +84,13 @@ WRITES: list[tuple[str, Callable[[StateStore], Any], list[tuple[str, str]]]] = [
     ),
     ("delete_model_version", lambda s: s.delete_model_version("m", "2"), [("model", "m")]),
     ("delete_app", lambda s: s.delete_app("b"), [("app", "b")]),
+    ("add_pipeline", lambda s: s.add_pipeline(pipeline("p")), [("pipeline", "p")]),
+    (
+        "update_pipeline",
+        lambda s: s.update_pipeline(pipeline("p", slo_micros=7)),
+        [("pipeline", "p")],
+    ),
+    ("delete_pipeline", lambda s: s.delete_pipeline("p"), [("pipeline", "p")]),
 ]
 
 
@@ -128,6 +135,9 @@ def test_failed_writes_change_nothing(store: StateStore) -> None:
         lambda: store.put_endpoint(endpoint(version="9")),
         lambda: store.delete_model_version("m", "9"),
         lambda: store.put_kv_many([(API_KEYS_NAMESPACE, "a", KEYS), ("x", "y", {1})]),
+        lambda: store.add_pipeline(pipeline("a")),
+        lambda: store.update_pipeline(pipeline("nope")),
+        lambda: store.delete_pipeline("nope"),
     ]
     for write in failing:
         with pytest.raises((BadInput, Conflict, NotFound)):

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from store_backends import app, model
+from store_backends import app, model, pipeline
 
 from clipper_core.auth import API_KEYS_NAMESPACE
 from clipper_core.errors import ClipperError
@@ -47,7 +47,7 @@ def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         raw.close()
 
@@ -126,7 +126,7 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION == 4
         assert s.get_app("shop") == AppRecord("shop", "doubles", "-1", 20_000, "exp3", {"eta": 0.1})
         plain = s.get_app("plain")
         assert plain is not None and (plain.input_type, plain.default_output) == (
@@ -163,6 +163,34 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
         ]
         assert s.get_kv(API_KEYS_NAMESPACE, "shop") is None
         assert s.list_kv(kv_namespace("shop")) == {}
+
+
+def test_a_version_3_file_is_migrated_keeping_everything(tmp_path: Path) -> None:
+    # Schema 3 as the schema-3 code left it: the v2 dump plus migration 3.
+    path = tmp_path / "v3.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(V2_DUMP.read_text())
+    for statement in schema.MIGRATIONS[2]:
+        raw.execute(statement)
+    raw.execute("INSERT INTO endpoints VALUES ('ranker', '2', 'ext-1', '127.0.0.1:7000')")
+    raw.execute("INSERT INTO changes VALUES (1, 'endpoint', 'ranker')")
+    raw.execute("UPDATE revision SET current = 1")
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 4
+        assert [a.name for a in s.list_apps()] == ["plain", "shop"]
+        assert [m.key for m in s.list_models()] == ["echo:1", "ranker:1", "ranker:2"]
+        assert s.list_endpoints() == [EndpointRecord("ranker", "2", "ext-1", "127.0.0.1:7000")]
+        assert s.revision() == 1 and s.changes_since(0) == [StateEvent(1, "endpoint", "ranker")]
+        assert s.list_pipelines() == []
+        p = pipeline("pipe")
+        s.add_pipeline(p)
+        assert s.get_pipeline("pipe") == p
+        assert s.changes_since(1) == [StateEvent(2, "pipeline", "pipe")]
+    with StateStore(path) as s:  # and it persists
+        assert s.get_pipeline("pipe") == p
 
 
 def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:

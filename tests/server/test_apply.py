@@ -6,7 +6,6 @@ errors and change nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ EXAMPLE = REPO / "examples" / "declarative" / "app.toml"
 
 #: Until the pipelines branch is merged, the example is applied without its pipeline
 #: (tests/server/test_apply_pipelines.py applies the whole file).
-PIPELINES_MERGED = importlib.util.find_spec("clipper_core.pipelines") is not None
 
 MODELS_PY = """
 def total(inputs):
@@ -241,13 +239,10 @@ def test_cli_apply_prints_one_line_per_change(
 
 
 def example_file(tmp_path: Path) -> dict[str, Any]:
-    """The example file, parsed, its sources made absolute (and, until the
-    pipelines branch is merged, without its pipeline)."""
+    """The example file, parsed, its sources made absolute."""
     data = tomllib.loads(EXAMPLE.read_text())
     for m in data["models"]:
         m["source"] = str(EXAMPLE.parent / m["source"])
-    if not PIPELINES_MERGED:
-        del data["pipelines"]
     return data
 
 
@@ -255,11 +250,6 @@ def test_the_example_file_applies(running: Running, tmp_path: Path) -> None:
     changes = running.conn.apply(example_file(tmp_path))
     assert {c["kind"] for c in changes} == {"create"}
     assert running.client.predict("sum", {"input": [1.0, 2.0]})[1]["output"] == 3.0
-    if PIPELINES_MERGED:
-        assert running.client.predict("scaled-sum", {"input": [1.0, 2.0]})[1]["output"] == 6.0
-    again = (
-        running.conn.apply(EXAMPLE)
-        if PIPELINES_MERGED
-        else running.conn.apply(example_file(tmp_path))
-    )
+    assert running.client.predict("scaled-sum", {"input": [1.0, 2.0]})[1]["output"] == 6.0
+    again = running.conn.apply(EXAMPLE)
     assert {c["kind"] for c in again} == {"unchanged"}

@@ -3,7 +3,6 @@ one stage's change updates only that pipeline, prune deletes it."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,7 @@ import pytest
 
 from tests.server.conftest import Running
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(
-        importlib.util.find_spec("clipper_core.pipelines") is None,
-        reason="pipelines not merged yet",
-    ),
-]
+pytestmark = pytest.mark.timeout(300)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "declarative" / "app.toml"
 
