@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--smoke", action="store_true", help="seconds and small counts (CI)")
     m.add_argument("--compare", action="store_true", help="also a bare uvloop server, same load")
     m.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--compare: alternate ours and the bare server N times; median fraction",
+    )
+    m.add_argument(
+        "--bare",
+        choices=["grpc", "grpc-sync"],
+        help="--compare over oip-grpc: grpc.aio (default) or the sync grpc.server",
+    )
+    m.add_argument(
         "--rates",
         metavar="auto|R1,R2,...",
         help="open-loop ramp: the highest rate with >= 99%% SLO attainment",
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.rates:
         runner.run_ramp(sc, opts)
     else:
-        runner.run(sc, opts, compare=args.compare)
+        runner.run(sc, opts, compare=args.compare, rounds=args.rounds, bare=args.bare)
     return 0
 
 

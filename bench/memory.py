@@ -2,8 +2,9 @@
 
     python -m bench.memory [--settle 5] [--queries 1000]
 
-Starts the server in its own process (with its OIP gRPC port, as by default), deploys the noop scenario's model, sends
-some queries (so that the query path's imports and buffers are in), waits, and
+Starts the server in its own process (with its OIP gRPC port, as by default),
+deploys the noop scenario's model, sends some queries (so that the query path's
+imports and buffers are in), waits, and
 reads the resident set (RSS) and proportional set (PSS, shared pages split
 between processes) of the frontend and of each model container from ``/proc``.
 Target (issue 18): frontend + one noop container <= 150 MB.
