@@ -200,7 +200,7 @@ class SqliteStateStore(SqliteDatabase):
                     f" {app['name']}, which takes {app['input_type']}"
                 )
             conn.execute(
-                f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 (
                     model.name,
                     model.version,
@@ -216,6 +216,7 @@ class SqliteStateStore(SqliteDatabase):
                     model.created_at,
                     model.queue_capacity,
                     model.batch_timeout,
+                    model.controller,
                 ),
             )
             if make_current:
