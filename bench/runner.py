@@ -322,24 +322,28 @@ def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
 
 
 def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
-    """Static (batch size, wait) grid, each with a rate ramp; plus the adaptive
-    controller at each wait, for comparison."""
+    """Static (batch size, wait) grid, each with a rate ramp; plus each adaptive
+    controller mode (``sweep.controllers``: aimd, quantile) at each wait, in the
+    same server and the same run, each compared with the best static config."""
     name = opts.name or default_name(sc, "sweep")
     data = _base_report("sweep", sc, opts)
     waits = sc.sweep.batch_wait_micros
     # A batch of one is full at once: no wait applies, so it runs once.
-    grid = [(b, w) for w in waits for b in sc.sweep.batch_sizes if b != 1 or w == min(waits)]
+    grid = [
+        (b, w, "fixed") for w in waits for b in sc.sweep.batch_sizes if b != 1 or w == min(waits)
+    ]
     if sc.sweep.adaptive:
-        grid += [(-1, w) for w in sc.sweep.batch_wait_micros]
+        grid += [(-1, w, mode) for mode in sc.sweep.controllers for w in waits]
     configs: list[dict[str, Any]] = []
     srv = start_server(sc, opts, name)
     try:
-        for i, (bs, wait) in enumerate(grid):
+        for i, (bs, wait, mode) in enumerate(grid):
             cfg = sc.copy()
             cfg.model.batch_size = bs
             cfg.model.batch_wait_micros = wait
+            cfg.model.controller = mode
             app = f"{sc.name}-sweep{i}"
-            what = f"batch {'adaptive' if bs <= 0 else bs}, wait {wait} us"
+            what = f"batch {bs if mode == 'fixed' else mode}, wait {wait} us"
             if not opts.quiet:
                 print(f"-- {what}", flush=True)
             t0 = time.monotonic()
@@ -354,6 +358,7 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
                 {
                     "batch_size": bs,
                     "batch_wait_micros": wait,
+                    "controller": mode,
                     "best_rate": result["best_rate"],
                     "seconds": round(time.monotonic() - t0, 1),
                     "ramp": result,
@@ -361,26 +366,45 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
             )
     finally:
         srv.stop()
-    static = [c for c in configs if c["batch_size"] > 0 and c["best_rate"] is not None]
-    adaptive = [c for c in configs if c["batch_size"] <= 0 and c["best_rate"] is not None]
-    best_static = max(static, key=lambda c: c["best_rate"]) if static else None
-    best_adaptive = max(adaptive, key=lambda c: c["best_rate"]) if adaptive else None
+    data["sweep"] = {"configs": configs, "summary": sweep_summary(configs)}
+    if not opts.quiet:
+        print("sweep:", data["sweep"]["summary"])
+    return _finish(data, name, opts, sc)
+
+
+def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best static config, the best of each adaptive mode, and each one's rate
+    as a fraction of the best static's (all from the same sweep)."""
+    keys = ("batch_size", "batch_wait_micros", "controller", "best_rate")
+
+    def best(cs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        rated = [c for c in cs if c["best_rate"] is not None]
+        if not rated:
+            return None
+        top = max(rated, key=lambda c: c["best_rate"])
+        return {k: top.get(k) for k in keys}
+
+    best_static = best([c for c in configs if c["batch_size"] > 0])
+    adaptive = [c for c in configs if c["batch_size"] <= 0]
+    modes = {}
+    for mode in dict.fromkeys(c.get("controller") or "aimd" for c in adaptive):
+        top = best([c for c in adaptive if (c.get("controller") or "aimd") == mode])
+        if top is None:
+            continue
+        if best_static is not None:
+            top["over_best_static"] = round(top["best_rate"] / best_static["best_rate"], 4)
+        modes[mode] = top
+    best_adaptive = best(adaptive)
     summary: dict[str, Any] = {
-        "best_static": None
-        if best_static is None
-        else {k: best_static[k] for k in ("batch_size", "batch_wait_micros", "best_rate")},
-        "adaptive": None
-        if best_adaptive is None
-        else {k: best_adaptive[k] for k in ("batch_size", "batch_wait_micros", "best_rate")},
+        "best_static": best_static,
+        "adaptive": best_adaptive,
+        "adaptive_modes": modes,
     }
     if best_static and best_adaptive:
         summary["adaptive_over_best_static"] = round(
             best_adaptive["best_rate"] / best_static["best_rate"], 4
         )
-    data["sweep"] = {"configs": configs, "summary": summary}
-    if not opts.quiet:
-        print("sweep:", summary)
-    return _finish(data, name, opts, sc)
+    return summary
 
 
 def replot(path: Path, out: Path | None = None) -> list[str]:
