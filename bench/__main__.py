@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--smoke", action="store_true", help="seconds and small counts (CI)")
     m.add_argument("--compare", action="store_true", help="also a bare uvloop server, same load")
     m.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--compare: alternate ours and the bare server N times; median fraction",
+    )
+    m.add_argument(
+        "--bare",
+        choices=["grpc", "grpc-sync"],
+        help="--compare over oip-grpc: grpc.aio (default) or the sync grpc.server",
+    )
+    m.add_argument(
         "--rates",
         metavar="auto|R1,R2,...",
         help="open-loop ramp: the highest rate with >= 99%% SLO attainment",
@@ -61,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sweep-batch-sizes", type=_ints, metavar="1,2,4,...")
     m.add_argument("--sweep-waits", type=_ints, metavar="0,500,...", help="microseconds")
     m.add_argument("--no-adaptive", action="store_true", help="sweep: skip the adaptive rows")
+    m.add_argument(
+        "--sweep-controllers",
+        type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+        metavar="aimd,quantile",
+        help="sweep: the adaptive modes run at each wait (default both)",
+    )
 
     ld = p.add_argument_group("load (overrides the scenario's [load])")
     ld.add_argument("--protocol", choices=scenario_mod.PROTOCOLS)
@@ -90,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     md = p.add_argument_group("model and app (override [model] / [app])")
     md.add_argument("--batch-size", type=int, help="-1 adaptive, > 0 fixed")
     md.add_argument("--batch-wait-us", type=int, help="delayed batching wait")
+    md.add_argument(
+        "--controller",
+        choices=["aimd", "quantile", "fixed"],
+        help="batch-size controller (default: fixed with --batch-size > 0, else aimd)",
+    )
     md.add_argument("--replicas", type=int)
     cache = md.add_mutually_exclusive_group()
     cache.add_argument("--cache", dest="cache", action="store_true", default=None)
@@ -159,6 +181,8 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         md.batch_size = a.batch_size
     if a.batch_wait_us is not None:
         md.batch_wait_micros = a.batch_wait_us
+    if a.controller is not None:
+        md.controller = a.controller
     if a.replicas is not None:
         md.num_replicas = a.replicas
     if a.cache is not None:
@@ -187,6 +211,8 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         sc.sweep.batch_wait_micros = a.sweep_waits
     if a.no_adaptive:
         sc.sweep.adaptive = False
+    if a.sweep_controllers:
+        sc.sweep.controllers = a.sweep_controllers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.rates:
         runner.run_ramp(sc, opts)
     else:
-        runner.run(sc, opts, compare=args.compare)
+        runner.run(sc, opts, compare=args.compare, rounds=args.rounds, bare=args.bare)
     return 0
 
 

@@ -3,7 +3,8 @@
 HTTP/1.1 (``--kind http``): an ``asyncio.Protocol`` on uvloop that splits requests
 by ``Content-Length`` and writes the same response for each, with no routing, no
 JSON, no model.  gRPC (``--kind grpc``): a ``grpc.aio`` server whose
-``inference.GRPCInferenceService/ModelInfer`` returns fixed bytes.  The reply body
+``inference.GRPCInferenceService/ModelInfer`` returns fixed bytes (``--kind
+grpc-sync``: the sync ``grpc.server`` on a pool of 32 threads).  The reply body
 is read from ``--reply-file`` (the orchestrator passes what clipper_core answered,
 so both servers send the same bytes).  Prints ``ready`` once it listens.
 
@@ -90,9 +91,34 @@ async def serve_grpc(port: int, reply: bytes) -> None:
     await server.stop(1)
 
 
+def serve_grpc_sync(port: int, reply: bytes, threads: int) -> None:
+    """The same reply from the sync ``grpc.server`` on a thread pool."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    def model_infer(request: bytes, context: object) -> bytes:
+        return reply
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)},
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    stop.wait()
+    server.stop(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--kind", choices=["http", "grpc"], default="http")
+    p.add_argument("--kind", choices=["http", "grpc", "grpc-sync"], default="http")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--reply-file", type=Path, help="the reply body (default: a small JSON)")
     p.add_argument("--content-type", default="application/json")
@@ -102,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.reply_file
         else b'{"query_id":0,"output":1.0,"default":false}'
     )
+    if args.kind == "grpc-sync":
+        serve_grpc_sync(args.port, body, threads=32)
+        return 0
     import uvloop
 
     if args.kind == "http":

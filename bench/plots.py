@@ -156,13 +156,14 @@ def sweep(configs: list[dict[str, Any]], path: Path, title: str) -> Path | None:
             "o-",
             label=f"fixed, wait {wait} us",
         )
+    styles = {"aimd": "--", "quantile": ":"}
     for c in adaptive:
         ax.axhline(
             c["best_rate"] or 0,
             color="black",
-            ls="--",
+            ls=styles.get(c.get("controller") or "aimd", "-."),
             lw=1,
-            label=f"adaptive, wait {c['batch_wait_micros']} us",
+            label=f"{c.get('controller') or 'adaptive'}, wait {c['batch_wait_micros']} us",
         )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")

@@ -9,6 +9,7 @@ One load run is ``bench.measure``; starting and probing the server, ``bench.prep
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,21 @@ def _base_report(kind: str, sc: Scenario, opts: Options) -> dict[str, Any]:
 # -- the modes ------------------------------------------------------------------------
 
 
-def run(sc: Scenario, opts: Options, *, compare: bool = False) -> dict[str, Any]:
-    """The scenario once (and the bare server under the same load with ``--compare``)."""
+def run(
+    sc: Scenario,
+    opts: Options,
+    *,
+    compare: bool = False,
+    rounds: int = 1,
+    bare: str | None = None,
+) -> dict[str, Any]:
+    """The scenario once (and the bare server under the same load with ``--compare``).
+
+    With ``rounds`` > 1, ``--compare`` alternates ours and the bare server that
+    many times, both up all along, and reports the median of the per-round
+    fractions (a shared machine drifts: a ratio within a round is fairer than
+    two separate runs).  ``bare`` picks the gRPC floor: ``grpc`` (grpc.aio) or
+    ``grpc-sync`` (grpc.server on a thread pool)."""
     kind = "compare" if compare else "run"
     name = opts.name or default_name(sc, kind)
     opts.profile_name = name
@@ -115,6 +129,8 @@ def run(sc: Scenario, opts: Options, *, compare: bool = False) -> dict[str, Any]
     timings = data["timings_s"] = {}
     t = time.monotonic()
     srv = start_server(sc, opts, name)
+    bare_kind = bare
+    bare_proc: BareProcess | None = None
     try:
         timings["server_start"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
@@ -122,12 +138,25 @@ def run(sc: Scenario, opts: Options, *, compare: bool = False) -> dict[str, Any]
         timings["deploy"] = round(time.monotonic() - t, 2)
         target, reqs = target_for(sc, srv, sc.name)
         reply = probe(target, reqs[0])
+        bare_target = None
+        if compare:
+            bare_proc = _bare_for(sc, reply, bare_kind)
+            bare_target = Target("127.0.0.1", bare_proc.port, sc.load.protocol, sc.name, sc.name)
         t = time.monotonic()
-        data["runs"].append(measure(sc, target, reqs, opts, server=srv, label="clipper_core"))
+        for i in range(max(1, rounds) if compare else 1):
+            suffix = f" #{i + 1}" if rounds > 1 else ""
+            data["runs"].append(
+                measure(sc, target, reqs, opts, server=srv, label=f"clipper_core{suffix}")
+            )
+            if bare_target is not None:
+                label = _BARE_LABELS[bare_kind or _default_bare(sc)]
+                data["runs"].append(measure(sc, bare_target, reqs, opts, label=label + suffix))
         timings["load"] = round(time.monotonic() - t, 2)
         data["server_log_tail"] = srv.log_tail(10)
     finally:
         t = time.monotonic()
+        if bare_proc is not None:
+            bare_proc.stop()
         srv.stop()
         timings["teardown"] = round(time.monotonic() - t, 2)
     if opts.profile == "cprofile":
@@ -138,24 +167,63 @@ def run(sc: Scenario, opts: Options, *, compare: bool = False) -> dict[str, Any]
         for p in profile_files:
             print(f"profile: {p}")
     if compare:
-        grpc = sc.load.protocol == "oip-grpc"
-        ctype = (
-            "application/octet-stream" if sc.load.protocol == "oip-binary" else ("application/json")
-        )
-        with BareProcess("grpc" if grpc else "http", reply, content_type=ctype) as bare:
-            bare_target = Target("127.0.0.1", bare.port, sc.load.protocol, sc.name, sc.name)
-            label = "bare grpc.aio" if grpc else "bare uvloop"
-            data["runs"].append(measure(sc, bare_target, reqs, opts, label=label))
-        ours, floor = data["runs"][0]["summary"], data["runs"][1]["summary"]
-        frac = ours["throughput_rps"] / floor["throughput_rps"] if floor["throughput_rps"] else None
-        data["comparison"] = {
-            "throughput_fraction_of_bare": None if frac is None else round(frac, 4),
-            "p50_ms": [ours["latency_ms"]["p50"], floor["latency_ms"]["p50"]],
-            "p99_ms": [ours["latency_ms"]["p99"], floor["latency_ms"]["p99"]],
-        }
+        data["comparison"] = compare_rounds(data["runs"])
+        frac = data["comparison"]["throughput_fraction_of_bare"]
         if not opts.quiet and frac is not None:
-            print(f"clipper_core throughput = {frac:.1%} of the bare server's")
+            print(f"clipper_core throughput = {frac:.1%} of the bare server's", end="")
+            rounds_list = data["comparison"]["rounds"]
+            if len(rounds_list) > 1:
+                each = " / ".join(f"{r['fraction']:.1%}" for r in rounds_list)
+                print(f" (median of {len(rounds_list)} rounds: {each})", end="")
+            print()
     return _finish(data, name, opts, sc)
+
+
+_BARE_LABELS = {"http": "bare uvloop", "grpc": "bare grpc.aio", "grpc-sync": "bare grpc sync"}
+
+
+def _default_bare(sc: Scenario) -> str:
+    return "grpc" if sc.load.protocol == "oip-grpc" else "http"
+
+
+def _bare_for(sc: Scenario, reply: bytes, kind: str | None) -> BareProcess:
+    ctype = "application/octet-stream" if sc.load.protocol == "oip-binary" else "application/json"
+    bare = BareProcess(kind or _default_bare(sc), reply, content_type=ctype)
+    bare.start()
+    return bare
+
+
+def compare_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round (ours, bare) throughput and fraction; the medians over rounds."""
+    rounds = []
+    for ours_run, bare_run in zip(runs[0::2], runs[1::2], strict=True):
+        ours, floor = ours_run["summary"], bare_run["summary"]
+        frac = ours["throughput_rps"] / floor["throughput_rps"] if floor["throughput_rps"] else None
+        rounds.append(
+            {
+                "ours_rps": ours["throughput_rps"],
+                "bare_rps": floor["throughput_rps"],
+                "fraction": frac,
+                "p50_ms": [ours["latency_ms"]["p50"], floor["latency_ms"]["p50"]],
+                "p99_ms": [ours["latency_ms"]["p99"], floor["latency_ms"]["p99"]],
+            }
+        )
+    fracs = [r["fraction"] for r in rounds if r["fraction"] is not None]
+    median_frac = statistics.median(fracs) if fracs else None
+    return {
+        "throughput_fraction_of_bare": None if median_frac is None else round(median_frac, 4),
+        "ours_rps_median": statistics.median(r["ours_rps"] for r in rounds),
+        "bare_rps_median": statistics.median(r["bare_rps"] for r in rounds),
+        "p50_ms": [
+            statistics.median(r["p50_ms"][0] for r in rounds),
+            statistics.median(r["p50_ms"][1] for r in rounds),
+        ],
+        "p99_ms": [
+            statistics.median(r["p99_ms"][0] for r in rounds),
+            statistics.median(r["p99_ms"][1] for r in rounds),
+        ],
+        "rounds": rounds,
+    }
 
 
 def _ramp_rates(sc: Scenario) -> list[float] | None:
@@ -254,24 +322,28 @@ def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
 
 
 def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
-    """Static (batch size, wait) grid, each with a rate ramp; plus the adaptive
-    controller at each wait, for comparison."""
+    """Static (batch size, wait) grid, each with a rate ramp; plus each adaptive
+    controller mode (``sweep.controllers``: aimd, quantile) at each wait, in the
+    same server and the same run, each compared with the best static config."""
     name = opts.name or default_name(sc, "sweep")
     data = _base_report("sweep", sc, opts)
     waits = sc.sweep.batch_wait_micros
     # A batch of one is full at once: no wait applies, so it runs once.
-    grid = [(b, w) for w in waits for b in sc.sweep.batch_sizes if b != 1 or w == min(waits)]
+    grid = [
+        (b, w, "fixed") for w in waits for b in sc.sweep.batch_sizes if b != 1 or w == min(waits)
+    ]
     if sc.sweep.adaptive:
-        grid += [(-1, w) for w in sc.sweep.batch_wait_micros]
+        grid += [(-1, w, mode) for mode in sc.sweep.controllers for w in waits]
     configs: list[dict[str, Any]] = []
     srv = start_server(sc, opts, name)
     try:
-        for i, (bs, wait) in enumerate(grid):
+        for i, (bs, wait, mode) in enumerate(grid):
             cfg = sc.copy()
             cfg.model.batch_size = bs
             cfg.model.batch_wait_micros = wait
+            cfg.model.controller = mode
             app = f"{sc.name}-sweep{i}"
-            what = f"batch {'adaptive' if bs <= 0 else bs}, wait {wait} us"
+            what = f"batch {bs if mode == 'fixed' else mode}, wait {wait} us"
             if not opts.quiet:
                 print(f"-- {what}", flush=True)
             t0 = time.monotonic()
@@ -286,6 +358,7 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
                 {
                     "batch_size": bs,
                     "batch_wait_micros": wait,
+                    "controller": mode,
                     "best_rate": result["best_rate"],
                     "seconds": round(time.monotonic() - t0, 1),
                     "ramp": result,
@@ -293,26 +366,45 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
             )
     finally:
         srv.stop()
-    static = [c for c in configs if c["batch_size"] > 0 and c["best_rate"] is not None]
-    adaptive = [c for c in configs if c["batch_size"] <= 0 and c["best_rate"] is not None]
-    best_static = max(static, key=lambda c: c["best_rate"]) if static else None
-    best_adaptive = max(adaptive, key=lambda c: c["best_rate"]) if adaptive else None
+    data["sweep"] = {"configs": configs, "summary": sweep_summary(configs)}
+    if not opts.quiet:
+        print("sweep:", data["sweep"]["summary"])
+    return _finish(data, name, opts, sc)
+
+
+def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best static config, the best of each adaptive mode, and each one's rate
+    as a fraction of the best static's (all from the same sweep)."""
+    keys = ("batch_size", "batch_wait_micros", "controller", "best_rate")
+
+    def best(cs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        rated = [c for c in cs if c["best_rate"] is not None]
+        if not rated:
+            return None
+        top = max(rated, key=lambda c: c["best_rate"])
+        return {k: top.get(k) for k in keys}
+
+    best_static = best([c for c in configs if c["batch_size"] > 0])
+    adaptive = [c for c in configs if c["batch_size"] <= 0]
+    modes = {}
+    for mode in dict.fromkeys(c.get("controller") or "aimd" for c in adaptive):
+        top = best([c for c in adaptive if (c.get("controller") or "aimd") == mode])
+        if top is None:
+            continue
+        if best_static is not None:
+            top["over_best_static"] = round(top["best_rate"] / best_static["best_rate"], 4)
+        modes[mode] = top
+    best_adaptive = best(adaptive)
     summary: dict[str, Any] = {
-        "best_static": None
-        if best_static is None
-        else {k: best_static[k] for k in ("batch_size", "batch_wait_micros", "best_rate")},
-        "adaptive": None
-        if best_adaptive is None
-        else {k: best_adaptive[k] for k in ("batch_size", "batch_wait_micros", "best_rate")},
+        "best_static": best_static,
+        "adaptive": best_adaptive,
+        "adaptive_modes": modes,
     }
     if best_static and best_adaptive:
         summary["adaptive_over_best_static"] = round(
             best_adaptive["best_rate"] / best_static["best_rate"], 4
         )
-    data["sweep"] = {"configs": configs, "summary": summary}
-    if not opts.quiet:
-        print("sweep:", summary)
-    return _finish(data, name, opts, sc)
+    return summary
 
 
 def replot(path: Path, out: Path | None = None) -> list[str]:

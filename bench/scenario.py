@@ -49,6 +49,7 @@ class ModelSpec:
     b_ms: float = 5.0  # sleep: per-batch cost
     batch_size: int = -1
     batch_wait_micros: int = 0
+    controller: str | None = None  # "aimd" | "quantile" | "fixed"; None: from batch_size
     cache_enabled: bool = False
     num_replicas: int = 1
     formula_check: bool = False  # sleep: report the settled batch size vs the formula
@@ -111,6 +112,8 @@ class SweepSpec:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     batch_wait_micros: list[int] = field(default_factory=lambda: [0, 500, 1000, 2000])
     adaptive: bool = True
+    # The adaptive controller modes run at each wait, against the same static grid.
+    controllers: list[str] = field(default_factory=lambda: ["aimd", "quantile"])
 
 
 @dataclass
@@ -212,6 +215,9 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 
 #: What a ``[[targets]]`` entry may bound (see ``bench.targets``).
+#: The batch-size controller modes a model may run (``ModelRecord.controller``).
+CONTROLLERS = ("aimd", "quantile", "fixed")
+
 TARGET_KEYS = {
     "throughput_rps_min",
     "fraction_of_bare_min",
@@ -219,6 +225,7 @@ TARGET_KEYS = {
     "p99_ms_max",
     "best_rate_min",
     "adaptive_over_best_static_min",
+    "every_adaptive_over_best_static_min",
     "controller_ratio_tolerance",
 }
 TARGET_WHEN = {"kind", "protocol", "mode", "concurrency"}
@@ -260,6 +267,13 @@ def validate(sc: Scenario) -> None:
         raise ScenarioError("load: bound the run by duration_s or max_requests")
     if sc.app.slo_ms <= 0:
         raise ScenarioError("app.slo_ms must be > 0")
+    if m.controller not in (None, *CONTROLLERS):
+        raise ScenarioError(f"model.controller must be one of {CONTROLLERS}, got {m.controller!r}")
+    if m.controller == "fixed" and m.batch_size <= 0:
+        raise ScenarioError("model.controller 'fixed' needs model.batch_size > 0")
+    bad = [c for c in sc.sweep.controllers if c not in ("aimd", "quantile")]
+    if bad:
+        raise ScenarioError(f"sweep.controllers: adaptive modes only (aimd, quantile), got {bad}")
 
 
 def apply_smoke(sc: Scenario) -> None:

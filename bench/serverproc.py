@@ -289,6 +289,7 @@ class ClipperProcess:
             batch_size=m.batch_size,
             cache_enabled=m.cache_enabled,
             batch_wait_micros=m.batch_wait_micros,
+            **({"controller": m.controller} if m.controller else {}),
         )
         self.conn.link_model_to_app(app, name)
         self.replica_pids()

@@ -41,6 +41,10 @@ def _measured(report: dict[str, Any], key: str) -> float | None:
         return (report.get("ramp") or {}).get("best_rate")
     if key == "adaptive_over_best_static_min":
         return ((report.get("sweep") or {}).get("summary") or {}).get("adaptive_over_best_static")
+    if key == "every_adaptive_over_best_static_min":
+        modes = ((report.get("sweep") or {}).get("summary") or {}).get("adaptive_modes") or {}
+        ratios = [m.get("over_best_static") for m in modes.values()]
+        return None if not ratios or None in ratios else min(ratios)
     if key == "controller_ratio_tolerance":
         ratio = (runs[0].get("controller") or {}).get("ratio") if runs else None
         return None if ratio is None else abs(ratio - 1.0)

@@ -187,6 +187,9 @@ def model_record(body: Body) -> ModelRecord:
         or batch_timeout <= 0
     ):
         raise BadInput("field 'batch_timeout' must be a number of seconds > 0")
+    controller = body.get("controller")
+    if controller is not None and not isinstance(controller, str):
+        raise BadInput("field 'controller' must be 'aimd', 'quantile' or 'fixed'")
     payload = body.get("payload_b64")
     if payload is not None and not isinstance(payload, str):
         raise BadInput("field 'payload_b64' must be a base64 string")
@@ -205,6 +208,7 @@ def model_record(body: Body) -> ModelRecord:
         created_at=time.time(),
         queue_capacity=_optional_positive_int(body, "queue_capacity"),
         batch_timeout=batch_timeout,
+        controller=controller,
     )
 
 
@@ -238,4 +242,5 @@ def model_reply(rec: ModelRecord, current: str | None) -> dict[str, Any]:
         "batch_wait_micros": rec.batch_wait_micros,
         "queue_capacity": rec.queue_capacity,
         "batch_timeout": rec.batch_timeout,
+        "controller": rec.controller,
     }

@@ -258,6 +258,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         queue_capacity=args.queue_capacity,
         batch_timeout=args.batch_timeout,
+        controller=args.controller,
     )
     print(f"deployed {args.name}:{args.version}")
     if args.app:
@@ -427,7 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-type", required=True, choices=["ints", "floats", "doubles", "strings", "bytes"]
     )
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default 1)")
-    p.add_argument("--batch-size", type=int, default=-1, help="fixed batch size (-1: adaptive)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=-1,
+        help="fixed batch size, or the cap of an adaptive --controller (-1: none)",
+    )
+    p.add_argument(
+        "--controller",
+        choices=["aimd", "quantile", "fixed"],
+        help="batch-size controller (default: fixed with --batch-size > 0, else aimd)",
+    )
     p.add_argument("--queue-capacity", type=int, help="queue bound (default: the server's)")
     p.add_argument(
         "--batch-timeout", type=float, help="seconds per batch before the replica is recycled"

@@ -56,6 +56,7 @@ class ModelDeployment:
         batch_wait_micros: int = 0,
         queue_capacity: int | None = None,
         batch_timeout: float | None = None,
+        controller: str | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "model_name": name,
@@ -76,6 +77,10 @@ class ModelDeployment:
             body["queue_capacity"] = queue_capacity
         if batch_timeout is not None:
             body["batch_timeout"] = batch_timeout
+        # The batch-size controller ("aimd" | "quantile" | "fixed"); absent: derived
+        # from batch_size (> 0: fixed, else aimd).
+        if controller is not None:
+            body["controller"] = controller
         if payload is not None:
             body["payload_b64"] = base64.b64encode(payload).decode()
         self._call("add_model", body)

@@ -43,6 +43,7 @@ ChangeWhat = Literal["model", "app", "link", "pipeline"]
 #: Spec fields fixed when a version's replicas and queue start, and why.
 FIXED_SPEC = {
     "batch_size": "its batch controller is built when the version starts",
+    "controller": "its batch controller is built when the version starts",
     "queue_capacity": "its queue is allocated when the version starts",
     "cpus": "its replicas are pinned when they start",
     "memory_limit_mb": "its replicas are limited when they start",

@@ -45,6 +45,7 @@ MODEL_FIELDS = (
     "current",
     "num_replicas",
     "batch_size",
+    "controller",
     "batch_wait_micros",
     "batch_timeout",
     "queue_capacity",
@@ -284,6 +285,7 @@ def _model(where: str, raw: object) -> DesiredModel:
         k: raw[k]
         for k in (
             "batch_size",
+            "controller",
             "batch_wait_micros",
             "batch_timeout",
             "queue_capacity",

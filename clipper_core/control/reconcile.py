@@ -283,6 +283,7 @@ class DataPlaneReconciler:
             queue_capacity=rec.queue_capacity or d.queue_capacity,
             max_batch_size=d.max_batch_size,
             batch_size=rec.batch_size,
+            controller=rec.controller,
             batch_wait=rec.batch_wait_micros / 1e6,
             batch_timeout=rec.batch_timeout or d.batch_timeout,
             cache=self._dataplane.cache if rec.cache_enabled else None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
+from clipper_core.dataplane.batch_controller import batch_controller
 from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import consume_exception
 from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
@@ -34,7 +35,7 @@ from clipper_core.errors import (
 )
 from clipper_core.metrics import ModelVersionMetrics
 from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
-from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry, SloController
+from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry
 
 log = logging.getLogger("clipper_core.dataplane")
 
@@ -78,6 +79,7 @@ class ModelVersion:
         queue_capacity: int,
         max_batch_size: int,
         batch_size: int = -1,
+        controller: str | None = None,
         batch_wait: float = 0.0,
         batch_timeout: float = 30.0,
         cache: PredictionCache | None = None,
@@ -93,19 +95,10 @@ class ModelVersion:
         self.cache = cache
         self.connector = connector
         self.queue = BatchQueue(queue_capacity, name=f"{name}:{version}")
-        if batch_size > 0:
-            # Clipper's batch_size > 0 pins the batch size.
-            self.controller = SloController(
-                UNLINKED_BATCH_SLO,
-                mode="fixed",
-                max_batch_size=batch_size,
-                fixed_batch_size=batch_size,
-            )
-        else:
-            self.controller = SloController(
-                UNLINKED_BATCH_SLO, mode="aimd", max_batch_size=max_batch_size
-            )
-        self._aimd = batch_size <= 0
+        self.controller = batch_controller(
+            controller, batch_size, max_batch_size, UNLINKED_BATCH_SLO
+        )
+        self._aimd = self.controller.mode == "aimd"
         self.replicas: dict[str, ReplicaSlot] = {}
         self.queries = 0
         self.cache_hits = 0

@@ -108,13 +108,13 @@ def deploy_framework_model(
         outputs: Declared OIP output specs.
         labels: Model labels.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements: the model runs in a virtual
             environment of its own, built once by the server and cached.
         requirements_file: A requirements file, added to ``pkgs_to_install``.
         progress: Where the environment build's lines go (stderr by default).
         **kwargs: Model options of ``ClipperConnection`` (``cpus``,
-            ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``).
+            ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``, ``controller``).
     """
     if func is not None and not callable(func):
         raise BadInput("func must be callable: func(model, inputs) -> outputs")

@@ -56,7 +56,7 @@ def deploy_onnx_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own
             (onnxruntime is pinned to this version unless named).
         output: Name of the graph output to return.
@@ -65,7 +65,7 @@ def deploy_onnx_model(
         inputs: Declared OIP input specs (default: from the graph).
         outputs: Declared OIP output specs (default: from the graph).
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     model = pick_model(model, kwargs, "onnx_model")
 

@@ -101,7 +101,7 @@ def deploy_pyspark_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own.
         input_cols: Names of the numeric input columns.
         features_col: Name of the vector column, when there are no input columns.
@@ -112,7 +112,7 @@ def deploy_pyspark_model(
         inputs: Declared OIP input specs.
         outputs: Declared OIP output specs.
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     model = pick_model(model, kwargs, "pyspark_model")
     if not hasattr(model, "write") or not hasattr(type(model), "load"):

@@ -34,7 +34,8 @@ def deploy_python_closure(
     ``func`` takes a list of inputs and returns a list with one output per input.
     ``base_image`` and ``registry`` are accepted for Clipper compatibility and
     ignored: containers here are local processes.  Extra keyword arguments
-    (``cpus``, ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``) go
+    (``cpus``, ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``,
+    ``controller``: "aimd", "quantile" or "fixed") go
     to the model's configuration.
 
     With ``pkgs_to_install`` (pip requirement strings) or ``requirements_file``,

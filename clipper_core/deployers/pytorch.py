@@ -107,7 +107,7 @@ def deploy_pytorch_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own (torch
             is pinned to this release unless named; name a CPU build yourself
             where the index would give a CUDA one).
@@ -120,7 +120,7 @@ def deploy_pytorch_model(
         outputs: Declared OIP output specs (default: from a probe prediction
             when the input width is known).
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     import torch
 

@@ -55,7 +55,7 @@ def deploy_sklearn_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements: the model gets a virtual environment
             of its own (scikit-learn is pinned to this version unless named).
         method: ``predict``, ``predict_proba``, ``decision_function``, ...
@@ -65,7 +65,7 @@ def deploy_sklearn_model(
         outputs: Declared OIP output specs (default: from a probe prediction).
         progress: Where the environment build's lines go.
         **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``cache_enabled``,
-            ``batch_wait_micros``).
+            ``batch_wait_micros``, ``controller``).
     """
     model = pick_model(model, kwargs, "sklearn_model")
     if not callable(getattr(model, method, None)):

@@ -58,7 +58,7 @@ def deploy_tensorflow_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own.
         signature: The signature to call.
         output: The signature output to return.
@@ -66,7 +66,7 @@ def deploy_tensorflow_model(
         inputs: Declared OIP input specs.
         outputs: Declared OIP output specs.
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     model = pick_model(model, kwargs, "tf_sess_or_saved_model_path")
 
@@ -145,13 +145,13 @@ def deploy_keras_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own.
         requirements_file: More requirements, from a file.
         inputs: Declared OIP input specs.
         outputs: Declared OIP output specs.
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     model = pick_model(model, kwargs, "model_path_or_object")
     import keras

@@ -52,7 +52,7 @@ def deploy_xgboost_model(
         labels: Model labels.
         registry: Accepted for Clipper compatibility; ignored.
         num_replicas: Replicas to start.
-        batch_size: -1 adaptive, > 0 fixed.
+        batch_size: -1 adaptive, > 0 fixed (the cap of an adaptive ``controller``).
         pkgs_to_install: pip requirements for an environment of its own.
         method: sklearn-API models: ``predict`` or ``predict_proba``.
         model_format: ``ubj`` (default) or ``json``.
@@ -60,7 +60,7 @@ def deploy_xgboost_model(
         inputs: Declared OIP input specs (default: from the booster's features).
         outputs: Declared OIP output specs (default: from a probe prediction).
         progress: Where the environment build's lines go.
-        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ...).
+        **kwargs: Model options (``cpus``, ``memory_limit_mb``, ``controller``, ...).
     """
     model = pick_model(model, kwargs, "xgboost_model")
     if model_format not in ("ubj", "json"):

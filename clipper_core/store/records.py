@@ -20,6 +20,7 @@ from clipper_core.errors import BadInput
 
 __all__ = [
     "COMBINATORS",
+    "CONTROLLERS",
     "INPUT_TYPES",
     "LEARNED_STATE_PREFIX",
     "OUTPUT_TYPES",
@@ -38,6 +39,10 @@ __all__ = [
 EXTERNAL_KIND = "external"
 
 INPUT_TYPES = frozenset({"ints", "floats", "doubles", "strings", "bytes"})
+
+#: Batch-size controller modes (``clipper_core.structures.SloController``; the
+#: data plane's ``dataplane.batch_controller`` has the same list).
+CONTROLLERS = ("aimd", "quantile", "fixed")
 
 # Names appear in URL paths (/<app>/predict) and in "name:version:replica" ids, so
 # they may not contain '/' or ':'.
@@ -139,6 +144,7 @@ class AppRecord:
 MODEL_SPEC_FIELDS = (
     "num_replicas",
     "batch_size",
+    "controller",
     "batch_wait_micros",
     "queue_capacity",
     "batch_timeout",
@@ -171,6 +177,12 @@ class ModelRecord:
             default (``ServerConfig.queue_capacity``).
         batch_timeout: Seconds one batch may take before the replica is deemed hung
             and recycled, or None for the server's default.
+        controller: The batch-size controller, one of :data:`CONTROLLERS`:
+            ``"aimd"`` (Clipper's additive increase, multiplicative decrease),
+            ``"quantile"`` (the largest size whose fitted p99 batch latency meets
+            the SLO) or ``"fixed"`` (always ``batch_size``, which must be > 0).
+            With an adaptive mode a ``batch_size`` > 0 caps the batch.  None:
+            ``"fixed"`` when ``batch_size`` > 0, else ``"aimd"``.
     """
 
     name: str
@@ -187,6 +199,7 @@ class ModelRecord:
     created_at: float = field(default_factory=time.time)
     queue_capacity: int | None = None
     batch_timeout: float | None = None
+    controller: str | None = None
 
     def __post_init__(self) -> None:
         check_name("model name", self.name)
@@ -232,6 +245,14 @@ class ModelRecord:
             ):
                 raise BadInput(f"batch_timeout must be a number > 0, got {self.batch_timeout!r}")
             object.__setattr__(self, "batch_timeout", float(self.batch_timeout))
+        if self.controller is not None:
+            if self.controller not in CONTROLLERS:
+                raise BadInput(
+                    f"controller must be one of {', '.join(CONTROLLERS)} (or None),"
+                    f" got {self.controller!r}"
+                )
+            if self.controller == "fixed" and self.batch_size <= 0:
+                raise BadInput("controller 'fixed' needs a batch_size > 0")
 
     @property
     def key(self) -> str:

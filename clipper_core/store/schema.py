@@ -26,8 +26,9 @@ __all__ = [
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
 #: 1: apps, models, current versions, links, kv.  2: per-version queue_capacity and
-#: batch_timeout.  3: revision, change log, endpoints.  4: pipelines.
-SCHEMA_VERSION = 4
+#: batch_timeout.  3: revision, change log, endpoints.  4: pipelines.  5: per-version
+#: batch-size controller mode.
+SCHEMA_VERSION = 5
 
 # Each entry migrates the schema from version i to i + 1 (index i).  Append only:
 # never edit a migration that has shipped.
@@ -116,13 +117,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             default_output TEXT NOT NULL
         )""",
     ),
+    (
+        # The controller migration: per-version batch-size controller mode
+        # ("aimd" | "quantile" | "fixed"); NULL: derived from batch_size.
+        "ALTER TABLE models ADD COLUMN controller TEXT",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 MODEL_COLUMNS = (
     "name, version, input_type, labels, container, batch_size, num_replicas, cpus,"
     " memory_limit_mb, cache_enabled, batch_wait_micros, created_at, queue_capacity,"
-    " batch_timeout"
+    " batch_timeout, controller"
 )
 
 
@@ -143,6 +149,7 @@ def model_from_row(row: sqlite3.Row) -> ModelRecord:
         created_at=row["created_at"],
         queue_capacity=row["queue_capacity"],
         batch_timeout=row["batch_timeout"],
+        controller=row["controller"],
     )
 
 

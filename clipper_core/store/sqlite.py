@@ -205,7 +205,7 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
                     f" {app['name']}, which takes {app['input_type']}"
                 )
             conn.execute(
-                f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO models ({MODEL_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 (
                     model.name,
                     model.version,
@@ -221,6 +221,7 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
                     model.created_at,
                     model.queue_capacity,
                     model.batch_timeout,
+                    model.controller,
                 ),
             )
             if make_current:

@@ -126,9 +126,16 @@ def test_sweep(tmp_path: Path) -> None:
     report, _ = run_bench(tmp_path, "matmul", "--sweep")
     configs = report["sweep"]["configs"]
     assert {(c["batch_size"], c["batch_wait_micros"]) for c in configs} == {(4, 500), (-1, 500)}
+    assert [c["controller"] for c in configs] == ["fixed", "aimd", "quantile"]
     summary = report["sweep"]["summary"]
     assert summary["best_static"]["batch_size"] == 4
     assert summary["adaptive"]["batch_size"] == -1
+    # Both adaptive modes, each against the best static config of this sweep.
+    assert set(summary["adaptive_modes"]) == {"aimd", "quantile"}
+    for mode in summary["adaptive_modes"].values():
+        assert mode["over_best_static"] > 0
+    (target,) = report["targets"]
+    assert target["checks"][0]["bound"] == "every_adaptive_over_best_static_min"
     check_plots(report, "sweep")
 
 

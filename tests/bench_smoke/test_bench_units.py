@@ -338,3 +338,37 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     p.write_text('name = "x"\n[load]\nconcurency = 3\n')
     with pytest.raises(scenario.ScenarioError, match="concurency"):
         scenario.load_scenario(str(p))
+
+
+def test_sweep_summary_compares_each_adaptive_mode_with_the_best_static() -> None:
+    from bench import targets
+    from bench.runner import sweep_summary
+
+    configs = [
+        {"batch_size": 4, "batch_wait_micros": 0, "controller": "fixed", "best_rate": 100.0},
+        {"batch_size": 8, "batch_wait_micros": 0, "controller": "fixed", "best_rate": 120.0},
+        {"batch_size": -1, "batch_wait_micros": 0, "controller": "aimd", "best_rate": 118.0},
+        {"batch_size": -1, "batch_wait_micros": 500, "controller": "aimd", "best_rate": None},
+        {"batch_size": -1, "batch_wait_micros": 0, "controller": "quantile", "best_rate": 96.0},
+        {"batch_size": -1, "batch_wait_micros": 500, "controller": "quantile", "best_rate": 90.0},
+    ]
+    summary = sweep_summary(configs)
+    assert summary["best_static"]["best_rate"] == 120.0
+    modes = summary["adaptive_modes"]
+    assert (modes["aimd"]["best_rate"], modes["aimd"]["over_best_static"]) == (118.0, 0.9833)
+    assert (modes["quantile"]["batch_wait_micros"], modes["quantile"]["over_best_static"]) == (
+        0,
+        0.8,
+    )
+    assert summary["adaptive_over_best_static"] == 0.9833  # the better mode
+    load = {"protocol": "rest", "mode": "open", "concurrency": 1}
+    report = {
+        "kind": "sweep",
+        "scenario": {"load": load},
+        "runs": [],
+        "sweep": {"summary": summary},
+    }
+    (result,) = targets.evaluate(
+        report, [{"name": "each", "every_adaptive_over_best_static_min": 0.95}]
+    )
+    assert result["checks"][0]["measured"] == 0.8 and result["met"] is False

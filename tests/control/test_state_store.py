@@ -70,6 +70,8 @@ def test_records_copy_their_containers() -> None:
         lambda: model(memory_limit_mb=0),
         lambda: model(batch_wait_micros=-1),
         lambda: model(created_at=math.nan),
+        lambda: model(controller="pid"),
+        lambda: model(controller="fixed"),  # fixed needs a batch_size > 0
         lambda: ModelRecord("m", "1", "ints", "abc", {}),  # type: ignore[arg-type]
         lambda: ModelRecord("m", "1", "ints", [], {"f": math.inf}),
     ],
@@ -136,12 +138,14 @@ def test_duplicate_app_is_a_conflict(store: StateStore) -> None:
 
 
 def test_model_crud(store: StateStore) -> None:
-    m1 = model(version="1", created_at=1.0)
+    m1 = model(version="1", created_at=1.0, controller="quantile")
     m2 = model(version="2", created_at=2.0, cpus=[0, 1], memory_limit_mb=100)
     other = model(name="a", created_at=3.0)
     for m in (m2, other, m1):
         store.add_model(m)
     assert store.get_model("m", "2") == m2
+    assert store.get_model("m", "1") == m1 and m1.controller == "quantile"
+    assert m2.controller is None
     assert store.get_model("m", "3") is None
     assert [x.key for x in store.list_models()] == ["a:1", "m:1", "m:2"]
     assert [x.key for x in store.list_models("m")] == ["m:1", "m:2"]

@@ -47,7 +47,7 @@ def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     finally:
         raw.close()
 
@@ -126,7 +126,7 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == 5
         assert s.get_app("shop") == AppRecord("shop", "doubles", "-1", 20_000, "exp3", {"eta": 0.1})
         plain = s.get_app("plain")
         assert plain is not None and (plain.input_type, plain.default_output) == (
@@ -145,6 +145,8 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
         r2 = s.get_model("ranker", "2")
         assert r2 is not None and (r2.cache_enabled, r2.batch_wait_micros) == (False, 500)
         assert r2.queue_capacity is None and r2.batch_timeout is None
+        # The controller migration: old versions keep the mode their batch_size implied.
+        assert r1.controller is None and r2.controller is None
         assert s.get_current_version("ranker") == "2"
         assert s.get_current_version("echo") is None
         assert s.linked_models("shop") == ["ranker"] and s.apps_linked_to("echo") == ["plain"]
@@ -179,7 +181,7 @@ def test_a_version_3_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == 5
         assert [a.name for a in s.list_apps()] == ["plain", "shop"]
         assert [m.key for m in s.list_models()] == ["echo:1", "ranker:1", "ranker:2"]
         assert s.list_endpoints() == [EndpointRecord("ranker", "2", "ext-1", "127.0.0.1:7000")]
@@ -248,3 +250,23 @@ def test_two_store_objects_share_the_revision(tmp_path: Path) -> None:
                 StateEvent(3, "app", "x"),
             ]
         )
+
+
+def test_a_version_3_file_gains_the_controller_column(tmp_path: Path) -> None:
+    # Schema 3 is schema 2's dump plus migration 3 (pipelines and the controller come after).
+    path = tmp_path / "v3.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(V2_DUMP.read_text())
+    for statement in schema.MIGRATIONS[2]:
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        r1 = s.get_model("ranker", "1")
+        assert r1 is not None and (r1.batch_size, r1.controller) == (8, None)
+        s.add_model(model("ranker", "3", batch_size=16, controller="quantile"))
+    with StateStore(path) as s:
+        r3 = s.get_model("ranker", "3")
+        assert r3 is not None and (r3.batch_size, r3.controller) == (16, "quantile")

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from clipper_core._proto import oip_service_pb2 as pb
 from clipper_core._proto import oip_service_pb2_grpc as pb_grpc
@@ -53,7 +54,8 @@ async def _grpc_ready(port: int) -> bool:
         return bool(reply.ready)
 
 
-def test_service_readiness_follows_the_flag_it_is_given() -> None:
+@pytest.mark.parametrize("transport", ["h2", "aio"])
+def test_service_readiness_follows_the_flag_it_is_given(transport: str) -> None:
     ready = False
 
     async def scenario() -> None:
@@ -65,7 +67,8 @@ def test_service_readiness_follows_the_flag_it_is_given() -> None:
         router = Router()
         oip_http.install(router, service)
         http_server = HttpServer(router, host="127.0.0.1", port=0)
-        grpc_server = GrpcInferenceServer(service, host="127.0.0.1", port=0)
+        grpc_server = GrpcInferenceServer(service, host="127.0.0.1", port=0, transport=transport)
+        assert grpc_server.transport == transport
         await http_server.start()
         await grpc_server.start()
         try:

@@ -1,0 +1,168 @@
+"""HTTP/2 frames and the gRPC call surface shared by :mod:`clipper_core.oip.h2_grpc`.
+
+Frame types, flags, settings and error codes (RFC 9113), one function that
+builds a frame, the fixed header blocks of a gRPC reply, and what a unary
+handler sees of its call (:class:`CallContext`, the part of
+``grpc.aio.ServicerContext`` the OIP servicer uses).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import grpc
+
+from clipper_core.oip.hpack import encode_literal
+
+__all__ = [
+    "CallContext",
+    "GrpcAbort",
+    "H2ConnectionError",
+    "UnaryHandler",
+    "frame",
+    "parse_timeout",
+    "peer_name",
+    "server_preface",
+    "status_block",
+    "unary_handler",
+    "unpad",
+]
+
+#: ``await handler(request bytes, context)`` -> reply bytes.
+UnaryHandler = Callable[[bytes, "CallContext"], Awaitable[bytes]]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0, 1, 3, 6
+REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 7, 8, 9
+S_HEADER_TABLE_SIZE, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 1, 3, 4, 5
+
+DEFAULT_FRAME = 16384
+
+TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+#: Headers that are the transport's, not the caller's metadata.
+NOT_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding"))
+
+REPLY_HEADERS = b"\x88" + encode_literal(b"content-type", b"application/grpc")
+OK_TRAILERS = encode_literal(b"grpc-status", b"0")
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame."""
+    n = len(payload)
+    return (
+        bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags))
+        + stream.to_bytes(4, "big")
+        + payload
+    )
+
+
+class H2ConnectionError(Exception):
+    """Ends the connection with a GOAWAY of ``code``."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def server_preface(max_streams: int, stream_window: int, connection_window: int) -> bytes:
+    """The server's first frames: its SETTINGS and a connection window update."""
+    settings = struct.pack(
+        ">HIHIHI",
+        S_MAX_CONCURRENT,
+        max_streams,
+        S_INITIAL_WINDOW,
+        stream_window,
+        S_HEADER_TABLE_SIZE,
+        4096,
+    )
+    increment = (connection_window - 65535).to_bytes(4, "big")
+    return frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, increment)
+
+
+def peer_name(addr: object) -> str:
+    """A socket address as gRPC names a peer: ``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``."""
+    if not isinstance(addr, tuple):
+        return ""
+    if ":" in addr[0]:
+        return f"ipv6:[{addr[0]}]:{addr[1]}"
+    return f"ipv4:{addr[0]}:{addr[1]}"
+
+
+def unpad(flags: int, payload: bytes) -> bytes:
+    """A DATA or HEADERS payload without its padding."""
+    if flags & PADDED:
+        pad = payload[0]
+        if pad >= len(payload):
+            raise H2ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
+        return payload[1 : len(payload) - pad]
+    return payload
+
+
+def parse_timeout(value: str) -> float:
+    """Seconds of a ``grpc-timeout`` header (``"100m"``); ValueError if malformed."""
+    unit = TIMEOUT_UNITS.get(value[-1:])
+    if unit is None or not value[:-1].isdigit():
+        raise ValueError(f"bad grpc-timeout {value!r}")
+    return int(value[:-1]) * unit
+
+
+def status_block(code: int, message: str) -> bytes:
+    block = encode_literal(b"grpc-status", str(code).encode())
+    if message:
+        block += encode_literal(b"grpc-message", quote(message, safe=" ").encode())
+    return block
+
+
+class GrpcAbort(Exception):
+    """Ends a call with a status (raised by :meth:`CallContext.abort`)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class CallContext:
+    """What a handler may ask about its call: the part of
+    ``grpc.aio.ServicerContext`` the OIP servicer uses."""
+
+    __slots__ = ("_deadline", "_metadata", "_peer")
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], peer: str, deadline: float | None):
+        self._metadata = metadata
+        self._peer = peer
+        self._deadline = deadline
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        raise GrpcAbort(code, details)
+
+
+def unary_handler(method: Callable[[Any, Any], Awaitable[Any]], request_type: Any) -> UnaryHandler:
+    """A handler that parses the request message and serializes the reply."""
+    parse = request_type.FromString
+
+    async def handle(raw: bytes, ctx: CallContext) -> bytes:
+        try:
+            request = parse(raw)
+        except Exception:
+            raise GrpcAbort(grpc.StatusCode.INTERNAL, "cannot parse the request message") from None
+        reply = await method(request, ctx)
+        return bytes(reply.SerializeToString())
+
+    return handle

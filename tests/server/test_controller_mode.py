@@ -1,0 +1,110 @@
+"""The batch-size controller mode per model: Python API, management API, CLI, the
+store, and the data plane's controller.  Real server, real model processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipper_core.dataplane.batch_controller import batch_controller, controller_mode
+from clipper_core.deployers import create_endpoint, deploy_python_closure
+from clipper_core.errors import BadInput, ClipperError
+from tests.server import models
+from tests.server.conftest import Running, start_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_modes_derive_from_batch_size_unless_given() -> None:
+    assert controller_mode(None, -1) == "aimd"
+    assert controller_mode(None, 8) == "fixed"
+    assert controller_mode("quantile", -1) == "quantile"
+    assert controller_mode("aimd", 8) == "aimd"
+    with pytest.raises(BadInput, match="batch_size > 0"):
+        controller_mode("fixed", -1)
+    with pytest.raises(BadInput):
+        controller_mode("pid", 8)
+    capped = batch_controller("quantile", 8, 256, 0.1)
+    assert (capped.mode, capped.max_batch_size) == ("quantile", 8)
+    free = batch_controller("aimd", -1, 256, 0.1)
+    assert (free.mode, free.max_batch_size) == ("aimd", 256)
+    fixed = batch_controller(None, 4, 256, 0.1)
+    assert (fixed.mode, fixed.batch_size) == ("fixed", 4)
+
+
+def _mode(running: Running, name: str) -> tuple[str, int]:
+    mv = running.server.dataplane.get_model_version(name, "1")
+    return mv.controller.mode, mv.controller.max_batch_size
+
+
+def test_python_api_sets_the_controller_and_it_survives_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = start_server(state)
+    try:
+        conn = first.conn
+        create_endpoint(
+            conn, "q", "doubles", models.make_sum(), controller="quantile", batch_size=16
+        )
+        create_endpoint(conn, "plain", "doubles", models.make_sum())
+        deploy_python_closure(conn, "pinned", 1, "doubles", models.make_sum(), batch_size=4)
+        assert first.client.predict("q", {"input": [1.0, 2.0]})[1]["output"] == 3.0
+        assert _mode(first, "q") == ("quantile", 16)
+        assert _mode(first, "plain")[0] == "aimd"
+        assert _mode(first, "pinned") == ("fixed", 4)
+        info = conn.get_model_info("q", 1)
+        assert info is not None and info["controller"] == "quantile"
+        plain = conn.get_model_info("plain", 1)
+        assert plain is not None and plain["controller"] is None
+        with pytest.raises(ClipperError, match="batch_size > 0"):
+            deploy_python_closure(conn, "bad", 1, "doubles", models.make_sum(), controller="fixed")
+        with pytest.raises(ClipperError, match="controller must be one of"):
+            deploy_python_closure(conn, "bad", 1, "doubles", models.make_sum(), controller="pid")
+    finally:
+        first.bg.stop()
+    second = start_server(state)
+    try:
+        assert _mode(second, "q") == ("quantile", 16)
+        assert second.client.predict("q", {"input": [2.0, 2.0]})[1]["output"] == 4.0
+    finally:
+        second.bg.stop()
+
+
+def test_cli_deploy_controller(running: Running, tmp_path: Path) -> None:
+    model_file = tmp_path / "mymodel.py"
+    model_file.write_text("def predict(inputs):\n    return [len(x) for x in inputs]\n")
+    srv = running.server
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipper_core.cli",
+            "--query-port",
+            str(srv.query_port),
+            "--management-port",
+            str(srv.management_port),
+            "--admin-token",
+            srv.config.admin_token,
+            "deploy",
+            "lens",
+            f"{model_file}:predict",
+            "--input-type",
+            "strings",
+            "--controller",
+            "quantile",
+            "--batch-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CLIPPER_STATE_DIR": str(running.state_dir)},
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    info = running.conn.get_model_info("lens", 1)
+    assert info is not None and (info["controller"], info["batch_size"]) == ("quantile", 32)
+    assert _mode(running, "lens") == ("quantile", 32)
