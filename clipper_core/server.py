@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +38,9 @@ from clipper_core.control import (
     ReplicaReconciler,
 )
 from clipper_core.control.artifacts import LocalArtifactStore
+from clipper_core.control.follow import FeedFollower
+from clipper_core.control.lease import AlwaysHeld, Lease, LeaseKeeper
+from clipper_core.control.replicas import EndpointSink, StoreEndpointSink
 from clipper_core.dataplane import DataPlane
 from clipper_core.embedded import ServerThread
 from clipper_core.errors import BadInput
@@ -53,6 +58,7 @@ from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state_dir import prepare_state_dir, resolve_admin_token
+from clipper_core.store.base import StateEvent, StateStore
 from clipper_core.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("clipper_core.server")
@@ -81,8 +87,16 @@ class ClipperServer:
                 raise TypeError(f"unknown server setting {key!r}")
             setattr(cfg, key, value)
         self.config = cfg
-        self.store: SqliteStateStore | None = None
+        self.store: StateStore | None = None
         self.control: ControlPlane | None = None
+        # Many frontends share the store (state_url): the replica lease decides
+        # which one starts containers; the others follow its endpoint records.
+        self.shared_state = cfg.state_url is not None
+        self.lease: Lease = AlwaysHeld()
+        self._sink: StoreEndpointSink | None = None
+        self._replicas: ReplicaReconciler | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         # Set once the state is restored, cleared when stopping: OIP readiness.
         self.ready = False
         self.started_at = 0.0
@@ -147,9 +161,24 @@ class ClipperServer:
 
     # -- wiring -------------------------------------------------------------------
 
-    def _build_control(
-        self, store: SqliteStateStore
-    ) -> tuple[DataPlaneReconciler, ReplicaReconciler]:
+    def _open_store(self) -> StateStore:
+        """The store of ``config.state_url`` (and the replica lease on it), or
+        the SQLite file in the state folder."""
+        cfg = self.config
+        if cfg.state_url is None:
+            return SqliteStateStore(cfg.resolved_state_path())
+        if not cfg.state_url.startswith(("redis://", "rediss://", "unix://")):
+            raise BadInput(f"unsupported state URL {cfg.state_url!r}: use redis://host:port/db")
+        # Imported here: the redis client is an optional extra (clipper_core[redis]).
+        from clipper_core.store.redis import RedisStateStore
+        from clipper_core.store.redis_lease import RedisLease
+
+        store = RedisStateStore(cfg.state_url)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = RedisLease(store.client, store.keys.lease, owner, cfg.lease_ttl)
+        return store
+
+    def _build_control(self, store: StateStore) -> tuple[DataPlaneReconciler, ReplicaReconciler]:
         cfg = self.config
         self.selection.open(store)
         replicas: ReplicaReconciler | None = None
@@ -173,8 +202,16 @@ class ClipperServer:
             connector=insecure_connector,
             on_replica_hung=on_replica_hung,
         )
+        sink: EndpointSink = apply
+        if self.shared_state:
+            sink = self._sink = StoreEndpointSink(store, apply, self.lease)
         replicas = ReplicaReconciler(
-            self.manager, store, apply, self.tasks, start_timeout=cfg.replica_start_timeout
+            self.manager,
+            store,
+            sink,
+            self.tasks,
+            start_timeout=cfg.replica_start_timeout,
+            lease=self.lease,
         )
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
@@ -211,9 +248,9 @@ class ClipperServer:
             from clipper_core.tls import server_ssl_context
 
             ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
-        self.store = store = await asyncio.to_thread(SqliteStateStore, cfg.resolved_state_path())
+        self.store = store = await asyncio.to_thread(self._open_store)
         apply, replicas = self._build_control(store)
-        self._apply = apply
+        self._apply, self._replicas = apply, replicas
         assert self.control is not None
         query_router, admin_router = self._routers(self.control)
         self._query_http = HttpServer(
@@ -250,9 +287,25 @@ class ClipperServer:
             await self._grpc.start()
         self.started_at = time.time()
         self.metrics.start()
-        # The restore: the same reconcile that applies every later change.
+        # The restore: the same reconcile that applies every later change, then
+        # every change after the revision it started from, as it commits.
+        since = await asyncio.to_thread(store.revision)
         await apply.sync_all()
-        await replicas.ensure_all()
+        follower = FeedFollower(
+            store.feed(), store, on_event=self._on_state_event, on_resync=self._on_resync
+        )
+        self._follower = asyncio.get_running_loop().create_task(follower.run(since))
+        held = await self.lease.acquire()
+        if held:
+            await replicas.ensure_all()
+        if self.shared_state:
+            keeper = LeaseKeeper(
+                self.lease,
+                interval=cfg.lease_ttl / 3,
+                on_acquired=lambda: self.tasks.spawn(replicas.ensure_all(), "taking over replicas"),
+                on_lost=lambda: self.tasks.spawn(replicas.release_all(), "giving up replicas"),
+            )
+            self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
         log_event(
             log,
@@ -262,7 +315,23 @@ class ClipperServer:
             query_url=self.query_url,
             management_url=self.management_url,
             pid=os.getpid(),
+            state=cfg.state_url or cfg.resolved_state_path(),
+            replica_lease=held,
         )
+
+    async def _on_state_event(self, event: StateEvent) -> None:
+        """A change committed by any writer: apply it here; the lease holder of a
+        shared store also starts or stops the replicas it asks for."""
+        assert self._apply is not None and self._replicas is not None
+        await self._apply.reconcile(event)
+        if self.shared_state and event.kind == "model" and self.lease.held():
+            self.tasks.spawn(self._replicas.reconcile_model(event.name), f"scaling {event.name}")
+
+    async def _on_resync(self) -> None:
+        assert self._apply is not None and self._replicas is not None
+        await self._apply.sync_all()
+        if self.shared_state and self.lease.held():
+            self.tasks.spawn(self._replicas.ensure_all(), "restoring replicas")
 
     async def stop(self) -> None:
         """Stop accepting, drain, stop every container, close the store.
@@ -293,10 +362,13 @@ class ClipperServer:
         # Dispatchers first, then processes: a replica killed under a running
         # dispatcher would hand its batch back for nothing.  Each step runs even
         # if one before it failed, so containers are always stopped.
-        steps: list[Callable[[], Awaitable[Any]]] = [self.tasks.cancel_all]
+        steps: list[Callable[[], Awaitable[Any]]] = [self._stop_following, self.tasks.cancel_all]
         if self._apply is not None:
             steps.append(self._apply.close)
-        steps += [self.dataplane.close, self.manager.close, self.metrics.stop, self.selection.close]
+        steps += [self.dataplane.close, self.manager.close]
+        if self._sink is not None:
+            steps.append(self._sink.drain)  # the stopped replicas' records go
+        steps += [self.lease.release, self.metrics.stop, self.selection.close]
         for step in steps:
             try:
                 await step()
@@ -306,6 +378,12 @@ class ClipperServer:
             self.store.close()
             self.store = None
         self._stopped.set()
+
+    async def _stop_following(self) -> None:
+        tasks = [t for t in (self._follower, self._keeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> ClipperServer:
         await self.start()
