@@ -58,7 +58,7 @@ from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state_dir import prepare_state_dir, resolve_admin_token
-from clipper_core.store.base import StateEvent, StateStore
+from clipper_core.store.base import StateStore
 from clipper_core.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("clipper_core.server")
@@ -94,7 +94,6 @@ class ClipperServer:
         self.shared_state = cfg.state_url is not None
         self.lease: Lease = AlwaysHeld()
         self._sink: StoreEndpointSink | None = None
-        self._replicas: ReplicaReconciler | None = None
         self._follower: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         # Set once the state is restored, cleared when stopping: OIP readiness.
@@ -250,7 +249,7 @@ class ClipperServer:
             ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
         self.store = store = await asyncio.to_thread(self._open_store)
         apply, replicas = self._build_control(store)
-        self._apply, self._replicas = apply, replicas
+        self._apply = apply
         assert self.control is not None
         query_router, admin_router = self._routers(self.control)
         self._query_http = HttpServer(
@@ -292,7 +291,11 @@ class ClipperServer:
         since = await asyncio.to_thread(store.revision)
         await apply.sync_all()
         follower = FeedFollower(
-            store.feed(), store, on_event=self._on_state_event, on_resync=self._on_resync
+            store.feed(),
+            store,
+            apply,
+            replicas=replicas if self.shared_state else None,
+            tasks=self.tasks,
         )
         self._follower = asyncio.get_running_loop().create_task(follower.run(since))
         held = await self.lease.acquire()
@@ -318,20 +321,6 @@ class ClipperServer:
             state=cfg.state_url or cfg.resolved_state_path(),
             replica_lease=held,
         )
-
-    async def _on_state_event(self, event: StateEvent) -> None:
-        """A change committed by any writer: apply it here; the lease holder of a
-        shared store also starts or stops the replicas it asks for."""
-        assert self._apply is not None and self._replicas is not None
-        await self._apply.reconcile(event)
-        if self.shared_state and event.kind == "model" and self.lease.held():
-            self.tasks.spawn(self._replicas.reconcile_model(event.name), f"scaling {event.name}")
-
-    async def _on_resync(self) -> None:
-        assert self._apply is not None and self._replicas is not None
-        await self._apply.sync_all()
-        if self.shared_state and self.lease.held():
-            self.tasks.spawn(self._replicas.ensure_all(), "restoring replicas")
 
     async def stop(self) -> None:
         """Stop accepting, drain, stop every container, close the store.

@@ -1,6 +1,11 @@
 """``FeedFollower``: hands every change of the store to this frontend's
 reconcilers, whichever frontend (or CLI) wrote it.
 
+Every change goes to the data-plane reconciler.  With a shared store, the
+replica lease holder's replica reconciler also scales each changed model (in
+the background: a start must not hold up the feed), and restores everything
+after a resync.
+
 A frontend reconciles its own writes inline (read-your-writes, design §5.4, 4);
 the feed brings every write again, its own included, which is harmless because
 reconciling is level-triggered.  On :class:`ResyncNeeded` (a gap: the change log
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
+from clipper_core.control.reconcile import DataPlaneReconciler
+from clipper_core.control.replicas import ReplicaReconciler
+from clipper_core.control.tasks import BackgroundTasks
 from clipper_core.logs import log_event
 from clipper_core.store.base import ChangeFeed, DesiredStateReader, ResyncNeeded, StateEvent
 
@@ -31,8 +38,11 @@ class FeedFollower:
     Args:
         feed: The store's change feed.
         reader: The store (its revision is read before a resync).
-        on_event: Reconciles one event (awaited, in order).
-        on_resync: Reconciles everything.
+        apply: This frontend's data-plane reconciler.
+        replicas: With a shared store, the replica reconciler (it acts only
+            while it holds the lease); None: this process's own writes start the
+            replicas (a single frontend).
+        tasks: Runs the replica reconciler's work in the background.
         retry: Seconds between attempts while the store cannot be reached.
     """
 
@@ -40,18 +50,32 @@ class FeedFollower:
         self,
         feed: ChangeFeed,
         reader: DesiredStateReader,
+        apply: DataPlaneReconciler,
         *,
-        on_event: Callable[[StateEvent], Awaitable[None]],
-        on_resync: Callable[[], Awaitable[None]],
+        replicas: ReplicaReconciler | None = None,
+        tasks: BackgroundTasks | None = None,
         retry: float = 1.0,
     ) -> None:
         self._feed = feed
         self._reader = reader
-        self._on_event = on_event
-        self._on_resync = on_resync
+        self._apply = apply
+        self._replicas = replicas
+        self._tasks = tasks or BackgroundTasks()
         self._retry = retry
         #: The revision of the last event reconciled (or of the last resync).
         self.revision = 0
+
+    async def _on_event(self, event: StateEvent) -> None:
+        await self._apply.reconcile(event)
+        replicas = self._replicas
+        if replicas is not None and event.kind == "model" and replicas.lease.held():
+            self._tasks.spawn(replicas.reconcile_model(event.name), f"scaling {event.name}")
+
+    async def _on_resync(self) -> None:
+        await self._apply.sync_all()
+        replicas = self._replicas
+        if replicas is not None and replicas.lease.held():
+            self._tasks.spawn(replicas.ensure_all(), "restoring the replicas")
 
     async def run(self, since: int) -> None:
         """Reconcile every change after revision ``since``, then each as it comes."""

@@ -10,16 +10,19 @@ disconnected; the stream replays it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
 from clipper_core.store.base import ResyncNeeded, StateEvent
 
 __all__ = ["RedisChangeFeed", "events_of"]
+
+T = TypeVar("T")
 
 #: How long one XREAD waits for new entries (ms) before checking that the
 #: subscription is still wanted and the store was not replaced.
@@ -80,8 +83,10 @@ class RedisChangeFeed:
                 raise ResyncNeeded(f"revision {since} is ahead of the store's {caught_up}")
             last = since
             while not self._closed:
-                reply = await client.xread(
-                    {self._changes_key: f"{last}-0"}, count=self._capacity + 1, block=BLOCK_MS
+                reply = await _cancellable(
+                    client.xread(
+                        {self._changes_key: f"{last}-0"}, count=self._capacity + 1, block=BLOCK_MS
+                    )
                 )
                 if not reply:
                     if await self._revision(client) < last:
@@ -108,7 +113,22 @@ class RedisChangeFeed:
             await client.aclose()
 
     async def _revision(self, client: aioredis.Redis) -> int:
-        return int(cast("str | None", await client.get(self._revision_key)) or 0)
+        return int(cast("str | None", await _cancellable(client.get(self._revision_key))) or 0)
+
+
+async def _cancellable(call: Awaitable[T]) -> T:
+    """Await a redis-py call so that cancelling the caller always works: the
+    client can swallow a cancellation that lands while it connects, and then
+    goes on blocking.  The call runs as a task of its own, which is cancelled
+    too and which the client's close ends at the latest."""
+    task = asyncio.ensure_future(call)
+    # Its outcome, once nobody awaits it, is the close's ConnectionError: not news.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
 
 
 def events_of(entry_id: str, fields: dict[str, str]) -> list[StateEvent]:

@@ -47,6 +47,7 @@ class RedisServer:
         binary = require_redis()
         self._own_folder = folder is None
         self.folder = Path(tempfile.mkdtemp(prefix="redis-")) if folder is None else folder
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._log = open(self.folder / "redis.log", "wb")  # closed in stop()
