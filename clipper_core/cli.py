@@ -74,6 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.grpc_port = None if args.grpc_port < 0 else args.grpc_port
     if args.state_dir:
         cfg.state_dir = args.state_dir
+    cfg.state_url = args.state_url
+    if args.lease_ttl is not None:
+        cfg.lease_ttl = args.lease_ttl
     if args.admin_token is not None:
         cfg.admin_token = args.admin_token
     if args.insecure_no_admin_token:
@@ -397,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve the management API without a token (any local process can deploy code);"
         " by default the first start generates one into the state folder",
+    )
+    p.add_argument(
+        "--state-url",
+        metavar="URL",
+        help="share the desired state with other frontends through Redis"
+        " (redis://host:port/db; needs clipper_core[redis]); default: SQLite in the state folder",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="with --state-url: seconds before another frontend takes over the replicas"
+        " of one that died (5)",
     )
     p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
     p.set_defaults(fn=cmd_serve)

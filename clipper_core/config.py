@@ -35,6 +35,12 @@ class ServerConfig:
             port; None serves no gRPC).  Default: ``$CLIPPER_GRPC_PORT`` if set.
         state_dir: folder holding the SQLite store and the deployed models' files.
         state_path: the SQLite file; ``":memory:"`` keeps nothing across restarts.
+        state_url: a Redis URL (``redis://host:port/db``) whose desired state
+            several frontends share; None (the default): the SQLite file
+            (``state_path``), this process alone.  Needs ``clipper_core[redis]``.
+        lease_ttl: with ``state_url``, seconds the replica lease lasts unrenewed:
+            one frontend holds it and starts the containers; when it dies,
+            another takes over within about this long.
         max_body_size: largest accepted request body, in bytes (413 above it).
         queue_capacity: per model version; a full queue answers 503 at once.
         max_batch_size: upper bound of the adaptive batch size.
@@ -74,6 +80,8 @@ class ServerConfig:
     grpc_port: int | None = field(default_factory=_default_grpc_port)
     state_dir: str = field(default_factory=_default_state_dir)
     state_path: str | None = None
+    state_url: str | None = None
+    lease_ttl: float = 5.0
     max_body_size: int = 10 * 1024 * 1024
     queue_capacity: int = 10_000
     max_batch_size: int = 256

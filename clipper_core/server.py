@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +38,9 @@ from clipper_core.control import (
     ReplicaReconciler,
 )
 from clipper_core.control.artifacts import LocalArtifactStore
+from clipper_core.control.follow import FeedFollower
+from clipper_core.control.lease import AlwaysHeld, Lease, LeaseKeeper
+from clipper_core.control.replicas import EndpointSink, StoreEndpointSink
 from clipper_core.dataplane import DataPlane
 from clipper_core.embedded import ServerThread
 from clipper_core.errors import BadInput
@@ -53,6 +58,7 @@ from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state_dir import prepare_state_dir, resolve_admin_token
+from clipper_core.store.base import StateStore
 from clipper_core.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("clipper_core.server")
@@ -81,8 +87,15 @@ class ClipperServer:
                 raise TypeError(f"unknown server setting {key!r}")
             setattr(cfg, key, value)
         self.config = cfg
-        self.store: SqliteStateStore | None = None
+        self.store: StateStore | None = None
         self.control: ControlPlane | None = None
+        # Many frontends share the store (state_url): the replica lease decides
+        # which one starts containers; the others follow its endpoint records.
+        self.shared_state = cfg.state_url is not None
+        self.lease: Lease = AlwaysHeld()
+        self._sink: StoreEndpointSink | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         # Set once the state is restored, cleared when stopping: OIP readiness.
         self.ready = False
         self.started_at = 0.0
@@ -147,9 +160,24 @@ class ClipperServer:
 
     # -- wiring -------------------------------------------------------------------
 
-    def _build_control(
-        self, store: SqliteStateStore
-    ) -> tuple[DataPlaneReconciler, ReplicaReconciler]:
+    def _open_store(self) -> StateStore:
+        """The store of ``config.state_url`` (and the replica lease on it), or
+        the SQLite file in the state folder."""
+        cfg = self.config
+        if cfg.state_url is None:
+            return SqliteStateStore(cfg.resolved_state_path())
+        if not cfg.state_url.startswith(("redis://", "rediss://", "unix://")):
+            raise BadInput(f"unsupported state URL {cfg.state_url!r}: use redis://host:port/db")
+        # Imported here: the redis client is an optional extra (clipper_core[redis]).
+        from clipper_core.store.redis import RedisStateStore
+        from clipper_core.store.redis_lease import RedisLease
+
+        store = RedisStateStore(cfg.state_url)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = RedisLease(store.client, store.keys.lease, owner, cfg.lease_ttl)
+        return store
+
+    def _build_control(self, store: StateStore) -> tuple[DataPlaneReconciler, ReplicaReconciler]:
         cfg = self.config
         self.selection.open(store)
         replicas: ReplicaReconciler | None = None
@@ -173,8 +201,16 @@ class ClipperServer:
             connector=insecure_connector,
             on_replica_hung=on_replica_hung,
         )
+        sink: EndpointSink = apply
+        if self.shared_state:
+            sink = self._sink = StoreEndpointSink(store, apply, self.lease)
         replicas = ReplicaReconciler(
-            self.manager, store, apply, self.tasks, start_timeout=cfg.replica_start_timeout
+            self.manager,
+            store,
+            sink,
+            self.tasks,
+            start_timeout=cfg.replica_start_timeout,
+            lease=self.lease,
         )
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
@@ -211,7 +247,7 @@ class ClipperServer:
             from clipper_core.tls import server_ssl_context
 
             ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
-        self.store = store = await asyncio.to_thread(SqliteStateStore, cfg.resolved_state_path())
+        self.store = store = await asyncio.to_thread(self._open_store)
         apply, replicas = self._build_control(store)
         self._apply = apply
         assert self.control is not None
@@ -250,9 +286,29 @@ class ClipperServer:
             await self._grpc.start()
         self.started_at = time.time()
         self.metrics.start()
-        # The restore: the same reconcile that applies every later change.
+        # The restore: the same reconcile that applies every later change, then
+        # every change after the revision it started from, as it commits.
+        since = await asyncio.to_thread(store.revision)
         await apply.sync_all()
-        await replicas.ensure_all()
+        follower = FeedFollower(
+            store.feed(),
+            store,
+            apply,
+            replicas=replicas if self.shared_state else None,
+            tasks=self.tasks,
+        )
+        self._follower = asyncio.get_running_loop().create_task(follower.run(since))
+        held = await self.lease.acquire()
+        if held:
+            await replicas.ensure_all()
+        if self.shared_state:
+            keeper = LeaseKeeper(
+                self.lease,
+                interval=cfg.lease_ttl / 3,
+                on_acquired=lambda: self.tasks.spawn(replicas.ensure_all(), "taking over replicas"),
+                on_lost=lambda: self.tasks.spawn(replicas.release_all(), "giving up replicas"),
+            )
+            self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
         log_event(
             log,
@@ -262,6 +318,8 @@ class ClipperServer:
             query_url=self.query_url,
             management_url=self.management_url,
             pid=os.getpid(),
+            state=cfg.state_url or cfg.resolved_state_path(),
+            replica_lease=held,
         )
 
     async def stop(self) -> None:
@@ -293,10 +351,13 @@ class ClipperServer:
         # Dispatchers first, then processes: a replica killed under a running
         # dispatcher would hand its batch back for nothing.  Each step runs even
         # if one before it failed, so containers are always stopped.
-        steps: list[Callable[[], Awaitable[Any]]] = [self.tasks.cancel_all]
+        steps: list[Callable[[], Awaitable[Any]]] = [self._stop_following, self.tasks.cancel_all]
         if self._apply is not None:
             steps.append(self._apply.close)
-        steps += [self.dataplane.close, self.manager.close, self.metrics.stop, self.selection.close]
+        steps += [self.dataplane.close, self.manager.close]
+        if self._sink is not None:
+            steps.append(self._sink.drain)  # the stopped replicas' records go
+        steps += [self.lease.release, self.metrics.stop, self.selection.close]
         for step in steps:
             try:
                 await step()
@@ -306,6 +367,12 @@ class ClipperServer:
             self.store.close()
             self.store = None
         self._stopped.set()
+
+    async def _stop_following(self) -> None:
+        tasks = [t for t in (self._follower, self._keeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def __aenter__(self) -> ClipperServer:
         await self.start()

@@ -368,6 +368,32 @@ class DataPlaneReconciler:
                 self._cancel_connect((name, version, rid))
                 await mv.remove_replica(rid)
 
+    async def serving(self, name: str, version: str, n: int, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until this data plane dispatches to replicas ``0 .. n-1`` of
+        ``name:version`` and to no other numbered one: what a frontend without
+        the replica lease waits for after a deploy or a scale (the holder starts
+        them, and their endpoint records arrive through the change feed).
+
+        Raises:
+            ReplicaUnavailable: Not so within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wanted = {str(i) for i in range(n)}
+        while True:
+            model = self._dataplane.models.get(name)
+            mv = None if model is None else model.versions.get(version)
+            serving = set() if mv is None else {r for r in mv.replicas if r.isdigit()}
+            if serving == wanted:
+                return
+            if loop.time() >= deadline:
+                raise ReplicaUnavailable(
+                    f"{name}:{version}: {len(serving & wanted)} of {n} replica(s) serve on this"
+                    f" frontend after {timeout:g}s (the frontend holding the replica lease"
+                    " starts them; see its log)"
+                )
+            await asyncio.sleep(0.05)
+
     def _connect(self, key: ReplicaKey, address: str) -> asyncio.Task[None] | None:
         entry = self._connecting.get(key)
         if entry is not None and not entry[1].done():

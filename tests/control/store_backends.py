@@ -1,8 +1,10 @@
 """The state-store implementations the contract tests run against, and record
 builders shared by the store tests.
 
-A new backend (Redis, issue 17) joins every contract test by adding an entry to
-``BACKENDS``: a factory that returns a fresh, empty store.
+A backend joins every contract test by an entry in ``BACKENDS``: a factory that
+returns a fresh, empty store.  The Redis one runs on the session's real
+redis-server (its stores kept apart by key prefix); without the binary its
+tests are skipped, saying why.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis_server import fresh_prefix, shared_redis
+
 from clipper_core.store import AppRecord, ModelRecord, PipelineRecord, SqliteStateStore, StateStore
+from clipper_core.store.redis import RedisStateStore
+
+
+def _redis_store(tmp: Path, **options: Any) -> RedisStateStore:
+    return RedisStateStore(shared_redis().url, prefix=fresh_prefix(), **options)
+
 
 #: name -> factory(tmp_path, **store options) of an empty store.
 BACKENDS: dict[str, Callable[..., StateStore]] = {
     "sqlite-file": lambda tmp, **kw: SqliteStateStore(tmp / "state.sqlite3", **kw),
     "sqlite-memory": lambda tmp, **kw: SqliteStateStore(":memory:", **kw),
+    "redis": _redis_store,
 }
 
 
