@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _BOOL_WORDS = {"true": True, "false": False}
+_SCALARS = (int, float, str, np.integer, np.floating)
 
 
 def _number(v: Any) -> int | float | None:
@@ -73,15 +74,19 @@ def _number(v: Any) -> int | float | None:
 
 
 def _numbers(v: Any) -> np.ndarray[Any, Any] | None:
-    """``v`` as a float array when it is a numeric array or a non-empty list of numbers
-    (strings that spell numbers included)."""
+    """``v`` as a float array when it is a numeric array or a non-empty flat list of
+    numbers (strings that spell numbers included)."""
     if isinstance(v, np.ndarray):
         return v.astype(np.float64) if v.dtype.kind in "iuf" else None
-    if isinstance(v, list | tuple) and v:
-        values = [_number(e) for e in v]
-        if all(e is not None for e in values):
-            return np.asarray(values, dtype=np.float64)
-    return None
+    if not isinstance(v, list | tuple) or not v:
+        return None
+    if any(isinstance(e, bool | np.bool_) or not isinstance(e, _SCALARS) for e in v):
+        return None
+    try:  # numpy reads numbers and numeric strings alike, a whole list at once
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return arr if arr.ndim == 1 and bool(np.isfinite(arr).all()) else None
 
 
 def _boolean(v: Any) -> bool | None:
