@@ -235,7 +235,9 @@ def run_feedback(
         probe(target, updates[0])
         data["deploy_s"] = round(time.monotonic() - t, 2)
         data["policy"] = {"name": policy, "config": config}
-        data["feedback"] = measure_feedback(sc, srv, target, reqs, updates, opts, feedback_rate)
+        data["feedback"] = measure_feedback(
+            sc, srv, target, reqs, updates, opts, feedback_rate, pairs=pairs
+        )
         state = srv.conn.get_selection_state(app)
         data["selection_state"] = {
             k: state.get(k) for k in ("updates", "feedback_cache_hits", "feedback_computed")

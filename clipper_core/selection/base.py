@@ -218,10 +218,12 @@ def confidence_of(y: Any, default: float = 1.0) -> float:
     return default if conf is None else conf
 
 
+_REALS = (int, float, np.integer, np.floating)  # a tuple: isinstance is fastest on one
+_BOOLS = (bool, np.bool_)
+
+
 def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
-        v, bool | np.bool_
-    )
+    return isinstance(v, _REALS) and not isinstance(v, _BOOLS)
 
 
 def _is_float(v: Any) -> bool:

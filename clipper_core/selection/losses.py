@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 _BOOL_WORDS = {"true": True, "false": False}
-_SCALARS = (int, float, str, np.integer, np.floating)
 
 
 def _number(v: Any) -> int | float | None:
@@ -78,15 +77,16 @@ def _numbers(v: Any) -> np.ndarray[Any, Any] | None:
     numbers (strings that spell numbers included)."""
     if isinstance(v, np.ndarray):
         return v.astype(np.float64) if v.dtype.kind in "iuf" else None
-    if not isinstance(v, list | tuple) or not v:
+    if not isinstance(v, list | tuple) or not v or any(e is True or e is False for e in v):
         return None
-    if any(isinstance(e, bool | np.bool_) or not isinstance(e, _SCALARS) for e in v):
-        return None
-    try:  # numpy reads numbers and numeric strings alike, a whole list at once
-        arr = np.asarray(v, dtype=np.float64)
+    try:  # numpy reads a whole list at once: numbers, and strings that spell them
+        arr = np.asarray(v)
+        if arr.ndim != 1 or arr.dtype.kind not in "iufU":
+            return None
+        arr = arr.astype(np.float64)
     except (TypeError, ValueError, OverflowError):
         return None
-    return arr if arr.ndim == 1 and bool(np.isfinite(arr).all()) else None
+    return arr if math.isfinite(float(arr.sum())) else None
 
 
 def _boolean(v: Any) -> bool | None:
@@ -128,7 +128,8 @@ def score(y_hat: Any, y_true: Any, scale: float = 1.0) -> float | None:
     if arr_a is not None and arr_b is not None:
         if arr_a.shape != arr_b.shape:
             return 1.0
-        return _capped(float(np.mean(np.abs(arr_a - arr_b))) if arr_a.size else 0.0, scale)
+        mean = float(np.abs(arr_a - arr_b).sum()) / arr_a.size if arr_a.size else 0.0
+        return _capped(mean, scale)
     if isinstance(label, str) and isinstance(y_true, str):
         return 0.0 if label == y_true else 1.0
     if a_num is None and b_num is None and arr_a is None and arr_b is None:
