@@ -3,6 +3,7 @@
     python -m bench SCENARIO [options]      run a scenario (noop, matmul, sleep, cache,
                                             or a path to a .toml file)
     python -m bench list                    the scenarios
+    python -m bench selection               regret of each selection policy (in process)
     python -m bench plot REPORT.json        redraw a report's plots
 
 Each run starts `python -m clipper_core.cli serve` on free ports with a temporary
@@ -18,6 +19,8 @@ Examples (the targets of issue 8):
     python -m bench sleep                                # batch size vs formula
     python -m bench cache                                # Zipf keys, hit rate
     python -m bench noop --smoke                         # seconds: CI smoke run
+    python -m bench selection --labels 5000 --seeds 5    # regret per policy, plot
+    python -m bench noop --feedback --mode open -r 2000  # /update at the query rate
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="aimd,quantile",
         help="sweep: the adaptive modes run at each wait (default both)",
     )
+    m.add_argument(
+        "--feedback",
+        nargs="?",
+        type=float,
+        const=0.0,
+        metavar="RATE",
+        help="an exp3 app over two copies of the model; /predict alone, then with"
+        " /update at RATE/s (default: the query rate); the p99 of both",
+    )
+    m.add_argument("--labels", type=int, help="selection: labels per stream (5000)")
+    m.add_argument("--seeds", type=int, help="selection: streams averaged (5)")
 
     ld = p.add_argument_group("load (overrides the scenario's [load])")
     ld.add_argument("--protocol", choices=scenario_mod.PROTOCOLS)
@@ -222,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in scenario_mod.available():
             sc = scenario_mod.load_scenario(name)
             print(f"{name:<8} {sc.description}")
+        print(f"{'selection':<8} regret of each selection policy over a labelled stream")
         return 0
+    if args.scenario == "selection":
+        from bench import runner
+
+        return runner.run_selection(args, argv)
 
     from bench import runner
 
@@ -259,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.quiet:
         print(f"scenario {sc.name}: {sc.description}", flush=True)
-    if args.sweep:
+    if args.feedback is not None:
+        runner.run_feedback(sc, opts, args.feedback or None, pairs=1 if args.smoke else 3)
+    elif args.sweep:
         runner.run_sweep(sc, opts)
     elif args.rates:
         runner.run_ramp(sc, opts)

@@ -412,3 +412,43 @@ def replot(path: Path, out: Path | None = None) -> list[str]:
 
     data = json.loads(path.read_text())
     return draw(data, out or path.parent, path.stem)
+
+
+# -- selection policies -----------------------------------------------------------------
+
+
+def run_selection(args: Any, argv: list[str]) -> int:
+    """``python -m bench selection``: regret per policy over a labelled stream."""
+    from bench import regret
+
+    rounds = args.labels or (400 if args.smoke else 5000)
+    seeds = args.seeds or (1 if args.smoke else 5)
+    name = args.name or "selection-regret"
+    if not args.quiet:
+        print(f"selection: {seeds} stream(s) of {rounds} labels, in process", flush=True)
+    data: dict[str, Any] = {"kind": "selection", "meta": report.meta(argv)}
+    data.update(regret.run_regret(rounds=rounds, seeds=seeds, quiet=args.quiet))
+    path = args.out / f"{name}.json"
+    if not args.no_plots:
+        title = f"{data['stream']['models']} models, accuracies {data['stream']['accuracies']}"
+        data["plots"] = [str(regret.plot_regret(data, args.out / f"{name}.png", title))]
+    report.write_json(data, path)
+    if not args.quiet:
+        print(f"report: {path}")
+        for p in data.get("plots", []):
+            print(f"plot:   {p}")
+    return 0
+
+
+def run_feedback(sc: Scenario, opts: Options, rate: float | None, pairs: int = 3) -> dict[str, Any]:
+    """``--feedback``: /predict alone, then with /update at the query rate."""
+    from bench import feedback
+
+    name = opts.name or f"{default_name(sc, 'run')}-feedback"
+    opts.profile_name = name
+    data = feedback.run_feedback(sc, opts, feedback_rate=rate, pairs=pairs)
+    path = opts.out / f"{name}.json"
+    report.write_json(data, path)
+    if not opts.quiet:
+        print(f"report: {path}")
+    return data

@@ -22,9 +22,9 @@ from clipper_core.selection.base import (
     State,
     combine_outputs,
     confidence_of,
-    loss,
     split_output,
 )
+from clipper_core.selection.losses import loss
 
 __all__ = [
     "SelectionPolicy",

@@ -5,7 +5,9 @@ defaults to 0, the app-wide state).  ``X`` follows the app's input type as in
 ``/predict``; the label is a number, a string, a boolean or an array of numbers.
 The reply is ``{"success": true, "uid": uid, "models": ["name:version", ...]}``,
 the model versions whose outputs were scored; it is sent once the new policy state
-is stored.
+is stored.  A label that cannot be compared with one of those outputs (the rules:
+:mod:`clipper_core.selection.losses`) is answered 400, naming both types, and
+teaches the policy nothing.
 """
 
 from __future__ import annotations

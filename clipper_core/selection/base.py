@@ -218,10 +218,12 @@ def confidence_of(y: Any, default: float = 1.0) -> float:
     return default if conf is None else conf
 
 
+_REALS = (int, float, np.integer, np.floating)  # a tuple: isinstance is fastest on one
+_BOOLS = (bool, np.bool_)
+
+
 def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
-        v, bool | np.bool_
-    )
+    return isinstance(v, _REALS) and not isinstance(v, _BOOLS)
 
 
 def _is_float(v: Any) -> bool:
@@ -235,31 +237,6 @@ def _numeric_array(v: Any) -> np.ndarray[Any, Any] | None:
     if isinstance(v, list | tuple) and v and all(_is_real(e) for e in v):
         return np.asarray(v, dtype=np.float64)
     return None
-
-
-def loss(y_hat: Any, y_true: Any, scale: float = 1.0) -> float:
-    """A model output's loss against a label, in ``[0, 1]``.
-
-    Numbers where either side is a float (and numeric arrays) lose ``|ŷ - y| /
-    scale``, capped at 1; everything else (labels: strings, integers, booleans)
-    loses 0 when equal and 1 otherwise.
-    """
-    label = split_output(y_hat)[0]
-    if _is_real(label) and _is_real(y_true):
-        if _is_float(label) or _is_float(y_true):
-            diff = abs(float(label) - float(y_true))
-            return 1.0 if not math.isfinite(diff) else min(1.0, diff / scale)
-        return 0.0 if int(label) == int(y_true) else 1.0
-    a, b = _numeric_array(label), _numeric_array(y_true)
-    if a is not None and b is not None:
-        if a.shape != b.shape:
-            return 1.0
-        diff = float(np.mean(np.abs(a - b))) if a.size else 0.0
-        return 1.0 if not math.isfinite(diff) else min(1.0, diff / scale)
-    try:
-        return 0.0 if bool(label == y_true) else 1.0
-    except (TypeError, ValueError):
-        return 1.0
 
 
 def _vote_key(v: Any) -> Any:
@@ -366,6 +343,14 @@ def normalised_weights(
     return {m: max(v / top, min_weight) for m, v in raw.items()}
 
 
+def forget(weights: Mapping[str, float], discount: float) -> dict[str, float]:
+    """Weights raised to the power ``discount`` (in (0, 1]): their logarithms shrink
+    toward 0, the weight of the largest, so old losses fade geometrically."""
+    if discount >= 1.0:
+        return dict(weights)
+    return {m: w**discount for m, w in weights.items()}
+
+
 def probabilities(weights: Mapping[str, float]) -> dict[str, float]:
     """Weights divided by their sum."""
     total = sum(weights.values())
@@ -373,43 +358,3 @@ def probabilities(weights: Mapping[str, float]) -> dict[str, float]:
         n = len(weights)
         return dict.fromkeys(weights, 1.0 / n) if n else {}
     return {m: w / total for m, w in weights.items()}
-
-
-# -- per-model loss statistics (ε-greedy, UCB1, and reporting) ------------------------
-
-
-def loss_stats(
-    models: Sequence[str],
-    state: State,
-    y_true: Any,
-    outputs: Mapping[str, Any],
-    *,
-    scale: float,
-    discount: float = 1.0,
-) -> State:
-    """A new ``{"loss": {m: sum}, "count": {m: n}}`` after one label.
-
-    With ``discount`` < 1 every model's sums shrink by that factor per label
-    first, so that recent labels weigh more (a discounted mean: the policy follows
-    a model that degrades or improves).
-    """
-    old_loss = state.get("loss", {})
-    old_count = state.get("count", {})
-    losses = {m: float(old_loss.get(m, 0.0)) * discount for m in models}
-    counts = {m: float(old_count.get(m, 0.0)) * discount for m in models}
-    for m, y in outputs.items():
-        if m in losses:
-            losses[m] += loss(y, y_true, scale)
-            counts[m] += 1.0
-    return {**state, "loss": losses, "count": counts, "updates": int(state.get("updates", 0)) + 1}
-
-
-def mean_losses(models: Sequence[str], state: State) -> dict[str, float | None]:
-    """Each model's mean loss so far, None when it has no label yet."""
-    losses = state.get("loss", {})
-    counts = state.get("count", {})
-    out: dict[str, float | None] = {}
-    for m in models:
-        n = float(counts.get(m, 0.0))
-        out[m] = float(losses.get(m, 0.0)) / n if n > 1e-12 else None
-    return out

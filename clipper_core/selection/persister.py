@@ -17,7 +17,7 @@ from clipper_core.errors import ClipperError
 
 log = logging.getLogger("clipper_core.selection")
 
-__all__ = ["KvStore", "StatePersister"]
+__all__ = ["MIN_COMMIT_INTERVAL", "KvStore", "StatePersister"]
 
 
 class KvStore(Protocol):
@@ -37,17 +37,32 @@ class KvStore(Protocol):
         ...
 
 
+#: Least seconds between two commits: under a stream of feedback, at most 100
+#: transactions a second, whatever the rate of ``/update``.
+MIN_COMMIT_INTERVAL = 0.01
+
+
 class StatePersister:
     """Writes policy states to the store's kv table, one transaction at a time.
 
     Writes requested while one is running are merged (the latest state of a key
     wins) and committed together next, on a worker thread, so a burst of feedback
-    costs few fsyncs and the event loop never waits on the disk.  ``put`` and
-    ``drop`` return once their change is committed.
+    costs few fsyncs and the event loop never waits on the disk.  Commits are at
+    least ``min_interval`` seconds apart: a write after a quiet spell is committed
+    at once, but under a stream of feedback each commit (about 250 us of CPU and
+    an fsync) serves every write of its interval, so the cost of storing states
+    does not grow with the rate of ``/update`` and leaves the CPU to ``/predict``.
+    ``put`` and ``drop`` return once their change is committed.
+
+    Args:
+        store: Where the states go.
+        min_interval: Least seconds between two commits.
     """
 
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, min_interval: float = MIN_COMMIT_INTERVAL) -> None:
         self._store = store
+        self.min_interval = min_interval
+        self._last_commit = -float("inf")
         self._puts: dict[tuple[str, str], Any] = {}
         self._drops: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
@@ -77,7 +92,11 @@ class StatePersister:
         return fut
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._puts or self._drops:
+            wait = self._last_commit + self.min_interval - loop.time()
+            if wait > 0:  # gather the writes of the interval into this commit
+                await asyncio.sleep(wait)
             puts, drops, waiters = self._puts, self._drops, self._waiters
             self._puts, self._drops, self._waiters = {}, set(), []
             items = [(ns, key, value) for (ns, key), value in puts.items()]
@@ -96,6 +115,8 @@ class StatePersister:
                 for w in waiters:
                     if not w.done():
                         w.set_result(None)
+            finally:
+                self._last_commit = loop.time()
 
     async def flush(self) -> None:
         """Wait until every requested write is committed."""

@@ -9,10 +9,11 @@ models that are missing and scales the confidence by the share that answered;
 only when none arrived is the app's default output returned.
 
 Feedback (``AppSelector.update``) scores the outputs of the models chosen for that
-input, found in the prediction cache (computed again only when not cached), runs
-the policy's ``observe`` and persists the new state through a
-:class:`~clipper_core.selection.persister.StatePersister`; the update is answered
-once its state is on disk.
+input, found in the prediction cache (computed again only when not cached),
+refuses a label that cannot be compared with one of them (400, nothing learned;
+:mod:`clipper_core.selection.losses`), runs the policy's ``observe`` and persists
+the new state through a :class:`~clipper_core.selection.persister.StatePersister`;
+the update is answered once its state is on disk.
 
 State per (app, uid): a uid without a state of its own reads the global state
 (uid 0) and gets its own copy at its first label.
@@ -33,10 +34,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NotFound
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
+from clipper_core.selection.losses import incomparable
 
 if TYPE_CHECKING:
     from clipper_core.dataplane.model_version import ModelVersion
@@ -73,6 +77,15 @@ def _digest(key: bytes) -> bytes:
 
 def _json_copy(state: Any) -> State:
     # A private copy, which also proves that the policy returned storable state.
+    # orjson first (the feedback path's hot spot); it writes NaN as null and
+    # refuses what json would convert (int keys), so any difference takes the
+    # strict path, which converts or names the problem.
+    try:
+        fast = orjson.loads(orjson.dumps(state))
+    except TypeError:
+        fast = None
+    if isinstance(fast, dict) and fast == state:
+        return fast
     try:
         copied = json.loads(json.dumps(state, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -143,6 +156,7 @@ class AppSelector:
         self.updates = 0
         self.feedback_cache_hits = 0
         self.feedback_computed = 0
+        self.feedback_rejected = 0
 
     @property
     def routes_queries(self) -> bool:
@@ -172,6 +186,7 @@ class AppSelector:
         self.states.clear()
         self._recent.clear()
         self.updates = self.feedback_cache_hits = self.feedback_computed = 0
+        self.feedback_rejected = 0
 
     # -- queries ------------------------------------------------------------------
 
@@ -391,6 +406,12 @@ class AppSelector:
                 else:
                     fut.add_done_callback(consume_exception)
         scored = {name: outputs[name] for name, _ in targets if name in outputs}
+        keys = {name: mv.key for name, mv in targets}
+        why = incomparable(label, {keys[n]: y for n, y in scored.items()})
+        if why is not None:
+            # Scoring every model alike would teach the policy noise: say so.
+            self.feedback_rejected += 1
+            raise BadInput(f"{why}; nothing was learned (the loss rules: docs/selection.md)")
         # Read, observe and store with no await in between: concurrent updates of
         # one uid each see the other's result.
         new_state = _json_copy(policy.observe(self.state_for(uid, policy), x, label, scored))
@@ -405,7 +426,6 @@ class AppSelector:
                 str(uid),
                 {"policy": self.policy_name, "state": new_state},
             )
-        keys = {name: mv.key for name, mv in targets}
         return {"success": True, "uid": uid, "models": [keys[n] for n in scored]}
 
     def _feedback_targets(
@@ -454,6 +474,7 @@ class AppSelector:
             "updates": self.updates,
             "feedback_cache_hits": self.feedback_cache_hits,
             "feedback_computed": self.feedback_computed,
+            "feedback_rejected": self.feedback_rejected,
         }
 
 

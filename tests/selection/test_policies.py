@@ -132,6 +132,7 @@ def test_defaults_fill_in() -> None:
     assert validate_policy("exp3", {"eta": 1}) == {
         "eta": 1.0,
         "min_weight": 0.01,
+        "discount": 1.0,
         "loss_scale": 1.0,
         "seed": None,
     }

@@ -101,3 +101,38 @@ def test_service_restores_states_of_the_current_policy_only(
     loop.run_until_complete(scenario())
     assert store.list_kv(ns) == {}
     store.close()
+
+
+class _TimedStore:
+    """A KvStore that records when (loop time) each transaction ran."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.times: list[float] = []
+        self.items: list[list[tuple[str, str, object]]] = []
+
+    def put_kv_many(self, items: object, *, delete_namespaces: object = ()) -> None:
+        self.times.append(self.loop.time())
+        self.items.append(list(items))  # type: ignore[call-overload]
+
+    def list_kv(self, namespace: str) -> dict[str, object]:
+        return {}
+
+
+def test_persister_spaces_its_commits(loop: asyncio.AbstractEventLoop) -> None:
+    store = _TimedStore(loop)
+    interval = 0.02
+
+    async def scenario() -> None:
+        persister = StatePersister(store, min_interval=interval)  # type: ignore[arg-type]
+        pending = []
+        for i in range(30):  # a stream of feedback, faster than the interval
+            pending.append(persister.put("ns", "0", {"n": i}))
+            await asyncio.sleep(interval / 8)
+        await asyncio.gather(*pending)
+        await persister.flush()
+
+    loop.run_until_complete(scenario())
+    gaps = [b - a for a, b in zip(store.times, store.times[1:], strict=False)]
+    assert all(g >= interval * 0.999 for g in gaps), gaps
+    assert store.items[-1] == [("ns", "0", {"n": 29})]  # the latest state wins

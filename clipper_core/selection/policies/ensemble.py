@@ -20,9 +20,8 @@ from clipper_core.selection.base import (
     check_combine_mode,
     check_number,
     combine_outputs,
-    loss_stats,
-    mean_losses,
 )
+from clipper_core.selection.losses import loss_stats, mean_losses
 
 
 @register_policy

@@ -5,7 +5,12 @@ where ``p`` was its probability (Clipper's Exp3).  Weights are then scaled so th
 largest is 1 and floored at ``min_weight``, so that a model that lost for a long
 time comes back within reach when it becomes the better one.
 
+With ``discount`` g < 1 every weight first becomes ``w ** g`` (the log-weights
+shrink toward equal by g per label), so a loss counts for about ``1 / (1 - g)``
+labels and the policy moves away from a model that degrades.
+
 Options: ``eta`` (η, the learning rate; Clipper used 0.01), ``min_weight``,
+``discount`` (1.0: no forgetting),
 ``loss_scale`` (numeric losses are ``|ŷ - y| / loss_scale`` capped at 1; labels
 lose 0 or 1), ``seed`` (the draws' random seed).
 """
@@ -22,10 +27,11 @@ from clipper_core.selection.base import (
     State,
     check_number,
     confidence_of,
-    loss,
+    forget,
     normalised_weights,
     probabilities,
 )
+from clipper_core.selection.losses import loss
 
 
 @register_policy
@@ -36,6 +42,7 @@ class Exp3(SelectionPolicy):
     defaults: ClassVar[Mapping[str, Any]] = {
         "eta": 0.01,
         "min_weight": 0.01,
+        "discount": 1.0,
         "loss_scale": 1.0,
         "seed": None,
     }
@@ -45,6 +52,7 @@ class Exp3(SelectionPolicy):
         super().check_config(config)
         check_number(config, "eta", low=0.0, low_open=True)
         check_number(config, "min_weight", low=0.0, high=1.0, low_open=True)
+        check_number(config, "discount", low=0.0, high=1.0, low_open=True)
         check_number(config, "loss_scale", low=0.0, low_open=True)
 
     def initial_state(self) -> State:
@@ -70,8 +78,9 @@ class Exp3(SelectionPolicy):
 
     def observe(self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any]) -> State:
         eta = self.config["eta"]
-        weights = self.weights(state)
-        probs = probabilities(weights)
+        drawn = self.weights(state)
+        probs = probabilities(drawn)  # the chances the models were drawn with
+        weights = forget(drawn, self.config["discount"])
         for m, y in outputs.items():
             p = probs.get(m)
             if p:

@@ -6,7 +6,11 @@ are scaled so the largest is 1 and floored at ``min_weight``.  Numbers are
 averaged with the weights and labels get a weighted vote (``combine``, as for
 ``ensemble``); the confidence is the weight share that agrees with the answer.
 
-Options: ``eta``, ``min_weight``, ``loss_scale``, ``combine``, ``tolerance``.
+With ``discount`` g < 1 every weight first becomes ``w ** g`` (as for ``exp3``):
+old losses fade, so the weights follow a model that degrades.
+
+Options: ``eta``, ``min_weight``, ``discount`` (1.0), ``loss_scale``, ``combine``,
+``tolerance``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from clipper_core.selection.base import (
     check_combine_mode,
     check_number,
     combine_outputs,
-    loss,
+    forget,
     normalised_weights,
     probabilities,
 )
+from clipper_core.selection.losses import loss
 
 
 @register_policy
@@ -37,6 +42,7 @@ class Exp4(SelectionPolicy):
     defaults: ClassVar[Mapping[str, Any]] = {
         "eta": 0.01,
         "min_weight": 0.01,
+        "discount": 1.0,
         "loss_scale": 1.0,
         "combine": "auto",
         "tolerance": 0.1,
@@ -47,6 +53,7 @@ class Exp4(SelectionPolicy):
         super().check_config(config)
         check_number(config, "eta", low=0.0, low_open=True)
         check_number(config, "min_weight", low=0.0, high=1.0, low_open=True)
+        check_number(config, "discount", low=0.0, high=1.0, low_open=True)
         check_number(config, "loss_scale", low=0.0, low_open=True)
         check_number(config, "tolerance", low=0.0)
         check_combine_mode(config)
@@ -74,7 +81,7 @@ class Exp4(SelectionPolicy):
 
     def observe(self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any]) -> State:
         eta = self.config["eta"]
-        weights = self.weights(state)
+        weights = forget(self.weights(state), self.config["discount"])
         for m, y in outputs.items():
             if m in weights:
                 weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]))

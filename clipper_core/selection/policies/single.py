@@ -15,9 +15,8 @@ from clipper_core.selection.base import (
     State,
     check_number,
     confidence_of,
-    loss_stats,
-    mean_losses,
 )
+from clipper_core.selection.losses import loss_stats, mean_losses
 
 
 @register_policy

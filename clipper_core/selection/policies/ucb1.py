@@ -20,9 +20,8 @@ from clipper_core.selection.base import (
     State,
     check_number,
     confidence_of,
-    loss_stats,
-    mean_losses,
 )
+from clipper_core.selection.losses import loss_stats, mean_losses
 
 #: Counts below this are "no label yet" (discounting never reaches 0 exactly).
 _UNTRIED = 1e-9
