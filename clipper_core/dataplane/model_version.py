@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
+from clipper_core.dataplane.batch_latency import OwnLatency
 from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import consume_exception, copy_outcome
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
@@ -71,6 +72,8 @@ class ReplicaSlot:
     recovering: bool = False
     #: When the batch in flight was sent (``time.monotonic()``).
     batch_started: float = 0.0
+    #: Turns this replica's round trips into batch latencies (see batch_latency).
+    own_latency: OwnLatency = field(default_factory=OwnLatency)
 
 
 class ModelVersion:
@@ -205,11 +208,20 @@ class ModelVersion:
 
     def _admit(self, deadline: float) -> None:
         """Refuse an input that would wait in the queue past its deadline."""
+        refusal = self.overload(deadline)
+        if refusal is not None:
+            self.rejected_overload += 1
+            raise refusal
+
+    def overload(self, deadline: float) -> Overloaded | None:
+        """Why admission control would refuse an input due by ``deadline`` now
+        (its expected wait exceeds the remaining deadline), or None.  Cheap: a
+        frontend may ask before it reads a request's body."""
         if not self.admission:
-            return
+            return None
         queued = len(self.queue)
         now = time.monotonic()
-        batch_latency = self.estimator.batch_latency_high
+        batch_latency = self.estimator.batch_latency
         replicas = 0
         idle = False
         first_free = math.inf  # when the first busy replica should be done
@@ -224,15 +236,16 @@ class ModelVersion:
         if queued == 0 and idle:
             # Next in line for an idle replica: whether the model is fast enough
             # for the deadline is not overload (the app's default answers that).
-            return
-        wait = self.estimator.expected_wait(queued, replicas, 0.0 if idle else first_free)
+            return None
+        wait = self.estimator.expected_wait(
+            queued, replicas, 0.0 if idle else first_free, self.controller.batch_size
+        )
         if wait is None:
-            return
+            return None
         remaining = deadline - now
         if wait <= remaining * ADMISSION_HEADROOM:
-            return
-        self.rejected_overload += 1
-        raise Overloaded(
+            return None
+        return Overloaded(
             f"{self.key} is overloaded: {queued} inputs queued for {replicas} replica(s);"
             f" the expected wait of {wait * 1000:.0f} ms exceeds the remaining deadline"
             f" of {max(remaining, 0.0) * 1000:.0f} ms",
@@ -368,8 +381,11 @@ class ModelVersion:
                     slot.failures = 0
                     slot.batches += 1
                     latency = time.monotonic() - started
-                    self._observe(len(entries), latency)
-                    self.estimator.observe(len(entries), latency)
+                    # What the controller and admission learn from is the batch's
+                    # own latency, not the event loop's time spent elsewhere.
+                    own = slot.own_latency(latency, client.last_model_seconds)
+                    self._observe(len(entries), own)
+                    self.estimator.observe(len(entries), own)
                     self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
                     for entry, output in zip(entries, outputs, strict=True):
                         fut = entry.future
