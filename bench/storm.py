@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -123,11 +124,15 @@ def summarize(
         "goodput_per_s": round(goodput, 1),
         "goodput_share_of_capacity": round(goodput / capacity, 3) if capacity else None,
         "refused_share": round(len(refused) / len(storm), 5) if storm else None,
-        "refusal_latency_ms": {"p50": _ms([r[1] for r in refused], 50),
-                               "p99": _ms([r[1] for r in refused], 99),
-                               "max": _ms([r[1] for r in refused], 100)},
-        "admitted_latency_ms": {"p50": _ms([r[1] for r in admitted], 50),
-                                "p99": _ms([r[1] for r in admitted], 99)},
+        "refusal_latency_ms": {
+            "p50": _ms([r[1] for r in refused], 50),
+            "p99": _ms([r[1] for r in refused], 99),
+            "max": _ms([r[1] for r in refused], 100),
+        },
+        "admitted_latency_ms": {
+            "p50": _ms([r[1] for r in admitted], 50),
+            "p99": _ms([r[1] for r in admitted], 99),
+        },
         "admitted_default_outputs": sum(1 for r in admitted if r[3]),
         "tail_requests": len(tail),
         "tail_not_normal": len(late),
@@ -135,18 +140,27 @@ def summarize(
     }
 
 
-async def _with_tail(storm: Any, port: int, app: str, duration: float, capacity: float,
-                     tally: Tally) -> None:
+async def _with_tail(
+    storm: Any, port: int, app: str, duration: float, capacity: float, tally: Tally
+) -> None:
     async def tail() -> None:
         await asyncio.sleep(duration)
-        await open_loop(port, app, TAIL_FACTOR * capacity, TAIL_SECONDS, connections=32,
-                        tally=tally, seed=11)
+        await open_loop(
+            port, app, TAIL_FACTOR * capacity, TAIL_SECONDS, connections=32, tally=tally, seed=11
+        )
 
     await asyncio.gather(storm, tail())
 
 
-def run_scenario(name: str, port: int, app: str, duration: float, capacity: float,
-                 server_pid: int, sampler: BatchSampler) -> dict[str, Any]:
+def run_scenario(
+    name: str,
+    port: int,
+    app: str,
+    duration: float,
+    capacity: float,
+    server_pid: int,
+    sampler: BatchSampler,
+) -> dict[str, Any]:
     tally = Tally()
     cpu0 = cpu_seconds(server_pid) or 0.0
 
@@ -166,10 +180,18 @@ def run_scenario(name: str, port: int, app: str, duration: float, capacity: floa
         return t0
 
     wall0 = time.monotonic()
+    client0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = uvloop.run(go())
+    client1 = resource.getrusage(resource.RUSAGE_SELF)
     out = summarize(tally, t0, duration, capacity)
-    out["server_cpu_s_per_s"] = round(((cpu_seconds(server_pid) or 0.0) - cpu0)
-                                      / max(time.monotonic() - wall0, 1e-9), 2)
+    out["client_cpu_s_per_s"] = round(
+        (client1.ru_utime + client1.ru_stime - client0.ru_utime - client0.ru_stime)
+        / max(time.monotonic() - wall0, 1e-9),
+        2,
+    )
+    out["server_cpu_s_per_s"] = round(
+        ((cpu_seconds(server_pid) or 0.0) - cpu0) / max(time.monotonic() - wall0, 1e-9), 2
+    )
     sizes = sampler.between(wall0 + 1.0, wall0 + duration)
     out["batch_size_during_storm"] = {
         "min": min(sizes, default=None),
@@ -196,14 +218,21 @@ def measure_capacity(port: int, app: str, seconds: float = 5.0) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", action="append",
-                        choices=["open10x", "closed1000", "below"],
-                        help="run only these (repeatable); default: all three")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=["open10x", "closed1000", "below"],
+        help="run only these (repeatable); default: all three",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of storm")
     parser.add_argument("--base-ms", type=float, default=10.0, help="model cost per batch")
     parser.add_argument("--per-item-ms", type=float, default=2.0, help="model cost per input")
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra argument for clipper serve (repeatable)")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra argument for clipper serve (repeatable)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     scenarios = args.scenario or ["below", "open10x", "closed1000"]
@@ -219,12 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
     }
     try:
-        conn = ClipperConnection(LocalContainerManager(
-            "127.0.0.1", server.query_port, server.management_port, str(state)))
+        conn = ClipperConnection(
+            LocalContainerManager(
+                "127.0.0.1", server.query_port, server.management_port, str(state)
+            )
+        )
         conn.register_application("storm", "doubles", "-1", int(SLO_MS * 1000))
-        conn.deploy_pickled("storm", 1, "doubles",
-                            make_model(args.base_ms / 1000, args.per_item_ms / 1000),
-                            cache_enabled=False)
+        conn.deploy_pickled(
+            "storm",
+            1,
+            "doubles",
+            make_model(args.base_ms / 1000, args.per_item_ms / 1000),
+            cache_enabled=False,
+        )
         conn.link_model_to_app("storm", "storm")
         with BatchSampler(server.query_port) as sampler:
             capacity = measure_capacity(server.query_port, "storm")
@@ -232,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"capacity: {capacity:.0f} answers/s", flush=True)
             for name in scenarios:
                 time.sleep(2.0)  # let the previous storm's tail settle
-                res = run_scenario(name, server.query_port, "storm", args.duration, capacity,
-                                   server.pid, sampler)
+                res = run_scenario(
+                    name, server.query_port, "storm", args.duration, capacity, server.pid, sampler
+                )
                 results[name] = res
                 print(name, json.dumps(res), flush=True)
     finally:

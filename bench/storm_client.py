@@ -163,7 +163,7 @@ async def open_loop(
             next_at += rng.expovariate(rate)
         await asyncio.sleep(max(0.0, min(next_at - loop.time(), 0.002)))
     end = loop.time() + 15.0
-    while any(c.sent for c in conns) and loop.time() < end:
+    while any(c.sent for c in conns) and loop.time() < end:  # noqa: ASYNC110 (polling answers)
         await asyncio.sleep(0.01)
     for c in conns:
         if c.transport is not None:
@@ -206,7 +206,7 @@ async def closed_loop(
     tasks = [loop.create_task(client()) for _ in range(clients)]
     await asyncio.sleep(duration)
     drain_end = loop.time() + 15.0
-    while any(c.sent for c in live) and loop.time() < drain_end:
+    while any(c.sent for c in live) and loop.time() < drain_end:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     for c in list(live):
         if c.transport is not None:

@@ -16,10 +16,18 @@ for the model's current version, by a client that passes the app's API keys
 pinning another ``version`` in its body is judged by the current version's
 queue; a query the prediction cache would have answered is refused like any
 other while the model is saturated.
+
+Requests let through on their headers reach the queue only when their handlers
+run, after the rest of the event loop's round: many can pass on one round while
+the queue still looks short, and would then be refused one by one at ``submit``
+at the full cost.  So the guard counts the requests it let through for each
+model version until the next round and judges the next one as if they were
+queued already.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,7 +39,7 @@ from clipper_core.http import Request, Response, error_response
 from clipper_core.http.messages import error_headers
 
 if TYPE_CHECKING:
-    from clipper_core.dataplane import QueryView
+    from clipper_core.dataplane import ModelVersion, QueryView
 
 __all__ = ["header_refusal"]
 
@@ -49,6 +57,9 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
         A function of a request (headers only) to its 503 answer, or None to
         read the body and route it as usual.
     """
+
+    # Model version -> requests let through in this round of the event loop.
+    passed: dict[ModelVersion, int] = {}
 
     def refuse(request: Request) -> Response | None:
         path = request.path
@@ -70,8 +81,12 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
         end = time.monotonic() + app.slo
         if deadline is not None and deadline < end:
             end = deadline
-        refusal = mv.overload(end)
+        incoming = passed.get(mv, 0)
+        refusal = mv.overload(end, incoming)
         if refusal is None:
+            if not passed:
+                asyncio.get_running_loop().call_soon(passed.clear)
+            passed[mv] = incoming + 1
             return None
         mv.rejected_overload += 1
         record_failure(app, mv, refusal, 1, rejected=True)

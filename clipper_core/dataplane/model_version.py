@@ -213,13 +213,14 @@ class ModelVersion:
             self.rejected_overload += 1
             raise refusal
 
-    def overload(self, deadline: float) -> Overloaded | None:
+    def overload(self, deadline: float, incoming: int = 0) -> Overloaded | None:
         """Why admission control would refuse an input due by ``deadline`` now
         (its expected wait exceeds the remaining deadline), or None.  Cheap: a
-        frontend may ask before it reads a request's body."""
+        frontend may ask before it reads a request's body, counting as
+        ``incoming`` the inputs it let through that are not queued yet."""
         if not self.admission:
             return None
-        queued = len(self.queue)
+        queued = len(self.queue) + incoming
         now = time.monotonic()
         batch_latency = self.estimator.batch_latency
         replicas = 0
@@ -381,11 +382,13 @@ class ModelVersion:
                     slot.failures = 0
                     slot.batches += 1
                     latency = time.monotonic() - started
-                    # What the controller and admission learn from is the batch's
-                    # own latency, not the event loop's time spent elsewhere.
-                    own = slot.own_latency(latency, client.last_model_seconds)
-                    self._observe(len(entries), own)
-                    self.estimator.observe(len(entries), own)
+                    # The batch size is the batch's own latency's business, not
+                    # the event loop's time spent elsewhere; the expected wait
+                    # (admission) is what a queued input lives through: all of it.
+                    self._observe(
+                        len(entries), slot.own_latency(latency, client.last_model_seconds)
+                    )
+                    self.estimator.observe(len(entries), latency)
                     self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
                     for entry, output in zip(entries, outputs, strict=True):
                         fut = entry.future
