@@ -254,9 +254,15 @@ class RequestParser(asyncio.Protocol):
             self._send_interim(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        if self._refusal is not None:
-            return  # a refused request's body: dropped unread
         self._body_size += len(body)
+        refusal = self._refusal
+        if refusal is not None:
+            # A refused request's body is dropped; a long one (chunked) is not
+            # worth the connection.
+            if self._body_size > DISCARD_BODY_LIMIT:
+                self._fail_response(refusal)
+                raise _Abort
+            return
         if self._body_size > self._max_body:
             self._fail(
                 413,

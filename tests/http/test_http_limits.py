@@ -83,6 +83,15 @@ def test_a_refused_large_body_is_not_read(loop: asyncio.AbstractEventLoop) -> No
             resp = await client.read_response()
             assert resp.status == 503
             await client.close()
+            # A chunked body is dropped up to 64 KiB, then the connection goes.
+            client = await Client.connect(server.port)
+            chunk = b"%x\r\n%s\r\n" % (50_000, b"c" * 50_000)
+            await client.send(
+                build("POST", "/busy/predict", headers={"Transfer-Encoding": "chunked"}) + chunk * 2
+            )
+            resp = await client.read_response()
+            assert resp.status == 503 and resp.headers["connection"] == "close"
+            await client.close()
         assert calls == []
 
     run(loop, body())
