@@ -192,7 +192,11 @@ class ServiceTimeEstimator:
         self.observations += 1
 
     def expected_wait(
-        self, queued: int, replicas: int, first_free: float | None = None
+        self,
+        queued: int,
+        replicas: int,
+        first_free: float | None = None,
+        batch_size: int = 0,
     ) -> float | None:
         """Seconds an input queued now would wait for its answer, or None while
         there is nothing to go by (no batch observed yet, or no replica).
@@ -202,13 +206,23 @@ class ServiceTimeEstimator:
             replicas: Replicas taking batches.
             first_free: Seconds until the first replica is free (0 when one is
                 idle); unknown (None): a whole batch, the worst case.
+            batch_size: The batch size the queue is taken in, when known: the
+                inputs ahead then cost whole batches (``queued // batch_size`` of
+                them, each ``batch_latency``) and the input rides in the next one,
+                rather than ``per_item`` each on top of a batch of its own -- which
+                counts the inputs that share its batch twice and refuses a
+                moderately loaded model.
         """
         if self.observations == 0 or replicas <= 0:
             return None
         high = self.batch_latency_high
         if first_free is None or not math.isfinite(first_free):
             first_free = high
-        return first_free + queued * self.per_item / replicas + high
+        if batch_size > 0:
+            ahead = (queued // batch_size) * self.batch_latency
+        else:
+            ahead = queued * self.per_item
+        return first_free + ahead / replicas + high
 
     def drain_time(self, queued: int, replicas: int) -> float:
         """Seconds until ``queued`` inputs are served (for ``Retry-After``)."""

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,23 @@ from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _connection(args: argparse.Namespace) -> ClipperConnection:
@@ -93,6 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_body_size",
         "max_header_size",
         "max_json_depth",
+        "max_inflight_body_bytes",
+        "max_connections",
+        "min_body_rate",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
@@ -370,6 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-json-depth",
         type=_positive_int,
         help="deepest JSON nesting of a query body (64; 400 above)",
+    )
+    p.add_argument(
+        "--max-inflight-body-bytes",
+        type=_non_negative_int,
+        help="memory budget for query bodies in flight, all connections together"
+        " (128 MiB; 503 beyond; 0: none)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_non_negative_int,
+        help="client connections open at once on the query port (4096; 503 beyond; 0: none)",
+    )
+    p.add_argument(
+        "--min-body-rate",
+        type=_non_negative_int,
+        help="bytes/s an incomplete request must keep arriving at (1024; 408 below; 0: off)",
     )
     p.add_argument(
         "--no-admission",

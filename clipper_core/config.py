@@ -52,6 +52,14 @@ class ServerConfig:
             ``clipper_core.http.access``; event ``http_access`` in JSON logs).
         max_header_size: largest request line plus headers, in bytes (431 above it).
         max_json_depth: deepest JSON nesting a query body may have (400 above it).
+        max_inflight_body_bytes: the query port's memory budget for request bodies,
+            over all connections, from headers to answer: a request whose body does
+            not fit is answered 503 before its body is read (0: no budget).
+        max_connections: client connections the query port keeps open at once;
+            one more is answered 503 and closed (0: no limit).
+        min_body_rate: bytes per second an incomplete request must keep arriving
+            at on the query port (measured over 10 s); slower ones get 408 and are
+            closed, so a trickle cannot hold a partial body (0: off).
         admission_control: refuse (503 + Retry-After) an input whose expected
             queueing wait exceeds its remaining deadline.
         client_max_concurrency: requests one client (API key, else remote address)
@@ -92,6 +100,9 @@ class ServerConfig:
     access_log: bool = False
     max_header_size: int = 64 * 1024
     max_json_depth: int = 64
+    max_inflight_body_bytes: int = 128 * 1024 * 1024
+    max_connections: int = 4096
+    min_body_rate: int = 1024
     admission_control: bool = True
     client_max_concurrency: int = 0
     client_rate_limit: float = 0.0

@@ -53,6 +53,7 @@ from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
 from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
 from clipper_core.planning import budgets
+from clipper_core.query_refusal import header_refusal
 from clipper_core.replica_client import insecure_connector
 from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
@@ -260,6 +261,10 @@ class ClipperServer:
             max_header_size=cfg.max_header_size,
             access_log=cfg.access_log,
             ssl=ssl_context,
+            header_guard=header_refusal(self.dataplane, self.gate),
+            max_inflight_body_bytes=cfg.max_inflight_body_bytes,
+            max_connections=cfg.max_connections,
+            min_body_rate=cfg.min_body_rate,
         )
         policy = SameOriginPolicy(
             cfg.host, lambda: self.management_port, self.scheme, cfg.allowed_hosts

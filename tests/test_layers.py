@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.planning": CONTROL,
     # L5 frontends
     "clipper_core.query_api": FRONTENDS,
+    "clipper_core.query_refusal": FRONTENDS,
     "clipper_core.selection.api": FRONTENDS,
     "clipper_core.oip": FRONTENDS,
     "clipper_core.admin_api": FRONTENDS,

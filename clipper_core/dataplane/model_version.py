@@ -20,6 +20,7 @@ from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
 from clipper_core.dataplane.batch_controller import batch_controller
+from clipper_core.dataplane.batch_latency import OwnLatency
 from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import consume_exception
 from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
@@ -61,6 +62,8 @@ class ReplicaSlot:
     recovering: bool = False
     #: When the batch in flight was sent (``time.monotonic()``).
     batch_started: float = 0.0
+    #: Turns this replica's round trips into batch latencies (see batch_latency).
+    own_latency: OwnLatency = field(default_factory=OwnLatency)
 
 
 class ModelVersion:
@@ -194,11 +197,21 @@ class ModelVersion:
 
     def _admit(self, deadline: float) -> None:
         """Refuse an input that would wait in the queue past its deadline."""
+        refusal = self.overload(deadline)
+        if refusal is not None:
+            self.rejected_overload += 1
+            raise refusal
+
+    def overload(self, deadline: float, incoming: int = 0) -> Overloaded | None:
+        """Why admission control would refuse an input due by ``deadline`` now
+        (its expected wait exceeds the remaining deadline), or None.  Cheap: a
+        frontend may ask before it reads a request's body, counting as
+        ``incoming`` the inputs it let through that are not queued yet."""
         if not self.admission:
-            return
-        queued = len(self.queue)
+            return None
+        queued = len(self.queue) + incoming
         now = time.monotonic()
-        batch_latency = self.estimator.batch_latency_high
+        batch_latency = self.estimator.batch_latency
         replicas = 0
         idle = False
         first_free = math.inf  # when the first busy replica should be done
@@ -213,15 +226,16 @@ class ModelVersion:
         if queued == 0 and idle:
             # Next in line for an idle replica: whether the model is fast enough
             # for the deadline is not overload (the app's default answers that).
-            return
-        wait = self.estimator.expected_wait(queued, replicas, 0.0 if idle else first_free)
+            return None
+        wait = self.estimator.expected_wait(
+            queued, replicas, 0.0 if idle else first_free, self.controller.batch_size
+        )
         if wait is None:
-            return
+            return None
         remaining = deadline - now
         if wait <= remaining * ADMISSION_HEADROOM:
-            return
-        self.rejected_overload += 1
-        raise Overloaded(
+            return None
+        return Overloaded(
             f"{self.key} is overloaded: {queued} inputs queued for {replicas} replica(s);"
             f" the expected wait of {wait * 1000:.0f} ms exceeds the remaining deadline"
             f" of {max(remaining, 0.0) * 1000:.0f} ms",
@@ -369,7 +383,12 @@ class ModelVersion:
                 slot.batches += 1
                 latency = time.monotonic() - started
                 if suspect is None:  # a suspect call's size is not the controller's
-                    self._observe(len(entries), latency)
+                    # The batch size is the batch's own latency's business, not
+                    # the event loop's time spent elsewhere; the expected wait
+                    # (admission) is what a queued input lives through: all of it.
+                    self._observe(
+                        len(entries), slot.own_latency(latency, client.last_model_seconds)
+                    )
                     self.estimator.observe(len(entries), latency)
                 self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
                 for entry, output in zip(entries, outputs, strict=True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,8 @@ from clipper_core.admission import retry_after_header
 from clipper_core.errors import ClipperError
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+logger = logging.getLogger("clipper_core.http")
 
 
 class Request:
@@ -121,3 +125,28 @@ def error_headers(exc: ClipperError) -> dict[str, str] | None:
     if status == 401:
         return {"WWW-Authenticate": 'Bearer realm="clipper_core"'}
     return None
+
+
+def task_response(task: asyncio.Future[Any], request: Request | None) -> Response:
+    """The answer of a finished handler task: its Response, or its error's."""
+    if task.cancelled():
+        return error_response(503, "cancelled", "the request's handling was cancelled")
+    exc = task.exception()
+    if exc is not None:
+        return response_for_exception(exc, request)
+    result = task.result()
+    if isinstance(result, Response):
+        return result
+    return error_response(
+        500, "internal", f"TypeError: handler returned {type(result).__name__}, not a Response"
+    )
+
+
+def response_for_exception(exc: BaseException, request: Request | None) -> Response:
+    """The answer to a handler's exception: a ClipperError maps to its status."""
+    if isinstance(exc, ClipperError):
+        cause = str(exc) or exc.kind
+        return error_response(exc.http_status, exc.kind, cause, error_headers(exc))
+    where = f"{request.method} {request.path}" if request is not None else "a request"
+    logger.error("unhandled error while handling %s", where, exc_info=exc)
+    return error_response(500, "internal", f"{type(exc).__name__}: {exc}")

@@ -7,9 +7,12 @@ from a per-connection queue.  A plain-function handler (and every 404/405) is
 answered inline without a task.
 
 Errors the protocol finds itself (malformed request 400, body too large 413, header
-section too large 431) are answered in order after the responses already owed, and
-then the connection is closed: the server half-closes and keeps discarding input for
-a moment before closing, so that the client reads the answer instead of a reset.
+section too large 431, a request arriving slower than the minimum rate 408, the
+server's budget for request bodies exhausted 503) are answered in order after the
+responses already owed, and then the connection is closed: the server half-closes
+and keeps discarding input for a moment before closing, so that the client reads
+the answer instead of a reset.  A connection beyond the server's connection limit
+is answered 503 the same way as soon as it is accepted.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from clipper_core.errors import ClipperError
-from clipper_core.http.messages import Request, Response, error_headers, error_response
+from clipper_core.http.body_budget import BodyBudget
+from clipper_core.http.messages import (
+    Request,
+    Response,
+    error_response,
+    response_for_exception,
+    task_response,
+)
 from clipper_core.http.request_parser import RequestParser
 from clipper_core.http.router import Router
 from clipper_core.http.wire import encode_response
@@ -44,11 +53,17 @@ class ConnectionOwner(Protocol):
 
     router: Router
     guard: Callable[[Request], Response | None] | None
+    header_guard: Callable[[Request], Response | None] | None
+    body_budget: BodyBudget | None
+    max_connections: int
+    min_body_rate: int
+    body_rate_window: float
     max_body_size: int
     max_header_size: int
     keepalive_timeout: float
     access_log: bool
     _connections: set[HttpProtocol]
+    _refused: set[HttpProtocol]
 
     def _connection_closed(self, conn: HttpProtocol) -> None: ...
 
@@ -61,7 +76,7 @@ class _Exchange:
     protocol error) is set.
     """
 
-    __slots__ = ("close", "data", "request", "response", "task")
+    __slots__ = ("close", "data", "request", "reserved", "response", "task")
 
     def __init__(
         self,
@@ -70,18 +85,22 @@ class _Exchange:
         response: Response | None = None,
         data: bytes | None = None,
         close: bool = False,
+        reserved: int = 0,
     ) -> None:
         self.request = request
         self.task = task
         self.response = response
         self.data = data
         self.close = close
+        #: Bytes of the server's body budget the request holds until answered.
+        self.reserved = reserved
 
 
 class HttpProtocol(RequestParser):
     """One HTTP/1.x connection.  Created by :class:`HttpServer`."""
 
     __slots__ = (
+        "_bytes_in",
         "_draining",
         "_idle_timer",
         "_last_active",
@@ -89,6 +108,8 @@ class HttpProtocol(RequestParser):
         "_loop",
         "_on_task_done",
         "_pending",
+        "_rate_mark",
+        "_rate_timer",
         "_read_paused",
         "_router",
         "_server",
@@ -97,7 +118,9 @@ class HttpProtocol(RequestParser):
     )
 
     def __init__(self, server: ConnectionOwner, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(server.max_body_size, server.max_header_size)
+        super().__init__(
+            server.max_body_size, server.max_header_size, server.header_guard, server.body_budget
+        )
         self._server = server
         self._loop = loop
         self._router = server.router
@@ -111,6 +134,10 @@ class HttpProtocol(RequestParser):
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # The minimum receive rate: bytes read so far, and at the last check.
+        self._bytes_in = 0
+        self._rate_mark = 0
+        self._rate_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -120,7 +147,19 @@ class HttpProtocol(RequestParser):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._peer = str(peer[0])
-        self._server._connections.add(self)
+        server = self._server
+        limit = server.max_connections
+        if limit and len(server._connections) >= limit:
+            # Refused before reading anything; it does not count against the limit.
+            server._refused.add(self)
+            self._fail(
+                503,
+                "overloaded",
+                f"the server has {len(server._connections)} connections open, its limit",
+                {"Retry-After": "1"},
+            )
+            return
+        server._connections.add(self)
         self._last_active = self._loop.time()
         self._idle_timer = self._loop.call_later(self._server.keepalive_timeout, self._check_idle)
 
@@ -134,11 +173,16 @@ class HttpProtocol(RequestParser):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+        self._release_reserved()
         # Cancel the handlers still running; mark the finished ones' errors as
         # retrieved, since no one will write their responses.
         pending = self._pending
         self._pending = deque()
         for ex in pending:
+            self._release(ex.reserved)
             task = ex.task
             if task is not None:
                 if not task.done():
@@ -150,6 +194,7 @@ class HttpProtocol(RequestParser):
         if self._stopped_input:
             return
         self._last_active = self._loop.time()
+        self._bytes_in += len(data)
         seq = self._message_seq
         in_headers = self._in_message and not self._headers_done
         try:
@@ -177,6 +222,14 @@ class HttpProtocol(RequestParser):
             self._raw_header_size += len(data)
             if self._raw_header_size > self._max_header:
                 self._fail(431, "headers_too_large", self._header_cause())
+                return
+        if self._in_message and self._rate_timer is None and self._server.min_body_rate > 0:
+            # An incomplete request must keep arriving at the minimum rate: a
+            # trickle that resets the idle timer must not hold a partial body.
+            self._rate_mark = self._bytes_in
+            self._rate_timer = self._loop.call_later(
+                self._server.body_rate_window, self._check_rate
+            )
 
     def eof_received(self) -> bool | None:
         # A client that closes its side is gone for our purposes (a half-closed
@@ -194,7 +247,14 @@ class HttpProtocol(RequestParser):
 
     # -- dispatch and ordered writing ---------------------------------------------
 
-    def _dispatch(self, request: Request) -> None:
+    def _answer(self, request: Request, response: Response, reserved: int = 0) -> None:
+        if not self._pending:
+            self._write_now(request, response)
+            self._release(reserved)
+        else:
+            self._pending.append(_Exchange(request, None, response, reserved=reserved))
+
+    def _dispatch(self, request: Request, reserved: int = 0) -> None:
         result: Any
         guard = self._server.guard
         refused = None if guard is None else guard(request)
@@ -204,14 +264,11 @@ class HttpProtocol(RequestParser):
             try:
                 result = handler(request, params)
             except Exception as exc:
-                result = _error_for(exc, request)
+                result = response_for_exception(exc, request)
         else:
             result = routed
         if isinstance(result, Response):
-            if not self._pending:
-                self._write_now(request, result)
-            else:
-                self._pending.append(_Exchange(request, None, result))
+            self._answer(request, result, reserved)
             return
         try:
             if type(result) is CoroutineType or asyncio.iscoroutine(result):
@@ -224,10 +281,10 @@ class HttpProtocol(RequestParser):
                 "internal",
                 f"TypeError: handler returned {type(result).__name__}, not a Response",
             )
-            self._pending.append(_Exchange(request, response=response))
+            self._pending.append(_Exchange(request, response=response, reserved=reserved))
             self._flush()
             return
-        self._pending.append(_Exchange(request, task))
+        self._pending.append(_Exchange(request, task, reserved=reserved))
         task.add_done_callback(self._on_task_done)
         if len(self._pending) >= MAX_PIPELINE:
             self._update_reading()
@@ -275,10 +332,11 @@ class HttpProtocol(RequestParser):
                 if task is not None:
                     if not task.done():
                         break
-                    response = _task_response(task, ex.request)
+                    response = task_response(task, ex.request)
                 request = ex.request
                 assert request is not None and response is not None
                 pending.popleft()
+                self._release(ex.reserved)
                 last = not pending and not self._in_message
                 keep_alive = request.keep_alive and not ex.close and not (self._draining and last)
                 out.append(self._encode(request, response, keep_alive))
@@ -333,16 +391,40 @@ class HttpProtocol(RequestParser):
         else:
             self._pending.append(_Exchange(None, data=data))
 
-    def _fail(self, status: int, error: str, cause: str) -> None:
-        """Answer a protocol error after the answers already owed, then close."""
+    def _fail_response(self, response: Response) -> None:
+        """Answer after the answers already owed, then close."""
         self._stopped_input = True
         self._in_message = False
-        data = encode_response(error_response(status, error, cause), False)
+        self._release_reserved()  # the message being read is abandoned
+        data = encode_response(response, False)
         if self._pending:
             self._pending.append(_Exchange(None, data=data, close=True))
         elif self._transport is not None:
             self._transport.write(data)
             self._close(linger=True)
+
+    def _release(self, reserved: int) -> None:
+        if reserved and self._budget is not None:
+            self._budget.release(reserved)
+
+    def _check_rate(self) -> None:
+        """Cut a request that arrives slower than the minimum rate (408)."""
+        self._rate_timer = None
+        if self._transport is None or self._stopped_input or not self._in_message:
+            return
+        window = self._server.body_rate_window
+        minimum = self._server.min_body_rate
+        got = self._bytes_in - self._rate_mark
+        if got < minimum * window and not self._read_paused:
+            self._fail(
+                408,
+                "request_timeout",
+                f"the request arrived at {got / window:.0f} bytes/s over {window:g} s,"
+                f" under the minimum of {minimum} bytes/s",
+            )
+            return
+        self._rate_mark = self._bytes_in
+        self._rate_timer = self._loop.call_later(window, self._check_rate)
 
     def _close(self, linger: bool) -> None:
         """Close after the last answer.  With ``linger``, half-close first and keep
@@ -413,30 +495,6 @@ class HttpProtocol(RequestParser):
         if self._transport is not None:
             self._transport.abort()
         return running
-
-
-def _task_response(task: asyncio.Future[Any], request: Request | None) -> Response:
-    if task.cancelled():
-        return error_response(503, "cancelled", "the request's handling was cancelled")
-    exc = task.exception()
-    if exc is not None:
-        return _error_for(exc, request)
-    result = task.result()
-    if isinstance(result, Response):
-        return result
-    return error_response(
-        500, "internal", f"TypeError: handler returned {type(result).__name__}, not a Response"
-    )
-
-
-def _error_for(exc: BaseException, request: Request | None) -> Response:
-    """The answer to a handler's exception: a ClipperError maps to its status."""
-    if isinstance(exc, ClipperError):
-        cause = str(exc) or exc.kind
-        return error_response(exc.http_status, exc.kind, cause, error_headers(exc))
-    where = f"{request.method} {request.path}" if request is not None else "a request"
-    logger.error("unhandled error while handling %s", where, exc_info=exc)
-    return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
 __all__ = ["LINGER_SECONDS", "MAX_PIPELINE", "ConnectionOwner", "HttpProtocol"]

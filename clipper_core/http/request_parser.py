@@ -9,11 +9,13 @@ how to answer, is its subclass's business (``clipper_core.http.protocol``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import httptools
 
-from clipper_core.http.messages import Request
+from clipper_core.http.body_budget import BodyBudget
+from clipper_core.http.messages import Request, Response, error_response
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHOD_NAMES: dict[bytes, str] = {}
@@ -46,21 +48,35 @@ class _Abort(Exception):
     """Raised inside a parser callback to stop parsing; the answer is already queued."""
 
 
+#: Declared bodies up to this size are read (and dropped) after a refusal, so that
+#: the connection stays open; a larger one is refused at once and the connection
+#: closed, rather than read for nothing.
+DISCARD_BODY_LIMIT = 64 * 1024
+
+
 class RequestParser(asyncio.Protocol):
     """The request-reading half of one HTTP/1.x connection.
 
-    Subclasses implement the three hooks: :meth:`_dispatch` (a complete request),
-    :meth:`_send_interim` (a ``100 Continue``) and :meth:`_fail` (a protocol error
-    to answer before closing).
+    Subclasses implement the hooks: :meth:`_dispatch` (a complete request),
+    :meth:`_answer` (a request refused before its body, once complete),
+    :meth:`_send_interim` (a ``100 Continue``) and :meth:`_fail_response` (an
+    answer to give before closing: a protocol error, or a refusal).
 
     Args:
         max_body: Largest request body in bytes; larger ones fail with 413.
         max_header: Largest request line plus header section; larger fail with 431.
+        header_guard: Called with each request once its headers are read (its
+            ``body`` still empty); a ``Response`` it returns is the answer, and
+            the body is dropped unread.
+        budget: The server's budget for request bodies in flight: a request's
+            body is reserved from it as its headers arrive, else 503.
     """
 
     __slots__ = (
         "_body",
         "_body_size",
+        "_budget",
+        "_guard",
         "_header_size",
         "_headers",
         "_headers_done",
@@ -73,13 +89,30 @@ class RequestParser(asyncio.Protocol):
         "_parser",
         "_peer",
         "_raw_header_size",
+        "_refusal",
+        "_request",
+        "_reserved",
         "_stopped_input",
         "_url",
     )
 
-    def __init__(self, max_body: int, max_header: int) -> None:
+    def __init__(
+        self,
+        max_body: int,
+        max_header: int,
+        header_guard: Callable[[Request], Response | None] | None = None,
+        budget: BodyBudget | None = None,
+    ) -> None:
         self._max_body = max_body
         self._max_header = max_header
+        self._guard = header_guard
+        self._budget = budget
+        # Bytes of the budget the message being read holds.
+        self._reserved = 0
+        # The message's request, made when its headers are in (with a header guard).
+        self._request: Request | None = None
+        # The answer of a request refused on its headers; its body is dropped.
+        self._refusal: Response | None = None
         self._parser = httptools.HttpRequestParser(self)
         # The message being parsed.
         self._url = b""
@@ -98,17 +131,28 @@ class RequestParser(asyncio.Protocol):
 
     # -- hooks for the connection -------------------------------------------------
 
-    def _dispatch(self, request: Request) -> None:
-        """Handle one complete request."""
+    def _dispatch(self, request: Request, reserved: int) -> None:
+        """Handle one complete request, which holds ``reserved`` bytes of the
+        body budget until it is answered."""
+        raise NotImplementedError
+
+    def _answer(self, request: Request, response: Response) -> None:
+        """Answer a complete request with ``response``, in order."""
         raise NotImplementedError
 
     def _send_interim(self, data: bytes) -> None:
         """Send an interim answer (``100 Continue``) in its place in the order."""
         raise NotImplementedError
 
-    def _fail(self, status: int, error: str, cause: str) -> None:
-        """Answer a protocol error after the answers already owed, then close."""
+    def _fail_response(self, response: Response) -> None:
+        """Answer ``response`` after the answers already owed, then close."""
         raise NotImplementedError
+
+    def _fail(
+        self, status: int, error: str, cause: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer a protocol error after the answers already owed, then close."""
+        self._fail_response(error_response(status, error, cause, headers))
 
     # -- httptools callbacks ------------------------------------------------------
 
@@ -124,6 +168,8 @@ class RequestParser(asyncio.Protocol):
         self._body_size = 0
         self._header_size = 0
         self._raw_header_size = 0
+        self._request = None
+        self._refusal = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -157,12 +203,13 @@ class RequestParser(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         headers = self._headers
         length = headers.get("content-length")
+        declared = 0
         if length is not None:
             try:
-                too_large = int(length) > self._max_body
+                declared = int(length)
             except ValueError:
-                too_large = False  # llhttp has validated it; be safe anyway
-            if too_large:
+                declared = 0  # llhttp has validated it; be safe anyway
+            if declared > self._max_body:
                 self._fail(
                     413,
                     "payload_too_large",
@@ -170,15 +217,52 @@ class RequestParser(asyncio.Protocol):
                 )
                 raise _Abort
         expect = headers.get("expect")
-        if (
+        expects_continue = (
             expect is not None
             and expect.lower() == "100-continue"
             and parser.get_http_version() != "1.0"
-        ):
+        )
+        guard = self._guard
+        if guard is not None:
+            path, query = _split_url(self._url)
+            request = Request(
+                method,
+                path,
+                query,
+                headers,
+                b"",
+                parser.get_http_version(),
+                self._keep_alive,
+                self._peer,
+            )
+            self._request = request
+            refusal = guard(request)
+            if refusal is not None:
+                if expects_continue or declared > DISCARD_BODY_LIMIT:
+                    # Reading the body would cost more than the connection.
+                    self._fail_response(refusal)
+                    raise _Abort
+                self._refusal = refusal
+                return
+        budget = self._budget
+        if budget is not None and declared > 0:
+            if not budget.reserve(declared):
+                self._fail_budget(declared)
+                raise _Abort
+            self._reserved = declared
+        if expects_continue:
             self._send_interim(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
+        refusal = self._refusal
+        if refusal is not None:
+            # A refused request's body is dropped; a long one (chunked) is not
+            # worth the connection.
+            if self._body_size > DISCARD_BODY_LIMIT:
+                self._fail_response(refusal)
+                raise _Abort
+            return
         if self._body_size > self._max_body:
             self._fail(
                 413,
@@ -186,27 +270,65 @@ class RequestParser(asyncio.Protocol):
                 f"request body exceeds the limit of {self._max_body} bytes",
             )
             raise _Abort
+        budget = self._budget
+        if budget is not None and self._body_size > self._reserved:
+            # A chunked body reserves as it grows.
+            more = self._body_size - self._reserved
+            if not budget.reserve(more):
+                self._fail_budget(self._body_size)
+                raise _Abort
+            self._reserved += more
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        request = self._request
+        self._request = None
+        if not self._keep_alive:
+            self._stopped_input = True
+        refusal = self._refusal
+        if refusal is not None and request is not None:
+            self._refusal = None
+            self._answer(request, refusal)
+            return
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body = []
-        path, query = _split_url(self._url)
-        request = Request(
-            self._method,
-            path,
-            query,
-            self._headers,
-            body,
-            self._parser.get_http_version(),
-            self._keep_alive,
-            self._peer,
+        if request is None:
+            path, query = _split_url(self._url)
+            request = Request(
+                self._method,
+                path,
+                query,
+                self._headers,
+                body,
+                self._parser.get_http_version(),
+                self._keep_alive,
+                self._peer,
+            )
+        else:
+            request.body = body
+        reserved = self._reserved
+        self._reserved = 0
+        self._dispatch(request, reserved)
+
+    def _fail_budget(self, size: int) -> None:
+        budget = self._budget
+        assert budget is not None
+        self._fail(
+            503,
+            "overloaded",
+            f"the server holds {budget.in_use} bytes of request bodies; {size} more would"
+            f" exceed its budget of {budget.limit} bytes",
+            {"Retry-After": "1"},
         )
-        if not self._keep_alive:
-            self._stopped_input = True
-        self._dispatch(request)
+
+    def _release_reserved(self) -> None:
+        """Give back what the message being read holds (the connection is lost)."""
+        if self._reserved and self._budget is not None:
+            self._budget.release(self._reserved)
+        self._reserved = 0
+        self._body = []
 
     def _header_cause(self) -> str:
         return f"request header section exceeds the limit of {self._max_header} bytes"

@@ -13,6 +13,7 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any
 
+from clipper_core.http.body_budget import BodyBudget
 from clipper_core.http.messages import Request, Response
 from clipper_core.http.protocol import LINGER_SECONDS, MAX_PIPELINE, HttpProtocol
 from clipper_core.http.router import Router
@@ -34,6 +35,22 @@ class HttpServer:
         ssl: Serve HTTPS with this context (see ``clipper_core.tls``); None: plain.
         guard: Called with every request before routing; a ``Response`` it returns
             is the answer (e.g. a 401), None lets the request through.
+        header_guard: Called with every request as soon as its headers are read,
+            its ``body`` still empty; a ``Response`` it returns is the answer and
+            the body is dropped unread (a cheap refusal: e.g. 503 for a model that
+            is overloaded).  A refused body over 64 KiB, or one the client waits to
+            send (``Expect: 100-continue``), is not read at all: the answer is
+            followed by closing the connection.
+        max_inflight_body_bytes: The budget for the request bodies held at once,
+            over all connections, from headers to answer: a request whose
+            ``Content-Length`` (or chunked body) does not fit is answered 503 and
+            the connection closed, before its body is read.  0: no budget.
+        max_connections: Client connections open at once; one beyond it is
+            answered 503 and closed as soon as it is accepted.  0: no limit.
+        min_body_rate: Bytes per second an incomplete request (headers or body)
+            must keep arriving at, measured over every ``body_rate_window``
+            seconds; slower, it is answered 408 and the connection closed.  0: off.
+        body_rate_window: Seconds over which ``min_body_rate`` is measured.
     """
 
     def __init__(
@@ -49,9 +66,23 @@ class HttpServer:
         backlog: int = 1024,
         ssl: ssl_module.SSLContext | None = None,
         guard: Callable[[Request], Response | None] | None = None,
+        header_guard: Callable[[Request], Response | None] | None = None,
+        max_inflight_body_bytes: int = 0,
+        max_connections: int = 0,
+        min_body_rate: int = 0,
+        body_rate_window: float = 10.0,
     ) -> None:
+        if max_inflight_body_bytes < 0 or max_connections < 0 or min_body_rate < 0:
+            raise ValueError("limits must be >= 0 (0: none)")
+        if body_rate_window <= 0:
+            raise ValueError("body_rate_window must be > 0")
         self.ssl = ssl
         self.guard = guard
+        self.header_guard = header_guard
+        self.body_budget = BodyBudget(max_inflight_body_bytes) if max_inflight_body_bytes else None
+        self.max_connections = max_connections
+        self.min_body_rate = min_body_rate
+        self.body_rate_window = body_rate_window
         self.router = router
         self.host = host
         self.max_body_size = max_body_size
@@ -63,6 +94,8 @@ class HttpServer:
         self._port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[HttpProtocol] = set()
+        # Connections refused at accept (max_connections), until they close.
+        self._refused: set[HttpProtocol] = set()
         self._all_closed: asyncio.Event | None = None
 
     @property
@@ -101,6 +134,10 @@ class HttpServer:
         if server is None:
             return
         server.close()
+        for conn in list(self._refused):
+            conn._abort()
+        if self.body_budget is not None:
+            self.body_budget.close()
         if self._connections:
             self._all_closed = asyncio.Event()
             for conn in list(self._connections):
@@ -132,6 +169,7 @@ class HttpServer:
         self._server = None
 
     def _connection_closed(self, conn: HttpProtocol) -> None:
+        self._refused.discard(conn)
         self._connections.discard(conn)
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()

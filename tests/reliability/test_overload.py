@@ -5,6 +5,8 @@ with ``Retry-After``.  Real server, real model processes."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,13 @@ from typing import Any
 import pytest
 
 from tests.reliability import models
-from tests.reliability.conftest import http, wait_for
+from tests.reliability.conftest import (
+    ServeProcess,
+    http,
+    predict_bytes,
+    raw_request,
+    wait_for,
+)
 from tests.server.conftest import Running, start_server
 
 
@@ -145,3 +153,90 @@ def test_feedback_updates_pass_the_same_gates_as_queries(
             assert int(headers["retry-after"]) >= 1
             break
     assert statuses[-1] == 429, statuses
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
+    """One HTTP answer off a raw socket: status, headers (lower-case), JSON body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+    }
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        rest += chunk
+    return int(lines[0].split(" ")[1]), headers, json.loads(rest[:length])
+
+
+def test_an_overloaded_model_is_refused_on_the_headers(
+    servers: list[Running], tmp_path: Path
+) -> None:
+    r = _serve(servers, tmp_path)
+    mv = _deploy_slow(r, "hdr", 0.3)
+    url = f"{r.bg.query_url}/hdr/predict"
+    assert http("POST", url, {"input": [0.5]})[0] == 200  # one batch observed
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(http, "POST", url, {"input": [0.0]})
+        wait_for("the first request in flight", lambda: _busy(mv))
+        queued = [pool.submit(http, "POST", url, {"input": [float(i)]}) for i in (1, 2)]
+        wait_for("two queued requests", lambda: len(mv.queue) == 2)
+        # Headers only, announcing a 1 MB body that never comes: the answer is
+        # given from the headers, and the connection closed rather than read.
+        with raw_request(
+            r.server.query_port,
+            b"POST /hdr/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Clipper-Deadline-Ms: 200\r\nContent-Length: 1000000\r\n\r\n",
+        ) as sock:
+            status, headers, body = _read_answer(sock)
+            assert sock.recv(1) == b""  # closed
+        assert status == 503 and body["error"] == "overloaded", body
+        assert "remaining deadline" in body["cause"] and int(headers["retry-after"]) >= 1
+        # A small body is read and dropped: the connection stays open for more.
+        payload = b'{"input": [7.0]}'
+        with raw_request(
+            r.server.query_port,
+            predict_bytes("hdr", {"input": [7.0]}, {"Clipper-Deadline-Ms": "200"}),
+        ) as sock:
+            assert _read_answer(sock)[0] == 503
+            sock.sendall(
+                b"POST /nosuchapp/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(payload), payload)
+            )
+            assert _read_answer(sock)[0] == 404
+        results = [f.result(timeout=60) for f in (first, *queued)]
+    assert [s for s, _, _ in results] == [200, 200, 200]
+    assert mv.rejected_overload == 2
+    assert mv.queries == 4  # the refused ones never reached the model version's queue
+
+
+def test_body_budget_and_connection_cap_from_the_command_line(
+    serve_processes: list[ServeProcess], tmp_path: Path
+) -> None:
+    srv = ServeProcess(
+        tmp_path / "state", "--max-inflight-body-bytes", "4096", "--max-connections", "2"
+    )
+    serve_processes.append(srv)
+    port = srv.query_port
+    # A body announced and partly sent holds 3000 bytes of the 4096 budget ...
+    with raw_request(port, b"POST /a/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n{"):
+        # ... so another 2000 bytes do not fit: 503 JSON, before the body is read.
+        with raw_request(
+            port, b"POST /a/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n"
+        ) as sock:
+            status, headers, body = _read_answer(sock)
+        assert status == 503 and body["error"] == "overloaded", body
+        assert "budget of 4096 bytes" in body["cause"] and headers["retry-after"] == "1"
+        # Two connections are open (the holder, and this one): a third is refused.
+        with raw_request(port, b"") as second, raw_request(port, b"") as third:
+            status, _, body = _read_answer(third)
+            assert status == 503 and "connections open" in body["cause"], body
+            assert second.fileno() >= 0
+    # Both gone (once the server has seen them close): serving as usual.
+    wait_for("a connection slot", lambda: http("GET", f"{srv.query_url}/health")[0] == 200)
