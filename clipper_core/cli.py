@@ -14,35 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from clipper_core.cli_pipelines import add_pipeline_commands
+from clipper_core.cli_serve import add_serve_options, cmd_serve
 from clipper_core.connection import ClipperConnection, LocalContainerManager, ServerNotRunning
 from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
 
 
 def _connection(args: argparse.Namespace) -> ClipperConnection:
@@ -63,74 +43,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=False))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    import uvloop
-
-    from clipper_core.config import ServerConfig
-    from clipper_core.logs import configure_logging
-    from clipper_core.server import ClipperServer
-
-    configure_logging(args.log_level, args.log_format)
-    cfg = ServerConfig(
-        host=args.host, query_port=args.query_port, management_port=args.management_port
-    )
-    cfg.access_log = args.access_log
-    if args.grpc_port is not None:
-        cfg.grpc_port = None if args.grpc_port < 0 else args.grpc_port
-    if args.state_dir:
-        cfg.state_dir = args.state_dir
-    cfg.state_url = args.state_url
-    if args.lease_ttl is not None:
-        cfg.lease_ttl = args.lease_ttl
-    if args.admin_token is not None:
-        cfg.admin_token = args.admin_token
-    if args.insecure_no_admin_token:
-        cfg.insecure_no_admin_token = True
-    cfg.allowed_hosts = list(args.allowed_host)
-    cfg.tls_cert, cfg.tls_key = args.tls_cert, args.tls_key
-    cfg.shutdown_grace = args.shutdown_grace
-    cfg.admission_control = not args.no_admission
-    cfg.client_max_concurrency = args.client_max_concurrency
-    cfg.client_rate_limit = args.client_rate_limit
-    for name in (
-        "queue_capacity",
-        "batch_timeout",
-        "max_body_size",
-        "max_header_size",
-        "max_json_depth",
-        "max_inflight_body_bytes",
-        "max_connections",
-        "min_body_rate",
-    ):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    server = ClipperServer(cfg)
-    ready_file = args.ready_file
-
-    def on_started(srv: ClipperServer) -> None:
-        if ready_file:  # for supervisors and tests: the ports actually bound
-            tmp = Path(f"{ready_file}.tmp")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "query_port": srv.query_port,
-                        "management_port": srv.management_port,
-                        "grpc_port": srv.grpc_port,
-                        "query_url": srv.query_url,
-                        "management_url": srv.management_url,
-                    }
-                )
-            )
-            tmp.replace(ready_file)
-
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(server.run_forever(on_started))
-    return 0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -342,107 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[sub_options], **kw)
 
     p = sub_parser("serve", help="run a server in the foreground until SIGTERM/SIGINT")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument(
-        "--log-format",
-        default="json",
-        choices=["json", "text"],
-        help="json: one JSON object per line (default); text: for people",
-    )
-    p.add_argument(
-        "--access-log", action="store_true", help="log every HTTP request (off by default)"
-    )
-    p.add_argument(
-        "--grpc-port",
-        type=int,
-        help="Open Inference Protocol gRPC port (default $CLIPPER_GRPC_PORT or 8001;"
-        " 0 picks one, -1 serves none)",
-    )
-    p.add_argument("--tls-cert", help="PEM certificate: serve both ports over HTTPS")
-    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    p.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=30.0,
-        help="seconds SIGTERM lets in-flight requests finish (default 30)",
-    )
-    p.add_argument(
-        "--queue-capacity", type=_positive_int, help="default queue bound per model version (10000)"
-    )
-    p.add_argument("--batch-timeout", type=float, help="default seconds per batch (30)")
-    p.add_argument(
-        "--max-body-size", type=_positive_int, help="largest query body in bytes (10 MiB)"
-    )
-    p.add_argument(
-        "--max-header-size",
-        type=_positive_int,
-        help="largest request line + headers in bytes (64 KiB; 431 above)",
-    )
-    p.add_argument(
-        "--max-json-depth",
-        type=_positive_int,
-        help="deepest JSON nesting of a query body (64; 400 above)",
-    )
-    p.add_argument(
-        "--max-inflight-body-bytes",
-        type=_non_negative_int,
-        help="memory budget for query bodies in flight, all connections together"
-        " (128 MiB; 503 beyond; 0: none)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=_non_negative_int,
-        help="client connections open at once on the query port (4096; 503 beyond; 0: none)",
-    )
-    p.add_argument(
-        "--min-body-rate",
-        type=_non_negative_int,
-        help="bytes/s an incomplete request must keep arriving at (1024; 408 below; 0: off)",
-    )
-    p.add_argument(
-        "--no-admission",
-        action="store_true",
-        help="queue inputs even when their expected wait exceeds their deadline",
-    )
-    p.add_argument(
-        "--client-max-concurrency",
-        type=int,
-        default=0,
-        help="requests in flight per client (API key or address); 0: no limit",
-    )
-    p.add_argument(
-        "--client-rate-limit",
-        type=float,
-        default=0.0,
-        help="requests per second per client; 0: no limit",
-    )
-    p.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a name the management port accepts in Host besides its address (repeatable)",
-    )
-    p.add_argument(
-        "--insecure-no-admin-token",
-        action="store_true",
-        help="serve the management API without a token (any local process can deploy code);"
-        " by default the first start generates one into the state folder",
-    )
-    p.add_argument(
-        "--state-url",
-        metavar="URL",
-        help="share the desired state with other frontends through Redis"
-        " (redis://host:port/db; needs clipper_core[redis]); default: SQLite in the state folder",
-    )
-    p.add_argument(
-        "--lease-ttl",
-        type=float,
-        metavar="SECONDS",
-        help="with --state-url: seconds before another frontend takes over the replicas"
-        " of one that died (5)",
-    )
-    p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
+    add_serve_options(p)
     p.set_defaults(fn=cmd_serve)
 
     p = sub_parser("start", help="start a server in the background and wait until it answers")

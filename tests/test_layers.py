@@ -82,6 +82,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.server": ROOTS_LAYER,
     "clipper_core.embedded": ROOTS_LAYER,
     "clipper_core.cli": ROOTS_LAYER,
+    "clipper_core.cli_serve": ROOTS_LAYER,
     "clipper_core.cli_pipelines": ROOTS_LAYER,
     "clipper_core.demo": ROOTS_LAYER,
     # client side
