@@ -37,6 +37,7 @@ from clipper_core.managers.replica import (
     thread_pool_env,
     with_stderr_tail,
 )
+from clipper_core.managers.restart_policy import RestartBackoff
 
 logger = logging.getLogger("clipper_core.process_manager")
 
@@ -57,10 +58,10 @@ class ProcessSupervisor:
     messages.  Each replica gets its own session (so its process group can be
     signalled as a whole) and a supervisor task that restarts it
     when it dies without being asked to: after ``restart_backoff[0]`` seconds,
-    doubling up to ``restart_backoff[1]``; the delay starts over once a process
-    stays up ``stable_after`` seconds.  A replica whose processes exit before
-    becoming ready ``max_start_failures`` times in a row is marked ``"failed"`` and
-    left alone.
+    doubling up to ``restart_backoff[1]`` for a crash loop (see
+    :class:`~clipper_core.managers.restart_policy.RestartBackoff`).  A replica
+    whose processes exit before becoming ready ``max_start_failures`` times in a
+    row is marked ``"failed"`` and left alone.
 
     Only processes this manager started are ever signalled.  Call :meth:`stop_all`
     before the event loop closes (or use the manager as an async context manager).
@@ -83,17 +84,17 @@ class ProcessSupervisor:
         max_start_failures: int = 5,
         stable_after: float = 30.0,
     ) -> None:
-        first, largest = restart_backoff
-        if not 0 <= first <= largest:
-            raise BadInput("restart_backoff must be (first, largest) with 0 <= first <= largest")
+        RestartBackoff(*restart_backoff, stable_after)  # checks the delays
         if stderr_tail_lines < 0 or max_start_failures < 1 or stable_after < 0:
             raise BadInput("stderr_tail_lines >= 0, max_start_failures >= 1, stable_after >= 0")
-        self._backoff = (float(first), float(largest))
+        self._backoff = restart_backoff
         self._tail_lines = stderr_tail_lines
         self._on_event = on_event
         self._max_start_failures = max_start_failures
         self._stable_after = stable_after
         self._replicas: dict[str, ReplicaHandle] = {}
+        # When each replica's current process became ready (loop time).
+        self._ready_at: dict[str, float] = {}
         self._scale_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> ProcessSupervisor:
@@ -352,7 +353,7 @@ class ProcessSupervisor:
     async def _supervise(self, handle: ReplicaHandle, first_spawn: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         failures = 0  # consecutive exits (or failed spawns) before READY
-        backoff_step = 0
+        backoff = RestartBackoff(*self._backoff, self._stable_after)
         child: _Child | None = None
         try:
             while True:
@@ -382,8 +383,11 @@ class ProcessSupervisor:
                     self._set_stopped(handle)
                     return
                 failures = 0 if handle._ready_this_run else failures + 1
-                if loop.time() - spawned_at >= self._stable_after:
-                    backoff_step = 0
+                ready_at = self._ready_at.get(handle.key) if handle._ready_this_run else None
+                now = loop.time()
+                delay = backoff.next_delay(
+                    now - spawned_at, None if ready_at is None else now - ready_at
+                )
                 if failures >= self._max_start_failures:
                     handle.state = "failed"
                     handle._notify()
@@ -395,8 +399,6 @@ class ProcessSupervisor:
                         f" the last with {handle._last_exit}",
                     )
                     return
-                delay = min(self._backoff[0] * 2**backoff_step, self._backoff[1])
-                backoff_step += 1
                 handle.state = "restarting"
                 handle._notify()
                 self._emit("exited", handle, handle._last_exit)
@@ -491,6 +493,7 @@ class ProcessSupervisor:
         ):
             handle.address = address
             handle._ready_this_run = True
+            self._ready_at[handle.key] = asyncio.get_running_loop().time()
             handle.state = "running"
             handle.ready.set()
             handle._notify()
