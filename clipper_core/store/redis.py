@@ -1,6 +1,8 @@
 """The desired state in Redis, shared by every frontend that points at it:
-applications, models, links, current versions, replica endpoints, key/value
-state, and the change stream that feeds every frontend's reconcilers.
+applications, models, links, current versions, replica endpoints, pipelines
+(:mod:`~clipper_core.store.redis_pipelines`), key/value state, and the change
+stream that feeds every frontend's reconcilers; in-place updates are in
+:mod:`~clipper_core.store.redis_spec`.
 
 The same records, checks, errors and events as
 :class:`~clipper_core.store.sqlite.SqliteStateStore` (one contract test suite
@@ -30,13 +32,11 @@ from clipper_core.store.records import (
     check_int,
     learned_state_namespace,
 )
-from clipper_core.store.redis_db import RedisDatabase, Tx
+from clipper_core.store.redis_db import Tx, model_field
+from clipper_core.store.redis_pipelines import RedisPipelines
+from clipper_core.store.redis_spec import RedisSpecWrites
 
 __all__ = ["RedisStateStore"]
-
-
-def _model_field(name: str, version: str) -> str:
-    return f"{name}:{version}"
 
 
 def _endpoint_field(model: str, version: str, replica_id: str) -> str:
@@ -47,8 +47,8 @@ def _model_order(m: ModelRecord) -> tuple[str, float, str]:
     return (m.name, m.created_at, m.version)
 
 
-class RedisStateStore(RedisDatabase):
-    """Applications, models, links, replica endpoints and key/value state in one
+class RedisStateStore(RedisPipelines, RedisSpecWrites):
+    """Applications, models, links, replica endpoints, pipelines and key/value state in one
     Redis database, with a revision and a change stream (see
     :class:`~clipper_core.store.redis_db.RedisDatabase` for the constructor's
     arguments: the URL, a key prefix, ``changes_kept``, ``feed_capacity``).
@@ -76,7 +76,7 @@ class RedisStateStore(RedisDatabase):
             raise NotFound(f"application {name} not found")
 
     def _require_model(self, tx: Tx, name: str, version: str) -> None:
-        if not tx.r.hexists(self.keys.models, _model_field(name, version)):
+        if not tx.r.hexists(self.keys.models, model_field(name, version)):
             raise NotFound(f"model {name}:{version} not found")
 
     # -- applications ------------------------------------------------------------
@@ -87,7 +87,7 @@ class RedisStateStore(RedisDatabase):
         by an earlier application of that name.
 
         Raises:
-            Conflict: An application of that name exists.
+            Conflict: An application or a pipeline of that name exists.
             BadInput: The digests are not a list of strings.
         """
         digests = self._api_keys_value(api_key_digests or [])
@@ -96,6 +96,8 @@ class RedisStateStore(RedisDatabase):
         def body(tx: Tx) -> None:
             if tx.r.hexists(keys.apps, app.name):
                 raise Conflict(f"application {app.name} already exists")
+            if tx.r.hexists(keys.pipelines, app.name):
+                raise Conflict(f"a pipeline named {app.name} exists; an application needs its own")
             tx.write("HSET", keys.apps, app.name, text)
             tx.set_api_keys(app.name, digests)
             tx.write("DEL", keys.kv(learned_state_namespace(app.name)))
@@ -194,7 +196,7 @@ class RedisStateStore(RedisDatabase):
             Conflict: That name and version exist.
             BadInput: The model is linked to an application of another input type.
         """
-        keys, field = self.keys, _model_field(model.name, model.version)
+        keys, field = self.keys, model_field(model.name, model.version)
         text = json.dumps(model.to_dict())
 
         def body(tx: Tx) -> None:
@@ -216,7 +218,7 @@ class RedisStateStore(RedisDatabase):
 
     def get_model(self, name: str, version: str) -> ModelRecord | None:
         """The model version, or None."""
-        text = self._get(self.keys.models, _model_field(name, version))
+        text = self._get(self.keys.models, model_field(name, version))
         return None if text is None else ModelRecord.from_dict(json.loads(text))
 
     def list_models(self, name: str | None = None) -> list[ModelRecord]:
@@ -244,7 +246,7 @@ class RedisStateStore(RedisDatabase):
                 for f in cast("list[str]", tx.r.hkeys(keys.endpoints))
                 if json.loads(f)[:2] == [name, version]
             ]
-            tx.write("HDEL", keys.models, _model_field(name, version))
+            tx.write("HDEL", keys.models, model_field(name, version))
             if endpoints:
                 tx.write("HDEL", keys.endpoints, *endpoints)
             if tx.r.hget(keys.current, name) == version:
@@ -290,7 +292,7 @@ class RedisStateStore(RedisDatabase):
             NotFound: No such version.
         """
         check_int("num_replicas", n, 0)
-        field = _model_field(name, version)
+        field = model_field(name, version)
 
         def body(tx: Tx) -> ModelRecord:
             text = tx.r.hget(self.keys.models, field)
@@ -389,7 +391,7 @@ class RedisStateStore(RedisDatabase):
         field = _endpoint_field(endpoint.model, endpoint.version, endpoint.replica_id)
 
         def body(tx: Tx) -> None:
-            if not tx.r.hexists(self.keys.models, _model_field(endpoint.model, endpoint.version)):
+            if not tx.r.hexists(self.keys.models, model_field(endpoint.model, endpoint.version)):
                 raise NotFound(f"model {endpoint.key} not found")
             tx.write("HSET", self.keys.endpoints, field, endpoint.address)
             tx.changed("endpoint", endpoint.model)

@@ -27,12 +27,17 @@ from clipper_core.store.records import check_int
 from clipper_core.store.redis_feed import RedisChangeFeed, events_of
 from clipper_core.store.sqlite_db import CHANGES_KEPT, SqliteDatabase, _kv_text
 
-__all__ = ["DEFAULT_PREFIX", "Keys", "RedisDatabase", "Tx"]
+__all__ = ["DEFAULT_PREFIX", "Keys", "RedisDatabase", "Tx", "model_field"]
 
 #: Prefix of every key of a store (several stores may share one database).
 DEFAULT_PREFIX = "clipper:"
 
 T = TypeVar("T")
+
+
+def model_field(name: str, version: str) -> str:
+    """The field of a model version in the models hash."""
+    return f"{name}:{version}"
 
 
 class Keys:
@@ -52,6 +57,7 @@ class Keys:
         self.models = prefix + "models"  # hash: name:version -> ModelRecord JSON
         self.current = prefix + "current"  # hash: model name -> version
         self.endpoints = prefix + "endpoints"  # hash: [model, version, replica] JSON -> address
+        self.pipelines = prefix + "pipelines"  # hash: name -> PipelineRecord JSON
         self.lease = prefix + "lease"  # the replica owner's lease
 
     def links(self, app: str) -> str:

@@ -11,6 +11,7 @@ nothing logs no change, so that applying the same description twice is a no-op.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from clipper_core.errors import BadInput, NotFound
@@ -18,7 +19,7 @@ from clipper_core.store.records import MODEL_SPEC_FIELDS, AppRecord, ModelRecord
 from clipper_core.store.schema import MODEL_COLUMNS, app_from_row, model_from_row
 from clipper_core.store.sqlite_db import SqliteDatabase
 
-__all__ = ["SqliteSpecWrites"]
+__all__ = ["SqliteSpecWrites", "check_spec_fields"]
 
 # Spec fields stored as JSON text (the others are plain columns).
 _JSON_COLUMNS = frozenset({"labels", "cpus"})
@@ -32,6 +33,20 @@ def _column_value(field: str, value: Any) -> Any:
     if field == "cache_enabled":
         return int(value)
     return value
+
+
+def check_spec_fields(spec: Mapping[str, Any]) -> None:
+    """Refuse names that are not :data:`~clipper_core.store.records.MODEL_SPEC_FIELDS`
+    (shared with the Redis store).
+
+    Raises:
+        BadInput: A field is not a spec field.
+    """
+    unknown = sorted(set(spec) - set(MODEL_SPEC_FIELDS))
+    if unknown:
+        raise BadInput(
+            f"not tunable in place: {', '.join(unknown)} (tunable: {', '.join(MODEL_SPEC_FIELDS)})"
+        )
 
 
 class SqliteSpecWrites(SqliteDatabase):
@@ -80,12 +95,7 @@ class SqliteSpecWrites(SqliteDatabase):
             BadInput: A field is not a spec field, or a value is invalid.
             NotFound: No such version.
         """
-        unknown = sorted(set(spec) - set(MODEL_SPEC_FIELDS))
-        if unknown:
-            raise BadInput(
-                f"not tunable in place: {', '.join(unknown)}"
-                f" (tunable: {', '.join(MODEL_SPEC_FIELDS)})"
-            )
+        check_spec_fields(spec)
         with self._write() as tx:
             row = tx.conn.execute(
                 f"SELECT {MODEL_COLUMNS} FROM models WHERE name = ? AND version = ?",

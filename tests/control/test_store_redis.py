@@ -1,0 +1,78 @@
+"""Redis-only behaviour of the state store: writes from separate connections (as
+from separate frontends) to one database.  The shared contract is in
+test_state_store.py and its siblings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from redis_server import fresh_prefix, shared_redis
+from store_backends import app, model, pipeline
+
+from clipper_core.errors import Conflict
+from clipper_core.store.redis import RedisStateStore
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[RedisStateStore, RedisStateStore]]:
+    """Two stores, each with its own connections, on one key prefix."""
+    url, prefix = shared_redis().url, fresh_prefix()
+    a, b = RedisStateStore(url, prefix=prefix), RedisStateStore(url, prefix=prefix)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def _race(*writes: Callable[[], None]) -> list[str]:
+    """Start ``writes`` at once, one thread each; each one's "added" or "conflict"."""
+    start = threading.Barrier(len(writes))
+    outcomes = ["unfinished"] * len(writes)
+
+    def attempt(i: int) -> None:
+        start.wait()
+        try:
+            writes[i]()
+            outcomes[i] = "added"
+        except Conflict:
+            outcomes[i] = "conflict"
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(len(writes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
+def test_an_app_and_a_pipeline_racing_for_one_name_leave_one_winner(
+    pair: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    a, b = pair
+    for name in (f"n{i}" for i in range(20)):
+        before = a.revision()
+        outcomes = _race(
+            lambda name=name: a.add_app(app(name)),
+            lambda name=name: b.add_pipeline(pipeline(name)),
+        )
+        assert sorted(outcomes) == ["added", "conflict"]
+        assert (a.get_app(name) is None) != (b.get_pipeline(name) is None)
+        assert a.revision() == before + 1
+
+
+def test_updates_through_one_connection_are_read_and_logged_through_another(
+    pair: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    a, b = pair
+    a.add_model(model(controller="quantile"))
+    a.add_pipeline(pipeline())
+    rev = b.revision()
+    b.update_model_spec("m", "1", controller="aimd", batch_size=8)
+    b.update_pipeline(pipeline(slo_micros=5_000))
+    got = a.get_model("m", "1")
+    assert got is not None and (got.controller, got.batch_size) == ("aimd", 8)
+    assert a.get_pipeline("p") == pipeline(slo_micros=5_000)
+    assert [(e.kind, e.name) for e in a.changes_since(rev)] == [("model", "m"), ("pipeline", "p")]
