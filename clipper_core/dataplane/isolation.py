@@ -6,7 +6,10 @@ dispatcher stopped) hands the batch back, ahead of new work, as one
 that its fate is its own.  The crash may have been the replica's (an out-of-memory
 kill, an operator): then the batch is simply answered.  A suspect batch lost again
 is split into at most :data:`ISOLATION_FANOUT` suspect batches, and so on; an input
-lost while alone in its call, after it was lost once before, is *poison*.  Its
+lost while alone in its call, after it was lost once before, is *poison*.  A loss
+counts as evidence only on a replica that showed it was alive (connected, or
+answered a call) after the suspects' previous loss: replicas that went away
+together (their host or their owning frontend died) blame no input.  Its
 requester gets :class:`~clipper_core.errors.InputCrashedModel`, and its digest is
 remembered (:class:`PoisonInputs`), so that the same input is refused at
 submission, without reaching a replica, for :data:`POISON_TTL` seconds.  A poison
@@ -87,12 +90,14 @@ class SuspectBatch:
             replica was removed: scaled down, replaced, or the server stops).
     """
 
-    __slots__ = ("entries", "losses", "removals")
+    __slots__ = ("entries", "losses", "lost_at", "removals")
 
     def __init__(self, entries: list[QueueEntry], losses: int) -> None:
         self.entries = entries
         self.losses = losses
         self.removals = 0
+        #: When these inputs were last lost with a replica (``time.monotonic()``).
+        self.lost_at = time.monotonic()
 
 
 def input_digest(value: Any) -> bytes:
@@ -233,12 +238,27 @@ class CrashIsolation:
         suspect: SuspectBatch | None,
         replica_id: str,
         exc: BaseException,
+        alive_at: float = math.inf,
     ) -> None:
         """A replica went away while ``entries`` were in flight (``suspect``: the
-        suspect batch they were, if any): hand them back, split them, or pin."""
+        suspect batch they were, if any): hand them back, split them, or pin.
+
+        ``alive_at`` is when that replica last showed it was alive; a replica that
+        did not since the suspects' previous loss died with it, not of them."""
         self._note_loss(replica_id)
         entries = _unanswered(entries)
         if not entries:
+            return
+        if suspect is not None and alive_at < suspect.lost_at:
+            suspect.removals += 1  # no evidence: hand them back, bounded
+            if suspect.removals > MAX_REMOVALS:
+                self._fail(
+                    suspect.entries,
+                    ReplicaUnavailable(f"{self._mv.key}: replicas kept going away"),
+                )
+                return
+            suspect.entries = entries
+            self._queue(suspect)
             return
         if suspect is None:
             self._queue(SuspectBatch(entries, 1), count=True)

@@ -64,6 +64,9 @@ class ReplicaSlot:
     batch_started: float = 0.0
     #: Turns this replica's round trips into batch latencies (see batch_latency).
     own_latency: OwnLatency = field(default_factory=OwnLatency)
+    #: The last time this replica showed it was alive: connected, or answered a
+    #: call (``time.monotonic()``); crash isolation weighs its losses by it.
+    alive_at: float = field(default_factory=time.monotonic)
 
 
 class ModelVersion:
@@ -344,7 +347,7 @@ class ModelVersion:
                 outputs = await client.predict(inputs, self.input_type, timeout=self.batch_timeout)
         except ReplicaUnavailable as exc:
             slot.failures += 1
-            self.isolation.lost(entries, suspect, slot.replica_id, exc)
+            self.isolation.lost(entries, suspect, slot.replica_id, exc, slot.alive_at)
             log.warning("replica %s of %s unavailable: %s", slot.replica_id, self.key, exc)
             return True
         except DeadlineExceeded:
@@ -381,6 +384,7 @@ class ModelVersion:
             try:
                 slot.failures = 0
                 slot.batches += 1
+                slot.alive_at = time.monotonic()
                 latency = time.monotonic() - started
                 if suspect is None:  # a suspect call's size is not the controller's
                     # The batch size is the batch's own latency's business, not

@@ -50,4 +50,4 @@ class RestartBackoff:
             self._step = 0
         delay = min(self.first * 2**self._step, self.largest)
         self._step += 1
-        return delay
+        return float(delay)

@@ -125,6 +125,29 @@ def test_an_input_lost_alone_is_pinned_at_its_second_loss() -> None:
     asyncio.run(run())
 
 
+def test_replicas_that_died_together_blame_no_input() -> None:
+    """A second loss on a replica that showed no life since the first (both went
+    away with their host or their frontend) is no evidence: the input is handed
+    back, and answered by a replica that was alive afterwards."""
+
+    async def run() -> None:
+        mv = _mv()
+        fut = mv.submit(np.array([1.0]), b"", time.monotonic() + 5)
+        before = time.monotonic()
+        mv.isolation.lost(_take(mv), None, "0", LOST, before)
+        for rid in ("1", "2"):  # both last answered before the first loss
+            [alone] = mv.isolation.split(_take(mv))[1]
+            mv.isolation.lost(alone.entries, alone, rid, LOST, before)
+            assert not fut.done() and not mv.isolation.poison
+        # One that connected (or answered) since: its loss is evidence.
+        [alone] = mv.isolation.split(_take(mv))[1]
+        mv.isolation.lost(alone.entries, alone, "3", LOST, time.monotonic())
+        assert isinstance(fut.exception(), InputCrashedModel)
+        await mv.close()
+
+    asyncio.run(run())
+
+
 def test_withdrawn_input_is_still_handed_back_and_answered_ones_are_not() -> None:
     async def run() -> None:
         mv = _mv()
