@@ -16,7 +16,7 @@ import uvloop
 
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import CallContext, parse_timeout
-from clipper_core.oip.h2_grpc import H2GrpcServer
+from clipper_core.oip.h2_server import H2GrpcServer
 from clipper_core.oip.hpack import HpackDecoder, HpackError, encode_literal, huffman_decode
 
 
