@@ -240,3 +240,15 @@ def test_hpack_literals_eviction_and_errors() -> None:
         dec.decode(b"\xff\x00")  # index past both tables
     with pytest.raises(HpackError):
         huffman_decode(b"\x00")  # padding that is not EOS's prefix
+
+
+def test_grpc_transport_setting_and_cli_option() -> None:
+    from clipper_core.cli import build_parser
+    from clipper_core.config import ServerConfig
+
+    assert ServerConfig().grpc_transport == "auto"
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--grpc-transport", "aio"]).grpc_transport == "aio"
+    assert parser.parse_args(["serve"]).grpc_transport == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--grpc-transport", "bogus"])
