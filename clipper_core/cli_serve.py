@@ -46,6 +46,13 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="Open Inference Protocol gRPC port (default $CLIPPER_GRPC_PORT or 8001;"
         " 0 picks one, -1 serves none)",
     )
+    p.add_argument(
+        "--grpc-transport",
+        choices=["auto", "h2", "aio"],
+        default="auto",
+        help="what serves the gRPC port: auto (built-in HTTP/2 without TLS, grpc.aio with"
+        " it; default), h2 (built-in, cleartext only) or aio (grpc.aio)",
+    )
     p.add_argument("--tls-cert", help="PEM certificate: serve both ports over HTTPS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument(
@@ -149,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.access_log = args.access_log
     if args.grpc_port is not None:
         cfg.grpc_port = None if args.grpc_port < 0 else args.grpc_port
+    cfg.grpc_transport = args.grpc_transport
     if args.state_dir:
         cfg.state_dir = args.state_dir
     cfg.state_url = args.state_url

@@ -33,6 +33,9 @@ class ServerConfig:
         management_port: the admin REST port (0 picks a free port).
         grpc_port: the Open Inference Protocol gRPC port (8001; 0 picks a free
             port; None serves no gRPC).  Default: ``$CLIPPER_GRPC_PORT`` if set.
+        grpc_transport: what serves the gRPC port: ``"auto"`` (the built-in
+            HTTP/2 server without TLS, ``grpc.aio`` with it), ``"h2"`` (the
+            built-in one; cleartext only) or ``"aio"`` (always ``grpc.aio``).
         state_dir: folder holding the SQLite store and the deployed models' files.
         state_path: the SQLite file; ``":memory:"`` keeps nothing across restarts.
         state_url: a Redis URL (``redis://host:port/db``) whose desired state
@@ -86,6 +89,7 @@ class ServerConfig:
     query_port: int = 1337
     management_port: int = 1338
     grpc_port: int | None = field(default_factory=_default_grpc_port)
+    grpc_transport: str = "auto"
     state_dir: str = field(default_factory=_default_state_dir)
     state_path: str | None = None
     state_url: str | None = None

@@ -287,6 +287,7 @@ class ClipperServer:
                 port=cfg.grpc_port,
                 tls=read_tls_files(cfg.tls_cert, cfg.tls_key),
                 max_message_bytes=cfg.max_body_size,
+                transport=cfg.grpc_transport,
             )
             await self._grpc.start()
         self.started_at = time.time()

@@ -30,7 +30,7 @@ from clipper_core._proto import oip_service_pb2 as pb
 from clipper_core._proto import oip_service_pb2_grpc as pb_grpc
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.oip.h2_frames import UnaryHandler, unary_handler
-from clipper_core.oip.h2_grpc import H2GrpcServer
+from clipper_core.oip.h2_server import H2GrpcServer
 from clipper_core.oip.service import InferenceService, InferReply
 from clipper_core.oip.tensors import (
     DATATYPES,

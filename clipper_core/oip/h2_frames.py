@@ -26,6 +26,7 @@ __all__ = [
     "frame",
     "parse_timeout",
     "peer_name",
+    "request_error",
     "server_preface",
     "status_block",
     "unary_handler",
@@ -39,11 +40,15 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
 WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0, 1, 3, 6
-REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 7, 8, 9
-S_HEADER_TABLE_SIZE, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 1, 3, 4, 5
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 11
+S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW = 1, 2, 3, 4
+S_MAX_FRAME, S_MAX_HEADER_LIST = 5, 6
 
 DEFAULT_FRAME = 16384
+MAX_FRAME_LIMIT = (1 << 24) - 1
+MAX_WINDOW = (1 << 31) - 1
 
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: Headers that are the transport's, not the caller's metadata.
@@ -71,16 +76,20 @@ class H2ConnectionError(Exception):
         self.code = code
 
 
-def server_preface(max_streams: int, stream_window: int, connection_window: int) -> bytes:
+def server_preface(
+    max_streams: int, stream_window: int, connection_window: int, max_header_list: int
+) -> bytes:
     """The server's first frames: its SETTINGS and a connection window update."""
     settings = struct.pack(
-        ">HIHIHI",
+        ">HIHIHIHI",
         S_MAX_CONCURRENT,
         max_streams,
         S_INITIAL_WINDOW,
         stream_window,
         S_HEADER_TABLE_SIZE,
         4096,
+        S_MAX_HEADER_LIST,
+        max_header_list,
     )
     increment = (connection_window - 65535).to_bytes(4, "big")
     return frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, increment)
@@ -98,6 +107,8 @@ def peer_name(addr: object) -> str:
 def unpad(flags: int, payload: bytes) -> bytes:
     """A DATA or HEADERS payload without its padding."""
     if flags & PADDED:
+        if not payload:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "a padded frame without its pad length")
         pad = payload[0]
         if pad >= len(payload):
             raise H2ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
@@ -111,6 +122,15 @@ def parse_timeout(value: str) -> float:
     if unit is None or not value[:-1].isdigit():
         raise ValueError(f"bad grpc-timeout {value!r}")
     return int(value[:-1]) * unit
+
+
+def request_error(headers: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
+    """Why the headers of a request are not a gRPC call, or None if they are."""
+    if headers.get(":method") != "POST":
+        return grpc.StatusCode.UNIMPLEMENTED, f"method {headers.get(':method')!r} is not POST"
+    if not headers.get("content-type", "").startswith("application/grpc"):
+        return grpc.StatusCode.INTERNAL, "content-type is not application/grpc"
+    return None
 
 
 def status_block(code: int, message: str) -> bytes:

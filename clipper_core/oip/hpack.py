@@ -10,11 +10,20 @@ functions: replies are a few fixed blocks built once, plus literal fields
 
 from __future__ import annotations
 
-__all__ = ["HpackDecoder", "HpackError", "encode_int", "encode_literal"]
+__all__ = ["HeaderListTooLarge", "HpackDecoder", "HpackError", "encode_int", "encode_literal"]
+
+#: Blocks up to this size are remembered (a cache of big ones would be memory
+#: a client chooses).
+_CACHED_BLOCK = 1024
 
 
 class HpackError(ValueError):
     """A header block that cannot be decoded (an HTTP/2 COMPRESSION_ERROR)."""
+
+
+class HeaderListTooLarge(Exception):
+    """A block that decodes to more than the limit: the table was kept in step, the
+    fields were not kept (a few bytes can name a 4 KiB table entry many times)."""
 
 
 #: RFC 7541 Appendix A, indexes 1..61.
@@ -135,13 +144,20 @@ class HpackDecoder:
         self.dynamic: list[tuple[str, str]] = []  # newest first
         self._cache: dict[bytes, list[tuple[str, str]]] = {}
 
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
+    def decode(self, block: bytes, max_list: int = 1 << 62) -> list[tuple[str, str]]:
         """The header list of one complete block, in order (names and values as
-        latin-1 text, so any byte survives)."""
+        latin-1 text, so any byte survives).
+
+        Raises:
+            HpackError: The block is malformed (the connection cannot go on).
+            HeaderListTooLarge: Its list is over ``max_list`` (RFC 9113 6.5.2 sizes).
+        """
         cached = self._cache.get(block)
         if cached is not None:
             return cached
         headers: list[tuple[str, str]] = []
+        append = headers.append
+        list_size = 0
         changed = False
         pos = 0
         end = len(block)
@@ -149,25 +165,34 @@ class HpackDecoder:
             byte = block[pos]
             if byte & 0x80:  # indexed field
                 index, pos = self._int(block, pos, 7)
-                headers.append(self._entry(index))
+                field = self._entry(index)
             elif byte & 0x40:  # literal, added to the table
                 name, value, pos = self._literal(block, pos, 6)
-                headers.append((name, value))
+                field = (name, value)
                 self._add(name, value)
                 changed = True
             elif byte & 0x20:  # table size update
+                if list_size:
+                    raise HpackError("table size update after a header field")
                 size, pos = self._int(block, pos, 5)
                 if size > self.max_allowed:
                     raise HpackError(f"table size {size} over the announced {self.max_allowed}")
                 self.max_size = size
                 self._evict()
                 changed = True
+                continue
             else:  # literal without indexing / never indexed
                 name, value, pos = self._literal(block, pos, 4)
-                headers.append((name, value))
+                field = (name, value)
+            list_size += len(field[0]) + len(field[1]) + 32
+            if list_size <= max_list:
+                append(field)
+        if list_size > max_list:
+            self._cache.clear()  # the table may have changed
+            raise HeaderListTooLarge(f"header list of {list_size} bytes over {max_list}")
         if changed:
             self._cache.clear()
-        elif len(self._cache) < 256:
+        elif len(self._cache) < 256 and len(block) <= _CACHED_BLOCK:
             self._cache[bytes(block)] = headers
         return headers
 

@@ -71,6 +71,7 @@ class OipServer:
     query_port: int
     management_port: int
     grpc_port: int
+    grpc_aio_port: int
     conn: ClipperConnection
 
     @property
@@ -80,6 +81,10 @@ class OipServer:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    def grpc_url_of(self, transport: str) -> str:
+        """The gRPC port served by ``transport``: "h2" (the default) or "aio"."""
+        return f"127.0.0.1:{self.grpc_aio_port if transport == 'aio' else self.grpc_port}"
 
     def request(
         self,
@@ -175,7 +180,9 @@ def oip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OipServer]:
         conn = ClipperConnection(
             LocalContainerManager("127.0.0.1", ports["query"], ports["management"], str(state))
         )
-        server = OipServer(proc, state, ports["query"], ports["management"], ports["grpc"], conn)
+        server = OipServer(
+            proc, state, ports["query"], ports["management"], ports["grpc"], ports["grpc_aio"], conn
+        )
         cloudpickle.register_pickle_by_value(oip_models)
         try:
             deploy_python_closure(conn, "summer", 1, "doubles", oip_models.make_sum())

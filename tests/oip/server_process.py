@@ -1,8 +1,10 @@
 """A clipper_core server in its own process, for the OIP tests.
 
 ``python -m tests.oip.server_process STATE_DIR`` binds ephemeral ports (query,
-management, OIP gRPC), prints them as one JSON line on stdout, and serves until
-SIGTERM or SIGINT, then stops gracefully (its model containers included).
+management, OIP gRPC on the default transport, and a second OIP gRPC port on
+``grpc.aio`` over the same service, so the gRPC tests run against both), prints
+them as one JSON line on stdout, and serves until SIGTERM or SIGINT, then stops
+gracefully (its model containers included).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 import uvloop
 
+from clipper_core.oip.grpc_service import GrpcInferenceServer
 from clipper_core.server import ClipperServer
 
 
@@ -24,7 +27,12 @@ async def serve(state_dir: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    aio = GrpcInferenceServer(
+        server.oip, port=0, transport="aio", max_message_bytes=server.config.max_body_size
+    )
+    await aio.start()
     ports = {
+        "grpc_aio": aio.port,
         "query": server.query_port,
         "management": server.management_port,
         "grpc": server.grpc_port,
@@ -33,6 +41,7 @@ async def serve(state_dir: str) -> None:
     try:
         await stop.wait()
     finally:
+        await aio.stop()
         await server.stop()
 
 

@@ -16,7 +16,8 @@ import uvloop
 
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import CallContext, parse_timeout
-from clipper_core.oip.h2_grpc import H2GrpcServer
+from clipper_core.oip.h2_limits import H2Limits
+from clipper_core.oip.h2_server import H2GrpcServer
 from clipper_core.oip.hpack import HpackDecoder, HpackError, encode_literal, huffman_decode
 
 
@@ -56,11 +57,16 @@ class _Slow:
 class LoopThread:
     """A uvloop running the server in a thread; the test's clients stay sync."""
 
-    def __init__(self, handlers: dict[str, Any]) -> None:
+    def __init__(
+        self, handlers: dict[str, Any], limits: H2Limits | None = None, max_message: int = 8 << 20
+    ) -> None:
         self.loop = uvloop.new_event_loop()
+        # Whatever reaches the loop's exception handler is a bug: close() fails on it.
+        self.errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda loop, context: self.errors.append(context))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = H2GrpcServer(handlers, port=0, max_message_bytes=8 << 20)
+        self.server = H2GrpcServer(handlers, port=0, max_message_bytes=max_message, limits=limits)
         self.run(self.server.start())
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
@@ -71,6 +77,7 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+        assert self.errors == []
 
 
 @pytest.fixture
@@ -233,3 +240,15 @@ def test_hpack_literals_eviction_and_errors() -> None:
         dec.decode(b"\xff\x00")  # index past both tables
     with pytest.raises(HpackError):
         huffman_decode(b"\x00")  # padding that is not EOS's prefix
+
+
+def test_grpc_transport_setting_and_cli_option() -> None:
+    from clipper_core.cli import build_parser
+    from clipper_core.config import ServerConfig
+
+    assert ServerConfig().grpc_transport == "auto"
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--grpc-transport", "aio"]).grpc_transport == "aio"
+    assert parser.parse_args(["serve"]).grpc_transport == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--grpc-transport", "bogus"])

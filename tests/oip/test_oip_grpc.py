@@ -18,9 +18,15 @@ from tests.oip.oip_models import ALL_DATATYPES, input_name
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(params=["h2", "aio"])
+def grpc_url(request: pytest.FixtureRequest, oip: OipServer) -> str:
+    """Each test runs against both transports of the gRPC port (behaviour parity)."""
+    return oip.grpc_url_of(request.param)
+
+
 @pytest.fixture
-def client(oip: OipServer) -> Any:
-    c = grpcclient.InferenceServerClient(oip.grpc_url)
+def client(grpc_url: str) -> Any:
+    c = grpcclient.InferenceServerClient(grpc_url)
     try:
         yield c
     finally:
@@ -109,9 +115,9 @@ def test_every_datatype_and_multiple_outputs(client: Any) -> None:
     np.testing.assert_array_equal(res.as_numpy("half"), (b / 2).astype(np.float16))
 
 
-def test_typed_contents(oip: OipServer) -> None:
+def test_typed_contents(grpc_url: str) -> None:
     """Inputs in InferTensorContents instead of raw_input_contents."""
-    with grpc.insecure_channel(oip.grpc_url) as channel:
+    with grpc.insecure_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         req = service_pb2.ModelInferRequest(model_name="summer")
         inp = req.inputs.add(name="input", datatype="FP64", shape=[2, 2])
@@ -155,11 +161,11 @@ def test_typed_contents(oip: OipServer) -> None:
         assert "missing input 'in_fp16'" in info.value.details()
 
 
-def test_concurrent_async_infer_is_batched(oip: OipServer) -> None:
+def test_concurrent_async_infer_is_batched(oip: OipServer, grpc_url: str) -> None:
     """16 async requests on one channel: merged by the batcher, each answered
     with exactly its own rows."""
     done: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
-    with grpcclient.InferenceServerClient(oip.grpc_url) as client:
+    with grpcclient.InferenceServerClient(grpc_url) as client:
         for i in range(16):
             a = np.array([[i, 1000 + i], [2000 + i, 3000 + i]], dtype=np.int32)
             b = np.ones((2, 2), dtype=np.float16)
@@ -188,7 +194,7 @@ def _status(call: Any) -> tuple[str, str]:
     return str(info.value.status()), str(info.value.message())
 
 
-def test_errors_map_to_grpc_status(client: Any, oip: OipServer) -> None:
+def test_errors_map_to_grpc_status(client: Any, grpc_url: str, oip: OipServer) -> None:
     x = np.array([[1.0, 2.0]])
     status, msg = _status(lambda: client.infer("nope", [_input("input", x, "FP64")]))
     assert status == "StatusCode.NOT_FOUND" and "nope" in msg
@@ -212,7 +218,7 @@ def test_errors_map_to_grpc_status(client: Any, oip: OipServer) -> None:
         )
     )
     assert status == "StatusCode.INVALID_ARGUMENT" and "nothing" in msg
-    with grpc.insecure_channel(oip.grpc_url) as channel:
+    with grpc.insecure_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         # raw contents whose size does not fit the shape
         req = service_pb2.ModelInferRequest(model_name="summer")

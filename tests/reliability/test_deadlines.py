@@ -28,8 +28,9 @@ from tests.server.conftest import Running, start_server
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    r = start_server(tmp_path / "state")
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    # The gRPC tests run on both transports of the gRPC port (indirect parameter).
+    r = start_server(tmp_path / "state", grpc_transport=getattr(request, "param", "auto"))
     try:
         yield r
     finally:
@@ -249,6 +250,7 @@ def test_oip_timeout_parameter_drops_expired_work(running: Running, tmp_path: Pa
     assert stats["cancelled"] + stats["expired"] >= 1, stats
 
 
+@pytest.mark.parametrize("running", ["h2", "aio"], indirect=True)
 def test_oip_bad_timeout_parameter_is_400(running: Running, tmp_path: Path) -> None:
     _mv, log = _deploy_logger(running, tmp_path, "obad", 0.0, cache=False)
     url = f"{running.bg.query_url}/v2/models/obad/infer"
@@ -285,6 +287,7 @@ def test_oip_bad_timeout_parameter_is_400(running: Running, tmp_path: Path) -> N
     assert models.read_calls(log) == [4.0, 5.0]
 
 
+@pytest.mark.parametrize("running", ["h2", "aio"], indirect=True)
 def test_grpc_deadline_drops_expired_work(running: Running, tmp_path: Path) -> None:
     mv, log = _deploy_logger(running, tmp_path, "gdl", 1.0, cache=False)
     with grpc.insecure_channel(f"127.0.0.1:{running.server.grpc_port}") as channel:

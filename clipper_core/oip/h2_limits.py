@@ -1,0 +1,101 @@
+"""The bounds of one HTTP/2 gRPC connection (:mod:`clipper_core.oip.h2_grpc`).
+
+The port is on the network by default, so what one client can make the server
+hold or do is bounded: streams at once, header sizes, buffered request bytes,
+reply bytes held back by flow control, frames that cost work without a call
+(PING, SETTINGS, reset and refused streams: the "rapid reset" attack), and time
+(the handshake, idle connections, a request trickling in, a peer that stops
+reading or never opens its window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FloodMeter", "H2Limits", "RateWindow"]
+
+
+@dataclass(frozen=True)
+class H2Limits:
+    """What one connection may hold or cost.
+
+    Attributes:
+        max_message: Largest request message (RESOURCE_EXHAUSTED above it).
+        max_streams: Concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS); a
+            stream reset by the client still counts until its handler has ended.
+        max_header_list: Decoded header list size (SETTINGS_MAX_HEADER_LIST_SIZE,
+            RFC 9113 6.5.2: names + values + 32 per field); a request over it
+            is answered RESOURCE_EXHAUSTED.
+        max_header_block: Compressed header block, CONTINUATIONs included; more
+            is a GOAWAY (ENHANCE_YOUR_CALM).
+        max_buffered: Request bytes buffered over all streams of the connection
+            (RESOURCE_EXHAUSTED for the stream whose data goes over it).
+        max_held: Reply bytes held back by the client's windows; above it new
+            streams are refused (REFUSED_STREAM) until the client reads.
+        max_wasted_per_second: PING, SETTINGS, client resets and refused
+            streams per second; more is a GOAWAY (ENHANCE_YOUR_CALM).
+        handshake_timeout: Seconds for the client's preface.
+        idle_timeout: Seconds a connection without streams stays open.
+        stall_timeout: Seconds held replies or a paused socket may go without
+            progress (a client that stopped reading) before the connection closes.
+        min_rate: Bytes per second of HEADERS/DATA an incomplete request must
+            keep arriving at, measured over ``rate_window`` seconds (slowloris).
+        rate_window: See ``min_rate``.
+    """
+
+    max_message: int = 4 << 20
+    max_streams: int = 1024
+    max_header_list: int = 16 << 10
+    max_header_block: int = 64 << 10
+    max_buffered: int = 64 << 20
+    max_held: int = 64 << 20
+    max_wasted_per_second: int = 1000
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    stall_timeout: float = 30.0
+    min_rate: int = 1024
+    rate_window: float = 10.0
+
+    @property
+    def tick(self) -> float:
+        """How often a connection's watchdog looks."""
+        return max(0.05, min(self.handshake_timeout, self.stall_timeout, self.rate_window) / 4)
+
+
+class FloodMeter:
+    """Counts events in one-second windows; :meth:`hit` is False past the limit."""
+
+    __slots__ = ("count", "limit", "start")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.start = 0.0
+        self.count = 0
+
+    def hit(self, now: float) -> bool:
+        if now - self.start >= 1.0:
+            self.start = now
+            self.count = 0
+        self.count += 1
+        return self.count <= self.limit
+
+
+class RateWindow:
+    """Bytes received over a window, to find a request that trickles in."""
+
+    __slots__ = ("received", "start")
+
+    def __init__(self, now: float) -> None:
+        self.start = now
+        self.received = 0
+
+    def too_slow(self, now: float, min_rate: int, window: float) -> bool:
+        """At each full window: True if fewer than ``min_rate`` bytes a second came;
+        starts the next window either way."""
+        elapsed = now - self.start
+        if elapsed < window:
+            return False
+        slow = self.received < min_rate * elapsed
+        self.start = now
+        self.received = 0
+        return slow
