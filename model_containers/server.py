@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +264,8 @@ class ContainerServer:
     """The container's gRPC server: model service, health service, thread pool.
 
     Health reports NOT_SERVING until ``serve(model)`` and again from ``stop()``.
+    ``credentials`` makes the port TLS only; ``interceptors`` see every call
+    (see :mod:`model_containers.grpc_auth`).
     """
 
     def __init__(
@@ -275,6 +277,8 @@ class ContainerServer:
         max_workers: int = 1,
         max_message_bytes: int = 64 * 1024 * 1024,
         local_socket: str | None = "auto",
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> None:
         self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
         self._max_message_bytes = max_message_bytes
@@ -293,6 +297,7 @@ class ContainerServer:
         )
         self._server = grpc.server(
             self._executor,
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -303,7 +308,10 @@ class ContainerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
         try:
-            self.port = self._server.add_insecure_port(bind)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(bind)
+            else:
+                self.port = self._server.add_secure_port(bind, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {bind}: {exc}") from None
         if self.port == 0:
