@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import shutil
-import ssl
 import tarfile
 import tempfile
 import threading
@@ -26,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from model_containers.registration import frontend_opener
 
 log = logging.getLogger("model_containers")
 
@@ -133,11 +134,7 @@ def _download(
     ca_file: str | None,
     stopping: threading.Event | None,
 ) -> tuple[bytes, dict[str, str]]:
-    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=context))
-    opener = urllib.request.build_opener(*handlers)
+    opener = frontend_opener(ca_file)
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + timeout
     delay, attempt = 0.1, 0

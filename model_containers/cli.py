@@ -324,14 +324,16 @@ def _main(argv: Sequence[str] | None) -> int:
         replica_id=args.replica_id,
     )
     try:
-        security = transport_security(args)
+        security: dict[str, Any] = {
+            "local_socket": None if args.local_socket == "off" else args.local_socket,
+            **transport_security(args),
+        }
         server = ContainerServer(
             info,
             host=args.host,
             port=args.port,
             max_workers=args.max_workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
-            local_socket=None if args.local_socket == "off" else args.local_socket,
             **security,
         )
         server.start()  # health answers NOT_SERVING while the model loads
@@ -381,6 +383,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 timeout=args.register_timeout,
                 token=args.register_token,
                 stopping=stopping,
+                ca_file=args.frontend_ca,
             )
             if not result.ok and not result.stopped:
                 events.put(("fatal", result.message))

@@ -39,7 +39,8 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--frontend-ca",
         metavar="CA.pem",
-        help="CA of the frontend's HTTPS certificate (default: the system's CAs)",
+        help="CA of the frontend's HTTPS certificate, for the bundle fetch and"
+        " --register-url (default: the system's CAs)",
     )
     remote.add_argument(
         "--bundle-timeout", type=float, default=60.0, help="seconds to keep retrying the fetch"
