@@ -8,6 +8,7 @@
          | --adapter {sklearn,pytorch,onnx,xgboost,pyspark,tensorflow,keras} --model-path DIR) \\
         [--bundle-url URL --bundle-token-file FILE [--frontend-ca CA.pem]] \\
         [--tls-cert CERT.pem --tls-key KEY.pem [--tls-client-ca CA.pem] --token-file FILE] \\
+        [--health-port PORT] \\
         [--deploy-env JSON] \\
         [--host 127.0.0.1] [--port 0] [--advertise-address HOST:PORT] \\
         [--register-url http://127.0.0.1:1338] [--register-token TOKEN] \\
@@ -334,6 +335,7 @@ def _main(argv: Sequence[str] | None) -> int:
             port=args.port,
             max_workers=args.max_workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
+            health_port=args.health_port,
             **security,
         )
         server.start()  # health answers NOT_SERVING while the model loads

@@ -53,6 +53,13 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
         help="require a client certificate that chains to this CA (mutual TLS)",
     )
     remote.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="also answer the gRPC health service alone, in plaintext, on this port (for"
+        " probes that cannot do TLS or send a token, as Kubernetes' gRPC probes)",
+    )
+    remote.add_argument(
         "--token-file",
         metavar="FILE",
         help="refuse calls without 'authorization: Bearer <this token>' (needs --tls-cert)",

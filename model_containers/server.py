@@ -265,7 +265,9 @@ class ContainerServer:
 
     Health reports NOT_SERVING until ``serve(model)`` and again from ``stop()``.
     ``credentials`` makes the port TLS only; ``interceptors`` see every call
-    (see :mod:`model_containers.grpc_auth`).
+    (see :mod:`model_containers.grpc_auth`).  ``health_port`` also answers the
+    health service alone, in plaintext and to anyone, on that port: what a
+    Kubernetes gRPC probe can reach when the model's port needs TLS and a token.
     """
 
     def __init__(
@@ -279,6 +281,7 @@ class ContainerServer:
         local_socket: str | None = "auto",
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
+        health_port: int | None = None,
     ) -> None:
         self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
         self._max_message_bytes = max_message_bytes
@@ -318,6 +321,21 @@ class ContainerServer:
             raise OSError(f"cannot listen on {bind}")
         self.host = host
         self._local: LocalSocketServer | None = None  # made by start()
+        self._health_server: grpc.Server | None = None
+        #: The plaintext health-only port, when one was asked for.
+        self.health_port: int | None = None
+        if health_port is not None:
+            self._health_server = grpc.server(
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="container-probe")
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            at = bind.rpartition(":")[0] + f":{health_port}"
+            try:
+                self.health_port = self._health_server.add_insecure_port(at)
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {at}: {exc}") from None
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {at}")
 
     @property
     def address(self) -> str:
@@ -340,6 +358,8 @@ class ContainerServer:
             )
             self._local.start()
         self._server.start()
+        if self._health_server is not None:
+            self._health_server.start()
 
     def serve(self, model: Model) -> None:
         """Start answering Predict with ``model`` and report SERVING."""
@@ -354,6 +374,8 @@ class ContainerServer:
         if self._local is not None:
             self._local.refuse()
         self._server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         if self._local is not None:
             self._local.stop(deadline - time.monotonic())
         self._executor.shutdown(wait=False, cancel_futures=True)

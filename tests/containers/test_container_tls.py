@@ -202,3 +202,29 @@ def test_a_missing_token_file_stops_the_container(
     )
     assert container.wait(60) == 1
     assert "cannot read the token file" in container.stderr()
+
+
+def test_the_health_port_answers_probes_in_plaintext_and_nothing_else(
+    containers: Launcher, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    import socket
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from model_containers._proto import container_pb2 as pb
+    from model_containers._proto import container_pb2_grpc as pb_grpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _start_tls(containers, ca, tmp_path, "--health-port", str(port))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="clipper.container.v1.ModelContainer"),
+            timeout=10,
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.ModelContainerStub(channel).Metadata(pb.MetadataRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
