@@ -9,6 +9,11 @@ Wire rules that Clipper's own ``clipper_admin`` client depends on: every call is
 request is 400 (404 when it names an app or model that does not exist) with a
 JSON message; looking up something unknown answers 200 with ``{}``; model
 versions are strings.
+
+One route is not a management call: ``GET /admin/bundle/<model>/<version>``
+answers a deployed version's payload to a replica on another host, authenticated
+by that version's replica token (:mod:`clipper_core.replica_tokens`), never the
+management token, which a replica must not hold.
 """
 
 from __future__ import annotations
@@ -34,18 +39,23 @@ from clipper_core.admin_requests import (
     pipeline_record,
     policy_config,
 )
-from clipper_core.auth import WWW_AUTHENTICATE, check_admin, validate_api_keys
+from clipper_core.auth import WWW_AUTHENTICATE, bearer_token, check_admin, validate_api_keys
 from clipper_core.control import ControlPlane
+from clipper_core.control.artifacts import BUNDLE_KIND_HEADER, BUNDLE_SHA256_HEADER, bundle_path
 from clipper_core.control.desired import DesiredState
 from clipper_core.dataplane import QueryView
-from clipper_core.errors import BadInput, ClipperError, Unauthorized
+from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.requirements import check_requirements
 from clipper_core.selection.runtime import SelectionService
 
 Handler = Callable[[Body], Awaitable[Any]]
+
+#: Where replicas fetch their bundles; the route checks its own token.
+BUNDLE_ROUTE = "/admin/bundle/"
 
 
 def admin_guard(
@@ -58,13 +68,13 @@ def admin_guard(
     that is not JSON).  Then, when there is a token (always, unless the operator
     opted out), every request (every route, ping included) without
     ``Authorization: Bearer <token>`` gets a 401 JSON answer; the token is
-    compared in constant time."""
+    compared in constant time.  The bundle route checks a replica token instead."""
 
     def guard(request: Request) -> Response | None:
         refused = policy.refusal(request)
         if refused is not None:
             return refused
-        if not token or dashboard.is_public(request):
+        if not token or dashboard.is_public(request) or _is_bundle_fetch(request):
             return None
         try:
             check_admin(dashboard.auth_headers(request), token)
@@ -73,6 +83,10 @@ def admin_guard(
         return None
 
     return guard
+
+
+def _is_bundle_fetch(request: Request) -> bool:
+    return request.method == "GET" and request.path.startswith(BUNDLE_ROUTE)
 
 
 def env_operations(envs: RuntimeEnvManager | None) -> dict[str, Handler]:
@@ -111,6 +125,7 @@ def install(
     envs: RuntimeEnvManager | None,
     inspect: Callable[[], dict[str, Any]],
     shutdown: Callable[[], None],
+    tokens: ReplicaTokens,
 ) -> None:
     """Add the management routes to ``router``.
 
@@ -121,6 +136,7 @@ def install(
         envs: The local container manager's environments, or None.
         inspect: The ``get_state`` figures (``inspect_instance``).
         shutdown: Asks the server to stop.
+        tokens: The replica tokens (``get_replica_token``, the bundle route).
     """
     store = control.store
 
@@ -243,9 +259,25 @@ def install(
         replica = body.get("replica_id")
         replica_id = str(replica) if replica not in (None, "") else f"external-{address}"
         await control.register_replica(
-            field_str(body, "model_name"), field_str(body, "model_version"), replica_id, address
+            field_str(body, "model_name"),
+            field_str(body, "model_version"),
+            replica_id,
+            address,
+            tls=field_bool(body.get("tls"), "tls"),
         )
         return {"replica_id": replica_id}
+
+    async def get_replica_token(body: Body) -> Any:
+        # For whoever starts a replica elsewhere: its --token-file and
+        # --bundle-token-file, and the path of its --bundle-url.
+        name, version = field_str(body, "model_name"), field_str(body, "model_version")
+        rec = await read(store.get_model, name, version)
+        if rec is None:
+            raise NotFound(f"model {name}:{version} is not registered")
+        return {
+            "token": tokens.token(name, version),
+            "bundle_path": bundle_path(name, version, rec.container),
+        }
 
     async def set_selection_policy(body: Body) -> Any:
         await control.set_selection_policy(
@@ -340,6 +372,7 @@ def install(
         "set_num_replicas": set_num_replicas,
         "get_num_replicas": get_num_replicas,
         "register_replica": register_replica,
+        "get_replica_token": get_replica_token,
         "get_state": get_state,
         "apply": apply,
         "set_selection_policy": set_selection_policy,
@@ -368,5 +401,28 @@ def install(
     async def ping(request: Request, params: dict[str, str]) -> Response:
         return json_response("pong")
 
+    async def bundle(request: Request, params: dict[str, str]) -> Response:
+        name, version = params["model"], params["version"]
+        # The token first: without it, nothing tells which models exist.
+        if not tokens.check(name, version, bearer_token(request.headers)):
+            return error_response(
+                401,
+                "unauthorized",
+                f"the bundle of {name}:{version} needs that version's replica token",
+                WWW_AUTHENTICATE,
+            )
+        rec = await read(store.get_model, name, version)
+        found = None if rec is None else await control.artifacts.open(name, version, rec.container)
+        if found is None:
+            return error_response(
+                404,
+                "not_found",
+                f"model {name}:{version} has no bundle (it is not deployed, or its files"
+                " were not deployed through the management API)",
+            )
+        headers = {BUNDLE_KIND_HEADER: found.kind, BUNDLE_SHA256_HEADER: found.sha256}
+        return Response(200, found.data, "application/octet-stream", headers)
+
     router.add("POST", "/admin/{op}", dispatch)
+    router.add("GET", BUNDLE_ROUTE + "{model}/{version}", bundle)
     router.add("GET", "/admin/ping", ping)

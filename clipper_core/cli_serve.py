@@ -56,6 +56,18 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate: serve both ports over HTTPS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument(
+        "--replica-tls-ca", help="PEM CA of remote replicas' certificates (default: the system's)"
+    )
+    p.add_argument(
+        "--replica-tls-cert", help="PEM certificate to present to remote replicas that ask"
+    )
+    p.add_argument("--replica-tls-key", help="PEM private key of --replica-tls-cert")
+    p.add_argument(
+        "--replica-secret-file",
+        help="secret of the per-model replica tokens (default <state-dir>/replica_secret;"
+        " frontends sharing a store share it)",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -168,6 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.insecure_no_admin_token = True
     cfg.allowed_hosts = list(args.allowed_host)
     cfg.tls_cert, cfg.tls_key = args.tls_cert, args.tls_key
+    cfg.replica_tls_ca, cfg.replica_secret_file = args.replica_tls_ca, args.replica_secret_file
+    cfg.replica_tls_cert, cfg.replica_tls_key = args.replica_tls_cert, args.replica_tls_key
     cfg.shutdown_grace = args.shutdown_grace
     cfg.admission_control = not args.no_admission
     cfg.client_max_concurrency = args.client_max_concurrency

@@ -83,6 +83,15 @@ class ServerConfig:
         tls_key: PEM private key of ``tls_cert``.
         shutdown_grace: seconds a graceful stop (SIGTERM) lets in-flight requests
             finish before closing what remains.
+        replica_tls_ca: PEM CA that remote replicas' certificates chain to
+            (replicas registered with ``tls``, addresses ``grpcs://``); None: the
+            system's CAs.
+        replica_tls_cert: PEM certificate the frontend presents to remote
+            replicas that require one (``--tls-client-ca``); with ``replica_tls_key``.
+        replica_tls_key: PEM private key of ``replica_tls_cert``.
+        replica_secret_file: the secret the per-model replica tokens derive from
+            (see ``clipper_core.replica_tokens``); None: ``<state_dir>/replica_secret``,
+            made on first start.  Frontends sharing a store must share it.
     """
 
     host: str = "127.0.0.1"
@@ -117,6 +126,10 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     shutdown_grace: float = 30.0
+    replica_tls_ca: str | None = None
+    replica_tls_cert: str | None = None
+    replica_tls_key: str | None = None
+    replica_secret_file: str | None = None
 
     def resolved_state_path(self) -> str:
         if self.state_path is not None:
@@ -125,3 +138,8 @@ class ServerConfig:
 
     def models_dir(self) -> Path:
         return Path(self.state_dir) / "models"
+
+    def resolved_replica_secret_file(self) -> Path:
+        if self.replica_secret_file is not None:
+            return Path(self.replica_secret_file)
+        return Path(self.state_dir) / "replica_secret"

@@ -54,7 +54,9 @@ from clipper_core.oip import http as oip_http
 from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
 from clipper_core.planning import budgets
 from clipper_core.query_refusal import header_refusal
-from clipper_core.replica_client import insecure_connector
+from clipper_core.replica_client import ReplicaConnector, insecure_connector
+from clipper_core.replica_tls import by_address, tls_connector
+from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
@@ -122,6 +124,8 @@ class ClipperServer:
             self.dataplane, self.gate, default_timeout=cfg.batch_timeout, ready=lambda: self.ready
         )
         self.tasks = BackgroundTasks()
+        #: The per-model replica tokens (read at start, from the secret file).
+        self.replica_tokens: ReplicaTokens | None = None
         self._apply: DataPlaneReconciler | None = None
         self._grpc: GrpcInferenceServer | None = None
         self._query_http: HttpServer | None = None
@@ -199,7 +203,7 @@ class ClipperServer:
                 admission=cfg.admission_control,
                 replica_start_timeout=cfg.replica_start_timeout,
             ),
-            connector=insecure_connector,
+            connector=self._connector(),
             on_replica_hung=on_replica_hung,
         )
         sink: EndpointSink = apply
@@ -216,12 +220,23 @@ class ClipperServer:
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
 
+    def _connector(self) -> ReplicaConnector:
+        """Local replicas over plaintext; remote ones (``grpcs://``) over TLS with
+        their model version's token."""
+        cfg, tokens = self.config, self.replica_tokens
+        assert tokens is not None
+        remote = tls_connector(
+            cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
+        )
+        return by_address(insecure_connector, remote)
+
     def _routers(self, control: ControlPlane) -> tuple[Router, Router]:
         query = Router()
         query_api.install(query, self.dataplane, self.gate, self.metrics, self.inspect)
         oip_http.install(query, self.oip)
         selection_api.install(query, self.dataplane, self.gate)
         admin = Router()
+        assert self.replica_tokens is not None
         admin_api.install(
             admin,
             control,
@@ -230,6 +245,7 @@ class ClipperServer:
             envs=getattr(self.manager, "envs", None),
             inspect=self.inspect,
             shutdown=self.request_shutdown,
+            tokens=self.replica_tokens,
         )
         dashboard.install(admin, self.metrics, self.dataplane, self)
         return query, admin
@@ -248,6 +264,9 @@ class ClipperServer:
             from clipper_core.tls import server_ssl_context
 
             ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
+        self.replica_tokens = await asyncio.to_thread(
+            ReplicaTokens.load_or_create, cfg.resolved_replica_secret_file()
+        )
         self.store = store = await asyncio.to_thread(self._open_store)
         apply, replicas = self._build_control(store)
         self._apply = apply

@@ -84,9 +84,27 @@ def grpc_server_credentials(
     )
 
 
-def grpc_channel_credentials(ca_file: str | Path | None = None) -> Any:
-    """``grpc.ssl_channel_credentials`` trusting ``ca_file`` (or the system's CAs)."""
+def grpc_channel_credentials(
+    ca_file: str | Path | None = None,
+    *,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+) -> Any:
+    """``grpc.ssl_channel_credentials`` trusting ``ca_file`` (or the system's CAs),
+    presenting ``client_cert`` (with ``client_key``) to servers that ask for one.
+
+    Raises:
+        BadInput: A file cannot be read, or only one of the client pair is given.
+    """
     import grpc
 
+    if (client_cert is None) != (client_key is None):
+        raise BadInput("a client certificate needs its key, and the key its certificate")
     root = None if ca_file is None else _read(ca_file, "CA")
-    return grpc.ssl_channel_credentials(root_certificates=root)
+    if client_cert is None or client_key is None:
+        return grpc.ssl_channel_credentials(root_certificates=root)
+    return grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=_read(client_key, "client key"),
+        certificate_chain=_read(client_cert, "client certificate"),
+    )

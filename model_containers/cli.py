@@ -6,6 +6,9 @@
         [--input-type {ints,floats,doubles,strings,bytes}] \\
         (--closure FILE.pkl | --model-class package.module:ClassName [--model-path DIR]
          | --adapter {sklearn,pytorch,onnx,xgboost,pyspark,tensorflow,keras} --model-path DIR) \\
+        [--bundle-url URL --bundle-token-file FILE [--frontend-ca CA.pem]] \\
+        [--tls-cert CERT.pem --tls-key KEY.pem [--tls-client-ca CA.pem] --token-file FILE] \\
+        [--health-port PORT] \\
         [--deploy-env JSON] \\
         [--host 127.0.0.1] [--port 0] [--advertise-address HOST:PORT] \\
         [--register-url http://127.0.0.1:1338] [--register-token TOKEN] \\
@@ -18,6 +21,13 @@ Once the model is loaded and the server listens, one line
 the container with exit status 1.  SIGTERM or SIGINT stop it gracefully (health
 NOT_SERVING, in-flight batches get ``--grace`` seconds) with exit status 0.
 Logs go to stderr.
+
+A replica on another host than its frontend fetches its model with
+``--bundle-url`` instead of a path (see ``model_containers.bundle_fetch``: a
+closure bundle needs no other source option, a model folder bundle is the
+``--model-path`` of ``--adapter`` or ``--model-class``), and serves over TLS
+with ``--tls-cert``, refusing calls without its ``--token-file`` token (see
+``model_containers.grpc_auth``); the local socket is then off.
 """
 
 from __future__ import annotations
@@ -32,12 +42,19 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from model_containers import grpc_auth
 from model_containers.model import INPUT_TYPES, ClosureModel, Model
 from model_containers.registration import register
+from model_containers.remote_options import (
+    add_remote_options,
+    check_remote_options,
+    fetch_bundle_for,
+    transport_security,
+)
 from model_containers.server import ContainerInfo, ContainerServer, exception_line
 
 log = logging.getLogger("model_containers")
@@ -47,6 +64,9 @@ READY_MARKER = "CLIPPER_CONTAINER_READY"
 # How long, after the gRPC server stopped, to wait for a model call that is
 # still running before leaving without it.
 _THREAD_JOIN_S = 1.0
+
+# Run on every way out, os._exit included (the fetched bundle's folder).
+_CLEANUPS: list[Callable[[], None]] = []
 
 
 class ModelLoadError(Exception):
@@ -65,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INPUT_TYPES,
         help="required unless the model class declares input_type",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    # One of them, or --bundle-url (checked in main).
+    source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--closure",
         metavar="FILE.pkl",
@@ -89,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         " container before the model loads (see model_containers.environment)",
     )
     parser.add_argument("--model-path", metavar="DIR", help="set as model.model_path before load()")
+    add_remote_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
@@ -242,14 +264,27 @@ def _leave(code: int) -> int:
     ]
     if stuck:
         log.warning("threads still running after the grace period (%s); exiting", stuck)
+        _run_cleanups()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
 
 
+def _run_cleanups() -> None:
+    while _CLEANUPS:
+        _CLEANUPS.pop()()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a container until SIGTERM/SIGINT; return the exit status."""
+    try:
+        return _main(argv)
+    finally:
+        _run_cleanups()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -259,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.max_workers < 1:
         parser.error("--max-workers must be at least 1")
+    check_remote_options(parser, args)
 
     events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
     _install_signal_handlers(events)
@@ -266,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.deploy_env:
         failed = _check_deploy_env(args.deploy_env)
+        if failed:
+            print(f"model_containers: {failed}", file=sys.stderr, flush=True)
+            return 1
+    if args.bundle_url:
+        failed = fetch_bundle_for(args, _CLEANUPS.append)
         if failed:
             print(f"model_containers: {failed}", file=sys.stderr, flush=True)
             return 1
@@ -284,16 +325,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         replica_id=args.replica_id,
     )
     try:
+        security: dict[str, Any] = {
+            "local_socket": None if args.local_socket == "off" else args.local_socket,
+            **transport_security(args),
+        }
         server = ContainerServer(
             info,
             host=args.host,
             port=args.port,
             max_workers=args.max_workers,
             max_message_bytes=args.max_message_mb * 1024 * 1024,
-            local_socket=None if args.local_socket == "off" else args.local_socket,
+            health_port=args.health_port,
+            **security,
         )
         server.start()  # health answers NOT_SERVING while the model loads
-    except OSError as exc:
+    except (OSError, grpc_auth.ConfigError) as exc:
         print(f"model_containers: {exc}", file=sys.stderr, flush=True)
         return 1
 
@@ -329,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "replica_id": info.replica_id,
             "pid": os.getpid(),
         }
+        if args.tls_cert:
+            payload["tls"] = True  # the frontend connects with TLS and the token
 
         def register_in_background() -> None:
             result = register(
@@ -337,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout=args.register_timeout,
                 token=args.register_token,
                 stopping=stopping,
+                ca_file=args.frontend_ca,
             )
             if not result.ok and not result.stopped:
                 events.put(("fatal", result.message))

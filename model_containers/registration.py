@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.error
@@ -29,6 +30,17 @@ class RegistrationResult:
     stopped: bool = False
 
 
+def frontend_opener(ca_file: str | None = None) -> urllib.request.OpenerDirector:
+    """An opener for the frontend's management API: no proxy (an ``http_proxy``
+    meant for the internet must not capture it), and ``https`` verified against
+    ``ca_file`` when given (else the system's CAs)."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=ca_file)
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
 def register(
     base_url: str,
     payload: dict[str, Any],
@@ -36,6 +48,7 @@ def register(
     timeout: float = 30.0,
     token: str | None = None,
     stopping: threading.Event | None = None,
+    ca_file: str | None = None,
 ) -> RegistrationResult:
     """POST ``payload`` as JSON to ``base_url + /admin/register_replica``.
 
@@ -49,15 +62,14 @@ def register(
         timeout: Seconds to keep retrying.
         token: Sent as ``Authorization: Bearer <token>`` when given.
         stopping: Set by the container to abandon the attempt.
+        ca_file: The CA of an ``https`` frontend's certificate (default: the system's).
     """
     url = base_url.rstrip("/") + REGISTER_PATH
     body = json.dumps(payload).encode("utf-8")
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    # The frontend is reached directly; an http_proxy meant for the internet must
-    # not capture registrations.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    opener = frontend_opener(ca_file)
     deadline = time.monotonic() + timeout
     delay = 0.1
     attempt = 0

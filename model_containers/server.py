@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +264,10 @@ class ContainerServer:
     """The container's gRPC server: model service, health service, thread pool.
 
     Health reports NOT_SERVING until ``serve(model)`` and again from ``stop()``.
+    ``credentials`` makes the port TLS only; ``interceptors`` see every call
+    (see :mod:`model_containers.grpc_auth`).  ``health_port`` also answers the
+    health service alone, in plaintext and to anyone, on that port: what a
+    Kubernetes gRPC probe can reach when the model's port needs TLS and a token.
     """
 
     def __init__(
@@ -275,6 +279,9 @@ class ContainerServer:
         max_workers: int = 1,
         max_message_bytes: int = 64 * 1024 * 1024,
         local_socket: str | None = "auto",
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        health_port: int | None = None,
     ) -> None:
         self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
         self._max_message_bytes = max_message_bytes
@@ -293,6 +300,7 @@ class ContainerServer:
         )
         self._server = grpc.server(
             self._executor,
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -303,13 +311,31 @@ class ContainerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
         try:
-            self.port = self._server.add_insecure_port(bind)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(bind)
+            else:
+                self.port = self._server.add_secure_port(bind, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {bind}: {exc}") from None
         if self.port == 0:
             raise OSError(f"cannot listen on {bind}")
         self.host = host
         self._local: LocalSocketServer | None = None  # made by start()
+        self._health_server: grpc.Server | None = None
+        #: The plaintext health-only port, when one was asked for.
+        self.health_port: int | None = None
+        if health_port is not None:
+            self._health_server = grpc.server(
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="container-probe")
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            at = bind.rpartition(":")[0] + f":{health_port}"
+            try:
+                self.health_port = self._health_server.add_insecure_port(at)
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {at}: {exc}") from None
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {at}")
 
     @property
     def address(self) -> str:
@@ -332,6 +358,8 @@ class ContainerServer:
             )
             self._local.start()
         self._server.start()
+        if self._health_server is not None:
+            self._health_server.start()
 
     def serve(self, model: Model) -> None:
         """Start answering Predict with ``model`` and report SERVING."""
@@ -346,6 +374,8 @@ class ContainerServer:
         if self._local is not None:
             self._local.refuse()
         self._server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         if self._local is not None:
             self._local.stop(deadline - time.monotonic())
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.model_bundle": LEAVES,
     "clipper_core.state_dir": LEAVES,
     "clipper_core.requirements": LEAVES,
+    "clipper_core.replica_tokens": LEAVES,
     # The container runtime and its wire format, which the data plane speaks.
     "model_containers": LEAVES,
     # L1 state & managers
@@ -62,6 +63,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.replica_client": DATA_PLANE,
     "clipper_core.replica_codec": DATA_PLANE,
     "clipper_core.local_channel": DATA_PLANE,
+    "clipper_core.replica_tls": DATA_PLANE,
     # L3 routers
     "clipper_core.selection": ROUTERS,
     "clipper_core.pipelines": ROUTERS,

@@ -28,6 +28,7 @@ from clipper_core.control.replicas import ReplicaReconciler
 from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.logs import log_event
 from clipper_core.pipelines.model import validate as validate_pipeline
+from clipper_core.replica_tls import remote_address
 from clipper_core.selection import validate_policy
 from clipper_core.store.base import StateEvent, StateStore
 from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
@@ -55,7 +56,8 @@ class ControlPlane:
         self.store = store
         self._apply = apply
         self._replicas = replicas
-        self._artifacts = artifacts
+        #: Where deployed models' files are (the bundle route reads them too).
+        self.artifacts = artifacts
         # Versions being deployed: a second deploy of one would share its files.
         self._deploying: set[tuple[str, str]] = set()
         # One declarative apply at a time: each diffs against what the last one made.
@@ -230,14 +232,14 @@ class ControlPlane:
         if payload_b64 is not None:
             # The digest tells a declarative apply whether a file's code is this one.
             spec = {**rec.container, "payload_sha256": payload_digest(payload_b64)}
-            container = await self._artifacts.put(rec.name, rec.version, spec, payload_b64)
+            container = await self.artifacts.put(rec.name, rec.version, spec, payload_b64)
             rec = ModelRecord(**{**rec.to_dict(), "container": container})
         first = await self._write(self.store.get_current_version, rec.name) is None
         try:
             await self._write(self.store.add_model, rec)
         except BaseException:
             if payload_b64 is not None:
-                await self._artifacts.remove(rec.name, rec.version)
+                await self.artifacts.remove(rec.name, rec.version)
             raise
         await self._reconcile("model", rec.name)
         try:
@@ -271,7 +273,7 @@ class ControlPlane:
         await self._replicas.stop(rec)
         await self._write(self.store.delete_model_version, rec.name, rec.version)
         await self._reconcile("model", rec.name)
-        await self._artifacts.remove(rec.name, rec.version)
+        await self.artifacts.remove(rec.name, rec.version)
 
     async def set_model_version(self, name: str, version: str) -> None:
         """Send the model's queries to ``version`` (roll forward or back)."""
@@ -393,11 +395,14 @@ class ControlPlane:
         return changes
 
     async def register_replica(
-        self, name: str, version: str, replica_id: str, address: str
+        self, name: str, version: str, replica_id: str, address: str, *, tls: bool = False
     ) -> None:
         """A container started by hand joins a model version's replicas; it is
         remembered in the store, so a restart connects to it again.  Returns once
-        it is connected."""
+        it is connected.  ``tls``: it is remote, reached over TLS with the
+        version's replica token (its address is stored as ``grpcs://host:port``)."""
+        if tls:
+            address = remote_address(address)
         await self._write(
             self.store.put_endpoint, EndpointRecord(name, version, replica_id, address)
         )

@@ -105,16 +105,21 @@ class Launcher:
         self._started: list[Container] = []
 
     def start(
-        self, *args: str, wait_ready: bool = True, timeout: float = START_TIMEOUT_S
+        self,
+        *args: str,
+        wait_ready: bool = True,
+        timeout: float = START_TIMEOUT_S,
+        env: dict[str, str] | None = None,
     ) -> Container:
-        """Start a container with ``args``; by default wait for its READY line."""
+        """Start a container with ``args`` (and ``env`` on top of the test
+        environment); by default wait for its READY line."""
         n = len(self._started)
         stderr_path = self._tmp / f"container-{n}.stderr"
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "model_containers", *args],
                 cwd=REPO,
-                env=container_env(),
+                env={**container_env(), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

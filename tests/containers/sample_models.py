@@ -115,3 +115,17 @@ class BrokenLoadModel(Model):
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         return inputs
+
+
+class FolderModel(Model):
+    """Loads ``weight.txt`` from its model folder; answers ``"<sum * weight> <folder>"``,
+    so that a test sees which folder the container loaded."""
+
+    input_type = "doubles"
+
+    def load(self) -> None:
+        with open(f"{self.model_path}/weight.txt") as f:
+            self.weight = float(f.read())
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        return [f"{float(x.sum()) * self.weight:g} {self.model_path}" for x in inputs]
