@@ -62,9 +62,9 @@ protos: $(PROTOS_VENV)/.stamp
 	$(PROTOS_VENV)/bin/python -m protos.generate
 
 # The declared ranges of grpcio, grpcio-health-checking and protobuf, at both ends
-# (two throwaway venvs; see .ci/deps_matrix.sh).
+# (two throwaway venvs; see .ci/deps_matrix.py).
 deps-matrix:
-	.ci/deps_matrix.sh
+	$(PYTHON) .ci/deps_matrix.py
 
 clean:
 	rm -rf build ext/*.so ext/*.c ext/*.html $(VENV)
