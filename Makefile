@@ -1,29 +1,42 @@
 # The two commands of the README:
-#   make run    install into .venv, start the embedded server with an example model
-#   make test   install into .venv, run the whole test suite
+#   make run    install into .venv what running needs, start the embedded server with an example model
+#   make test   install into .venv the test, lint and bench toolchain too, run the whole test suite
 # Everything else here is a helper of those two.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# `pip install -e .`: the runtime dependencies; the install compiles the extensions.
+RUN_STAMP := $(VENV)/.run-stamp
+# `pip install -e '.[test,lint,bench]'`: a superset of the run install.
+TEST_STAMP := $(VENV)/.test-stamp
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd) setup.py
+# The pinned protoc (protos/requirements.txt) lives in a venv of its own: its
+# protobuf range need not fit the project's test environment.
+PROTOS_VENV ?= build/protos-venv
 
-.PHONY: run test test-fast lint bench build protos clean
+.PHONY: run test test-fast lint bench build protos deps-matrix clean
 
-$(STAMP): pyproject.toml setup.py
+# A Cython source newer than the install re-runs it, which recompiles the extensions.
+$(RUN_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test,lint,bench]'
-	touch $(STAMP)
+	touch $@ $(RUN_STAMP)
 
-# Rebuild the extensions in place when a Cython source changes.
-$(VENV)/.ext-stamp: $(STAMP) $(EXT_SOURCES)
+# Rebuild the extensions in place when a Cython source changes (Cython comes with
+# the test install).
+$(VENV)/.ext-stamp: $(TEST_STAMP) $(EXT_SOURCES)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 build: $(VENV)/.ext-stamp
 
-run: build
+run: $(RUN_STAMP)
 	$(PY) -m clipper_core.demo
 
 test: build
@@ -32,7 +45,7 @@ test: build
 test-fast: build
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check clipper_core model_containers tests bench
 	$(VENV)/bin/mypy
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/cython-lint ext/
@@ -40,8 +53,18 @@ lint: $(STAMP)
 bench: build
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,ops $(PYTEST_ARGS)
 
-protos: $(STAMP)
-	$(PY) -m protos.generate
+$(PROTOS_VENV)/.stamp: protos/requirements.txt
+	test -x $(PROTOS_VENV)/bin/python || $(PYTHON) -m venv $(PROTOS_VENV)
+	$(PROTOS_VENV)/bin/python -m pip install -q -r protos/requirements.txt
+	touch $@
+
+protos: $(PROTOS_VENV)/.stamp
+	$(PROTOS_VENV)/bin/python -m protos.generate
+
+# The declared ranges of grpcio, grpcio-health-checking and protobuf, at both ends
+# (two throwaway venvs; see .ci/deps_matrix.py).
+deps-matrix:
+	$(PYTHON) .ci/deps_matrix.py
 
 clean:
 	rm -rf build ext/*.so ext/*.c ext/*.html $(VENV)
