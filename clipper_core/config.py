@@ -80,6 +80,18 @@ class ServerConfig:
         tls_key: PEM private key of ``tls_cert``.
         shutdown_grace: seconds a graceful stop (SIGTERM) lets in-flight requests
             finish before closing what remains.
+        container_manager: what runs the model replicas: ``"local"`` (child
+            processes, the default) or ``"kubernetes"`` (a StatefulSet per model
+            version in the cluster this process runs in, else ``$KUBECONFIG``'s;
+            needs ``clipper_core[kubernetes]``).
+        kubernetes_namespace: with ``"kubernetes"``: the namespace of the model pods.
+        kubernetes_image: with ``"kubernetes"``: the model-container image
+            (None: ``clipper-core/model-container:<version>``).
+        kubernetes_bundle_url: with ``"kubernetes"``: where model pods fetch their
+            bundles, with ``{model}`` and ``{version}`` (None: this frontend's
+            management API through the ``clipper-frontend`` Service).
+        kubernetes_bundle_secret: with ``"kubernetes"``: the Secret (key
+            ``token``) model pods fetch bundles with (None: ``clipper-bundle-token``).
     """
 
     host: str = "127.0.0.1"
@@ -113,6 +125,11 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     shutdown_grace: float = 30.0
+    container_manager: str = "local"
+    kubernetes_namespace: str = "default"
+    kubernetes_image: str | None = None
+    kubernetes_bundle_url: str | None = None
+    kubernetes_bundle_secret: str | None = None
 
     def resolved_state_path(self) -> str:
         if self.state_path is not None:

@@ -65,6 +65,22 @@ from clipper_core.store.sqlite import SqliteStateStore
 log = logging.getLogger("clipper_core.server")
 
 
+def _configured_manager(cfg: ServerConfig) -> ContainerManager:
+    """The container manager ``cfg.container_manager`` names."""
+    if cfg.container_manager == "kubernetes":
+        # Imported here: the kubernetes client is an optional extra.
+        from clipper_core.managers.kubernetes import KubernetesContainerManager
+
+        return KubernetesContainerManager.from_config(cfg)
+    if cfg.container_manager != "local":
+        raise BadInput(f"unknown container manager {cfg.container_manager!r}: local or kubernetes")
+    return LocalProcessManager(
+        python=cfg.python or sys.executable,
+        envs_dir=Path(cfg.state_dir) / "envs",
+        start_timeout=cfg.replica_start_timeout,
+    )
+
+
 class ClipperServer:
     """Frontends, control plane and container manager on one event loop.
 
@@ -102,11 +118,7 @@ class ClipperServer:
         self.started_at = 0.0
         self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes, batch_slo_rule=budgets.batch_slos)
         self.selection = SelectionService()
-        self.manager: ContainerManager = manager or LocalProcessManager(
-            python=cfg.python or sys.executable,
-            envs_dir=Path(cfg.state_dir) / "envs",
-            start_timeout=cfg.replica_start_timeout,
-        )
+        self.manager: ContainerManager = manager or _configured_manager(cfg)
         self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         self.api_keys = ApiKeys()
         self.gate = QueryGate(

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from clipper_core.config import ServerConfig
 from clipper_core.errors import BadInput, ReplicaUnavailable
 from clipper_core.managers.base import ContainerManager, ReplicaEvent, ReplicaStatus
 from clipper_core.managers.k8s_manifests import (
@@ -86,6 +87,18 @@ class KubernetesContainerManager:
         self._synced: asyncio.Event | None = None
         self._closing = threading.Event()
         self._watch_error = ""
+
+    @classmethod
+    def from_config(cls, cfg: ServerConfig) -> KubernetesContainerManager:
+        """The manager a server with ``container_manager = "kubernetes"`` uses."""
+        default = KubernetesSettings()
+        settings = KubernetesSettings(
+            namespace=cfg.kubernetes_namespace,
+            image=cfg.kubernetes_image or default.image,
+            bundle_url=cfg.kubernetes_bundle_url or default.bundle_url,
+            bundle_secret=cfg.kubernetes_bundle_secret or default.bundle_secret,
+        )
+        return cls(settings, start_timeout=cfg.replica_start_timeout)
 
     async def __aenter__(self) -> KubernetesContainerManager:
         return self
