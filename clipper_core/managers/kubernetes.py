@@ -89,8 +89,11 @@ class KubernetesContainerManager:
         self._watch_error = ""
 
     @classmethod
-    def from_config(cls, cfg: ServerConfig) -> KubernetesContainerManager:
-        """The manager a server with ``container_manager = "kubernetes"`` uses."""
+    def from_config(
+        cls, cfg: ServerConfig, *, api: KubeApi | None = None
+    ) -> KubernetesContainerManager:
+        """The manager a server with ``container_manager = "kubernetes"`` uses
+        (on ``api``; default: in-cluster, else ``$KUBECONFIG``)."""
         default = KubernetesSettings()
         settings = KubernetesSettings(
             namespace=cfg.kubernetes_namespace,
@@ -98,7 +101,7 @@ class KubernetesContainerManager:
             bundle_url=cfg.kubernetes_bundle_url or default.bundle_url,
             bundle_secret=cfg.kubernetes_bundle_secret or default.bundle_secret,
         )
-        return cls(settings, start_timeout=cfg.replica_start_timeout)
+        return cls(settings, api=api, start_timeout=cfg.replica_start_timeout)
 
     async def __aenter__(self) -> KubernetesContainerManager:
         return self
@@ -203,6 +206,10 @@ class KubernetesContainerManager:
         logger.warning("restarting replica %s:%s:%s: deleting pod %s", name, version,
                        replica_id, replica.pod_name)  # fmt: skip
         await self._delete("Pod", replica.pod_name)
+        # Known now, before the watch reports it: a wait_ready from here on waits
+        # for the new pod.
+        if self.tracker.get(name, version, replica_id) is replica and not replica.deleting:
+            self._emit(self.tracker.pod_going(replica))
 
     def list(self, name: str | None = None, version: str | None = None) -> list[ReplicaStatus]:
         """The replicas of the watched pods and those wanted but not made yet."""

@@ -102,9 +102,10 @@ class KubeApi:
         data: dict[str, Any] = json.loads(response.data or b"{}")
         return data
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Create or update ``obj`` (server-side apply, conflicts forced); the
-        object as stored."""
+        object as stored (as it would be, with ``dry_run``: the API server checks
+        it in full and stores nothing)."""
         meta = obj["metadata"]
         return self._call(
             self._method("patch", obj["kind"]),
@@ -114,6 +115,7 @@ class KubeApi:
             field_manager=self.field_manager,
             force=True,
             _content_type=_APPLY,
+            **({"dry_run": "All"} if dry_run else {}),
         )
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -153,16 +155,25 @@ class KubeApi:
         ``timeout_seconds``.  Types: ``ADDED``, ``MODIFIED``, ``DELETED``,
         ``BOOKMARK`` and ``ERROR`` (its object a Status; code 410: the version is
         too old, list again)."""
-        from kubernetes import watch
+        # The stream is read here rather than through kubernetes.watch.Watch, which
+        # turns every event into the client's model classes (costly, and strict
+        # about fields that changed between releases).
+        from kubernetes.watch.watch import iter_resp_lines
 
-        stream = watch.Watch().stream(
-            self._groups["core"].list_namespaced_pod,
+        response = self._groups["core"].list_namespaced_pod(
             namespace,
             label_selector=selector,
             resource_version=resource_version,
+            watch=True,
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,
+            _preload_content=False,
             _request_timeout=timeout_seconds + 10,
         )
-        for event in stream:
-            yield str(event["type"]), dict(event["raw_object"])
+        try:
+            for line in iter_resp_lines(response):
+                if line.strip():
+                    event = json.loads(line)
+                    yield str(event["type"]), dict(event["object"])
+        finally:
+            response.release_conn()

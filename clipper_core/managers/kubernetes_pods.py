@@ -208,9 +208,9 @@ class PodTracker:
         meta = pod.get("metadata") or {}
         uid = meta.get("uid")
         if kind == "DELETED" or meta.get("deletionTimestamp"):
-            if replica is None or replica.pod_uid not in (None, uid) or replica.deleting:
+            if replica is None or replica.pod_uid != uid or replica.deleting:
                 return []
-            return self._pod_going(replica, uid)
+            return self.pod_going(replica)
         events: list[ReplicaEvent] = []
         if replica is None:
             replica = self._replicas[identity] = TrackedReplica(*identity)
@@ -235,10 +235,13 @@ class PodTracker:
             events += self.apply("MODIFIED", pod)
         for replica in list(self._replicas.values()):
             if replica.pod_uid is not None and replica.pod_uid not in listed:
-                events += self._pod_going(replica, replica.pod_uid)
+                events += self.pod_going(replica)
         return events
 
-    def _pod_going(self, replica: TrackedReplica, uid: str | None) -> list[ReplicaEvent]:
+    def pod_going(self, replica: TrackedReplica) -> list[ReplicaEvent]:
+        """The replica's pod is being deleted (seen on the watch, or deleted by the
+        manager itself): ``exited`` and ``restarting`` while its ordinal is wanted,
+        else ``stopped``."""
         wanted = self.wanted.get((replica.model, replica.version), 0)
         if int(replica.replica_id) >= wanted:
             return [self.forget(replica)]

@@ -60,10 +60,14 @@ SHAPES = {
         },
         cpus=[2],
     ),
-    "gpu-placement": record(container={
-        "kind": "class", "class": "pkg:M", "placement": [{"gpu": 0}, {"gpu": 1}],
-        "image": "registry.local/clipper-model-cuda:1",
-    }),  # fmt: skip
+    "gpu-placement": record(
+        container={
+            "kind": "class",
+            "class": "pkg:M",
+            "placement": [{"gpu": 0}, {"gpu": 1}],
+            "image": "registry.local/clipper-model-cuda:1",
+        }
+    ),
 }
 
 
