@@ -72,7 +72,10 @@ class KubeApi:
             return cls(client.ApiClient(), field_manager)
         configuration = client.Configuration()
         config.load_kube_config(
-            config_file=kubeconfig, context=context, client_configuration=configuration
+            # Read now: the client's own default is $KUBECONFIG as of its import.
+            config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+            context=context,
+            client_configuration=configuration,
         )
         return cls(client.ApiClient(configuration), field_manager)
 

@@ -25,6 +25,7 @@ class Request:
     query: dict[str, str]
     content_type: str
     body: Any
+    authorization: str
 
 
 class KubeApiStub:
@@ -61,6 +62,7 @@ class KubeApiStub:
                     {k: v[0] for k, v in parse_qs(url.query).items()},
                     self.headers.get("Content-Type", ""),
                     json.loads(raw) if raw else None,
+                    self.headers.get("Authorization", ""),
                 )
                 stub.requests.append(request)
                 return request

@@ -6,7 +6,9 @@ does with the calls is test_kubernetes_cluster.py's (with ``KUBECONFIG``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from control_helpers import Runner
@@ -210,3 +212,42 @@ def test_the_server_config_chooses_the_manager(stub: KubeApiStub) -> None:
     assert manager.settings.image == "registry.local/model:2"
     assert manager.settings.bundle_secret == KubernetesSettings.bundle_secret
     assert manager.start_timeout == cfg.replica_start_timeout
+
+
+def test_the_server_builds_the_manager_from_its_config_and_kubeconfig(
+    run: Runner, stub: KubeApiStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ClipperServer(container_manager="kubernetes")`` reads ``$KUBECONFIG``
+    (here: one naming the stand-in API server) and talks to that cluster."""
+    from clipper_core.server import ClipperServer
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "stub", "cluster": {"server": stub.url}}],
+                "users": [{"name": "me", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me"}}],
+                "current-context": "stub",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    server = ClipperServer(
+        state_dir=str(tmp_path / "state"), container_manager="kubernetes", kubernetes_namespace=NS
+    )
+    manager = server.manager
+    assert isinstance(manager, KubernetesContainerManager)
+
+    async def scenario() -> None:
+        await manager.scale(REC, 1)
+        await manager.close()
+
+    run(scenario(), timeout=60)
+    assert stub.requests[-1].path == f"/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}"
+    assert stub.requests[-1].authorization == "Bearer t0ken"
+    with pytest.raises(BadInput, match="unknown container manager 'nomad'"):
+        ClipperServer(state_dir=str(tmp_path / "state"), container_manager="nomad")
