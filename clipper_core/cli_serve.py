@@ -149,6 +149,29 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="with --state-url: seconds before another frontend takes over the replicas"
         " of one that died (5)",
     )
+    p.add_argument(
+        "--container-manager",
+        choices=["local", "kubernetes"],
+        default="local",
+        help="what runs the model replicas: child processes (default) or pods of a"
+        " StatefulSet per model version (needs clipper_core[kubernetes]; in-cluster"
+        " credentials, else $KUBECONFIG)",
+    )
+    p.add_argument(
+        "--kubernetes-namespace", default="default", help="the model pods' namespace (default)"
+    )
+    p.add_argument("--kubernetes-image", help="the model-container image")
+    p.add_argument(
+        "--kubernetes-bundle-url",
+        metavar="URL",
+        help="where model pods fetch their bundles, with {model} and {version}"
+        " (default: this frontend's management API through the clipper-frontend Service)",
+    )
+    p.add_argument(
+        "--kubernetes-bundle-secret",
+        metavar="NAME",
+        help="the Secret (key 'token') model pods fetch bundles with (clipper-bundle-token)",
+    )
     p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
 
 
@@ -186,6 +209,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.admission_control = not args.no_admission
     cfg.client_max_concurrency = args.client_max_concurrency
     cfg.client_rate_limit = args.client_rate_limit
+    cfg.container_manager = args.container_manager
+    cfg.kubernetes_namespace = args.kubernetes_namespace
+    cfg.kubernetes_image = args.kubernetes_image
+    cfg.kubernetes_bundle_url = args.kubernetes_bundle_url
+    cfg.kubernetes_bundle_secret = args.kubernetes_bundle_secret
     for name in (
         "queue_capacity",
         "batch_timeout",

@@ -92,6 +92,18 @@ class ServerConfig:
         replica_secret_file: the secret the per-model replica tokens derive from
             (see ``clipper_core.replica_tokens``); None: ``<state_dir>/replica_secret``,
             made on first start.  Frontends sharing a store must share it.
+        container_manager: what runs the model replicas: ``"local"`` (child
+            processes, the default) or ``"kubernetes"`` (a StatefulSet per model
+            version in the cluster this process runs in, else ``$KUBECONFIG``'s;
+            needs ``clipper_core[kubernetes]``).
+        kubernetes_namespace: with ``"kubernetes"``: the namespace of the model pods.
+        kubernetes_image: with ``"kubernetes"``: the model-container image
+            (None: ``clipper-core/model-container:<version>``).
+        kubernetes_bundle_url: with ``"kubernetes"``: where model pods fetch their
+            bundles, with ``{model}`` and ``{version}`` (None: this frontend's
+            management API through the ``clipper-frontend`` Service).
+        kubernetes_bundle_secret: with ``"kubernetes"``: the Secret (key
+            ``token``) model pods fetch bundles with (None: ``clipper-bundle-token``).
     """
 
     host: str = "127.0.0.1"
@@ -130,6 +142,11 @@ class ServerConfig:
     replica_tls_cert: str | None = None
     replica_tls_key: str | None = None
     replica_secret_file: str | None = None
+    container_manager: str = "local"
+    kubernetes_namespace: str = "default"
+    kubernetes_image: str | None = None
+    kubernetes_bundle_url: str | None = None
+    kubernetes_bundle_secret: str | None = None
 
     def resolved_state_path(self) -> str:
         if self.state_path is not None:

@@ -62,9 +62,29 @@ from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state_dir import prepare_state_dir, resolve_admin_token
 from clipper_core.store.base import StateStore
+from clipper_core.store.records import ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("clipper_core.server")
+
+
+def _configured_manager(
+    cfg: ServerConfig, token_for: Callable[[ModelRecord], str]
+) -> ContainerManager:
+    """The container manager ``cfg.container_manager`` names (``token_for``: the
+    replica token of a model version, for managers whose replicas fetch bundles)."""
+    if cfg.container_manager == "kubernetes":
+        # Imported here: the kubernetes client is an optional extra.
+        from clipper_core.managers.kubernetes import KubernetesContainerManager
+
+        return KubernetesContainerManager.from_config(cfg, token_for=token_for)
+    if cfg.container_manager != "local":
+        raise BadInput(f"unknown container manager {cfg.container_manager!r}: local or kubernetes")
+    return LocalProcessManager(
+        python=cfg.python or sys.executable,
+        envs_dir=Path(cfg.state_dir) / "envs",
+        start_timeout=cfg.replica_start_timeout,
+    )
 
 
 class ClipperServer:
@@ -104,10 +124,8 @@ class ClipperServer:
         self.started_at = 0.0
         self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes, batch_slo_rule=budgets.batch_slos)
         self.selection = SelectionService()
-        self.manager: ContainerManager = manager or LocalProcessManager(
-            python=cfg.python or sys.executable,
-            envs_dir=Path(cfg.state_dir) / "envs",
-            start_timeout=cfg.replica_start_timeout,
+        self.manager: ContainerManager = manager or _configured_manager(
+            cfg, lambda rec: self._replica_token(rec.name, rec.version)
         )
         self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         self.api_keys = ApiKeys()
@@ -219,6 +237,14 @@ class ClipperServer:
         )
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
+
+    def _replica_token(self, name: str, version: str) -> str:
+        if self.replica_tokens is None:  # a manager used before start (tests, tools)
+            prepare_state_dir(self.config)
+            self.replica_tokens = ReplicaTokens.load_or_create(
+                self.config.resolved_replica_secret_file()
+            )
+        return self.replica_tokens.token(name, version)
 
     def _connector(self) -> ReplicaConnector:
         """Local replicas over plaintext; remote ones (``grpcs://``) over TLS with

@@ -18,11 +18,15 @@ from clipper_core.managers.replica import ReplicaSpec
 # but CPython then also runs the os.register_at_fork hooks there (threading's and
 # grpc's), which was seen to spin for ever in a child of the threaded server; and a
 # parent-side sched_setaffinity/prlimit would race with the container's start.
-# Same pid and session after exec.  argv: parent pid, cpus ("0,2" or ""), RLIMIT_AS
-# bytes (or -1), program, then the container's argv.
+# Same pid and session after exec.  argv: parent pid, cpus ("0,2" or ""), memory
+# limit bytes (or -1), cgroup folder (or ""), GPU ids (or "-": leave
+# CUDA_VISIBLE_DEVICES alone), program, then the container's argv.  The memory limit
+# is the cgroup's when it can be joined, else RLIMIT_AS (said on stderr).
 _LAUNCHER = """\
 import os, sys
-parent, cpus, limit, program = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+parent, cpus, limit, cgroup, gpu, program = (
+    int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+)
 try:
     import ctypes
     ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager
@@ -30,6 +34,16 @@ except Exception:
     pass
 if os.getppid() != parent:
     sys.exit("clipper launcher: the process manager exited before the replica started")
+if cgroup:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        limit = -1
+    except OSError as exc:
+        print(f"clipper launcher: cannot join cgroup {cgroup} ({exc}); the memory limit"
+              " falls back to RLIMIT_AS", file=sys.stderr, flush=True)
+if gpu != "-":
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 try:
     if cpus:
         os.sched_setaffinity(0, [int(c) for c in cpus.split(",")])
@@ -39,7 +53,7 @@ try:
 except (OSError, ValueError) as exc:
     sys.exit(f"clipper launcher: cannot apply cpus={cpus or '-'} limit={limit}: {exc}")
 try:
-    os.execv(program, sys.argv[5:])
+    os.execv(program, sys.argv[7:])
 except OSError as exc:
     print(f"clipper launcher: cannot run {program}: {exc}", file=sys.stderr, flush=True)
     os._exit(127)
@@ -82,6 +96,8 @@ def _launch_argv(spec: ReplicaSpec, env: dict[str, str]) -> list[str]:
         str(os.getpid()),
         cpus,
         str(limit),
+        spec.cgroup or "",
+        "-" if spec.gpu is None else spec.gpu,
         program,
         *spec.argv,
     ]

@@ -20,6 +20,7 @@ from clipper_core.errors import BadInput, ReplicaUnavailable
 from clipper_core.managers.base import ContainerManager, ReplicaEvent, ReplicaStatus
 from clipper_core.managers.envs import RuntimeEnvManager
 from clipper_core.managers.local_spec import replica_spec, startable
+from clipper_core.managers.memory_cgroup import MemoryCgroups
 from clipper_core.managers.replica import (
     ProcessEvent,
     ReplicaHandle,
@@ -59,6 +60,8 @@ class LocalProcessManager:
         envs: The per-model virtual environments (the management API's
             ``build_runtime_env`` and ``get_runtime_env`` use it).
         supervisor: The process-level supervisor (argv specs and handles).
+        cgroups: The replicas' memory cgroups, where the system has them (else
+            the memory limit is ``RLIMIT_AS``, said once per replica in the log).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class LocalProcessManager:
             stable_after=stable_after,
         )
         self._subscribers: list[Callable[[ReplicaEvent], None]] = []
+        self.cgroups = MemoryCgroups()
+        self._cgroups: dict[str, Path] = {}  # replica key -> its memory cgroup
 
     async def __aenter__(self) -> LocalProcessManager:
         return self
@@ -170,7 +175,13 @@ class LocalProcessManager:
 
     def _spec_maker(self, model: ModelRecord) -> Callable[[int], ReplicaSpec]:
         def make(replica_id: int) -> ReplicaSpec:
-            return replica_spec(model, replica_id, self.python, self.envs, host=self.replica_host)
+            spec = replica_spec(model, replica_id, self.python, self.envs, host=self.replica_host)
+            if spec.memory_limit_mb is not None:
+                cgroup = self.cgroups.prepare(spec.key, spec.memory_limit_mb)
+                if cgroup is not None:
+                    spec.cgroup = str(cgroup)
+                    self._cgroups[spec.key] = cgroup
+            return spec
 
         return make
 
@@ -181,6 +192,8 @@ class LocalProcessManager:
         return None
 
     def _on_process_event(self, event: ProcessEvent) -> None:
+        if event.kind in ("stopped", "failed") and event.handle.key in self._cgroups:
+            self.cgroups.remove(self._cgroups.pop(event.handle.key))
         if not self._subscribers:
             return
         neutral = to_replica_event(event)

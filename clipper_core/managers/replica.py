@@ -91,8 +91,14 @@ class ReplicaSpec:
             this process's pid.
         cwd: The working directory, or None for ours.
         cpus: CPUs to pin the process to (``sched_setaffinity``), or None.
-        memory_limit_mb: Address-space limit (``RLIMIT_AS``) in MiB, or None.  It
+        memory_limit_mb: Memory limit in MiB, or None: ``memory.max`` of ``cgroup``
+            when there is one, else an address-space limit (``RLIMIT_AS``), which
             bounds virtual memory, which some runtimes reserve generously.
+        gpu: The GPU device id(s) it may use (``CUDA_VISIBLE_DEVICES``), or None
+            to leave that variable as it is.
+        cgroup: A cgroup v2 folder with the memory limit that the process joins
+            before the container starts
+            (:class:`~clipper_core.managers.memory_cgroup.MemoryCgroups`), or None.
     """
 
     model_name: str
@@ -103,6 +109,8 @@ class ReplicaSpec:
     cwd: str | None = None
     cpus: list[int] | None = None
     memory_limit_mb: int | None = None
+    gpu: str | None = None
+    cgroup: str | None = None
 
     @property
     def key(self) -> str:
@@ -261,3 +269,5 @@ def check_spec(spec: ReplicaSpec) -> None:
             )
     if spec.memory_limit_mb is not None and spec.memory_limit_mb <= 0:
         raise BadInput(f"replica {spec.key}: memory_limit_mb must be > 0")
+    if spec.gpu is not None and (not isinstance(spec.gpu, str) or not spec.gpu.strip()):
+        raise BadInput(f"replica {spec.key}: gpu must be None or a device id")

@@ -1,5 +1,7 @@
 """The ContainerManager contract, checked on every implementation: the local
-manager (real ``python -m model_containers`` children) and the in-process fake.
+manager (real ``python -m model_containers`` children), the in-process fake, and
+the Kubernetes manager on a cluster that runs pods (skipped without one: see
+:data:`K8S_SKIP`).
 
 Each replica is checked over real gRPC: health SERVING, metadata naming the model
 version and the replica, and a Predict answered by the model.
@@ -34,6 +36,31 @@ from model_containers._proto import container_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 START = 60.0  # seconds a container may take to start (two shared cores)
+
+#: The Kubernetes manager runs the contract on a cluster whose pods run and are
+#: reachable from here: KUBECONFIG, the model-container image (CLIPPER_K8S_IMAGE)
+#: and a bundle URL template (CLIPPER_K8S_BUNDLE_URL) that serves the closures
+#: the tests write; the namespace is CLIPPER_K8S_NAMESPACE (default).
+K8S_SKIP = (
+    "the Kubernetes manager needs a cluster: set KUBECONFIG (none on this machine)"
+    if not os.environ.get("KUBECONFIG")
+    else "the Kubernetes manager's contract run needs pods that serve: set"
+    " CLIPPER_K8S_IMAGE and CLIPPER_K8S_BUNDLE_URL"
+    if not (os.environ.get("CLIPPER_K8S_IMAGE") and os.environ.get("CLIPPER_K8S_BUNDLE_URL"))
+    else None
+)
+
+
+def kubernetes_manager() -> ContainerManager:
+    from clipper_core.managers.k8s_manifests import KubernetesSettings
+    from clipper_core.managers.kubernetes import KubernetesContainerManager
+
+    settings = KubernetesSettings(
+        namespace=os.environ.get("CLIPPER_K8S_NAMESPACE", "default"),
+        image=os.environ["CLIPPER_K8S_IMAGE"],
+        bundle_url=os.environ["CLIPPER_K8S_BUNDLE_URL"],
+    )
+    return KubernetesContainerManager(settings, start_timeout=START)
 
 
 def make_sum() -> Any:
@@ -86,6 +113,7 @@ class Harness:
         self.events = Events()
         manager.subscribe(self.events)
         self._tmp = tmp_path
+        self.records: list[ModelRecord] = []
 
     def record(self, name: str = "m", version: str = "1", **container: Any) -> ModelRecord:
         if not container:
@@ -93,28 +121,47 @@ class Harness:
             path.write_bytes(cloudpickle.dumps(make_sum()))
             container = {"kind": "closure", "path": str(path)}
         container.setdefault("python_path", [str(REPO)])
-        return ModelRecord(
+        rec = ModelRecord(
             name=name, version=version, input_type="doubles", labels=[], container=container
         )
+        self.records.append(rec)
+        return rec
 
     async def crash(self, status: ReplicaStatus) -> None:
         """Kill a replica as a crash would."""
         if isinstance(self.manager, FakeContainerManager):
             await self.manager.kill(status.model, status.version, status.replica_id)
+        elif self.kind == "kubernetes":  # the pod goes at once, as with its node
+            manager: Any = self.manager
+            name = manager.tracker.get(status.model, status.version, status.replica_id).pod_name
+            await asyncio.to_thread(
+                manager.api.delete, "Pod", manager.settings.namespace, name, grace_seconds=0
+            )
         else:
             assert status.pid is not None
             os.kill(status.pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=["local", "fake"])
+@pytest.fixture(
+    params=[
+        "local",
+        "fake",
+        pytest.param("kubernetes", marks=pytest.mark.skipif(K8S_SKIP is not None, reason=K8S_SKIP)),
+    ]
+)
 def harness(request: pytest.FixtureRequest, run: Runner, tmp_path: Path) -> Iterator[Harness]:
     manager: ContainerManager
     if request.param == "local":
         manager = LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs")
+    elif request.param == "kubernetes":
+        manager = kubernetes_manager()
     else:
         manager = FakeContainerManager()
     h = Harness(request.param, manager, tmp_path)
     yield h
+    if request.param == "kubernetes":  # close leaves them: remove the test's objects
+        for rec in h.records:
+            run(manager.scale(rec, 0), timeout=120)
     run(manager.close(), timeout=60)
     leaked = [pid for pid in h.events.pids if is_our_child(pid)]
     for pid in leaked:
@@ -255,6 +302,8 @@ def test_a_container_that_cannot_start_fails_wait_ready(
 
 
 def test_close_stops_every_replica(run: Runner, harness: Harness) -> None:
+    if harness.kind == "kubernetes":
+        pytest.skip("close leaves a cluster's replicas running (test_kubernetes_cluster.py)")
     manager, events = harness.manager, harness.events
 
     async def scenario() -> None:

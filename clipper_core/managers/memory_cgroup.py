@@ -1,0 +1,122 @@
+"""A replica's memory limit as a cgroup v2 child of this process's cgroup.
+
+``RLIMIT_AS`` bounds a process's address space, which runtimes reserve far beyond
+what they use (a JIT, a thread's stack, an allocator's arenas), so a limit that
+fits the model's real use can stop it from starting; a cgroup's ``memory.max``
+bounds the memory actually used, by the process and its children, and the
+kernel's OOM killer enforces it.  :class:`MemoryCgroups` makes one child cgroup per
+replica under this process's own cgroup when the unified hierarchy is there and
+writable and the memory controller can be delegated to the child; the launcher
+moves the replica into it before the container starts.  Otherwise it says why, in
+one warning per replica, and the launcher falls back to ``RLIMIT_AS``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from pathlib import Path
+
+__all__ = ["MemoryCgroups"]
+
+logger = logging.getLogger("clipper_core.process_manager")
+
+_MOUNTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+
+
+class MemoryCgroups:
+    """Child cgroups with ``memory.max``, one per replica.
+
+    Args:
+        mounts: Where the unified (v2) hierarchy may be mounted, tried in order.
+        proc_cgroup: This process's cgroup membership (``/proc/self/cgroup``).
+    """
+
+    def __init__(
+        self,
+        mounts: tuple[Path, ...] = _MOUNTS,
+        proc_cgroup: Path = Path("/proc/self/cgroup"),
+    ) -> None:
+        self._mounts = mounts
+        self._proc_cgroup = proc_cgroup
+        self._warned: set[str] = set()
+
+    def own_cgroup(self) -> tuple[Path | None, str]:
+        """This process's cgroup folder in the unified hierarchy, or None and why."""
+        try:
+            lines = self._proc_cgroup.read_text().splitlines()
+        except OSError as exc:
+            return None, f"cannot read {self._proc_cgroup}: {exc.strerror}"
+        unified = [line[3:] for line in lines if line.startswith("0::")]
+        if not unified:
+            return None, "this process is in no cgroup v2 (unified) hierarchy"
+        for mount in self._mounts:
+            own = mount / unified[0].lstrip("/")
+            if (own / "cgroup.controllers").is_file():
+                return own, ""
+        return None, "no cgroup v2 hierarchy is mounted at " + " or ".join(map(str, self._mounts))
+
+    def prepare(self, key: str, limit_mb: int) -> Path | None:
+        """The cgroup of replica ``key`` with ``memory.max`` = ``limit_mb`` MiB
+        (made, or updated), or None when the limit must fall back to
+        ``RLIMIT_AS`` (logged once per replica, with the reason)."""
+        own, reason = self.own_cgroup()
+        if own is not None:
+            try:
+                return self._make(own, key, limit_mb)
+            except _Unavailable as exc:
+                reason = str(exc)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(
+                "replica %s: memory limit %d MiB enforced with RLIMIT_AS (its address space,"
+                " not its memory use) because no cgroup can hold it: %s",
+                key,
+                limit_mb,
+                reason,
+            )
+        return None
+
+    def remove(self, path: Path) -> None:
+        """Remove a replica's cgroup once its processes are gone (a cgroup that
+        still holds one stays)."""
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("cannot remove cgroup %s: %s", path, exc.strerror)
+
+    def _make(self, own: Path, key: str, limit_mb: int) -> Path:
+        try:
+            controllers = (own / "cgroup.controllers").read_text().split()
+            subtree = own / "cgroup.subtree_control"
+            delegated = subtree.read_text().split()
+        except OSError as exc:
+            raise _Unavailable(f"cannot read {own}: {exc.strerror}") from None
+        if "memory" not in controllers:
+            raise _Unavailable(f"the memory controller is not available in {own}")
+        if "memory" not in delegated:
+            try:
+                subtree.write_text("+memory")
+            except OSError as exc:
+                why = (
+                    "it holds processes itself (cgroup v2 lets only leaves hold them)"
+                    if exc.errno == errno.EBUSY
+                    else exc.strerror
+                )
+                raise _Unavailable(
+                    f"cannot delegate the memory controller of {own}: {why}"
+                ) from None
+        child = own / ("clipper-" + re.sub(r"[^A-Za-z0-9_.-]", "-", key))
+        try:
+            child.mkdir(exist_ok=True)
+            (child / "memory.max").write_text(str(limit_mb * 1024 * 1024))
+        except OSError as exc:
+            raise _Unavailable(f"cannot set up {child}: {exc.strerror}") from None
+        return child
+
+
+class _Unavailable(Exception):
+    """No cgroup can hold the limit (the message says why)."""
