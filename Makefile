@@ -61,7 +61,7 @@ $(PROTOS_VENV)/.stamp: protos/requirements.txt
 protos: $(PROTOS_VENV)/.stamp
 	$(PROTOS_VENV)/bin/python -m protos.generate
 
-# The declared ranges of grpcio, grpcio-health-checking and protobuf, at both ends
+# The declared ranges of grpcio and protobuf, at both ends
 # (two throwaway venvs; see .ci/deps_matrix.py).
 deps-matrix:
 	$(PYTHON) .ci/deps_matrix.py

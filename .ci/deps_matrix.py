@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Test the declared ranges of grpcio, grpcio-health-checking and protobuf at both ends.
+"""Test the declared ranges of grpcio and protobuf at both ends.
 
-pyproject.toml declares a range for each of the three; this installs the project
+pyproject.toml declares a range for each of the two; this installs the project
 (``pip install -e .``) into two throwaway virtual environments under a temporary
 directory and runs the end-to-end suites (``TESTS``) in each:
 
 ``lowest``
-    the three pinned, through a constraints file, to the lower bounds that
+    the two pinned, through a constraints file, to the lower bounds that
     pyproject.toml declares; the test tools are whatever versions fit them, plus
     the generator of the committed code (``protos/requirements.txt``), so that the
     byte-for-byte generated-code check runs here too.
 ``newest``
     nothing pinned: pip picks the newest releases the declared ranges allow, and
-    the run fails if any of the three is older than that (a test tool held it
+    the run fails if either of the two is older than that (a test tool held it
     back).  tritonclient's ``grpc`` extra declares ``protobuf<7``, so this
     environment installs that extra's members by hand: tritonclient is only the
     test client here, and what is tested is the project on the newest protobuf.
@@ -41,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 #: The packages whose declared ranges are tested at both ends.
-RANGED = ("grpcio", "grpcio-health-checking", "protobuf")
+RANGED = ("grpcio", "protobuf")
 #: The end-to-end suites, and the container tests (health checking, codec, the
 #: generated-code checks).  About a minute on two cores.
 TESTS = ("tests/server/test_end_to_end.py", "tests/oip", "tests/containers")
@@ -61,7 +61,7 @@ def _project() -> dict[str, object]:
 
 
 def _declared() -> dict[str, str]:
-    """The three ranged requirements as pyproject.toml writes them."""
+    """The ranged requirements as pyproject.toml writes them."""
     deps = _project()["dependencies"]
     assert isinstance(deps, list)
     found = {_name(d): d for d in deps if _name(d) in RANGED}

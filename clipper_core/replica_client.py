@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from clipper_core import local_channel
 from clipper_core.errors import (
@@ -47,6 +46,7 @@ from clipper_core.errors import (
 )
 from clipper_core.replica_codec import INPUT_TYPES, decode_outputs, encode_batch, input_type_name
 from model_containers._proto import container_pb2 as pb
+from model_containers._proto import health_pb2
 
 __all__ = [
     "DEFAULT_CHANNEL_OPTIONS",

@@ -7,8 +7,8 @@ calls, one call per batch (see ``protos/container.proto``).  Start one with::
         --input-type doubles --model-class mypkg.mymodule:MyModel
 
 This package is deliberately light: it imports only the standard library, grpcio,
-grpcio-health-checking, protobuf, numpy and cloudpickle, and never clipper_core or
-the frontend's dependencies, so that it can be installed next to any model.
+protobuf, numpy and cloudpickle, and never clipper_core or the frontend's
+dependencies, so that it can be installed next to any model.
 Importing ``model_containers`` itself loads only the ``Model`` base class.
 """
 

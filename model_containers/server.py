@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from model_containers import codec, tensors
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
 from model_containers.failures import PredictFailure
+from model_containers.health import NOT_SERVING, SERVING, HealthServicer
 from model_containers.local_socket import LocalSocketServer
 from model_containers.model import Model, TensorSpec
 
@@ -288,11 +288,9 @@ class ContainerServer:
         self._local_path = local_socket
         # Non-blocking Watch streams: they must not each hold a worker thread.
         self._health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="container-health")
-        self.health = health.HealthServicer(
-            experimental_non_blocking=True, experimental_thread_pool=self._health_pool
-        )
+        self.health = HealthServicer(thread_pool=self._health_pool)
         for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health.set_status(service, NOT_SERVING)
         # Model calls are capped by the servicer's semaphore; the extra threads
         # answer health checks and metadata while a batch runs.
         self._executor = ThreadPoolExecutor(
@@ -308,7 +306,7 @@ class ContainerServer:
             ],
         )
         pb_grpc.add_ModelContainerServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.health.add_to_server(self._server)
         bind = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
         try:
             if credentials is None:
@@ -328,7 +326,7 @@ class ContainerServer:
             self._health_server = grpc.server(
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="container-probe")
             )
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health.add_to_server(self._health_server)
             at = bind.rpartition(":")[0] + f":{health_port}"
             try:
                 self.health_port = self._health_server.add_insecure_port(at)
@@ -365,7 +363,7 @@ class ContainerServer:
         """Start answering Predict with ``model`` and report SERVING."""
         self.servicer.set_model(model)
         for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set_status(service, SERVING)
 
     def stop(self, grace: float) -> None:
         """Report NOT_SERVING, then stop; calls in flight get ``grace`` seconds."""

@@ -48,7 +48,9 @@ REQUIREMENTS = REPO_ROOT / PROTO_DIR / "requirements.txt"
 
 #: Output package (relative to the repository root) -> the protos compiled into it.
 TARGETS: dict[str, tuple[str, ...]] = {
-    "model_containers/_proto": ("container.proto",),
+    # health.proto: the standard health service; clipper_core's replica client
+    # imports it from here too (the container side must not import clipper_core).
+    "model_containers/_proto": ("container.proto", "health.proto"),
     "clipper_core/_proto": ("oip_service.proto",),
 }
 
@@ -56,9 +58,11 @@ TARGETS: dict[str, tuple[str, ...]] = {
 #: of protobuf's default one.  ``oip_service.proto`` declares the messages of the
 #: ``inference`` package, as do other projects' generated modules (tritonclient's
 #: ``grpc_service.proto``); two files defining one symbol in the default pool make
-#: the second import fail, so the frontend's copy keeps to a pool of its own.  The
+#: the second import fail, so the frontend's copy keeps to a pool of its own.
+#: ``health.proto`` likewise declares ``grpc.health.v1``, as grpcio-health-checking's
+#: ``grpc_health/v1/health.proto`` does, which a user may have imported.  The
 #: wire format and the gRPC method paths do not depend on the pool.
-PRIVATE_POOL_PROTOS: frozenset[str] = frozenset({"oip_service.proto"})
+PRIVATE_POOL_PROTOS: frozenset[str] = frozenset({"oip_service.proto", "health.proto"})
 
 _INIT_TEMPLATE = '''"""Generated gRPC/protobuf code for {protos}.
 

@@ -4,9 +4,9 @@ A model deployed with ``pkgs_to_install`` (or a requirements file) runs in a
 virtual environment of its own, cached under ``<state_dir>/envs/<env_id>/``, where
 ``env_id`` hashes the requirements, the interpreter's version and the container's
 own dependencies.  The environment is isolated (no system site-packages): it gets
-the container's dependencies (grpcio, grpcio-health-checking, protobuf, numpy,
-cloudpickle; pinned to the server's versions unless the requirements name them),
-the requirements, and a ``.pth`` file that makes ``model_containers`` importable.
+the container's dependencies (grpcio, protobuf, numpy, cloudpickle; pinned to the
+server's versions unless the requirements name them), the requirements, and a
+``.pth`` file that makes ``model_containers`` importable.
 A finished environment holds ``clipper-env.json`` (requirements, interpreter, what
 pip installed); a folder without it is an interrupted build and is built again.
 
@@ -69,7 +69,7 @@ ENV_FORMAT = 1
 #: The file that marks a finished environment.
 MARKER = "clipper-env.json"
 #: What ``model_containers`` imports, installed in every environment.
-CONTAINER_DEPENDENCIES = ("grpcio", "grpcio-health-checking", "protobuf", "numpy", "cloudpickle")
+CONTAINER_DEPENDENCIES = ("grpcio", "protobuf", "numpy", "cloudpickle")
 
 _LOG_CHUNK = 64 * 1024
 

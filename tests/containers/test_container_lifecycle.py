@@ -59,7 +59,8 @@ def test_metadata_and_health(containers: Launcher, tmp_path: Any) -> None:
 def test_standard_grpc_health_service(containers: Launcher) -> None:
     """Any gRPC health client works: overall ("") and per-service status."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from model_containers._proto import health_pb2, health_pb2_grpc
 
     container = containers.start(*model_class_args("SumModel"))
     with grpc.insecure_channel(container.address) as channel:

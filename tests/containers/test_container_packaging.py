@@ -16,7 +16,7 @@ import pytest
 from container_harness import REPO, container_env
 
 FORBIDDEN = ("clipper_core", "uvloop", "httptools", "orjson")
-ALLOWED_THIRD_PARTY = {"grpc", "grpc_health", "google", "numpy", "cloudpickle"}
+ALLOWED_THIRD_PARTY = {"grpc", "google", "numpy", "cloudpickle"}
 # Each framework adapter imports its own framework, lazily (in load_model); only there.
 ADAPTER_FRAMEWORKS = {
     "sklearn", "joblib", "skops", "torch", "onnxruntime", "xgboost", "pyspark",

@@ -112,11 +112,11 @@ def test_a_call_without_any_token_is_refused(
     containers: Launcher, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from clipper_core.tls import grpc_channel_credentials
     from model_containers._proto import container_pb2 as pb
     from model_containers._proto import container_pb2_grpc as pb_grpc
+    from model_containers._proto import health_pb2, health_pb2_grpc
 
     container = _start_tls(containers, ca, tmp_path)
     with grpc.secure_channel(container.address, grpc_channel_credentials(ca.cert)) as channel:
@@ -210,10 +210,10 @@ def test_the_health_port_answers_probes_in_plaintext_and_nothing_else(
     import socket
 
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from model_containers._proto import container_pb2 as pb
     from model_containers._proto import container_pb2_grpc as pb_grpc
+    from model_containers._proto import health_pb2, health_pb2_grpc
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

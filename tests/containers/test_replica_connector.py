@@ -15,13 +15,13 @@ import grpc
 import numpy as np
 import pytest
 from container_harness import Launcher, model_class_args, run_async
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sample_models import SumModel
 
 from clipper_core.dataplane.model_version import ModelVersion
 from clipper_core.replica_client import ReplicaClient, insecure_connector
 from clipper_core.tls import grpc_channel_credentials, grpc_server_credentials
 from model_containers._proto import container_pb2_grpc as pb_grpc
+from model_containers.health import SERVING, HealthServicer
 from model_containers.server import SERVICE_NAME, ContainerInfo, ModelContainerServicer
 
 TOKEN = ("authorization", "Bearer model-m-token")
@@ -132,9 +132,9 @@ def tls_container(tmp_path: Path) -> Iterator[tuple[str, Path, _MetadataRecorder
     servicer = ModelContainerServicer(ContainerInfo("m", "1", "doubles"))
     servicer.set_model(SumModel())
     pb_grpc.add_ModelContainerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = health.HealthServicer()
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = HealthServicer()
+    health_servicer.set_status(SERVICE_NAME, SERVING)
+    health_servicer.add_to_server(server)
     port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(cert, key))
     server.start()
     try:

@@ -23,7 +23,6 @@ import grpc
 import numpy as np
 import pytest
 from control_helpers import Runner, assert_dead, is_our_child
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clipper_core.errors import ReplicaUnavailable
 from clipper_core.managers import ContainerManager, ReplicaEvent, ReplicaStatus
@@ -33,6 +32,7 @@ from clipper_core.replica_client import decode_outputs, encode_batch
 from clipper_core.store.records import ModelRecord
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
+from model_containers._proto import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 START = 60.0  # seconds a container may take to start (two shared cores)

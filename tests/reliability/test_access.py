@@ -249,26 +249,32 @@ def test_tls_on_both_http_ports(servers: list[Running], tmp_path: Path) -> None:
 
 
 def test_grpc_tls_helpers(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from model_containers._proto import health_pb2, health_pb2_grpc
+    from model_containers.health import SERVING, HealthServicer
 
     cert, key = _self_signed(tmp_path)
+    health = HealthServicer()
+    health.set_status("", SERVING)
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    health.add_to_server(server)
+    port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(cert, key))
+    server.start()
 
     async def body() -> str:
-        server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-        port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(cert, key))
-        await server.start()
-        try:
-            creds = grpc_channel_credentials(cert)
-            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
-                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-        finally:
-            await server.stop(None)
+        creds = grpc_channel_credentials(cert)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    assert asyncio.run(body()) == "SERVING"
+    try:
+        assert asyncio.run(body()) == "SERVING"
+    finally:
+        server.stop(None).wait()
 
 
 def test_tls_on_the_oip_grpc_port(servers: list[Running], tmp_path: Path) -> None:
