@@ -62,7 +62,6 @@ def test_it_installs_the_container_runtime_dependencies_at_the_project_floors() 
     floors = dict(re.match(r"([A-Za-z0-9_.-]+)(.*)", d).groups() for d in project)  # type: ignore[union-attr]
     assert {name for name, _ in installed} == {
         "grpcio",
-        "grpcio-health-checking",
         "protobuf",
         "numpy",
         "cloudpickle",
