@@ -22,7 +22,7 @@ Examples (the targets of issue 8):
     python -m bench selection --labels 5000 --seeds 5    # regret per policy, plot
     python -m bench noop --feedback --mode open -r 2000  # /update at the query rate
     python -m bench pipeline-noop --rounds 3             # 3 noop stages vs one: hop cost, rate
-    python -m bench pipeline                             # preprocess -> matmul -> argmax (-> lookup)
+    python -m bench pipeline                             # preprocess, matmul, argmax, lookup
 """
 
 from __future__ import annotations

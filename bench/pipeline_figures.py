@@ -96,10 +96,7 @@ def stage_figures(
             "mean_batch_size": _ratio(
                 _delta(a, b, *mdl, "taken"), _delta(a, b, *mdl, "batches"), digits=2
             ),
-            **{
-                k: int(_delta(a, b, *st, k) or 0)
-                for k in ("skipped", "deadline_misses", "errors")
-            },
+            **{k: int(_delta(a, b, *st, k) or 0) for k in ("skipped", "deadline_misses", "errors")},
         }
     out["stages"] = stages
     edges: dict[str, Any] = {}

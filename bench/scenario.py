@@ -275,8 +275,7 @@ def _pipeline(table: Any, where: str) -> PipelineSpec:
         unknown = set(raw) - {"from", "to", "when"}
         if unknown or not {"from", "to"} <= set(raw):
             raise ScenarioError(
-                f"{where}: [[pipeline.edges]] #{i + 1} takes from, to and when"
-                f" (got {sorted(raw)})"
+                f"{where}: [[pipeline.edges]] #{i + 1} takes from, to and when (got {sorted(raw)})"
             )
         spec.edges.append(dict(raw))
     _fill(spec, table, f"{where}: [pipeline]")
