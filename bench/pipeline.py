@@ -112,27 +112,28 @@ def run_pipeline(sc: Scenario, opts: Options) -> dict[str, Any]:
         def figures(samples: list[dict[str, Any]], t_from: float, t_to: float) -> dict[str, Any]:
             return pipeline_figures.stage_figures(samples, sc.name, t_from, t_to)
 
+        def one(label: str, concurrency: int | None = None) -> dict[str, Any]:
+            # --profile: one profile per run, named after it.
+            opts.profile_name = f"{name}-{label.replace(' ', '').replace('#', '-')}"
+            if label.startswith("pipeline"):
+                return measure(
+                    sc, target, reqs, opts, server=srv, concurrency=concurrency,
+                    label=label, figures=figures,
+                )  # fmt: skip
+            return measure(
+                sc, single, single_reqs, opts, server=srv, concurrency=concurrency, label=label
+            )
+
         t = time.monotonic()
         lc = p.latency_concurrency
-        lat_pipe = measure(
-            sc, target, reqs, opts, server=srv, concurrency=lc,
-            label=f"pipeline c={lc}", figures=figures,
-        )  # fmt: skip
-        lat_single = measure(
-            sc, single, single_reqs, opts, server=srv, concurrency=lc, label=f"single c={lc}"
-        )
+        lat_pipe = one(f"pipeline c={lc}", lc)
+        lat_single = one(f"single c={lc}", lc)
         data["runs"] += [lat_pipe, lat_single]
         rounds = []
         for i in range(p.rounds):
             suffix = f" #{i + 1}" if p.rounds > 1 else ""
-            pipe_run = measure(
-                sc, target, reqs, opts, server=srv,
-                label=f"pipeline c={ld.concurrency}{suffix}", figures=figures,
-            )  # fmt: skip
-            single_run = measure(
-                sc, single, single_reqs, opts, server=srv,
-                label=f"single c={ld.concurrency}{suffix}",
-            )  # fmt: skip
+            pipe_run = one(f"pipeline c={ld.concurrency}{suffix}")
+            single_run = one(f"single c={ld.concurrency}{suffix}")
             data["runs"] += [pipe_run, single_run]
             rounds.append((pipe_run, single_run))
         timings["load"] = round(time.monotonic() - t, 2)
