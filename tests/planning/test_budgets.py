@@ -90,6 +90,12 @@ def _pipeline(
     return app
 
 
+def _budgets(app: Application, slo: float | None = None) -> dict[str, float]:
+    """``stage_budgets`` of a pipeline app (at its own SLO unless given)."""
+    assert isinstance(app.selector, PipelineRouter)
+    return stage_budgets(app.selector.graph, app.slo if slo is None else slo)
+
+
 def _stage(name: str, model: str | None = None, **more: Any) -> dict[str, Any]:
     return {"name": name, "model": model, "output_type": "doubles", **more}
 
@@ -102,13 +108,8 @@ SEQUENCE = (
 
 def test_a_sequence_splits_the_share_equally() -> None:
     app = _pipeline("p", *SEQUENCE, slo=0.3)
-    assert isinstance(app.selector, PipelineRouter)
     share = 0.3 * BATCH_SLO_SHARE
-    assert stage_budgets(app.selector.graph, 0.3) == {
-        "a": pytest.approx(share / 3),
-        "b": pytest.approx(share / 3),
-        "c": pytest.approx(share / 3),
-    }
+    assert _budgets(app) == {m: pytest.approx(share / 3) for m in ("a", "b", "c")}
     models = {m: Model(m, {"1": _mv(m, "1")}) for m in ("ma", "mb", "mc")}
     assert batch_slos({"p": app}, models) == {
         (m, "1"): pytest.approx(share / 3) for m in ("ma", "mb", "mc")
@@ -132,13 +133,9 @@ def test_a_short_branch_gets_more_than_the_long_line() -> None:
         {"from": "a", "to": "s"},
         {"from": "s", "to": "j"},
     ]
-    app = _pipeline("p", stages, edges, slo=0.6)
-    assert isinstance(app.selector, PipelineRouter)
     share = 0.6 * BATCH_SLO_SHARE
-    assert stage_budgets(app.selector.graph, 0.6) == {
-        "a": pytest.approx(share / 3),
-        "b": pytest.approx(share / 3),
-        "c": pytest.approx(share / 3),
+    assert _budgets(_pipeline("p", stages, edges, slo=0.6)) == {
+        **{m: pytest.approx(share / 3) for m in ("a", "b", "c")},
         "s": pytest.approx(share / 2),  # its path: a, s (the join runs no model)
     }
 
@@ -147,11 +144,10 @@ def test_many_stages_are_floored_but_never_above_the_share() -> None:
     stages = [_stage(f"s{i}", f"m{i}") for i in range(40)]
     edges = [{"from": f"s{i}", "to": f"s{i + 1}"} for i in range(39)]
     app = _pipeline("p", stages, edges, slo=0.02)
-    assert isinstance(app.selector, PipelineRouter)
-    budgets = stage_budgets(app.selector.graph, 0.02)
+    budgets = _budgets(app)
     assert len(budgets) == 40
     assert all(b == pytest.approx(MIN_STAGE_BATCH_SLO) for b in budgets.values())
-    tiny = stage_budgets(app.selector.graph, 0.0005)  # a share below the floor
+    tiny = _budgets(app, 0.0005)  # a share below the floor
     assert all(b == pytest.approx(0.0005 * BATCH_SLO_SHARE) for b in tiny.values())
 
 
