@@ -1,7 +1,7 @@
 """Latency benchmarks of clipper_core, end to end, on loopback.
 
     python -m bench SCENARIO [options]      run a scenario (noop, matmul, sleep, cache,
-                                            or a path to a .toml file)
+                                            pipeline, pipeline-noop, or a .toml file)
     python -m bench list                    the scenarios
     python -m bench selection               regret of each selection policy (in process)
     python -m bench plot REPORT.json        redraw a report's plots
@@ -21,6 +21,8 @@ Examples (the targets of issue 8):
     python -m bench noop --smoke                         # seconds: CI smoke run
     python -m bench selection --labels 5000 --seeds 5    # regret per policy, plot
     python -m bench noop --feedback --mode open -r 2000  # /update at the query rate
+    python -m bench pipeline-noop --rounds 3             # 3 noop stages vs one: hop cost, rate
+    python -m bench pipeline                             # preprocess, matmul, argmax, lookup
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=1,
-        help="--compare: alternate ours and the bare server N times; median fraction",
+        help="--compare: alternate ours and the bare server N times; median fraction"
+        " (pipeline scenarios: the pipeline and the single model)",
     )
     m.add_argument(
         "--bare",
@@ -235,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "list":
         for name in scenario_mod.available():
             sc = scenario_mod.load_scenario(name)
-            print(f"{name:<8} {sc.description}")
-        print(f"{'selection':<8} regret of each selection policy over a labelled stream")
+            print(f"{name:<14} {sc.description}")
+        print(f"{'selection':<14} regret of each selection policy over a labelled stream")
         return 0
     if args.scenario == "selection":
         from bench import runner
@@ -278,7 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.quiet:
         print(f"scenario {sc.name}: {sc.description}", flush=True)
-    if args.feedback is not None:
+    if sc.pipeline is not None:
+        if args.compare or args.sweep or args.rates or args.feedback is not None:
+            print(
+                "bench: a pipeline scenario runs its own phases (no --compare, --rates,"
+                " --sweep or --feedback)",
+                file=sys.stderr,
+            )
+            return 2
+        from bench import pipeline
+
+        if args.rounds > 1:
+            sc.pipeline.rounds = args.rounds
+        pipeline.run_pipeline(sc, opts)
+    elif args.feedback is not None:
         runner.run_feedback(sc, opts, args.feedback or None, pairs=1 if args.smoke else 3)
     elif args.sweep:
         runner.run_sweep(sc, opts)

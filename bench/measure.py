@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,12 @@ def measure(
     duration_s: float | None = None,
     warmup_s: float | None = None,
     label: str = "",
+    figures: Callable[[list[dict[str, Any]], float, float], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run the load once (worker processes), return summary, timeline, workers."""
+    """Run the load once (worker processes), return summary, timeline, workers.
+
+    ``figures(samples, t_from, t_to)``, when given, reads more from the server's
+    samples over the measured window: its answer is the run's ``"figures"``."""
     ld = sc.load
     mode = mode or ld.mode
     rate = rate if rate is not None else ld.rate
@@ -197,6 +202,8 @@ def measure(
         ),
         "workers": rec["workers"],
     }
+    if figures is not None and samples:
+        out["figures"] = figures(samples, origin, t_to)
     if profile_files:
         out["profile"] = profile_files
     busy = [w for w in rec["workers"] if w["cpu_util"] > 0.9]

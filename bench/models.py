@@ -62,10 +62,46 @@ class SleepModel:
         return np.full(n, float(n), dtype=np.float32)
 
 
+class Standardize:
+    """pipeline preprocess: each input scaled to mean 0 and standard deviation 1."""
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        x = np.stack(inputs).astype(np.float32, copy=False)
+        x = x - x.mean(axis=1, keepdims=True)
+        return x / (x.std(axis=1, keepdims=True) + np.float32(1e-6))
+
+
+class Argmax:
+    """pipeline: the index of each input's largest value (one int per query)."""
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        return np.stack(inputs).argmax(axis=1).astype(np.int64)
+
+
+class Lookup:
+    """pipeline's conditional second model: a seeded table of ``dim`` labels
+    looked up by each input's first value (a class index)."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        self.dim = dim
+        self.seed = seed
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        table = np.random.default_rng(self.seed).integers(0, 1000, self.dim)
+        index = np.array([int(x[0]) % self.dim for x in inputs])
+        return table[index].astype(np.int64)
+
+
 def build(kind: str, *, dim: int, seed: int, output: str, a_ms: float, b_ms: float) -> Any:
-    """The model object for a scenario's ``[model]`` table."""
+    """The model object for a scenario's ``[model]`` table (or a pipeline stage)."""
     if kind == "noop":
         return Echo()
+    if kind == "preprocess":
+        return Standardize()
+    if kind == "argmax":
+        return Argmax()
+    if kind == "lookup":
+        return Lookup(dim, seed)
     if kind == "matmul":
         return MatMul(dim, seed, output)
     if kind == "sleep":

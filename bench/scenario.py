@@ -4,6 +4,11 @@
 ``.toml`` works too.  Command-line options override the ``[load]`` and
 ``[model]`` tables (see ``bench.__main__``); ``--smoke`` replaces the load with
 the ``[smoke]`` table's small figures.
+
+A scenario with a ``[pipeline]`` table (``[[pipeline.stages]]``,
+``[[pipeline.edges]]``) serves those stages as a pipeline and runs it next to
+the ``[model]`` table's single model (see ``bench.pipeline``); its input is the
+``[model]``'s (type and length).
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from typing import Any
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
 MODEL_KINDS = ("noop", "matmul", "sleep")
+#: What a pipeline stage may run: the scenario models, and the pipeline's own
+#: (``bench.models``: preprocess standardizes, argmax answers one int, lookup
+#: maps an int to a label).
+STAGE_KINDS = (*MODEL_KINDS, "preprocess", "argmax", "lookup")
+PREDICATE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
 PROTOCOLS = ("rest", "oip-json", "oip-binary", "oip-grpc")
 MODES = ("closed", "open", "burst")
 DISTRIBUTIONS = ("uniform", "zipf")
@@ -117,6 +127,36 @@ class SweepSpec:
 
 
 @dataclass
+class StageSpec:
+    """One ``[[pipeline.stages]]`` entry: a stage and the model deployed for it
+    (named ``<pipeline>-<stage>``)."""
+
+    name: str = ""
+    kind: str = "noop"
+    input_type: str = ""  # "": the pipeline's ([model].input_type)
+    output_type: str | None = None  # what the stage answers (feeds the next model)
+    dim: int = 0  # 0: [model].dim
+    seed: int = 0
+    output: str = "full"  # matmul: "full" row or "argmax"
+    a_ms: float = 1.0
+    b_ms: float = 5.0
+    batch_size: int = -1
+    batch_wait_micros: int = 0
+    num_replicas: int = 1
+
+
+@dataclass
+class PipelineSpec:
+    """The ``[pipeline]`` table: stages, edges (``{from, to, when}``, as
+    ``register_pipeline`` takes them), and how the run is split."""
+
+    stages: list[StageSpec] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+    latency_concurrency: int = 1  # the per-hop overhead is measured at this load
+    rounds: int = 1  # throughput: pipeline and single model alternated N times
+
+
+@dataclass
 class Scenario:
     name: str
     description: str = ""
@@ -127,6 +167,7 @@ class Scenario:
     load: LoadSpec = field(default_factory=LoadSpec)
     ramp: RampSpec = field(default_factory=RampSpec)
     sweep: SweepSpec = field(default_factory=SweepSpec)
+    pipeline: PipelineSpec | None = None
     smoke: dict[str, Any] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
@@ -152,8 +193,13 @@ class Scenario:
         return copy.deepcopy(self)
 
 
-def available() -> list[str]:
-    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+def available(*, pipelines: bool | None = None) -> list[str]:
+    """The scenario names; ``pipelines`` True or False keeps only the pipeline
+    scenarios or only the others."""
+    names = sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+    if pipelines is None:
+        return names
+    return [n for n in names if (load_scenario(n).pipeline is not None) == pipelines]
 
 
 def _fill(obj: Any, table: dict[str, Any], where: str) -> None:
@@ -204,6 +250,8 @@ def load_scenario(name_or_path: str) -> Scenario:
     for key, value in data.items():
         if key == "smoke":
             sc.smoke = dict(value)
+        elif key == "pipeline":
+            sc.pipeline = _pipeline(value, path.name)
         elif key == "targets":
             sc.targets = [_check_target(t, path.name) for t in value]
         elif key in tables:
@@ -214,9 +262,55 @@ def load_scenario(name_or_path: str) -> Scenario:
     return sc
 
 
-#: What a ``[[targets]]`` entry may bound (see ``bench.targets``).
+def _pipeline(table: Any, where: str) -> PipelineSpec:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: [pipeline] must be a table")
+    table = dict(table)
+    spec = PipelineSpec()
+    for i, raw in enumerate(table.pop("stages", [])):
+        stage = StageSpec()
+        _fill(stage, raw, f"{where}: [[pipeline.stages]] #{i + 1}")
+        spec.stages.append(stage)
+    for i, raw in enumerate(table.pop("edges", [])):
+        unknown = set(raw) - {"from", "to", "when"}
+        if unknown or not {"from", "to"} <= set(raw):
+            raise ScenarioError(
+                f"{where}: [[pipeline.edges]] #{i + 1} takes from, to and when (got {sorted(raw)})"
+            )
+        spec.edges.append(dict(raw))
+    _fill(spec, table, f"{where}: [pipeline]")
+    return spec
+
+
+def _check_pipeline(p: PipelineSpec) -> None:
+    names = [s.name for s in p.stages]
+    if not names:
+        raise ScenarioError("pipeline: at least one [[pipeline.stages]]")
+    if "" in names or len(set(names)) != len(names):
+        raise ScenarioError(f"pipeline: each stage needs a name of its own, got {names}")
+    for st in p.stages:
+        if st.kind not in STAGE_KINDS:
+            raise ScenarioError(f"pipeline stage {st.name}: kind must be one of {STAGE_KINDS}")
+        if st.input_type not in ("", "floats", "doubles", "ints"):
+            raise ScenarioError(f"pipeline stage {st.name}: input_type {st.input_type!r}")
+    for e in p.edges:
+        for end in (e["from"], e["to"]):
+            if end not in names:
+                raise ScenarioError(f"pipeline edge {e['from']}->{e['to']}: no stage {end!r}")
+        when = e.get("when")
+        if when is not None and (not isinstance(when, dict) or when.get("op") not in PREDICATE_OPS):
+            raise ScenarioError(
+                f"pipeline edge {e['from']}->{e['to']}: when = {{op, value, field}} with op"
+                f" one of {PREDICATE_OPS}"
+            )
+    if p.latency_concurrency < 1 or p.rounds < 1:
+        raise ScenarioError("pipeline: latency_concurrency and rounds must be >= 1")
+
+
 #: The batch-size controller modes a model may run (``ModelRecord.controller``).
 CONTROLLERS = ("aimd", "quantile", "fixed")
+
+#: What a ``[[targets]]`` entry may bound (see ``bench.targets``).
 
 TARGET_KEYS = {
     "throughput_rps_min",
@@ -227,6 +321,8 @@ TARGET_KEYS = {
     "adaptive_over_best_static_min",
     "every_adaptive_over_best_static_min",
     "controller_ratio_tolerance",
+    "hop_overhead_us_max",
+    "fraction_of_single_min",
 }
 TARGET_WHEN = {"kind", "protocol", "mode", "concurrency"}
 
@@ -274,6 +370,8 @@ def validate(sc: Scenario) -> None:
     bad = [c for c in sc.sweep.controllers if c not in ("aimd", "quantile")]
     if bad:
         raise ScenarioError(f"sweep.controllers: adaptive modes only (aimd, quantile), got {bad}")
+    if sc.pipeline is not None:
+        _check_pipeline(sc.pipeline)
 
 
 def apply_smoke(sc: Scenario) -> None:
@@ -298,3 +396,5 @@ def apply_smoke(sc: Scenario) -> None:
     sc.ramp.refine = 0
     sc.sweep.batch_sizes = [int(b) for b in s.get("sweep_batch_sizes", [4])]
     sc.sweep.batch_wait_micros = [int(w) for w in s.get("sweep_batch_wait_micros", [500])]
+    if sc.pipeline is not None:
+        sc.pipeline.rounds = 1

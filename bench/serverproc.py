@@ -367,9 +367,12 @@ class ClipperProcess:
         self._replica_pids.update(pids)
         server_cpu = cpu_seconds(self.pid) if self.proc is not None else None
         replica_cpu = sum(c for c in (cpu_seconds(p) for p in pids) if c is not None)
+        metrics = state.get("metrics") or {}
         return {
             "t": t,
             "models": models,
+            "apps": _app_rows(metrics.get("apps") or {}),
+            "pipelines": _pipeline_rows(metrics.get("pipelines") or {}),
             "cache": state.get("cache"),
             "cpu_server_s": server_cpu,
             "cpu_replicas_s": replica_cpu,
@@ -383,6 +386,49 @@ class ClipperProcess:
             if all(m["queue_len"] == 0 for m in s["models"].values()):
                 return
             time.sleep(0.1)
+
+
+def _latency(row: dict[str, Any], hist: Any) -> None:
+    """A latency histogram's running sum and count, into ``row``."""
+    if isinstance(hist, dict) and "sum" in hist:
+        row["latency_sum_s"] = hist["sum"]
+        row["latency_count"] = hist.get("count", 0)
+
+
+def _app_rows(apps: dict[str, Any]) -> dict[str, Any]:
+    """Per app (pipelines included): requests and the server-side latency."""
+    out: dict[str, Any] = {}
+    for name, a in apps.items():
+        row: dict[str, Any] = {"requests": a.get("requests", 0)}
+        _latency(row, a.get("latency_seconds"))
+        out[name] = row
+    return out
+
+
+def _pipeline_rows(pipelines: dict[str, Any]) -> dict[str, Any]:
+    """Per pipeline: each stage's counters and latency (send to answer), each
+    edge's evaluated and taken counts."""
+    out: dict[str, Any] = {}
+    for name, p in pipelines.items():
+        stages: dict[str, Any] = {}
+        for stage, st in (p.get("stages") or {}).items():
+            row = {
+                k: st.get(k, 0)
+                for k in ("requests", "answered", "skipped", "deadline_misses", "errors")
+            }
+            row["model"] = st.get("model")
+            _latency(row, st.get("latency_seconds"))
+            stages[stage] = row
+        edges = {
+            f"{e['from']}->{e['to']}": {
+                "when": e.get("when"),
+                "evaluated": e.get("evaluated", 0),
+                "taken": e.get("taken", 0),
+            }
+            for e in p.get("edges") or []
+        }
+        out[name] = {"stages": stages, "edges": edges}
+    return out
 
 
 class Poller:

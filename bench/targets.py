@@ -45,6 +45,10 @@ def _measured(report: dict[str, Any], key: str) -> float | None:
         modes = ((report.get("sweep") or {}).get("summary") or {}).get("adaptive_modes") or {}
         ratios = [m.get("over_best_static") for m in modes.values()]
         return None if not ratios or None in ratios else min(ratios)
+    if key == "hop_overhead_us_max":
+        return ((report.get("pipeline") or {}).get("latency") or {}).get("hop_overhead_us")
+    if key == "fraction_of_single_min":
+        return ((report.get("pipeline") or {}).get("throughput") or {}).get("fraction_of_single")
     if key == "controller_ratio_tolerance":
         ratio = (runs[0].get("controller") or {}).get("ratio") if runs else None
         return None if ratio is None else abs(ratio - 1.0)

@@ -1,12 +1,14 @@
 """A pipeline at work: ``PipelineRouter``, the router of a pipeline's application.
 
-Each input walks the DAG on its own, driven by its stages' futures (no task per
-input or per stage): when a stage answers, the edges it starts are tested, and
-each stage whose every incoming edge is settled either runs (every edge was
-taken) or is skipped (one was not), which skips what only it leads to.  A model
-stage submits to its model version (``ModelVersion.submit``), so the stage keeps
-that version's cache, queue, adaptive batching and replicas, and the inputs of
-concurrent queries at one stage batch together.
+Each input walks the DAG on its own, driven by its stages' futures (no task or
+future per input or stage; one waiter per call, woken by the last walk to
+settle): when a stage answers, the edges it starts are tested, and each stage
+whose every incoming edge is settled either runs (every edge was taken) or is
+skipped (one was not), which skips what only it leads to.  What a walk needs of
+each stage is laid out once per router (``_Step``).  A model stage submits to
+its model version (``ModelVersion.submit``), so the stage keeps that version's
+cache, queue, adaptive batching and replicas, and the inputs of concurrent
+queries at one stage batch together.
 
 One deadline covers the whole walk.  Before a stage runs, the remaining budget
 must cover the stage's expected batch latency (its model version's estimator);
@@ -30,11 +32,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipper_core.clipper_api import input_key
-from clipper_core.dataplane.futures import consume_exception, wait_until, withdraw
+from clipper_core.dataplane.futures import consume_exception, withdraw
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, ModelError, NotFound
-from clipper_core.metrics import PipelineMetrics, error_kind
-from clipper_core.pipelines.model import PipelineGraph, Stage
+from clipper_core.metrics import EdgeMetrics, PipelineMetrics, StageMetrics, error_kind
+from clipper_core.pipelines.model import PipelineGraph, Predicate, Stage
 from clipper_core.pipelines.values import as_input, join, json_text
 
 if TYPE_CHECKING:
@@ -67,6 +69,58 @@ def stage_error(pipeline: str, stage: str, model: str | None, exc: BaseException
     return err
 
 
+class _Step:
+    """What a walk needs of one stage, laid out once per router."""
+
+    __slots__ = ("at", "counters", "edges", "joins", "name", "source", "stage", "targets")
+
+    def __init__(self, graph: PipelineGraph, stage: Stage, metrics: PipelineMetrics) -> None:
+        self.stage = stage
+        self.name = stage.name
+        self.counters: StageMetrics = metrics.stages[stage.name]
+        #: The outgoing edges: (predicate or None, counters, target), in order.
+        self.edges: tuple[tuple[Predicate | None, EdgeMetrics, str], ...] = tuple(
+            (e.when, metrics.edges[e.label], e.target) for e in stage.edges
+        )
+        self.targets = frozenset(e.target for e in stage.edges)
+        self.joins = len(stage.parents) > 1  # settled by several edges
+        self.at = f"pipeline {graph.name}: stage {stage.name!r}"
+        # Where the stage's input comes from, for an error about it.
+        if stage.combine == "concat":
+            self.source = f"the concat of {self.at}"
+        elif stage.parents:
+            self.source = f"pipeline {graph.name}: stage {stage.parents[0]!r}"
+        else:
+            self.source = self.at
+
+
+class _Call:
+    """One ``predict`` call: what its walks share, and how many are still under
+    way; wakes the call (its ``waiter``, once it waits) when the last settles."""
+
+    __slots__ = ("app", "deadline", "left", "lookup", "router", "waiter")
+
+    def __init__(
+        self, router: PipelineRouter, lookup: ModelLookup, app: Application, deadline: float
+    ) -> None:
+        self.router = router
+        self.lookup = lookup
+        self.app = app
+        self.deadline = deadline
+        self.left = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def settled(self) -> None:
+        self.left -= 1
+        if self.left == 0 and self.waiter is not None:
+            _wake(self.waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PipelineRouter:
     """Answers a pipeline's queries (a :class:`~clipper_core.dataplane.QueryRouter`).
 
@@ -79,6 +133,10 @@ class PipelineRouter:
         self.metrics = PipelineMetrics(list(graph.stages), [e.label for e in graph.edges])
         # Stage -> when the next input may probe a stage deemed too slow.
         self._probe_at: dict[str, float] = {}
+        self._steps = {name: _Step(graph, s, self.metrics) for name, s in graph.stages.items()}
+        self._entry = self._steps[graph.entry]
+        # What a walk counts down at the joins (stages with several parents).
+        self._indegree = {n: len(s.parents) for n, s in graph.stages.items() if len(s.parents) > 1}
 
     @property
     def routes_queries(self) -> bool:
@@ -101,13 +159,22 @@ class PipelineRouter:
         if version is not None:
             raise BadInput(f"pipeline {app.name!r} takes no version: each stage names its model's")
         started = time.monotonic()
-        walks = [
-            _Walk(self, lookup, app, x, key, deadline) for x, key in zip(inputs, keys, strict=True)
-        ]
+        call = _Call(self, lookup, app, deadline)
+        call.left = len(inputs)
+        walks = [_Walk(call, x, key) for x, key in zip(inputs, keys, strict=True)]
         try:
             for walk in walks:
-                walk.start()
-            await wait_until([w.done for w in walks], deadline)
+                walk._run(self._entry)
+            remaining = deadline - time.monotonic()
+            if call.left and remaining > 0:
+                # One waiter and one timer for the whole call.
+                loop = asyncio.get_running_loop()
+                waiter = call.waiter = loop.create_future()
+                timer = loop.call_later(remaining, _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
         except BaseException:
             # The client went away: withdraw what is still queued.
             for walk in walks:
@@ -117,14 +184,14 @@ class PipelineRouter:
         late = errored = no_model = 0
         failure: ClipperError | None = None
         for walk in walks:
-            done = walk.done
-            if not done.done():
+            if not walk.finished:
                 outcomes.append(walk.timed_out(app))
                 late += 1
                 continue
-            exc = done.exception()
+            exc = walk.error
             if exc is None:
-                outcome = done.result()
+                outcome = walk.outcome
+                assert outcome is not None
                 outcomes.append(outcome)
                 if walk.no_model:
                     no_model += 1
@@ -173,81 +240,68 @@ class PipelineRouter:
 
 
 class _Walk:
-    """One input's way through the pipeline; ``done`` resolves with its outcome
-    (or the error of a stage), driven by the stages' futures."""
+    """One input's way through the pipeline, driven by the stages' futures; once
+    ``finished``, it holds its ``outcome`` or the ``error`` of a stage."""
 
     __slots__ = (
-        "app",
-        "deadline",
-        "done",
-        "graph",
+        "call",
+        "error",
+        "finished",
         "in_flight",
         "key",
         "left",
-        "lookup",
         "models",
         "no_model",
+        "outcome",
         "outputs",
         "ran",
         "refused",
-        "router",
         "waiting",
         "x",
     )
 
-    def __init__(
-        self,
-        router: PipelineRouter,
-        lookup: ModelLookup,
-        app: Application,
-        x: Any,
-        key: bytes,
-        deadline: float,
-    ) -> None:
-        self.router = router
-        self.graph = router.graph
-        self.lookup = lookup
-        self.app = app
+    def __init__(self, call: _Call, x: Any, key: bytes) -> None:
+        self.call = call
         self.x = x
         self.key = key
-        self.deadline = deadline
-        self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.waiting = {name: len(s.parents) for name, s in self.graph.stages.items()}
-        self.refused: set[str] = set()  # stages with an incoming edge not taken
+        self.finished = False
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        # Made at the first join reached: edges still to settle, by stage, and
+        # the stages with an incoming edge not taken.
+        self.waiting: dict[str, int] | None = None
+        self.refused: set[str] | None = None
         self.outputs: dict[str, Any] = {}
-        self.ran: list[str] = []
+        self.ran: list[_Step] = []
         self.models: dict[str, str] = {}  # stage -> the model version that answered
         self.in_flight: dict[str, tuple[asyncio.Future[Any], ModelVersion, float]] = {}
-        self.left = len(self.graph.stages)
+        self.left = len(call.router._steps)
         self.no_model = False
 
     # -- the walk -----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._run(self.graph.stages[self.graph.entry])
-
-    def _run(self, stage: Stage) -> None:
-        counters = self.router.metrics.stages[stage.name]
-        counters.requests += 1
+    def _run(self, step: _Step) -> None:
+        stage = step.stage
+        step.counters.requests += 1
         try:
             if stage.model is None:
                 assert stage.combine is not None
-                value = join(
-                    stage.combine, self._parents(stage), stage.output_type, self._at(stage)
-                )
-                counters.answered += 1
-                self._complete(stage, value)
+                value = join(stage.combine, self._parents(stage), stage.output_type, step.at)
+                step.counters.answered += 1
+                self._complete(step, value)
                 return
-            mv = self._model_version(stage)
+            mv = self._model_version(step)
             if mv is None:
                 return
-            value = self._input(stage, mv)
-            remaining = self.deadline - time.monotonic()
+            value = self._input(step, mv)
+            remaining = self.call.deadline - time.monotonic()
             estimator = mv.estimator
             expected = estimator.batch_latency if estimator.observations else 0.0
-            if self.router.too_slow(stage.name, remaining, expected):
+            if (expected > remaining or remaining <= 0) and self.call.router.too_slow(
+                stage.name, remaining, expected
+            ):
                 self._miss(
-                    stage,
+                    step,
                     mv,
                     f"expects {expected * 1000:.0f} ms, but {max(remaining, 0.0) * 1000:.0f} ms"
                     " of the pipeline's latency objective remain",
@@ -255,33 +309,31 @@ class _Walk:
                 return
             if mv.cache is None:
                 key = b""
-            elif stage.name == self.graph.entry:
+            elif not stage.parents:
                 key = self.key
             else:
                 key = input_key(value, mv.input_type)
-            fut = mv.submit(value, key, self.deadline)
+            fut = mv.submit(value, key, self.call.deadline)
         except ClipperError as exc:
-            self._fail(stage, exc)
+            self._fail(step, exc)
             return
         except Exception as exc:  # a bug: fail this input, never the loop
-            log.exception("pipeline %s: stage %s failed", self.graph.name, stage.name)
-            self._fail(stage, exc)
+            log.exception("pipeline %s: stage %s failed", self.call.router.graph.name, stage.name)
+            self._fail(step, exc)
             return
         self.in_flight[stage.name] = (fut, mv, time.monotonic())
         if fut.done():
-            self._answered(stage, fut)
+            self._answered(step, fut)
         else:
-            fut.add_done_callback(lambda f, s=stage: self._answered(s, f))
+            fut.add_done_callback(lambda f: self._answered(step, f))
 
     def _parents(self, stage: Stage) -> list[tuple[str, Any]]:
         return [(p, self.outputs[p]) for p in stage.parents]
 
-    def _at(self, stage: Stage) -> str:
-        return f"pipeline {self.graph.name}: stage {stage.name!r}"
-
-    def _model_version(self, stage: Stage) -> ModelVersion | None:
+    def _model_version(self, step: _Step) -> ModelVersion | None:
+        stage = step.stage
         assert stage.model is not None
-        model = self.lookup.models.get(stage.model)
+        model = self.call.lookup.models.get(stage.model)
         try:
             mv = None if model is None else model.version_for(stage.version)
         except NotFound:
@@ -290,145 +342,152 @@ class _Walk:
             self.no_model = True
             which = stage.model if stage.version is None else f"{stage.model}:{stage.version}"
             self._settle(
-                self.app.default(f"{self._at(stage)}: model {which!r} has no deployed version")
+                self.call.app.default(f"{step.at}: model {which!r} has no deployed version")
             )
         return mv
 
-    def _input(self, stage: Stage, mv: ModelVersion) -> Any:
+    def _input(self, step: _Step, mv: ModelVersion) -> Any:
         """What the stage's model is sent: the query, a parent's output or a join."""
+        stage = step.stage
         if not stage.parents:
-            if mv.input_type != self.graph.input_type:
+            graph = self.call.router.graph
+            if mv.input_type != graph.input_type:
                 raise ModelError(
-                    f"{self._at(stage)}: model {mv.key} takes {mv.input_type}, but the"
-                    f" pipeline takes {self.graph.input_type}; update the pipeline"
+                    f"{step.at}: model {mv.key} takes {mv.input_type}, but the"
+                    f" pipeline takes {graph.input_type}; update the pipeline"
                 )
             return self.x
         if stage.combine == "dict":
-            return json_text(dict(self._parents(stage)), self._at(stage))
+            return json_text(dict(self._parents(stage)), step.at)
         if stage.combine == "concat":
-            value = join("concat", self._parents(stage), stage.output_type, self._at(stage))
-            source = f"the concat of {self._at(stage)}"
+            value = join("concat", self._parents(stage), stage.output_type, step.at)
         else:
             value = self.outputs[stage.parents[0]]
-            source = f"pipeline {self.graph.name}: stage {stage.parents[0]!r}"
-        return as_input(value, mv.input_type, source)
+        return as_input(value, mv.input_type, step.source)
 
-    def _answered(self, stage: Stage, fut: asyncio.Future[Any]) -> None:
-        entry = self.in_flight.pop(stage.name, None)
-        if self.done.done() or entry is None:
+    def _answered(self, step: _Step, fut: asyncio.Future[Any]) -> None:
+        entry = self.in_flight.pop(step.name, None)
+        if self.finished or entry is None:
             consume_exception(fut)
             return
         _, mv, sent = entry
         if fut.cancelled():
-            self._fail(stage, ModelError(f"{mv.key} withdrew the input"), mv)
+            self._fail(step, ModelError(f"{mv.key} withdrew the input"), mv)
             return
         exc = fut.exception()
         if isinstance(exc, DeadlineExceeded):
-            self._miss(stage, mv, f"did not run before the deadline ({exc})")
+            self._miss(step, mv, f"did not run before the deadline ({exc})")
             return
         if exc is not None:
-            self._fail(stage, exc, mv)
+            self._fail(step, exc, mv)
             return
-        counters = self.router.metrics.stages[stage.name]
+        counters = step.counters
         counters.answered += 1
         counters.latency.observe(time.monotonic() - sent)
-        self.models[stage.name] = mv.key
-        self._complete(stage, fut.result())
+        self.models[step.name] = mv.key
+        self._complete(step, fut.result())
 
-    def _complete(self, stage: Stage, output: Any) -> None:
-        self.outputs[stage.name] = output
-        self.ran.append(stage.name)
+    def _complete(self, step: _Step, output: Any) -> None:
+        self.outputs[step.name] = output
+        self.ran.append(step)
         self.left -= 1
-        edges = self.router.metrics.edges
-        for edge in stage.edges:
+        steps = self.call.router._steps
+        for when, counters, target in step.edges:
             taken = True
-            if edge.when is not None:
+            if when is not None:
                 try:
-                    taken = edge.when(output)
+                    taken = when(output)
                 except ClipperError as exc:
-                    self._fail(stage, ModelError(f"edge {edge.label}: {exc}"))
+                    self._fail(step, ModelError(f"edge {step.name}->{target}: {exc}"))
                     return
-            counters = edges[edge.label]
             counters.evaluated += 1
             counters.taken += taken
-            self._settle_edge(edge.target, taken)
-            if self.done.done():
+            self._settle_edge(steps[target], taken)
+            if self.finished:
                 return
         if self.left == 0:
             self._finish()
 
-    def _settle_edge(self, target: str, taken: bool) -> None:
-        if not taken:
-            self.refused.add(target)
-        self.waiting[target] -= 1
-        if self.waiting[target]:
+    def _settle_edge(self, step: _Step, taken: bool) -> None:
+        if step.joins:
+            if self.waiting is None:
+                self.waiting = dict(self.call.router._indegree)
+            if not taken:
+                if self.refused is None:
+                    self.refused = set()
+                self.refused.add(step.name)
+            self.waiting[step.name] -= 1
+            if self.waiting[step.name]:
+                return
+            taken = self.refused is None or step.name not in self.refused
+        if taken:
+            self._run(step)
             return
-        stage = self.graph.stages[target]
-        if target not in self.refused:
-            self._run(stage)
-            return
-        self.router.metrics.stages[target].skipped += 1
+        step.counters.skipped += 1
         self.left -= 1
-        for edge in stage.edges:
-            self._settle_edge(edge.target, False)
+        steps = self.call.router._steps
+        for _, _, target in step.edges:
+            self._settle_edge(steps[target], False)
         if self.left == 0:
             self._finish()
 
     def _finish(self) -> None:
-        if self.done.done():
+        if self.finished:
             return
-        ended = [
-            s
-            for s in self.ran
-            if not any(e.target in self.outputs for e in self.graph.stages[s].edges)
-        ]
+        outputs = self.outputs
+        ended = [s.name for s in self.ran if outputs.keys().isdisjoint(s.targets)]
         if len(ended) == 1:
-            output = self.outputs[ended[0]]
+            output = outputs[ended[0]]
             model = self.models.get(ended[0])
         else:
-            output = {s: self.outputs[s] for s in ended}
+            output = {s: outputs[s] for s in ended}
             model = None
-        models = [self.models[s] for s in self.ran if s in self.models]
+        models = [self.models[s.name] for s in self.ran if s.name in self.models]
         self._settle(Outcome(output, model=model, models=models))
 
     # -- endings ------------------------------------------------------------------
 
     def _settle(self, outcome: Outcome) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
+        if not self.finished:
+            self.finished = True
+            self.outcome = outcome
+            self.call.settled()
         self._withdraw()
 
-    def _miss(self, stage: Stage, mv: ModelVersion, why: str) -> None:
-        self.router.metrics.stages[stage.name].deadline_misses += 1
-        self._settle(self.app.default(f"{self._at(stage)} ({mv.key}) {why}"))
+    def _miss(self, step: _Step, mv: ModelVersion, why: str) -> None:
+        step.counters.deadline_misses += 1
+        self._settle(self.call.app.default(f"{step.at} ({mv.key}) {why}"))
 
-    def _fail(self, stage: Stage, exc: BaseException, mv: ModelVersion | None = None) -> None:
-        self.router.metrics.stages[stage.name].errors += 1
-        if not self.done.done():
+    def _fail(self, step: _Step, exc: BaseException, mv: ModelVersion | None = None) -> None:
+        step.counters.errors += 1
+        if not self.finished:
+            self.finished = True
             key = None if mv is None else mv.key
-            self.done.set_exception(stage_error(self.graph.name, stage.name, key, exc))
+            self.error = stage_error(self.call.router.graph.name, step.name, key, exc)
+            self.call.settled()
         self._withdraw()
 
     def timed_out(self, app: Application) -> Outcome:
         """The outcome of a walk still under way at the deadline: the default,
         naming the stages it waited for."""
         names = []
+        stages = self.call.router.metrics.stages
         for name, (_, mv, _) in self.in_flight.items():
-            self.router.metrics.stages[name].deadline_misses += 1
+            stages[name].deadline_misses += 1
             names.append(f"{name!r} ({mv.key})")
         self.abandon()
         slo_ms = f"{app.slo * 1000.0:g} ms"
+        graph = self.call.router.graph
         if not names:
-            return app.default(f"pipeline {self.graph.name}: no answer within {slo_ms}")
+            return app.default(f"pipeline {graph.name}: no answer within {slo_ms}")
         return app.default(
-            f"pipeline {self.graph.name}: stage {', '.join(names)} did not answer within"
+            f"pipeline {graph.name}: stage {', '.join(names)} did not answer within"
             f" the pipeline's latency objective ({slo_ms})"
         )
 
     def abandon(self) -> None:
         """Nobody waits any more: withdraw the queued inputs."""
-        if not self.done.cancel():
-            consume_exception(self.done)
+        self.finished = True
         self._withdraw()
 
     def _withdraw(self) -> None:

@@ -76,7 +76,10 @@ def check_plots(report: dict[str, Any], *suffixes: str) -> None:
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=() if n == "noop" else pytest.mark.slow) for n in scenario.available()],
+    [
+        pytest.param(n, marks=() if n == "noop" else pytest.mark.slow)
+        for n in scenario.available(pipelines=False)  # pipelines: test_bench_pipeline
+    ],
 )
 def test_scenario_smoke(tmp_path: Path, name: str) -> None:
     report, _ = run_bench(tmp_path, name)

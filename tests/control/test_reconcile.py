@@ -349,8 +349,9 @@ def test_pipelines_are_reconciled_like_apps(run: Runner, tmp_path: Path) -> None
             app = first.dataplane.apps["p"]
             assert isinstance(app.selector, PipelineRouter) and app.routes_queries
             assert app.linked_models == ["twice", "sum"]
-            # The stage models' batch objectives follow the pipeline's objective.
-            assert first.dataplane.get_model_version("sum", "1").controller.slo == 2.5
+            # The stage models' batch objectives follow the pipeline's objective:
+            # its half (2.5 s), split between its two stages.
+            assert first.dataplane.get_model_version("sum", "1").controller.slo == 1.25
             out = await first.predict("p", [1.0, 2.0])
             assert (out.output, out.default) == (6.0, False)
             router = app.selector
