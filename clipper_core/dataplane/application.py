@@ -32,10 +32,18 @@ async def predict_with_slo(
 ) -> list[Outcome]:
     """Send each input to ``model`` and collect answers until ``deadline``.
 
-    Inputs not answered in time get the app's default output, flagged.  A model
-    error raises when ``raise_errors`` (a single query) and otherwise becomes a
+    Inputs not answered in time get the app's default output, flagged (at once
+    when ``model`` has no live replica).  A model error raises when ``raise_errors`` (a single query) and otherwise becomes a
     flagged default for that input only (one reply per input in a batch).
     """
+    if not model.replicas:
+        # Nothing can answer before the deadline: Clipper's default-output reply,
+        # at once rather than at the objective.
+        why = f"no connected model found for query: {model.key} has no live replica"
+        if loss := model.isolation.recent_loss():
+            why = f"{why}: {loss}"
+        app.metrics.unanswered(len(inputs), "no_model")
+        return [app.default(why)] * len(inputs)
     started = time.monotonic()
     futures: list[asyncio.Future[Any]] = []
     try:
