@@ -80,6 +80,10 @@ async def _serve(
         grpc_port=grpc_port,
         state_dir=state,
     ) as server:
+        print(
+            f"serving: query {server.query_url}, management {server.management_url},"
+            f" OIP gRPC port {server.grpc_port or 'none'}"
+        )
         conn = ClipperConnection.for_server(server)
         w, b = train_classifier()
         loop = asyncio.get_running_loop()
@@ -105,8 +109,7 @@ async def _serve(
             return
         print(
             f"\nserving; try:\n  curl -X POST {url} -H 'Content-Type: application/json'"
-            " -d '{\"input\": [1.0, 1.0, 1.0, 1.0]}'"
-            f"\nOIP gRPC port: {server.grpc_port or 'none'}\nCtrl-C to stop"
+            " -d '{\"input\": [1.0, 1.0, 1.0, 1.0]}'\nCtrl-C to stop"
         )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
