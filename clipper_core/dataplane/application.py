@@ -33,8 +33,9 @@ async def predict_with_slo(
     """Send each input to ``model`` and collect answers until ``deadline``.
 
     Inputs not answered in time get the app's default output, flagged (at once
-    when ``model`` has no live replica).  A model error raises when ``raise_errors`` (a single query) and otherwise becomes a
-    flagged default for that input only (one reply per input in a batch).
+    when ``model`` has no live replica).  A model error raises when
+    ``raise_errors`` (a single query) and otherwise becomes a flagged default for
+    that input only (one reply per input in a batch).
     """
     if not model.replicas:
         # Nothing can answer before the deadline: Clipper's default-output reply,
