@@ -239,8 +239,8 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         pipelines.  With ``remove_state`` every pipeline, application and model
         version (their files and learned selection state with them) is deleted
         first, as Clipper's ``stop_all`` left nothing behind; what stays in the
-        state folder is the management token, the server's log and the built
-        runtime environments (``envs/``, a cache).  A temporary state folder (a
+        state folder is the (empty) store, the management token, the server's log
+        and the built runtime environments (``envs/``, a cache).  A temporary state folder (a
         manager on port 0 that named none) is removed either way.
 
         The server drains its in-flight requests first (for up to its
@@ -265,6 +265,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             else:
                 os.kill(pid, signal.SIGKILL)
             self.cm.pid_file.unlink(missing_ok=True)
+            self.cm.ready_file.unlink(missing_ok=True)
         self.cm.remove_temporary_state()
         self.connected = False
 
