@@ -37,14 +37,6 @@ async def predict_with_slo(
     ``raise_errors`` (a single query) and otherwise becomes a flagged default for
     that input only (one reply per input in a batch).
     """
-    if not model.replicas:
-        # Nothing can answer before the deadline: Clipper's default-output reply,
-        # at once rather than at the objective.
-        why = f"no connected model found for query: {model.key} has no live replica"
-        if loss := model.isolation.recent_loss():
-            why = f"{why}: {loss}"
-        app.metrics.unanswered(len(inputs), "no_model")
-        return [app.default(why)] * len(inputs)
     started = time.monotonic()
     futures: list[asyncio.Future[Any]] = []
     try:
@@ -59,7 +51,10 @@ async def predict_with_slo(
         record_failure(app, model, err, len(inputs), rejected=True)
         raise
     try:
-        await wait_until(futures, deadline)
+        # Without a live replica only the cache or a refusal can answer, and they
+        # did at submit: the rest get the default output now, not at the deadline.
+        if model.replicas:
+            await wait_until(futures, deadline)
     except asyncio.CancelledError:
         # The client went away (the HTTP server cancels its handler): withdraw its
         # queued inputs so that they never reach the model.

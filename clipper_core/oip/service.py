@@ -227,6 +227,8 @@ class InferenceService:
             raise
 
     async def _fetch(self, mv: ModelVersion) -> dict[str, Any]:
+        if not mv.replicas:
+            raise ReplicaUnavailable(f"model {mv.key} has no live replica")
         last: Exception | None = None
         for slot in list(mv.replicas.values()):
             try:
@@ -308,12 +310,6 @@ class InferenceService:
             )
             app.metrics.unanswered(rows, "no_model")
             return self._default_reply(target, request, rows, reason)
-        if not mv.replicas:
-            # Nothing could answer before the deadline: say so now, not at it.
-            refusal = ReplicaUnavailable(f"model {mv.key} has no live replica")
-            if app is not None:
-                record_failure(app, mv, refusal, rows, rejected=True)
-            raise refusal
         try:
             meta = await self.version_metadata(mv)
             query = build_query(mv.key, meta.get("inputs", []), request)
@@ -329,6 +325,13 @@ class InferenceService:
             if app is not None:
                 record_failure(app, mv, exc, rows, rejected=True)
             raise
+        if not fut.done() and not mv.replicas:
+            # Only the cache or a refusal could answer, at submit: say so now.
+            fut.cancel()
+            refusal = ReplicaUnavailable(f"model {mv.key} has no live replica")
+            if app is not None:
+                record_failure(app, mv, refusal, rows, rejected=True)
+            raise refusal
         try:
             await wait_until([fut], end)
         except asyncio.CancelledError:
