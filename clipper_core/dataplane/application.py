@@ -18,7 +18,14 @@ from clipper_core.metrics import error_kind
 if TYPE_CHECKING:
     from clipper_core.dataplane.model_version import ModelVersion
 
-__all__ = ["predict_with_slo"]
+__all__ = ["nothing_can_answer", "predict_with_slo"]
+
+
+def nothing_can_answer(model: ModelVersion) -> bool:
+    """Whether ``model`` has no live replica and none is coming back: no replica
+    is connected, and none went away with work in the last seconds (that one is
+    being restarted, and its inputs retried: waiting for it is worth it)."""
+    return not model.replicas and model.isolation.recent_loss() is None
 
 
 async def predict_with_slo(
@@ -53,7 +60,7 @@ async def predict_with_slo(
     try:
         # Without a live replica only the cache or a refusal can answer, and they
         # did at submit: the rest get the default output now, not at the deadline.
-        if model.replicas:
+        if not nothing_can_answer(model):
             await wait_until(futures, deadline)
     except asyncio.CancelledError:
         # The client went away (the HTTP server cancels its handler): withdraw its

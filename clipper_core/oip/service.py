@@ -21,8 +21,8 @@ DEADLINE_EXCEEDED.
 Metadata (tensor specs, platform) comes from a replica of the version, once; it
 is kept for the life of the version object.  Outputs a model did not declare are
 corrected from its first answer (``clipper_core.oip.specs.learn_outputs``).  A
-version without a live replica is refused at once (503 / UNAVAILABLE, naming it)
-rather than at its deadline.
+version without a live replica (and none restarting) is refused at once (503 /
+UNAVAILABLE, naming it) rather than at its deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from clipper_core._version import __version__
 from clipper_core.dataplane import Application, ModelVersion
 from clipper_core.dataplane.accounting import count_answered, record_failure
+from clipper_core.dataplane.application import nothing_can_answer
 from clipper_core.dataplane.futures import wait_until
 from clipper_core.dataplane.tensor_batch import TensorResult
 from clipper_core.errors import (
@@ -325,7 +326,7 @@ class InferenceService:
             if app is not None:
                 record_failure(app, mv, exc, rows, rejected=True)
             raise
-        if not fut.done() and not mv.replicas:
+        if not fut.done() and nothing_can_answer(mv):
             # Only the cache or a refusal could answer, at submit: say so now.
             fut.cancel()
             refusal = ReplicaUnavailable(f"model {mv.key} has no live replica")
