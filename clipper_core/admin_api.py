@@ -26,6 +26,7 @@ from typing import Any
 from clipper_core import dashboard
 from clipper_core.admin_requests import (
     Body,
+    answering_model,
     app_record,
     app_reply,
     entry_model,
@@ -43,6 +44,7 @@ from clipper_core.auth import WWW_AUTHENTICATE, bearer_token, check_admin, valid
 from clipper_core.control import ControlPlane
 from clipper_core.control.artifacts import BUNDLE_KIND_HEADER, BUNDLE_SHA256_HEADER, bundle_path
 from clipper_core.control.desired import DesiredState
+from clipper_core.control.redeploy import put_app, put_model
 from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
@@ -144,9 +146,11 @@ def install(
         return await asyncio.to_thread(fn, *args)
 
     async def add_app(body: Body) -> Any:
-        rec = app_record(body)
-        await control.register_app(rec, validate_api_keys(body.get("api_keys")))
-        return "Success!"
+        # Registering again: "unchanged: ...", "updated: ..." or a refusal.
+        keys = body.get("api_keys")
+        return await put_app(
+            control, app_record(body), None if keys is None else validate_api_keys(keys)
+        )
 
     async def set_api_keys(body: Body) -> Any:
         # An empty list lets the app's queries through without a key again.
@@ -159,13 +163,25 @@ def install(
         return "Success!"
 
     async def add_model(body: Body) -> Any:
-        await control.deploy_model(model_record(body), payload_b64=body.get("payload_b64"))
-        return "Success!"
+        # A new version becomes current once it serves, as in Clipper, unless
+        # "make_current": false (a canary).
+        make_current = body.get("make_current")
+        return await put_model(
+            control,
+            model_record(body),
+            body.get("payload_b64"),
+            True if make_current is None else field_bool(make_current, "make_current"),
+        )
 
     async def add_model_links(body: Body) -> Any:
         app = field_str(body, "app_name")
-        for model in field_str_list(body, "model_names"):
-            await control.link(app, model)
+        models = field_str_list(body, "model_names")
+        linked = set(await read(store.linked_models, app))
+        for model in models:
+            if model not in linked:
+                await control.link(app, model)
+        if models and linked.issuperset(models):
+            return f"unchanged: {', '.join(models)} linked to application {app} already"
         return "Success!"
 
     async def remove_model_links(body: Body) -> Any:
@@ -186,15 +202,22 @@ def install(
             return [app_reply(a, store.linked_models(a.name)) for a in apps]
         return [a.name for a in apps]
 
+    def answered(reply: dict[str, Any]) -> dict[str, Any]:
+        # Read on the loop: the data plane is what answers the app's queries.
+        return {**reply, "answering_model": answering_model(dataplane, reply["name"])}
+
     async def get_all_applications(body: Body) -> Any:
-        return await read(apps_with_links, bool(body.get("verbose")))
+        verbose = bool(body.get("verbose"))
+        apps = await read(apps_with_links, verbose)
+        return [answered(a) for a in apps] if verbose else apps
 
     def app_with_links(name: str) -> Any:
         rec = store.get_app(name)
         return {} if rec is None else app_reply(rec, store.linked_models(rec.name))
 
     async def get_application(body: Body) -> Any:
-        return await read(app_with_links, field_str(body, "name"))
+        reply = await read(app_with_links, field_str(body, "name"))
+        return answered(reply) if reply else reply
 
     def links_of(name: str) -> Any:
         return [] if store.get_app(name) is None else store.linked_models(name)

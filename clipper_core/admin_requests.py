@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from clipper_core.clipper_api import validate_input_type
+from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput
 from clipper_core.http import Request
 from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
@@ -222,6 +223,20 @@ def app_reply(rec: AppRecord, linked: list[str]) -> dict[str, Any]:
         "policy": rec.policy,
         "policy_config": rec.policy_config,
     }
+
+
+def answering_model(dataplane: QueryView, app_name: str) -> str | None:
+    """The ``"model:version"`` that answers an app's queries: under policy
+    ``single`` its first linked model (in the order the data plane holds the
+    links) at its current version; None when no model can answer, or when a
+    policy chooses among the linked models per query."""
+    app = dataplane.apps.get(app_name)
+    if app is None or app.routes_queries or not app.linked_models:
+        return None
+    model = dataplane.models.get(app.linked_models[0])
+    if model is None or model.current is None:
+        return None
+    return f"{model.name}:{model.current}"
 
 
 def model_reply(rec: ModelRecord, current: str | None) -> dict[str, Any]:

@@ -16,10 +16,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from clipper_core.cli_pipelines import add_pipeline_commands
-from clipper_core.cli_serve import add_serve_options, cmd_serve
+from clipper_core.cli_serve import add_serve_options, cmd_serve, serve_argv
 from clipper_core.connection import ClipperConnection, LocalContainerManager, ServerNotRunning
 from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
@@ -47,10 +48,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def cmd_start(args: argparse.Namespace) -> int:
     conn = _connection(args)
-    conn.start_clipper(timeout=args.timeout)
+    if args.tls_cert and not conn.cm.tls:  # the server's own certificate verifies it
+        conn.cm.tls, conn.cm.tls_ca = True, args.tls_cert
+    said = conn.start_clipper(timeout=args.timeout, serve_args=serve_argv(args))
+    if said.startswith("unchanged"):
+        print(f"clipper_core already running: management {conn.management_url}")
+        return 0
+    if args.ready_file:  # the child wrote the ports to the manager's own file
+        Path(args.ready_file).write_text(conn.cm.ready_file.read_text())
+    cm = conn.cm
     print(
-        f"clipper_core started: query http://{args.host}:{args.query_port},"
-        f" management http://{args.host}:{args.management_port}"
+        f"clipper_core started: query {cm.scheme}://{cm.host}:{cm.query_port},"
+        f" management {conn.management_url}, OIP gRPC port {cm.grpc_port or 'none'}"
     )
     return 0
 
@@ -140,10 +149,11 @@ def cmd_apps(args: argparse.Namespace) -> int:
                     str(a["latency_slo_micros"]),
                     a["default_output"],
                     ",".join(a["linked_models"]) or "-",
+                    a.get("answering_model") or ("-" if a["policy"] == "single" else a["policy"]),
                 ]
                 for a in apps
             ],
-            ["APP", "INPUT", "SLO_MICROS", "DEFAULT", "MODELS"],
+            ["APP", "INPUT", "SLO_MICROS", "DEFAULT", "MODELS", "ANSWERS"],
         )
     )
     return 0
@@ -171,30 +181,88 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_app_options(args: argparse.Namespace, app: dict[str, Any]) -> None:
+    """Options of ``deploy --app`` that cannot apply to the existing app are errors."""
+    name = app["name"]
+    wrong = []
+    if args.input_type != app["input_type"]:
+        wrong.append(f"it takes {app['input_type']}, not --input-type {args.input_type}")
+    if args.default_output is not None and args.default_output != app["default_output"]:
+        wrong.append(
+            f"its default output is {app['default_output']!r}, not --default-output"
+            f" {args.default_output!r}"
+        )
+    if args.slo_micros is not None and args.slo_micros != app["latency_slo_micros"]:
+        wrong.append(
+            f"its objective is {app['latency_slo_micros']} µs, not --slo-micros {args.slo_micros}"
+        )
+    others = [m for m in app["linked_models"] if m != args.name]
+    if app.get("policy", "single") == "single" and others and not args.replace:
+        wrong.append(
+            f"it is answered by {app.get('answering_model') or others[0]} (policy single:"
+            f" its first linked model answers), so {args.name} would not; pass --replace"
+            f" to unlink {', '.join(others)}"
+        )
+    if wrong:
+        raise ClipperError(
+            f"application {name} exists and {'; '.join(wrong)}: nothing was deployed"
+            " (drop those options, or change the app first)"
+        )
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from clipper_core.deployers.python import deploy_and_link
+
     conn = _connection(args)
     obj, _ = load_object(args.source)
     if isinstance(obj, type):
         obj = obj()
-    conn.deploy_pickled(
+    app = conn.get_app_info(args.app) if args.app else None
+    if app is not None:
+        _refuse_app_options(args, app)
+
+    def deploy() -> str:
+        return conn.deploy_pickled(
+            args.name,
+            args.version,
+            args.input_type,
+            obj,
+            num_replicas=args.replicas,
+            batch_size=args.batch_size,
+            queue_capacity=args.queue_capacity,
+            batch_timeout=args.batch_timeout,
+            controller=args.controller,
+            make_current=args.make_current,
+        )
+
+    if not args.app:
+        said = deploy()
+        print(
+            said
+            if said.startswith(("unchanged", "updated"))
+            else f"deployed {args.name}:{args.version}"
+        )
+        return 0
+
+    def register() -> str:
+        return conn.register_application(
+            args.app,
+            args.input_type,
+            "None" if args.default_output is None else args.default_output,
+            100_000 if args.slo_micros is None else args.slo_micros,
+        )
+
+    deploy_and_link(
+        conn,
+        args.app,
         args.name,
         args.version,
-        args.input_type,
-        obj,
-        num_replicas=args.replicas,
-        batch_size=args.batch_size,
-        queue_capacity=args.queue_capacity,
-        batch_timeout=args.batch_timeout,
-        controller=args.controller,
+        deploy,
+        register=None if app is not None else register,
+        replace=args.replace,
     )
     print(f"deployed {args.name}:{args.version}")
-    if args.app:
-        if conn.get_app_info(args.app) is None:
-            conn.register_application(
-                args.app, args.input_type, args.default_output, args.slo_micros
-            )
-        conn.link_model_to_app(args.app, args.name)
-        print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
+    print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
     return 0
 
 
@@ -257,8 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_options(p)
     p.set_defaults(fn=cmd_serve)
 
-    p = sub_parser("start", help="start a server in the background and wait until it answers")
+    p = sub_parser(
+        "start",
+        help="start a server in the background and wait until it answers",
+        description="Start `clipper serve` in the background with the same options, and"
+        " wait until it answers (a server already answering there is left as it is).",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    add_serve_options(p)
     p.set_defaults(fn=cmd_start)
 
     sub_parser("stop", help="stop the server and its model containers").set_defaults(fn=cmd_stop)
@@ -299,9 +373,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-timeout", type=float, help="seconds per batch before the replica is recycled"
     )
+    p.add_argument(
+        "--no-make-current",
+        dest="make_current",
+        action="store_false",
+        help="leave the model's current version answering (a canary; switch later);"
+        " by default the new version answers once its replicas serve",
+    )
     p.add_argument("--app", help="also register (if needed) and link this application")
-    p.add_argument("--slo-micros", type=int, default=100_000, help="app latency objective")
-    p.add_argument("--default-output", default="None", help="app default output")
+    p.add_argument(
+        "--slo-micros",
+        type=int,
+        help="latency objective of a new --app (100000); an existing app's must match",
+    )
+    p.add_argument(
+        "--default-output",
+        help="default output of a new --app (None); an existing app's must match",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="unlink the --app's other models, so that this one answers (policy single)",
+    )
     p.set_defaults(fn=cmd_deploy)
 
     p = sub_parser(

@@ -43,8 +43,8 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grpc-port",
         type=int,
-        help="Open Inference Protocol gRPC port (default $CLIPPER_GRPC_PORT or 8001;"
-        " 0 picks one, -1 serves none)",
+        help="Open Inference Protocol gRPC port (default $CLIPPER_GRPC_PORT, else 8001,"
+        " or a free one when --query-port is 0; 0 picks one, -1 serves none)",
     )
     p.add_argument(
         "--grpc-transport",
@@ -173,6 +173,28 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="the Secret (key 'token') model pods fetch bundles with (clipper-bundle-token)",
     )
     p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
+
+
+def serve_argv(args: argparse.Namespace) -> list[str]:
+    """The ``clipper serve`` options of ``args`` that differ from their defaults,
+    as a command line (``clipper start`` passes them to the server it starts;
+    ``--ready-file`` is its own)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_serve_options(parser)
+    argv: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "ready_file" or value is None or value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

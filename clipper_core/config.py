@@ -5,22 +5,38 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from clipper_core.auth import admin_token_from_env, no_admin_token_from_env
 
+#: The OIP gRPC port a server binds when neither its caller nor
+#: ``$CLIPPER_GRPC_PORT`` names one, unless its query port is ephemeral (0).
+DEFAULT_GRPC_PORT = 8001
 
-def _default_grpc_port() -> int | None:
-    # CLIPPER_GRPC_PORT: a port number, 0 for an ephemeral one, "off" for none.
+#: A ``grpc_port`` that is decided from the rest of the settings (see
+#: :meth:`ServerConfig.resolved_grpc_port`).
+GrpcPort = int | Literal["auto"] | None
+
+
+def grpc_port_from_env() -> int | Literal["auto"] | None:
+    """``$CLIPPER_GRPC_PORT``: a port number, 0 for an ephemeral one, ``off`` for
+    none; unset: ``"auto"``."""
     raw = os.environ.get("CLIPPER_GRPC_PORT", "").strip().lower()
     if not raw:
-        return 8001
+        return "auto"
     if raw in ("off", "none", "-1"):
         return None
     return int(raw)
 
 
-def _default_state_dir() -> str:
-    return os.environ.get("CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core"))
+def default_state_dir() -> str:
+    """``$CLIPPER_STATE_DIR``, else ``~/.clipper_core``."""
+    return os.environ.get("CLIPPER_STATE_DIR") or str(Path.home() / ".clipper_core")
+
+
+def state_dir_is_named() -> bool:
+    """Whether the environment names a state folder (``$CLIPPER_STATE_DIR``)."""
+    return bool(os.environ.get("CLIPPER_STATE_DIR"))
 
 
 @dataclass
@@ -31,12 +47,16 @@ class ServerConfig:
         host: address both HTTP ports bind to (loopback by default).
         query_port: Clipper's query REST port (0 picks a free port).
         management_port: the admin REST port (0 picks a free port).
-        grpc_port: the Open Inference Protocol gRPC port (8001; 0 picks a free
-            port; None serves no gRPC).  Default: ``$CLIPPER_GRPC_PORT`` if set.
+        grpc_port: the Open Inference Protocol gRPC port (0 picks a free port;
+            None serves no gRPC).  ``"auto"`` (the default): ``$CLIPPER_GRPC_PORT``
+            if set, else a free port when ``query_port`` is 0, else 8001.
         grpc_transport: what serves the gRPC port: ``"auto"`` (the built-in
             HTTP/2 server without TLS, ``grpc.aio`` with it), ``"h2"`` (the
             built-in one; cleartext only) or ``"aio"`` (always ``grpc.aio``).
         state_dir: folder holding the SQLite store and the deployed models' files.
+            ``""`` (the default): ``$CLIPPER_STATE_DIR`` if set, else a fresh
+            temporary folder when ``query_port`` is 0 (removed when the server
+            stops), else ``~/.clipper_core``; ``ClipperServer`` resolves it.
         state_path: the SQLite file; ``":memory:"`` keeps nothing across restarts.
         state_url: a Redis URL (``redis://host:port/db``) whose desired state
             several frontends share; None (the default): the SQLite file
@@ -109,9 +129,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     query_port: int = 1337
     management_port: int = 1338
-    grpc_port: int | None = field(default_factory=_default_grpc_port)
+    grpc_port: GrpcPort = "auto"
     grpc_transport: str = "auto"
-    state_dir: str = field(default_factory=_default_state_dir)
+    state_dir: str = ""
     state_path: str | None = None
     state_url: str | None = None
     lease_ttl: float = 5.0
@@ -148,15 +168,29 @@ class ServerConfig:
     kubernetes_bundle_url: str | None = None
     kubernetes_bundle_secret: str | None = None
 
+    def resolved_grpc_port(self) -> int | None:
+        """The gRPC port to bind (None: none), ``"auto"`` decided (see ``grpc_port``)."""
+        if self.grpc_port != "auto":
+            return self.grpc_port
+        from_env = grpc_port_from_env()
+        if from_env != "auto":
+            return from_env
+        return 0 if self.query_port == 0 else DEFAULT_GRPC_PORT
+
+    def wants_temporary_state(self) -> bool:
+        """Whether the state goes to a temporary folder: no folder is named and
+        the query port is ephemeral (a script or a test, not a service)."""
+        return not self.state_dir and not state_dir_is_named() and self.query_port == 0
+
     def resolved_state_path(self) -> str:
         if self.state_path is not None:
             return self.state_path
-        return str(Path(self.state_dir) / "state.sqlite3")
+        return str(Path(self.state_dir or default_state_dir()) / "state.sqlite3")
 
     def models_dir(self) -> Path:
-        return Path(self.state_dir) / "models"
+        return Path(self.state_dir or default_state_dir()) / "models"
 
     def resolved_replica_secret_file(self) -> Path:
         if self.replica_secret_file is not None:
             return Path(self.replica_secret_file)
-        return Path(self.state_dir) / "replica_secret"
+        return Path(self.state_dir or default_state_dir()) / "replica_secret"

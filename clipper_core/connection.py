@@ -7,21 +7,21 @@ embedded one (``ClipperConnection.for_server(srv)``).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
-import ssl
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
 from clipper_core.connection_apply import DeclarativeConfig
-from clipper_core.connection_models import ModelDeployment
+from clipper_core.connection_local import LocalContainerManager, ServerNotRunning
+from clipper_core.connection_models import ModelDeployment, noted
 from clipper_core.connection_pipelines import PipelineConfiguration
 from clipper_core.errors import ClipperError
 
@@ -45,85 +45,22 @@ class RunningServer(Protocol):
     @property
     def scheme(self) -> str: ...
 
+    @property
+    def grpc_port(self) -> int | None: ...
+
+
+__all__ = [
+    "ClipperConnection",
+    "ClipperException",
+    "LocalContainerManager",
+    "RunningServer",
+    "ServerNotRunning",
+]
+
+log = logging.getLogger("clipper_core.connection")
 
 #: Clipper's client raised ``ClipperException``; ours is the same tree.
 ClipperException = ClipperError
-
-
-class ServerNotRunning(ClipperError):
-    """No server answers on the management port."""
-
-    http_status = 503
-    kind = "not_running"
-
-
-class LocalContainerManager:
-    """Where the server runs and how to start it: local processes on this machine.
-
-    Fills the slot of Clipper's ``DockerContainerManager``: pass it to
-    ``ClipperConnection``.
-
-    Args (beyond where the server listens):
-        admin_token: Sent as ``Authorization: Bearer`` on every management call;
-            default ``$CLIPPER_ADMIN_TOKEN``, else the token the server generated in
-            ``<state_dir>/admin_token`` (read when first needed).
-        tls: The server speaks HTTPS (implied by ``tls_ca``).
-        tls_ca: PEM file of the CA that signed the server's certificate (a
-            self-signed certificate is its own CA); default ``$CLIPPER_TLS_CA``,
-            else the system's CAs.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        query_port: int = 1337,
-        management_port: int = 1338,
-        state_dir: str | None = None,
-        *,
-        admin_token: str | None = None,
-        tls: bool = False,
-        tls_ca: str | None = None,
-    ) -> None:
-        self.host = host
-        self.query_port = query_port
-        self.management_port = management_port
-        self.state_dir = state_dir or os.environ.get(
-            "CLIPPER_STATE_DIR", str(Path.home() / ".clipper_core")
-        )
-        self._admin_token = admin_token if admin_token is not None else admin_token_from_env()
-        self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
-        self.tls = tls or self.tls_ca is not None
-
-    @property
-    def admin_token(self) -> str | None:
-        """The token sent to the management API (see the class's arguments)."""
-        if not self._admin_token:
-            self._admin_token = read_admin_token(self.state_dir)
-        return self._admin_token or None
-
-    @admin_token.setter
-    def admin_token(self, value: str | None) -> None:
-        self._admin_token = value
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.tls else "http"
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The client TLS context (None for plain HTTP)."""
-        if not self.tls:
-            return None
-        from clipper_core.tls import client_ssl_context
-
-        return client_ssl_context(self.tls_ca)
-
-    @property
-    def pid_file(self) -> Path:
-        return Path(self.state_dir) / "server.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return Path(self.state_dir) / "server.log"
 
 
 class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfig):
@@ -134,6 +71,13 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
     calls (``register_pipeline``...) from
     :class:`~clipper_core.connection_pipelines.PipelineConfiguration`, and ``apply``
     (a declarative file) from :class:`~clipper_core.connection_apply.DeclarativeConfig`.
+
+    Every call blocks until the server answers, so none may run on the thread of
+    a running event loop (where an embedded server's loop would wait for itself):
+    they raise ``ClipperError`` there; use ``await asyncio.to_thread(...)``.
+    Registering or deploying again with the same arguments changes nothing: the
+    call returns the server's ``"unchanged: ..."`` reply and logs it (INFO,
+    logger ``clipper_core.connection``).
     """
 
     def __init__(
@@ -151,6 +95,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             server.query_port,
             server.management_port,
             server.config.state_dir,
+            grpc_port=server.grpc_port,
             admin_token=server.config.admin_token,
             tls=server.scheme == "https",
             tls_ca=server.config.tls_cert,
@@ -174,7 +119,27 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             headers["Authorization"] = f"Bearer {self.cm.admin_token}"
         return headers
 
+    def _refuse_on_loop(self) -> None:
+        """Raise when called on the thread of a running event loop: the call would
+        block it, and an embedded server on that loop could never answer."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        name = "call"
+        frame = sys._getframe(1)
+        while frame is not None:  # the outermost method of this connection named
+            if frame.f_locals.get("self") is self and not frame.f_code.co_name.startswith("_"):
+                name = frame.f_code.co_name
+            frame = frame.f_back  # type: ignore[assignment]
+        raise ClipperError(
+            f"ClipperConnection.{name} blocks until the server answers, and this thread"
+            " runs an event loop (an embedded server's would wait for itself forever);"
+            f" call it from another thread: await asyncio.to_thread(conn.{name}, ...)"
+        )
+
     def _call(self, op: str, body: dict[str, Any] | None = None) -> Any:
+        self._refuse_on_loop()
         data = json.dumps(body or {}).encode()
         req = urllib.request.Request(
             f"{self.management_url}/admin/{op}",
@@ -203,6 +168,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
     def ping(self) -> bool:
         """Whether a server answers on the management port (a 401, for a wrong or
         missing token, is an answer too)."""
+        self._refuse_on_loop()
         req = urllib.request.Request(f"{self.management_url}/admin/ping", headers=self._headers())
         try:
             with urllib.request.urlopen(req, timeout=2, context=self.cm.ssl_context()) as resp:
@@ -214,89 +180,103 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start_clipper(self, *, timeout: float = 60.0, python: str | None = None) -> None:
-        """Start a server process in the background and wait until it answers."""
-        if self.ping():
-            raise ClipperError(f"a server already answers at {self.management_url}")
-        state = Path(self.cm.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        argv = [
-            python or sys.executable,
-            "-m",
-            "clipper_core.cli",
-            "serve",
-            "--host",
-            self.cm.host,
-            "--query-port",
-            str(self.cm.query_port),
-            "--management-port",
-            str(self.cm.management_port),
-            "--state-dir",
-            str(state),
-        ]
-        env = dict(os.environ)
-        if self.cm._admin_token:  # given to this connection: the server requires the same
-            env[ADMIN_TOKEN_ENV] = self.cm._admin_token
-        with open(self.cm.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.cm.pid_file.write_text(str(proc.pid))
+    def start_clipper(
+        self,
+        *,
+        timeout: float = 60.0,
+        python: str | None = None,
+        serve_args: Sequence[str] = (),
+    ) -> str:
+        """Start a server process in the background and wait until it answers.
+
+        When a server already answers at this address (a script run again), it
+        is used as it is: the call says so (``"unchanged: ..."``, logged at INFO).
+        Ports of 0 are chosen by the server; ``self.cm`` then holds the ones it
+        bound (the OIP gRPC one in ``cm.grpc_port``).
+
+        Args:
+            timeout: Seconds to wait for it to answer.
+            python: The interpreter that runs it (default: this one).
+            serve_args: More ``clipper serve`` options (``["--grpc-port", "0"]``...).
+
+        Raises:
+            ClipperError: The server exited or did not answer in time; or the
+                server already running refuses this connection's token.
+        """
+        if self.cm.management_port != 0 and self.ping():
+            self.connect()  # a server that refuses our token is not "ours"
+            return noted(f"unchanged: a server already answers at {self.management_url}")
+        proc = self.cm.launch(serve_args, python)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if proc.poll() is not None:
                 raise ClipperError(
-                    f"the server exited with code {proc.returncode}:\n{self._log_tail()}"
+                    f"the server exited with code {proc.returncode}:\n{self.cm.log_tail()}"
                 )
-            if self.ping():
+            if self.cm.read_ready() and self.ping():
                 self.connected = True
-                return
+                return (
+                    f"started: query {self.cm.scheme}://{self.get_query_addr()}, management"
+                    f" {self.management_url}, OIP gRPC {self.cm.grpc_port or 'none'}"
+                )
             time.sleep(0.1)
         proc.kill()
         proc.wait()
-        raise ClipperError(f"the server did not answer within {timeout} s:\n{self._log_tail()}")
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.cm.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        raise ClipperError(f"the server did not answer within {timeout} s:\n{self.cm.log_tail()}")
 
     def connect(self) -> None:
         """Check that a server answers; raise ``ServerNotRunning`` otherwise."""
         self._call("get_all_applications")
         self.connected = True
 
-    def stop_all(self, graceful: bool = True, timeout: float = 60.0) -> None:
+    def stop_all(
+        self, graceful: bool = True, timeout: float = 60.0, *, remove_state: bool = False
+    ) -> None:
         """Stop the server and every model container it started.
+
+        By default the server's state stays: a later ``start_clipper`` on the same
+        state folder brings back its apps, models (with their replicas) and
+        pipelines.  With ``remove_state`` every pipeline, application and model
+        version (their files and learned selection state with them) is deleted
+        first, as Clipper's ``stop_all`` left nothing behind; what stays in the
+        state folder is the (empty) store, the management token, the server's log
+        and the built runtime environments (``envs/``, a cache).  A temporary state folder (a
+        manager on port 0 that named none) is removed either way.
 
         The server drains its in-flight requests first (for up to its
         ``shutdown_grace``, 30 s by default); after ``timeout`` seconds a server
         started by ``start_clipper`` is killed."""
         pid = self._server_pid()
         if self.ping():
+            if remove_state:
+                self.remove_everything()
             self._call("shutdown")
+        end = time.monotonic() + timeout
         if pid is None:
-            end = time.monotonic() + timeout
             while self.ping() and time.monotonic() < end:
                 time.sleep(0.1)
-            return
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
         else:
-            os.kill(pid, signal.SIGKILL)
-        self.cm.pid_file.unlink(missing_ok=True)
+            while time.monotonic() < end:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            self.cm.pid_file.unlink(missing_ok=True)
+            self.cm.ready_file.unlink(missing_ok=True)
+        self.cm.remove_temporary_state()
         self.connected = False
+
+    def remove_everything(self) -> None:
+        """Delete every pipeline, application and model version of the server."""
+        for pipeline in self._call("get_all_pipelines"):
+            self._call("delete_pipeline", {"name": pipeline})
+        for app in self.get_all_apps():
+            self.unregister_application(app)
+        for m in self.get_all_models(verbose=True):
+            self.stop_versioned_models({m["model_name"]: [m["model_version"]]})
 
     def _server_pid(self) -> int | None:
         try:
@@ -320,10 +300,22 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         *,
         policy: str = "single",
         policy_config: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str:
         """Register an app; ``policy`` picks the selection policy among its linked
-        models (``single``, ``ensemble``, ``exp3``, ``exp4``, ``epsilon_greedy``,
-        ``ucb1``, ``cascade``) and ``policy_config`` holds its options."""
+        models (``single``: the first linked model answers; ``ensemble``, ``exp3``,
+        ``exp4``, ``epsilon_greedy``, ``ucb1``, ``cascade``) and ``policy_config``
+        holds its options.
+
+        Registering an existing app again is no error: with the same definition
+        nothing changes (``"unchanged: ..."``); a new ``slo_micros`` or
+        ``default_output`` is applied in place, a new policy restarts what the
+        old one learned (``"updated: ..."``); another ``input_type`` is refused,
+        naming both.
+
+        Returns:
+            The server's reply (``"unchanged: ..."`` and ``"updated: ..."`` are
+            also logged at INFO).
+        """
         body: dict[str, Any] = {
             "name": name,
             "input_type": input_type,
@@ -333,7 +325,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         if policy != "single" or policy_config:
             body["policy"] = policy
             body["policy_config"] = policy_config or {}
-        self._call("add_app", body)
+        return noted(self._call("add_app", body))
 
     def unregister_application(self, name: str) -> None:
         self._call("delete_app", {"name": name})
@@ -344,16 +336,27 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         only their SHA-256 digests."""
         self._call("set_api_keys", {"app_name": app_name, "api_keys": list(api_keys)})
 
-    def link_model_to_app(self, app_name: str, model_name: str) -> None:
-        self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+    def link_model_to_app(self, app_name: str, model_name: str) -> str:
+        """Link a model to an app (linking it again changes nothing).  Under
+        policy ``single`` the app's first linked model answers: ``get_app_info``
+        names it (``answering_model``)."""
+        return noted(
+            self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+        )
 
     def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
         self._call("remove_model_links", {"app_name": app_name, "model_names": [model_name]})
 
     def get_all_apps(self, verbose: bool = False) -> list[Any]:
+        """The apps' names; ``verbose``: their definitions, each with
+        ``answering_model`` (see :meth:`get_app_info`)."""
         return list(self._call("get_all_applications", {"verbose": verbose}))
 
     def get_app_info(self, name: str) -> dict[str, Any] | None:
+        """The app's definition and links, or None.  ``answering_model`` is the
+        ``"model:version"`` that answers its queries under policy ``single`` (its
+        first linked model, at its current version), None when none can or a
+        policy chooses per query."""
         info = self._call("get_application", {"name": name})
         return info or None
 

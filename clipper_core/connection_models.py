@@ -10,13 +10,26 @@ container can import what was pickled by reference, or say why it cannot.
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import os
 import sys
 from typing import Any
 
 import cloudpickle
 
-__all__ = ["ModelDeployment", "local_python_path"]
+__all__ = ["ModelDeployment", "local_python_path", "noted"]
+
+log = logging.getLogger("clipper_core.connection")
+
+
+def noted(reply: Any) -> str:
+    """A management reply as text; one that says nothing changed, or what was
+    updated in place, is logged (INFO), so that a script run again says so."""
+    text = reply if isinstance(reply, str) else json.dumps(reply)
+    if text.startswith(("unchanged", "updated")):
+        log.info("%s", text)
+    return text
 
 
 def local_python_path() -> list[str]:
@@ -57,7 +70,8 @@ class ModelDeployment:
         queue_capacity: int | None = None,
         batch_timeout: float | None = None,
         controller: str | None = None,
-    ) -> None:
+        make_current: bool = True,
+    ) -> str:
         body: dict[str, Any] = {
             "model_name": name,
             "model_version": str(version),
@@ -71,6 +85,7 @@ class ModelDeployment:
             "cache_enabled": cache_enabled,
             "batch_wait_micros": batch_wait_micros,
             "python_path": local_python_path(),
+            "make_current": make_current,
         }
         # Admission settings; absent: the server's defaults.
         if queue_capacity is not None:
@@ -83,7 +98,7 @@ class ModelDeployment:
             body["controller"] = controller
         if payload is not None:
             body["payload_b64"] = base64.b64encode(payload).decode()
-        self._call("add_model", body)
+        return noted(self._call("add_model", body))
 
     def deploy_pickled(
         self,
@@ -94,12 +109,26 @@ class ModelDeployment:
         *,
         container_extra: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> None:
+    ) -> str:
         """Deploy a cloudpickled callable or ``Model`` instance (used by deployers).
 
         The Python, cloudpickle and numpy versions are recorded with it, so that a
         container running other ones says so at start (``container_extra`` may
         replace that record, or add a ``runtime_env``).
+
+        Once its replicas serve, the new version answers the model's queries
+        (it becomes current, as in Clipper); ``make_current=False`` deploys it
+        beside the current one (a canary: switch with ``set_model_version``).
+        Deploying a version that exists with the same code (the digest of its
+        pickle) and settings changes nothing and returns ``"unchanged: ..."``;
+        other code under the same version is refused, naming the difference
+        (deploy it as a new version); settings that apply in place
+        (``num_replicas``, ``batch_wait_micros``, ``batch_timeout``,
+        ``cache_enabled``, ``labels``) are updated (``"updated: ..."``).
+
+        Returns:
+            The server's reply (``"unchanged: ..."`` and ``"updated: ..."`` are
+            also logged at INFO).
         """
         from clipper_core.deployers.requirements import deploy_environment
 
@@ -111,7 +140,7 @@ class ModelDeployment:
             ),
             **(container_extra or {}),
         }
-        self._add_model(
+        return self._add_model(
             name,
             version,
             input_type,
@@ -131,9 +160,11 @@ class ModelDeployment:
         num_replicas: int = 1,
         batch_size: int = -1,
         **kwargs: Any,
-    ) -> None:
-        """Deploy an instance of a ``model_containers.Model`` subclass."""
-        self.deploy_pickled(
+    ) -> str:
+        """Deploy an instance of a ``model_containers.Model`` subclass (see
+        :meth:`deploy_pickled`: it becomes current once it serves, unless
+        ``make_current=False``)."""
+        return self.deploy_pickled(
             name,
             version,
             input_type,
@@ -151,11 +182,11 @@ class ModelDeployment:
         input_type: str,
         labels: list[str] | None = None,
         batch_size: int = -1,
-    ) -> None:
+    ) -> str:
         """Register a model whose containers are started by hand and join by
         themselves (``python -m model_containers --register-url ...``).  Its
         ``container_name`` reads ``"NO_CONTAINER"``, as in Clipper."""
-        self._add_model(
+        return self._add_model(
             name,
             version,
             input_type,

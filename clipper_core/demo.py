@@ -4,6 +4,11 @@ The example model is a logistic-regression classifier trained here, now, with
 numpy on generated data; it is deployed as a Python closure in its own process,
 linked to an app with a 100 ms latency objective, and queried over HTTP.  The
 server keeps serving (``curl`` it) until Ctrl-C, unless ``--once`` is given.
+
+Ports: query 1337, management 1338, OIP gRPC 8001 (``--query-port``,
+``--management-port``, ``--grpc-port``; 0 picks a free one, and with
+``--query-port 0`` the gRPC port is a free one too unless given; ``--grpc-port
+-1`` serves no gRPC).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import signal
 import tempfile
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import uvloop
@@ -55,16 +60,30 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-async def main(once: bool, query_port: int, management_port: int) -> None:
+GrpcPort = int | Literal["auto"] | None
+
+
+async def main(
+    once: bool, query_port: int, management_port: int, grpc_port: GrpcPort = "auto"
+) -> None:
     # The demo's store lives as long as the demo: nothing is left in /tmp.
     with tempfile.TemporaryDirectory(prefix="clipper-demo-") as state:
-        await _serve(once, query_port, management_port, state)
+        await _serve(once, query_port, management_port, grpc_port, state)
 
 
-async def _serve(once: bool, query_port: int, management_port: int, state: str) -> None:
+async def _serve(
+    once: bool, query_port: int, management_port: int, grpc_port: GrpcPort, state: str
+) -> None:
     async with ClipperServer(
-        query_port=query_port, management_port=management_port, state_dir=state
+        query_port=query_port,
+        management_port=management_port,
+        grpc_port=grpc_port,
+        state_dir=state,
     ) as server:
+        print(
+            f"serving: query {server.query_url}, management {server.management_url},"
+            f" OIP gRPC port {server.grpc_port or 'none'}"
+        )
         conn = ClipperConnection.for_server(server)
         w, b = train_classifier()
         loop = asyncio.get_running_loop()
@@ -101,10 +120,18 @@ async def _serve(once: bool, query_port: int, management_port: int, state: str) 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="exit after the example queries")
-    parser.add_argument("--query-port", type=int, default=1337)
-    parser.add_argument("--management-port", type=int, default=1338)
+    parser.add_argument("--query-port", type=int, default=1337, help="(1337; 0: a free one)")
+    parser.add_argument("--management-port", type=int, default=1338, help="(1338; 0: a free one)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="OIP gRPC port (8001, or a free one with --query-port 0; 0: a free one; -1: none)",
+    )
     args = parser.parse_args()
-    uvloop.run(main(args.once, args.query_port, args.management_port))
+    grpc: GrpcPort = "auto"
+    if args.grpc_port is not None:
+        grpc = None if args.grpc_port < 0 else args.grpc_port
+    uvloop.run(main(args.once, args.query_port, args.management_port, grpc))
 
 
 if __name__ == "__main__":

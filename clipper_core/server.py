@@ -16,11 +16,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -29,7 +32,7 @@ from typing import Any
 from clipper_core import admin_api, dashboard, query_api
 from clipper_core.admission import ClientLimiter, QueryGate
 from clipper_core.auth import ApiKeys
-from clipper_core.config import ServerConfig
+from clipper_core.config import ServerConfig, default_state_dir
 from clipper_core.control import (
     BackgroundTasks,
     ControlPlane,
@@ -110,6 +113,16 @@ class ClipperServer:
                 raise TypeError(f"unknown server setting {key!r}")
             setattr(cfg, key, value)
         self.config = cfg
+        # A script or test on ephemeral ports that names no state folder gets a
+        # fresh one, removed at stop: a second run starts from nothing.
+        self._temporary_state: weakref.finalize[Any, ClipperServer] | None = None
+        if cfg.wants_temporary_state():
+            cfg.state_dir = tempfile.mkdtemp(prefix="clipper-state-")
+            self._temporary_state = weakref.finalize(
+                self, shutil.rmtree, cfg.state_dir, ignore_errors=True
+            )
+        elif not cfg.state_dir:
+            cfg.state_dir = default_state_dir()
         self.store: StateStore | None = None
         self.control: ControlPlane | None = None
         # Many frontends share the store (state_url): the replica lease decides
@@ -165,7 +178,7 @@ class ClipperServer:
 
     @property
     def grpc_port(self) -> int | None:
-        """The OIP gRPC port bound, or None when ``config.grpc_port`` is None."""
+        """The OIP gRPC port bound, or None when it serves no gRPC."""
         return None if self._grpc is None else self._grpc.port
 
     @property
@@ -325,11 +338,12 @@ class ClipperServer:
         )
         await self._query_http.start()
         await self._admin_http.start()
-        if cfg.grpc_port is not None:
+        grpc_port = cfg.resolved_grpc_port()
+        if grpc_port is not None:
             self._grpc = GrpcInferenceServer(
                 self.oip,
                 host=cfg.host,
-                port=cfg.grpc_port,
+                port=grpc_port,
                 tls=read_tls_files(cfg.tls_cert, cfg.tls_key),
                 max_message_bytes=cfg.max_body_size,
                 transport=cfg.grpc_transport,
@@ -417,6 +431,8 @@ class ClipperServer:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._temporary_state is not None:
+            self._temporary_state()  # the containers are stopped: nothing writes there
         self._stopped.set()
 
     async def _stop_following(self) -> None:

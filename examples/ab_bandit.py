@@ -5,7 +5,9 @@ Two classifiers answer "is x0 + x1 > 0?": ``model_a`` looks at x0 only (right ab
 sending half of the traffic to each; every answer's true label is fed back through
 ``POST /<app>/update``, and Exp3 moves the traffic to the better model.
 
-Run it from the repository root (everything runs on ephemeral ports, nothing stays):
+Run it from the repository root (every port ephemeral, the OIP gRPC one too, and
+the state in a temporary folder removed at stop: it runs beside a server, and
+again):
 
     .venv/bin/python examples/ab_bandit.py
 """
@@ -13,9 +15,7 @@ Run it from the repository root (everything runs on ephemeral ports, nothing sta
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import urllib.request
 from typing import Any
 
@@ -40,13 +40,9 @@ def post(url: str, body: dict[str, Any]) -> Any:
 
 
 def main() -> None:
-    # Every port ephemeral (the OIP gRPC one too), so this runs beside a server.
-    os.environ.setdefault("CLIPPER_GRPC_PORT", "0")
     rng = random.Random(7)
-    with (
-        tempfile.TemporaryDirectory() as state_dir,
-        BackgroundServer(query_port=0, management_port=0, state_dir=state_dir) as bg,
-    ):
+    # query_port=0: every port ephemeral and a temporary state folder.
+    with BackgroundServer(query_port=0, management_port=0) as bg:
         conn = ClipperConnection.for_server(bg.server)
         conn.register_application(
             "ab", "doubles", "0", 1_000_000, policy="exp3", policy_config={"eta": 0.2, "seed": 1}

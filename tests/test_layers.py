@@ -90,6 +90,7 @@ LAYERS: dict[str, int] = {
     # client side
     "clipper_core": CLIENT,
     "clipper_core.connection": CLIENT,
+    "clipper_core.connection_local": CLIENT,
     "clipper_core.connection_models": CLIENT,
     "clipper_core.connection_apply": CLIENT,
     "clipper_core.connection_pipelines": CLIENT,

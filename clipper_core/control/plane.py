@@ -213,20 +213,23 @@ class ControlPlane:
 
     # -- models -------------------------------------------------------------------
 
-    async def deploy_model(self, rec: ModelRecord, *, payload_b64: str | None = None) -> None:
+    async def deploy_model(
+        self, rec: ModelRecord, *, payload_b64: str | None = None, make_current: bool = False
+    ) -> None:
         """Register a model version, start its replicas, and make it current when
-        it is the model's first version.  Returns once the replicas serve; on a
-        failure the version is removed again and the error raised."""
+        it is the model's first version or ``make_current``.  Returns once the
+        replicas serve; on a failure the version is removed again and the error
+        raised."""
         key = (rec.name, rec.version)
         if key in self._deploying:
             raise BadInput(f"model {rec.name}:{rec.version} is being deployed already")
         self._deploying.add(key)
         try:
-            await self._deploy(rec, payload_b64)
+            await self._deploy(rec, payload_b64, make_current)
         finally:
             self._deploying.discard(key)
 
-    async def _deploy(self, rec: ModelRecord, payload_b64: str | None) -> None:
+    async def _deploy(self, rec: ModelRecord, payload_b64: str | None, make_current: bool) -> None:
         if await self._write(self.store.get_model, rec.name, rec.version) is not None:
             raise BadInput(f"model {rec.name}:{rec.version} already exists")
         if payload_b64 is not None:
@@ -266,7 +269,7 @@ class ControlPlane:
             replicas=rec.num_replicas,
             container=rec.container.get("kind", "external"),
         )
-        if first:
+        if first or make_current:
             await self.set_model_version(rec.name, rec.version)
 
     async def _forget_model(self, rec: ModelRecord) -> None:

@@ -18,7 +18,14 @@ from clipper_core.metrics import error_kind
 if TYPE_CHECKING:
     from clipper_core.dataplane.model_version import ModelVersion
 
-__all__ = ["predict_with_slo"]
+__all__ = ["nothing_can_answer", "predict_with_slo"]
+
+
+def nothing_can_answer(model: ModelVersion) -> bool:
+    """Whether ``model`` has no live replica and none is coming back: no replica
+    is connected, and none went away with work in the last seconds (that one is
+    being restarted, and its inputs retried: waiting for it is worth it)."""
+    return not model.replicas and model.isolation.recent_loss() is None
 
 
 async def predict_with_slo(
@@ -32,9 +39,10 @@ async def predict_with_slo(
 ) -> list[Outcome]:
     """Send each input to ``model`` and collect answers until ``deadline``.
 
-    Inputs not answered in time get the app's default output, flagged.  A model
-    error raises when ``raise_errors`` (a single query) and otherwise becomes a
-    flagged default for that input only (one reply per input in a batch).
+    Inputs not answered in time get the app's default output, flagged (at once
+    when ``model`` has no live replica).  A model error raises when
+    ``raise_errors`` (a single query) and otherwise becomes a flagged default for
+    that input only (one reply per input in a batch).
     """
     started = time.monotonic()
     futures: list[asyncio.Future[Any]] = []
@@ -50,7 +58,10 @@ async def predict_with_slo(
         record_failure(app, model, err, len(inputs), rejected=True)
         raise
     try:
-        await wait_until(futures, deadline)
+        # Without a live replica only the cache or a refusal can answer, and they
+        # did at submit: the rest get the default output now, not at the deadline.
+        if not nothing_can_answer(model):
+            await wait_until(futures, deadline)
     except asyncio.CancelledError:
         # The client went away (the HTTP server cancels its handler): withdraw its
         # queued inputs so that they never reach the model.

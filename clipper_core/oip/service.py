@@ -19,7 +19,10 @@ request parameter ``timeout`` (microseconds, as Triton's), a gRPC deadline, or t
 DEADLINE_EXCEEDED.
 
 Metadata (tensor specs, platform) comes from a replica of the version, once; it
-is kept for the life of the version object.
+is kept for the life of the version object.  Outputs a model did not declare are
+corrected from its first answer (``clipper_core.oip.specs.learn_outputs``).  A
+version without a live replica (and none restarting) is refused at once (503 /
+UNAVAILABLE, naming it) rather than at its deadline.
 """
 
 from __future__ import annotations
@@ -28,17 +31,16 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from clipper_core._version import __version__
 from clipper_core.dataplane import Application, ModelVersion
 from clipper_core.dataplane.accounting import count_answered, record_failure
+from clipper_core.dataplane.application import nothing_can_answer
 from clipper_core.dataplane.futures import wait_until
-from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult
+from clipper_core.dataplane.tensor_batch import TensorResult
 from clipper_core.errors import (
     BadInput,
     ClipperError,
@@ -47,7 +49,8 @@ from clipper_core.errors import (
     ReplicaUnavailable,
 )
 from clipper_core.oip import pipeline
-from clipper_core.oip.tensors import InferRequest, InputTensor, OutputTensor
+from clipper_core.oip.specs import build_query, learn_outputs, select_outputs
+from clipper_core.oip.tensors import InferRequest, OutputTensor
 from model_containers.tensors import datatype_of, outputs_to_tensor
 
 if TYPE_CHECKING:
@@ -225,6 +228,8 @@ class InferenceService:
             raise
 
     async def _fetch(self, mv: ModelVersion) -> dict[str, Any]:
+        if not mv.replicas:
+            raise ReplicaUnavailable(f"model {mv.key} has no live replica")
         last: Exception | None = None
         for slot in list(mv.replicas.values()):
             try:
@@ -321,6 +326,13 @@ class InferenceService:
             if app is not None:
                 record_failure(app, mv, exc, rows, rejected=True)
             raise
+        if not fut.done() and nothing_can_answer(mv):
+            # Only the cache or a refusal could answer, at submit: say so now.
+            fut.cancel()
+            refusal = ReplicaUnavailable(f"model {mv.key} has no live replica")
+            if app is not None:
+                record_failure(app, mv, refusal, rows, rejected=True)
+            raise refusal
         try:
             await wait_until([fut], end)
         except asyncio.CancelledError:
@@ -351,6 +363,7 @@ class InferenceService:
         result = fut.result()
         if not isinstance(result, TensorResult):
             raise ClipperError(f"{mv.key} answered a tensor request with {type(result).__name__}")
+        learn_outputs(meta, result)
         if app is not None:
             count_answered(app, mv, rows, now)
         return InferReply(
@@ -400,94 +413,3 @@ def _rows_of(request: InferRequest) -> int:
         if t.shape:
             return max(t.shape[0], 1)
     return 1
-
-
-def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequest) -> TensorQuery:
-    """Check a request against the model's input specs; the queue item it becomes.
-
-    Raises:
-        BadInput: A missing, unknown or repeated input; a datatype or shape that
-            the specs refuse; inputs that disagree on the batch dimension.
-    """
-    given: dict[str, InputTensor] = {}
-    for t in request.inputs:
-        if t.name in given:
-            raise BadInput(f"input {t.name!r} appears twice")
-        given[t.name] = t
-    ordered: list[InputTensor] = []
-    if specs:
-        names = [str(s.get("name", "")) for s in specs]
-        for spec, name in zip(specs, names, strict=True):
-            found = given.pop(name, None)
-            if found is None:
-                raise BadInput(f"missing input {name!r}: model {key} takes {names}")
-            datatype = spec.get("datatype")
-            if datatype and found.datatype != datatype:
-                raise BadInput(
-                    f"input {name!r} is {found.datatype}, but model {key} takes {datatype}"
-                )
-            shape = [int(d) for d in spec.get("shape", [])]
-            if shape:
-                if len(shape) != len(found.shape) or any(
-                    want >= 0 and got != want for got, want in zip(found.shape, shape, strict=True)
-                ):
-                    raise BadInput(
-                        f"input {name!r} has shape {list(found.shape)}, but model {key} takes"
-                        f" {shape} (-1: any size)"
-                    )
-            ordered.append(found)
-        if given:
-            raise BadInput(f"unknown input(s) {sorted(given)}: model {key} takes {names}")
-    else:
-        ordered = list(request.inputs)
-    rows = -1
-    for t in ordered:
-        if not t.shape:
-            raise BadInput(f"input {t.name!r} needs a batch dimension (its first)")
-        if rows >= 0 and t.shape[0] != rows:
-            raise BadInput(
-                f"inputs disagree on the batch dimension: {t.name!r} has {t.shape[0]}"
-                f" rows, the others {rows}"
-            )
-        rows = t.shape[0]
-    if rows < 1:
-        raise BadInput("the batch dimension (the first of every input) must be at least 1")
-    return TensorQuery(
-        [t.name for t in ordered],
-        [t.datatype for t in ordered],
-        [t.array for t in ordered],
-        model_parameters(request.parameters),
-    )
-
-
-#: Request parameters the server acts on itself; the model never sees them.
-SERVER_PARAMETERS = frozenset({"timeout", "binary_data_output"})
-
-
-def model_parameters(parameters: Mapping[str, Any]) -> bytes:
-    """The request's parameters for the model: a JSON object, keys sorted, so that
-    equal parameters make equal bytes (they key the cache and group calls)."""
-    mine = {k: v for k, v in parameters.items() if k not in SERVER_PARAMETERS}
-    if not mine:
-        return b""
-    return orjson.dumps(mine, option=orjson.OPT_SORT_KEYS)
-
-
-def select_outputs(key: str, result: TensorResult, request: InferRequest) -> list[OutputTensor]:
-    """The outputs the client asked for (all by default), each binary or not."""
-    outputs = result.outputs
-    if request.outputs is None or not request.outputs:
-        return [
-            OutputTensor(name, dt, arr, request.binary_output)
-            for name, (dt, arr) in outputs.items()
-        ]
-    chosen: list[OutputTensor] = []
-    for wanted in request.outputs:
-        found = outputs.get(wanted.name)
-        if found is None:
-            raise BadInput(
-                f"model {key} has no output {wanted.name!r}; it answers {sorted(outputs)}"
-            )
-        binary = request.binary_output if wanted.binary is None else wanted.binary
-        chosen.append(OutputTensor(wanted.name, found[0], found[1], binary))
-    return chosen

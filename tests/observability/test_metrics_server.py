@@ -173,7 +173,8 @@ def test_oip_requests_to_an_app_count_in_its_figures(server: Running) -> None:
     assert infer("oipobs", [[5.0, 5.0]])["outputs"][0]["data"] == [10.0]
     slow_reply = infer("oipslow", [[1.0]])
     assert slow_reply["parameters"]["default"] is True, slow_reply
-    bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}
+    # INT64 -> FP64 is not lossless (FP32 would be converted and answered).
+    bad = {"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 1], "data": [1]}]}
     assert server.client.post("/v2/models/oipobs/infer", bad)[0] == 400
 
     m = conn.get_metrics()

@@ -205,9 +205,11 @@ def test_errors_map_to_grpc_status(client: Any, grpc_url: str, oip: OipServer) -
     status, msg = _status(lambda: client.get_model_metadata("nope"))
     assert status == "StatusCode.NOT_FOUND"
     status, msg = _status(
-        lambda: client.infer("summer", [_input("input", x.astype(np.float32), "FP32")])
+        lambda: client.infer("summer", [_input("input", x.astype(np.int64), "INT64")])
     )
     assert status == "StatusCode.INVALID_ARGUMENT" and "FP64" in msg
+    answer = client.infer("summer", [_input("input", x.astype(np.float32), "FP32")])
+    assert answer.as_numpy("output").tolist() == [3.0]
     status, msg = _status(lambda: client.infer("summer", [_input("wrong", x, "FP64")]))
     assert status == "StatusCode.INVALID_ARGUMENT" and "missing input" in msg
     status, msg = _status(

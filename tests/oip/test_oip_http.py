@@ -61,13 +61,15 @@ def test_health_and_server_metadata(client: Any, oip: OipServer) -> None:
 
 
 def test_model_metadata(client: Any) -> None:
+    # A closure declares no outputs: what it answers tells (FP64 sums).
+    client.infer("summer", [_input("input", np.array([[1.0]]), "FP64")])
     meta = client.get_model_metadata("summer")
     assert meta == {
         "name": "summer",
         "versions": ["1"],
         "platform": "python_closure",
         "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, -1]}],
-        "outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "output", "datatype": "FP64", "shape": [-1]}],
     }
     assert client.get_model_metadata("summer", "1")["name"] == "summer"
     mixer = client.get_model_metadata("mixer")
@@ -248,8 +250,11 @@ def test_errors_through_tritonclient(client: Any) -> None:
     assert err.status() == "404" and "9" in err.message()
     err = _error(lambda: client.get_model_metadata("nope"))
     assert err.status() == "404"
-    err = _error(lambda: client.infer("summer", [_input("input", x.astype(np.float32), "FP32")]))
-    assert err.status() == "400" and "FP32" in err.message() and "FP64" in err.message()
+    # INT64 -> FP64 can round (above 2**53): refused; FP32 -> FP64 is exact: taken.
+    err = _error(lambda: client.infer("summer", [_input("input", x.astype(np.int64), "INT64")]))
+    assert err.status() == "400" and "INT64" in err.message() and "FP64" in err.message()
+    answer = client.infer("summer", [_input("input", x.astype(np.float32), "FP32")])
+    assert answer.as_numpy("output").tolist() == [3.0]
     err = _error(lambda: client.infer("summer", [_input("other", x, "FP64")]))
     assert err.status() == "400" and "missing input 'input'" in err.message()
     a = np.zeros((1, 3), dtype=np.int32)  # the model takes [-1, 2]

@@ -14,7 +14,7 @@ import pytest
 from clipper_core.dataplane.model_version import PendingQuery
 from clipper_core.dataplane.tensor_batch import TensorQuery, TensorResult, predict_tensor_batch
 from clipper_core.errors import BadInput, ModelError
-from clipper_core.oip.service import build_query, select_outputs
+from clipper_core.oip.specs import build_query, select_outputs
 from clipper_core.oip.tensors import (
     InferRequest,
     InputTensor,

@@ -228,7 +228,14 @@ def test_version_switch_under_load_has_no_failures(running: Running) -> None:
     conn.register_application("ver", "doubles", "-1", 10_000_000)
     conn.deploy_pickled("ver", 1, "doubles", models.make_constant("v1", 0.005), cache_enabled=False)
     conn.link_model_to_app("ver", "ver")
-    conn.deploy_pickled("ver", 2, "doubles", models.make_constant("v2", 0.005), cache_enabled=False)
+    conn.deploy_pickled(
+        "ver",
+        2,
+        "doubles",
+        models.make_constant("v2", 0.005),
+        cache_enabled=False,
+        make_current=False,  # a canary: the switch comes under load
+    )
     assert conn.get_current_model_version("ver") == "1"
     # Each answer with when its request was sent and when the answer came back.
     results: list[tuple[float, float, int, dict]] = []
@@ -325,8 +332,11 @@ def test_configuration_api_reports_state(running: Running) -> None:
     model = conn.get_model_info("info", 1)
     assert model is not None and model["is_current_version"] and model["labels"] == ["demo"]
     assert conn.get_all_model_replicas() == ["info:1:0"]
-    with pytest.raises(ClipperError, match="already exists"):
-        deploy_python_closure(conn, "info", 1, "doubles", models.make_sum())
+    # The same again changes nothing; other code under that version is refused.
+    said = deploy_python_closure(conn, "info", 1, "doubles", models.make_sum(), labels=["demo"])
+    assert said.startswith("unchanged")
+    with pytest.raises(ClipperError, match="deployed already"):
+        deploy_python_closure(conn, "info", 1, "doubles", models.make_constant(0), labels=["demo"])
     conn.stop_models(["info"])
     assert conn.get_all_models() == []
     conn.unregister_application("info")

@@ -1,0 +1,190 @@
+"""``LocalContainerManager``: where a server runs on this machine, and its process.
+
+It holds what a :class:`~clipper_core.connection.ClipperConnection` needs to
+reach a server (address, ports, token, TLS) and, for ``start_clipper``, how to
+start one as a background ``clipper serve`` process and learn the ports it bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
+from clipper_core.config import default_state_dir, state_dir_is_named
+from clipper_core.errors import ClipperError
+
+__all__ = ["LocalContainerManager", "ServerNotRunning"]
+
+
+class ServerNotRunning(ClipperError):
+    """No server answers on the management port."""
+
+    http_status = 503
+    kind = "not_running"
+
+
+class LocalContainerManager:
+    """Where the server runs and how to start it: local processes on this machine.
+
+    Fills the slot of Clipper's ``DockerContainerManager``: pass it to
+    ``ClipperConnection``.
+
+    Args:
+        host: The server's address.
+        query_port: Its query port (1337); 0: ``start_clipper`` starts a server
+            on a free port and records the one it bound here.
+        management_port: Its management port (1338); 0 as ``query_port``.
+        state_dir: The server's state folder.  Default: ``$CLIPPER_STATE_DIR``,
+            else a fresh temporary folder when ``query_port`` is 0 (removed by
+            ``stop_all``), else ``~/.clipper_core``.
+        grpc_port: The OIP gRPC port ``start_clipper`` asks for (0: a free one,
+            None: none).  ``"auto"`` (the default): ``$CLIPPER_GRPC_PORT`` if set,
+            else a free port when ``query_port`` is 0, else 8001.  After
+            ``start_clipper`` it holds the port bound.
+        admin_token: Sent as ``Authorization: Bearer`` on every management call;
+            default ``$CLIPPER_ADMIN_TOKEN``, else the token the server generated in
+            ``<state_dir>/admin_token`` (read when first needed).
+        tls: The server speaks HTTPS (implied by ``tls_ca``).
+        tls_ca: PEM file of the CA that signed the server's certificate (a
+            self-signed certificate is its own CA); default ``$CLIPPER_TLS_CA``,
+            else the system's CAs.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        query_port: int = 1337,
+        management_port: int = 1338,
+        state_dir: str | None = None,
+        *,
+        grpc_port: int | Literal["auto"] | None = "auto",
+        admin_token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | None = None,
+    ) -> None:
+        self.host = host
+        self.query_port = query_port
+        self.management_port = management_port
+        self.grpc_port = grpc_port
+        #: Whether ``state_dir`` is a temporary folder of ours (``stop_all`` removes it).
+        self.temporary_state = state_dir is None and not state_dir_is_named() and query_port == 0
+        if self.temporary_state:
+            state_dir = tempfile.mkdtemp(prefix="clipper-state-")
+        self.state_dir = state_dir or default_state_dir()
+        self._admin_token = admin_token if admin_token is not None else admin_token_from_env()
+        self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
+        self.tls = tls or self.tls_ca is not None
+
+    @property
+    def admin_token(self) -> str | None:
+        """The token sent to the management API (see the class's arguments)."""
+        if not self._admin_token:
+            self._admin_token = read_admin_token(self.state_dir)
+        return self._admin_token or None
+
+    @admin_token.setter
+    def admin_token(self, value: str | None) -> None:
+        self._admin_token = value
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None for plain HTTP)."""
+        if not self.tls:
+            return None
+        from clipper_core.tls import client_ssl_context
+
+        return client_ssl_context(self.tls_ca)
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.state_dir) / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.state_dir) / "server.log"
+
+    @property
+    def ready_file(self) -> Path:
+        """Where a server started here writes the ports it bound."""
+        return Path(self.state_dir) / "server.ready.json"
+
+    # -- the server process -------------------------------------------------------
+
+    def serve_argv(self, serve_args: Sequence[str] = (), python: str | None = None) -> list[str]:
+        """The command line of a ``clipper serve`` for this address and state;
+        ``serve_args`` (more ``clipper serve`` options) come last and win."""
+        argv = [
+            python or sys.executable,
+            "-m",
+            "clipper_core.cli",
+            "serve",
+            "--host",
+            self.host,
+            "--query-port",
+            str(self.query_port),
+            "--management-port",
+            str(self.management_port),
+            "--state-dir",
+            str(self.state_dir),
+            "--ready-file",
+            str(self.ready_file),
+        ]
+        if self.grpc_port != "auto":
+            argv += ["--grpc-port", str(-1 if self.grpc_port is None else self.grpc_port)]
+        return argv + list(serve_args)
+
+    def launch(
+        self, serve_args: Sequence[str] = (), python: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``clipper serve`` in the background (its output to ``log_file``)."""
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        env = dict(os.environ)
+        if self._admin_token:  # given to this connection: the server requires the same
+            env[ADMIN_TOKEN_ENV] = self._admin_token
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                self.serve_argv(serve_args, python),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def read_ready(self) -> bool:
+        """Take the bound ports from a started server's ready file; False until
+        it is written."""
+        try:
+            ready = json.loads(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return False
+        self.query_port = int(ready["query_port"])
+        self.management_port = int(ready["management_port"])
+        self.grpc_port = ready.get("grpc_port")
+        return True
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def remove_temporary_state(self) -> None:
+        """Remove the state folder when it is a temporary one of ours."""
+        if self.temporary_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
