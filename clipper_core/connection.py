@@ -63,6 +63,21 @@ log = logging.getLogger("clipper_core.connection")
 ClipperException = ClipperError
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone (a child of ours that exited is reaped: a
+    zombie still answers ``kill(pid, 0)``)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfig):
     """Configure a running clipper_core server (Clipper's ``clipper_admin`` API).
 
@@ -257,9 +272,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
                 time.sleep(0.1)
         else:
             while time.monotonic() < end:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if _exited(pid):
                     break
                 time.sleep(0.1)
             else:

@@ -49,12 +49,12 @@ from clipper_core.embedded import ServerThread
 from clipper_core.errors import BadInput
 from clipper_core.http import HttpServer, Router
 from clipper_core.http.same_origin import SameOriginPolicy
+from clipper_core.listeners import Listeners
 from clipper_core.logs import log_event
 from clipper_core.managers.base import ContainerManager
 from clipper_core.managers.local import LocalProcessManager
 from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
-from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
 from clipper_core.planning import budgets
 from clipper_core.query_refusal import header_refusal
 from clipper_core.replica_client import ReplicaConnector, insecure_connector
@@ -158,28 +158,31 @@ class ClipperServer:
         #: The per-model replica tokens (read at start, from the secret file).
         self.replica_tokens: ReplicaTokens | None = None
         self._apply: DataPlaneReconciler | None = None
-        self._grpc: GrpcInferenceServer | None = None
-        self._query_http: HttpServer | None = None
-        self._admin_http: HttpServer | None = None
+        self.listeners: Listeners | None = None
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
 
     # -- addresses --------------------------------------------------------------
 
     @property
+    def _query_http(self) -> HttpServer:
+        assert self.listeners is not None, "server not started"
+        return self.listeners.query
+
+    @property
     def query_port(self) -> int:
-        assert self._query_http is not None, "server not started"
         return self._query_http.port
 
     @property
     def management_port(self) -> int:
-        assert self._admin_http is not None, "server not started"
-        return self._admin_http.port
+        assert self.listeners is not None, "server not started"
+        return self.listeners.admin.port
 
     @property
     def grpc_port(self) -> int | None:
         """The OIP gRPC port bound, or None when it serves no gRPC."""
-        return None if self._grpc is None else self._grpc.port
+        grpc = None if self.listeners is None else self.listeners.grpc
+        return None if grpc is None else grpc.port
 
     @property
     def scheme(self) -> str:
@@ -296,13 +299,6 @@ class ClipperServer:
         cfg = self.config
         prepare_state_dir(cfg)
         admin_token = resolve_admin_token(cfg)
-        ssl_context = None
-        if cfg.tls_cert or cfg.tls_key:
-            if not (cfg.tls_cert and cfg.tls_key):
-                raise BadInput("TLS needs both tls_cert and tls_key")
-            from clipper_core.tls import server_ssl_context
-
-            ssl_context = server_ssl_context(cfg.tls_cert, cfg.tls_key)
         self.replica_tokens = await asyncio.to_thread(
             ReplicaTokens.load_or_create, cfg.resolved_replica_secret_file()
         )
@@ -311,44 +307,18 @@ class ClipperServer:
         self._apply = apply
         assert self.control is not None
         query_router, admin_router = self._routers(self.control)
-        self._query_http = HttpServer(
-            query_router,
-            host=cfg.host,
-            port=cfg.query_port,
-            max_body_size=cfg.max_body_size,
-            max_header_size=cfg.max_header_size,
-            access_log=cfg.access_log,
-            ssl=ssl_context,
-            header_guard=header_refusal(self.dataplane, self.gate),
-            max_inflight_body_bytes=cfg.max_inflight_body_bytes,
-            max_connections=cfg.max_connections,
-            min_body_rate=cfg.min_body_rate,
-        )
         policy = SameOriginPolicy(
             cfg.host, lambda: self.management_port, self.scheme, cfg.allowed_hosts
         )
-        self._admin_http = HttpServer(
-            admin_router,
-            host=cfg.host,
-            port=cfg.management_port,
-            max_body_size=1 << 30,
-            access_log=cfg.access_log,
-            ssl=ssl_context,
-            guard=admin_api.admin_guard(admin_token, policy),
+        self.listeners = Listeners(
+            cfg,
+            query=query_router,
+            admin=admin_router,
+            admin_guard=admin_api.admin_guard(admin_token, policy),
+            header_guard=header_refusal(self.dataplane, self.gate),
+            oip=self.oip,
         )
-        await self._query_http.start()
-        await self._admin_http.start()
-        grpc_port = cfg.resolved_grpc_port()
-        if grpc_port is not None:
-            self._grpc = GrpcInferenceServer(
-                self.oip,
-                host=cfg.host,
-                port=grpc_port,
-                tls=read_tls_files(cfg.tls_cert, cfg.tls_key),
-                max_message_bytes=cfg.max_body_size,
-                transport=cfg.grpc_transport,
-            )
-            await self._grpc.start()
+        await self.listeners.start()
         self.started_at = time.time()
         self.metrics.start()
         # The restore: the same reconcile that applies every later change, then
@@ -379,7 +349,7 @@ class ClipperServer:
             log,
             "server_started",
             f"clipper_core serving: query {self.query_url}, management {self.management_url}"
-            + ("" if self._grpc is None else f", OIP gRPC {cfg.host}:{self._grpc.port}"),
+            + ("" if self.grpc_port is None else f", OIP gRPC {cfg.host}:{self.grpc_port}"),
             query_url=self.query_url,
             management_url=self.management_url,
             pid=os.getpid(),
@@ -406,13 +376,8 @@ class ClipperServer:
 
     async def _shutdown(self) -> None:
         self.ready = False
-        grace = self.config.shutdown_grace
-        listeners = [h for h in (self._query_http, self._admin_http, self._grpc) if h is not None]
-        for result in await asyncio.gather(
-            *(h.stop(grace) for h in listeners), return_exceptions=True
-        ):
-            if isinstance(result, Exception):
-                log.warning("stopping a frontend failed: %r", result)
+        if self.listeners is not None:
+            await self.listeners.stop(self.config.shutdown_grace)
         # Dispatchers first, then processes: a replica killed under a running
         # dispatcher would hand its batch back for nothing.  Each step runs even
         # if one before it failed, so containers are always stopped.

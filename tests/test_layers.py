@@ -83,6 +83,7 @@ LAYERS: dict[str, int] = {
     # L6 composition roots
     "clipper_core.server": ROOTS_LAYER,
     "clipper_core.embedded": ROOTS_LAYER,
+    "clipper_core.listeners": ROOTS_LAYER,
     "clipper_core.cli": ROOTS_LAYER,
     "clipper_core.cli_serve": ROOTS_LAYER,
     "clipper_core.cli_pipelines": ROOTS_LAYER,

@@ -1,0 +1,117 @@
+"""The server's listeners: the query port (Clipper REST and OIP over HTTP), the
+management port, and the OIP gRPC port.
+
+Like aiohttp's sites under an ``AppRunner``: the routers say what is served,
+:class:`Listeners` binds them with the configuration's limits and TLS, and stops
+them together, letting in-flight requests finish for the shutdown grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from clipper_core.config import ServerConfig
+from clipper_core.errors import BadInput
+from clipper_core.http import HttpServer, Request, Response, Router
+from clipper_core.oip import InferenceService
+from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
+
+log = logging.getLogger("clipper_core.server")
+
+Guard = Callable[[Request], Response | None]
+
+
+def server_ssl(cfg: ServerConfig) -> Any:
+    """The TLS context of both HTTP ports, or None.
+
+    Raises:
+        BadInput: Only one of ``tls_cert`` and ``tls_key`` is given.
+    """
+    if not (cfg.tls_cert or cfg.tls_key):
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise BadInput("TLS needs both tls_cert and tls_key")
+    from clipper_core.tls import server_ssl_context
+
+    return server_ssl_context(cfg.tls_cert, cfg.tls_key)
+
+
+class Listeners:
+    """The three listeners of one server, started and stopped together.
+
+    Args:
+        cfg: Ports, limits and TLS.
+        query: The query port's routes.
+        admin: The management port's routes.
+        admin_guard: Runs before every management request (token, same origin).
+        header_guard: Runs on each query's headers, before its body is read.
+        oip: Served on the gRPC port (when ``cfg`` asks for one).
+    """
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        *,
+        query: Router,
+        admin: Router,
+        admin_guard: Guard,
+        header_guard: Guard,
+        oip: InferenceService,
+    ) -> None:
+        ssl = server_ssl(cfg)
+        self.query = HttpServer(
+            query,
+            host=cfg.host,
+            port=cfg.query_port,
+            max_body_size=cfg.max_body_size,
+            max_header_size=cfg.max_header_size,
+            access_log=cfg.access_log,
+            ssl=ssl,
+            header_guard=header_guard,
+            max_inflight_body_bytes=cfg.max_inflight_body_bytes,
+            max_connections=cfg.max_connections,
+            min_body_rate=cfg.min_body_rate,
+        )
+        self.admin = HttpServer(
+            admin,
+            host=cfg.host,
+            port=cfg.management_port,
+            max_body_size=1 << 30,
+            access_log=cfg.access_log,
+            ssl=ssl,
+            guard=admin_guard,
+        )
+        grpc_port = cfg.resolved_grpc_port()
+        self.grpc = (
+            None
+            if grpc_port is None
+            else GrpcInferenceServer(
+                oip,
+                host=cfg.host,
+                port=grpc_port,
+                tls=read_tls_files(cfg.tls_cert, cfg.tls_key),
+                max_message_bytes=cfg.max_body_size,
+                transport=cfg.grpc_transport,
+            )
+        )
+
+    async def start(self) -> None:
+        """Bind the ports (the ones asked as 0 get free ones)."""
+        await self.query.start()
+        await self.admin.start()
+        if self.grpc is not None:
+            await self.grpc.start()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; in-flight requests get ``grace`` seconds to finish."""
+        servers: list[Any] = [self.query, self.admin]
+        if self.grpc is not None:
+            servers.append(self.grpc)
+        for result in await asyncio.gather(
+            *(s.stop(grace) for s in servers), return_exceptions=True
+        ):
+            if isinstance(result, Exception):
+                log.warning("stopping a frontend failed: %r", result)
