@@ -28,9 +28,10 @@ def non_finite_name(x: float) -> str:
 def jsonable(output: Any) -> Any:
     """``output`` as values that orjson writes faithfully (see the module)."""
     if isinstance(output, np.ndarray):
-        if output.dtype.kind == "f" and not np.isfinite(output).all():
-            return _named(output.tolist())
-        return output.tolist()
+        values = output.tolist()
+        if output.dtype.kind == "f" and not _all_finite(output, values):
+            return _named(values)
+        return values
     if isinstance(output, np.generic):
         return _named(output.item())
     t = type(output)
@@ -39,6 +40,18 @@ def jsonable(output: Any) -> Any:
     if t is float or ((t is list or t is dict or t is tuple) and _may_hold_non_finite(output)):
         return _named(output)
     return output
+
+
+def _all_finite(array: np.ndarray[Any, Any], values: Any) -> bool:
+    # Small arrays (most replies): a loop over the list is cheaper than a numpy
+    # reduction's fixed cost of a few microseconds.
+    if array.size > _SMALL:
+        return bool(np.isfinite(array).all())
+    flat = values if array.ndim == 1 else array.ravel().tolist()
+    return all(map(math.isfinite, flat))
+
+
+_SMALL = 256
 
 
 def _may_hold_non_finite(value: Any) -> bool:
