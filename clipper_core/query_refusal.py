@@ -61,6 +61,11 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
     # Model version -> requests let through in this round of the event loop.
     passed: dict[ModelVersion, int] = {}
 
+    def _passed(mv: ModelVersion, incoming: int) -> None:
+        if not passed:
+            asyncio.get_running_loop().call_soon(passed.clear)
+        passed[mv] = incoming + 1
+
     def refuse(request: Request) -> Response | None:
         path = request.path
         if request.method != "POST" or not path.endswith(_PREDICT):
@@ -73,6 +78,12 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
         mv = None if model is None else model.version_for(None)
         if mv is None or mv.input_type != app.input_type:
             return None
+        incoming = passed.get(mv, 0)
+        if len(mv.queue) + incoming < mv.controller.batch_size:
+            # Less than a batch waiting: no storm, nothing to decide before the
+            # body (admission at submission still judges the input's deadline).
+            _passed(mv, incoming)
+            return None
         try:
             gate.check(app.name, request.headers)
             deadline = deadline_from_headers(request.headers)
@@ -81,12 +92,9 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
         end = time.monotonic() + app.slo
         if deadline is not None and deadline < end:
             end = deadline
-        incoming = passed.get(mv, 0)
         refusal = mv.overload(end, incoming)
         if refusal is None:
-            if not passed:
-                asyncio.get_running_loop().call_soon(passed.clear)
-            passed[mv] = incoming + 1
+            _passed(mv, incoming)
             return None
         mv.rejected_overload += 1
         record_failure(app, mv, refusal, 1, rejected=True)
