@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 from container_harness import Launcher, model_class_args, run_async
 from sample_models import SumModel
+from tls_certs import self_signed
 
 from clipper_core.dataplane.model_version import ModelVersion
 from clipper_core.replica_client import ReplicaClient, insecure_connector
@@ -69,45 +68,6 @@ def test_insecure_connector_builds_todays_client() -> None:
     assert repr(client) == "ReplicaClient(m:1 replica r0 at 127.0.0.1:1)"
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipper-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class _MetadataRecorder(grpc.ServerInterceptor):  # type: ignore[misc]
     """Records each call's method and the metadata it arrived with."""
 
@@ -125,7 +85,7 @@ class _MetadataRecorder(grpc.ServerInterceptor):  # type: ignore[misc]
 @pytest.fixture
 def tls_container(tmp_path: Path) -> Iterator[tuple[str, Path, _MetadataRecorder]]:
     """The container's real servicer (SumModel) behind a TLS-only gRPC server."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     recorder = _MetadataRecorder()
     executor = ThreadPoolExecutor(max_workers=4)
     server = grpc.server(executor, interceptors=[recorder])

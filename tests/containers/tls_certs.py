@@ -81,3 +81,23 @@ class CertificateAuthority:
                 critical=False,
             )
         return _write(self.folder, stem, builder.sign(self.key, hashes.SHA256()), key)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (its own CA: clients
+    trust it by this same file), and its key; returns their PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipper-test")])
+    cert = (
+        _builder("clipper-test", name, key.public_key())
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write(folder, "cert", cert, key)

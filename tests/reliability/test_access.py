@@ -6,8 +6,6 @@ OIP gRPC port (and the gRPC helpers) with a self-signed certificate made here.""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -26,6 +24,7 @@ from clipper_core.tls import (
     grpc_channel_credentials,
     grpc_server_credentials,
 )
+from tests.containers.tls_certs import self_signed
 from tests.reliability.conftest import REPO, http
 from tests.server import models as server_models
 from tests.server.conftest import Running, start_server
@@ -182,46 +181,8 @@ def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
     assert status == 200 and body["success"], body
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipper-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_on_both_http_ports(servers: list[Running], tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     r = start_server(tmp_path / "s", tls_cert=str(cert), tls_key=str(key))
     servers.append(r)
     assert r.server.query_url.startswith("https://")
@@ -256,7 +217,7 @@ def test_grpc_tls_helpers(tmp_path: Path) -> None:
     from model_containers._proto import health_pb2, health_pb2_grpc
     from model_containers.health import SERVING, HealthServicer
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     health = HealthServicer()
     health.set_status("", SERVING)
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
@@ -284,7 +245,7 @@ def test_tls_on_the_oip_grpc_port(servers: list[Running], tmp_path: Path) -> Non
     from tritonclient.grpc import service_pb2, service_pb2_grpc
     from tritonclient.utils import InferenceServerException
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     r = start_server(tmp_path / "s", tls_cert=str(cert), tls_key=str(key), grpc_port=0)
     servers.append(r)
     port = r.server.grpc_port
