@@ -304,6 +304,37 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[k]
 
 
+def deploy_behind_app(
+    server: Server,
+    state: Path,
+    app: str,
+    model: Any,
+    *,
+    slo_ms: float,
+    batch_size: int,
+    replicas: int = 1,
+) -> Any:
+    """Connect to ``server``, register ``app`` with an SLO and serve it with
+    ``model`` (a closure; model name = app name, cache off); the connection."""
+    from clipper_core.connection import ClipperConnection, LocalContainerManager
+
+    conn = ClipperConnection(
+        LocalContainerManager("127.0.0.1", server.query_port, server.management_port, str(state))
+    )
+    conn.register_application(app, "doubles", "-1", int(slo_ms * 1000))
+    conn.deploy_pickled(
+        app,
+        1,
+        "doubles",
+        model,
+        num_replicas=replicas,
+        batch_size=batch_size,
+        cache_enabled=False,
+    )
+    conn.link_model_to_app(app, app)
+    return conn
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of overload")
@@ -318,26 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from clipper_core.connection import ClipperConnection, LocalContainerManager
-
     state = Path(tempfile.mkdtemp(prefix="clipper-overload-"))
     server = Server(state, ["--no-admission"] if args.no_admission else [])
     try:
-        conn = ClipperConnection(
-            LocalContainerManager(
-                "127.0.0.1", server.query_port, server.management_port, str(state)
-            )
-        )
-        conn.register_application("ovl", "doubles", "-1", int(args.slo_ms * 1000))
-        conn.deploy_pickled(
+        conn = deploy_behind_app(
+            server,
+            state,
             "ovl",
-            1,
-            "doubles",
             make_model(args.base_ms / 1000, args.per_item_ms / 1000),
+            slo_ms=args.slo_ms,
             batch_size=args.batch_size,
-            cache_enabled=False,
         )
-        conn.link_model_to_app("ovl", "ovl")
         container = next(r["pid"] for r in conn.get_state()["replicas"])
         nominal = args.batch_size / ((args.base_ms + args.per_item_ms * args.batch_size) / 1000)
         # Three batches' worth of clients: one batch at the model, a full one waiting

@@ -37,7 +37,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.overload import REQUEST_TIMEOUT, Pool, Server, measure_capacity, percentile, request
+from bench.overload import (
+    REQUEST_TIMEOUT,
+    Pool,
+    Server,
+    deploy_behind_app,
+    measure_capacity,
+    percentile,
+    request,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,27 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from clipper_core.connection import ClipperConnection, LocalContainerManager
-
     state = Path(tempfile.mkdtemp(prefix="clipper-poison-"))
     server = Server(state, [])
     try:
-        conn = ClipperConnection(
-            LocalContainerManager(
-                "127.0.0.1", server.query_port, server.management_port, str(state)
-            )
-        )
-        conn.register_application("psn", "doubles", "-1", int(args.slo_ms * 1000))
-        conn.deploy_pickled(
+        conn = deploy_behind_app(
+            server,
+            state,
             "psn",
-            1,
-            "doubles",
             make_model(args.base_ms / 1000, args.per_item_ms / 1000),
-            num_replicas=args.replicas,
+            slo_ms=args.slo_ms,
             batch_size=args.batch_size,
-            cache_enabled=False,
+            replicas=args.replicas,
         )
-        conn.link_model_to_app("psn", "psn")
         capacity = asyncio.run(
             measure_capacity(server.query_port, "psn", 5.0, concurrency=args.batch_size * 3)
         )
