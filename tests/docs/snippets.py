@@ -25,8 +25,10 @@ Expected output: in a python block, the ``# -> ...`` comments (continued by
 without whitespace, and ``...`` stands for anything.
 
 Ports: the server's defaults 1337 (query), 1338 (management) and 8001 (OIP gRPC)
-are replaced, as whole numbers, by free ports chosen for the page, and each page
-gets its own temporary ``$HOME`` (so ``~/.clipper_core`` is fresh).
+are replaced, as whole numbers, by free ports chosen for the page; ``clipper`` runs
+with the page's ports (a wrapper on ``PATH`` passes them before the command);
+each page gets its own temporary ``$HOME`` (so ``~/.clipper_core`` is fresh) and
+runs in a temporary folder where ``examples/`` is the repository's.
 """
 
 from __future__ import annotations

@@ -105,14 +105,24 @@ def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
     home.mkdir()
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"blocks": runs}))
-    bindir = str(Path(sys.executable).parent)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    # `clipper` in a page talks to the page's server: the page's ports come first
+    # (a snippet's own --query-port after its command still wins).
+    wrapper = bindir / "clipper"
+    wrapper.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -m clipper_core.cli --query-port {chosen[0]}"
+        f' --management-port {chosen[1]} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith("CLIPPER_") and k not in ("PYTEST_CURRENT_TEST",)
     }
     env.update(
         HOME=str(home),
-        PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+        PATH=os.pathsep.join((str(bindir), str(Path(sys.executable).parent), env.get("PATH", ""))),
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
         # One token for every server of the page, so that the cleanup below can
         # stop whatever a snippet started, wherever its state folder is.
