@@ -33,7 +33,7 @@ from tests.docs.snippets import (
 pytestmark = [pytest.mark.docs, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DRIVER = Path(__file__).with_name("snippet_driver.py")
-OPTIONAL_MODULES = ("torch", "tensorflow", "pyspark", "sklearn", "xgboost", "onnx", "requests")
+OPTIONAL_MODULES = ("torch", "tensorflow", "pyspark", "sklearn", "xgboost", "onnx", "tritonclient")
 IMPORTABLE = {m for m in OPTIONAL_MODULES if importlib.util.find_spec(m) is not None}
 PAGES = [p for p in pages() if any(b.lang in ("python", "bash") for b in blocks(p))]
 
