@@ -102,6 +102,16 @@ def render() -> str:
         (parser.description or "").strip(),
         "```",
         "",
+        "When no server answers, commands say so and exit 1. `clipper start` takes"
+        " every option of `clipper serve` and passes it to the server it starts (a"
+        " server already answering there is left as it is); it prints the ports bound"
+        " (`--query-port 0` picks free ones). Every command sends the management token"
+        " (`--admin-token`, default `$CLIPPER_ADMIN_TOKEN`, else the token file of"
+        " `--state-dir`) and trusts `--tls-ca` (default `$CLIPPER_TLS_CA`) for an"
+        " HTTPS server. `clipper serve` logs one JSON object per line"
+        " ([Observability](../guides/observability.md)); its settings are those of"
+        " the [configuration reference](configuration.md).",
+        "",
         "## Global options",
         "",
         "Accepted before the command, and by every command after its name (given "
