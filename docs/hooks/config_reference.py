@@ -92,9 +92,8 @@ def render() -> str:
             default = "from the environment" if f.name in ("admin_token",
                                                             "insecure_no_admin_token") else "`[]`"
         flag = flags.get(CLI_ALIASES.get(f.name, f.name))
-        rows.append(
-            f"| `{f.name}` | {default} | {f'`{flag}`' if flag else ''} | {_cell(docs.get(f.name, '').replace('``', '`'))} |"
-        )
+        what = _cell(docs.get(f.name, "").replace("``", "`"))
+        rows.append(f"| `{f.name}` | {default} | {f'`{flag}`' if flag else ''} | {what} |")
     env_rows = [f"| `{name}` | {ENV_VARS[name]} |" for name in _env_vars()]
     return "\n".join([
         "# Configuration reference",

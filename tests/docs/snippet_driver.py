@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from snippets import output_matches  # noqa: E402
+from snippets import output_matches
 
 
 class Tee(io.TextIOBase):

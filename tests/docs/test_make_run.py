@@ -54,9 +54,8 @@ def test_make_run_serves_until_interrupted(tmp_path: object) -> None:
             if line.startswith("Ctrl-C to stop"):
                 break
         assert any(ln.startswith("  -> ") for ln in lines), "".join(lines)
-        req = urllib.request.Request(
-            "http://127.0.0.1:1337/demo/predict", json.dumps({"input": [1.0, 1.0, 1.0, 1.0]}).encode()
-        )
+        body = json.dumps({"input": [1.0, 1.0, 1.0, 1.0]}).encode()
+        req = urllib.request.Request("http://127.0.0.1:1337/demo/predict", body)
         with urllib.request.urlopen(req, timeout=30) as reply:
             assert json.load(reply)["model"] == "logreg:1"
     finally:

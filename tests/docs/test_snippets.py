@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs.conftest import SKIPPED_SNIPPETS
 from tests.docs.snippets import (
     DEFAULT_PORTS,
     ROOT,
@@ -97,8 +98,7 @@ def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
     chosen = free_ports(3)
     ports = dict(zip(DEFAULT_PORTS, chosen, strict=True))
     runs, skipped = plan_for(page, ports)
-    for s in skipped:
-        print(f"SKIPPED {s}")
+    SKIPPED_SNIPPETS.extend(skipped)
     if not runs:
         pytest.skip(f"every snippet of {page.name} is marked skip: {'; '.join(skipped)}")
     home = tmp_path / "home"
