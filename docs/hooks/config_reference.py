@@ -23,11 +23,11 @@ ENV_VARS = {
     "CLIPPER_STATE_DIR": "The state folder of a server, connection or CLI that names none"
     " (else `~/.clipper_core`, or a temporary folder for a server on query port 0).",
     "CLIPPER_GRPC_PORT": "The OIP gRPC port where none is named: a port, `0` (a free one)"
-    " or `off` (none).",
+    " or `off` (also `none`, `-1`: none).",
     "CLIPPER_ADMIN_TOKEN": "The management token a server requires and the Python API,"
     " the CLI and `python -m model_containers --register-token` send.",
-    "CLIPPER_INSECURE_NO_ADMIN_TOKEN": "`1`: serve the management API without a token"
-    " (logged as a warning at every start).",
+    "CLIPPER_INSECURE_NO_ADMIN_TOKEN": "`1` (or `true`, `yes`): serve the management API"
+    " without a token (logged as a warning at every start).",
     "CLIPPER_TLS_CA": "The CA the Python API and the CLI verify an HTTPS server with.",
     "CLIPPER_NO_EXTENSIONS": "`1`: run on the pure-Python twins of the Cython extensions.",
     "CLIPPER_CYTHON_DEBUG": "`1` at build time (`setup.py`): bounds checks, wraparound,"
