@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-#: ``page:line: reason`` of each snippet skipped by the tests of this session.
-SKIPPED_SNIPPETS: list[str] = []
+from tests.docs.snippets import SKIPPED_SNIPPETS
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

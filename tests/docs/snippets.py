@@ -47,6 +47,9 @@ _FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 _MARKER = re.compile(r"^<!--\s*snippet:\s*(.*?)\s*-->\s*$")
 _PAGE_SERVER = re.compile(r"^<!--\s*snippets:\s*server\s*-->\s*$", re.M)
 _ATTR = re.compile(r'(\w+)(?:="([^"]*)")?')
+#: ``page:line: reason`` of each snippet the session's tests did not run
+#: (tests/docs/conftest.py prints them after the run).
+SKIPPED_SNIPPETS: list[str] = []
 #: The default ports, as they appear in the pages.
 DEFAULT_PORTS = (1337, 1338, 8001)
 

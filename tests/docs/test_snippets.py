@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.conftest import SKIPPED_SNIPPETS
 from tests.docs.snippets import (
     DEFAULT_PORTS,
     ROOT,
+    SKIPPED_SNIPPETS,
     blocks,
     is_project_command,
     pages,
