@@ -10,12 +10,14 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-stamp
 # `pip install -e '.[test,lint,bench]'`: a superset of the run install.
 TEST_STAMP := $(VENV)/.test-stamp
+# The `docs` extra's packages (MkDocs, mkdocstrings), beside the run install.
+DOCS_STAMP := $(VENV)/.docs-stamp
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd) setup.py
 # The pinned protoc (protos/requirements.txt) lives in a venv of its own: its
 # protobuf range need not fit the project's test environment.
 PROTOS_VENV ?= build/protos-venv
 
-.PHONY: run test test-fast lint bench build protos deps-matrix clean
+.PHONY: run test test-fast lint bench build docs protos deps-matrix clean
 
 # A Cython source newer than the install re-runs it, which recompiles the extensions.
 $(RUN_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
@@ -52,6 +54,20 @@ lint: $(TEST_STAMP)
 
 bench: build
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,ops $(PYTEST_ARGS)
+
+# Only the extra's own packages: the project is there already (the run install),
+# and `pip install -e '.[docs]'` would compile the extensions again.
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))' \
+		| xargs $(PY) -m pip install -q
+	touch $@
+
+# The documentation site, into build/site; --strict: a broken link or anchor, or
+# any other warning, fails the build.  The CLI, configuration and metrics pages
+# are generated from the code by the hooks in docs/hooks/.
+docs: $(RUN_STAMP) $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict -d build/site
 
 $(PROTOS_VENV)/.stamp: protos/requirements.txt
 	test -x $(PROTOS_VENV)/bin/python || $(PYTHON) -m venv $(PROTOS_VENV)

@@ -1,6 +1,6 @@
 """Benchmarks: pytest-benchmark microbenchmarks of the Cython structures
 (``test_bench_*.py``, ``make bench``) and the end-to-end load harness
-(``python -m bench``; see README, "Performance").
+(``python -m bench``; see docs/guides/benchmarks.md).
 
 Harness modules: ``__main__`` (CLI), ``scenario`` (TOML scenarios in
 ``scenarios/``), ``serverproc`` (server / bare-server processes, metrics sampling),

@@ -1,7 +1,7 @@
 """Pipelines through ``ClipperConnection``: register, read, update, delete.
 
 A pipeline is a DAG of stages served as one application at ``/<name>/predict``
-(see the README's "Pipelines" section for the shape of ``stages`` and ``edges``).
+(see docs/guides/pipelines.md for the shape of ``stages`` and ``edges``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ What a request to an app counts, and for which model version, is decided in
 :mod:`clipper_core.dataplane.accounting`; this module imports nothing of
 clipper_core.
 
-Metric names and labels are listed in the README's "Observability" section.
+Metric names and labels are listed in docs/reference/metrics.md (generated from
+metrics_export.py when the docs site is built).
 """
 
 from __future__ import annotations
