@@ -376,9 +376,7 @@ CALLS: dict[str, Call] = {
         _body({"verbose": _VERBOSE}),
         {"anyOf": [_STRINGS, arr(ref("Pipeline"))]},
     ),
-    "shutdown": Call(
-        "Stop the server.", _body({}), {"type": "string", "const": "Shutting down"}
-    ),
+    "shutdown": Call("Stop the server.", _body({}), {"type": "string", "const": "Shutting down"}),
     "build_runtime_env": Call(
         "Build a per-model virtual environment (the local container manager only).",
         _body({"requirements": arr({"type": "string"}, minItems=1)}, "requirements"),
@@ -417,9 +415,7 @@ def _call_operation(name: str, call: Call) -> dict[str, Any]:
     }
 
 
-def _get(
-    operation_id: str, summary: str, responses: dict[str, Any], **more: Any
-) -> dict[str, Any]:
+def _get(operation_id: str, summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {
         "get": {
             "operationId": operation_id,
@@ -438,7 +434,9 @@ def paths(document_path: str) -> dict[str, Any]:
     guard = errors(401, 403)
     out = {f"/admin/{name}": _call_operation(name, call) for name, call in CALLS.items()}
     out["/admin/ping"] = _get(
-        "ping", "Liveness of the management port.", {"200": reply("Alive.", {"const": "pong"}), **guard}
+        "ping",
+        "Liveness of the management port.",
+        {"200": reply("Alive.", {"const": "pong"}), **guard},
     )
     out["/admin/bundle/{model}/{version}"] = _get(
         "get_bundle",

@@ -73,9 +73,7 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("query_id", "output", "default"),
     ),
-    "BatchPrediction": obj(
-        {"batch_predictions": arr(ref("Prediction"))}, ("batch_predictions",)
-    ),
+    "BatchPrediction": obj({"batch_predictions": arr(ref("Prediction"))}, ("batch_predictions",)),
     "UpdateRequest": obj(
         {
             "input": ref("Input"),
@@ -255,8 +253,10 @@ def _oip_paths() -> dict[str, Any]:
             " non-200 as not ready).",
             {
                 "200": reply("Ready.", ready),
-                "400": {"description": "Not ready (or a bad name).", "content": json_content(
-                    {"anyOf": [ready, ref("OipError")]})},
+                "400": {
+                    "description": "Not ready (or a bad name).",
+                    "content": json_content({"anyOf": [ready, ref("OipError")]}),
+                },
                 **errors(404, oip=True),
             },
             parameters=params,
@@ -274,8 +274,9 @@ def _infer(operation_id: str, params: list[dict[str, Any]]) -> dict[str, Any]:
         " the tensors' bytes follow it.",
         "schema": {"type": "integer", "minimum": 0},
     }
-    example = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 3],
-                           "data": [1.0, 2.0, 3.0]}]}
+    example = {
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}]
+    }
     return {
         "operationId": operation_id,
         "tags": ["query"],
@@ -307,8 +308,9 @@ def paths(document_path: str) -> dict[str, Any]:
     """The query port's path items (``document_path``: where it serves this document)."""
     out = {**_clipper_paths(), **_oip_paths()}
     out["/health"] = _get(
-        "health", "Liveness of the query port.", {"200": reply("Alive.", obj(
-            {"status": {"const": "ok"}}, ("status",)))}
+        "health",
+        "Liveness of the query port.",
+        {"200": reply("Alive.", obj({"status": {"const": "ok"}}, ("status",)))},
     )
     out["/metrics"] = _get(
         "metrics",

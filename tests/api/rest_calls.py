@@ -54,7 +54,9 @@ def check_reply(doc: dict[str, Any], route: tuple[str, str], reply: Reply) -> An
     documented = operation["responses"].get(str(status))
     assert documented is not None, f"{method} {path}: status {status} is not documented: {body!r}"
     content = _resolve(doc, documented).get("content", {})
-    assert media in content, f"{method} {path} {status}: media type {media!r} not in {list(content)}"
+    assert media in content, (
+        f"{method} {path} {status}: media type {media!r} not in {list(content)}"
+    )
     if media != "application/json":
         return None
     value = json.loads(body)

@@ -89,12 +89,14 @@ def test_query_port_answers_match_the_schemas(served: Running, doc: dict[str, An
             ("POST", "/v2/models/{model}/infer"),
             "POST",
             "/v2/models/sum/infer",
-            {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 3],
-                         "data": [1.0, 2.0, 3.0]}]},
+            {
+                "inputs": [
+                    {"name": "input", "datatype": "FP64", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
+                ]
+            },
             200,
         ),
-        (("POST", "/v2/models/{model}/infer"), "POST", "/v2/models/sum/infer", {"inputs": []},
-         400),
+        (("POST", "/v2/models/{model}/infer"), "POST", "/v2/models/sum/infer", {"inputs": []}, 400),
     ]
     for route, method, path, body, status in cases:
         reply = call(port, method, path, body)
@@ -111,8 +113,16 @@ def test_query_port_answers_match_the_schemas(served: Running, doc: dict[str, An
 def test_management_answers_match_the_schemas(served: Running, doc: dict[str, Any]) -> None:
     port, auth = served.server.management_port, served.admin_headers()
     calls: list[tuple[str, Any, int]] = [
-        ("add_app", {"name": "hello", "input_type": "doubles", "default_output": "-1",
-                     "latency_slo_micros": 2_000_000}, 200),
+        (
+            "add_app",
+            {
+                "name": "hello",
+                "input_type": "doubles",
+                "default_output": "-1",
+                "latency_slo_micros": 2_000_000,
+            },
+            200,
+        ),
         ("add_app", {"name": "a/b", "input_type": "doubles"}, 400),
         ("get_all_applications", {}, 200),
         ("get_all_applications", {"verbose": True}, 200),
@@ -158,8 +168,13 @@ def test_management_answers_match_the_schemas(served: Running, doc: dict[str, An
         assert reply[0] == 200
         check_reply(doc, ("GET", route), reply)
     token = json.loads(
-        call(port, "POST", "/admin/get_replica_token",
-             {"model_name": "sum", "model_version": "1"}, auth)[2]
+        call(
+            port,
+            "POST",
+            "/admin/get_replica_token",
+            {"model_name": "sum", "model_version": "1"},
+            auth,
+        )[2]
     )["token"]
     bundle = ("GET", "/admin/bundle/{model}/{version}")
     fetched = call(port, "GET", "/admin/bundle/sum/1", headers={"Authorization": f"Bearer {token}"})
