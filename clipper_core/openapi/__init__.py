@@ -18,7 +18,7 @@ import orjson
 
 from clipper_core._version import __version__
 from clipper_core.http import Request, Response
-from clipper_core.openapi import management, query
+from clipper_core.openapi import management, query, records
 from clipper_core.openapi.schemas import SCHEMAS, error_responses
 
 __all__ = [
@@ -71,7 +71,7 @@ def document() -> dict[str, Any]:
         ],
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **management.SCHEMAS, **query.SCHEMAS},
+            "schemas": {**SCHEMAS, **records.SCHEMAS, **query.SCHEMAS},
             "responses": error_responses(),
             "securitySchemes": {
                 "adminToken": {

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clipper_core.openapi.records import EMPTY as _EMPTY
 from clipper_core.openapi.schemas import (
     NAME,
     VERSION,
@@ -19,127 +20,21 @@ from clipper_core.openapi.schemas import (
     reply,
     text,
 )
+from clipper_core.selection import policy_names
+from clipper_core.store.records import CONTROLLERS
 
 #: The management calls' security: the admin token.
 ADMIN_SECURITY = [{"adminToken": []}]
 #: What every management call may answer besides 200.
 CALL_ERRORS = (400, 401, 403, 404, 415, 500)
 
-_EMPTY = {"type": "object", "maxProperties": 0, "description": "Nothing by that name: ``{}``."}
 _MESSAGE = text("``Success!``, or for a repeated registration ``unchanged: ...``/``updated: ...``.")
 _SUCCESS = {"type": "string", "const": "Success!"}
 _VERBOSE = {"type": "boolean", "description": "Objects instead of names."}
 _STRINGS = arr({"type": "string"})
 _NAMES = {"anyOf": [{"type": "string"}, _STRINGS], "description": "One name or a list."}
+_POLICY = {"type": "string", "enum": policy_names(), "description": "A selection policy."}
 _MODEL_KEY = {"model_name": NAME, "model_version": VERSION}
-
-SCHEMAS: dict[str, Schema] = {
-    "AppInfo": obj(
-        {
-            "name": text(),
-            "input_type": text(),
-            "default_output": text(),
-            "latency_slo_micros": {"type": "integer"},
-            "linked_models": _STRINGS,
-            "policy": text(),
-            "policy_config": {"type": "object"},
-            "answering_model": {
-                "type": ["string", "null"],
-                "description": "The ``model:version`` that answers the app's queries under"
-                " policy ``single``; null when none can, or a policy chooses per query.",
-            },
-        },
-        ("name", "input_type", "default_output", "latency_slo_micros", "linked_models"),
-    ),
-    "ModelInfo": obj(
-        {
-            "model_name": text(),
-            "model_version": text(),
-            "input_type": text(),
-            "labels": _STRINGS,
-            "container_name": text(),
-            "model_data_path": text(),
-            "is_current_version": {"type": "boolean"},
-            "batch_size": {"type": "integer"},
-            "num_replicas": {"type": "integer", "minimum": 0},
-            "cpus": {"type": ["array", "null"], "items": {"type": "integer"}},
-            "memory_limit_mb": {"type": ["integer", "null"]},
-            "cache_enabled": {"type": "boolean"},
-            "batch_wait_micros": {"type": "integer"},
-            "queue_capacity": {"type": ["integer", "null"]},
-            "batch_timeout": {"type": ["number", "null"]},
-            "controller": {"type": ["string", "null"]},
-        },
-        ("model_name", "model_version", "input_type", "is_current_version", "num_replicas"),
-    ),
-    "ContainerInfo": obj(
-        {
-            "model_name": text(),
-            "model_version": text(),
-            "replica_id": {"type": ["string", "integer"]},
-            "address": text(),
-            "batches": {"type": "integer"},
-            "failures": {"type": "integer"},
-            "busy": {"type": "boolean"},
-        },
-        ("model_name", "model_version", "replica_id"),
-        extra=True,
-    ),
-    "Pipeline": obj(
-        {
-            "name": text(),
-            "input_type": text(),
-            "stages": arr({"type": "object"}),
-            "edges": arr({"type": "object"}),
-            "slo_micros": {"type": "integer"},
-            "default_output": text(),
-        },
-        ("name", "input_type", "stages", "edges", "slo_micros", "default_output"),
-    ),
-    "PipelineRequest": obj(
-        {
-            "name": NAME,
-            "input_type": ref("InputType"),
-            "stages": arr(
-                {"type": "object"},
-                description="Each ``{name, model, version, output_type, combine}``.",
-            ),
-            "edges": arr({"type": "object"}, description="Each ``{from, to, when}``."),
-            "slo_micros": {"type": "integer"},
-            "default_output": text(),
-        },
-        ("name", "stages"),
-        extra=True,
-        description="``input_type`` defaults to the entry stage's model's.",
-    ),
-    "Change": obj(
-        {
-            "kind": text(),
-            "what": text(),
-            "name": text(),
-            "detail": text(),
-            "fields": _STRINGS,
-            "text": text(),
-        },
-        ("kind", "what", "name", "text"),
-    ),
-    "RuntimeEnv": {
-        "anyOf": [
-            obj(
-                {
-                    "env_id": text(),
-                    "status": text(),
-                    "error": text(),
-                    "log": text(),
-                    "offset": {"type": "integer", "minimum": 0},
-                    "python": text(),
-                },
-                ("env_id", "status", "log", "offset"),
-            ),
-            _EMPTY,
-        ]
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -174,7 +69,7 @@ _ADD_MODEL = _body(
         "memory_limit_mb": {"type": ["integer", "null"], "minimum": 1},
         "queue_capacity": {"type": ["integer", "null"], "minimum": 1},
         "batch_timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
-        "controller": {"type": ["string", "null"], "enum": ["aimd", "quantile", "fixed", None]},
+        "controller": {"enum": [*CONTROLLERS, None]},
         "cache_enabled": {"type": "boolean"},
         "make_current": {
             "type": "boolean",
@@ -198,11 +93,11 @@ CALLS: dict[str, Call] = {
         "Register an application (again: a no-op, an update, or a refusal naming the change).",
         _body(
             {
-                "name": text(minLength=1, pattern="^[^/]+$"),
+                "name": NAME,
                 "input_type": ref("InputType"),
                 "default_output": text(),
                 "latency_slo_micros": {"type": "integer", "minimum": 1},
-                "policy": text(),
+                "policy": _POLICY,
                 "policy_config": {"type": "object"},
                 "api_keys": {"type": ["array", "null"], "items": ref("ApiKey")},
             },
@@ -329,9 +224,9 @@ CALLS: dict[str, Call] = {
         " that would be made).",
         obj(
             {
-                "models": arr({"type": "object"}),
-                "apps": arr({"type": "object"}),
-                "pipelines": arr({"type": "object"}),
+                "models": arr(ref("ApplyModel")),
+                "apps": arr(ref("ApplyApp")),
+                "pipelines": arr(ref("ApplyPipeline")),
                 "prune": {"type": "boolean"},
                 "dry_run": {"type": "boolean"},
             }
@@ -342,7 +237,7 @@ CALLS: dict[str, Call] = {
     "set_selection_policy": Call(
         "Set an application's model-selection policy.",
         _body(
-            {"app_name": NAME, "policy": NAME, "policy_config": {"type": "object"}},
+            {"app_name": NAME, "policy": _POLICY, "policy_config": {"type": "object"}},
             "app_name",
             "policy",
         ),
@@ -485,4 +380,4 @@ def paths(document_path: str) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ADMIN_SECURITY", "CALLS", "SCHEMAS", "Call", "paths"]
+__all__ = ["ADMIN_SECURITY", "CALLS", "Call", "paths"]

@@ -80,11 +80,17 @@ def reply(description: str, schema: Schema, example: Any = None) -> dict[str, An
     return {"description": description, "content": json_content(schema, example)}
 
 
-#: Name: what a ``name``/``version`` field takes.  The server also accepts an
-#: integer where a name or version is expected (Clipper's clients send versions
-#: as numbers) and uses its decimal form.
-NAME = text(minLength=1)
-VERSION = {"type": ["string", "integer"], "description": "A model version (a string)."}
+#: What an application, model, version, pipeline or stage name may be
+#: (``store.records.check_name``): it appears in URL paths and in
+#: ``name:version:replica`` ids.
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME = text(pattern=NAME_PATTERN)
+#: A model version: a name, or an integer (Clipper's clients send numbers; the
+#: server keeps the decimal form).
+VERSION = {
+    "anyOf": [NAME, {"type": "integer", "minimum": 0}],
+    "description": "A model version (kept as a string).",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
@@ -200,6 +206,7 @@ __all__ = [
     "JSON",
     "MAX_BATCH",
     "NAME",
+    "NAME_PATTERN",
     "SCHEMAS",
     "VERSION",
     "Schema",

@@ -13,6 +13,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from clipper_core.openapi import document, document_bytes, port_paths
+from clipper_core.openapi.schemas import NAME_PATTERN
+from clipper_core.store import records
 from tests.api.rest_calls import call, check_reply
 from tests.server.conftest import Running
 
@@ -184,7 +186,7 @@ def test_management_answers_match_the_schemas(served: Running, doc: dict[str, An
     assert call(port, "POST", "/admin/no_such_call", {}, auth)[0] == 404
 
 
-def test_api_key_limit_and_security_schemes(doc: dict[str, Any]) -> None:
+def test_limits_are_the_validators(doc: dict[str, Any]) -> None:
     # The limits in the document are the validators' own.
     from clipper_core.auth import MIN_API_KEY_LENGTH
     from clipper_core.clipper_api import MAX_BATCH, MAX_INPUT_ELEMENTS
@@ -194,5 +196,6 @@ def test_api_key_limit_and_security_schemes(doc: dict[str, Any]) -> None:
     assert schemas["NumericInput"]["maxItems"] == MAX_INPUT_ELEMENTS == 1_000_000
     batch = schemas["PredictRequest"]["oneOf"][1]["properties"]["input_batch"]
     assert batch["maxItems"] == MAX_BATCH == 10_000
+    assert NAME_PATTERN == f"^{records._NAME_RE.pattern}$"
     schemes = doc["components"]["securitySchemes"]
     assert schemes["appApiKey"]["name"] == "X-Api-Key"
