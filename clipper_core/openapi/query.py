@@ -28,6 +28,11 @@ QUERY_SECURITY: list[dict[str, list[str]]] = [{}, {"appApiKey": []}, {"appBearer
 QUERY_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503, 504)
 
 _PARAMETERS = {"type": "object", "description": "Free-form parameters."}
+#: An input whose bytes follow the JSON part (the binary tensor extension).
+_BINARY_INPUT = {
+    "required": ["parameters"],
+    "properties": {"parameters": {"required": ["binary_data_size"]}},
+}
 _SHAPE = arr({"type": "integer", "minimum": 0})
 _TENSOR_META = obj(
     {"name": text(), "datatype": text(), "shape": arr({"type": "integer"})},
@@ -123,7 +128,8 @@ SCHEMAS: dict[str, Schema] = {
                     },
                     ("name", "datatype", "shape"),
                     extra=True,
-                ),
+                )
+                | {"anyOf": [{"required": ["data"]}, _BINARY_INPUT]},
                 minItems=1,
             ),
             "outputs": arr(
