@@ -14,6 +14,7 @@ from tests.api.rest_calls import call, check_reply
 from tests.server.conftest import Running
 
 _STAGE = {"name": "a", "model": "sum"}
+_PIPELINE = {"name": "p", "input_type": "doubles"}
 
 
 @pytest.mark.parametrize(
@@ -23,23 +24,30 @@ _STAGE = {"name": "a", "model": "sum"}
         # up in a frozenset: TypeError (unhashable), answered 500.
         (
             "add_pipeline",
-            {"name": "p", "stages": [{**_STAGE, "output_type": [1]}]},
+            {**_PIPELINE, "stages": [{**_STAGE, "output_type": [1]}]},
             "unknown output_type [1]",
         ),
         (
             "update_pipeline",
-            {"name": "p", "stages": [{"name": "a", "combine": {"x": 1}}]},
+            {**_PIPELINE, "stages": [{"name": "a", "combine": {"x": 1}}]},
             "unknown combine {'x': 1}",
         ),
         # So was an edge end that is not a string.
         (
             "add_pipeline",
-            {"name": "p", "stages": [_STAGE], "edges": [{"from": {"a": 1}, "to": "a"}]},
+            {**_PIPELINE, "stages": [_STAGE], "edges": [{"from": {"a": 1}, "to": "a"}]},
             "'from' names no stage",
         ),
         (
             "add_pipeline",
-            {"name": "p", "stages": [_STAGE], "edges": [{"from": "a", "to": ["a"]}]},
+            {**_PIPELINE, "stages": [_STAGE], "edges": [{"from": "a", "to": ["a"]}]},
+            "'to' names no stage",
+        ),
+        # So was an edge end that is not a string, where the input type is derived
+        # from the entry stage's model (no input_type in the body).
+        (
+            "add_pipeline",
+            {"name": "p", "stages": [_STAGE], "edges": [{"from": "a", "to": {}}]},
             "'to' names no stage",
         ),
         # And a pipeline's input type in a declarative file (400 already, but
@@ -54,7 +62,6 @@ _STAGE = {"name": "a", "model": "sum"}
 def test_malformed_pipeline_fields_are_400(
     served: Running, op: str, body: dict[str, Any], named: str
 ) -> None:
-    body = {"input_type": "doubles", **body} if op != "apply" else body
     reply = call(
         served.server.management_port, "POST", f"/admin/{op}", body, served.admin_headers()
     )
