@@ -24,7 +24,7 @@ from clipper_core.selection import policy_names
 from clipper_core.store.records import CONTROLLERS
 
 #: The management calls' security: the admin token.
-ADMIN_SECURITY = [{"adminToken": []}]
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 #: What every management call may answer besides 200.
 CALL_ERRORS = (400, 401, 403, 404, 415, 500)
 
@@ -351,6 +351,15 @@ def paths(document_path: str) -> dict[str, Any]:
         parameters=[
             {"name": "model", "in": "path", "required": True, "schema": NAME},
             {"name": "version", "in": "path", "required": True, "schema": NAME},
+            {
+                "name": "sha256",
+                "in": "query",
+                "required": False,
+                "description": "The digest the replica expects (``get_replica_token``'s"
+                " ``bundle_path`` carries it); the replica compares it with the"
+                " ``X-Clipper-Bundle-SHA256`` of the answer.",
+                "schema": {"type": "string"},
+            },
         ],
     )
     for path, media, what in (
