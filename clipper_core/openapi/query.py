@@ -320,8 +320,9 @@ def paths(document_path: str) -> dict[str, Any]:
     )
     out["/metrics"] = _get(
         "metrics",
-        "Prometheus text; JSON (Clipper's ``inspect_instance``) with"
-        " ``Accept: application/json`` or ``?format=json``.",
+        "JSON (Clipper's ``inspect_instance``) when the client names no format or"
+        " asks for it; Prometheus text when it accepts ``text/plain`` or OpenMetrics"
+        " (every scraper does) or asks ``?format=prometheus``.",
         {
             "200": {
                 "description": "The metrics.",
@@ -332,6 +333,15 @@ def paths(document_path: str) -> dict[str, Any]:
                 },
             }
         },
+        parameters=[
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "description": "Overrides ``Accept``.",
+                "schema": {"enum": ["json", "prometheus"]},
+            }
+        ],
     )
     out[document_path] = _get(
         "query_openapi",

@@ -28,7 +28,14 @@ import pytest
 from clipper_core.openapi import document, port_paths
 from tests.server.conftest import Running
 
-pytestmark = [pytest.mark.slow, pytest.mark.fuzz, pytest.mark.timeout(600)]
+# A numpy RuntimeWarning in the server (in this process) is an error: one hid a
+# bug that the fuzz run found (an overflowing finiteness check).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.fuzz,
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("error::RuntimeWarning"),
+]
 
 CHECKS = ",".join(
     (
