@@ -10,6 +10,9 @@ request is 400 (404 when it names an app or model that does not exist) with a
 JSON message; looking up something unknown answers 200 with ``{}``; model
 versions are strings.
 
+``GET /admin/openapi.json`` answers the OpenAPI document of both ports
+(:mod:`clipper_core.openapi`).
+
 One route is not a management call: ``GET /admin/bundle/<model>/<version>``
 answers a deployed version's payload to a replica on another host, authenticated
 by that version's replica token (:mod:`clipper_core.replica_tokens`), never the

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from clipper_core.clipper_api import MAX_BATCH
 from clipper_core.openapi.schemas import (
     DEADLINE_PARAMETER,
-    MAX_BATCH,
     NAME,
     Schema,
     arr,

@@ -11,7 +11,7 @@ from typing import Any
 
 from clipper_core.admission import MAX_DEADLINE_SECONDS
 from clipper_core.auth import MIN_API_KEY_LENGTH
-from clipper_core.clipper_api import INPUT_TYPES, MAX_BATCH, MAX_INPUT_ELEMENTS
+from clipper_core.clipper_api import INPUT_TYPES, MAX_INPUT_ELEMENTS
 
 Schema = dict[str, Any]
 
@@ -204,7 +204,6 @@ __all__ = [
     "DEADLINE_PARAMETER",
     "INPUT_TYPE_NAMES",
     "JSON",
-    "MAX_BATCH",
     "NAME",
     "NAME_PATTERN",
     "SCHEMAS",
