@@ -10,6 +10,9 @@ request is 400 (404 when it names an app or model that does not exist) with a
 JSON message; looking up something unknown answers 200 with ``{}``; model
 versions are strings.
 
+``GET /admin/openapi.json`` answers the OpenAPI document of both ports
+(:mod:`clipper_core.openapi`).
+
 One route is not a management call: ``GET /admin/bundle/<model>/<version>``
 answers a deployed version's payload to a replica on another host, authenticated
 by that version's replica token (:mod:`clipper_core.replica_tokens`), never the
@@ -50,6 +53,7 @@ from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.openapi import MANAGEMENT_DOCUMENT_PATH, document_route
 from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.requirements import check_requirements
 from clipper_core.selection.runtime import SelectionService
@@ -409,17 +413,17 @@ def install(
         **env_operations(envs),
     }
 
-    async def dispatch(request: Request, params: dict[str, str]) -> Response:
-        handler = operations.get(params["op"])
-        if handler is None:
-            return error_response(404, "not_found", f"unknown management call {params['op']!r}")
-        try:
-            result = await handler(parse_body(request))
-        except ClipperError as exc:
-            # 404 for a missing app or model; every other client error is 400.
-            status = 500 if exc.http_status >= 500 else 404 if exc.http_status == 404 else 400
-            return error_response(status, exc.kind, str(exc))
-        return json_response(result)
+    def call(handler: Handler) -> Callable[[Request, dict[str, str]], Awaitable[Response]]:
+        async def dispatch(request: Request, params: dict[str, str]) -> Response:
+            try:
+                result = await handler(parse_body(request))
+            except ClipperError as exc:
+                # 404 for a missing app or model; every other client error is 400.
+                status = 500 if exc.http_status >= 500 else 404 if exc.http_status == 404 else 400
+                return error_response(status, exc.kind, str(exc))
+            return json_response(result)
+
+        return dispatch
 
     async def ping(request: Request, params: dict[str, str]) -> Response:
         return json_response("pong")
@@ -446,6 +450,10 @@ def install(
         headers = {BUNDLE_KIND_HEADER: found.kind, BUNDLE_SHA256_HEADER: found.sha256}
         return Response(200, found.data, "application/octet-stream", headers)
 
-    router.add("POST", "/admin/{op}", dispatch)
+    # One literal route per call: the router lists them (the OpenAPI document's
+    # test reads it), and an unknown call is the router's 404.
+    for name, handler in operations.items():
+        router.add("POST", f"/admin/{name}", call(handler))
+    router.add("GET", MANAGEMENT_DOCUMENT_PATH, document_route)
     router.add("GET", BUNDLE_ROUTE + "{model}/{version}", bundle)
     router.add("GET", "/admin/ping", ping)

@@ -129,7 +129,8 @@ def entry_model(body: Body) -> tuple[str, str | None] | None:
     stages, edges = body.get("stages"), body.get("edges") or []
     if not isinstance(stages, list) or not isinstance(edges, list):
         return None
-    targets = {e.get("to") for e in edges if isinstance(e, dict)}
+    # A list: a malformed edge's "to" may be unhashable (the graph's check names it).
+    targets = [e.get("to") for e in edges if isinstance(e, dict)]
     entries = [s for s in stages if isinstance(s, dict) and s.get("name") not in targets]
     if len(entries) != 1 or not isinstance(entries[0].get("model"), str):
         return None

@@ -1,5 +1,6 @@
 """Clipper's query REST API on the query port: ``POST /<app>/predict``, and
-``GET /metrics`` and ``GET /health``.
+``GET /metrics``, ``GET /health`` and ``GET /openapi.json`` (both ports' OpenAPI
+document).
 
 The routes see the data plane through :class:`~clipper_core.dataplane.QueryView`
 and pass the :class:`~clipper_core.admission.QueryGate` first.
@@ -21,6 +22,7 @@ from clipper_core.clipper_api import (
 from clipper_core.errors import ClipperError
 from clipper_core.http import Request, Response, Router, json_response
 from clipper_core.metrics_export import metrics_response
+from clipper_core.openapi import QUERY_DOCUMENT_PATH, document_route
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, QueryView
@@ -97,6 +99,7 @@ def install(
     router.add("POST", "/{app}/predict", predict)
     router.add("GET", "/metrics", metrics_route)
     router.add("GET", "/health", health)
+    router.add("GET", QUERY_DOCUMENT_PATH, document_route)
 
 
 def inspect_instance(

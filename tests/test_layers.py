@@ -80,6 +80,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.dashboard": FRONTENDS,
     "clipper_core.server_metrics": FRONTENDS,
     "clipper_core.metrics_export": FRONTENDS,
+    "clipper_core.openapi": FRONTENDS,
     # L6 composition roots
     "clipper_core.server": ROOTS_LAYER,
     "clipper_core.embedded": ROOTS_LAYER,

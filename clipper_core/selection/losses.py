@@ -86,7 +86,8 @@ def _numbers(v: Any) -> np.ndarray[Any, Any] | None:
         arr = arr.astype(np.float64)
     except (TypeError, ValueError, OverflowError):
         return None
-    return arr if math.isfinite(float(arr.sum())) else None
+    # Each element: a sum of large finite numbers overflows.
+    return arr if bool(np.isfinite(arr).all()) else None
 
 
 def _boolean(v: Any) -> bool | None:
@@ -128,7 +129,8 @@ def score(y_hat: Any, y_true: Any, scale: float = 1.0) -> float | None:
     if arr_a is not None and arr_b is not None:
         if arr_a.shape != arr_b.shape:
             return 1.0
-        mean = float(np.abs(arr_a - arr_b).sum()) / arr_a.size if arr_a.size else 0.0
+        with np.errstate(over="ignore"):  # an overflow is a difference past any scale
+            mean = float(np.abs(arr_a - arr_b).sum()) / arr_a.size if arr_a.size else 0.0
         return _capped(mean, scale)
     if isinstance(label, str) and isinstance(y_true, str):
         return 0.0 if label == y_true else 1.0

@@ -66,7 +66,7 @@ def check_int(what: str, value: object, minimum: int) -> None:
 
 
 def check_input_type(value: object) -> None:
-    if value not in INPUT_TYPES:
+    if not isinstance(value, str) or value not in INPUT_TYPES:
         raise BadInput(f"unknown input type {value!r}; expected one of {sorted(INPUT_TYPES)}")
 
 
@@ -378,12 +378,13 @@ def _stage(i: int, raw: object) -> dict[str, Any]:
         if isinstance(stage["version"], int) and not isinstance(stage["version"], bool):
             stage["version"] = str(stage["version"])
         check_name(f"stage {name!r} model version", stage["version"])
-    if stage["output_type"] is not None and stage["output_type"] not in OUTPUT_TYPES:
+    # Tuples: a list or an object from a request is compared, not hashed (a TypeError).
+    if stage["output_type"] not in (None, *OUTPUT_TYPES):
         raise BadInput(
             f"stage {name!r}: unknown output_type {stage['output_type']!r};"
             f" expected one of {sorted(OUTPUT_TYPES)}"
         )
-    if stage["combine"] is not None and stage["combine"] not in COMBINATORS:
+    if stage["combine"] not in (None, *COMBINATORS):
         raise BadInput(
             f"stage {name!r}: unknown combine {stage['combine']!r};"
             f" expected one of {sorted(COMBINATORS)}"
@@ -416,7 +417,7 @@ def _edge(i: int, raw: object, stages: set[str]) -> dict[str, Any]:
     if edge["to"] is None:
         raise BadInput(f"edges[{i}] needs 'to'")
     for end in ("from", "to"):
-        if edge[end] not in stages:
+        if not isinstance(edge[end], str) or edge[end] not in stages:
             raise BadInput(f"edges[{i}] {end!r} names no stage: {edge[end]!r}")
     label = f"{edge['from']}->{edge['to']}"
     if edge["when"] is not None:
