@@ -39,11 +39,12 @@ from collections.abc import Callable
 from typing import Any
 
 from clipper_core.config import ServerConfig
+from clipper_core.control.reconcile import DataPlaneReconciler
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import Request, Response, Router, json_response
 from clipper_core.logs import TextFormatter, log_event
 from clipper_core.managers.base import ReplicaEvent, ReplicaStatus
-from clipper_core.store.base import ChangeFeed, StateStore
+from clipper_core.store.base import ChangeFeed, DesiredStateReader, StateStore
 from clipper_core.store.feed import SqlitePollingFeed
 from clipper_core.store.records import ModelRecord
 
@@ -53,6 +54,7 @@ __all__ = [
     "NoContainers",
     "install_identity",
     "query_feed",
+    "replicas_connected",
     "resolve_workers",
 ]
 
@@ -127,6 +129,21 @@ def query_feed(cfg: ServerConfig, store: StateStore) -> ChangeFeed:
     return store.feed()
 
 
+async def replicas_connected(
+    reader: DesiredStateReader, endpoints: DataPlaneReconciler, within: float
+) -> None:
+    """Wait until this frontend is connected to every replica whose endpoint the
+    store records (what a query worker waits for before it takes connections),
+    or ``within`` seconds; the connects still running go on in the background."""
+    records = await asyncio.to_thread(reader.list_endpoints)
+    waits = asyncio.gather(
+        *(endpoints.connected(e.model, e.version, e.replica_id, e.address) for e in records),
+        return_exceptions=True,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(waits, within)
+
+
 def install_identity(
     router: Router, worker_id: int, workers: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -176,9 +193,9 @@ class FrontendWorkers:
     def __init__(
         self,
         cfg: ServerConfig,
-        *,
         query_port: int,
         grpc_port: int | None,
+        *,
         start_timeout: float = 120.0,
     ) -> None:
         self._cfg = cfg

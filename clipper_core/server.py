@@ -327,7 +327,9 @@ class ClipperServer:
             header_guard=header_refusal(self.dataplane, self.gate),
             oip=self.oip,
         )
-        await self.listeners.start()
+        worker = cfg.is_query_worker()
+        if not worker:  # a query worker joins the shared ports once it can answer
+            await self.listeners.start()
         self.started_at = time.time()
         self.metrics.start()
         # The restore: the same reconcile that applies every later change, then
@@ -342,6 +344,9 @@ class ClipperServer:
             tasks=self.tasks,
         )
         self._follower = asyncio.get_running_loop().create_task(follower.run(since))
+        if worker:
+            await frontend_workers.replicas_connected(store, apply, cfg.replica_start_timeout)
+            await self.listeners.start()
         held = await self.lease.acquire()
         if held:
             await replicas.ensure_all()
@@ -354,12 +359,10 @@ class ClipperServer:
             )
             self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
-        if cfg.workers > 1 and not cfg.is_query_worker():
-            self.workers = frontend_workers.FrontendWorkers(
-                cfg, query_port=self.query_port, grpc_port=self.grpc_port
-            )
+        if cfg.workers > 1 and not worker:
+            self.workers = frontend_workers.FrontendWorkers(cfg, self.query_port, self.grpc_port)
             await self.workers.start()
-        admin_url = None if cfg.is_query_worker() else self.management_url
+        admin_url = None if worker else self.management_url
         log_event(
             log,
             "server_started",
