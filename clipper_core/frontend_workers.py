@@ -52,6 +52,7 @@ __all__ = [
     "FrontendWorkers",
     "NeverHeld",
     "NoContainers",
+    "forget_published_endpoints",
     "install_identity",
     "query_feed",
     "replicas_connected",
@@ -144,6 +145,17 @@ async def replicas_connected(
         await asyncio.wait_for(waits, within)
 
 
+def forget_published_endpoints(store: StateStore) -> None:
+    """Drop the endpoint records a primary published for its own replicas
+    (numbered, of a model version it starts containers for) in an earlier run:
+    those replicas ended with that run, and on a store nobody else writes this
+    process is their only publisher (replicas registered by hand stay)."""
+    managed = {(m.name, m.version) for m in store.list_models() if not m.registered_by_hand}
+    for e in store.list_endpoints():
+        if e.replica_id.isdigit() and (e.model, e.version) in managed:
+            store.delete_endpoint(e.model, e.version, e.replica_id)
+
+
 def install_identity(
     router: Router, worker_id: int, workers: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -185,22 +197,13 @@ class FrontendWorkers:
 
     Args:
         cfg: The primary's settings (its ``workers`` counts the primary).
-        query_port: The query port the primary bound.
-        grpc_port: The OIP gRPC port it bound, or None.
         start_timeout: Seconds a worker may take to serve.
     """
 
-    def __init__(
-        self,
-        cfg: ServerConfig,
-        query_port: int,
-        grpc_port: int | None,
-        *,
-        start_timeout: float = 120.0,
-    ) -> None:
+    def __init__(self, cfg: ServerConfig, *, start_timeout: float = 120.0) -> None:
         self._cfg = cfg
-        self._query_port = query_port
-        self._grpc_port = grpc_port
+        self._query_port = 0
+        self._grpc_port: int | None = None
         self._start_timeout = start_timeout
         self._workers: dict[int, _Worker] = {}
         self._watchers: list[asyncio.Task[None]] = []
@@ -219,13 +222,15 @@ class FrontendWorkers:
         level, fmt = _log_settings()
         return {"config": config, "log_level": level, "log_format": fmt}
 
-    async def start(self) -> None:
-        """Start every worker and return once each serves.
+    async def start(self, query_port: int, grpc_port: int | None) -> None:
+        """Start every worker on the ports the primary bound (``grpc_port``: None
+        when it serves no gRPC) and return once each serves.
 
         Raises:
             ClipperError: A worker exited or did not serve in time (the others
                 are stopped).
         """
+        self._query_port, self._grpc_port = query_port, grpc_port
         started = await asyncio.gather(
             *(self._spawn(k) for k in range(1, self._cfg.workers)), return_exceptions=True
         )
@@ -253,6 +258,8 @@ class FrontendWorkers:
             WORKER_MODULE,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # A terminal's Ctrl-C reaches the primary only: it stops them in order.
+            start_new_session=True,
         )
         assert process.stdin is not None and process.stdout is not None
         try:

@@ -131,7 +131,7 @@ class ClipperServer:
         self.shared_state = cfg.state_url is not None
         # A query worker follows the primary's store and replicas (frontend_workers).
         self.lease: Lease = frontend_workers.NeverHeld() if cfg.is_query_worker() else AlwaysHeld()
-        self.workers: frontend_workers.FrontendWorkers | None = None
+        self.workers = frontend_workers.FrontendWorkers(cfg)  # started by the primary
         self._sink: StoreEndpointSink | None = None
         self._follower: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -285,7 +285,7 @@ class ClipperServer:
         query_api.install(query, self.dataplane, self.gate, self.metrics, self.inspect)
         oip_http.install(query, self.oip)
         selection_api.install(query, self.dataplane, self.gate)
-        frontend_workers.install_identity(query, self.config.worker_id, self._workers_info)
+        frontend_workers.install_identity(query, self.config.worker_id, self.workers.describe)
         admin = Router()
         assert self.replica_tokens is not None
         admin_api.install(
@@ -332,6 +332,8 @@ class ClipperServer:
             await self.listeners.start()
         self.started_at = time.time()
         self.metrics.start()
+        if not (worker or self.shared_state):  # replicas of an earlier run's workers
+            await asyncio.to_thread(frontend_workers.forget_published_endpoints, store)
         # The restore: the same reconcile that applies every later change, then
         # every change after the revision it started from, as it commits.
         since = await asyncio.to_thread(store.revision)
@@ -360,8 +362,7 @@ class ClipperServer:
             self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
         if cfg.workers > 1 and not worker:
-            self.workers = frontend_workers.FrontendWorkers(cfg, self.query_port, self.grpc_port)
-            await self.workers.start()
+            await self.workers.start(self.query_port, self.grpc_port)
         admin_url = None if worker else self.management_url
         log_event(
             log,
@@ -397,7 +398,7 @@ class ClipperServer:
     async def _shutdown(self) -> None:
         self.ready = False
         grace = self.config.shutdown_grace
-        draining = [] if self.workers is None else [self.workers.stop(grace)]
+        draining = [self.workers.stop(grace)]
         if self.listeners is not None:
             draining.append(self.listeners.stop(grace))
         await asyncio.gather(*draining)  # the workers drain too, while the replicas run
@@ -466,9 +467,6 @@ class ClipperServer:
         await self._stopped.wait()
         if self._stop_task is not None:
             await self._stop_task  # surfaces an error of the stop itself
-
-    def _workers_info(self) -> list[dict[str, Any]]:
-        return [] if self.workers is None else self.workers.describe()
 
     def inspect(self) -> dict[str, Any]:
         """The figures of ``inspect_instance()`` (``GET /metrics`` as JSON)."""

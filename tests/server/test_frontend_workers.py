@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from clipper_core.cli import build_parser
 from clipper_core.connection import ClipperConnection, LocalContainerManager
+from clipper_core.errors import BadInput
+from clipper_core.frontend_workers import forget_published_endpoints, resolve_workers
+from clipper_core.server import BackgroundServer
+from clipper_core.store.records import EndpointRecord, ModelRecord
+from clipper_core.store.sqlite import SqliteStateStore
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "frontend-workers-admin-token-0123456789"
@@ -309,3 +315,57 @@ def test_a_worker_exits_with_a_killed_primary(server: Server) -> None:
     server.process.kill()
     server.process.wait(timeout=30)
     wait_for(lambda: not any(alive(p) for p in workers), "the worker to exit with its primary")
+
+
+def test_embedded_server_runs_workers_and_stops_them(tmp_path: Path) -> None:
+    with BackgroundServer(query_port=0, management_port=0, workers=2) as bg:
+        port = bg.server.query_port
+        [worker] = bg.server.workers.describe()
+        served = set()
+        for _ in range(40):
+            conn = Connection(port)
+            served.add(conn.worker)
+            conn.close()
+        assert served == {0, 1}
+    wait_for(lambda: not alive(worker["pid"]), "the worker to stop with the server")
+
+
+def test_default_is_one_process(tmp_path: Path) -> None:
+    with BackgroundServer(query_port=0, management_port=0) as bg:
+        conn = Connection(bg.server.query_port)
+        try:
+            assert conn.frontend == {"worker": 0, "pid": os.getpid(), "workers": []}
+        finally:
+            conn.close()
+
+
+def test_worker_counts() -> None:
+    assert resolve_workers(3) == 3
+    assert resolve_workers(0) == (os.cpu_count() or 1)
+    with pytest.raises(BadInput):
+        resolve_workers(-1)
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--workers", "auto"])
+    assert args.workers == 0
+    assert parser.parse_args(["serve"]).workers == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--workers", "-2"])
+
+
+def test_a_primary_forgets_the_endpoints_of_an_earlier_run(tmp_path: Path) -> None:
+    """Records a killed primary left for its workers go at the next start on
+    the file; those of replicas registered by hand stay."""
+    store = SqliteStateStore(tmp_path / "state.sqlite3")
+    try:
+        store.add_model(
+            ModelRecord("m", "1", "doubles", ["a"], container={"kind": "closure", "path": "/x"})
+        )
+        store.add_model(ModelRecord("ext", "1", "doubles", ["a"], container={}))
+        store.put_endpoint(EndpointRecord("m", "1", "0", "127.0.0.1:1"))
+        store.put_endpoint(EndpointRecord("m", "1", "by-hand", "127.0.0.1:2"))
+        store.put_endpoint(EndpointRecord("ext", "1", "0", "127.0.0.1:3"))
+        forget_published_endpoints(store)
+        left = {(e.model, e.replica_id) for e in store.list_endpoints()}
+        assert left == {("m", "by-hand"), ("ext", "0")}
+    finally:
+        store.close()
