@@ -42,6 +42,7 @@ from clipper_core.config import ServerConfig
 from clipper_core.control.reconcile import DataPlaneReconciler
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import Request, Response, Router, json_response
+from clipper_core.listeners import Listeners
 from clipper_core.logs import TextFormatter, log_event
 from clipper_core.managers.base import ReplicaEvent, ReplicaStatus
 from clipper_core.store.base import ChangeFeed, DesiredStateReader, StateStore
@@ -157,21 +158,28 @@ def forget_published_endpoints(store: StateStore) -> None:
 
 
 def install_identity(
-    router: Router, worker_id: int, workers: Callable[[], list[dict[str, Any]]]
+    router: Router, workers: FrontendWorkers, listeners: Callable[[], Listeners | None]
 ) -> None:
     """``GET /frontend`` on the query port: which process answered on this
-    connection (``worker`` 0 is the primary), and on the primary its workers.
+    connection (``worker`` 0 is the primary), the URL of its own port
+    (``direct_url``; null for a single process), and on the primary its workers.
 
     Args:
         router: The query port's routes.
-        worker_id: This process's worker number.
-        workers: The primary's workers (:meth:`FrontendWorkers.describe`).
+        workers: This process's (its ``describe`` is empty on a worker).
+        listeners: This process's listeners, once bound.
     """
 
     def frontend(request: Request, params: dict[str, str]) -> Response:
-        body: dict[str, Any] = {"worker": worker_id, "pid": os.getpid()}
-        if worker_id == 0:
-            body["workers"] = workers()
+        bound = listeners()
+        direct = None if bound is None or bound.direct is None else bound.direct.port
+        body: dict[str, Any] = {
+            "worker": workers.worker_id,
+            "pid": os.getpid(),
+            "direct_url": workers.url(direct),
+        }
+        if workers.worker_id == 0:
+            body["workers"] = workers.describe()
         return json_response(body)
 
     router.add("GET", "/frontend", frontend)
@@ -188,6 +196,7 @@ def _log_settings() -> tuple[str, str]:
 class _Worker:
     worker_id: int
     process: asyncio.subprocess.Process
+    direct_port: int
     started_at: float
     restarts: int = 0
 
@@ -202,6 +211,8 @@ class FrontendWorkers:
 
     def __init__(self, cfg: ServerConfig, *, start_timeout: float = 120.0) -> None:
         self._cfg = cfg
+        #: This process's worker number (0: the primary).
+        self.worker_id = cfg.worker_id
         self._query_port = 0
         self._grpc_port: int | None = None
         self._start_timeout = start_timeout
@@ -244,10 +255,22 @@ class FrontendWorkers:
         loop = asyncio.get_running_loop()
         self._watchers = [loop.create_task(self._supervise(k)) for k in self._workers]
 
+    def url(self, port: int | None) -> str | None:
+        """The URL of ``port`` on this server's address (None for None)."""
+        if port is None:
+            return None
+        scheme = "https" if self._cfg.tls_cert else "http"
+        return f"{scheme}://{self._cfg.host}:{port}"
+
     def describe(self) -> list[dict[str, Any]]:
-        """Each worker's number, pid and restarts so far."""
+        """Each worker's number, pid, restarts so far and own query URL."""
         return [
-            {"worker": w.worker_id, "pid": w.process.pid, "restarts": w.restarts}
+            {
+                "worker": w.worker_id,
+                "pid": w.process.pid,
+                "restarts": w.restarts,
+                "direct_url": self.url(w.direct_port),
+            }
             for w in sorted(self._workers.values(), key=lambda w: w.worker_id)
         ]
 
@@ -281,7 +304,7 @@ class FrontendWorkers:
             worker=worker_id,
             pid=process.pid,
         )
-        return _Worker(worker_id, process, time.monotonic())
+        return _Worker(worker_id, process, int(json.loads(ready)["direct_port"]), time.monotonic())
 
     async def _supervise(self, worker_id: int) -> None:
         """Restart worker ``worker_id`` whenever it exits, until stopping."""

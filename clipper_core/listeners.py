@@ -53,7 +53,9 @@ class Listeners:
 
     With ``cfg.workers > 1`` the query and gRPC ports are bound with
     ``SO_REUSEPORT``: the server and its query workers each bind them, and the
-    kernel spreads the connections over them.
+    kernel spreads the connections over them.  Each process then also serves
+    the query routes on a port of its own (:attr:`direct`, a free one), where
+    its ``/metrics`` can be scraped without the kernel choosing the process.
     """
 
     def __init__(
@@ -68,20 +70,26 @@ class Listeners:
     ) -> None:
         ssl = server_ssl(cfg)
         shared = cfg.workers > 1
-        self.query = HttpServer(
-            query,
-            host=cfg.host,
-            port=cfg.query_port,
-            max_body_size=cfg.max_body_size,
-            max_header_size=cfg.max_header_size,
-            access_log=cfg.access_log,
-            ssl=ssl,
-            header_guard=header_guard,
-            max_inflight_body_bytes=cfg.max_inflight_body_bytes,
-            max_connections=cfg.max_connections,
-            min_body_rate=cfg.min_body_rate,
-            reuse_port=shared,
-        )
+
+        def query_server(port: int, reuse_port: bool) -> HttpServer:
+            return HttpServer(
+                query,
+                host=cfg.host,
+                port=port,
+                max_body_size=cfg.max_body_size,
+                max_header_size=cfg.max_header_size,
+                access_log=cfg.access_log,
+                ssl=ssl,
+                header_guard=header_guard,
+                max_inflight_body_bytes=cfg.max_inflight_body_bytes,
+                max_connections=cfg.max_connections,
+                min_body_rate=cfg.min_body_rate,
+                reuse_port=reuse_port,
+            )
+
+        self.query = query_server(cfg.query_port, shared)
+        #: This process's own query port when several share :attr:`query`.
+        self.direct = query_server(0, False) if shared else None
         self.admin = (
             None
             if admin is None
@@ -113,6 +121,8 @@ class Listeners:
     async def start(self) -> None:
         """Bind the ports (the ones asked as 0 get free ones)."""
         await self.query.start()
+        if self.direct is not None:
+            await self.direct.start()
         if self.admin is not None:
             await self.admin.start()
         if self.grpc is not None:
@@ -120,7 +130,9 @@ class Listeners:
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; in-flight requests get ``grace`` seconds to finish."""
-        servers: list[Any] = [s for s in (self.query, self.admin, self.grpc) if s is not None]
+        servers: list[Any] = [
+            s for s in (self.query, self.direct, self.admin, self.grpc) if s is not None
+        ]
         for result in await asyncio.gather(
             *(s.stop(grace) for s in servers), return_exceptions=True
         ):

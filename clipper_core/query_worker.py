@@ -45,7 +45,9 @@ def main() -> int:
     server = ClipperServer(ServerConfig(**spec["config"]))
 
     def on_started(srv: ClipperServer) -> None:
-        sys.stdout.write(json.dumps({"pid": os.getpid(), "worker": srv.config.worker_id}) + "\n")
+        assert srv.listeners is not None and srv.listeners.direct is not None
+        ready = {"pid": os.getpid(), "direct_port": srv.listeners.direct.port}
+        sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
         os.dup2(2, 1)  # nothing else may fill the pipe nobody reads any more
         loop = asyncio.get_running_loop()

@@ -285,7 +285,7 @@ class ClipperServer:
         query_api.install(query, self.dataplane, self.gate, self.metrics, self.inspect)
         oip_http.install(query, self.oip)
         selection_api.install(query, self.dataplane, self.gate)
-        frontend_workers.install_identity(query, self.config.worker_id, self.workers.describe)
+        frontend_workers.install_identity(query, self.workers, lambda: self.listeners)
         admin = Router()
         assert self.replica_tokens is not None
         admin_api.install(

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -216,16 +217,33 @@ def test_both_processes_serve_a_deploy_made_on_the_management_port(server: Serve
     # Many connections: the kernel spreads them over both processes, and each
     # answers the app deployed through the primary's management port.
     served: dict[int, set[str]] = {0: set(), 1: set()}
+    answered = {0: 0, 1: 0}
     conns = [Connection(server.port) for _ in range(40)]
     try:
         for conn in conns:
             served[conn.worker].add(wait_for(lambda c=conn: c.answer("app"), "an answer"))
+            answered[conn.worker] += 1
         assert all(served.values()), f"one process served no connection of 40: {served}"
     finally:
         for conn in conns:
             conn.close()
     # Both reach the same replica (the primary's), through the endpoint record.
     assert served[0] == served[1] and len(served[0]) == 1
+
+    # Each process also serves on a port of its own: its metrics, by itself.
+    primary = server.connect_to(0)
+    try:
+        urls = [primary.frontend["direct_url"], primary.frontend["workers"][0]["direct_url"]]
+    finally:
+        primary.close()
+    for process, url in enumerate(urls):
+        with urllib.request.urlopen(f"{url}/frontend", timeout=30) as resp:
+            assert json.loads(resp.read())["worker"] == process
+        with urllib.request.urlopen(f"{url}/metrics?format=json", timeout=30) as resp:
+            [model] = json.loads(resp.read())["models"]
+            assert model["queries"] >= answered[process]  # its own figures
+        with urllib.request.urlopen(f"{url}/metrics?format=prometheus", timeout=30) as resp:
+            assert b"# TYPE" in resp.read()
 
     # The OIP over HTTP shares the port too, and so does OIP gRPC.
     oip = {"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP64", "data": [1.0]}]}
@@ -334,7 +352,12 @@ def test_default_is_one_process(tmp_path: Path) -> None:
     with BackgroundServer(query_port=0, management_port=0) as bg:
         conn = Connection(bg.server.query_port)
         try:
-            assert conn.frontend == {"worker": 0, "pid": os.getpid(), "workers": []}
+            assert conn.frontend == {
+                "worker": 0,
+                "pid": os.getpid(),
+                "direct_url": None,
+                "workers": [],
+            }
         finally:
             conn.close()
 
