@@ -126,6 +126,7 @@ def run_one(workers: int, duration: int, body: Path, script: Path) -> dict[str, 
             workers=workers,
             cpu_pct={k: round(v) for k, v in cpu.items()},
             server_cpu_pct=round(sum(cpu.values())),
+            cpu_us_per_req=round(sum(cpu.values()) / 100 / result["rps"] * 1e6),
             load=os.getloadavg()[0],
         )
         return result
@@ -157,7 +158,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nmatmul c=32, wrk -t1 -d{args.duration}s, {os.cpu_count()} cores; medians of rounds")
-    print(f"{'workers':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6}  per process")
+    print(
+        f"{'workers':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'us/req':>6}"
+        "  CPU % per process"
+    )
     for n in counts:
         mine = [row for row in rows if row["workers"] == n]
 
@@ -170,7 +174,7 @@ def main() -> None:
         )
         print(
             f"{n:>7} {med('rps'):>8.0f} {med('p50_ms'):>7.2f} {med('p99_ms'):>7.2f}"
-            f" {med('server_cpu_pct'):>6.0f}  {parts}"
+            f" {med('server_cpu_pct'):>6.0f} {med('cpu_us_per_req'):>6.0f}  {parts}"
         )
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -281,8 +281,6 @@ class FrontendWorkers:
             WORKER_MODULE,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            # A terminal's Ctrl-C reaches the primary only: it stops them in order.
-            start_new_session=True,
         )
         assert process.stdin is not None and process.stdout is not None
         try:

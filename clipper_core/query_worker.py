@@ -4,7 +4,9 @@ Started by the primary's :class:`~clipper_core.frontend_workers.FrontendWorkers`
 it reads its settings as one JSON line on stdin, runs a ``ClipperServer`` on
 them (query ports only, bound with ``SO_REUSEPORT``), writes one JSON line on
 stdout once it serves, and stops gracefully on SIGTERM, when its parent dies
-(``PR_SET_PDEATHSIG``), or when stdin, the primary's pipe, closes.
+(``PR_SET_PDEATHSIG``), or when stdin, the primary's pipe, closes.  It stays in
+the primary's session and process group (one scheduling group, like the
+primary's own threads) and ignores SIGINT, which the primary handles for it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def main() -> int:
         sys.stdout.flush()
         os.dup2(2, 1)  # nothing else may fill the pipe nobody reads any more
         loop = asyncio.get_running_loop()
+        # Ctrl-C in a terminal reaches the whole process group; the primary stops
+        # its workers in order (SIGTERM), so a worker leaves SIGINT to it.
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         def on_stdin() -> None:
             if not os.read(0, 4096):  # EOF: the primary is gone

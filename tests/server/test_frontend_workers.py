@@ -137,6 +137,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            start_new_session=True,  # a process group of its own, as in a terminal
         )  # fmt: skip
         wait_for(lambda: ready.exists() or self._died(), "the server to start")
         self.ports = json.loads(ready.read_text())
@@ -326,6 +327,16 @@ def test_shutdown_leaves_no_process_behind(server: Server) -> None:
     assert server.stop() == 0
     left = [p for p in children if alive(p)]
     assert not left, f"still running after the server stopped: {left}"
+
+
+def test_ctrl_c_stops_the_primary_and_its_workers_in_order(server: Server) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C): the primary
+    stops its workers; none is restarted, and everything exits."""
+    workers = {w["pid"] for w in server.workers()}
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert server.process.wait(timeout=60) == 0
+    wait_for(lambda: not any(alive(p) for p in workers), "the worker to exit")
+    assert "query_worker_exited" not in server.log_tail()
 
 
 def test_a_worker_exits_with_a_killed_primary(server: Server) -> None:
