@@ -74,6 +74,13 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
+def _host_cpu() -> tuple[float, float]:
+    """Busy and total jiffies of every CPU of the host (/proc/stat)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _wrk(url: str, body: Path, script: Path, duration: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s", str(script), url],
@@ -117,7 +124,9 @@ def run_one(workers: int, duration: int, body: Path, script: Path) -> dict[str, 
         tree = _children(server.pid)
         pids = {server.pid: "primary", **tree}
         before = {p: cpu_seconds(p) or 0.0 for p in pids}
+        host_before = _host_cpu()
         result = _wrk(url, body, script, duration)
+        host_after = _host_cpu()
         after = {p: cpu_seconds(p) or 0.0 for p in pids}
         cpu: dict[str, float] = {}
         for p, kind in pids.items():
@@ -127,6 +136,13 @@ def run_one(workers: int, duration: int, body: Path, script: Path) -> dict[str, 
             cpu_pct={k: round(v) for k, v in cpu.items()},
             server_cpu_pct=round(sum(cpu.values())),
             cpu_us_per_req=round(sum(cpu.values()) / 100 / result["rps"] * 1e6),
+            # Every process on the host, wrk and other users included, in % of one CPU.
+            host_cpu_pct=round(
+                (host_after[0] - host_before[0])
+                / (host_after[1] - host_before[1])
+                * 100
+                * (os.cpu_count() or 1)
+            ),
             load=os.getloadavg()[0],
         )
         return result
@@ -160,7 +176,7 @@ def main() -> None:
     print(f"\nmatmul c=32, wrk -t1 -d{args.duration}s, {os.cpu_count()} cores; medians of rounds")
     print(
         f"{'workers':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'us/req':>6}"
-        "  CPU % per process"
+        f" {'host %':>6}  CPU % per process"
     )
     for n in counts:
         mine = [row for row in rows if row["workers"] == n]
@@ -174,7 +190,8 @@ def main() -> None:
         )
         print(
             f"{n:>7} {med('rps'):>8.0f} {med('p50_ms'):>7.2f} {med('p99_ms'):>7.2f}"
-            f" {med('server_cpu_pct'):>6.0f} {med('cpu_us_per_req'):>6.0f}  {parts}"
+            f" {med('server_cpu_pct'):>6.0f} {med('cpu_us_per_req'):>6.0f}"
+            f" {med('host_cpu_pct'):>6.0f}  {parts}"
         )
     shutil.rmtree(tmp, ignore_errors=True)
 
