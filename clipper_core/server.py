@@ -307,7 +307,7 @@ class ClipperServer:
         """Open the store, bind the listeners, and bring back every app and model."""
         cfg = self.config
         prepare_state_dir(cfg)
-        admin_token = resolve_admin_token(cfg)
+        admin_token = None if cfg.is_query_worker() else resolve_admin_token(cfg)
         self.replica_tokens = await asyncio.to_thread(
             ReplicaTokens.load_or_create, cfg.resolved_replica_secret_file()
         )
