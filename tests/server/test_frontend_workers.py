@@ -35,6 +35,7 @@ from clipper_core.frontend_workers import forget_published_endpoints, resolve_wo
 from clipper_core.server import BackgroundServer
 from clipper_core.store.records import EndpointRecord, ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
+from tests.control.redis_server import RedisServer, require_redis
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "frontend-workers-admin-token-0123456789"
@@ -116,7 +117,7 @@ class Connection:
 class Server:
     """``clipper serve --workers 2`` with its own state folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *extra: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         ready = folder / "ready.json"
@@ -133,6 +134,7 @@ class Server:
                 "--log-format", "text",
                 "--shutdown-grace", "5",
                 "--ready-file", str(ready),
+                *extra,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -337,6 +339,25 @@ def test_ctrl_c_stops_the_primary_and_its_workers_in_order(server: Server) -> No
     assert server.process.wait(timeout=60) == 0
     wait_for(lambda: not any(alive(p) for p in workers), "the worker to exit")
     assert "query_worker_exited" not in server.log_tail()
+
+
+def test_workers_follow_a_shared_redis_store(tmp_path: Path) -> None:
+    """With ``--state-url`` the workers follow the Redis stream, and the
+    primary's replica endpoints, as a second frontend would."""
+    require_redis()
+    redis = RedisServer(tmp_path / "redis")
+    srv = Server(tmp_path / "srv", "--state-url", redis.url, "--lease-ttl", "2")
+    try:
+        deploy(srv)
+        for process in (0, 1):
+            conn = srv.connect_to(process)
+            try:
+                assert wait_for(lambda c=conn: c.answer("app"), "an answer").startswith("replica:")
+            finally:
+                conn.close()
+    finally:
+        srv.stop()
+        redis.stop()
 
 
 def test_a_worker_exits_with_a_killed_primary(server: Server) -> None:
