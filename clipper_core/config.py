@@ -127,7 +127,8 @@ class ServerConfig:
         workers: frontend processes serving the query ports (Clipper REST, OIP
             HTTP and gRPC), which they share with ``SO_REUSEPORT``: this one and
             ``workers - 1`` query workers it starts and supervises (see
-            ``clipper_core.frontend_workers``).  1 (the default): this process alone.
+            ``clipper_core.frontend_workers``).  1 (the default): this process
+            alone; 0: one per CPU.
         worker_id: 0 for the server itself; ``k >= 1`` in the settings of query
             worker ``k`` (set by the server that starts it, never by hand).
     """
