@@ -28,6 +28,13 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _workers(text: str) -> int:
+    """An argparse type: a number of frontend processes; ``auto`` or 0: one per CPU."""
+    if text.strip().lower() == "auto":
+        return 0
+    return _non_negative_int(text)
+
+
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The options of a server process (``clipper serve``)."""
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -172,6 +179,14 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the Secret (key 'token') model pods fetch bundles with (clipper-bundle-token)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="frontend processes sharing the query ports (SO_REUSEPORT): this one and N-1"
+        " query workers it supervises; 0 or auto: one per CPU (default 1)",
+    )
     p.add_argument("--ready-file", help="write the bound ports here (JSON) once serving")
 
 
@@ -232,6 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.client_max_concurrency = args.client_max_concurrency
     cfg.client_rate_limit = args.client_rate_limit
     cfg.container_manager = args.container_manager
+    cfg.workers = args.workers
     cfg.kubernetes_namespace = args.kubernetes_namespace
     cfg.kubernetes_image = args.kubernetes_image
     cfg.kubernetes_bundle_url = args.kubernetes_bundle_url
@@ -263,6 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "grpc_port": srv.grpc_port,
                         "query_url": srv.query_url,
                         "management_url": srv.management_url,
+                        "workers": srv.config.workers,
                     }
                 )
             )

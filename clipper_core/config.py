@@ -124,6 +124,13 @@ class ServerConfig:
             management API through the ``clipper-frontend`` Service).
         kubernetes_bundle_secret: with ``"kubernetes"``: the Secret (key
             ``token``) model pods fetch bundles with (None: ``clipper-bundle-token``).
+        workers: frontend processes serving the query ports (Clipper REST, OIP
+            HTTP and gRPC), which they share with ``SO_REUSEPORT``: this one and
+            ``workers - 1`` query workers it starts and supervises (see
+            ``clipper_core.frontend_workers``).  1 (the default): this process
+            alone; 0: one per CPU.
+        worker_id: 0 for the server itself; ``k >= 1`` in the settings of query
+            worker ``k`` (set by the server that starts it, never by hand).
     """
 
     host: str = "127.0.0.1"
@@ -167,6 +174,8 @@ class ServerConfig:
     kubernetes_image: str | None = None
     kubernetes_bundle_url: str | None = None
     kubernetes_bundle_secret: str | None = None
+    workers: int = 1
+    worker_id: int = 0
 
     def resolved_grpc_port(self) -> int | None:
         """The gRPC port to bind (None: none), ``"auto"`` decided (see ``grpc_port``)."""
@@ -176,6 +185,16 @@ class ServerConfig:
         if from_env != "auto":
             return from_env
         return 0 if self.query_port == 0 else DEFAULT_GRPC_PORT
+
+    def is_query_worker(self) -> bool:
+        """Whether these are a query worker's settings (it serves the query ports
+        only, follows the store, and starts no replicas)."""
+        return self.worker_id > 0
+
+    def publishes_endpoints(self) -> bool:
+        """Whether the replicas' addresses go into the store for other frontends
+        (a shared ``state_url``, or query workers following this process)."""
+        return self.state_url is not None or (self.workers > 1 and not self.is_query_worker())
 
     def wants_temporary_state(self) -> bool:
         """Whether the state goes to a temporary folder: no folder is named and

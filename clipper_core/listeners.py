@@ -45,10 +45,17 @@ class Listeners:
     Args:
         cfg: Ports, limits and TLS.
         query: The query port's routes.
-        admin: The management port's routes.
+        admin: The management port's routes; None: no management port (a query
+            worker's listeners).
         admin_guard: Runs before every management request (token, same origin).
         header_guard: Runs on each query's headers, before its body is read.
         oip: Served on the gRPC port (when ``cfg`` asks for one).
+
+    With ``cfg.workers > 1`` the query and gRPC ports are bound with
+    ``SO_REUSEPORT``: the server and its query workers each bind them, and the
+    kernel spreads the connections over them.  Each process then also serves
+    the query routes on a port of its own (:attr:`direct`, a free one), where
+    its ``/metrics`` can be scraped without the kernel choosing the process.
     """
 
     def __init__(
@@ -56,33 +63,45 @@ class Listeners:
         cfg: ServerConfig,
         *,
         query: Router,
-        admin: Router,
+        admin: Router | None,
         admin_guard: Guard,
         header_guard: Guard,
         oip: InferenceService,
     ) -> None:
         ssl = server_ssl(cfg)
-        self.query = HttpServer(
-            query,
-            host=cfg.host,
-            port=cfg.query_port,
-            max_body_size=cfg.max_body_size,
-            max_header_size=cfg.max_header_size,
-            access_log=cfg.access_log,
-            ssl=ssl,
-            header_guard=header_guard,
-            max_inflight_body_bytes=cfg.max_inflight_body_bytes,
-            max_connections=cfg.max_connections,
-            min_body_rate=cfg.min_body_rate,
-        )
-        self.admin = HttpServer(
-            admin,
-            host=cfg.host,
-            port=cfg.management_port,
-            max_body_size=1 << 30,
-            access_log=cfg.access_log,
-            ssl=ssl,
-            guard=admin_guard,
+        shared = cfg.workers > 1
+
+        def query_server(port: int, reuse_port: bool) -> HttpServer:
+            return HttpServer(
+                query,
+                host=cfg.host,
+                port=port,
+                max_body_size=cfg.max_body_size,
+                max_header_size=cfg.max_header_size,
+                access_log=cfg.access_log,
+                ssl=ssl,
+                header_guard=header_guard,
+                max_inflight_body_bytes=cfg.max_inflight_body_bytes,
+                max_connections=cfg.max_connections,
+                min_body_rate=cfg.min_body_rate,
+                reuse_port=reuse_port,
+            )
+
+        self.query = query_server(cfg.query_port, shared)
+        #: This process's own query port when several share :attr:`query`.
+        self.direct = query_server(0, False) if shared else None
+        self.admin = (
+            None
+            if admin is None
+            else HttpServer(
+                admin,
+                host=cfg.host,
+                port=cfg.management_port,
+                max_body_size=1 << 30,
+                access_log=cfg.access_log,
+                ssl=ssl,
+                guard=admin_guard,
+            )
         )
         grpc_port = cfg.resolved_grpc_port()
         self.grpc = (
@@ -95,21 +114,25 @@ class Listeners:
                 tls=read_tls_files(cfg.tls_cert, cfg.tls_key),
                 max_message_bytes=cfg.max_body_size,
                 transport=cfg.grpc_transport,
+                reuse_port=shared,
             )
         )
 
     async def start(self) -> None:
         """Bind the ports (the ones asked as 0 get free ones)."""
         await self.query.start()
-        await self.admin.start()
+        if self.direct is not None:
+            await self.direct.start()
+        if self.admin is not None:
+            await self.admin.start()
         if self.grpc is not None:
             await self.grpc.start()
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; in-flight requests get ``grace`` seconds to finish."""
-        servers: list[Any] = [self.query, self.admin]
-        if self.grpc is not None:
-            servers.append(self.grpc)
+        servers: list[Any] = [
+            s for s in (self.query, self.direct, self.admin, self.grpc) if s is not None
+        ]
         for result in await asyncio.gather(
             *(s.stop(grace) for s in servers), return_exceptions=True
         ):

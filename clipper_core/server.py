@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clipper_core import admin_api, dashboard, query_api
+from clipper_core import admin_api, dashboard, frontend_workers, query_api
 from clipper_core.admission import ClientLimiter, QueryGate
 from clipper_core.auth import ApiKeys
 from clipper_core.config import ServerConfig, default_state_dir
@@ -112,6 +112,7 @@ class ClipperServer:
             if not hasattr(cfg, key):
                 raise TypeError(f"unknown server setting {key!r}")
             setattr(cfg, key, value)
+        cfg.workers = frontend_workers.resolve_workers(cfg.workers)
         self.config = cfg
         # A script or test on ephemeral ports that names no state folder gets a
         # fresh one, removed at stop: a second run starts from nothing.
@@ -128,7 +129,9 @@ class ClipperServer:
         # Many frontends share the store (state_url): the replica lease decides
         # which one starts containers; the others follow its endpoint records.
         self.shared_state = cfg.state_url is not None
-        self.lease: Lease = AlwaysHeld()
+        # A query worker follows the primary's store and replicas (frontend_workers).
+        self.lease: Lease = frontend_workers.NeverHeld() if cfg.is_query_worker() else AlwaysHeld()
+        self.workers = frontend_workers.FrontendWorkers(cfg)  # started by the primary
         self._sink: StoreEndpointSink | None = None
         self._follower: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -137,8 +140,10 @@ class ClipperServer:
         self.started_at = 0.0
         self.dataplane = DataPlane(cache_bytes=cfg.cache_bytes, batch_slo_rule=budgets.batch_slos)
         self.selection = SelectionService()
-        self.manager: ContainerManager = manager or _configured_manager(
-            cfg, lambda rec: self._replica_token(rec.name, rec.version)
+        self.manager: ContainerManager = manager or (
+            frontend_workers.NoContainers()
+            if cfg.is_query_worker()
+            else _configured_manager(cfg, lambda rec: self._replica_token(rec.name, rec.version))
         )
         self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         self.api_keys = ApiKeys()
@@ -176,6 +181,7 @@ class ClipperServer:
     @property
     def management_port(self) -> int:
         assert self.listeners is not None, "server not started"
+        assert self.listeners.admin is not None, "a query worker has no management port"
         return self.listeners.admin.port
 
     @property
@@ -212,6 +218,8 @@ class ClipperServer:
         from clipper_core.store.redis_lease import RedisLease
 
         store = RedisStateStore(cfg.state_url)
+        if cfg.is_query_worker():
+            return store
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease = RedisLease(store.client, store.keys.lease, owner, cfg.lease_ttl)
         return store
@@ -241,7 +249,7 @@ class ClipperServer:
             on_replica_hung=on_replica_hung,
         )
         sink: EndpointSink = apply
-        if self.shared_state:
+        if cfg.publishes_endpoints():
             sink = self._sink = StoreEndpointSink(store, apply, self.lease)
         replicas = ReplicaReconciler(
             self.manager,
@@ -277,6 +285,7 @@ class ClipperServer:
         query_api.install(query, self.dataplane, self.gate, self.metrics, self.inspect)
         oip_http.install(query, self.oip)
         selection_api.install(query, self.dataplane, self.gate)
+        frontend_workers.install_identity(query, self.workers, lambda: self.listeners)
         admin = Router()
         assert self.replica_tokens is not None
         admin_api.install(
@@ -298,7 +307,7 @@ class ClipperServer:
         """Open the store, bind the listeners, and bring back every app and model."""
         cfg = self.config
         prepare_state_dir(cfg)
-        admin_token = resolve_admin_token(cfg)
+        admin_token = None if cfg.is_query_worker() else resolve_admin_token(cfg)
         self.replica_tokens = await asyncio.to_thread(
             ReplicaTokens.load_or_create, cfg.resolved_replica_secret_file()
         )
@@ -313,26 +322,33 @@ class ClipperServer:
         self.listeners = Listeners(
             cfg,
             query=query_router,
-            admin=admin_router,
+            admin=None if cfg.is_query_worker() else admin_router,
             admin_guard=admin_api.admin_guard(admin_token, policy),
             header_guard=header_refusal(self.dataplane, self.gate),
             oip=self.oip,
         )
-        await self.listeners.start()
+        worker = cfg.is_query_worker()
+        if not worker:  # a query worker joins the shared ports once it can answer
+            await self.listeners.start()
         self.started_at = time.time()
         self.metrics.start()
+        if not (worker or self.shared_state):  # replicas of an earlier run's workers
+            await asyncio.to_thread(frontend_workers.forget_published_endpoints, store)
         # The restore: the same reconcile that applies every later change, then
         # every change after the revision it started from, as it commits.
         since = await asyncio.to_thread(store.revision)
         await apply.sync_all()
         follower = FeedFollower(
-            store.feed(),
+            frontend_workers.query_feed(cfg, store),
             store,
             apply,
             replicas=replicas if self.shared_state else None,
             tasks=self.tasks,
         )
         self._follower = asyncio.get_running_loop().create_task(follower.run(since))
+        if worker:
+            await frontend_workers.replicas_connected(store, apply, cfg.replica_start_timeout)
+            await self.listeners.start()
         held = await self.lease.acquire()
         if held:
             await replicas.ensure_all()
@@ -345,13 +361,18 @@ class ClipperServer:
             )
             self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
+        if cfg.workers > 1 and not worker:
+            await self.workers.start(self.query_port, self.grpc_port)
+        admin_url = None if worker else self.management_url
         log_event(
             log,
             "server_started",
-            f"clipper_core serving: query {self.query_url}, management {self.management_url}"
-            + ("" if self.grpc_port is None else f", OIP gRPC {cfg.host}:{self.grpc_port}"),
+            f"clipper_core serving: query {self.query_url}, management {admin_url}"
+            + ("" if self.grpc_port is None else f", OIP gRPC {cfg.host}:{self.grpc_port}")
+            + f", worker {cfg.worker_id} of {cfg.workers}",
             query_url=self.query_url,
-            management_url=self.management_url,
+            management_url=admin_url,
+            worker=cfg.worker_id,
             pid=os.getpid(),
             state=cfg.state_url or cfg.resolved_state_path(),
             replica_lease=held,
@@ -376,8 +397,11 @@ class ClipperServer:
 
     async def _shutdown(self) -> None:
         self.ready = False
+        grace = self.config.shutdown_grace
+        draining = [self.workers.stop(grace)]
         if self.listeners is not None:
-            await self.listeners.stop(self.config.shutdown_grace)
+            draining.append(self.listeners.stop(grace))
+        await asyncio.gather(*draining)  # the workers drain too, while the replicas run
         # Dispatchers first, then processes: a replica killed under a running
         # dispatcher would hand its batch back for nothing.  Each step runs even
         # if one before it failed, so containers are always stopped.

@@ -85,6 +85,8 @@ LAYERS: dict[str, int] = {
     "clipper_core.server": ROOTS_LAYER,
     "clipper_core.embedded": ROOTS_LAYER,
     "clipper_core.listeners": ROOTS_LAYER,
+    "clipper_core.frontend_workers": ROOTS_LAYER,
+    "clipper_core.query_worker": ROOTS_LAYER,
     "clipper_core.cli": ROOTS_LAYER,
     "clipper_core.cli_serve": ROOTS_LAYER,
     "clipper_core.cli_pipelines": ROOTS_LAYER,

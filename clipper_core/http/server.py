@@ -51,6 +51,8 @@ class HttpServer:
             must keep arriving at, measured over every ``body_rate_window``
             seconds; slower, it is answered 408 and the connection closed.  0: off.
         body_rate_window: Seconds over which ``min_body_rate`` is measured.
+        reuse_port: Bind with ``SO_REUSEPORT``, so that other processes of this
+            user serving the same port share its connections (query workers).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class HttpServer:
         max_connections: int = 0,
         min_body_rate: int = 0,
         body_rate_window: float = 10.0,
+        reuse_port: bool = False,
     ) -> None:
         if max_inflight_body_bytes < 0 or max_connections < 0 or min_body_rate < 0:
             raise ValueError("limits must be >= 0 (0: none)")
@@ -91,6 +94,7 @@ class HttpServer:
         self.access_log = access_log
         self._requested_port = port
         self._backlog = backlog
+        self._reuse_port = reuse_port
         self._port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[HttpProtocol] = set()
@@ -121,6 +125,7 @@ class HttpServer:
             self._requested_port,
             backlog=self._backlog,
             reuse_address=True,
+            reuse_port=self._reuse_port,
             ssl=self.ssl,
         )
         sockets = self._server.sockets

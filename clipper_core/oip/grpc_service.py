@@ -284,6 +284,8 @@ class GrpcInferenceServer:
         max_message_bytes: Largest request accepted (replies may be 4x that).
         transport: ``"h2"`` (this package's HTTP/2; cleartext only), ``"aio"``
             (``grpc.aio``) or ``"auto"``: h2 without TLS, aio with it.
+        reuse_port: Share the port with other processes of this user that bind
+            it so (query workers); off, a second server cannot bind it.
     """
 
     def __init__(
@@ -295,6 +297,7 @@ class GrpcInferenceServer:
         tls: tuple[bytes, bytes] | None = None,
         max_message_bytes: int = 10 * 1024 * 1024,
         transport: str = "auto",
+        reuse_port: bool = False,
     ) -> None:
         if transport not in ("auto", "h2", "aio"):
             raise ValueError(f"unknown gRPC transport {transport!r}")
@@ -306,6 +309,7 @@ class GrpcInferenceServer:
         self._requested_port = port
         self._tls = tls
         self._max_message = max_message_bytes
+        self._reuse_port = reuse_port
         self._server: Any = None  # grpc.aio.Server or H2GrpcServer
         self._port: int | None = None
 
@@ -322,6 +326,7 @@ class GrpcInferenceServer:
                 host=self.host,
                 port=self._requested_port,
                 max_message_bytes=self._max_message,
+                reuse_port=self._reuse_port,
             )
             await h2.start()
             self._server = h2
@@ -331,9 +336,10 @@ class GrpcInferenceServer:
             options=[
                 ("grpc.max_receive_message_length", self._max_message),
                 ("grpc.max_send_message_length", max(4 * self._max_message, 64 << 20)),
-                # Without this a second server on the same port would silently
-                # share it (the kernel spreads connections over both).
-                ("grpc.so_reuseport", 0),
+                # On, the kernel spreads connections over every server bound
+                # to the port: wanted for query workers only, or a second
+                # server would silently share it.
+                ("grpc.so_reuseport", int(self._reuse_port)),
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -26,6 +26,7 @@ class H2GrpcServer:
         max_message_bytes: Largest request message accepted (overrides
             ``limits.max_message``).
         limits: What one connection may hold or cost (defaults: :class:`H2Limits`).
+        reuse_port: Bind with ``SO_REUSEPORT`` (query workers share the port).
     """
 
     def __init__(
@@ -36,10 +37,12 @@ class H2GrpcServer:
         port: int = 0,
         max_message_bytes: int = 4 << 20,
         limits: H2Limits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.handlers = dict(handlers)
         self.host = host
         self.requested_port = port
+        self.reuse_port = reuse_port
         base = limits or H2Limits()
         self.limits = dataclasses.replace(
             base,
@@ -62,7 +65,11 @@ class H2GrpcServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: H2GrpcProtocol(self), self.host, self.requested_port, backlog=1024
+            lambda: H2GrpcProtocol(self),
+            self.host,
+            self.requested_port,
+            backlog=1024,
+            reuse_port=self.reuse_port,
         )
         sockets = self._server.sockets or ()
         self.port = sockets[0].getsockname()[1]
