@@ -18,7 +18,7 @@ from __future__ import annotations
 import orjson
 
 from clipper_core.admission import deadline_from_headers
-from clipper_core.errors import BadInput, ClipperError
+from clipper_core.errors import BadInput, ClipperError, NoLiveReplica
 from clipper_core.http import Request, Response, Router
 from clipper_core.http.messages import error_headers
 from clipper_core.oip.service import InferenceService
@@ -35,7 +35,10 @@ def _json(obj: object, status: int = 200) -> Response:
 
 def error_response(exc: ClipperError) -> Response:
     """An OIP error reply: ``{"error": message}`` with the error's HTTP status."""
-    body = orjson.dumps({"error": str(exc) or exc.kind})
+    reply: dict[str, object] = {"error": str(exc) or exc.kind}
+    if isinstance(exc, NoLiveReplica):
+        reply["models"] = exc.models  # which ones to scale up or start
+    body = orjson.dumps(reply)
     return Response(exc.http_status, body, _JSON, error_headers(exc))
 
 
