@@ -164,3 +164,30 @@ def test_onnx_func_metadata_is_what_the_func_takes(server: Running) -> None:
     assert serve(server, "onnx-pairs", rows.astype(np.float32)) == [
         [float(v) for v in r] for r in want
     ]
+
+
+def test_a_graph_of_several_inputs_takes_them_by_name_over_oip(server: Running) -> None:
+    import tritonclient.http as httpclient
+
+    endpoint(server, "onnx-named", "floats")
+    deploy_onnx_model(server.conn, "onnx-named", 1, "floats", model=two_input_graph())
+    link(server, "onnx-named")
+    meta = metadata(server, "onnx-named")
+    assert specs(meta.inputs) == [("a", "FP32", (-1, 2)), ("b", "FP32", (-1, 2))]
+    assert specs(meta.outputs) == [("total", "FP32", (-1, 2))]
+    a, b = RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(3, 2)).astype(np.float32)
+    http = httpclient.InferenceServerClient(server.bg.query_url.split("://")[1])
+    try:
+        described = http.get_model_metadata("onnx-named")
+        tensors = []
+        for spec, data in zip(described["inputs"], (a, b), strict=True):
+            tensor = httpclient.InferInput(spec["name"], list(data.shape), spec["datatype"])
+            tensor.set_data_from_numpy(data)
+            tensors.append(tensor)
+        answer = http.infer("onnx-named", tensors)
+        np.testing.assert_array_equal(answer.as_numpy("total"), a + b)
+    finally:
+        http.close()
+    # Clipper's REST API sends rows: that needs a func, and the error says so.
+    status, reply = server.client.predict("onnx-named", {"input": [1.0, 2.0, 3.0, 4.0]})
+    assert status == 500 and "query it over OIP" in reply["cause"], reply
