@@ -341,14 +341,13 @@ class AppSelector:
                 why = f"no model answered within the latency objective ({app.slo * 1000.0:g} ms)"
             else:
                 why = "; ".join(f"{q.label(n)}: {type(e).__name__}: {e}" for n, e in failures)
+            only_dead = bool(dead) and not (timed_out or failures)
             if dead:
                 refusal = no_connected_model(NoLiveReplica(dead))
-                why = refusal if not (timed_out or failures) else f"{why}; {refusal}"
+                why = refusal if only_dead else f"{why}; {refusal}"
             out = app.default(why)
-            out.models = []
-            out.missing = missing
-            out.confidence = 0.0
-            out.unavailable = dead if dead and not (timed_out or failures) else None
+            out.models, out.missing, out.confidence = [], missing, 0.0
+            out.unavailable = dead if only_dead else None
             return out, ("slo" if timed_out or not failures else "error")
         y, confidence = policy.combine(state, q.x, outputs)
         confidence = float(confidence) * len(outputs) / max(len(q.queried), 1)
@@ -404,10 +403,14 @@ class AppSelector:
                     outputs[name] = hit
                     continue
             try:
-                pending[name] = mv.submit(x, key, deadline)
+                fut = mv.submit(x, key, deadline)
+                if unanswerable(mv, fut):  # do not wait FEEDBACK_TIMEOUT for nothing
+                    fut.cancel()
+                    raise NoLiveReplica([mv.key])
             except ClipperError as exc:
                 log.info("feedback for %s: %s cannot answer: %s", self.app_name, mv.key, exc)
                 continue
+            pending[name] = fut
             self.feedback_computed += 1
         if pending:
             await wait_until(list(pending.values()), deadline)
