@@ -10,7 +10,8 @@ Routes (added to the query port's router, next to Clipper's ``/<app>/predict``):
 
 Errors are ``{"error": "<message>"}`` with the error's status: 400 for anything
 wrong with the request, 404 for an unknown model or version, 503 when the model
-is overloaded or has no replica, 504 when its deadline passes.
+is overloaded or has no replica (no live replica: ``"models"`` names the model
+versions), 504 when its deadline passes.
 """
 
 from __future__ import annotations
