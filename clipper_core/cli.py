@@ -21,7 +21,7 @@ from typing import Any
 
 from clipper_core.cli_pipelines import add_pipeline_commands
 from clipper_core.cli_serve import add_serve_options, cmd_serve, serve_argv
-from clipper_core.connection import ClipperConnection, LocalContainerManager, ServerNotRunning
+from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.connection_apply import load_object
 from clipper_core.errors import ClipperError
 
@@ -67,7 +67,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     conn = _connection(args)
     if not conn.ping():
-        raise ServerNotRunning(f"clipper_core is not running at {conn.management_url}")
+        raise conn.cm.unreachable(conn.management_url)
     conn.stop_all()
     print("clipper_core stopped")
     return 0

@@ -175,10 +175,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
                 cause = raw.decode(errors="replace")
             raise ClipperError(f"{op} failed ({exc.code}): {cause}") from None
         except (urllib.error.URLError, ConnectionError) as exc:
-            raise ServerNotRunning(
-                f"clipper_core is not running at {self.management_url}"
-                f" ({exc}); start it with `clipper start`"
-            ) from None
+            raise self.cm.unreachable(self.management_url, exc) from None
 
     def ping(self) -> bool:
         """Whether a server answers on the management port (a 401, for a wrong or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_
 from clipper_core.config import default_state_dir, state_dir_is_named
 from clipper_core.errors import ClipperError
 
-__all__ = ["LocalContainerManager", "ServerNotRunning"]
+__all__ = ["LocalContainerManager", "ServerNotRunning", "TlsMismatch"]
 
 
 class ServerNotRunning(ClipperError):
@@ -30,6 +31,29 @@ class ServerNotRunning(ClipperError):
 
     http_status = 503
     kind = "not_running"
+
+
+class TlsMismatch(ClipperError):
+    """A server answers on the management port, but not as this connection
+    speaks to it: TLS on one side only, or a certificate the given CA does not
+    vouch for.  The message says what to pass."""
+
+    http_status = 400
+    kind = "tls_mismatch"
+
+
+def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake.  Only to explain a failed
+    plain-HTTP call: nothing is sent, and the certificate is not checked here."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with probe.wrap_socket(sock, server_hostname=host):
+                return True
+    except (OSError, ValueError):
+        return False
 
 
 class LocalContainerManager:
@@ -98,6 +122,34 @@ class LocalContainerManager:
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+    def unreachable(self, url: str, exc: BaseException | None = None) -> ClipperError:
+        """Why a management call to ``url`` failed with ``exc``: no server there
+        (:class:`ServerNotRunning`), or one that speaks TLS when this connection
+        does not, or the reverse, or whose certificate the CA given does not sign
+        (:class:`TlsMismatch`, saying what to pass)."""
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return TlsMismatch(
+                f"the server at {url} speaks TLS, but its certificate is not signed by"
+                f" the CA given ({self.tls_ca}): {reason.verify_message}; pass the CA"
+                " that signed it with --tls-ca FILE (or $CLIPPER_TLS_CA)"
+            )
+        if self.tls and isinstance(reason, ssl.SSLError):
+            return TlsMismatch(
+                f"the server at {url} does not speak TLS ({reason.reason}): connect"
+                " without --tls-ca (and unset $CLIPPER_TLS_CA)"
+            )
+        if not self.tls and speaks_tls(self.host, self.management_port):
+            return TlsMismatch(
+                f"a server answers at {self.host}:{self.management_port}, but in TLS"
+                " (HTTPS): pass its CA certificate with --tls-ca FILE (or set"
+                " $CLIPPER_TLS_CA; a self-signed certificate is its own CA)"
+            )
+        detail = "" if exc is None else f" ({exc})"
+        return ServerNotRunning(
+            f"clipper_core is not running at {url}{detail}; start it with `clipper start`"
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The client TLS context (None for plain HTTP)."""

@@ -90,6 +90,21 @@ class ReplicaUnavailable(ClipperError):
     kind = "replica_unavailable"
 
 
+class NoLiveReplica(ReplicaUnavailable):
+    """No model version that a query needs has a live replica, and none is
+    restarting: the query is refused at once (not at its deadline), naming them.
+
+    Attributes:
+        models: The model versions (``name:version``) without a live replica.
+    """
+
+    def __init__(self, models: list[str]) -> None:
+        self.models = list(models)
+        verb = "has" if len(self.models) == 1 else "have"
+        plural = "" if len(self.models) == 1 else "s"
+        super().__init__(f"model{plural} {', '.join(self.models)} {verb} no live replica")
+
+
 class Overloaded(ClipperError):
     """Admission control refused the request: the queue is full, or its expected
     wait exceeds the request's remaining deadline.  Answered 503 with

@@ -194,7 +194,11 @@ class DataPlaneReconciler:
         for model in [m for m in app.linked_models if m not in state.links]:
             dp.unlink(name, model)
         for model in state.links:
-            dp.link(name, model)  # keeps the order of the store's links
+            dp.link(name, model)
+        if app.linked_models != state.links:
+            # The store's order is the link order (the first answers under
+            # single): a frontend that saw the links come in another order follows it.
+            app.linked_models[:] = state.links
         self._api_keys.set_digests(name, state.digests)
 
     def restart_learning(self, name: str) -> None:

@@ -12,13 +12,18 @@ from typing import TYPE_CHECKING, Any
 from clipper_core.dataplane.accounting import count_answered, record_failure
 from clipper_core.dataplane.futures import consume_exception, wait_until, withdraw
 from clipper_core.dataplane.routing import Application, Outcome
-from clipper_core.errors import ClipperError, DeadlineExceeded
+from clipper_core.errors import ClipperError, DeadlineExceeded, NoLiveReplica
 from clipper_core.metrics import error_kind
 
 if TYPE_CHECKING:
     from clipper_core.dataplane.model_version import ModelVersion
 
-__all__ = ["nothing_can_answer", "predict_with_slo"]
+__all__ = [
+    "no_connected_model",
+    "nothing_can_answer",
+    "predict_with_slo",
+    "unanswerable",
+]
 
 
 def nothing_can_answer(model: ModelVersion) -> bool:
@@ -26,6 +31,22 @@ def nothing_can_answer(model: ModelVersion) -> bool:
     is connected, and none went away with work in the last seconds (that one is
     being restarted, and its inputs retried: waiting for it is worth it)."""
     return not model.replicas and model.isolation.recent_loss() is None
+
+
+def unanswerable(model: ModelVersion, fut: asyncio.Future[Any]) -> bool:
+    """Whether ``fut``, just submitted to ``model``, can only be answered at its
+    deadline: the cache or a refusal did not answer it at submit, and
+    :func:`nothing_can_answer`.  Every query path asks this after submitting, and
+    answers at once -- the app's default output, or :class:`NoLiveReplica` --
+    instead of waiting."""
+    return not fut.done() and nothing_can_answer(model)
+
+
+def no_connected_model(refusal: NoLiveReplica) -> str:
+    """The explanation of a default output given because of ``refusal``, in
+    Clipper's words (its REST API answers the default output, flagged)."""
+    verb = "has" if len(refusal.models) == 1 else "have"
+    return f"no connected model found for query: {', '.join(refusal.models)} {verb} no live replica"
 
 
 async def predict_with_slo(
@@ -57,10 +78,11 @@ async def predict_with_slo(
         withdraw(futures)  # the request fails as a whole: its queued inputs go
         record_failure(app, model, err, len(inputs), rejected=True)
         raise
+    # Without a live replica only the cache or a refusal can answer, and they did
+    # at submit: the rest get the default output now, not at the deadline.
+    dead = nothing_can_answer(model)
     try:
-        # Without a live replica only the cache or a refusal can answer, and they
-        # did at submit: the rest get the default output now, not at the deadline.
-        if not nothing_can_answer(model):
+        if not dead:
             await wait_until(futures, deadline)
     except asyncio.CancelledError:
         # The client went away (the HTTP server cancels its handler): withdraw its
@@ -72,9 +94,10 @@ async def predict_with_slo(
         # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
         slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
     # Clipper's words when nothing could have answered: no replica is connected.
+    refusal = NoLiveReplica([model.key]) if not model.replicas else None
     late_why = (
-        f"no connected model found for query: {model.key} has no live replica"
-        if not model.replicas
+        no_connected_model(refusal)
+        if refusal is not None
         else f"no answer within the latency objective ({slo_ms:g} ms)"
     )
     outcomes: list[Outcome] = []
@@ -84,7 +107,10 @@ async def predict_with_slo(
             if not late and (loss := model.isolation.recent_loss()):
                 late_why = f"{late_why}: {loss}"
             fut.add_done_callback(consume_exception)
-            outcomes.append(app.default(late_why))
+            outcome = app.default(late_why)
+            if dead:
+                outcome.unavailable = [model.key]
+            outcomes.append(outcome)
             late += 1
             continue
         exc = fut.exception()

@@ -38,6 +38,9 @@ class Outcome:
     models: list[str] | None = None
     confidence: float | None = None
     missing: list[str] | None = None
+    # The model versions without a live replica that made this a default output
+    # at once (OIP answers 503 / UNAVAILABLE for them; Clipper's REST the default).
+    unavailable: list[str] | None = None
 
 
 @dataclass

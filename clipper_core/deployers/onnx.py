@@ -42,8 +42,12 @@ def deploy_onnx_model(
     into one ``(N, d)`` tensor, cast to the input's element type, and one
     ``session.run`` returns ``output`` (the first output by default).  With
     ``func``, ``func(session, inputs)`` is called with the
-    ``onnxruntime.InferenceSession``.  Input and output names, types and shapes
-    come from the graph.
+    ``onnxruntime.InferenceSession``.  The OIP metadata says what the model takes
+    and returns: without ``func``, the graph's names and shapes (its input in
+    ``input_type``'s datatype, cast for the graph); with ``func``, what the func
+    takes -- one input ``input`` of rows of ``input_type`` -- and one output
+    ``output`` learned from its first answer, unless ``inputs``/``outputs``
+    declare them.
 
     Args:
         clipper_conn: The connection to the server.

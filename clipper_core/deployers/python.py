@@ -100,7 +100,11 @@ def deploy_python_closure(
     ignored: containers here are local processes.  Extra keyword arguments
     (``cpus``, ``memory_limit_mb``, ``cache_enabled``, ``batch_wait_micros``,
     ``controller``: "aimd", "quantile" or "fixed") go
-    to the model's configuration.
+    to the model's configuration.  ``memory_limit_mb`` limits each replica's memory
+    in a cgroup v2 child where the server can make one; elsewhere it limits its
+    address space (``RLIMIT_AS``, glibc's malloc arenas capped at two): runtimes
+    that reserve far more than they use (a JVM, CUDA) need a limit well above
+    their use there.
 
     With ``pkgs_to_install`` (pip requirement strings) or ``requirements_file``,
     the model runs in a virtual environment of its own, built by the server once

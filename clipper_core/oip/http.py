@@ -10,7 +10,8 @@ Routes (added to the query port's router, next to Clipper's ``/<app>/predict``):
 
 Errors are ``{"error": "<message>"}`` with the error's status: 400 for anything
 wrong with the request, 404 for an unknown model or version, 503 when the model
-is overloaded or has no replica, 504 when its deadline passes.
+is overloaded or has no replica (no live replica: ``"models"`` names the model
+versions), 504 when its deadline passes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import orjson
 
 from clipper_core.admission import deadline_from_headers
-from clipper_core.errors import BadInput, ClipperError
+from clipper_core.errors import BadInput, ClipperError, NoLiveReplica
 from clipper_core.http import Request, Response, Router
 from clipper_core.http.messages import error_headers
 from clipper_core.oip.service import InferenceService
@@ -35,7 +36,10 @@ def _json(obj: object, status: int = 200) -> Response:
 
 def error_response(exc: ClipperError) -> Response:
     """An OIP error reply: ``{"error": message}`` with the error's HTTP status."""
-    body = orjson.dumps({"error": str(exc) or exc.kind})
+    reply: dict[str, object] = {"error": str(exc) or exc.kind}
+    if isinstance(exc, NoLiveReplica):
+        reply["models"] = exc.models  # which ones to scale up or start
+    body = orjson.dumps(reply)
     return Response(exc.http_status, body, _JSON, error_headers(exc))
 
 

@@ -6,7 +6,9 @@ is the batch: each row is one query, walked through the pipeline as
 ``POST /<pipeline>/predict`` would walk it (``input_batch``).  The reply holds one
 output, ``output``, a row per query; when any row got the pipeline's default
 output, the response parameters say ``default: true`` with the explanation, as
-for an application.  A stage's error fails the request, with the stage named.
+for an application.  A stage's error fails the request, with the stage named; so
+does a stage whose model has no live replica, at once (503 / UNAVAILABLE, naming
+the model versions).
 
 Applications with a selection policy still answer no OIP inference
 (``service.policy_refusal``): only a pipeline's router is served here.
@@ -20,7 +22,7 @@ import numpy as np
 
 from clipper_core.clipper_api import InputKeys
 from clipper_core.dataplane import Application
-from clipper_core.errors import BadInput
+from clipper_core.errors import BadInput, NoLiveReplica
 from clipper_core.oip.tensors import InferRequest, OutputTensor
 from clipper_core.pipelines.runtime import PipelineRouter
 from model_containers.tensors import INPUT_TYPE_DATATYPES, datatype_of, outputs_to_tensor
@@ -109,6 +111,9 @@ async def infer(
     outcomes = await dataplane.predict(
         app.name, inputs, InputKeys(inputs, app.input_type), deadline=deadline
     )
+    dead = sorted({m for o in outcomes if o.unavailable for m in o.unavailable})
+    if dead:
+        raise NoLiveReplica(dead)
     arr = outputs_to_tensor([o.output for o in outcomes], len(outcomes))
     params = dict(request.parameters)
     defaults = [o for o in outcomes if o.default]

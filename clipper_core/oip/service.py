@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Any
 from clipper_core._version import __version__
 from clipper_core.dataplane import Application, ModelVersion
 from clipper_core.dataplane.accounting import count_answered, record_failure
-from clipper_core.dataplane.application import nothing_can_answer
+from clipper_core.dataplane.application import unanswerable
 from clipper_core.dataplane.futures import wait_until
 from clipper_core.dataplane.tensor_batch import TensorResult
 from clipper_core.errors import (
     BadInput,
     ClipperError,
     DeadlineExceeded,
+    NoLiveReplica,
     NotFound,
     ReplicaUnavailable,
 )
@@ -229,7 +230,7 @@ class InferenceService:
 
     async def _fetch(self, mv: ModelVersion) -> dict[str, Any]:
         if not mv.replicas:
-            raise ReplicaUnavailable(f"model {mv.key} has no live replica")
+            raise NoLiveReplica([mv.key])
         last: Exception | None = None
         for slot in list(mv.replicas.values()):
             try:
@@ -326,10 +327,10 @@ class InferenceService:
             if app is not None:
                 record_failure(app, mv, exc, rows, rejected=True)
             raise
-        if not fut.done() and nothing_can_answer(mv):
+        if unanswerable(mv, fut):
             # Only the cache or a refusal could answer, at submit: say so now.
             fut.cancel()
-            refusal = ReplicaUnavailable(f"model {mv.key} has no live replica")
+            refusal = NoLiveReplica([mv.key])
             if app is not None:
                 record_failure(app, mv, refusal, rows, rejected=True)
             raise refusal

@@ -5,7 +5,7 @@ future per input or stage; one waiter per call, woken by the last walk to
 settle): when a stage answers, the edges it starts are tested, and each stage
 whose every incoming edge is settled either runs (every edge was taken) or is
 skipped (one was not), which skips what only it leads to.  What a walk needs of
-each stage is laid out once per router (``_Step``).  A model stage submits to
+each stage is laid out once per router (``Step``).  A model stage submits to
 its model version (``ModelVersion.submit``), so the stage keeps that version's
 cache, queue, adaptive batching and replicas, and the inputs of concurrent
 queries at one stage batch together.
@@ -14,7 +14,9 @@ One deadline covers the whole walk.  Before a stage runs, the remaining budget
 must cover the stage's expected batch latency (its model version's estimator);
 when it does not -- or the deadline passes while a stage works, or the queue drops
 the input as expired -- the input is answered with the pipeline's default output,
-flagged, with an explanation that names the stage.  A stage whose model fails
+flagged, with an explanation that names the stage.  So is an input that reaches a
+stage whose model has no live replica (none connected, none restarting), at once
+and naming the model (``Outcome.unavailable``).  A stage whose model fails
 fails the query with the model's error, named after the stage.  Nothing waits
 past the deadline, so every accepted query gets an answer or an error.
 
@@ -32,11 +34,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipper_core.clipper_api import input_key
+from clipper_core.dataplane.application import no_connected_model, unanswerable
 from clipper_core.dataplane.futures import consume_exception, withdraw
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
-from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, ModelError, NotFound
-from clipper_core.metrics import EdgeMetrics, PipelineMetrics, StageMetrics, error_kind
-from clipper_core.pipelines.model import PipelineGraph, Predicate, Stage
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    DeadlineExceeded,
+    ModelError,
+    NoLiveReplica,
+    NotFound,
+)
+from clipper_core.metrics import PipelineMetrics, error_kind
+from clipper_core.pipelines.model import PipelineGraph, Stage
+from clipper_core.pipelines.steps import Step, stage_error
 from clipper_core.pipelines.values import as_input, join, json_text
 
 if TYPE_CHECKING:
@@ -50,48 +61,6 @@ __all__ = ["PROBE_INTERVAL", "PipelineRouter"]
 #: their remaining budget: they keep that estimate current (a single slow batch
 #: must not shut a stage off for good).
 PROBE_INTERVAL = 1.0
-
-
-def stage_error(pipeline: str, stage: str, model: str | None, exc: BaseException) -> ClipperError:
-    """``exc`` re-raised under the pipeline and stage it happened at, keeping its
-    class (so its HTTP status and gRPC code) where it can."""
-    where = f"pipeline {pipeline}: stage {stage!r}" + (f" ({model})" if model else "")
-    message = f"{where} failed: {exc}"
-    if not isinstance(exc, ClipperError):
-        return ModelError(f"{where} failed: {type(exc).__name__}: {exc}")
-    try:
-        err = type(exc)(message)
-    except TypeError:
-        err = ModelError(message)
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        err.retry_after = retry_after  # type: ignore[attr-defined]
-    return err
-
-
-class _Step:
-    """What a walk needs of one stage, laid out once per router."""
-
-    __slots__ = ("at", "counters", "edges", "joins", "name", "source", "stage", "targets")
-
-    def __init__(self, graph: PipelineGraph, stage: Stage, metrics: PipelineMetrics) -> None:
-        self.stage = stage
-        self.name = stage.name
-        self.counters: StageMetrics = metrics.stages[stage.name]
-        #: The outgoing edges: (predicate or None, counters, target), in order.
-        self.edges: tuple[tuple[Predicate | None, EdgeMetrics, str], ...] = tuple(
-            (e.when, metrics.edges[e.label], e.target) for e in stage.edges
-        )
-        self.targets = frozenset(e.target for e in stage.edges)
-        self.joins = len(stage.parents) > 1  # settled by several edges
-        self.at = f"pipeline {graph.name}: stage {stage.name!r}"
-        # Where the stage's input comes from, for an error about it.
-        if stage.combine == "concat":
-            self.source = f"the concat of {self.at}"
-        elif stage.parents:
-            self.source = f"pipeline {graph.name}: stage {stage.parents[0]!r}"
-        else:
-            self.source = self.at
 
 
 class _Call:
@@ -133,7 +102,7 @@ class PipelineRouter:
         self.metrics = PipelineMetrics(list(graph.stages), [e.label for e in graph.edges])
         # Stage -> when the next input may probe a stage deemed too slow.
         self._probe_at: dict[str, float] = {}
-        self._steps = {name: _Step(graph, s, self.metrics) for name, s in graph.stages.items()}
+        self._steps = {name: Step(graph, s, self.metrics) for name, s in graph.stages.items()}
         self._entry = self._steps[graph.entry]
         # What a walk counts down at the joins (stages with several parents).
         self._indegree = {n: len(s.parents) for n, s in graph.stages.items() if len(s.parents) > 1}
@@ -272,7 +241,7 @@ class _Walk:
         self.waiting: dict[str, int] | None = None
         self.refused: set[str] | None = None
         self.outputs: dict[str, Any] = {}
-        self.ran: list[_Step] = []
+        self.ran: list[Step] = []
         self.models: dict[str, str] = {}  # stage -> the model version that answered
         self.in_flight: dict[str, tuple[asyncio.Future[Any], ModelVersion, float]] = {}
         self.left = len(call.router._steps)
@@ -280,7 +249,7 @@ class _Walk:
 
     # -- the walk -----------------------------------------------------------------
 
-    def _run(self, step: _Step) -> None:
+    def _run(self, step: Step) -> None:
         stage = step.stage
         step.counters.requests += 1
         try:
@@ -314,6 +283,10 @@ class _Walk:
             else:
                 key = input_key(value, mv.input_type)
             fut = mv.submit(value, key, self.call.deadline)
+            if unanswerable(mv, fut):
+                fut.cancel()
+                self._unavailable(step, NoLiveReplica([mv.key]))
+                return
         except ClipperError as exc:
             self._fail(step, exc)
             return
@@ -330,7 +303,7 @@ class _Walk:
     def _parents(self, stage: Stage) -> list[tuple[str, Any]]:
         return [(p, self.outputs[p]) for p in stage.parents]
 
-    def _model_version(self, step: _Step) -> ModelVersion | None:
+    def _model_version(self, step: Step) -> ModelVersion | None:
         stage = step.stage
         assert stage.model is not None
         model = self.call.lookup.models.get(stage.model)
@@ -346,7 +319,7 @@ class _Walk:
             )
         return mv
 
-    def _input(self, step: _Step, mv: ModelVersion) -> Any:
+    def _input(self, step: Step, mv: ModelVersion) -> Any:
         """What the stage's model is sent: the query, a parent's output or a join."""
         stage = step.stage
         if not stage.parents:
@@ -365,7 +338,7 @@ class _Walk:
             value = self.outputs[stage.parents[0]]
         return as_input(value, mv.input_type, step.source)
 
-    def _answered(self, step: _Step, fut: asyncio.Future[Any]) -> None:
+    def _answered(self, step: Step, fut: asyncio.Future[Any]) -> None:
         entry = self.in_flight.pop(step.name, None)
         if self.finished or entry is None:
             consume_exception(fut)
@@ -387,7 +360,7 @@ class _Walk:
         self.models[step.name] = mv.key
         self._complete(step, fut.result())
 
-    def _complete(self, step: _Step, output: Any) -> None:
+    def _complete(self, step: Step, output: Any) -> None:
         self.outputs[step.name] = output
         self.ran.append(step)
         self.left -= 1
@@ -408,7 +381,7 @@ class _Walk:
         if self.left == 0:
             self._finish()
 
-    def _settle_edge(self, step: _Step, taken: bool) -> None:
+    def _settle_edge(self, step: Step, taken: bool) -> None:
         if step.joins:
             if self.waiting is None:
                 self.waiting = dict(self.call.router._indegree)
@@ -454,11 +427,18 @@ class _Walk:
             self.call.settled()
         self._withdraw()
 
-    def _miss(self, step: _Step, mv: ModelVersion, why: str) -> None:
+    def _unavailable(self, step: Step, refusal: NoLiveReplica) -> None:
+        # Answered at once, as the direct path answers: the query reached no model.
+        self.no_model = True
+        outcome = self.call.app.default(f"{step.at}: {no_connected_model(refusal)}")
+        outcome.unavailable = refusal.models
+        self._settle(outcome)
+
+    def _miss(self, step: Step, mv: ModelVersion, why: str) -> None:
         step.counters.deadline_misses += 1
         self._settle(self.call.app.default(f"{step.at} ({mv.key}) {why}"))
 
-    def _fail(self, step: _Step, exc: BaseException, mv: ModelVersion | None = None) -> None:
+    def _fail(self, step: Step, exc: BaseException, mv: ModelVersion | None = None) -> None:
         step.counters.errors += 1
         if not self.finished:
             self.finished = True

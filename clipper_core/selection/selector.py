@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clipper_core.dataplane.application import no_connected_model, unanswerable
 from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
-from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NotFound
+from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
 from clipper_core.selection.losses import incomparable
 
@@ -283,6 +284,9 @@ class AppSelector:
                     )
                 q.mvs[name] = mv
                 fut = mv.submit(q.x, q.key, deadline)
+                if unanswerable(mv, fut):  # nothing to wait for: that model only
+                    fut.cancel()
+                    raise NoLiveReplica([mv.key])
             except BadInput:
                 raise
             except ClipperError as exc:  # a full queue, a missing version: that model only
@@ -326,6 +330,9 @@ class AppSelector:
                 continue
             outputs[name] = fut.result()
         if not outputs:
+            # Models without a live replica answer nothing, at once: not an error.
+            dead = [m for _, e in failures if isinstance(e, NoLiveReplica) for m in e.models]
+            failures = [(n, e) for n, e in failures if not isinstance(e, NoLiveReplica)]
             if raise_errors and failures:
                 raise failures[0][1]
             if not q.queried:
@@ -334,10 +341,13 @@ class AppSelector:
                 why = f"no model answered within the latency objective ({app.slo * 1000.0:g} ms)"
             else:
                 why = "; ".join(f"{q.label(n)}: {type(e).__name__}: {e}" for n, e in failures)
+            only_dead = bool(dead) and not (timed_out or failures)
+            if dead:
+                refusal = no_connected_model(NoLiveReplica(dead))
+                why = refusal if only_dead else f"{why}; {refusal}"
             out = app.default(why)
-            out.models = []
-            out.missing = missing
-            out.confidence = 0.0
+            out.models, out.missing, out.confidence = [], missing, 0.0
+            out.unavailable = dead if only_dead else None
             return out, ("slo" if timed_out or not failures else "error")
         y, confidence = policy.combine(state, q.x, outputs)
         confidence = float(confidence) * len(outputs) / max(len(q.queried), 1)
@@ -393,10 +403,14 @@ class AppSelector:
                     outputs[name] = hit
                     continue
             try:
-                pending[name] = mv.submit(x, key, deadline)
+                fut = mv.submit(x, key, deadline)
+                if unanswerable(mv, fut):  # do not wait FEEDBACK_TIMEOUT for nothing
+                    fut.cancel()
+                    raise NoLiveReplica([mv.key])
             except ClipperError as exc:
                 log.info("feedback for %s: %s cannot answer: %s", self.app_name, mv.key, exc)
                 continue
+            pending[name] = fut
             self.feedback_computed += 1
         if pending:
             await wait_until(list(pending.values()), deadline)

@@ -81,7 +81,8 @@ class DesiredStateReader(Protocol):
         ...
 
     def linked_models(self, app: str) -> list[str]:
-        """The names of the models linked to ``app``, sorted (NotFound: no app)."""
+        """The names of the models linked to ``app``, in the order they were linked
+        (the first answers under policy ``single``; NotFound: no app)."""
         ...
 
     def apps_linked_to(self, model_name: str) -> list[str]:
@@ -194,7 +195,7 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
         ...
 
     def link_model(self, app: str, model_name: str) -> None:
-        """Link a model to an application."""
+        """Link a model to an application, after the models linked already."""
         ...
 
     def unlink_model(self, app: str, model_name: str) -> bool:

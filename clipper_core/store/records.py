@@ -169,7 +169,8 @@ class ModelRecord:
         batch_size: Maximum batch size; ``-1`` lets the SLO controller choose.
         num_replicas: Desired number of replicas.
         cpus: CPUs to pin the replicas to, or None.
-        memory_limit_mb: Address-space limit per replica, or None.
+        memory_limit_mb: Memory limit per replica (a cgroup's, else an address
+            space limit), or None.
         cache_enabled: Whether predictions of this version are cached.
         batch_wait_micros: Delayed-batching wait after a batch's first request.
         created_at: When the version was registered (UNIX time).

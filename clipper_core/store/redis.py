@@ -129,7 +129,12 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
             for model in cast("set[str]", tx.r.smembers(keys.links(name))):
                 tx.write("SREM", keys.linked(model), name)
             tx.write("HDEL", keys.apps, name)
-            tx.write("DEL", keys.links(name), keys.kv(learned_state_namespace(name)))
+            tx.write(
+                "DEL",
+                keys.links(name),
+                keys.link_order(name),
+                keys.kv(learned_state_namespace(name)),
+            )
             tx.set_api_keys(name, None)
             tx.changed("app", name)
 
@@ -258,6 +263,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
                 apps = sorted(cast("set[str]", tx.r.smembers(keys.linked(name))))
                 for app in apps:
                     tx.write("SREM", keys.links(app), name)
+                    tx.write("HDEL", keys.link_order(app), name)
                     tx.changed("app", app)
                 tx.write("DEL", keys.linked(name))
 
@@ -332,7 +338,10 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
                         f" application {app} takes {rec.input_type}"
                     )
             if not tx.r.sismember(keys.links(app), model_name):
+                taken = cast("list[str]", tx.r.hvals(keys.link_order(app)))
+                position = max((int(p) for p in taken), default=-1) + 1
                 tx.write("SADD", keys.links(app), model_name)
+                tx.write("HSET", keys.link_order(app), model_name, str(position))
                 tx.write("SADD", keys.linked(model_name), app)
                 tx.changed("app", app)
 
@@ -355,6 +364,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
             if not tx.r.sismember(keys.links(app), model_name):
                 return False
             tx.write("SREM", keys.links(app), model_name)
+            tx.write("HDEL", keys.link_order(app), model_name)
             tx.write("SREM", keys.linked(model_name), app)
             tx.changed("app", app)
             return True
@@ -362,7 +372,8 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
         return self._write(body)
 
     def linked_models(self, app: str) -> list[str]:
-        """The names of the models linked to ``app``, sorted.
+        """The names of the models linked to ``app``, in the order they were linked
+        (links written before the order was kept come first, by name).
 
         Raises:
             NotFound: The application is missing.
@@ -370,10 +381,11 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hexists(self.keys.apps, app)
             pipe.smembers(self.keys.links(app))
-            exists, models = pipe.execute()
+            pipe.hgetall(self.keys.link_order(app))
+            exists, models, order = pipe.execute()
         if not exists:
             raise NotFound(f"application {app} not found")
-        return sorted(models)
+        return sorted(models, key=lambda m: (int(order.get(m, -1)), m))
 
     def apps_linked_to(self, model_name: str) -> list[str]:
         """The names of the applications linked to ``model_name``, sorted."""

@@ -64,6 +64,11 @@ class Keys:
         """Set: the models linked to ``app``."""
         return f"{self.prefix}links:{app}"
 
+    def link_order(self, app: str) -> str:
+        """Hash: model -> the position of its link to ``app`` (links are answered
+        in this order; a link written before positions were kept has none)."""
+        return f"{self.prefix}link_order:{app}"
+
     def linked(self, model: str) -> str:
         """Set: the apps ``model`` is linked to (the reverse index)."""
         return f"{self.prefix}linked:{model}"

@@ -27,8 +27,8 @@ __all__ = [
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
 #: 1: apps, models, current versions, links, kv.  2: per-version queue_capacity and
 #: batch_timeout.  3: revision, change log, endpoints.  4: pipelines.  5: per-version
-#: batch-size controller mode.
-SCHEMA_VERSION = 5
+#: batch-size controller mode.  6: link order (an app's first linked model answers it).
+SCHEMA_VERSION = 6
 
 # Each entry migrates the schema from version i to i + 1 (index i).  Append only:
 # never edit a migration that has shipped.
@@ -121,6 +121,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The controller migration: per-version batch-size controller mode
         # ("aimd" | "quantile" | "fixed"); NULL: derived from batch_size.
         "ALTER TABLE models ADD COLUMN controller TEXT",
+    ),
+    (
+        # The link order: under policy single an app's first linked model answers,
+        # so a restart must bring the links back in the order they were made.
+        # Links made before kept the order they were restored in (by name).
+        "ALTER TABLE links ADD COLUMN position INTEGER NOT NULL DEFAULT 0",
+        """UPDATE links SET position = (
+            SELECT COUNT(*) FROM links AS earlier
+            WHERE earlier.app = links.app AND earlier.model_name < links.model_name
+        )""",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -355,7 +355,9 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
                         f" application {app} takes {app_row['input_type']}"
                     )
             if conn.execute(
-                "INSERT OR IGNORE INTO links (app, model_name) VALUES (?, ?)", (app, model_name)
+                "INSERT OR IGNORE INTO links (app, model_name, position) VALUES (?, ?,"
+                " (SELECT COALESCE(MAX(position) + 1, 0) FROM links WHERE app = ?))",
+                (app, model_name, app),
             ).rowcount:
                 tx.changed("app", app)
 
@@ -380,7 +382,7 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
             return cursor.rowcount > 0
 
     def linked_models(self, app: str) -> list[str]:
-        """The names of the models linked to ``app``, sorted.
+        """The names of the models linked to ``app``, in the order they were linked.
 
         Raises:
             NotFound: The application is missing.
@@ -389,7 +391,7 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
             if not self._conn.execute("SELECT 1 FROM apps WHERE name = ?", (app,)).fetchone():
                 raise NotFound(f"application {app} not found")
             rows = self._conn.execute(
-                "SELECT model_name FROM links WHERE app = ? ORDER BY model_name", (app,)
+                "SELECT model_name FROM links WHERE app = ? ORDER BY position, model_name", (app,)
             ).fetchall()
         return [str(row["model_name"]) for row in rows]
 

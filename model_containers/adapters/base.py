@@ -208,10 +208,17 @@ class FrameworkModel(Model):
         declared_out = self.manifest.get("outputs")
         derived_in: list[TensorSpec] = []
         derived_out: list[TensorSpec] = []
-        try:
-            derived_in, derived_out = self.derive_specs()
-        except Exception as exc:  # metadata is a convenience: never fail the load on it
-            log.warning("could not derive tensor specs from the model: %s", exc)
+        if self.func is not None:
+            # The func, not the framework, takes the rows and makes the outputs:
+            # the framework's specs (an ONNX graph's inputs ``a`` and ``b``) would
+            # be refused.  It takes one tensor of rows of the input type; its
+            # outputs are declared, or learned from its first answer.
+            derived_in = self.default_input_specs(None)
+        else:
+            try:
+                derived_in, derived_out = self.derive_specs()
+            except Exception as exc:  # metadata is a convenience: never fail the load
+                log.warning("could not derive tensor specs from the model: %s", exc)
         if len(derived_in) == 1 and self.batch_input_type in INPUT_DTYPES:
             # Clients send the container's input type; it is cast for the framework.
             spec = derived_in[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,8 +38,9 @@ class OnnxModel(FrameworkModel):
     """Options: ``file`` (``model.onnx``), ``output`` (which output to return; the
     first by default), ``intra_op_threads`` (ONNX Runtime's pool, 0 = its default).
 
-    Without a ``func`` the graph must have one input, fed the stacked batch cast to
-    the input's element type.
+    Without a ``func`` a graph of one input is fed the stacked batch cast to the
+    input's element type; a graph of several inputs answers OIP requests only,
+    which name its inputs (Clipper's REST queries need a ``func``).
     """
 
     adapter: ClassVar[str] = "onnx"
@@ -70,8 +72,8 @@ class OnnxModel(FrameworkModel):
         if self._input is None:
             names = [i.name for i in self.model.get_inputs()]
             raise ValueError(
-                f"the ONNX graph has {len(names)} inputs {names}: deploy it with a"
-                " func(session, inputs) that builds the feed"
+                f"the ONNX graph has {len(names)} inputs {names}: query it over OIP,"
+                " naming them, or deploy it with a func(session, inputs) that builds the feed"
             )
         if self._input_dtype is np.object_:
             feed = np.asarray(batch, dtype=object).reshape(len(batch), -1)
@@ -80,6 +82,15 @@ class OnnxModel(FrameworkModel):
         else:
             feed = np.asarray(batch, dtype=self._input_dtype)
         return self.model.run([self._output], {self._input.name: feed})[0]
+
+    def predict_tensors(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        """A graph of several inputs, deployed without a func, takes OIP requests
+        as its metadata advertises them: its inputs by name (the server checked
+        their datatypes and shapes).  Otherwise rows, as every model."""
+        if self.func is not None or self._input is not None:
+            return super().predict_tensors(inputs)
+        feed = {i.name: inputs[i.name] for i in self.model.get_inputs()}
+        return {self._output: self.model.run([self._output], feed)[0]}
 
     def derive_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         ins = [

@@ -171,6 +171,29 @@ def test_writes_reach_the_data_plane_before_the_call_returns(run: Runner, tmp_pa
     run(scenario(), timeout=120)
 
 
+def test_the_data_plane_follows_the_stores_link_order(run: Runner, tmp_path: Path) -> None:
+    """Under ``single`` the first linked model answers: a frontend that saw the
+    links made in another order takes the store's."""
+
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.register_app(app_rec("a"))
+            for name in ("m", "k"):
+                await f.control.deploy_model(
+                    model_rec(name), payload_b64=closure_payload(models.make_sum())
+                )
+            await f.control.link("a", "m")
+            await f.control.link("a", "k")
+            assert f.dataplane.apps["a"].linked_models == ["m", "k"]
+            # Another frontend unlinks m and links it again: it is now last.
+            await asyncio.to_thread(f.store.unlink_model, "a", "m")
+            await asyncio.to_thread(f.store.link_model, "a", "m")
+            await f.apply.reconcile(StateEvent(0, "app", "a"))
+            assert f.dataplane.apps["a"].linked_models == ["k", "m"]
+
+    run(scenario(), timeout=120)
+
+
 def test_reconcile_is_level_triggered_and_sync_all_resyncs(run: Runner, tmp_path: Path) -> None:
     """Another writer changes the store; this frontend converges from events that
     name only a key, duplicated or missing, and from a full resync."""

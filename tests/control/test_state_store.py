@@ -209,13 +209,36 @@ def test_links(store: StateStore) -> None:
     store.link_model("a1", "k")
     store.link_model("a1", "k")  # idempotent
     store.link_model("a2", "m")
-    assert store.linked_models("a1") == ["k", "m"]
+    assert store.linked_models("a1") == ["m", "k"]  # the order they were linked in
     assert store.apps_linked_to("m") == ["a1", "a2"]
     assert store.apps_linked_to("zzz") == []
     assert store.unlink_model("a1", "m") is True
     assert store.unlink_model("a1", "m") is False
     assert store.linked_models("a1") == ["k"]
     assert store.apps_linked_to("m") == ["a2"]
+
+
+def test_links_keep_the_order_they_were_made_in(store: StateStore) -> None:
+    # Under policy single the first linked model answers: the order is state.
+    store.add_app(app("a"))
+    for name in ("b", "a", "c"):
+        store.add_model(model(name))
+    store.link_model("a", "b")
+    store.link_model("a", "a")
+    store.link_model("a", "c")
+    store.link_model("a", "b")  # linked already: it keeps its place
+    assert store.linked_models("a") == ["b", "a", "c"]
+    store.unlink_model("a", "b")
+    store.link_model("a", "b")  # linked again: last
+    assert store.linked_models("a") == ["a", "c", "b"]
+    store.delete_model_version("a", "1")  # its last version: its link goes
+    store.add_model(model("a"))
+    store.link_model("a", "a")
+    assert store.linked_models("a") == ["c", "b", "a"]
+    store.delete_app("a")
+    store.add_app(app("a"))
+    store.link_model("a", "c")
+    assert store.linked_models("a") == ["c"]
 
 
 def test_link_requires_app_model_and_matching_input_type(store: StateStore) -> None:

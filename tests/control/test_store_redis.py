@@ -76,3 +76,18 @@ def test_updates_through_one_connection_are_read_and_logged_through_another(
     assert got is not None and (got.controller, got.batch_size) == ("aimd", 8)
     assert a.get_pipeline("p") == pipeline(slo_micros=5_000)
     assert [(e.kind, e.name) for e in a.changes_since(rev)] == [("model", "m"), ("pipeline", "p")]
+
+
+def test_links_written_before_their_order_was_kept_come_first_by_name() -> None:
+    # A store written by an older clipper_core: links in the set, no positions.
+    store = RedisStateStore(shared_redis().url, prefix=fresh_prefix())
+    try:
+        store.add_app(app("a"))
+        for name in ("zed", "alpha", "new"):
+            store.add_model(model(name))
+        store.client.sadd(store.keys.links("a"), "zed", "alpha")
+        assert store.linked_models("a") == ["alpha", "zed"]  # as a restart restored them
+        store.link_model("a", "new")
+        assert store.linked_models("a") == ["alpha", "zed", "new"]
+    finally:
+        store.close()

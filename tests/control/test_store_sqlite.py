@@ -47,7 +47,7 @@ def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     finally:
         raw.close()
 
@@ -126,7 +126,7 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 5
+        assert s.schema_version == SCHEMA_VERSION == 6
         assert s.get_app("shop") == AppRecord("shop", "doubles", "-1", 20_000, "exp3", {"eta": 0.1})
         plain = s.get_app("plain")
         assert plain is not None and (plain.input_type, plain.default_output) == (
@@ -181,7 +181,7 @@ def test_a_version_3_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 5
+        assert s.schema_version == SCHEMA_VERSION == 6
         assert [a.name for a in s.list_apps()] == ["plain", "shop"]
         assert [m.key for m in s.list_models()] == ["echo:1", "ranker:1", "ranker:2"]
         assert s.list_endpoints() == [EndpointRecord("ranker", "2", "ext-1", "127.0.0.1:7000")]
@@ -193,6 +193,37 @@ def test_a_version_3_file_is_migrated_keeping_everything(tmp_path: Path) -> None
         assert s.changes_since(1) == [StateEvent(2, "pipeline", "pipe")]
     with StateStore(path) as s:  # and it persists
         assert s.get_pipeline("pipe") == p
+
+
+def test_a_version_5_file_keeps_its_links_in_the_order_they_were_restored(
+    tmp_path: Path,
+) -> None:
+    # Schema 5 restored links by name: migration 6 keeps that order, and links
+    # made afterwards come after them, in the order they are made.
+    path = tmp_path / "v5.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(V2_DUMP.read_text())
+    for version in (2, 3, 4):
+        for statement in schema.MIGRATIONS[version]:
+            raw.execute(statement)
+    for name in ("alpha", "zed"):
+        raw.execute(
+            "INSERT INTO models VALUES"
+            " (?, '1', 'doubles', '[]', '{}', -1, 1, NULL, NULL, 1, 0, 0, NULL, NULL, NULL)",
+            (name,),
+        )
+    raw.execute("INSERT INTO links VALUES ('shop', 'zed')")
+    raw.execute("INSERT INTO links VALUES ('shop', 'alpha')")
+    raw.execute("PRAGMA user_version = 5")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.linked_models("shop") == ["alpha", "ranker", "zed"]
+        s.add_model(model("beta", "1"))
+        s.link_model("shop", "beta")
+        assert s.linked_models("shop") == ["alpha", "ranker", "zed", "beta"]
+        assert s.linked_models("plain") == ["echo"]
 
 
 def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:

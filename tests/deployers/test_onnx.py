@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tritonclient.utils import triton_to_np_dtype  # noqa: E402
 
 from clipper_core.deployers import deploy_onnx_model  # noqa: E402
 from tests.deployers.conftest import endpoint, link, metadata, serve, specs  # noqa: E402
@@ -91,3 +93,101 @@ def test_onnx_func_gets_the_session(server: Running) -> None:
     queries = RNG.normal(size=(4, 5)).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert serve(server, "onnx-func", queries) == both_outputs(session, list(queries))
+
+
+def two_input_graph() -> onnx.ModelProto:
+    """``total = a + b``: two inputs, which a func feeds from each query's halves."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["total"])],
+        "pair_sum",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def pair_sum(session, inputs):  # Clipper's func(model, inputs): it builds the feed
+    rows = np.stack(inputs).astype(np.float32)
+    (total,) = session.run(["total"], {"a": rows[:, :2], "b": rows[:, 2:]})
+    return list(total)
+
+
+def _infer_as_the_metadata_says(client: Any, module: Any, name: str, rows: np.ndarray) -> Any:
+    """What a Triton client does: read the model's metadata, send what it names."""
+    meta = client.get_model_metadata(name)
+    inputs = meta["inputs"] if isinstance(meta, dict) else meta.inputs
+    (spec,) = inputs
+    spec_name = spec["name"] if isinstance(spec, dict) else spec.name
+    datatype = spec["datatype"] if isinstance(spec, dict) else spec.datatype
+    data = rows.astype(triton_to_np_dtype(datatype))
+    tensor = module.InferInput(spec_name, list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    return meta, client.infer(name, [tensor])
+
+
+def test_onnx_func_metadata_is_what_the_func_takes(server: Running) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    endpoint(server, "onnx-pairs", "floats")
+    deploy_onnx_model(server.conn, "onnx-pairs", 1, "floats", pair_sum, two_input_graph())
+    link(server, "onnx-pairs")
+    # The container's metadata: the func takes rows of floats, not the graph's a and b.
+    meta = metadata(server, "onnx-pairs")
+    assert specs(meta.inputs) == [("input", "FP32", (-1, -1))]
+    rows = RNG.normal(size=(3, 4))
+    want = rows[:, :2].astype(np.float32) + rows[:, 2:].astype(np.float32)
+
+    http = httpclient.InferenceServerClient(server.bg.query_url.split("://")[1])
+    try:
+        described, answer = _infer_as_the_metadata_says(http, httpclient, "onnx-pairs", rows)
+        assert [i["name"] for i in described["inputs"]] == ["input"]
+        np.testing.assert_array_equal(answer.as_numpy("output"), want)
+        # Its outputs, undeclared, are learned from that answer.
+        assert http.get_model_metadata("onnx-pairs")["outputs"] == [
+            {"name": "output", "datatype": "FP32", "shape": [-1, 2]}
+        ]
+    finally:
+        http.close()
+    grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.server.grpc_port}")
+    try:
+        _, answer = _infer_as_the_metadata_says(grpc_client, grpcclient, "onnx-pairs", rows)
+        np.testing.assert_array_equal(answer.as_numpy("output"), want)
+    finally:
+        grpc_client.close()
+    assert serve(server, "onnx-pairs", rows.astype(np.float32)) == [
+        [float(v) for v in r] for r in want
+    ]
+
+
+def test_a_graph_of_several_inputs_takes_them_by_name_over_oip(server: Running) -> None:
+    import tritonclient.http as httpclient
+
+    endpoint(server, "onnx-named", "floats")
+    deploy_onnx_model(server.conn, "onnx-named", 1, "floats", model=two_input_graph())
+    link(server, "onnx-named")
+    meta = metadata(server, "onnx-named")
+    assert specs(meta.inputs) == [("a", "FP32", (-1, 2)), ("b", "FP32", (-1, 2))]
+    assert specs(meta.outputs) == [("total", "FP32", (-1, 2))]
+    a, b = RNG.normal(size=(3, 2)).astype(np.float32), RNG.normal(size=(3, 2)).astype(np.float32)
+    http = httpclient.InferenceServerClient(server.bg.query_url.split("://")[1])
+    try:
+        described = http.get_model_metadata("onnx-named")
+        tensors = []
+        for spec, data in zip(described["inputs"], (a, b), strict=True):
+            tensor = httpclient.InferInput(spec["name"], list(data.shape), spec["datatype"])
+            tensor.set_data_from_numpy(data)
+            tensors.append(tensor)
+        answer = http.infer("onnx-named", tensors)
+        np.testing.assert_array_equal(answer.as_numpy("total"), a + b)
+    finally:
+        http.close()
+    # Clipper's REST API sends rows: that needs a func, and the error says so.
+    status, reply = server.client.predict("onnx-named", {"input": [1.0, 2.0, 3.0, 4.0]})
+    assert status == 500 and "query it over OIP" in reply["cause"], reply

@@ -1,7 +1,8 @@
 """``PipelineRouter`` in process, on both event loops: real model versions whose
 answers come from the prediction cache (a cached input is answered at submission,
-no replica needed) and whose other inputs wait in their queue with no replica,
-so that a stage that never answers can be staged without a container.  The
+no replica needed) and whose other inputs wait in their queue behind a connected
+replica that takes nothing, so that a stage that never answers can be staged
+without a container (a stage with no replica at all answers at once).  The
 ``loop`` fixture fails a test if anything reaches the loop's exception handler."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from clipper_core.clipper_api import input_key
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
+from clipper_core.dataplane.model_version import ReplicaSlot
 from clipper_core.errors import BadInput, ModelError
 from clipper_core.pipelines import PipelineRouter, validate
 from clipper_core.store import PipelineRecord
@@ -21,14 +23,28 @@ from clipper_core.store import PipelineRecord
 MODELS = {"ma": "doubles", "mb": "doubles", "mc": "doubles", "ms": "strings"}
 
 
-def make(stages: list[dict[str, Any]], edges: list[dict[str, Any]], slo: float = 5.0) -> Any:
+class _IdleClient:
+    """The client of a replica that is connected but takes no batch (its slot has
+    no dispatcher): what is not cached waits in the queue."""
+
+    async def close(self) -> None:
+        pass
+
+
+def make(
+    stages: list[dict[str, Any]],
+    edges: list[dict[str, Any]],
+    slo: float = 5.0,
+    without_replica: tuple[str, ...] = (),
+) -> Any:
     dp = DataPlane(cache_bytes=1 << 20)
     for name, input_type in MODELS.items():
-        dp.add_model_version(
-            ModelVersion(
-                name, "1", input_type, queue_capacity=100, max_batch_size=8, cache=dp.cache
-            )
+        mv = ModelVersion(
+            name, "1", input_type, queue_capacity=100, max_batch_size=8, cache=dp.cache
         )
+        if name not in without_replica:
+            mv.replicas["idle"] = ReplicaSlot("idle", "-", _IdleClient())  # type: ignore[arg-type]
+        dp.add_model_version(mv)
         dp.set_current_version(name, "1")
     rec = PipelineRecord("p", "doubles", stages, edges, int(slo * 1e6), "-1")
     graph = validate(rec, {name: {"1": t} for name, t in MODELS.items()})
@@ -115,12 +131,34 @@ def test_an_edge_not_taken_skips_what_only_it_leads_to(loop: asyncio.AbstractEve
     loop.run_until_complete(main())
 
 
+def test_a_stage_without_a_replica_answers_at_once_naming_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def main() -> None:
+        # An objective of an hour: only an answer at once finishes the test.
+        dp, app, _ = make(SEQ, SEQ_EDGES, slo=3600.0, without_replica=("mb",))
+        answer(dp, "ma", [1.0], [2.0])
+        answer(dp, "ma", [2.0], [3.0])
+        answer(dp, "mb", [3.0], [4.0])  # cached: answered with no replica
+        answer(dp, "mc", [4.0], "four")
+        first, second = await query(dp, [1.0], [2.0])
+        assert first.default and first.output == -1 and first.unavailable == ["mb:1"]
+        assert first.explanation == (
+            "pipeline p: stage 'b': no connected model found for query: mb:1 has no live replica"
+        )
+        assert (second.output, second.default, second.unavailable) == ("four", False, None)
+        assert app.metrics.defaults["no_model"] == 1
+        await dp.close()
+
+    loop.run_until_complete(main())
+
+
 def test_a_stage_still_working_at_the_deadline_is_named_and_withdrawn(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     async def main() -> None:
         dp, app, router = make(SEQ, SEQ_EDGES, slo=0.05)
-        answer(dp, "ma", [1.0], [2.0])  # b has no replica: its input waits in the queue
+        answer(dp, "ma", [1.0], [2.0])  # b takes nothing: its input waits in the queue
         [out] = await query(dp, [1.0])
         assert out.default and out.output == -1
         assert "stage 'b' (mb:1) did not answer" in str(out.explanation)

@@ -136,3 +136,40 @@ def test_persister_spaces_its_commits(loop: asyncio.AbstractEventLoop) -> None:
     gaps = [b - a for a, b in zip(store.times, store.times[1:], strict=False)]
     assert all(g >= interval * 0.999 for g in gaps), gaps
     assert store.items[-1] == [("ns", "0", {"n": 29})]  # the latest state wins
+
+
+def test_feedback_does_not_wait_for_a_model_without_a_replica(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from clipper_core.clipper_api import input_key
+    from clipper_core.dataplane import DataPlane, ModelVersion
+    from clipper_core.selection import selector as selector_module
+
+    # An hour to answer feedback: only not waiting for the dead model finishes.
+    monkeypatch.setattr(selector_module, "FEEDBACK_TIMEOUT", 3600.0)
+
+    async def scenario() -> dict[str, object]:
+        dp = DataPlane(cache_bytes=1 << 20)
+        for name in ("live", "dead"):
+            dp.add_model_version(
+                ModelVersion(
+                    name, "1", "doubles", queue_capacity=10, max_batch_size=8, cache=dp.cache
+                )
+            )
+            dp.set_current_version(name, "1")
+        x = np.array([1.0])
+        key = input_key(x, "doubles")
+        assert dp.cache is not None
+        dp.cache.put("live", "1", key, 1.0)  # answered from the cache, no replica needed
+        app = Application("vote", "doubles", -1, 5.0, linked_models=["live", "dead"])
+        app.selector = AppSelector("vote", "exp4", {})
+        dp.add_app(app)
+        try:
+            return await app.selector.update(dp, app, 0, x, key, 1.0)
+        finally:
+            await dp.close()
+
+    reply = loop.run_until_complete(scenario())
+    assert reply == {"success": True, "uid": 0, "models": ["live:1"]}

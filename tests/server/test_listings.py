@@ -10,7 +10,7 @@ from pathlib import Path
 
 from clipper_core.deployers import deploy_python_closure
 from tests.server import models
-from tests.server.conftest import Running
+from tests.server.conftest import Running, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,9 +39,9 @@ def test_listings_name_the_answering_model(running: Running) -> None:
     deploy_python_closure(conn, "alpha", 1, "doubles", models.make_constant("alpha"))
     conn.link_model_to_app("app", "zeta")
     conn.link_model_to_app("app", "alpha")
-    # Listed by name, answered by the first linked: the listing says which.
+    # Listed in link order, answered by the first linked: the listing says which.
     info = conn.get_app_info("app")
-    assert info is not None and info["linked_models"] == ["alpha", "zeta"]
+    assert info is not None and info["linked_models"] == ["zeta", "alpha"]
     assert info["answering_model"] == "zeta:1"
     assert running.client.predict("app", {"input": [1.0]})[1]["model"] == "zeta:1"
     (listed,) = conn.get_all_apps(verbose=True)
@@ -53,6 +53,33 @@ def test_listings_name_the_answering_model(running: Running) -> None:
     assert "ANSWERS" in res.stdout and "zeta:2" in res.stdout
     conn.set_selection_policy("app", "exp3")
     assert conn.get_app_info("app")["answering_model"] is None  # type: ignore[index]
+
+
+def test_the_first_linked_model_still_answers_after_a_restart(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    first = start_server(state_dir)
+    try:
+        conn = first.conn
+        conn.register_application("app", "doubles", "-1", 2_000_000)
+        deploy_python_closure(conn, "b", 1, "doubles", models.make_constant("b"))
+        deploy_python_closure(conn, "a", 1, "doubles", models.make_constant("a"))
+        conn.link_model_to_app("app", "b")
+        conn.link_model_to_app("app", "a")
+        assert first.client.predict("app", {"input": [1.0]})[1]["output"] == "b"
+    finally:
+        first.bg.stop()
+    second = start_server(state_dir)  # the state comes back from the store
+    try:
+        conn = second.conn
+        status, reply = second.client.predict("app", {"input": [1.0]})
+        assert status == 200 and reply["output"] == "b" and reply["model"] == "b:1", reply
+        info = conn.get_app_info("app")
+        assert info is not None and info["answering_model"] == "b:1"
+        assert info["linked_models"] == ["b", "a"] == conn.get_linked_models("app")
+        (listed,) = conn.get_all_apps(verbose=True)
+        assert listed["answering_model"] == "b:1" and listed["linked_models"] == ["b", "a"]
+    finally:
+        second.bg.stop()
 
 
 def test_deploy_to_an_existing_app_refuses_what_cannot_apply(

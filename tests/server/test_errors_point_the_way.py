@@ -1,0 +1,81 @@
+"""Errors that point the right way (issue 24), on real servers: a CLI that cannot
+talk to a TLS server says why and what to pass (not "not running"), and a
+memory limit of 512 MB serves a trivial closure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipper_core.deployers import deploy_python_closure
+from tests.containers.tls_certs import self_signed
+from tests.server import models
+from tests.server.conftest import Running, start_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _clipper(running: Running, *args: str) -> subprocess.CompletedProcess[str]:
+    ports = [
+        "--query-port",
+        str(running.server.query_port),
+        "--management-port",
+        str(running.server.management_port),
+    ]
+    env = {**os.environ, "CLIPPER_STATE_DIR": str(running.state_dir), "PYTHONPATH": str(REPO)}
+    env.pop("CLIPPER_TLS_CA", None)
+    return subprocess.run(
+        [sys.executable, "-m", "clipper_core.cli", *ports, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_a_tls_server_without_its_ca_is_named_as_such(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "certs")
+    other_ca, _ = self_signed(tmp_path / "other")
+    tls = start_server(tmp_path / "tls-state", tls_cert=str(cert), tls_key=str(key))
+    try:
+        for command in ("status", "stop"):
+            res = _clipper(tls, command)
+            assert res.returncode == 1, res.stdout
+            assert "not running" not in res.stderr, res.stderr
+            assert "in TLS (HTTPS): pass its CA certificate with --tls-ca" in res.stderr
+        res = _clipper(tls, "--tls-ca", str(other_ca), "status")
+        assert res.returncode == 1 and "not running" not in res.stderr, res.stderr
+        assert "its certificate is not signed by the CA given" in res.stderr, res.stderr
+        res = _clipper(tls, "--tls-ca", str(cert), "status")
+        assert res.returncode == 0, res.stderr
+        assert "management https://" in res.stdout
+    finally:
+        tls.bg.stop()
+    plain = start_server(tmp_path / "plain-state")
+    try:
+        res = _clipper(plain, "--tls-ca", str(cert), "status")
+        assert res.returncode == 1 and "does not speak TLS" in res.stderr, res.stderr
+    finally:
+        plain.bg.stop()
+    # And with nothing there at all, it is "not running", as before.
+    res = _clipper(plain, "status")
+    assert res.returncode == 1 and "not running" in res.stderr and "clipper start" in res.stderr
+
+
+def test_a_trivial_closure_serves_under_a_512_mb_memory_limit(running: Running) -> None:
+    conn = running.conn
+    conn.register_application("small", "doubles", "-1", 20_000_000)
+    deploy_python_closure(
+        conn, "small", 1, "doubles", models.make_constant("fits"), memory_limit_mb=512
+    )
+    conn.link_model_to_app("small", "small")
+    status, reply = running.client.predict("small", {"input": [1.0]})
+    assert status == 200 and reply["output"] == "fits" and reply["default"] is False, reply
+    assert conn.get_model_info("small", 1)["memory_limit_mb"] == 512  # type: ignore[index]
