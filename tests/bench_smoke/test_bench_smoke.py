@@ -108,6 +108,9 @@ def test_compare_with_the_bare_server(tmp_path: Path) -> None:
     check_run(bare)
     assert bare["target"] == "bare"
     assert report["comparison"]["throughput_fraction_of_bare"] > 0
+    # The bare server's own CPU, read from /proc around its run.
+    assert bare["bare_server"]["cpu_s"] >= 0
+    assert bare["bare_server"]["cpu_us_per_req"] >= 0
 
 
 @pytest.mark.slow
