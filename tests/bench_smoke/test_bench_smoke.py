@@ -157,6 +157,18 @@ def test_oip_protocols(tmp_path: Path, protocol: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(360)
+def test_hand_written_grpc_client_against_ours_and_bare_grpc_aio(tmp_path: Path) -> None:
+    report, _ = run_bench(
+        tmp_path, "noop", "--protocol", "oip-grpc", "--grpc-client", "h2", "--compare", "--no-plots"
+    )
+    ours, bare = report["runs"]
+    check_run(ours)
+    check_run(bare)
+    assert bare["label"] == "bare grpc.aio"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_open_loop_bursts_from_two_workers(tmp_path: Path) -> None:
     report, _ = run_bench(
         tmp_path, "noop", "--mode", "burst", "--burst-size", "8", "--workers", "2", "--no-plots"
