@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--workers", type=int, help="load generator processes")
     ld.add_argument("--max-connections", type=int, help="open loop: connection pool cap")
     ld.add_argument("--grpc-channels", type=int, help="OIP gRPC: channels (TCP connections)")
+    ld.add_argument(
+        "--grpc-client",
+        choices=["aio", "h2"],
+        help="OIP gRPC load: grpc.aio channels (default) or hand-written HTTP/2 frames"
+        " (closed loop; a fraction of grpc.aio's CPU per call)",
+    )
     ld.add_argument("--oip-shape", type=_ints, metavar="1,-1", help="-1: the vector length")
     ld.add_argument("--seed", type=int)
     spin = ld.add_mutually_exclusive_group()
@@ -189,6 +195,7 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         ("workers", a.workers),
         ("max_connections", a.max_connections),
         ("grpc_channels", a.grpc_channels),
+        ("grpc_client", a.grpc_client),
         ("oip_shape", a.oip_shape),
         ("seed", a.seed),
     ):

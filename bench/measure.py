@@ -82,6 +82,7 @@ def worker_specs(
             "timeout_s": ld.timeout_s,
             "max_connections": max(1, ld.max_connections // workers),
             "grpc_channels": ld.grpc_channels,
+            "grpc_client": ld.grpc_client,
             "grpc_method": payloads.GRPC_MODEL_INFER,
             "spin": spin,
         }

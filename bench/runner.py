@@ -148,9 +148,12 @@ def run(
             data["runs"].append(
                 measure(sc, target, reqs, opts, server=srv, label=f"clipper_core{suffix}")
             )
-            if bare_target is not None:
+            if bare_target is not None and bare_proc is not None:
                 label = _BARE_LABELS[bare_kind or _default_bare(sc)]
-                data["runs"].append(measure(sc, bare_target, reqs, opts, label=label + suffix))
+                cpu0 = bare_proc.cpu_s()
+                bare_run = measure(sc, bare_target, reqs, opts, label=label + suffix)
+                _note_bare_cpu(bare_run, cpu0, bare_proc.cpu_s(), opts.quiet)
+                data["runs"].append(bare_run)
         timings["load"] = round(time.monotonic() - t, 2)
         data["server_log_tail"] = srv.log_tail(10)
     finally:
@@ -177,6 +180,22 @@ def run(
                 print(f" (median of {len(rounds_list)} rounds: {each})", end="")
             print()
     return _finish(data, name, opts, sc)
+
+
+def _note_bare_cpu(
+    run: dict[str, Any], cpu0: float | None, cpu1: float | None, quiet: bool
+) -> None:
+    """The bare server's CPU over a run (warm-up included) per request its load
+    workers sent: the floor's own cost, next to ``server CPU`` of ours."""
+    sent = sum(w.get("sent", 0) for w in run.get("workers", []))
+    if cpu0 is None or cpu1 is None or not sent:
+        return
+    run["bare_server"] = {
+        "cpu_s": round(cpu1 - cpu0, 3),
+        "cpu_us_per_req": round((cpu1 - cpu0) / sent * 1e6, 1),
+    }
+    if not quiet:
+        print(f"{'':36}bare server CPU {run['bare_server']['cpu_us_per_req']:.0f} us/req")
 
 
 _BARE_LABELS = {"http": "bare uvloop", "grpc": "bare grpc.aio", "grpc-sync": "bare grpc sync"}

@@ -101,6 +101,7 @@ class LoadSpec:
     workers: int = 1
     max_connections: int = 1024
     grpc_channels: int = 0  # 0: min(concurrency, 4)
+    grpc_client: str = "aio"  # "aio": grpc.aio channels; "h2": bench.load.grpc_h2 (closed loop)
     seed: int = 12345
     oip_shape: list[int] = field(default_factory=lambda: [1, -1])  # -1: the input's length
 

@@ -504,6 +504,17 @@ class BareProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system, all threads) the bare server has used so far."""
+        if self.proc is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

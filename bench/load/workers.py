@@ -15,6 +15,7 @@ import numpy as np
 
 from bench.load.common import LoadRun, _now
 from bench.load.grpc import GrpcLoad
+from bench.load.grpc_h2 import H2GrpcLoad
 from bench.load.http import HttpClosedLoop, HttpOpenLoop
 
 
@@ -25,9 +26,20 @@ def _build(spec: dict[str, Any]) -> tuple[LoadRun, Any]:
     if mode != "closed":
         schedule = spec["schedule"]
     host, port = spec["host"], spec["port"]
-    if spec["protocol"] == "oip-grpc":
+    if spec["protocol"] == "oip-grpc" and spec.get("grpc_client") == "h2":
+        if mode != "closed":
+            raise ValueError("--grpc-client h2 runs the closed loop only")
+        gen: Any = H2GrpcLoad(
+            run,
+            host,
+            port,
+            spec["grpc_method"],
+            channels=spec.get("grpc_channels") or min(spec["concurrency"], 4),
+            concurrency=spec["concurrency"],
+        )
+    elif spec["protocol"] == "oip-grpc":
         channels = spec.get("grpc_channels") or min(spec["concurrency"], 4)
-        gen: Any = GrpcLoad(
+        gen = GrpcLoad(
             run,
             host,
             port,

@@ -70,6 +70,8 @@ def _param_value(p: Any) -> Any:
 
 
 def parameters_to_dict(params: Mapping[str, Any]) -> dict[str, Any]:
+    if not params:  # the usual case; iterating an empty protobuf map still costs
+        return {}
     return {key: _param_value(value) for key, value in params.items()}
 
 
@@ -149,7 +151,11 @@ def parse_grpc_request(req: Any) -> InferRequest:
         else:
             array = _typed_contents(name, datatype, shape, inp.contents)
         inputs.append(InputTensor(name, datatype, shape, array))
-    outputs = [RequestedOutput(o.name, True, parameters_to_dict(o.parameters)) for o in req.outputs]
+    outputs = (
+        [RequestedOutput(o.name, True, parameters_to_dict(o.parameters)) for o in req.outputs]
+        if req.outputs
+        else None
+    )
     return InferRequest(
         inputs,
         req.id or None,

@@ -30,6 +30,7 @@ __all__ = [
     "server_preface",
     "status_block",
     "unary_handler",
+    "unary_reply",
     "unpad",
 ]
 
@@ -56,6 +57,9 @@ NOT_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding")
 
 REPLY_HEADERS = b"\x88" + encode_literal(b"content-type", b"application/grpc")
 OK_TRAILERS = encode_literal(b"grpc-status", b"0")
+# The fixed parts of a whole unary reply (see unary_reply).
+_REPLY_HEAD = len(REPLY_HEADERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS))
+_REPLY_TRAILERS = len(OK_TRAILERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -65,6 +69,30 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
         bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags))
         + stream.to_bytes(4, "big")
         + payload
+    )
+
+
+def unary_reply(stream: int, reply: bytes) -> bytes:
+    """A whole OK reply on ``stream``: headers, the message in one DATA frame, and
+    trailers, joined once (the same bytes as three :func:`frame` calls); the
+    caller checks that the message fits the windows and the frame size."""
+    sid = stream.to_bytes(4, "big")
+    n = len(reply)
+    data_head = (n + 5).to_bytes(3, "big") + b"\x00\x00"  # DATA, no flags
+    return b"".join(
+        (
+            _REPLY_HEAD,
+            sid,
+            REPLY_HEADERS,
+            data_head,
+            sid,
+            b"\x00",  # not compressed
+            n.to_bytes(4, "big"),
+            reply,
+            _REPLY_TRAILERS,
+            sid,
+            OK_TRAILERS,
+        )
     )
 
 

@@ -28,7 +28,13 @@ import time
 import grpc
 
 from clipper_core.oip import h2_frames as h2
-from clipper_core.oip.h2_connection import CONN_WINDOW, RECV_WINDOW, H2Connection
+from clipper_core.oip.h2_call_head import MAX_HEADS, CallHead, call_head
+from clipper_core.oip.h2_connection import (
+    CONN_WINDOW,
+    RECV_WINDOW,
+    ConnectionOwner,
+    H2Connection,
+)
 from clipper_core.oip.h2_frames import (
     DATA,
     END_HEADERS,
@@ -54,6 +60,11 @@ __all__ = ["H2GrpcProtocol"]
 
 class H2GrpcProtocol(H2Connection):
     """One client connection serving unary gRPC calls."""
+
+    def __init__(self, owner: ConnectionOwner) -> None:
+        super().__init__(owner)
+        # id(header list) -> (the list, what it says): see h2_call_head
+        self.heads: dict[int, tuple[list[tuple[str, str]], CallHead]] = {}
 
     # -- requests ----------------------------------------------------------------------
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
@@ -152,16 +163,21 @@ class H2GrpcProtocol(H2Connection):
     # -- calls -----------------------------------------------------------------------
 
     def _dispatch(self, stream: Stream) -> None:
-        headers = dict(stream.headers or ())
-        path = headers.get(":path", "")
-        handler = self.owner.handlers.get(path)
-        if handler is None:
-            self._fail_stream(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+        headers = stream.headers or []
+        # The decoder hands back the same list for a repeated block: what the
+        # headers say of the call is worked out once per distinct list.
+        cached = self.heads.get(id(headers))
+        if cached is not None and cached[0] is headers:
+            head = cached[1]
+        else:
+            head = call_head(headers, self.owner.handlers)
+            if len(self.heads) >= MAX_HEADS:
+                self.heads.clear()
+            self.heads[id(headers)] = (headers, head)  # holds the list: its id stays its own
+        if head.failure is not None:
+            self._fail_stream(stream, *head.failure)
             return
-        error = h2.request_error(headers)
-        if error is not None:
-            self._fail_stream(stream, *error)
-            return
+        assert head.handler is not None
         body = stream.body
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._fail_stream(
@@ -173,22 +189,16 @@ class H2GrpcProtocol(H2Connection):
                 stream, grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported"
             )
             return
-        deadline = None
-        timeout = headers.get("grpc-timeout")
-        if timeout:
-            try:
-                deadline = time.monotonic() + h2.parse_timeout(timeout)
-            except ValueError:
-                self._fail_stream(stream, grpc.StatusCode.INTERNAL, f"bad grpc-timeout {timeout!r}")
-                return
-        metadata = tuple(
-            (k, v) for k, v in (stream.headers or ()) if k[0] != ":" and k not in h2.NOT_METADATA
-        )
-        ctx = CallContext(metadata, self.peer, deadline)
+        if head.bad_timeout is not None:
+            self._fail_stream(stream, grpc.StatusCode.INTERNAL, head.bad_timeout)
+            return
+        timeout = head.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ctx = CallContext(head.metadata, self.peer, deadline)
         request = bytes(body[5:])
         self._drop_body(stream)
         stream.task = asyncio.get_running_loop().create_task(
-            self._call(stream, handler, request, ctx)
+            self._call(stream, head.handler, request, ctx)
         )
 
     async def _call(
@@ -231,19 +241,15 @@ class H2GrpcProtocol(H2Connection):
                 self._send(frame(h2.RST_STREAM, 0, sid, h2.NO_ERROR.to_bytes(4, "big")))
             self._close_stream(stream)
             return
-        message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
-        head = frame(HEADERS, END_HEADERS, sid, REPLY_HEADERS)
-        n = len(message_bytes)
+        n = len(reply) + 5
         if n <= self.max_frame and n <= self.send_window and n <= stream.window:
             self.send_window -= n
             stream.window -= n
-            self._send(
-                head
-                + frame(DATA, 0, sid, message_bytes)
-                + frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS)
-            )
+            self._send(h2.unary_reply(sid, reply))
             self._close_stream(stream)
             return
+        message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
+        head = frame(HEADERS, END_HEADERS, sid, REPLY_HEADERS)
         self._send(head)
         if not self.held:
             self.last_progress = time.monotonic()

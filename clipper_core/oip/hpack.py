@@ -76,6 +76,7 @@ _HUFFMAN = (
 
 
 def _huffman_codes() -> dict[tuple[int, int], int]:
+    """``(bit length, code)`` -> symbol, from the table above."""
     codes: dict[tuple[int, int], int] = {}
     for symbol, entry in enumerate("".join(_HUFFMAN).split()):
         code, _, bits = entry.partition(":")
@@ -83,29 +84,78 @@ def _huffman_codes() -> dict[tuple[int, int], int]:
     return codes
 
 
-_HUFFMAN_CODES = _huffman_codes()
 _EOS = 256
+_FAIL = -1
+_LEAF = 1 << 10
+
+
+def _huffman_machine() -> tuple[list[tuple[int, bytes]], frozenset[int]]:
+    """The code as a machine that reads four bits a step (as nghttp2 does).
+
+    Its states are the code tree's inner nodes (0 is the root).  Entry
+    ``state * 16 + nibble`` is ``(next state, symbols completed on the way)``;
+    the next state is ``_FAIL`` where the nibble completes EOS.  The second
+    value: the states a string may end in, the root and the first seven nodes
+    down the all-ones path (padding is at most seven bits of EOS's prefix).
+    """
+    # inner node -> [child 0, child 1]; a child is an inner node's index, or
+    # _LEAF + the symbol of a leaf
+    children: list[list[int]] = [[-1, -1]]
+    for (bits, code), symbol in _huffman_codes().items():
+        node = 0
+        for i in range(bits - 1, -1, -1):
+            bit = (code >> i) & 1
+            if i == 0:
+                children[node][bit] = _LEAF + symbol
+            else:
+                if children[node][bit] == -1:
+                    children.append([-1, -1])
+                    children[node][bit] = len(children) - 1
+                node = children[node][bit]
+    table: list[tuple[int, bytes]] = []
+    for state in range(len(children)):
+        for nibble in range(16):
+            node = state
+            out = bytearray()
+            for shift in (3, 2, 1, 0):
+                child = children[node][(nibble >> shift) & 1]
+                if child < _LEAF:
+                    node = child
+                elif child == _LEAF + _EOS:
+                    node = _FAIL
+                    break
+                else:
+                    out.append(child - _LEAF)
+                    node = 0
+            table.append((node, bytes(out)))
+    accepting = {0}
+    node = 0
+    for _ in range(7):
+        node = children[node][1]
+        accepting.add(node)
+    return table, frozenset(accepting)
+
+
+_MACHINE, _ACCEPTING = _huffman_machine()
 
 
 def huffman_decode(data: bytes) -> bytes:
     """A Huffman-coded string (section 5.2); padding must be EOS's leading ones."""
+    table = _MACHINE
     out = bytearray()
-    codes = _HUFFMAN_CODES
-    code = 0
-    bits = 0
+    state = 0
     for byte in data:
-        for shift in range(7, -1, -1):
-            code = (code << 1) | ((byte >> shift) & 1)
-            bits += 1
-            if bits >= 5:
-                symbol = codes.get((bits, code))
-                if symbol is not None:
-                    if symbol == _EOS:
-                        raise HpackError("EOS symbol inside a Huffman string")
-                    out.append(symbol)
-                    code = 0
-                    bits = 0
-    if bits > 7 or code != (1 << bits) - 1:
+        state, emitted = table[(state << 4) | (byte >> 4)]
+        if state < 0:
+            raise HpackError("EOS symbol inside a Huffman string")
+        if emitted:
+            out += emitted
+        state, emitted = table[(state << 4) | (byte & 0xF)]
+        if state < 0:
+            raise HpackError("EOS symbol inside a Huffman string")
+        if emitted:
+            out += emitted
+    if state not in _ACCEPTING:
         raise HpackError("bad Huffman padding")
     return bytes(out)
 

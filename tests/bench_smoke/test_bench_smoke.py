@@ -108,6 +108,9 @@ def test_compare_with_the_bare_server(tmp_path: Path) -> None:
     check_run(bare)
     assert bare["target"] == "bare"
     assert report["comparison"]["throughput_fraction_of_bare"] > 0
+    # The bare server's own CPU, read from /proc around its run.
+    assert bare["bare_server"]["cpu_s"] >= 0
+    assert bare["bare_server"]["cpu_us_per_req"] >= 0
 
 
 @pytest.mark.slow
@@ -150,6 +153,18 @@ def test_oip_protocols(tmp_path: Path, protocol: str) -> None:
     (run,) = report["runs"]
     assert run["protocol"] == protocol
     check_run(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
+def test_hand_written_grpc_client_against_ours_and_bare_grpc_aio(tmp_path: Path) -> None:
+    report, _ = run_bench(
+        tmp_path, "noop", "--protocol", "oip-grpc", "--grpc-client", "h2", "--compare", "--no-plots"
+    )
+    ours, bare = report["runs"]
+    check_run(ours)
+    check_run(bare)
+    assert bare["label"] == "bare grpc.aio"
 
 
 @pytest.mark.slow
