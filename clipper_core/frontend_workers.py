@@ -286,7 +286,12 @@ class FrontendWorkers:
         try:
             process.stdin.write(json.dumps(self.settings(worker_id)).encode() + b"\n")
             await process.stdin.drain()
-            ready = await asyncio.wait_for(process.stdout.readline(), self._start_timeout)
+            try:
+                ready = await asyncio.wait_for(process.stdout.readline(), self._start_timeout)
+            except TimeoutError:
+                raise ClipperError(
+                    f"query worker {worker_id} did not serve within {self._start_timeout:g}s"
+                ) from None
             if not ready:
                 code = await process.wait()
                 raise ClipperError(f"query worker {worker_id} exited at start (status {code})")
@@ -329,7 +334,7 @@ class FrontendWorkers:
                 delay = min(2 * delay, RESTART_BACKOFF[1])
                 try:
                     fresh = await self._spawn(worker_id)
-                except ClipperError as exc:
+                except Exception as exc:  # any failure: try again later, never give up
                     log.warning("restarting query worker %d failed: %s", worker_id, exc)
                     continue
                 fresh.restarts = worker.restarts + 1

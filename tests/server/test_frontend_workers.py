@@ -12,6 +12,7 @@ No timed asserts: each wait is bounded generously.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -30,8 +31,13 @@ import pytest
 
 from clipper_core.cli import build_parser
 from clipper_core.connection import ClipperConnection, LocalContainerManager
-from clipper_core.errors import BadInput
-from clipper_core.frontend_workers import forget_published_endpoints, resolve_workers
+from clipper_core.config import ServerConfig
+from clipper_core.errors import BadInput, ClipperError
+from clipper_core.frontend_workers import (
+    FrontendWorkers,
+    forget_published_endpoints,
+    resolve_workers,
+)
 from clipper_core.server import BackgroundServer
 from clipper_core.store.records import EndpointRecord, ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
@@ -424,3 +430,41 @@ def test_a_primary_forgets_the_endpoints_of_an_earlier_run(tmp_path: Path) -> No
         assert left == {("m", "by-hand"), ("ext", "0")}
     finally:
         store.close()
+
+
+def test_a_worker_restart_that_times_out_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart that does not serve within the start timeout is logged and
+    tried again later: the supervision goes on (a TimeoutError used to end it,
+    silently, and the worker was never restarted)."""
+    with BackgroundServer(query_port=0, management_port=0, workers=2) as bg:
+        workers = bg.server.workers
+        [before] = workers.describe()
+        workers._start_timeout = 0.001  # no worker can serve this fast
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_for(
+            lambda: "restarting query worker 1 failed" in caplog.text,
+            "a restart to fail",
+        )
+        workers._start_timeout = 120.0
+        after = wait_for(
+            lambda: [w for w in workers.describe() if w["pid"] != before["pid"]],
+            "the worker to be restarted",
+        )[0]
+        assert after["restarts"] == 1
+    wait_for(lambda: not alive(after["pid"]), "the worker to stop with the server")
+
+
+def test_a_worker_that_does_not_serve_in_time_fails_the_start(tmp_path: Path) -> None:
+    """``FrontendWorkers.start`` raises ClipperError, as documented, when a worker
+    does not serve within its start timeout, and leaves no worker behind."""
+    cfg = ServerConfig(query_port=0, management_port=0, workers=2, state_dir=str(tmp_path))
+    workers = FrontendWorkers(cfg, start_timeout=0.001)
+
+    async def start() -> None:
+        await workers.start(0, None)
+
+    with pytest.raises(ClipperError, match="did not serve within"):
+        asyncio.run(start())
+    assert workers.describe() == []
