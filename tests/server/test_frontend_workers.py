@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import pytest
 
 from clipper_core.cli import build_parser
-from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.config import ServerConfig
+from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.frontend_workers import (
     FrontendWorkers,
