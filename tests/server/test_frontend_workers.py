@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from clipper_core.frontend_workers import (
     forget_published_endpoints,
     resolve_workers,
 )
-from clipper_core.server import BackgroundServer
+from clipper_core.server import BackgroundServer, ClipperServer
 from clipper_core.store.records import EndpointRecord, ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
 from tests.control.redis_server import RedisServer, require_redis
@@ -468,3 +469,30 @@ def test_a_worker_that_does_not_serve_in_time_fails_the_start(tmp_path: Path) ->
     with pytest.raises(ClipperError, match="did not serve within"):
         asyncio.run(start())
     assert workers.describe() == []
+
+
+def test_a_failed_worker_start_stops_what_the_primary_started(tmp_path: Path) -> None:
+    """When a worker does not serve, the primary's start fails and stops what it
+    had started by then: its listeners, its replicas, its store (they were left
+    running in the embedding program, the replicas too)."""
+    state = str(tmp_path / "s")
+    with BackgroundServer(query_port=0, management_port=0, state_dir=state) as bg:
+        conn = ClipperConnection.for_server(bg.server)
+        conn.deploy_pickled("m", 1, "doubles", replica_pid, cache_enabled=False)
+    before = descendants(os.getpid())
+
+    async def start_and_look() -> tuple[list[int], int, object]:
+        server = ClipperServer(query_port=0, management_port=0, state_dir=state, workers=2)
+        server.workers = FrontendWorkers(server.config, start_timeout=0.001)
+        with pytest.raises(ClipperError, match="did not serve within"):
+            await server.start()
+        # Still in the embedding program's loop: what runs now stays running.
+        left = [p for p in descendants(os.getpid()) - before if alive(p)]
+        assert server.listeners is not None
+        return left, server.listeners.query.port, server.store
+
+    left, port, store = asyncio.run(start_and_look())
+    assert not left, f"still running after the failed start: {left}"
+    assert store is None  # closed
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
