@@ -343,8 +343,8 @@ def paths(document_path: str) -> dict[str, Any]:
             }
         ],
     )
-    url = {"type": ["string", "null"], "description": "That process's own query port."}
-    process = {
+    url: Schema = {"type": ["string", "null"], "description": "That process's own query port."}
+    process: dict[str, Schema] = {
         "worker": {"type": "integer", "minimum": 0, "description": "0: the primary."},
         "pid": {"type": "integer"},
         "direct_url": url,
