@@ -249,9 +249,11 @@ class FrontendWorkers:
             if isinstance(worker, _Worker):
                 self._workers[worker.worker_id] = worker
         failed = [exc for exc in started if isinstance(exc, BaseException)]
-        if failed:
+        if failed or self._stopping:  # stopping: the server stopped while they started
             await self.stop(0.0)
-            raise failed[0]
+            if failed:
+                raise failed[0]
+            return
         loop = asyncio.get_running_loop()
         self._watchers = [loop.create_task(self._supervise(k)) for k in self._workers]
 

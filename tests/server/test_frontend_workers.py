@@ -496,3 +496,27 @@ def test_a_failed_worker_start_stops_what_the_primary_started(tmp_path: Path) ->
     assert store is None  # closed
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_stop_during_the_workers_start_leaves_no_worker(tmp_path: Path) -> None:
+    """``stop()`` while the primary waits for its workers to serve (SIGTERM to
+    ``clipper serve`` early, an embedding program stopping early): the workers
+    that come up after it are stopped too, not left serving on the shared port
+    until the embedding process exits."""
+
+    async def main() -> list[int]:
+        server = ClipperServer(
+            query_port=0, management_port=0, state_dir=str(tmp_path / "s"), workers=2
+        )
+        starting = asyncio.get_running_loop().create_task(server.start())
+        me = os.getpid()
+        # Polling /proc for the worker's process: nothing to wait on instead.
+        while not (spawned := descendants(me)) and not starting.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        await server.stop()
+        with contextlib.suppress(Exception):
+            await starting
+        return [p for p in spawned | descendants(me) if alive(p)]
+
+    left = asyncio.run(main())
+    assert not left, f"still running after the stop: {left}"
