@@ -207,9 +207,23 @@ class FrontendWorkers:
     Args:
         cfg: The primary's settings (its ``workers`` counts the primary).
         start_timeout: Seconds a worker may take to serve.
+
+    Raises:
+        BadInput: Workers on a store that only this process sees (an in-memory
+            SQLite database): they would serve none of its apps.
     """
 
     def __init__(self, cfg: ServerConfig, *, start_timeout: float = 120.0) -> None:
+        path = cfg.resolved_state_path()
+        if (
+            cfg.workers > 1
+            and cfg.state_url is None
+            and (path == ":memory:" or (path.startswith("file:") and "mode=memory" in path))
+        ):
+            raise BadInput(
+                f"workers={cfg.workers} needs a state file or a state_url that the query"
+                f" workers can open: state_path {path!r} is this process's alone"
+            )
         self._cfg = cfg
         #: This process's worker number (0: the primary).
         self.worker_id = cfg.worker_id

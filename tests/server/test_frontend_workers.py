@@ -520,3 +520,11 @@ def test_a_stop_during_the_workers_start_leaves_no_worker(tmp_path: Path) -> Non
 
     left = asyncio.run(main())
     assert not left, f"still running after the stop: {left}"
+
+
+def test_workers_on_an_in_memory_store_are_refused(tmp_path: Path) -> None:
+    """A query worker cannot open the primary's ``:memory:`` database: it would
+    answer 404 for every app, on the connections the kernel gives it."""
+    with pytest.raises(BadInput, match="state_path ':memory:' is this process's alone"):
+        ClipperServer(query_port=0, management_port=0, state_path=":memory:", workers=2)
+    ClipperServer(query_port=0, management_port=0, state_path=":memory:")  # one process: fine
