@@ -56,6 +56,21 @@ def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def tls_handshake_error(
+    host: str, port: int, context: ssl.SSLContext, timeout: float = 2.0
+) -> ssl.SSLError | None:
+    """The error of a TLS handshake with ``host:port`` under ``context`` (None:
+    it succeeded, or nothing answers).  Only to explain a failed call."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                return None
+    except ssl.SSLError as exc:
+        return exc
+    except (OSError, ValueError):
+        return None
+
+
 class LocalContainerManager:
     """Where the server runs and how to start it: local processes on this machine.
 
@@ -129,6 +144,9 @@ class LocalContainerManager:
         does not, or the reverse, or whose certificate the CA given does not sign
         (:class:`TlsMismatch`, saying what to pass)."""
         reason = getattr(exc, "reason", exc)
+        context = self.ssl_context()
+        if exc is None and context is not None:  # a failed ping: find out why
+            reason = tls_handshake_error(self.host, self.management_port, context)
         if isinstance(reason, ssl.SSLCertVerificationError):
             return TlsMismatch(
                 f"the server at {url} speaks TLS, but its certificate is not signed by"

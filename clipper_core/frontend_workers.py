@@ -207,9 +207,23 @@ class FrontendWorkers:
     Args:
         cfg: The primary's settings (its ``workers`` counts the primary).
         start_timeout: Seconds a worker may take to serve.
+
+    Raises:
+        BadInput: Workers on a store that only this process sees (an in-memory
+            SQLite database): they would serve none of its apps.
     """
 
     def __init__(self, cfg: ServerConfig, *, start_timeout: float = 120.0) -> None:
+        path = cfg.resolved_state_path()
+        if (
+            cfg.workers > 1
+            and cfg.state_url is None
+            and (path == ":memory:" or (path.startswith("file:") and "mode=memory" in path))
+        ):
+            raise BadInput(
+                f"workers={cfg.workers} needs a state file or a state_url that the query"
+                f" workers can open: state_path {path!r} is this process's alone"
+            )
         self._cfg = cfg
         #: This process's worker number (0: the primary).
         self.worker_id = cfg.worker_id
@@ -249,9 +263,11 @@ class FrontendWorkers:
             if isinstance(worker, _Worker):
                 self._workers[worker.worker_id] = worker
         failed = [exc for exc in started if isinstance(exc, BaseException)]
-        if failed:
+        if failed or self._stopping:  # stopping: the server stopped while they started
             await self.stop(0.0)
-            raise failed[0]
+            if failed:
+                raise failed[0]
+            return
         loop = asyncio.get_running_loop()
         self._watchers = [loop.create_task(self._supervise(k)) for k in self._workers]
 
@@ -286,7 +302,12 @@ class FrontendWorkers:
         try:
             process.stdin.write(json.dumps(self.settings(worker_id)).encode() + b"\n")
             await process.stdin.drain()
-            ready = await asyncio.wait_for(process.stdout.readline(), self._start_timeout)
+            try:
+                ready = await asyncio.wait_for(process.stdout.readline(), self._start_timeout)
+            except TimeoutError:
+                raise ClipperError(
+                    f"query worker {worker_id} did not serve within {self._start_timeout:g}s"
+                ) from None
             if not ready:
                 code = await process.wait()
                 raise ClipperError(f"query worker {worker_id} exited at start (status {code})")
@@ -329,7 +350,7 @@ class FrontendWorkers:
                 delay = min(2 * delay, RESTART_BACKOFF[1])
                 try:
                     fresh = await self._spawn(worker_id)
-                except ClipperError as exc:
+                except Exception as exc:  # any failure: try again later, never give up
                     log.warning("restarting query worker %d failed: %s", worker_id, exc)
                     continue
                 fresh.restarts = worker.restarts + 1

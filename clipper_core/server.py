@@ -362,7 +362,11 @@ class ClipperServer:
             self._keeper = asyncio.get_running_loop().create_task(keeper.run(held))
         self.ready = True
         if cfg.workers > 1 and not worker:
-            await self.workers.start(self.query_port, self.grpc_port)
+            try:
+                await self.workers.start(self.query_port, self.grpc_port)
+            except BaseException:
+                await self.stop()  # the listeners, replicas and store started above
+                raise
         admin_url = None if worker else self.management_url
         log_event(
             log,

@@ -373,6 +373,35 @@ def paths(document_path: str) -> dict[str, Any]:
             }
         ],
     )
+    url: Schema = {"type": ["string", "null"], "description": "That process's own query port."}
+    process: dict[str, Schema] = {
+        "worker": {"type": "integer", "minimum": 0, "description": "0: the primary."},
+        "pid": {"type": "integer"},
+        "direct_url": url,
+    }
+    out["/frontend"] = _get(
+        "frontend",
+        "Which frontend process answered on this connection (``clipper serve"
+        " --workers N``); on the primary, also its query workers.",
+        {
+            "200": reply(
+                "The process.",
+                obj(
+                    {
+                        **process,
+                        "workers": arr(
+                            obj(
+                                {**process, "restarts": {"type": "integer", "minimum": 0}},
+                                ("worker", "pid", "restarts", "direct_url"),
+                            ),
+                            description="The primary's query workers (only on the primary).",
+                        ),
+                    },
+                    ("worker", "pid", "direct_url"),
+                ),
+            )
+        },
+    )
     out[document_path] = _get(
         "query_openapi",
         "This document.",

@@ -74,6 +74,7 @@ def test_query_port_answers_match_the_schemas(served: Running, doc: dict[str, An
         (predict, "POST", "/nobody/predict", {"input": [1.0]}, 404),
         (("POST", "/{app}/update"), "POST", "/hello/update", {"input": [1.0]}, 400),
         (("GET", "/health"), "GET", "/health", None, 200),
+        (("GET", "/frontend"), "GET", "/frontend", None, 200),
         (("GET", "/v2"), "GET", "/v2", None, 200),
         (("GET", "/v2/health/live"), "GET", "/v2/health/live", None, 200),
         (("GET", "/v2/health/ready"), "GET", "/v2/health/ready", None, 200),

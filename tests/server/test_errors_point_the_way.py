@@ -69,6 +69,27 @@ def test_a_tls_server_without_its_ca_is_named_as_such(tmp_path: Path) -> None:
     assert res.returncode == 1 and "not running" in res.stderr and "clipper start" in res.stderr
 
 
+def test_clipper_stop_names_a_tls_mismatch_too(tmp_path: Path) -> None:
+    """``clipper stop`` (which pings first) says what ``status`` says: a CA that does
+    not sign the server's certificate, or --tls-ca to a plain server, is named as
+    such, not "not running"."""
+    cert, key = self_signed(tmp_path / "certs")
+    other_ca, _ = self_signed(tmp_path / "other")
+    tls = start_server(tmp_path / "tls-state", tls_cert=str(cert), tls_key=str(key))
+    try:
+        res = _clipper(tls, "--tls-ca", str(other_ca), "stop")
+        assert res.returncode == 1 and "not running" not in res.stderr, res.stderr
+        assert "its certificate is not signed by the CA given" in res.stderr, res.stderr
+    finally:
+        tls.bg.stop()
+    plain = start_server(tmp_path / "plain-state")
+    try:
+        res = _clipper(plain, "--tls-ca", str(cert), "stop")
+        assert res.returncode == 1 and "does not speak TLS" in res.stderr, res.stderr
+    finally:
+        plain.bg.stop()
+
+
 def test_a_trivial_closure_serves_under_a_512_mb_memory_limit(running: Running) -> None:
     conn = running.conn
     conn.register_application("small", "doubles", "-1", 20_000_000)

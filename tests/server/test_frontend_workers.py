@@ -12,11 +12,13 @@ No timed asserts: each wait is bounded generously.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,10 +31,15 @@ from typing import Any, TypeVar
 import pytest
 
 from clipper_core.cli import build_parser
+from clipper_core.config import ServerConfig
 from clipper_core.connection import ClipperConnection, LocalContainerManager
-from clipper_core.errors import BadInput
-from clipper_core.frontend_workers import forget_published_endpoints, resolve_workers
-from clipper_core.server import BackgroundServer
+from clipper_core.errors import BadInput, ClipperError
+from clipper_core.frontend_workers import (
+    FrontendWorkers,
+    forget_published_endpoints,
+    resolve_workers,
+)
+from clipper_core.server import BackgroundServer, ClipperServer
 from clipper_core.store.records import EndpointRecord, ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
 from tests.control.redis_server import RedisServer, require_redis
@@ -424,3 +431,100 @@ def test_a_primary_forgets_the_endpoints_of_an_earlier_run(tmp_path: Path) -> No
         assert left == {("m", "by-hand"), ("ext", "0")}
     finally:
         store.close()
+
+
+def test_a_worker_restart_that_times_out_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart that does not serve within the start timeout is logged and
+    tried again later: the supervision goes on (a TimeoutError used to end it,
+    silently, and the worker was never restarted)."""
+    with BackgroundServer(query_port=0, management_port=0, workers=2) as bg:
+        workers = bg.server.workers
+        [before] = workers.describe()
+        workers._start_timeout = 0.001  # no worker can serve this fast
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_for(
+            lambda: "restarting query worker 1 failed" in caplog.text,
+            "a restart to fail",
+        )
+        workers._start_timeout = 120.0
+        after = wait_for(
+            lambda: [w for w in workers.describe() if w["pid"] != before["pid"]],
+            "the worker to be restarted",
+        )[0]
+        assert after["restarts"] == 1
+    wait_for(lambda: not alive(after["pid"]), "the worker to stop with the server")
+
+
+def test_a_worker_that_does_not_serve_in_time_fails_the_start(tmp_path: Path) -> None:
+    """``FrontendWorkers.start`` raises ClipperError, as documented, when a worker
+    does not serve within its start timeout, and leaves no worker behind."""
+    cfg = ServerConfig(query_port=0, management_port=0, workers=2, state_dir=str(tmp_path))
+    workers = FrontendWorkers(cfg, start_timeout=0.001)
+
+    async def start() -> None:
+        await workers.start(0, None)
+
+    with pytest.raises(ClipperError, match="did not serve within"):
+        asyncio.run(start())
+    assert workers.describe() == []
+
+
+def test_a_failed_worker_start_stops_what_the_primary_started(tmp_path: Path) -> None:
+    """When a worker does not serve, the primary's start fails and stops what it
+    had started by then: its listeners, its replicas, its store (they were left
+    running in the embedding program, the replicas too)."""
+    state = str(tmp_path / "s")
+    with BackgroundServer(query_port=0, management_port=0, state_dir=state) as bg:
+        conn = ClipperConnection.for_server(bg.server)
+        conn.deploy_pickled("m", 1, "doubles", replica_pid, cache_enabled=False)
+    before = descendants(os.getpid())
+
+    async def start_and_look() -> tuple[list[int], int, object]:
+        server = ClipperServer(query_port=0, management_port=0, state_dir=state, workers=2)
+        server.workers = FrontendWorkers(server.config, start_timeout=0.001)
+        with pytest.raises(ClipperError, match="did not serve within"):
+            await server.start()
+        # Still in the embedding program's loop: what runs now stays running.
+        left = [p for p in descendants(os.getpid()) - before if alive(p)]
+        assert server.listeners is not None
+        return left, server.listeners.query.port, server.store
+
+    left, port, store = asyncio.run(start_and_look())
+    assert not left, f"still running after the failed start: {left}"
+    assert store is None  # closed
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_stop_during_the_workers_start_leaves_no_worker(tmp_path: Path) -> None:
+    """``stop()`` while the primary waits for its workers to serve (SIGTERM to
+    ``clipper serve`` early, an embedding program stopping early): the workers
+    that come up after it are stopped too, not left serving on the shared port
+    until the embedding process exits."""
+
+    async def main() -> list[int]:
+        server = ClipperServer(
+            query_port=0, management_port=0, state_dir=str(tmp_path / "s"), workers=2
+        )
+        starting = asyncio.get_running_loop().create_task(server.start())
+        me = os.getpid()
+        # Polling /proc for the worker's process: nothing to wait on instead.
+        while not (spawned := descendants(me)) and not starting.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        await server.stop()
+        with contextlib.suppress(Exception):
+            await starting
+        return [p for p in spawned | descendants(me) if alive(p)]
+
+    left = asyncio.run(main())
+    assert not left, f"still running after the stop: {left}"
+
+
+def test_workers_on_an_in_memory_store_are_refused(tmp_path: Path) -> None:
+    """A query worker cannot open the primary's ``:memory:`` database: it would
+    answer 404 for every app, on the connections the kernel gives it."""
+    with pytest.raises(BadInput, match="state_path ':memory:' is this process's alone"):
+        ClipperServer(query_port=0, management_port=0, state_path=":memory:", workers=2)
+    ClipperServer(query_port=0, management_port=0, state_path=":memory:")  # one process: fine
