@@ -318,36 +318,6 @@ def paths(document_path: str) -> dict[str, Any]:
         "Liveness of the query port.",
         {"200": reply("Alive.", obj({"status": {"const": "ok"}}, ("status",)))},
     )
-    url = {"type": ["string", "null"], "description": "The process's own query URL."}
-    worker = obj(
-        {
-            "worker": {"type": "integer", "minimum": 1},
-            "pid": {"type": "integer"},
-            "restarts": {"type": "integer", "minimum": 0},
-            "direct_url": url,
-        },
-        ("worker", "pid", "restarts", "direct_url"),
-    )
-    out["/frontend"] = _get(
-        "frontend",
-        "Which frontend process answered on this connection (``worker`` 0 is the"
-        " primary; ``clipper serve --workers N``), its own query URL (null for a"
-        " single process) and, on the primary, its query workers.",
-        {
-            "200": reply(
-                "This process.",
-                obj(
-                    {
-                        "worker": {"type": "integer", "minimum": 0},
-                        "pid": {"type": "integer"},
-                        "direct_url": url,
-                        "workers": arr(worker),
-                    },
-                    ("worker", "pid", "direct_url"),
-                ),
-            )
-        },
-    )
     out["/metrics"] = _get(
         "metrics",
         "JSON (Clipper's ``inspect_instance``) when the client names no format or"
