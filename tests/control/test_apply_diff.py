@@ -320,16 +320,15 @@ def test_pipeline_diff_creates_updates_edges_and_prunes() -> None:
 # -- the README's example ----------------------------------------------------------------------
 
 
-def test_the_readme_example_is_a_valid_file() -> None:
+def test_the_documented_example_is_a_valid_file() -> None:
     import tomllib
     from pathlib import Path
 
     from clipper_core.connection_apply import config_body
 
     repo = Path(__file__).resolve().parents[2]
-    readme = (repo / "README.md").read_text()
-    section = readme[readme.index("## Declarative configuration") :]
-    text = section[section.index("```toml\n") + 8 : section.index("```\n\nRules:")]
+    page = (repo / "docs" / "guides" / "declarative.md").read_text()
+    text = page[page.index("```toml\n") + 8 : page.index("```\n\nRules:")]
     data = config_body(tomllib.loads(text), repo / "examples" / "declarative")
     state = DesiredState.from_dict(data)
     assert [m.record.key for m in state.models] == ["scale:1", "total:1"]

@@ -59,10 +59,11 @@ def _predict(port: int, body: object) -> dict:
 def test_readme_quickstart_runs_twice_and_after_stop_all(tmp_path: Path) -> None:
     qp, mp = _free_port(), _free_port()
     quickstart = _readme_quickstart()
-    assert "LocalContainerManager()" in quickstart and "stop_all" not in quickstart
+    ports = "LocalContainerManager(query_port=1337, management_port=1338)"
+    assert ports in quickstart and "stop_all" not in quickstart
     # The script unchanged but for where its server listens (the test's own ports).
     script = quickstart.replace(
-        "LocalContainerManager()", f"LocalContainerManager(query_port={qp}, management_port={mp})"
+        ports, f"LocalContainerManager(query_port={qp}, management_port={mp})"
     )
     script = "import logging; logging.basicConfig(level=logging.INFO)\n" + script
     env = {**os.environ, "CLIPPER_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)}
