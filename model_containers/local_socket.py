@@ -34,6 +34,7 @@ from typing import Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from model_containers import hop_trace
 from model_containers._proto import container_pb2 as pb
 from model_containers.failures import PredictFailure
 
@@ -216,10 +217,14 @@ class LocalSocketServer:
                 payload = frames.read(length)
                 if payload is None:
                     raise ConnectionResetError("the frontend closed the local socket mid-frame")
+                if hop_trace.ENABLED:
+                    hop_trace.start("container_read")
                 self._busy.add(conn)  # a set's add and discard are atomic
                 try:
                     code, body = self._answer(kind, payload)
                     conn.sendmsg([HEADER.pack(len(body), code, call_id), body])
+                    if hop_trace.ENABLED:
+                        hop_trace.finish("container", "container_written")
                 finally:
                     self._busy.discard(conn)
         except OSError:
@@ -238,6 +243,8 @@ class LocalSocketServer:
             request = pb.PredictRequest.FromString(payload)
         except DecodeError as exc:
             return _status(grpc.StatusCode.INVALID_ARGUMENT), f"bad PredictRequest: {exc}".encode()
+        if hop_trace.ENABLED:
+            hop_trace.mark("container_parsed")
         try:
             response = self.servicer.answer(request)
         except PredictFailure as failure:
@@ -245,6 +252,8 @@ class LocalSocketServer:
         except Exception as exc:  # a bug in the container: the call fails, the socket stays
             log.error("local Predict failed:\n%s", "".join(traceback.format_exception(exc)))
             return _status(grpc.StatusCode.INTERNAL), f"{type(exc).__name__}: {exc}".encode()
+        if hop_trace.ENABLED:
+            hop_trace.mark("container_answered")
         return KIND_OK, response.SerializeToString()
 
     def refuse(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from model_containers import codec, tensors
+from model_containers import codec, hop_trace, tensors
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import container_pb2_grpc as pb_grpc
 from model_containers.failures import PredictFailure
@@ -150,11 +150,15 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         n = len(inputs)
         if n == 0:
             return codec.encode_outputs([], 0)
+        if hop_trace.ENABLED:
+            hop_trace.mark("model_started")
         with self._slots:
             try:
                 started = time.perf_counter()
                 outputs = model.predict(inputs)
                 self._timing.seconds = time.perf_counter() - started
+                if hop_trace.ENABLED:
+                    hop_trace.mark("model_done")
             except Exception as exc:
                 log.error(
                     "batch %d (%d inputs) failed:\n%s",
@@ -193,6 +197,8 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                 raise tensors.TensorInputError("the request parameters are not a JSON object")
         except (tensors.TensorInputError, ValueError) as exc:
             raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if hop_trace.ENABLED:
+            hop_trace.mark("model_started")
         with self._slots:
             try:
                 started = time.perf_counter()
@@ -201,6 +207,8 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                 else:
                     outputs = model.predict_tensors(inputs)
                 self._timing.seconds = time.perf_counter() - started
+                if hop_trace.ENABLED:
+                    hop_trace.mark("model_done")
             except tensors.TensorInputError as exc:
                 raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             except Exception as exc:
