@@ -328,7 +328,8 @@ class ReplicaClient:
             raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
         timer = None
         if timeout is not None:
-            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+            # fut's loop, not get_running_loop(): Python 3.11 makes that a getpid().
+            timer = fut.get_loop().call_later(timeout, _expire, fut)
         try:
             kind, body = await fut
         except ConnectionError as exc:
