@@ -20,6 +20,10 @@ It reports
   processes that frame like the container transport (``bench.unix_pingpong``).
 
     python -m bench.hops [--n 3000] [--strace-n 1000] [--api rest,oip] [--json out.json]
+
+``--ab TREE`` instead runs the checkout at TREE (say a ``git worktree`` of the branch
+point) and this one at the same time and queries them in alternating blocks, so that
+a busy host's load falls on both alike: p50, CPU and wake-ups per query, per process.
 """
 
 from __future__ import annotations
@@ -117,13 +121,15 @@ def _descendants(pid: int) -> list[int]:
 class Server:
     """``python -m bench.hops --serve`` in a process of its own, and its container."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, tree: Path | None = None) -> None:
         self.port = _free_port()
+        extra = {"PYTHONPATH": str(tree)} if tree is not None else {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.hops", "--serve", f"{self.port},{_free_port()}"],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), **extra},
+            cwd=tree,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -244,6 +250,8 @@ def measure(pids: dict[str, int], run: Callable[[int], list[float]], n: int) -> 
 
 def strace_counts(pids: dict[str, int], run: Callable[[int], object], n: int) -> dict[str, Any]:
     """Syscalls per query per process (``strace -c -f -p``), and the most frequent ones."""
+    if n <= 0:
+        return {}
     if shutil.which("strace") is None:
         return {"error": "strace is not installed"}
     tmp = Path(tempfile.mkdtemp(prefix="clipper-strace-"))
@@ -413,6 +421,43 @@ def trace_api(api: str, n: int) -> dict[str, float]:
     return hops
 
 
+def side_by_side(base: Path, n: int, block: int, apis: list[str]) -> dict[str, Any]:
+    """The checkout at ``base`` against this one, both servers up at once and queried
+    in alternating blocks of ``block`` queries, so that both see the same load."""
+    servers = {"base": Server(tree=base.resolve()), "new": Server(tree=Path.cwd())}
+    results: dict[str, Any] = {}
+    try:
+        for api in apis:
+            clients = {k: Client(s.port, PATHS[api], BODIES[api]) for k, s in servers.items()}
+            for c in clients.values():
+                c.run(500)
+            lat: dict[str, list[float]] = {k: [] for k in servers}
+            cpu = {k: {r: 0.0 for r in s.pids} for k, s in servers.items()}
+            wake = {k: {r: 0 for r in s.pids} for k, s in servers.items()}
+            for _ in range(max(n // block, 1)):
+                for side, server in servers.items():
+                    before = {
+                        r: (sum(_cpu_seconds(p)), _switches(p)[0]) for r, p in server.pids.items()
+                    }
+                    lat[side] += clients[side].run(block)
+                    for r, p in server.pids.items():
+                        cpu[side][r] += sum(_cpu_seconds(p)) - before[r][0]
+                        wake[side][r] += _switches(p)[0] - before[r][1]
+            for side in servers:
+                done = len(lat[side])
+                row: dict[str, Any] = {"p50_us": statistics.median(lat[side]) * 1e6}
+                for r in servers[side].pids:
+                    row[f"{r}_cpu_us"] = cpu[side][r] / done * 1e6
+                    row[f"{r}_wakeups"] = wake[side][r] / done
+                results[f"{api}_{side}"] = row
+            for c in clients.values():
+                c.close()
+    finally:
+        for server in servers.values():
+            server.stop()
+    return results
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     if not args.no_floors:
@@ -445,17 +490,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--serve", metavar="PORT,PORT", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=3000, help="queries per measurement")
-    p.add_argument("--strace-n", type=int, default=1000, help="queries under strace")
+    p.add_argument("--strace-n", type=int, default=1000, help="queries under strace (0: none)")
     p.add_argument("--api", default="rest,oip")
     p.add_argument("--no-floors", action="store_true")
     p.add_argument("--no-trace", action="store_true")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--ab",
+        type=Path,
+        metavar="TREE",
+        help="only compare the checkout at TREE with this one, side by side (p50, CPU, wake-ups)",
+    )
+    p.add_argument("--block", type=int, default=200, help="queries per turn with --ab")
     args = p.parse_args(argv)
     if args.serve:
         query_port, management_port = map(int, args.serve.split(","))
         serve(query_port, management_port)
         return 0
-    results = run_all(args)
+    if args.ab:
+        results = side_by_side(args.ab, args.n, args.block, args.api.split(","))
+    else:
+        results = run_all(args)
     _print(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
