@@ -425,7 +425,7 @@ def side_by_side(base: Path, n: int, block: int, apis: list[str]) -> dict[str, A
     """The checkout at ``base`` against this one, both servers up at once and queried
     in alternating blocks of ``block`` queries, so that both see the same load."""
     servers = {"base": Server(tree=base.resolve()), "new": Server(tree=Path.cwd())}
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     try:
         for api in apis:
             clients = {k: Client(s.port, PATHS[api], BODIES[api]) for k, s in servers.items()}
@@ -455,6 +455,7 @@ def side_by_side(base: Path, n: int, block: int, apis: list[str]) -> dict[str, A
     finally:
         for server in servers.values():
             server.stop()
+    results["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     return results
 
 
