@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from model_containers import hop_trace
+
 __all__ = ["HEADER", "KIND_HELLO", "KIND_OK", "KIND_PREDICT", "LocalChannel"]
 
 #: Payload length (uint32), kind (uint8), call id (uint64), little-endian.
@@ -71,6 +73,8 @@ class LocalChannel(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if hop_trace.ENABLED:
+            hop_trace.mark("transport_read")
         buf = self._buf
         buf += data
         while len(buf) >= _HEADER_SIZE:
@@ -119,6 +123,8 @@ class LocalChannel(asyncio.Protocol):
         fut: asyncio.Future[Answer] = self._loop.create_future()
         self._calls[call_id] = fut
         transport.writelines((HEADER.pack(len(payload), kind, call_id), payload))
+        if hop_trace.ENABLED:
+            hop_trace.mark("transport_written")
         return call_id, fut
 
     def forget(self, call_id: int) -> None:

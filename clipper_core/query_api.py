@@ -23,6 +23,7 @@ from clipper_core.errors import ClipperError
 from clipper_core.http import Request, Response, Router, json_response
 from clipper_core.metrics_export import metrics_response
 from clipper_core.openapi import QUERY_DOCUMENT_PATH, document_route
+from model_containers import hop_trace
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, QueryView
@@ -52,11 +53,15 @@ def install(
     async def predict(request: Request, params: dict[str, str]) -> Response:
         # Cheap refusals first: per-client limit (429), then the app's API keys
         # (401/403), then the client's deadline header (400 when malformed).
+        if hop_trace.ENABLED:
+            hop_trace.mark("handler_started")
         client = gate.admit(request.headers, request.remote)
         try:
             app = dataplane.app(params["app"])
             gate.check(app.name, request.headers)
             deadline = deadline_from_headers(request.headers)
+            if hop_trace.ENABLED:
+                hop_trace.mark("admitted")
             return await _predict(request, app, deadline)
         finally:
             gate.release(client)
@@ -69,6 +74,8 @@ def install(
             app.metrics.error(exc.kind, received=True)
             raise
         keys = InputKeys(query.inputs, app.input_type)
+        if hop_trace.ENABLED:
+            hop_trace.mark("request_decoded")
         outcomes = await dataplane.predict(
             app.name,
             query.inputs,
@@ -78,6 +85,8 @@ def install(
             raise_errors=not query.batch,
             uid=query.uid,
         )
+        if hop_trace.ENABLED:
+            hop_trace.mark("handler_resumed")
         replies = [
             format_reply(
                 dataplane.next_query_id(), o.output, o.default, o.explanation, reply_fields(o)

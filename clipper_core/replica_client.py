@@ -45,6 +45,7 @@ from clipper_core.errors import (
     ReplicaUnavailable,
 )
 from clipper_core.replica_codec import INPUT_TYPES, decode_outputs, encode_batch, input_type_name
+from model_containers import hop_trace
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import health_pb2
 
@@ -312,6 +313,8 @@ class ReplicaClient:
         timeout: float | None,  # noqa: ASYNC109
     ) -> pb.PredictResponse:
         payload = request.SerializeToString()
+        if hop_trace.ENABLED:
+            hop_trace.mark("batch_encoded")
         if len(payload) > _MAX_MESSAGE_BYTES:
             raise self._status_error(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -325,7 +328,8 @@ class ReplicaClient:
             raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
         timer = None
         if timeout is not None:
-            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+            # fut's loop, not get_running_loop(): Python 3.11 makes that a getpid().
+            timer = fut.get_loop().call_later(timeout, _expire, fut)
         try:
             kind, body = await fut
         except ConnectionError as exc:

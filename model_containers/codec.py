@@ -194,7 +194,8 @@ def encode_outputs(outputs: Any, n: int) -> EncodedOutputs:
             isinstance(o, (np.ndarray, np.generic)) and o.dtype == dtype and np.shape(o) == shape
             for o in items
         ):
-            return _tensor(np.stack(items))
+            # One row needs no stack (a view; _tensor copies it out once).
+            return _tensor(first.reshape((1, *shape)) if n == 1 else np.stack(items))
 
     if all(isinstance(o, (bytes, bytearray, memoryview)) for o in items):
         return EncodedOutputs(

@@ -56,7 +56,7 @@ async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) ->
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return
-    loop = asyncio.get_running_loop()
+    loop = pending[0].get_loop()  # get_running_loop() is a getpid() on Python 3.11
     waiter: asyncio.Future[None] = loop.create_future()
     left = len(pending)
 

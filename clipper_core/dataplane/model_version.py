@@ -37,6 +37,7 @@ from clipper_core.errors import (
 from clipper_core.metrics import ModelVersionMetrics
 from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
 from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry
+from model_containers import hop_trace
 
 log = logging.getLogger("clipper_core.dataplane")
 
@@ -163,7 +164,10 @@ class ModelVersion:
         cache = self.cache
         if cache is None:
             self._admit(deadline)
-            return self.queue.put(PendingQuery(value), deadline)
+            queued = self.queue.put(PendingQuery(value), deadline)
+            if hop_trace.ENABLED:
+                hop_trace.mark("queued")
+            return queued
         loop = asyncio.get_running_loop()
         miss = _MISS
         hit = cache.get(self.name, self.version, key, miss)
@@ -310,6 +314,8 @@ class ModelVersion:
                 entries = await queue.take_for(controller, self.batch_wait)
             except QueueClosed:
                 return
+            if hop_trace.ENABLED:
+                hop_trace.mark("batch_taken")
             suspects: list[SuspectBatch] = []
             if isolation.suspects:
                 # Each suspect batch is a call of its own, after the plain inputs.
@@ -381,6 +387,8 @@ class ModelVersion:
             self.metrics.error("internal", len(entries))
             self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))
         else:
+            if hop_trace.ENABLED:
+                hop_trace.mark("outputs_decoded")
             try:
                 slot.failures = 0
                 slot.batches += 1

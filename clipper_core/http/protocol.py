@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 import httptools
 
 from clipper_core.http.body_budget import BodyBudget
+from clipper_core.http.exchange import Exchange, respond
 from clipper_core.http.messages import (
     Request,
     Response,
@@ -68,34 +69,6 @@ class ConnectionOwner(Protocol):
     def _connection_closed(self, conn: HttpProtocol) -> None: ...
 
 
-class _Exchange:
-    """One response owed on a connection, in request order.
-
-    Exactly one of ``task`` (the handler still running or done), ``response`` (an
-    inline answer) and ``data`` (pre-encoded bytes: ``100 Continue`` or a
-    protocol error) is set.
-    """
-
-    __slots__ = ("close", "data", "request", "reserved", "response", "task")
-
-    def __init__(
-        self,
-        request: Request | None,
-        task: asyncio.Future[Any] | None = None,
-        response: Response | None = None,
-        data: bytes | None = None,
-        close: bool = False,
-        reserved: int = 0,
-    ) -> None:
-        self.request = request
-        self.task = task
-        self.response = response
-        self.data = data
-        self.close = close
-        #: Bytes of the server's body budget the request holds until answered.
-        self.reserved = reserved
-
-
 class HttpProtocol(RequestParser):
     """One HTTP/1.x connection.  Created by :class:`HttpServer`."""
 
@@ -125,7 +98,7 @@ class HttpProtocol(RequestParser):
         self._loop = loop
         self._router = server.router
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[_Exchange] = deque()
+        self._pending: deque[Exchange] = deque()
         self._on_task_done = self._task_done
         # Connection state.
         self._draining = False  # the server is stopping
@@ -252,7 +225,7 @@ class HttpProtocol(RequestParser):
             self._write_now(request, response)
             self._release(reserved)
         else:
-            self._pending.append(_Exchange(request, None, response, reserved=reserved))
+            self._pending.append(Exchange(request, None, response, reserved=reserved))
 
     def _dispatch(self, request: Request, reserved: int = 0) -> None:
         result: Any
@@ -272,22 +245,40 @@ class HttpProtocol(RequestParser):
             return
         try:
             if type(result) is CoroutineType or asyncio.iscoroutine(result):
-                task: asyncio.Future[Any] = self._loop.create_task(result)
-            else:
-                task = asyncio.ensure_future(result, loop=self._loop)
+                ex = Exchange(request, reserved=reserved)
+                ex.task = self._loop.create_task(respond(result, ex, self._handler_done))
+                self._pending.append(ex)
+                if len(self._pending) >= MAX_PIPELINE:
+                    self._update_reading()
+                return
+            task = asyncio.ensure_future(result, loop=self._loop)
         except TypeError:
             response = error_response(
                 500,
                 "internal",
                 f"TypeError: handler returned {type(result).__name__}, not a Response",
             )
-            self._pending.append(_Exchange(request, response=response, reserved=reserved))
+            self._pending.append(Exchange(request, response=response, reserved=reserved))
             self._flush()
             return
-        self._pending.append(_Exchange(request, task, reserved=reserved))
+        self._pending.append(Exchange(request, task, reserved=reserved))
         task.add_done_callback(self._on_task_done)
         if len(self._pending) >= MAX_PIPELINE:
             self._update_reading()
+
+    def _handler_done(self, ex: Exchange, outcome: Response | BaseException) -> None:
+        """A handler run by ``respond`` finished: write its answer if it is next."""
+        ex.task = None
+        if self._transport is None:  # the client is gone
+            if isinstance(outcome, BaseException):
+                logger.debug("handler failed after the client disconnected: %r", outcome)
+            return
+        if isinstance(outcome, BaseException):
+            outcome = response_for_exception(outcome, ex.request)
+        ex.response = outcome
+        pending = self._pending
+        if pending and pending[0] is ex:
+            self._flush()
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
         if self._transport is None:
@@ -389,7 +380,7 @@ class HttpProtocol(RequestParser):
         if not self._pending and self._transport is not None:
             self._transport.write(data)
         else:
-            self._pending.append(_Exchange(None, data=data))
+            self._pending.append(Exchange(None, data=data))
 
     def _fail_response(self, response: Response) -> None:
         """Answer after the answers already owed, then close."""
@@ -398,7 +389,7 @@ class HttpProtocol(RequestParser):
         self._release_reserved()  # the message being read is abandoned
         data = encode_response(response, False)
         if self._pending:
-            self._pending.append(_Exchange(None, data=data, close=True))
+            self._pending.append(Exchange(None, data=data, close=True))
         elif self._transport is not None:
             self._transport.write(data)
             self._close(linger=True)

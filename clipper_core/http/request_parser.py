@@ -16,6 +16,7 @@ import httptools
 
 from clipper_core.http.body_budget import BodyBudget
 from clipper_core.http.messages import Request, Response, error_response
+from model_containers import hop_trace
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _METHOD_NAMES: dict[bytes, str] = {}
@@ -157,6 +158,8 @@ class RequestParser(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if hop_trace.ENABLED:
+            hop_trace.start("http_read")
         if self._stopped_input:
             raise _Abort
         self._message_seq += 1
@@ -310,6 +313,8 @@ class RequestParser(asyncio.Protocol):
             request.body = body
         reserved = self._reserved
         self._reserved = 0
+        if hop_trace.ENABLED:
+            hop_trace.mark("http_parsed")
         self._dispatch(request, reserved)
 
     def _fail_budget(self, size: int) -> None:

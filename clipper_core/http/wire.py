@@ -10,6 +10,7 @@ import time
 from http import HTTPStatus
 
 from clipper_core.http.messages import Response
+from model_containers import hop_trace
 
 _CRLF = b"\r\n"
 _CONNECTION_CLOSE = b"Connection: close\r\n"
@@ -93,6 +94,8 @@ def encode_response(
     parts.append(_CRLF)
     if body and not head:
         parts.append(body)
+    if hop_trace.ENABLED:
+        hop_trace.finish("frontend", "reply_encoded")
     return b"".join(parts)
 
 

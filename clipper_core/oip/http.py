@@ -24,6 +24,7 @@ from clipper_core.http import Request, Response, Router
 from clipper_core.http.messages import error_headers
 from clipper_core.oip.service import InferenceService
 from clipper_core.oip.tensors import HEADER_LENGTH, encode_http_response, parse_http_request
+from model_containers import hop_trace
 
 __all__ = ["install"]
 
@@ -75,6 +76,8 @@ def install(router: Router, service: InferenceService) -> None:
         return _json({"name": name, "ready": ok}, 200 if ok else 400)
 
     async def infer(request: Request, params: dict[str, str]) -> Response:
+        if hop_trace.ENABLED:
+            hop_trace.mark("handler_started")
         try:
             client = gate.admit(request.headers, request.remote)
         except ClipperError as exc:
@@ -86,8 +89,14 @@ def install(router: Router, service: InferenceService) -> None:
             encoding = request.headers.get("content-encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
                 raise BadInput(f"Content-Encoding {encoding!r} is not supported; send identity")
+            if hop_trace.ENABLED:
+                hop_trace.mark("admitted")
             parsed = parse_http_request(request.body, request.headers.get(HEADER_LENGTH))
+            if hop_trace.ENABLED:
+                hop_trace.mark("request_decoded")
             reply = await service.infer(target, parsed, deadline=deadline)
+            if hop_trace.ENABLED:
+                hop_trace.mark("handler_resumed")
             body, header_length = encode_http_response(
                 reply.model_name, reply.model_version, reply.id, reply.parameters, reply.outputs
             )

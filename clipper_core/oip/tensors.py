@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from clipper_core.clipper_api import small_and_in_range
 from clipper_core.errors import BadInput
 from clipper_core.output_json import jsonable
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
@@ -174,6 +175,10 @@ def _walk(value: Any) -> Iterator[Any]:
         yield value
 
 
+#: The largest finite value of each floating-point datatype.
+_FLOAT_MAX = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32", "FP64")}
+
+
 def decode_json_data(
     name: str, datatype: str, shape: tuple[int, ...], data: Any, may_hold_bools: bool = True
 ) -> np.ndarray[Any, Any]:
@@ -238,6 +243,8 @@ def decode_json_data(
     # floating point
     if raw.size and kind not in "iuf":
         raise BadInput(f"input {name!r}: {datatype} data must be numbers")
+    if small_and_in_range(raw, _FLOAT_MAX[datatype]):
+        return raw.astype(dtype).reshape(shape)
     with np.errstate(over="ignore", invalid="ignore"):
         arr = raw.astype(dtype)
     if raw.size and not np.isfinite(arr).all():

@@ -180,3 +180,39 @@ def test_remove_stale_dirs_keeps_running_containers_folders(tmp_path: Path) -> N
     (dead / "predict.sock").write_bytes(b"")
     assert remove_stale_dirs(str(tmp_path)) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_frame_reader_reads_whole_split_and_large_frames() -> None:
+    """Frames that arrive together, split across reads, and larger than the reused
+    receive buffer all come out whole; a close mid-frame reads as None."""
+    import socket
+    import threading
+
+    from model_containers.local_socket import _RECV_SIZE, _FrameReader, frame
+
+    big = os.urandom(_RECV_SIZE * 3 + 5)
+    small = [b"a" * 10, b"", b"b" * 300]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+
+        def send() -> None:
+            theirs.sendall(b"".join(frame(1, i, p) for i, p in enumerate(small)))
+            whole = frame(1, 9, big)
+            for i in range(0, len(whole), 70_000):  # in pieces, as a busy socket delivers
+                theirs.sendall(whole[i : i + 70_000])
+            theirs.sendall(frame(1, 10, b"xyz")[:7])
+            theirs.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        reader = _FrameReader(ours)
+        got = []
+        for _ in range(len(small) + 1):
+            header = reader.read(HEADER.size)
+            assert header is not None
+            length, _kind, call_id = HEADER.unpack(header)
+            payload = reader.read(length)
+            got.append((call_id, payload))
+        assert reader.read(HEADER.size) is None  # closed after 7 bytes of a header
+        sender.join()
+    assert got == [*enumerate(small), (9, big)]
