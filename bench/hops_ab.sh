@@ -1,12 +1,12 @@
 #!/bin/sh
 # A/B of two checkouts with bench.hops (and optionally bench.frontend_wrk), interleaved,
 # in one run under the shared benchmark lock:
-#   flock /work/wt/notes/bench.lock sh bench/hops_ab.sh BASE_TREE NEW_TREE OUT_DIR [ROUNDS] [WRK_SECONDS]
+#   sh bench/hops_ab.sh BASE_TREE NEW_TREE OUT_DIR [ROUNDS] [WRK_SECONDS]
 # WRK_SECONDS 0 skips wrk; N and STRACE_N (environment) size bench.hops.  The floors are
 # measured once, by the new tree.
 set -e
 base=$1; new=$2; out=$3; rounds=${4:-1}; wrk=${5:-0}
-py=${PYTHON:-/work/main/.venv/bin/python}
+py=${PYTHON:-$PWD/.venv/bin/python}
 mkdir -p "$out"
 cat /proc/loadavg > "$out/loadavg-start"
 (cd "$new" && PYTHONPATH=$PWD $py -m bench.hops --api rest --no-trace --n ${N:-3000} --strace-n ${STRACE_N:-1000} \

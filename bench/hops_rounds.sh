@@ -1,10 +1,10 @@
 #!/bin/sh
 # Interleaved rounds of two checkouts, quick: bench.hops without floors, stamps or
 # strace (p50, CPU and wake-ups per query), then bench.frontend_wrk (WRK_SECONDS > 0).
-#   flock /work/wt/notes/bench.lock sh bench/hops_rounds.sh BASE_TREE NEW_TREE OUT_DIR ROUNDS [WRK_SECONDS]
+#   sh bench/hops_rounds.sh BASE_TREE NEW_TREE OUT_DIR ROUNDS [WRK_SECONDS]
 set -e
 base=$1; new=$2; out=$3; rounds=$4; wrk=${5:-0}
-py=${PYTHON:-/work/main/.venv/bin/python}
+py=${PYTHON:-$PWD/.venv/bin/python}
 mkdir -p "$out"
 cat /proc/loadavg > "$out/loadavg-start"
 r=1

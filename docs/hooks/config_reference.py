@@ -20,6 +20,9 @@ CLI_ALIASES = {"admission_control": "no_admission", "allowed_hosts": "allowed_ho
 
 #: What each environment variable the code mentions does.
 ENV_VARS = {
+    "CLIPPER_TRACE_HOPS": "A folder: the frontend and its containers stamp each query's hops"
+    " and append them there as JSON lines (`python -m bench.hops`; off when unset, and"
+    " costs nothing then).",
     "CLIPPER_STATE_DIR": "The state folder of a server, connection or CLI that names none"
     " (else `~/.clipper_core`, or a temporary folder for a server on query port 0).",
     "CLIPPER_GRPC_PORT": "The OIP gRPC port where none is named: a port, `0` (a free one)"
