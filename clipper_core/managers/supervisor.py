@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import subprocess
 import time
@@ -350,7 +351,9 @@ class ProcessSupervisor:
         # child, a busy loop) must not be read before the handle knows this process.
         child.output.attach(lambda fd, line: self._on_line(handle, generation, fd, line))
         if standby is not None and standby.address is not None:
-            self._set_ready(handle, standby.address)  # it printed READY long ago
+            # It printed READY before, and has been ready since: a crash of it is
+            # one while serving, never one of a start-up loop (restart policy).
+            self._set_ready(handle, standby.address, since=-math.inf)
         return child
 
     async def _supervise(self, handle: ReplicaHandle, first_spawn: asyncio.Future[None]) -> None:
@@ -473,10 +476,11 @@ class ProcessSupervisor:
         ):
             self._set_ready(handle, address)
 
-    def _set_ready(self, handle: ReplicaHandle, address: str) -> None:
+    def _set_ready(self, handle: ReplicaHandle, address: str, since: float | None = None) -> None:
         handle.address = address
         handle._ready_this_run = True
-        self._ready_at[handle.key] = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self._ready_at[handle.key] = now if since is None else since
         handle.state = "running"
         handle.ready.set()
         handle._notify()

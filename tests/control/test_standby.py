@@ -83,9 +83,21 @@ def test_a_killed_replica_is_replaced_by_its_standby(run: Runner, tmp_path: Path
             )
             [now] = manager.list()
             assert (now.pid, now.state, now.restarts) == (standby, "running", 1)
+            # The promoted standby crashes at once (another poison input): it was
+            # ready long before, so this is no start-up crash loop, and its restart
+            # (by the next standby if one is ready yet) waits the shortest delay.
+            seen = len(events)
+            os.kill(standby, signal.SIGKILL)
+            await poll_until(lambda: any(e.kind == "ready" for _, e in events[seen:]), within=30)
+            [again] = [e for _, e in events[seen:] if e.kind == "restarting"]
+            assert again.detail.startswith("restart 2 "), again.detail
+            if "standby" not in again.detail:
+                assert again.detail == "restart 2 in 0.2 s", again.detail
+            spawned.update(e.pid or 0 for _, e in events if e.kind == "started")
             # A new standby is started in the background.
             await poll_until(lambda: _standby_pid(manager) not in (None, standby), within=60)
             spawned.add(_standby_pid(manager) or 0)
+            spawned.update(e.pid or 0 for _, e in events if e.kind == "started")
             # Scale-down stops the replica and its standby.
             await manager.scale(rec, 0)
             assert manager.list() == [] and manager.standbys is not None
