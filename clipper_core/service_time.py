@@ -142,32 +142,31 @@ class ServiceTimeEstimator:
                 them, each as long as a full batch) and the input rides in the
                 next one, rather than ``per_item`` each on top of a batch of its
                 own -- which counts the inputs that share its batch twice and
-                refuses a moderately loaded model.  Once a whole batch waits
-                (a storm), its own batch is full (later arrivals fill it) and
-                each batch costs :meth:`latency_of` a full one plus twice the
-                deviation.  With less than a batch waiting it rides the next
-                batch, as big as the recent ones or ``own_size`` if smaller, or
-                as what is queued, at :meth:`latency_of` that size: the
-                caller's headroom is its margin, as no batch of unknown length
-                is ahead.
+                refuses a moderately loaded model.  Each batch ahead costs
+                :meth:`latency_of` a full one; its own batch holds what is
+                queued with it, or as many as the recent batches or ``own_size``
+                if fewer (later arrivals join it); twice the deviation is added
+                once a whole batch waits (a storm's queue).
             own_size: The size of the batch in flight on the replica that
                 frees first (the load of the moment), if one is busy.
         """
         if self.observations == 0 or replicas <= 0:
             return None
         if batch_size > 0:
-            margin = 2.0 * self.batch_latency_dev
             full = self.latency_of(batch_size)
+            # A margin for batches of unknown length ahead (a storm's queue).
+            margin = 2.0 * self.batch_latency_dev if queued >= batch_size else 0.0
             if first_free is None or not math.isfinite(first_free):
-                first_free = full + margin
-            if queued >= batch_size:
-                ahead = (queued // batch_size) * full
-                return first_free + ahead / replicas + full + margin
-            # The smaller of the two signs of the load: after a burst the next
-            # batch is back to the usual size; after a fall in load, the batch
-            # in flight is fresher than the recent mean.
+                first_free = full + 2.0 * self.batch_latency_dev
+            # Its batch: what is queued with it, or the smaller of the two signs
+            # of the load if more (the arrivals still to come): after a burst the
+            # next batch is back to the usual size; after a fall in load the
+            # batch in flight is fresher than the recent mean.  In a storm both
+            # are full batches.
             size = self.batch_size if own_size is None else min(own_size, self.batch_size)
-            return first_free + self.latency_of(min(max(queued + 1, size), batch_size))
+            own = min(max(queued % batch_size + 1, size), batch_size)
+            ahead = (queued // batch_size) * full
+            return first_free + ahead / replicas + self.latency_of(own) + margin
         high = self.batch_latency_high
         if first_free is None or not math.isfinite(first_free):
             first_free = high

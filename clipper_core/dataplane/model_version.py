@@ -246,7 +246,14 @@ class ModelVersion:
         if wait is None:
             return None
         remaining = deadline - now
-        if wait <= remaining * ADMISSION_HEADROOM:
+        # Less than a batch waiting: it rides the next batch and delays no one,
+        # so it is refused only when expected to be late; the headroom is for
+        # a queue that grows (a storm), where admitting what may be late
+        # delays everything behind it.
+        if queued < self.controller.batch_size:
+            if wait <= remaining:
+                return None
+        elif wait <= remaining * ADMISSION_HEADROOM:
             return None
         return Overloaded(
             f"{self.key} is overloaded: {queued} inputs queued for {replicas} replica(s);"
