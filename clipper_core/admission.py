@@ -2,7 +2,8 @@
 
 Three pieces, all cheap enough for the hot path:
 
-* :class:`ServiceTimeEstimator` follows a model version's recent batch latency and
+* :class:`~clipper_core.service_time.ServiceTimeEstimator` (in its own module,
+  exported here) follows a model version's recent batch latency and
   per-item service time; :meth:`~ServiceTimeEstimator.expected_wait` turns a queue
   length into the time a newly queued input would wait.  ``ModelVersion.submit``
   refuses an input (:class:`~clipper_core.errors.Overloaded`, HTTP 503 with
@@ -33,11 +34,13 @@ from typing import Literal
 
 from clipper_core.auth import ApiKeys
 from clipper_core.errors import BadInput, RateLimited
+from clipper_core.service_time import SPIKE_LIMIT, ServiceTimeEstimator
 
 __all__ = [
     "ADMISSION_HEADROOM",
     "DEADLINE_HEADER",
     "MAX_DEADLINE_SECONDS",
+    "SPIKE_LIMIT",
     "ClientLimiter",
     "QueryGate",
     "ServiceTimeEstimator",
@@ -59,9 +62,6 @@ MAX_DEADLINE_SECONDS = 86_400.0
 #: fill; the rest absorbs the estimate's error, the reply's encoding and event-loop
 #: lag, so that what is admitted is answered in time.
 ADMISSION_HEADROOM = 0.8
-
-#: An observed batch counts for at most this many times the current estimates.
-SPIKE_LIMIT = 4.0
 
 _UNITS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
@@ -130,105 +130,6 @@ def retry_after_header(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "1"
     return str(max(1, math.ceil(seconds)))
-
-
-class ServiceTimeEstimator:
-    """Recent batch latency and per-item service time of one model version.
-
-    Both are exponentially weighted moving averages over observed batches.  The
-    expected wait of an input queued behind ``queued`` others, with ``replicas``
-    replicas taking batches from the queue, is::
-
-        first_free                      # until a replica is free (default: a batch)
-        + queued * per_item / replicas  # the batches ahead of it
-        + batch_latency_high            # its own batch
-
-    where ``batch_latency_high`` is the mean batch latency plus twice its mean
-    deviation (as TCP sizes its retransmission timer), so that a model whose
-    batches vary in length is given the margin it needs.
-
-    Args:
-        alpha: Weight of the newest observation (0 < alpha <= 1).
-    """
-
-    __slots__ = ("_alpha", "batch_latency", "batch_latency_dev", "observations", "per_item")
-
-    def __init__(self, alpha: float = 0.2) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError("alpha must be in (0, 1]")
-        self._alpha = alpha
-        self.per_item = 0.0
-        self.batch_latency = 0.0
-        self.batch_latency_dev = 0.0
-        self.observations = 0
-
-    @property
-    def batch_latency_high(self) -> float:
-        """A pessimistic batch latency: the mean plus twice the mean deviation."""
-        return self.batch_latency + 2.0 * self.batch_latency_dev
-
-    def observe(self, batch_size: int, latency: float) -> None:
-        """Record one batch of ``batch_size`` inputs that took ``latency`` seconds."""
-        if batch_size <= 0 or not latency >= 0:
-            return
-        per_item = latency / batch_size
-        if self.observations == 0:
-            self.per_item = per_item
-            self.batch_latency = latency
-        else:
-            # One slow batch (a GC pause, a descheduled VM) must not make every
-            # input look late for the next dozen batches and be refused: it counts
-            # as at most SPIKE_LIMIT times the estimate.  A lasting slowdown still
-            # gets through, compounding batch after batch (x1.6 each at alpha 0.2).
-            if self.per_item > 0:
-                per_item = min(per_item, self.per_item * SPIKE_LIMIT)
-            if self.batch_latency > 0:
-                latency = min(latency, self.batch_latency * SPIKE_LIMIT)
-            a = self._alpha
-            self.per_item += a * (per_item - self.per_item)
-            error = latency - self.batch_latency
-            self.batch_latency += a * error
-            self.batch_latency_dev += a * (abs(error) - self.batch_latency_dev)
-        self.observations += 1
-
-    def expected_wait(
-        self,
-        queued: int,
-        replicas: int,
-        first_free: float | None = None,
-        batch_size: int = 0,
-    ) -> float | None:
-        """Seconds an input queued now would wait for its answer, or None while
-        there is nothing to go by (no batch observed yet, or no replica).
-
-        Args:
-            queued: Inputs ahead of it.
-            replicas: Replicas taking batches.
-            first_free: Seconds until the first replica is free (0 when one is
-                idle); unknown (None): a whole batch, the worst case.
-            batch_size: The batch size the queue is taken in, when known: the
-                inputs ahead then cost whole batches (``queued // batch_size`` of
-                them, each ``batch_latency``) and the input rides in the next one,
-                rather than ``per_item`` each on top of a batch of its own -- which
-                counts the inputs that share its batch twice and refuses a
-                moderately loaded model.
-        """
-        if self.observations == 0 or replicas <= 0:
-            return None
-        high = self.batch_latency_high
-        if first_free is None or not math.isfinite(first_free):
-            first_free = high
-        if batch_size > 0:
-            ahead = (queued // batch_size) * self.batch_latency
-        else:
-            ahead = queued * self.per_item
-        return first_free + ahead / replicas + high
-
-    def drain_time(self, queued: int, replicas: int) -> float:
-        """Seconds until ``queued`` inputs are served (for ``Retry-After``)."""
-        if self.observations == 0 or replicas <= 0:
-            return 1.0
-        return queued * self.per_item / replicas + self.batch_latency
 
 
 def client_key(

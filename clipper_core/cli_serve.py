@@ -114,6 +114,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="bytes/s an incomplete request must keep arriving at (1024; 408 below; 0: off)",
     )
     p.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="keep no warm standby process per model version (local manager)",
+    )
+    p.add_argument(
         "--no-admission",
         action="store_true",
         help="queue inputs even when their expected wait exceeds their deadline",
@@ -244,6 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.replica_tls_cert, cfg.replica_tls_key = args.replica_tls_cert, args.replica_tls_key
     cfg.shutdown_grace = args.shutdown_grace
     cfg.admission_control = not args.no_admission
+    cfg.replica_standby = not args.no_standby
     cfg.client_max_concurrency = args.client_max_concurrency
     cfg.client_rate_limit = args.client_rate_limit
     cfg.container_manager = args.container_manager

@@ -87,6 +87,7 @@ def _configured_manager(
         python=cfg.python or sys.executable,
         envs_dir=Path(cfg.state_dir) / "envs",
         start_timeout=cfg.replica_start_timeout,
+        standby=cfg.replica_standby,
     )
 
 

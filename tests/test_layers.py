@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "clipper_core._pure": LEAVES,
     "clipper_core._proto": LEAVES,
     "clipper_core.admission": LEAVES,
+    "clipper_core.service_time": LEAVES,
     "clipper_core.auth": LEAVES,
     "clipper_core.clipper_api": LEAVES,
     "clipper_core.output_json": LEAVES,

@@ -3,18 +3,22 @@
 A replica that goes away with a batch in flight (its connection lost, or its
 dispatcher stopped) hands the batch back, ahead of new work, as one
 :class:`SuspectBatch`: a queue item that a replica gets as a call of its own, so
-that its fate is its own.  The crash may have been the replica's (an out-of-memory
-kill, an operator): then the batch is simply answered.  A suspect batch lost again
-is split into at most :data:`ISOLATION_FANOUT` suspect batches, and so on; an input
-lost while alone in its call, after it was lost once before, is *poison*.  A loss
+that its fate is its own, already split into at most :data:`ISOLATION_FANOUT`
+suspect batches.  The crash may have been the replica's (an out-of-memory kill,
+an operator): then the pieces are simply answered.  A suspect batch lost again is
+split again, and so on; an input lost while alone in its call, after it was lost
+once before, is *poison*.  Splitting at the first loss, rather than sending the
+whole batch once more, saves a crash per poison input: each costs a replica
+restart (or its standby), and replicas restarting is what denies service while a
+stream of new poison inputs arrives.  A loss
 counts as evidence only on a replica that showed it was alive (connected, or
 answered a call) after the suspects' previous loss: replicas that went away
 together (their host or their owning frontend died) blame no input.  Its
 requester gets :class:`~clipper_core.errors.InputCrashedModel`, and its digest is
 remembered (:class:`PoisonInputs`), so that the same input is refused at
 submission, without reaching a replica, for :data:`POISON_TTL` seconds.  A poison
-input costs two replica restarts when it came alone, three in a batch (up to the
-fan-out), then none.
+input costs two replica restarts, alone or in a batch (up to the fan-out), then
+none.
 
 Work handed back after a crash outlives its requesters' deadlines (up to
 :data:`ISOLATION_WINDOW`), and inputs whose requester went away are sent too: a
@@ -261,7 +265,7 @@ class CrashIsolation:
             self._queue(suspect)
             return
         if suspect is None:
-            self._queue(SuspectBatch(entries, 1), count=True)
+            self._split(entries, 1, count=True)
         elif len(entries) > 1:
             self._split(entries, suspect.losses + 1)
         elif suspect.losses >= 1:
@@ -304,11 +308,11 @@ class CrashIsolation:
 
     # -- internals ----------------------------------------------------------------
 
-    def _split(self, entries: list[QueueEntry], losses: int) -> None:
+    def _split(self, entries: list[QueueEntry], losses: int, *, count: bool = False) -> None:
         n = len(entries)
         size = -(-n // min(n, ISOLATION_FANOUT))
         for start in range(0, n, size):
-            self._queue(SuspectBatch(entries[start : start + size], losses))
+            self._queue(SuspectBatch(entries[start : start + size], losses), count=count)
 
     def _queue(self, batch: SuspectBatch, *, count: bool = False) -> None:
         """Queue ``batch`` ahead of new work; ``count``: its inputs are handed back

@@ -218,10 +218,11 @@ class ModelVersion:
             return None
         queued = len(self.queue) + incoming
         now = time.monotonic()
-        batch_latency = self.estimator.batch_latency
+        estimator = self.estimator
         replicas = 0
         idle = False
         first_free = math.inf  # when the first busy replica should be done
+        next_size = 1  # the size of that replica's batch
         for s in self.replicas.values():
             if s.recovering or s.task is None or s.task.done():
                 continue
@@ -229,18 +230,34 @@ class ModelVersion:
             if not s.in_flight:
                 idle = True
             else:
-                first_free = min(first_free, max(0.0, batch_latency - (now - s.batch_started)))
+                # The batch in flight, by its own size (a load that just fell
+                # runs smaller batches than the recent mean).
+                size = len(s.in_flight)
+                done_in = max(0.0, estimator.latency_of(size) - (now - s.batch_started))
+                if done_in < first_free:
+                    first_free, next_size = done_in, size
         if queued == 0 and idle:
             # Next in line for an idle replica: whether the model is fast enough
             # for the deadline is not overload (the app's default answers that).
             return None
-        wait = self.estimator.expected_wait(
-            queued, replicas, 0.0 if idle else first_free, self.controller.batch_size
+        wait = estimator.expected_wait(
+            queued,
+            replicas,
+            0.0 if idle else first_free,
+            self.controller.batch_size,
+            own_size=next_size,
         )
         if wait is None:
             return None
         remaining = deadline - now
-        if wait <= remaining * ADMISSION_HEADROOM:
+        # Less than a batch waiting: it rides the next batch and delays no one,
+        # so it is refused only when expected to be late; the headroom is for
+        # a queue that grows (a storm), where admitting what may be late
+        # delays everything behind it.
+        if queued < self.controller.batch_size:
+            if wait <= remaining:
+                return None
+        elif wait <= remaining * ADMISSION_HEADROOM:
             return None
         return Overloaded(
             f"{self.key} is overloaded: {queued} inputs queued for {replicas} replica(s);"

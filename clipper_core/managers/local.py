@@ -7,6 +7,9 @@ builds the model's virtual environment first when the record asks for one
 (:class:`~.envs.RuntimeEnvManager`, exposed as ``manager.envs``), and hands the
 process to a :class:`~.supervisor.ProcessSupervisor`, which restarts it with
 backoff when it dies and gives up on one that keeps dying before it is ready.
+With ``standby=True`` (the default) it also keeps one warm standby process per
+model version (:class:`~.standby.StandbyPool`), which takes the place of a
+replica whose process dies, so that a crash costs a connect, not a cold start.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from clipper_core.managers.replica import (
     to_replica_event,
     to_replica_status,
 )
+from clipper_core.managers.standby import Standby, StandbyPool
 from clipper_core.managers.supervisor import ProcessSupervisor
 from clipper_core.store.records import ModelRecord
 
@@ -55,6 +59,9 @@ class LocalProcessManager:
         stderr_tail_lines: How many stderr lines each replica keeps.
         max_start_failures: Consecutive exits before ready that mark a replica failed.
         stable_after: Uptime in seconds after which the restart delay starts over.
+        standby: Keep one warm standby process per model version with replicas
+            (one more process of the model, under the same per-replica memory
+            limit and on replica 0's CPUs, idle until it is promoted).
 
     Attributes:
         envs: The per-model virtual environments (the management API's
@@ -62,6 +69,7 @@ class LocalProcessManager:
         supervisor: The process-level supervisor (argv specs and handles).
         cgroups: The replicas' memory cgroups, where the system has them (else
             the memory limit is ``RLIMIT_AS``, said once per replica in the log).
+        standbys: The warm standby processes (None without ``standby``).
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class LocalProcessManager:
         stderr_tail_lines: int = 50,
         max_start_failures: int = 5,
         stable_after: float = 30.0,
+        standby: bool = True,
     ) -> None:
         if start_timeout <= 0:
             raise BadInput("start_timeout must be > 0")
@@ -83,16 +92,19 @@ class LocalProcessManager:
         self.replica_host = replica_host
         self.start_timeout = start_timeout
         self.envs = RuntimeEnvManager(envs_dir, python=python, pip_args=pip_args)
+        self.standbys = StandbyPool(on_gone=self._standby_gone) if standby else None
         self.supervisor = ProcessSupervisor(
             restart_backoff=restart_backoff,
             stderr_tail_lines=stderr_tail_lines,
             on_event=self._on_process_event,
             max_start_failures=max_start_failures,
             stable_after=stable_after,
+            take_standby=self._take_standby if standby else None,
         )
         self._subscribers: list[Callable[[ReplicaEvent], None]] = []
         self.cgroups = MemoryCgroups()
         self._cgroups: dict[str, Path] = {}  # replica key -> its memory cgroup
+        self._standby_serial = 0  # names the standbys' cgroups
 
     async def __aenter__(self) -> LocalProcessManager:
         return self
@@ -122,6 +134,11 @@ class LocalProcessManager:
         if n > 0 and runtime_env:
             await self.envs.ensure(runtime_env)
         await self.supervisor.scale(model.name, model.version, n, self._spec_maker(model))
+        if self.standbys is not None:
+            if n > 0:
+                self.standbys.keep(model.name, model.version, self._standby_maker(model))
+            else:
+                await self.standbys.drop(model.name, model.version)
 
     # The timeout is part of the contract (and of the error message), so it is a
     # parameter rather than left to the caller's asyncio.timeout().
@@ -168,6 +185,8 @@ class LocalProcessManager:
     async def close(self) -> None:
         """Stop every replica (and wait until each is reaped), then cancel
         environment builds in progress.  Safe to call more than once."""
+        if self.standbys is not None:
+            await self.standbys.close()
         await self.supervisor.stop_all()
         await self.envs.close()
 
@@ -184,6 +203,38 @@ class LocalProcessManager:
             return spec
 
         return make
+
+    def _standby_maker(self, model: ModelRecord) -> Callable[[], ReplicaSpec]:
+        """Specs of standbys: replica 0's, each in a memory cgroup of its own."""
+
+        def make() -> ReplicaSpec:
+            spec = replica_spec(model, 0, self.python, self.envs, host=self.replica_host)
+            self._standby_serial += 1
+            if spec.memory_limit_mb is not None:
+                key = f"{spec.model_name}:{spec.model_version}:standby-{self._standby_serial}"
+                cgroup = self.cgroups.prepare(key, spec.memory_limit_mb)
+                spec.cgroup = None if cgroup is None else str(cgroup)
+            return spec
+
+        return make
+
+    def _take_standby(self, spec: ReplicaSpec) -> Standby | None:
+        """A replica's process died: its standby, if any, whose cgroup becomes the
+        replica's (the dead process's one is removed)."""
+        if self.standbys is None:
+            return None
+        standby = self.standbys.take(spec)
+        if standby is not None and standby.spec.cgroup:
+            old = self._cgroups.pop(spec.key, None)
+            if old is not None:
+                self.cgroups.remove(old)
+            self._cgroups[spec.key] = Path(standby.spec.cgroup)
+            spec.cgroup = standby.spec.cgroup  # where its next cold start goes too
+        return standby
+
+    def _standby_gone(self, spec: ReplicaSpec) -> None:
+        if spec.cgroup:
+            self.cgroups.remove(Path(spec.cgroup))
 
     def _handle(self, name: str, version: str, replica_id: str) -> ReplicaHandle | None:
         for handle in self.supervisor.list(name, version):

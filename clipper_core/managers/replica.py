@@ -30,6 +30,7 @@ __all__ = [
     "ProcessEvent",
     "ReplicaHandle",
     "ReplicaSpec",
+    "spawn_env",
     "thread_pool_env",
     "to_replica_event",
     "to_replica_status",
@@ -71,6 +72,18 @@ def thread_pool_env(cpus: list[int] | None, env: dict[str, str]) -> dict[str, st
 #: container watches it and exits when its parent is gone (the portable
 #: counterpart of PR_SET_PDEATHSIG, which the launcher below also sets).
 PARENT_PID_ENV = "CLIPPER_PARENT_PID"
+
+
+def spawn_env(spec: ReplicaSpec) -> dict[str, str]:
+    """The environment a replica's process starts with: ours, ``PYTHONUNBUFFERED=1``,
+    the spec's own variables, the thread-pool sizes and ``CLIPPER_PARENT_PID``."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if spec.env:
+        env.update(spec.env)
+    env.update(thread_pool_env(spec.cpus, env))
+    env[PARENT_PID_ENV] = str(os.getpid())
+    return env
 
 
 @dataclass

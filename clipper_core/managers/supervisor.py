@@ -15,37 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
 import signal
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
 
 from clipper_core.errors import BadInput, Conflict, ReplicaUnavailable
 from clipper_core.managers._child import _Child
 from clipper_core.managers._launcher import _launch_argv
+from clipper_core.managers._watch import watch
 from clipper_core.managers.base import EventKind
 from clipper_core.managers.replica import (
-    PARENT_PID_ENV,
     READY_PREFIX,
     ProcessEvent,
     ReplicaHandle,
     ReplicaSpec,
     check_spec,
     describe_exit,
-    thread_pool_env,
+    spawn_env,
     with_stderr_tail,
 )
 from clipper_core.managers.restart_policy import RestartBackoff
+from clipper_core.managers.standby import Standby
 
 logger = logging.getLogger("clipper_core.process_manager")
 
-# After a process exits, how long its pipes may still be read for the last lines
-# (a grandchild holding them open must not stall the supervisor).
-_DRAIN_TIMEOUT = 0.5
-# How long to wait for the exit of a process sent SIGKILL before giving up on it.
-_KILL_TIMEOUT = 10.0
 # What a failed spawn raises: no such executable, fork refused, a NUL byte in argv.
 _SPAWN_ERRORS = (OSError, subprocess.SubprocessError, ValueError)
 
@@ -61,7 +56,9 @@ class ProcessSupervisor:
     doubling up to ``restart_backoff[1]`` for a crash loop (see
     :class:`~clipper_core.managers.restart_policy.RestartBackoff`).  A replica
     whose processes exit before becoming ready ``max_start_failures`` times in a
-    row is marked ``"failed"`` and left alone.
+    row is marked ``"failed"`` and left alone.  With ``take_standby``, a replica
+    whose process died takes a warm standby process instead, at once (see
+    :mod:`~clipper_core.managers.standby`), and restarts cold only without one.
 
     Only processes this manager started are ever signalled.  Call :meth:`stop_all`
     before the event loop closes (or use the manager as an async context manager).
@@ -73,6 +70,9 @@ class ProcessSupervisor:
             :class:`ProcessEvent`; it must not block.  Errors it raises are logged.
         max_start_failures: Consecutive exits before READY that mark a replica failed.
         stable_after: Uptime in seconds after which the restart delay starts over.
+        take_standby: Hands over a ready standby process to replace a replica's
+            dead one (:meth:`~clipper_core.managers.standby.StandbyPool.take`),
+            or None.
     """
 
     def __init__(
@@ -83,6 +83,7 @@ class ProcessSupervisor:
         on_event: Callable[[ProcessEvent], None] | None = None,
         max_start_failures: int = 5,
         stable_after: float = 30.0,
+        take_standby: Callable[[ReplicaSpec], Standby | None] | None = None,
     ) -> None:
         RestartBackoff(*restart_backoff, stable_after)  # checks the delays
         if stderr_tail_lines < 0 or max_start_failures < 1 or stable_after < 0:
@@ -92,6 +93,7 @@ class ProcessSupervisor:
         self._on_event = on_event
         self._max_start_failures = max_start_failures
         self._stable_after = stable_after
+        self._take_standby = take_standby
         self._replicas: dict[str, ReplicaHandle] = {}
         # When each replica's current process became ready (loop time).
         self._ready_at: dict[str, float] = {}
@@ -325,17 +327,17 @@ class ProcessSupervisor:
             f"replica {handle.key} exited before it was ready: {handle._last_exit}"
         )
 
-    async def _spawn(self, handle: ReplicaHandle) -> _Child:
+    async def _spawn(self, handle: ReplicaHandle, standby: Standby | None = None) -> _Child:
+        """Start the replica's next process, or make ``standby`` its next process."""
         spec = handle.spec
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        if spec.env:
-            env.update(spec.env)
-        env.update(thread_pool_env(spec.cpus, env))
-        env[PARENT_PID_ENV] = str(os.getpid())
         generation = handle._generation + 1
         handle._stderr.clear()
-        child = await _Child.spawn(_launch_argv(spec, env), env, spec.cwd)
+        if standby is None:
+            env = spawn_env(spec)
+            child = await _Child.spawn(_launch_argv(spec, env), env, spec.cwd)
+        else:
+            child = standby.child
+            handle._stderr.extend(standby.stderr)
         handle._generation = generation
         handle._child = child
         handle.pid = child.pid
@@ -344,10 +346,14 @@ class ProcessSupervisor:
         handle._ready_this_run = False
         handle.state = "starting"
         handle._notify()
-        self._emit("started", handle, f"pid {child.pid}")
+        self._emit("started", handle, f"pid {child.pid}" + (" (its standby)" if standby else ""))
         # Only now: output that arrived while the pipes were being connected (a fast
         # child, a busy loop) must not be read before the handle knows this process.
         child.output.attach(lambda fd, line: self._on_line(handle, generation, fd, line))
+        if standby is not None and standby.address is not None:
+            # It printed READY before, and has been ready since: a crash of it is
+            # one while serving, never one of a start-up loop (restart policy).
+            self._set_ready(handle, standby.address, since=-math.inf)
         return child
 
     async def _supervise(self, handle: ReplicaHandle, first_spawn: asyncio.Future[None]) -> None:
@@ -355,12 +361,13 @@ class ProcessSupervisor:
         failures = 0  # consecutive exits (or failed spawns) before READY
         backoff = RestartBackoff(*self._backoff, self._stable_after)
         child: _Child | None = None
+        standby: Standby | None = None
         try:
             while True:
-                spawned_at = loop.time()
+                spawned_at = loop.time() if standby is None else standby.spawned_at
                 handle._ready_this_run = False
                 try:
-                    child = await self._spawn(handle)
+                    child = await self._spawn(handle, standby)
                 except _SPAWN_ERRORS as exc:
                     if not first_spawn.done():
                         handle.state = "stopped"
@@ -373,7 +380,7 @@ class ProcessSupervisor:
                 else:
                     if not first_spawn.done():
                         first_spawn.set_result(None)
-                    handle.exit_code = await self._watch(handle, child)
+                    handle.exit_code = await watch(handle, child)
                     handle._last_exit = with_stderr_tail(
                         describe_exit(handle.exit_code), handle.stderr_tail()
                     )
@@ -388,7 +395,10 @@ class ProcessSupervisor:
                 delay = backoff.next_delay(
                     now - spawned_at, None if ready_at is None else now - ready_at
                 )
-                if failures >= self._max_start_failures:
+                standby = None if self._take_standby is None else self._take_standby(handle.spec)
+                if standby is not None:
+                    delay = 0.0  # promoted at once: its process is ready
+                elif failures >= self._max_start_failures:
                     handle.state = "failed"
                     handle._notify()
                     self._emit("exited", handle, handle._last_exit)
@@ -402,10 +412,22 @@ class ProcessSupervisor:
                 handle.state = "restarting"
                 handle._notify()
                 self._emit("exited", handle, handle._last_exit)
-                self._emit("restarting", handle, f"restart {handle.restarts + 1} in {delay:g} s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(handle._stop_requested.wait(), delay)
+                self._emit(
+                    "restarting",
+                    handle,
+                    f"restart {handle.restarts + 1} "
+                    + (
+                        f"in {delay:g} s"
+                        if standby is None
+                        else f"by its standby (pid {standby.pid})"
+                    ),
+                )
+                if standby is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(handle._stop_requested.wait(), delay)
                 if handle._stop_requested.is_set():
+                    if standby is not None:
+                        standby.child.close()
                     self._set_stopped(handle)
                     return
                 handle.restarts += 1
@@ -435,45 +457,6 @@ class ProcessSupervisor:
         self._forget(handle)
         self._emit("stopped", handle, handle._last_exit)
 
-    async def _watch(self, handle: ReplicaHandle, child: _Child) -> int | None:
-        """Follow one process until it exits (terminating it if a stop is
-        requested), then drain its pipes briefly.  Returns its exit status."""
-        stop = asyncio.create_task(handle._stop_requested.wait())
-        try:
-            either: set[asyncio.Future[Any]] = {child.exited, stop}
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not child.exited.done():
-                await self._terminate(handle, child)
-            # The last lines may still be in the pipes; a helper the container
-            # spawned may hold them open for ever, hence the bound.
-            await asyncio.wait({child.pipes_closed}, timeout=_DRAIN_TIMEOUT)
-        finally:
-            stop.cancel()
-            await asyncio.gather(stop, return_exceptions=True)
-            # Releases the pipes (and kills the process if, being cancelled, we got
-            # here before it exited).
-            child.close()
-            if handle._child is child:
-                handle._child = None
-        return child.returncode
-
-    async def _terminate(self, handle: ReplicaHandle, child: _Child) -> None:
-        child.signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(child.exited), handle._grace)
-            return
-        logger.warning(
-            "replica %s (pid %s) ignored SIGTERM for %g s; sending SIGKILL",
-            handle.key,
-            child.pid,
-            handle._grace,
-        )
-        child.signal(signal.SIGKILL)
-        try:
-            await asyncio.wait_for(asyncio.shield(child.exited), _KILL_TIMEOUT)
-        except TimeoutError:
-            logger.error("replica %s (pid %s) survived SIGKILL", handle.key, child.pid)
-
     def _on_line(self, handle: ReplicaHandle, generation: int, fd: int, line: str) -> None:
         if fd == 2:
             handle._stderr.append(line)
@@ -491,10 +474,14 @@ class ProcessSupervisor:
             and not handle._ready_this_run
             and not handle._stop_requested.is_set()
         ):
-            handle.address = address
-            handle._ready_this_run = True
-            self._ready_at[handle.key] = asyncio.get_running_loop().time()
-            handle.state = "running"
-            handle.ready.set()
-            handle._notify()
-            self._emit("ready", handle, address)
+            self._set_ready(handle, address)
+
+    def _set_ready(self, handle: ReplicaHandle, address: str, since: float | None = None) -> None:
+        handle.address = address
+        handle._ready_this_run = True
+        now = asyncio.get_running_loop().time()
+        self._ready_at[handle.key] = now if since is None else since
+        handle.state = "running"
+        handle.ready.set()
+        handle._notify()
+        self._emit("ready", handle, address)

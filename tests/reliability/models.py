@@ -96,6 +96,22 @@ def make_crasher(log_path: str, poison: float, seconds: float = 0.0) -> Any:
     return predict
 
 
+def make_negative_crasher(log_path: str) -> Any:
+    """Like :func:`make_crasher`, but every negative input is poison: a client can
+    send a new one each time."""
+
+    def predict(inputs: list[Any]) -> list[float]:
+        pid = os.getpid()
+        with open(log_path, "a") as f:
+            for x in inputs:
+                f.write(f"{pid} {float(x[0])!r}\n")
+        if any(float(x[0]) < 0 for x in inputs):
+            os._exit(1)
+        return [2.0 * float(x[0]) for x in inputs]
+
+    return predict
+
+
 def make_non_finite(as_array: bool) -> Any:
     """Answers each input with ``[x[0], inf, -inf, nan]``: a list (sent as JSON by
     the container) or a float64 array (sent as a tensor)."""
