@@ -77,8 +77,7 @@ def _configured_manager(
     """The container manager ``cfg.container_manager`` names (``token_for``: the
     replica token of a model version, for managers whose replicas fetch bundles)."""
     if cfg.container_manager == "kubernetes":
-        # Imported here: the kubernetes client is an optional extra.
-        from clipper_core.managers.kubernetes import KubernetesContainerManager
+        from clipper_core.managers.kubernetes import KubernetesContainerManager  # optional extra
 
         return KubernetesContainerManager.from_config(cfg, token_for=token_for)
     if cfg.container_manager != "local":
