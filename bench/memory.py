@@ -8,8 +8,9 @@ imports and buffers are in), waits, and reads the resident set (RSS) and
 proportional set (PSS, shared pages split between processes) of the frontend and
 of each model container from ``/proc``.
 Target (issue 18): frontend + one noop container <= 150 MB.  The warm standby
-process the local manager keeps per model version (``--no-standby``: none) is
-reported apart (``standbys``, ``with_standby_rss_mb``).
+process the local manager keeps per model version (``--standby always``; by
+default none until the version's first crash) is reported apart (``standbys``,
+``with_standby_rss_mb``).
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds idle before reading")
     parser.add_argument("--queries", type=int, default=1000, help="queries sent first")
     parser.add_argument("--no-grpc", action="store_true", help="serve no OIP gRPC port")
-    parser.add_argument("--no-standby", action="store_true", help="no warm standby process")
-    args = parser.parse_args(argv)
-    server = ClipperProcess(
-        grpc=not args.no_grpc, extra_args=["--no-standby"] if args.no_standby else []
+    parser.add_argument(
+        "--standby",
+        choices=("after-crash", "always", "off"),
+        default="after-crash",
+        help="server: when to keep a warm standby process (after-crash: none until a crash)",
     )
+    args = parser.parse_args(argv)
+    server = ClipperProcess(grpc=not args.no_grpc, extra_args=["--standby", args.standby])
     server.start()
     try:
         server.deploy(load_scenario("noop"), "noop")

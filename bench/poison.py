@@ -4,7 +4,7 @@ sends an input that makes the model process exit, every two seconds?
     .venv/bin/python -m bench.poison                       # 60 s, the same poison input
     .venv/bin/python -m bench.poison --poison distinct     # a new poison input each time
     .venv/bin/python -m bench.poison --replicas 2 --json out.json
-    .venv/bin/python -m bench.poison --poison distinct --no-standby   # cold restarts only
+    .venv/bin/python -m bench.poison --poison distinct --standby off   # cold restarts only
 
 What it does, all on loopback:
 
@@ -164,13 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-ms", type=float, default=5.0, help="model cost per batch")
     parser.add_argument("--per-item-ms", type=float, default=1.0, help="model cost per input")
     parser.add_argument("--batch-size", type=int, default=8, help="fixed batch size")
-    parser.add_argument("--no-standby", action="store_true", help="server: no warm standby process")
+    parser.add_argument(
+        "--standby",
+        choices=("after-crash", "always", "off"),
+        default="after-crash",
+        help="server: when to keep a warm standby process (off: cold restarts only)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
     state = Path(tempfile.mkdtemp(prefix="clipper-poison-"))
-    server = Server(state, ["--no-standby"] if args.no_standby else [])
+    server = Server(state, ["--standby", args.standby])
     try:
         conn = deploy_behind_app(
             server,
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "poison": args.poison,
         "poison_every_s": args.poison_every,
         "replicas": args.replicas,
-        "standby": not args.no_standby,
+        "standby": args.standby,
         "slo_ms": args.slo_ms,
         "duration_s": args.duration,
         "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",

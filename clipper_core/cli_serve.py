@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from clipper_core.managers.standby import STANDBY_POLICIES
+
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``minimum``."""
@@ -114,9 +116,18 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="bytes/s an incomplete request must keep arriving at (1024; 408 below; 0: off)",
     )
     p.add_argument(
+        "--standby",
+        choices=STANDBY_POLICIES,
+        default="after-crash",
+        help="when to keep a warm standby process per model version (local manager):"
+        " from its first crash on (after-crash, the default), always, or off",
+    )
+    p.add_argument(
         "--no-standby",
-        action="store_true",
-        help="keep no warm standby process per model version (local manager)",
+        action="store_const",
+        dest="standby",
+        const="off",
+        help="the same as --standby off",
     )
     p.add_argument(
         "--no-admission",
@@ -202,9 +213,13 @@ def serve_argv(args: argparse.Namespace) -> list[str]:
     parser = argparse.ArgumentParser(add_help=False)
     add_serve_options(parser)
     argv: list[str] = []
+    seen: set[str] = set()  # an alias (--no-standby) shares its option's dest
     for action in parser._actions:
         value = getattr(args, action.dest, None)
-        if action.dest == "ready_file" or value is None or value == action.default:
+        if action.dest in seen or action.dest == "ready_file" or value is None:
+            continue
+        seen.add(action.dest)
+        if value == action.default:
             continue
         flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
@@ -249,7 +264,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.replica_tls_cert, cfg.replica_tls_key = args.replica_tls_cert, args.replica_tls_key
     cfg.shutdown_grace = args.shutdown_grace
     cfg.admission_control = not args.no_admission
-    cfg.replica_standby = not args.no_standby
+    cfg.replica_standby = args.standby
     cfg.client_max_concurrency = args.client_max_concurrency
     cfg.client_rate_limit = args.client_rate_limit
     cfg.container_manager = args.container_manager

@@ -69,9 +69,11 @@ class ServerConfig:
         max_batch_size: upper bound of the adaptive batch size.
         batch_timeout: seconds a model may take for one batch before it fails.
         replica_start_timeout: seconds a container may take to become ready.
-        replica_standby: with the local manager, keep one warm standby container
-            process per model version, which takes a dying replica's place at
-            once (one more process per model version, idle until promoted).
+        replica_standby: with the local manager, when to keep one warm standby
+            container process per model version, which takes a dying replica's
+            place at once (one more process, idle until promoted):
+            ``"after-crash"`` (from the version's first replica crash on),
+            ``"always"`` or ``"off"``.
         cache_bytes: byte budget of the prediction cache (0 disables it).
         python: interpreter that runs model containers.
         access_log: log one line per HTTP response on both ports (logger
@@ -150,7 +152,7 @@ class ServerConfig:
     max_batch_size: int = 256
     batch_timeout: float = 30.0
     replica_start_timeout: float = 60.0
-    replica_standby: bool = True
+    replica_standby: str = "after-crash"
     cache_bytes: int = 64 * 1024 * 1024
     python: str = ""
     access_log: bool = False

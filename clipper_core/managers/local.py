@@ -7,9 +7,12 @@ builds the model's virtual environment first when the record asks for one
 (:class:`~.envs.RuntimeEnvManager`, exposed as ``manager.envs``), and hands the
 process to a :class:`~.supervisor.ProcessSupervisor`, which restarts it with
 backoff when it dies and gives up on one that keeps dying before it is ready.
-With ``standby=True`` (the default) it also keeps one warm standby process per
-model version (:class:`~.standby.StandbyPool`), which takes the place of a
-replica whose process dies, so that a crash costs a connect, not a cold start.
+It can also keep one warm standby process per model version
+(:class:`~.standby.StandbyPool`), which takes the place of a replica whose
+process dies, so that a crash costs a connect, not a cold start: from a model
+version's first crash on (``standby="after-crash"``, the default: a model that
+never crashes costs no extra process), from the start (``"always"``) or never
+(``"off"``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from clipper_core.managers.replica import (
     to_replica_event,
     to_replica_status,
 )
-from clipper_core.managers.standby import Standby, StandbyPool
+from clipper_core.managers.standby import STANDBY_POLICIES, Standby, StandbyPool
 from clipper_core.managers.supervisor import ProcessSupervisor
 from clipper_core.store.records import ModelRecord
 
@@ -59,9 +62,11 @@ class LocalProcessManager:
         stderr_tail_lines: How many stderr lines each replica keeps.
         max_start_failures: Consecutive exits before ready that mark a replica failed.
         stable_after: Uptime in seconds after which the restart delay starts over.
-        standby: Keep one warm standby process per model version with replicas
-            (one more process of the model, under the same per-replica memory
-            limit and on replica 0's CPUs, idle until it is promoted).
+        standby: When to keep one warm standby process per model version with
+            replicas (one more process of the model, under the same per-replica
+            memory limit and on replica 0's CPUs, idle until it is promoted):
+            ``"after-crash"`` from the version's first replica crash on,
+            ``"always"``, or ``"off"`` (``True``/``False``: always/off).
 
     Attributes:
         envs: The per-model virtual environments (the management API's
@@ -84,27 +89,34 @@ class LocalProcessManager:
         stderr_tail_lines: int = 50,
         max_start_failures: int = 5,
         stable_after: float = 30.0,
-        standby: bool = True,
+        standby: bool | str = "after-crash",
     ) -> None:
         if start_timeout <= 0:
             raise BadInput("start_timeout must be > 0")
+        policy = "always" if standby is True else "off" if standby is False else standby
+        if policy not in STANDBY_POLICIES:
+            raise BadInput(f"standby must be one of {', '.join(STANDBY_POLICIES)}, got {standby!r}")
+        self.standby_policy: str = policy
         self.python = python
         self.replica_host = replica_host
         self.start_timeout = start_timeout
         self.envs = RuntimeEnvManager(envs_dir, python=python, pip_args=pip_args)
-        self.standbys = StandbyPool(on_gone=self._standby_gone) if standby else None
+        keeps = policy != "off"
+        self.standbys = StandbyPool(on_gone=self._standby_gone) if keeps else None
         self.supervisor = ProcessSupervisor(
             restart_backoff=restart_backoff,
             stderr_tail_lines=stderr_tail_lines,
             on_event=self._on_process_event,
             max_start_failures=max_start_failures,
             stable_after=stable_after,
-            take_standby=self._take_standby if standby else None,
+            take_standby=self._take_standby if keeps else None,
         )
         self._subscribers: list[Callable[[ReplicaEvent], None]] = []
         self.cgroups = MemoryCgroups()
         self._cgroups: dict[str, Path] = {}  # replica key -> its memory cgroup
         self._standby_serial = 0  # names the standbys' cgroups
+        # "after-crash": each scaled-up version's standby maker, used at its first crash.
+        self._standby_makers: dict[tuple[str, str], Callable[[], ReplicaSpec]] = {}
 
     async def __aenter__(self) -> LocalProcessManager:
         return self
@@ -135,10 +147,13 @@ class LocalProcessManager:
             await self.envs.ensure(runtime_env)
         await self.supervisor.scale(model.name, model.version, n, self._spec_maker(model))
         if self.standbys is not None:
-            if n > 0:
+            if n == 0:
+                self._standby_makers.pop((model.name, model.version), None)
+                await self.standbys.drop(model.name, model.version)
+            elif self.standby_policy == "always":
                 self.standbys.keep(model.name, model.version, self._standby_maker(model))
             else:
-                await self.standbys.drop(model.name, model.version)
+                self._standby_makers[(model.name, model.version)] = self._standby_maker(model)
 
     # The timeout is part of the contract (and of the error message), so it is a
     # parameter rather than left to the caller's asyncio.timeout().
@@ -222,6 +237,10 @@ class LocalProcessManager:
         """A replica's process died: its standby, if any, whose cgroup becomes the
         replica's (the dead process's one is removed)."""
         if self.standbys is None:
+            return None
+        maker = self._standby_makers.pop((spec.model_name, spec.model_version), None)
+        if maker is not None:  # "after-crash": its first crash; a standby from now on
+            self.standbys.keep(spec.model_name, spec.model_version, maker)
             return None
         standby = self.standbys.take(spec)
         if standby is not None and standby.spec.cgroup:

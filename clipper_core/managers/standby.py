@@ -36,9 +36,13 @@ from clipper_core.managers._child import _Child
 from clipper_core.managers._launcher import _launch_argv
 from clipper_core.managers.replica import READY_PREFIX, ReplicaSpec, spawn_env
 
-__all__ = ["Standby", "StandbyPool", "interchangeable"]
+__all__ = ["STANDBY_POLICIES", "Standby", "StandbyPool", "interchangeable"]
 
 logger = logging.getLogger("clipper_core.process_manager")
+
+#: When a local manager keeps a standby per model version: from the version's
+#: first replica crash on (the default), from the start, or never.
+STANDBY_POLICIES = ("after-crash", "always", "off")
 
 #: Consecutive standbys that exit before they are ready after which a model
 #: version gets no more (its replicas restart cold, as without a standby).

@@ -46,7 +46,9 @@ def _answers_tcp(address: str) -> bool:
 
 
 def test_a_killed_replica_is_replaced_by_its_standby(run: Runner, tmp_path: Path) -> None:
-    manager = LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs")
+    manager = LocalProcessManager(
+        python=sys.executable, envs_dir=tmp_path / "envs", standby="always"
+    )
     events: list[tuple[float, ReplicaEvent]] = []
     manager.subscribe(lambda e: events.append((time.monotonic(), e)))
     rec = _record(tmp_path)
@@ -111,7 +113,9 @@ def test_a_killed_replica_is_replaced_by_its_standby(run: Runner, tmp_path: Path
 
 
 def test_close_stops_a_standby_that_is_still_starting(run: Runner, tmp_path: Path) -> None:
-    manager = LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs")
+    manager = LocalProcessManager(
+        python=sys.executable, envs_dir=tmp_path / "envs", standby="always"
+    )
     rec = _record(tmp_path)
 
     async def scenario() -> None:
@@ -127,6 +131,51 @@ def test_close_stops_a_standby_that_is_still_starting(run: Runner, tmp_path: Pat
             assert_reaped(pid)
 
     run(scenario(), timeout=120)
+
+
+def test_after_crash_keeps_no_standby_until_the_first_crash(run: Runner, tmp_path: Path) -> None:
+    """The default: a version that never crashed costs no extra process; its first
+    crash restarts cold and starts a standby, which takes the next crash."""
+    manager = LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs")
+    assert manager.standby_policy == "after-crash"
+    events: list[ReplicaEvent] = []
+    manager.subscribe(events.append)
+    rec = _record(tmp_path)
+
+    async def scenario() -> None:
+        try:
+            await manager.scale(rec, 1)
+            await manager.wait_ready("m", "3", "0")
+            assert manager.standbys is not None and manager.standbys.list() == []
+            [first] = manager.list()
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            await poll_until(lambda: _standby_pid(manager) is not None, within=60)
+            await poll_until(lambda: any(e.kind == "ready" for e in events[1:]), within=60)
+            restarts = [e.detail for e in events if e.kind == "restarting"]
+            assert restarts and "standby" not in restarts[0], restarts  # the first: cold
+            standby = _standby_pid(manager)
+            [second] = manager.list()
+            assert second.pid not in (None, first.pid, standby)
+            seen = len(events)
+            os.kill(second.pid or 0, signal.SIGKILL)
+            await poll_until(
+                lambda: any(e.kind == "ready" and e.pid == standby for e in events[seen:]),
+                within=30,
+            )
+            await manager.scale(rec, 0)
+            assert manager.standbys.list() == []
+            for pid in (first.pid, second.pid, standby):
+                assert_reaped(pid or 0)
+        finally:
+            await manager.close()
+
+    run(scenario(), timeout=180)
+
+
+def test_an_unknown_standby_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="standby must be one of after-crash, always, off"):
+        LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs", standby="sometimes")
 
 
 def test_without_standby_a_killed_replica_restarts_cold(run: Runner, tmp_path: Path) -> None:
