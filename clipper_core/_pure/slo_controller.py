@@ -425,17 +425,19 @@ class SloController:
             return
         a, b = fit
         slo = self._slo
-        kept = [(n, lat) for n, lat in window if lat - (a * n + b) < slo]
-        if len(kept) < len(window):
+        residuals = [lat - (a * n + b) for n, lat in window]
+        if max(residuals) >= slo:
             # A batch slower than its fitted latency by the whole SLO was not
             # slowed by its size (a descheduled process, a pause): left out.
+            kept = [p for p, r in zip(window, residuals, strict=True) if r < slo]
             fit = _least_squares(kept)
             if fit is None:
                 self._drop_fit()  # what is left holds a single size
                 return
             a, b = fit
-        m = len(kept)
-        residuals = sorted([lat - (a * n + b) for n, lat in kept])
+            residuals = [lat - (a * n + b) for n, lat in kept]
+        m = len(residuals)
+        residuals.sort()
         # Never the largest residual (m >= 2 here): see the module docstring.
         k = math.ceil(self._quantile * m) - 1
         k = min(max(k, 0), m - 2)
