@@ -20,11 +20,10 @@ Modes:
     size ``n`` over a sliding window of the last ``window`` observations, every
     ``refit_every`` observations, and serves ``ceil((S - b) / a) - 1``: the largest
     size whose fitted quantile is under the SLO (a latency at the SLO is a miss;
-    ``max_batch_size`` when ``a <= 0``),
-    but never more than twice the largest size in the window, since a line is
-    only trusted near its data (so a flat latency reaches ``max_batch_size`` by
-    doubling, one refit at a time, and a fit skewed by stale points cannot jump
-    far).
+    ``max_batch_size`` when ``a <= 0``), but never more than twice the largest
+    size in the window, since a line is only trusted near its data (so a flat
+    latency reaches ``max_batch_size`` by doubling, one refit at a time, and a
+    fit skewed by stale points cannot jump far).
 
     The fit is a *location-shift quantile regression*: an ordinary least-squares
     line through all the points of the window gives the slope ``a`` and a mean
@@ -40,25 +39,20 @@ Modes:
     as AIMD would.
 
     One slow batch must not collapse the size (on a shared machine a descheduled
-    process makes one now and then, at any batch size), so the fit is robust to a
-    single outlier four ways:
-
-    * a batch whose residual reaches the SLO itself is left out of the fit (the
-      line is refitted without it): a size that explains so little of the
-      latency cannot be blamed for it, and no smaller size would avoid it;
-    * the residual quantile is never the largest residual (at most the
-      ``m - 1``-th smallest): with fewer than ``1 / (1 - quantile)`` points the
-      empirical quantile would otherwise *be* the one outlier, and the fitted
-      size would drop to 1 until that point left the window;
-    * a refit lowers the size by at most one multiplicative-decrease step: only
-      observed misses cut faster;
-    * a miss at a size that the current fit called safe drops the fit (the
-      controller explores with AIMD again, and refits after ``refit_every`` more
-      batches, over the whole window).  A second such miss before that refit
-      means the model got slower than the window remembers: the window is then
-      emptied down to that newest observation, so that stale, faster points
-      cannot tilt the next fit.  (When the model gets faster, the old points keep
-      the fit conservative until they leave the window.)
+    process makes one now and then, at any batch size).  So: a batch whose
+    residual reaches the SLO itself is left out of the fit (the line is refitted
+    without it), since no smaller size would have avoided it; the residual
+    quantile is never the largest residual, which it would be with fewer than
+    ``1 / (1 - quantile)`` points (the size would then sit at 1 until that point
+    left the window); a refit lowers the size by at most one
+    multiplicative-decrease step (only observed misses cut faster); and a miss at
+    a size that the current fit called safe only drops the fit (AIMD explores
+    again, and the next refit, ``refit_every`` batches later, uses the whole
+    window).  A second such miss before that refit means the model got slower
+    than the window remembers: the window is emptied down to that newest
+    observation, so that stale, faster points cannot tilt the next fit.  (When
+    the model gets faster, the old points keep the fit conservative until they
+    leave the window.)
 
 ``fixed``
     Always ``fixed_batch_size`` (by default ``max_batch_size``).
@@ -476,16 +470,16 @@ class SloController:
 
 
 def _least_squares(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
-    """The least-squares line ``(a, b)`` through (batch size, latency) points;
-    None without two distinct sizes, or when the sums overflow."""
+    """The least-squares line ``(a, b)`` through (batch size, latency) points (at
+    least one); None without two distinct sizes, or when the sums overflow."""
     m = len(points)
     sum_n = 0
     sum_l = 0.0
     for n, lat in points:
         sum_n += n
         sum_l += lat
-    mean_n = float(sum_n) / m if m else 0.0
-    mean_l = sum_l / m if m else 0.0
+    mean_n = float(sum_n) / m
+    mean_l = sum_l / m
     sxx = 0.0
     sxy = 0.0
     for n, lat in points:
