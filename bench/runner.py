@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,93 @@ def _ramp_rates(sc: Scenario) -> list[float] | None:
     return [float(r) for r in sc.ramp.rates] or None
 
 
+def ramp_plan(sc: Scenario, *, confirm: bool = False) -> Generator[float, bool, None]:
+    """The rates of a ramp, one at a time: send whether each passed.
+
+    The scenario's explicit rates, or: from ``start``, multiply by ``factor`` until
+    one fails (or come down from ``start`` until one passes), then bisect
+    ``refine`` times between the last pass and the first fail.  With ``confirm``
+    a failed rate is measured once more and passes if that try passes."""
+
+    def trial(rate: float) -> Generator[float, bool, bool]:
+        ok = yield rate
+        if not ok and confirm:
+            ok = yield rate
+        return ok
+
+    rp = sc.ramp
+    explicit = _ramp_rates(sc)
+    if explicit is not None:
+        for rate in explicit:
+            yield rate
+        return
+    rate, last_pass, first_fail = rp.start, None, None
+    while rate <= rp.max_rate:
+        if (yield from trial(rate)):
+            last_pass = rate
+            rate = rate * rp.factor
+        else:
+            first_fail = rate
+            break
+    # The start was already too fast: come down until a rate passes.
+    floor = rp.start / rp.factor**6
+    while last_pass is None and first_fail is not None and first_fail / rp.factor >= floor:
+        rate = round(first_fail / rp.factor, 1)
+        if (yield from trial(rate)):
+            last_pass = rate
+        else:
+            first_fail = rate
+    if last_pass is not None and first_fail is not None:
+        lo, hi = last_pass, first_fail
+        for _ in range(rp.refine):
+            mid = round((lo + hi) / 2, 1)
+            if (yield from trial(mid)):
+                lo = mid
+            else:
+                hi = mid
+
+
+def ramp_step(
+    sc: Scenario,
+    opts: Options,
+    srv: ClipperProcess,
+    target: Target,
+    reqs: list[bytes],
+    rate: float,
+    *,
+    label: str = "",
+) -> dict[str, Any]:
+    """One open-loop step of a ramp at ``rate``; waits for the queues to drain."""
+    rp = sc.ramp
+    r = measure(
+        sc,
+        target,
+        reqs,
+        opts,
+        server=srv,
+        mode=sc.load.mode if sc.load.mode != "closed" else "open",
+        rate=rate,
+        duration_s=rp.step_duration_s,
+        warmup_s=rp.step_warmup_s,
+        label=f"{label}{rate:g} req/s",
+    )
+    r.pop("timeline", None)
+    att = r["summary"]["slo_attainment"] or 0.0
+    srv.wait_idle()
+    return {"rate": rate, "passed": att >= rp.attainment, **r}
+
+
+def ramp_result(sc: Scenario, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ramp's report: its steps by rate, and the highest rate that passed."""
+    passed = [s["rate"] for s in steps if s["passed"]]
+    return {
+        "mode": sc.load.mode if sc.load.mode != "closed" else "open",
+        "attainment": sc.ramp.attainment,
+        "best_rate": max(passed) if passed else None,
+        "steps": sorted(steps, key=lambda s: s["rate"]),
+    }
+
+
 def ramp(
     sc: Scenario,
     opts: Options,
@@ -259,65 +347,16 @@ def ramp(
     label: str = "",
 ) -> dict[str, Any]:
     """Open loop at increasing rates; the highest with attainment >= the target."""
-    rp = sc.ramp
-    mode = sc.load.mode if sc.load.mode != "closed" else "open"
     steps: list[dict[str, Any]] = []
-
-    def step(rate: float) -> bool:
-        r = measure(
-            sc,
-            target,
-            reqs,
-            opts,
-            server=srv,
-            mode=mode,
-            rate=rate,
-            duration_s=rp.step_duration_s,
-            warmup_s=rp.step_warmup_s,
-            label=f"{label}{rate:g} req/s",
-        )
-        r.pop("timeline", None)
-        att = r["summary"]["slo_attainment"] or 0.0
-        steps.append({"rate": rate, "passed": att >= rp.attainment, **r})
-        srv.wait_idle()
-        return att >= rp.attainment
-
-    explicit = _ramp_rates(sc)
-    if explicit is not None:
-        for rate in explicit:
-            step(rate)
-    else:
-        rate, last_pass, first_fail = rp.start, None, None
-        while rate <= rp.max_rate:
-            if step(rate):
-                last_pass = rate
-                rate = rate * rp.factor
-            else:
-                first_fail = rate
-                break
-        # The start was already too fast: come down until a rate passes.
-        floor = rp.start / rp.factor**6
-        while last_pass is None and first_fail is not None and first_fail / rp.factor >= floor:
-            rate = round(first_fail / rp.factor, 1)
-            if step(rate):
-                last_pass = rate
-            else:
-                first_fail = rate
-        if last_pass is not None and first_fail is not None:
-            lo, hi = last_pass, first_fail
-            for _ in range(rp.refine):
-                mid = round((lo + hi) / 2, 1)
-                if step(mid):
-                    lo = mid
-                else:
-                    hi = mid
-    passed = [s["rate"] for s in steps if s["passed"]]
-    return {
-        "mode": mode,
-        "attainment": rp.attainment,
-        "best_rate": max(passed) if passed else None,
-        "steps": sorted(steps, key=lambda s: s["rate"]),
-    }
+    plan = ramp_plan(sc)
+    try:
+        rate = next(plan)
+        while True:
+            steps.append(ramp_step(sc, opts, srv, target, reqs, rate, label=label))
+            rate = plan.send(steps[-1]["passed"])
+    except StopIteration:
+        pass
+    return ramp_result(sc, steps)
 
 
 def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
@@ -343,7 +382,20 @@ def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
 def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     """Static (batch size, wait) grid, each with a rate ramp; plus each adaptive
     controller mode (``sweep.controllers``: aimd, quantile) at each wait, in the
-    same server and the same run, each compared with the best static config."""
+    same server and the same run, each compared with the best static config.
+
+    Every configuration is deployed at once and the ramps advance in lockstep:
+    each round measures the next step of every unfinished ramp, in an order that
+    rotates from round to round.  On a shared machine the load drifts over
+    minutes; run one after another, the configurations measured last (the
+    adaptive ones) would meet another machine than the first.  Interleaved, the
+    drift falls on all of them alike.
+
+    A failed step is measured once more (``ramp_plan(confirm=True)``): one stall
+    of the machine fails a step of a few thousand queries, and a ramp stops
+    climbing at its first failure.  The best static configuration is the best of
+    several ramps, so it shrugs off one unlucky ramp; an adaptive mode is the
+    best of only its waits, and would not."""
     name = opts.name or default_name(sc, "sweep")
     data = _base_report("sweep", sc, opts)
     waits = sc.sweep.batch_wait_micros
@@ -353,42 +405,75 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     ]
     if sc.sweep.adaptive:
         grid += [(-1, w, mode) for mode in sc.sweep.controllers for w in waits]
-    configs: list[dict[str, Any]] = []
     srv = start_server(sc, opts, name)
     try:
-        for i, (bs, wait, mode) in enumerate(grid):
-            cfg = sc.copy()
-            cfg.model.batch_size = bs
-            cfg.model.batch_wait_micros = wait
-            cfg.model.controller = mode
-            app = f"{sc.name}-sweep{i}"
-            what = f"batch {bs if mode == 'fixed' else mode}, wait {wait} us"
-            if not opts.quiet:
-                print(f"-- {what}", flush=True)
-            t0 = time.monotonic()
-            srv.deploy(cfg, app)
-            try:
-                target, reqs = target_for(cfg, srv, app)
-                probe(target, reqs[0])
-                result = ramp(cfg, opts, srv, target, reqs, label=f"{what}: ")
-            finally:
-                srv.undeploy(app)
-            configs.append(
-                {
-                    "batch_size": bs,
-                    "batch_wait_micros": wait,
-                    "controller": mode,
-                    "best_rate": result["best_rate"],
-                    "seconds": round(time.monotonic() - t0, 1),
-                    "ramp": result,
-                }
-            )
+        runs = [_SweepRun(sc, srv, i, bs, wait, mode) for i, (bs, wait, mode) in enumerate(grid)]
+        active = [r for r in runs if r.rate is not None]
+        rnd = 0
+        while active:
+            k = rnd % len(active)
+            for r in active[k:] + active[:k]:
+                r.step(opts, srv)
+            active = [r for r in active if r.rate is not None]
+            rnd += 1
+        for r in runs:
+            srv.undeploy(r.app)
     finally:
         srv.stop()
-    data["sweep"] = {"configs": configs, "summary": sweep_summary(configs)}
+    configs = [r.config() for r in runs]
+    data["sweep"] = {"configs": configs, "summary": sweep_summary(configs), "interleaved": True}
     if not opts.quiet:
         print("sweep:", data["sweep"]["summary"])
     return _finish(data, name, opts, sc)
+
+
+class _SweepRun:
+    """One configuration of a sweep: deployed at once, ramped a step at a time."""
+
+    def __init__(
+        self, sc: Scenario, srv: ClipperProcess, i: int, bs: int, wait: int, mode: str
+    ) -> None:
+        cfg = sc.copy()
+        cfg.model.batch_size = bs
+        cfg.model.batch_wait_micros = wait
+        cfg.model.controller = mode
+        self.cfg = cfg
+        self.app = f"{sc.name}-sweep{i}"
+        self.what = f"batch {bs if mode == 'fixed' else mode}, wait {wait} us"
+        srv.deploy(cfg, self.app)
+        self.target, self.reqs = target_for(cfg, srv, self.app)
+        probe(self.target, self.reqs[0])
+        self.steps: list[dict[str, Any]] = []
+        self.seconds = 0.0  # in its own steps
+        self.plan = ramp_plan(cfg, confirm=True)
+        self.rate: float | None = next(self.plan, None)
+
+    def step(self, opts: Options, srv: ClipperProcess) -> None:
+        """Measures the next rate of this configuration's ramp."""
+        assert self.rate is not None
+        label = f"{self.what}: "
+        t0 = time.monotonic()
+        self.steps.append(
+            ramp_step(self.cfg, opts, srv, self.target, self.reqs, self.rate, label=label)
+        )
+        self.seconds += time.monotonic() - t0
+        try:
+            self.rate = self.plan.send(self.steps[-1]["passed"])
+        except StopIteration:
+            self.rate = None
+
+    def config(self) -> dict[str, Any]:
+        """The sweep report's row: the configuration and its ramp."""
+        m = self.cfg.model
+        result = ramp_result(self.cfg, self.steps)
+        return {
+            "batch_size": m.batch_size,
+            "batch_wait_micros": m.batch_wait_micros,
+            "controller": m.controller,
+            "best_rate": result["best_rate"],
+            "seconds": round(self.seconds, 1),
+            "ramp": result,
+        }
 
 
 def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ cdef class SloController:
 
     # The quantile fit in use: L_q(n) = _a * n + _b, valid while _fitted.
     cdef bint _fitted
+    cdef bint _doubt                      # a miss dropped the fit; no refit since
     cdef double _a
     cdef double _b
     cdef int _cap                         # extrapolation limit: 2 * largest size in the window

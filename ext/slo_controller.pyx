@@ -287,6 +287,7 @@ cdef class SloController:
         self._run = 0
         self._since_refit = 0
         self._fitted = False
+        self._doubt = False
         self._a = 0.0
         self._b = 0.0
         self._cap = self.max_batch_size
@@ -314,13 +315,20 @@ cdef class SloController:
             smaller = <int>(self.batch_size * self._multiplicative_decrease)
             self.batch_size = smaller if smaller > 1 else 1
             if self._fitted and self._a * n + self._b <= self.slo:
-                # The fit called this size safe: the model slowed down.  Keep
+                # The fit called this size safe: perhaps one slow batch, perhaps a
+                # slower model.  Drop the fit; the next one, over the whole window
+                # and refit_every newer batches, tells which.
+                self._fitted = False
+                self._since_refit = 0
+                self._doubt = True
+            elif self._doubt:
+                # A second miss before that refit: the model slowed down.  Keep
                 # only the newest observation and explore again.
                 self._count = 0
                 self._run = 0
                 self._push(n, latency)
                 self._since_refit = 1
-                self._fitted = False
+                self._doubt = False
         elif not self._fitted and self._run >= self._count:
             # One size in the window and no fit: AIMD's hold band would keep it
             # there for ever (a batch of 1 already near the SLO), and a fit needs
@@ -351,7 +359,7 @@ cdef class SloController:
         # sums run oldest to newest, as in the twin, so that both round alike.
         cdef int m = self._count
         cdef int start = self._head - m
-        cdef int i, idx, n, k
+        cdef int i, j, idx, n, k, floor, fitted, kept
         cdef long long sum_n = 0
         cdef int max_n = 0
         cdef double sum_l = 0.0
@@ -383,16 +391,61 @@ cdef class SloController:
         if not (isfinite(a) and isfinite(b)):
             self._drop_fit()  # latencies so large that the sums overflowed
             return
+        kept = 0
         for i in range(m):
             idx = start + i
             if idx >= self._window_size:
                 idx -= self._window_size
             self._scratch[i] = self._ring_latency[idx] - (a * self._ring_n[idx] + b)
+            if self._scratch[i] < self.slo:
+                kept += 1
+        if kept < m:
+            # A batch slower than its fitted latency by the whole SLO was not
+            # slowed by its size: refit without it (the twin's order of sums).
+            sum_n = 0
+            sum_l = 0.0
+            for i in range(m):
+                if self._scratch[i] < self.slo:
+                    idx = start + i
+                    if idx >= self._window_size:
+                        idx -= self._window_size
+                    sum_n += self._ring_n[idx]
+                    sum_l += self._ring_latency[idx]
+            mean_n = <double>sum_n / kept
+            mean_l = sum_l / kept
+            sxx = 0.0
+            sxy = 0.0
+            for i in range(m):
+                if self._scratch[i] < self.slo:
+                    idx = start + i
+                    if idx >= self._window_size:
+                        idx -= self._window_size
+                    dn = self._ring_n[idx] - mean_n
+                    sxx += dn * dn
+                    sxy += dn * (self._ring_latency[idx] - mean_l)
+            if not sxx > 0.0:
+                self._drop_fit()  # what is left holds a single size
+                return
+            a = sxy / sxx
+            b = mean_l - a * mean_n
+            if not (isfinite(a) and isfinite(b)):
+                self._drop_fit()
+                return
+            j = 0
+            for i in range(m):
+                if self._scratch[i] < self.slo:  # read before the slot is rewritten
+                    idx = start + i
+                    if idx >= self._window_size:
+                        idx -= self._window_size
+                    self._scratch[j] = self._ring_latency[idx] - (a * self._ring_n[idx] + b)
+                    j += 1
+            m = kept
+        # Never the largest residual (m >= 2 here): see the twin's docstring.
         k = <int>ceil(self._quantile * m) - 1
         if k < 0:
             k = 0
-        elif k > m - 1:
-            k = m - 1
+        elif k > m - 2:
+            k = m - 2
         b += _select(self._scratch, m, k)
         if not isfinite(b):
             self._drop_fit()
@@ -404,8 +457,15 @@ cdef class SloController:
         else:
             self._cap = 2 * max_n
         self._fitted = True
+        self._doubt = False
         self._since_refit = 0
-        self.batch_size = self._size_from_fit()
+        # A refit cuts by one multiplicative-decrease step at most, but stays
+        # within the extrapolation cap.
+        floor = <int>(self.batch_size * self._multiplicative_decrease)
+        if floor > self._cap:
+            floor = self._cap
+        fitted = self._size_from_fit()
+        self.batch_size = fitted if fitted >= floor else floor
 
     cdef void _drop_fit(self) noexcept:
         # No usable fit: explore with AIMD again from the current size.
@@ -416,9 +476,10 @@ cdef class SloController:
         cdef double x
         if self._a <= 0.0:
             return self._cap
+        # The largest n with a * n + b < S (see the twin).
         x = (self.slo - self._b) / self._a
-        if x >= self._cap:
+        if x > self._cap:
             return self._cap
-        if x >= 1.0:
-            return <int>x
+        if x > 1.0:
+            return <int>ceil(x) - 1
         return 1  # also when x is NaN

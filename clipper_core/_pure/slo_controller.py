@@ -18,12 +18,12 @@ Modes:
 ``quantile``
     Fits the ``quantile``-th latency as a line ``L_q(n) = a * n + b`` of the batch
     size ``n`` over a sliding window of the last ``window`` observations, every
-    ``refit_every`` observations, and serves ``floor((S - b) / a)``: the largest
-    size whose fitted quantile meets the SLO (``max_batch_size`` when ``a <= 0``),
-    but never more than twice the largest size in the window, since a line is
-    only trusted near its data (so a flat latency reaches ``max_batch_size`` by
-    doubling, one refit at a time, and a fit skewed by stale points cannot jump
-    far).
+    ``refit_every`` observations, and serves ``ceil((S - b) / a) - 1``: the largest
+    size whose fitted quantile is under the SLO (a latency at the SLO is a miss;
+    ``max_batch_size`` when ``a <= 0``), but never more than twice the largest
+    size in the window, since a line is only trusted near its data (so a flat
+    latency reaches ``max_batch_size`` by doubling, one refit at a time, and a
+    fit skewed by stale points cannot jump far).
 
     The fit is a *location-shift quantile regression*: an ordinary least-squares
     line through all the points of the window gives the slope ``a`` and a mean
@@ -36,11 +36,23 @@ Modes:
     Until the window holds two distinct batch sizes there is nothing to fit, so the
     controller explores with the AIMD rule (also before the first fit).  Between
     refits it holds the fitted size, except that any SLO miss shrinks it at once
-    as AIMD would.  A miss at a size that the current fit called safe means the
-    model got slower than the window remembers: the window is then emptied down
-    to that newest observation and the controller explores again, so that stale,
-    faster points cannot tilt the next fit.  (When the model gets faster, the old
-    points keep the fit conservative until they leave the window.)
+    as AIMD would.
+
+    One slow batch must not collapse the size (on a shared machine a descheduled
+    process makes one now and then, at any batch size).  So: a batch whose
+    residual reaches the SLO itself is left out of the fit (the line is refitted
+    without it), since no smaller size would have avoided it; the residual
+    quantile is never the largest residual, which it would be with fewer than
+    ``1 / (1 - quantile)`` points (the size would then sit at 1 until that point
+    left the window); a refit lowers the size by at most one
+    multiplicative-decrease step (only observed misses cut faster); and a miss at
+    a size that the current fit called safe only drops the fit (AIMD explores
+    again, and the next refit, ``refit_every`` batches later, uses the whole
+    window).  A second such miss before that refit means the model got slower
+    than the window remembers: the window is emptied down to that newest
+    observation, so that stale, faster points cannot tilt the next fit.  (When
+    the model gets faster, the old points keep the fit conservative until they
+    leave the window.)
 
 ``fixed``
     Always ``fixed_batch_size`` (by default ``max_batch_size``).
@@ -51,6 +63,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, SupportsFloat, SupportsIndex
 
 __all__ = ["SloController"]
@@ -107,6 +120,7 @@ class SloController:
         "_b",
         "_batch_size",
         "_cap",
+        "_doubt",
         "_fitted",
         "_hold_from",
         "_initial_batch_size",
@@ -143,6 +157,7 @@ class SloController:
     _run: int
     _since_refit: int
     _fitted: bool
+    _doubt: bool
     _a: float
     _b: float
     _cap: int
@@ -332,6 +347,7 @@ class SloController:
         self._run = 0  # length of the trailing run of equal batch sizes in the window
         self._since_refit = 0
         self._fitted = False
+        self._doubt = False  # a miss dropped the fit; no refit since
         self._a = 0.0
         self._b = 0.0
         self._cap = self._max_batch_size
@@ -358,13 +374,20 @@ class SloController:
             smaller = int(self._batch_size * self._multiplicative_decrease)
             self._batch_size = smaller if smaller > 1 else 1
             if self._fitted and self._a * n + self._b <= self._slo:
-                # The fit called this size safe: the model slowed down.  Keep
+                # The fit called this size safe: perhaps one slow batch, perhaps a
+                # slower model.  Drop the fit; the next one, over the whole window
+                # and refit_every newer batches, tells which.
+                self._fitted = False
+                self._since_refit = 0
+                self._doubt = True
+            elif self._doubt:
+                # A second miss before that refit: the model slowed down.  Keep
                 # only the newest observation and explore again.
                 self._window.clear()
                 self._run = 0
                 self._push(n, latency)
                 self._since_refit = 1
-                self._fitted = False
+                self._doubt = False
         elif not self._fitted and self._run >= len(self._window):
             # One size in the window and no fit: AIMD's hold band would keep it
             # there for ever (a batch of 1 already near the SLO), and a fit needs
@@ -386,31 +409,32 @@ class SloController:
 
     def _refit(self) -> None:
         window = self._window
-        m = len(window)
-        sum_n = 0
-        sum_l = 0.0
         max_n = 0
-        for n, lat in window:
-            sum_n += n
-            sum_l += lat
+        for n, _ in window:
             if n > max_n:
                 max_n = n
-        mean_n = float(sum_n) / m
-        mean_l = sum_l / m
-        sxx = 0.0
-        sxy = 0.0
-        for n, lat in window:
-            dn = n - mean_n
-            sxx += dn * dn
-            sxy += dn * (lat - mean_l)
-        a = sxy / sxx
-        b = mean_l - a * mean_n
-        if not (math.isfinite(a) and math.isfinite(b)):
+        fit = _least_squares(window)
+        if fit is None:
             self._drop_fit()  # latencies so large that the sums overflowed
             return
-        residuals = sorted([lat - (a * n + b) for n, lat in window])
+        a, b = fit
+        slo = self._slo
+        residuals = [lat - (a * n + b) for n, lat in window]
+        if max(residuals) >= slo:
+            # A batch slower than its fitted latency by the whole SLO was not
+            # slowed by its size (a descheduled process, a pause): left out.
+            kept = [p for p, r in zip(window, residuals, strict=True) if r < slo]
+            fit = _least_squares(kept)
+            if fit is None:
+                self._drop_fit()  # what is left holds a single size
+                return
+            a, b = fit
+            residuals = [lat - (a * n + b) for n, lat in kept]
+        m = len(residuals)
+        residuals.sort()
+        # Never the largest residual (m >= 2 here): see the module docstring.
         k = math.ceil(self._quantile * m) - 1
-        k = min(max(k, 0), m - 1)
+        k = min(max(k, 0), m - 2)
         b += residuals[k]
         if not math.isfinite(b):
             self._drop_fit()
@@ -419,8 +443,13 @@ class SloController:
         self._b = b
         self._cap = min(2 * max_n, self._max_batch_size)
         self._fitted = True
+        self._doubt = False
         self._since_refit = 0
-        self._batch_size = self._size_from_fit()
+        # A refit cuts by one multiplicative-decrease step at most, but stays
+        # within the extrapolation cap.
+        floor = min(int(self._batch_size * self._multiplicative_decrease), self._cap)
+        fitted = self._size_from_fit()
+        self._batch_size = fitted if fitted >= floor else floor
 
     def _drop_fit(self) -> None:
         # No usable fit: explore with AIMD again from the current size.
@@ -430,12 +459,40 @@ class SloController:
     def _size_from_fit(self) -> int:
         if self._a <= 0.0:
             return self._cap
+        # The largest n with a * n + b < S: a latency at the SLO is a miss, so a
+        # size whose fitted quantile sits exactly on it is not offered.
         x = (self._slo - self._b) / self._a
-        if x >= self._cap:
+        if x > self._cap:
             return self._cap
-        if x >= 1.0:
-            return int(x)
+        if x > 1.0:
+            return math.ceil(x) - 1
         return 1
+
+
+def _least_squares(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """The least-squares line ``(a, b)`` through (batch size, latency) points (at
+    least one); None without two distinct sizes, or when the sums overflow."""
+    m = len(points)
+    sum_n = 0
+    sum_l = 0.0
+    for n, lat in points:
+        sum_n += n
+        sum_l += lat
+    mean_n = float(sum_n) / m
+    mean_l = sum_l / m
+    sxx = 0.0
+    sxy = 0.0
+    for n, lat in points:
+        dn = n - mean_n
+        sxx += dn * dn
+        sxy += dn * (lat - mean_l)
+    if not sxx > 0.0:
+        return None
+    a = sxy / sxx
+    b = mean_l - a * mean_n
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return None
+    return a, b
 
 
 def _check_slo(slo: float) -> None:

@@ -372,3 +372,27 @@ def test_sweep_summary_compares_each_adaptive_mode_with_the_best_static() -> Non
         report, [{"name": "each", "every_adaptive_over_best_static_min": 0.95}]
     )
     assert result["checks"][0]["measured"] == 0.8 and result["met"] is False
+
+
+def test_ramp_plan_confirms_a_failure_when_asked() -> None:
+    from bench.runner import ramp_plan
+    from bench.scenario import load_scenario
+
+    sc = load_scenario("matmul")
+    sc.ramp.rates = []
+    sc.ramp.start, sc.ramp.factor, sc.ramp.refine = 500.0, 2.0, 1
+
+    def walk(confirm: bool, fails: set[int]) -> list[float]:
+        plan, rates, i = ramp_plan(sc, confirm=confirm), [], 0
+        try:
+            rate = next(plan)
+            while True:
+                rates.append(rate)
+                rate = plan.send(not (rate >= 4000 or i in fails))
+                i += 1
+        except StopIteration:
+            return rates
+
+    assert walk(False, set()) == [500.0, 1000.0, 2000.0, 4000.0, 3000.0]
+    assert walk(False, {1}) == [500.0, 1000.0, 750.0]  # one unlucky step ends the climb
+    assert walk(True, {1}) == [500.0, 1000.0, 1000.0, 2000.0, 4000.0, 4000.0, 3000.0]
