@@ -508,15 +508,18 @@ def test_a_stop_during_the_workers_start_leaves_no_worker(tmp_path: Path) -> Non
         server = ClipperServer(
             query_port=0, management_port=0, state_dir=str(tmp_path / "s"), workers=2
         )
-        starting = asyncio.get_running_loop().create_task(server.start())
         me = os.getpid()
+        # Not this server's: processes of a longer-lived fixture (a shared server's
+        # model containers) or of earlier tests that are still exiting.
+        before = descendants(me)
+        starting = asyncio.get_running_loop().create_task(server.start())
         # Polling /proc for the worker's process: nothing to wait on instead.
-        while not (spawned := descendants(me)) and not starting.done():  # noqa: ASYNC110
+        while not (spawned := descendants(me) - before) and not starting.done():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         await server.stop()
         with contextlib.suppress(Exception):
             await starting
-        return [p for p in spawned | descendants(me) if alive(p)]
+        return [p for p in (spawned | descendants(me)) - before if alive(p)]
 
     left = asyncio.run(main())
     assert not left, f"still running after the stop: {left}"
