@@ -37,6 +37,19 @@ class AsyncServer(Protocol):
 
 S = TypeVar("S", bound=AsyncServer)
 
+#: What a query worker may take to serve (``FrontendWorkers``' default).
+WORKER_START_TIMEOUT = 120.0
+
+
+def start_budget(config: object) -> float:
+    """Seconds a server with ``config`` may take to start: 30 s, plus its
+    container start timeout (a restore waits for its replicas), plus a query
+    worker's start timeout when it runs query workers."""
+    budget = 30.0 + float(getattr(config, "replica_start_timeout", 0.0))
+    if int(getattr(config, "workers", 1)) > 1:
+        budget += WORKER_START_TIMEOUT
+    return budget
+
 
 class ServerThread(Generic[S]):
     """Runs ``server`` on a uvloop loop in a daemon thread.
@@ -54,8 +67,15 @@ class ServerThread(Generic[S]):
         """The server's event loop while it runs."""
         return self._loop
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start the server and return once it serves.
+
+        Args:
+            timeout: Seconds to wait.  By default what the server's own start may
+                take (its container start timeout and, with query workers, their
+                start) plus 30 s.  On a timeout the start is cancelled and what it
+                had started is stopped before the error is raised: nothing is left
+                half-started behind it.
 
         Raises:
             TimeoutError: It did not start within ``timeout`` seconds.
@@ -63,16 +83,27 @@ class ServerThread(Generic[S]):
         """
         import uvloop
 
+        if timeout is None:
+            timeout = start_budget(self.server.config)
         started = threading.Event()
         failure: list[BaseException] = []
         loop = uvloop.new_event_loop()
         self._loop = loop
+        start_task: list[asyncio.Task[None]] = []
 
         def run() -> None:
             asyncio.set_event_loop(loop)
+            task = loop.create_task(self.server.start())
+            start_task.append(task)
             try:
-                loop.run_until_complete(self.server.start())
+                loop.run_until_complete(task)
             except BaseException as exc:
+                if task.cancelled():
+                    # Given up by start(): undo whatever the start got to.
+                    try:
+                        loop.run_until_complete(self.server.stop())
+                    except Exception:
+                        pass
                 failure.append(exc)
                 started.set()
                 return
@@ -82,7 +113,12 @@ class ServerThread(Generic[S]):
         self._thread = threading.Thread(target=run, name="clipper-server", daemon=True)
         self._thread.start()
         if not started.wait(timeout):
-            raise TimeoutError("the embedded server did not start in time")
+            loop.call_soon_threadsafe(lambda: start_task and start_task[0].cancel())
+            self._thread.join(self.server.config.shutdown_grace + 30.0)
+            if not self._thread.is_alive():
+                loop.close()
+            self._loop = None
+            raise TimeoutError(f"the embedded server did not start within {timeout:g}s")
         if failure:
             self._thread.join(timeout)
             loop.close()

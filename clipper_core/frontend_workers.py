@@ -40,6 +40,7 @@ from typing import Any
 
 from clipper_core.config import ServerConfig
 from clipper_core.control.reconcile import DataPlaneReconciler
+from clipper_core.embedded import WORKER_START_TIMEOUT
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import Request, Response, Router, json_response
 from clipper_core.listeners import Listeners
@@ -213,7 +214,7 @@ class FrontendWorkers:
             SQLite database): they would serve none of its apps.
     """
 
-    def __init__(self, cfg: ServerConfig, *, start_timeout: float = 120.0) -> None:
+    def __init__(self, cfg: ServerConfig, *, start_timeout: float = WORKER_START_TIMEOUT) -> None:
         path = cfg.resolved_state_path()
         if (
             cfg.workers > 1
