@@ -175,9 +175,10 @@ class Server:
         def attempt() -> Connection | None:
             try:
                 conn = Connection(self.port)
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 # A connection the kernel queued on a worker that was killed
-                # is reset (SO_REUSEPORT); the pinned connections see none.
+                # is reset or cut mid-reply (SO_REUSEPORT); the pinned
+                # connections see none.
                 return None
             if conn.worker == worker:
                 return conn
