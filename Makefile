@@ -17,7 +17,7 @@ EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd) setup.py
 # protobuf range need not fit the project's test environment.
 PROTOS_VENV ?= build/protos-venv
 
-.PHONY: run test test-fast lint bench build docs protos deps-matrix clean
+.PHONY: run test test-slow lint bench build docs protos deps-matrix clean
 
 # A Cython source newer than the install re-runs it, which recompiles the extensions.
 $(RUN_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
@@ -44,8 +44,10 @@ run: $(RUN_STAMP)
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: build
-	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+# The suites marked slow (bench smoke runs, per-model environments, the dashboard's
+# browser test, the long HTTP fuzz): .ci/run runs them after `make test`.
+test-slow: build
+	$(PY) -m pytest -m 'slow and not long and not docs and not fuzz' $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check clipper_core model_containers tests bench
