@@ -7,8 +7,10 @@ requests and parses the answers with ``bytes.find``; an open-loop source hands
 arrivals to the connections round-robin, and a closed-loop client sends its next
 request the moment an answer (of any status) arrives.
 
-Each answer is recorded as ``(sent_at, latency, status, default)`` with the
-loop's clock; ``default`` is whether a 200 carried the app's default output.
+Each answer is recorded as ``(sent_at, latency, status, default)`` with
+``time.perf_counter()`` (uvloop's ``loop.time()`` has millisecond resolution and
+is read once per loop turn: too coarse for a refusal that takes a millisecond);
+``default`` is whether a 200 carried the app's default output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,12 +71,12 @@ class Connection(asyncio.Protocol):
     def send(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.sent.append(self.loop.time())
+        self.sent.append(time.perf_counter())
         self.transport.write(self.make())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
-        now = self.loop.time()
+        now = time.perf_counter()
         answered = 0
         while True:
             end = buf.find(b"\r\n\r\n")
