@@ -46,7 +46,7 @@ class TurnBudget:
         per_turn: Reads handled per turn (> 0).
     """
 
-    __slots__ = ("_loop", "_reset_scheduled", "_used", "per_turn", "waiting")
+    __slots__ = ("_loop", "_reset_scheduled", "_used", "deferred", "per_turn", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int) -> None:
         if per_turn <= 0:
@@ -57,6 +57,8 @@ class TurnBudget:
         self._reset_scheduled = False
         #: Connections with data kept for a later turn, in arrival order.
         self.waiting: deque[Deferrable] = deque()
+        #: Reads that waited for a later turn, in all.
+        self.deferred = 0
 
     def take(self) -> bool:
         """Count one read in this turn; False when the reader must wait in line."""
@@ -72,6 +74,7 @@ class TurnBudget:
     def wait(self, conn: Deferrable) -> None:
         """Queue ``conn`` for a later turn (it has stopped reading)."""
         self.waiting.append(conn)
+        self.deferred += 1
 
     def _next_turn(self) -> None:
         self._used = 0

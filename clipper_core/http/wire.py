@@ -106,7 +106,9 @@ def encode_response(
 __all__ = ["encode_answer", "encode_response"]
 
 
-def encode_answer(request: Request, response: Response, keep_alive: bool, access_log: bool) -> bytes:
+def encode_answer(
+    request: Request, response: Response, keep_alive: bool, access_log: bool
+) -> bytes:
     """``response`` to ``request`` as bytes (a 500 if it cannot be encoded), and
     its access-log line when ``access_log``."""
     try:
