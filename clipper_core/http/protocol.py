@@ -174,13 +174,15 @@ class HttpProtocol(RequestParser):
         self._bytes_in += len(data)
         turns = self._server.turns
         if turns is not None and (self._kept is not None or not turns.take()):
-            # Wait in line for a later turn, not reading meanwhile (turn_budget).
+            # Wait in line for a later turn (turn_budget).  A client that sends
+            # more meanwhile (pipelining) is not read until then; the first
+            # chunk costs no pause_reading: libuv reads a socket dry anyway.
             if self._kept is None:
                 self._kept = data
                 turns.wait(self)
-                self._update_reading()
             else:
                 self._kept += data
+                self._update_reading()
             return
         self._feed(data)
 
@@ -190,7 +192,8 @@ class HttpProtocol(RequestParser):
         self._kept = None
         if data is None or self._transport is None or self._stopped_input:
             return False
-        self._update_reading()
+        if self._read_paused:
+            self._update_reading()
         self._feed(data)
         return True
 

@@ -76,8 +76,11 @@ def test_pipelined_requests_and_clients_gone_while_waiting(
             clients = [await Client.connect(server.port) for _ in range(16)]
             for i, client in enumerate(clients):
                 client.writer.write(
-                    b"".join(build("POST", f"/c{i}/predict", b"%d" % k) for k in range(3))
+                    b"".join(build("POST", f"/c{i}/predict", b"%d" % k) for k in range(2))
                 )
+            await asyncio.sleep(0)  # the server reads; most connections wait in line
+            for i, client in enumerate(clients):  # more while waiting: kept, not lost
+                client.writer.write(build("POST", f"/c{i}/predict", b"2"))
             # Half of them go away before their turn comes.
             for client in clients[::2]:
                 client.writer.transport.abort()
