@@ -12,7 +12,8 @@ server's budget for request bodies exhausted 503) are answered in order after th
 responses already owed, and then the connection is closed: the server half-closes
 and keeps discarding input for a moment before closing, so that the client reads
 the answer instead of a reset.  A connection beyond the server's connection limit
-is answered 503 the same way as soon as it is accepted.
+is answered 503 the same way as soon as it is accepted.  A read beyond the
+server's reads for one loop turn waits in line for a later turn (``turn_budget``).
 """
 
 from __future__ import annotations
