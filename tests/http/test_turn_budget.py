@@ -106,3 +106,23 @@ def test_reads_per_turn_zero_means_no_bound(loop: asyncio.AbstractEventLoop) -> 
             await client.close()
 
     run(loop, body())
+
+
+def test_stopping_answers_the_requests_waiting_in_line(loop: asyncio.AbstractEventLoop) -> None:
+    calls: list[str] = []
+
+    async def body() -> None:
+        async with serving(counting_router(calls), reads_per_turn=1) as server:
+            clients = [await Client.connect(server.port) for _ in range(16)]
+            for i, client in enumerate(clients):
+                client.writer.write(build("POST", f"/c{i}/predict", b"%d" % i))
+            await asyncio.sleep(0)  # the server reads; most connections wait in line
+            stopping = asyncio.ensure_future(server.stop(grace=2.0))
+            for i, client in enumerate(clients):
+                resp = await client.read_response()
+                assert resp.status == 200 and resp.json()["body"] == str(i)
+                assert await client.read_eof() == b""  # then the server closes
+            await stopping
+
+    run(loop, body())
+    assert len(calls) == 16
