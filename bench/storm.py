@@ -25,8 +25,10 @@ storm's end requests were still refused or answered late.
 Reported per scenario: goodput (answers by the model per second, from the
 storm's second second to its end) and its share of C; the 503s' latency
 percentiles (as the client saw them, so they include the client's own lag on a
-shared machine); the admitted requests' latency; the controller's batch size
-during the storm (sampled from ``GET /metrics``); recovery; the server's CPU.
+shared machine: ``client_loop_lag_ms`` says how large it was, and
+``client_cpu_s_per_s`` whether the client saturated its core); the admitted
+requests' latency; the controller's batch size during the storm (sampled from
+``GET /metrics``); recovery; the server's CPU.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def summarize(
         "statuses": statuses,
         "client_errors": tally.errors,
         "client_skipped": tally.skipped,
+        "client_pipelined": tally.pipelined,
         "refusals_without_retry_after": tally.retry_after_missing,
         "goodput_per_s": round(goodput, 1),
         "goodput_share_of_capacity": round(goodput / capacity, 3) if capacity else None,
@@ -163,10 +166,20 @@ def run_scenario(
 ) -> dict[str, Any]:
     tally = Tally()
     cpu0 = cpu_seconds(server_pid) or 0.0
+    lags: list[float] = []
+
+    async def watch_lag() -> None:
+        # The client's own loop lag: how late a 1 ms sleep wakes.  A client
+        # descheduled or saturated on a shared machine delays every answer it
+        # records; this says by how much.
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - before - 0.001)
 
     async def go() -> float:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        watcher = asyncio.get_running_loop().create_task(watch_lag())
+        t0 = time.perf_counter()  # the clients' clock (bench.storm_client)
         if name == "open10x":
             storm = open_loop(port, app, 10 * capacity, duration, connections=256, tally=tally)
             await _with_tail(storm, port, app, duration, capacity, tally)
@@ -177,6 +190,7 @@ def run_scenario(
             await open_loop(port, app, 0.9 * capacity, duration, connections=64, tally=tally)
         else:
             raise SystemExit(f"unknown scenario {name!r}")
+        watcher.cancel()
         return t0
 
     wall0 = time.monotonic()
@@ -192,6 +206,7 @@ def run_scenario(
     out["server_cpu_s_per_s"] = round(
         ((cpu_seconds(server_pid) or 0.0) - cpu0) / max(time.monotonic() - wall0, 1e-9), 2
     )
+    out["client_loop_lag_ms"] = {"p99": _ms(lags, 99), "max": _ms(lags, 100)}
     sizes = sampler.between(wall0 + 1.0, wall0 + duration)
     out["batch_size_during_storm"] = {
         "min": min(sizes, default=None),
@@ -205,9 +220,8 @@ def measure_capacity(port: int, app: str, seconds: float = 5.0) -> float:
     tally = Tally()
 
     async def go() -> float:
-        loop = asyncio.get_running_loop()
         await closed_loop(port, app, 16, 1.0, tally=Tally())  # warm the controller up
-        t0 = loop.time()
+        t0 = time.perf_counter()
         await closed_loop(port, app, 64, seconds, tally=tally)
         return t0
 

@@ -7,8 +7,10 @@ requests and parses the answers with ``bytes.find``; an open-loop source hands
 arrivals to the connections round-robin, and a closed-loop client sends its next
 request the moment an answer (of any status) arrives.
 
-Each answer is recorded as ``(sent_at, latency, status, default)`` with the
-loop's clock; ``default`` is whether a 200 carried the app's default output.
+Each answer is recorded as ``(sent_at, latency, status, default)`` with
+``time.perf_counter()`` (uvloop's ``loop.time()`` has millisecond resolution and
+is read once per loop turn: too coarse for a refusal that takes a millisecond);
+``default`` is whether a 200 carried the app's default output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ class Tally:
     records: list[Record] = field(default_factory=list)
     errors: int = 0
     skipped: int = 0  # open-loop arrivals not sent: every connection had a full pipeline
+    pipelined: int = 0  # open-loop arrivals sent behind another request (no idle connection)
     retry_after_missing: int = 0
 
 
@@ -68,12 +72,12 @@ class Connection(asyncio.Protocol):
     def send(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.sent.append(self.loop.time())
+        self.sent.append(time.perf_counter())
         self.transport.write(self.make())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
-        now = self.loop.time()
+        now = time.perf_counter()
         answered = 0
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -137,13 +141,27 @@ async def open_loop(
     tally: Tally | None = None,
     seed: int = 7,
 ) -> Tally:
-    """Poisson arrivals at ``rate``/s for ``duration`` s, never waiting for answers
-    (each connection pipelines up to ``depth``); waits for the answers after."""
+    """Poisson arrivals at ``rate``/s for ``duration`` s, never waiting for answers;
+    waits for the answers after.
+
+    An arrival goes to a connection with nothing in flight when there is one, as
+    a pool of HTTP/1.1 connections does; only when every connection is busy is
+    it pipelined (up to ``depth`` per connection).  HTTP/1.1 answers in request
+    order, so a request pipelined behind an admitted one waits for that answer
+    (tens of ms): that would measure the wire's head-of-line blocking, not the
+    server's refusal.  ``Tally.pipelined`` counts the arrivals that were."""
     tally = tally or Tally()
     value = _values()
+    idle: deque[Connection] = deque()
+
+    def freed(conn: Connection) -> None:
+        if not conn.sent:
+            idle.append(conn)
+
     conns: list[Connection] = []
     for _ in range(connections):
-        conns.append(await connect(port, tally, lambda: request_bytes(app, value())))
+        conns.append(await connect(port, tally, lambda: request_bytes(app, value()), freed))
+    idle.extend(conns)
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     t0 = loop.time()
@@ -152,15 +170,22 @@ async def open_loop(
     while next_at - t0 < duration:
         now = loop.time()
         while next_at <= now:
-            for _ in range(len(conns)):
-                conn = conns[k % len(conns)]
-                k += 1
-                if conn.transport is not None and len(conn.sent) < depth:
+            next_at += rng.expovariate(rate)
+            while idle:
+                conn = idle.popleft()
+                if conn.transport is not None and not conn.sent:
                     conn.send()
                     break
             else:
-                tally.skipped += 1
-            next_at += rng.expovariate(rate)
+                for _ in range(len(conns)):
+                    conn = conns[k % len(conns)]
+                    k += 1
+                    if conn.transport is not None and len(conn.sent) < depth:
+                        conn.send()
+                        tally.pipelined += 1
+                        break
+                else:
+                    tally.skipped += 1
         await asyncio.sleep(max(0.0, min(next_at - loop.time(), 0.002)))
     end = loop.time() + 15.0
     while any(c.sent for c in conns) and loop.time() < end:  # noqa: ASYNC110 (polling answers)

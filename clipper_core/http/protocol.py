@@ -12,7 +12,8 @@ server's budget for request bodies exhausted 503) are answered in order after th
 responses already owed, and then the connection is closed: the server half-closes
 and keeps discarding input for a moment before closing, so that the client reads
 the answer instead of a reset.  A connection beyond the server's connection limit
-is answered 503 the same way as soon as it is accepted.
+is answered 503 the same way as soon as it is accepted.  A read beyond the
+server's reads for one loop turn waits in line for a later turn (``turn_budget``).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from clipper_core.http.messages import (
 )
 from clipper_core.http.request_parser import RequestParser
 from clipper_core.http.router import Router
-from clipper_core.http.wire import encode_response
+from clipper_core.http.turn_budget import TurnBudget
+from clipper_core.http.wire import encode_answer, encode_response
 
 logger = logging.getLogger("clipper_core.http")
-access_logger = logging.getLogger("clipper_core.http.access")
 
 #: Requests one connection may have in flight before the server stops reading it.
 MAX_PIPELINE = 64
@@ -63,6 +64,7 @@ class ConnectionOwner(Protocol):
     max_header_size: int
     keepalive_timeout: float
     access_log: bool
+    turns: TurnBudget | None
     _connections: set[HttpProtocol]
     _refused: set[HttpProtocol]
 
@@ -76,6 +78,7 @@ class HttpProtocol(RequestParser):
         "_bytes_in",
         "_draining",
         "_idle_timer",
+        "_kept",
         "_last_active",
         "_linger_timer",
         "_loop",
@@ -111,6 +114,8 @@ class HttpProtocol(RequestParser):
         self._bytes_in = 0
         self._rate_mark = 0
         self._rate_timer: asyncio.TimerHandle | None = None
+        # Data read while the server's reads for this turn were spent (TurnBudget).
+        self._kept: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -168,6 +173,32 @@ class HttpProtocol(RequestParser):
             return
         self._last_active = self._loop.time()
         self._bytes_in += len(data)
+        turns = self._server.turns
+        if turns is not None and (self._kept is not None or not turns.take()):
+            # Wait in line for a later turn (turn_budget).  A client that sends
+            # more meanwhile (pipelining) is not read until then; the first
+            # chunk costs no pause_reading: libuv reads a socket dry anyway.
+            if self._kept is None:
+                self._kept = data
+                turns.wait(self)
+            else:
+                self._kept += data
+                self._update_reading()
+            return
+        self._feed(data)
+
+    def _take_turn(self) -> bool:
+        """Handle the data kept for this turn (``TurnBudget``); False if gone."""
+        data = self._kept
+        self._kept = None
+        if data is None or self._transport is None or self._stopped_input:
+            return False
+        if self._read_paused:
+            self._update_reading()
+        self._feed(data)
+        return True
+
+    def _feed(self, data: bytes) -> None:
         seq = self._message_seq
         in_headers = self._in_message and not self._headers_done
         try:
@@ -299,7 +330,7 @@ class HttpProtocol(RequestParser):
         if transport is None:
             return
         keep_alive = request.keep_alive and not (self._draining and not self._in_message)
-        data = self._encode(request, response, keep_alive)
+        data = encode_answer(request, response, keep_alive, self._server.access_log)
         transport.write(data)
         self._last_active = self._loop.time()
         if not keep_alive:
@@ -330,7 +361,7 @@ class HttpProtocol(RequestParser):
                 self._release(ex.reserved)
                 last = not pending and not self._in_message
                 keep_alive = request.keep_alive and not ex.close and not (self._draining and last)
-                out.append(self._encode(request, response, keep_alive))
+                out.append(encode_answer(request, response, keep_alive, self._server.access_log))
                 if not keep_alive:
                     close = True
                     break
@@ -348,33 +379,8 @@ class HttpProtocol(RequestParser):
             return
         if self._read_paused:
             self._update_reading()
-        if self._draining and not pending and not self._in_message:
+        if self._draining and not pending and not self._in_message and self._kept is None:
             transport.close()
-
-    def _encode(self, request: Request, response: Response, keep_alive: bool) -> bytes:
-        try:
-            data = encode_response(
-                response, keep_alive, request.http_version, request.method == "HEAD"
-            )
-        except Exception as exc:
-            logger.error(
-                "cannot encode the response to %s %s", request.method, request.path, exc_info=exc
-            )
-            data = encode_response(
-                error_response(500, "internal", f"{type(exc).__name__}: {exc}"),
-                keep_alive,
-                request.http_version,
-            )
-        if self._server.access_log:
-            access_logger.info(
-                '"%s %s HTTP/%s" %d %d',
-                request.method,
-                request.path,
-                request.http_version,
-                response.status,
-                len(response.body),
-            )
-        return data
 
     def _send_interim(self, data: bytes) -> None:
         if not self._pending and self._transport is not None:
@@ -442,7 +448,7 @@ class HttpProtocol(RequestParser):
         transport = self._transport
         if transport is None or self._linger_timer is not None:
             return
-        pause = self._write_paused or len(self._pending) >= MAX_PIPELINE
+        pause = self._write_paused or len(self._pending) >= MAX_PIPELINE or self._kept is not None
         if pause != self._read_paused:
             self._read_paused = pause
             if pause:
@@ -470,7 +476,7 @@ class HttpProtocol(RequestParser):
     def _start_draining(self) -> None:
         self._draining = True
         transport = self._transport
-        if transport is not None and not self._pending and not self._in_message:
+        if transport is not None and not (self._pending or self._in_message or self._kept):
             transport.close()
 
     def _cancel_running(self) -> list[asyncio.Future[Any]]:

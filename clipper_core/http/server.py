@@ -17,6 +17,7 @@ from clipper_core.http.body_budget import BodyBudget
 from clipper_core.http.messages import Request, Response
 from clipper_core.http.protocol import LINGER_SECONDS, MAX_PIPELINE, HttpProtocol
 from clipper_core.http.router import Router
+from clipper_core.http.turn_budget import DEFAULT_READS_PER_TURN, TurnBudget
 from clipper_core.http.wire import encode_response
 
 
@@ -53,6 +54,10 @@ class HttpServer:
         body_rate_window: Seconds over which ``min_body_rate`` is measured.
         reuse_port: Bind with ``SO_REUSEPORT``, so that other processes of this
             user serving the same port share its connections (query workers).
+        reads_per_turn: Socket reads handled per event-loop turn; beyond them a
+            connection waits in line for a later turn, so that a storm of
+            requests cannot stall the rest of the loop for a long turn
+            (``http.turn_budget``).  0: no bound.
     """
 
     def __init__(
@@ -74,8 +79,9 @@ class HttpServer:
         min_body_rate: int = 0,
         body_rate_window: float = 10.0,
         reuse_port: bool = False,
+        reads_per_turn: int = DEFAULT_READS_PER_TURN,
     ) -> None:
-        if max_inflight_body_bytes < 0 or max_connections < 0 or min_body_rate < 0:
+        if min(max_inflight_body_bytes, max_connections, min_body_rate, reads_per_turn) < 0:
             raise ValueError("limits must be >= 0 (0: none)")
         if body_rate_window <= 0:
             raise ValueError("body_rate_window must be > 0")
@@ -95,6 +101,9 @@ class HttpServer:
         self._requested_port = port
         self._backlog = backlog
         self._reuse_port = reuse_port
+        self._reads_per_turn = reads_per_turn
+        #: The bound on reads per loop turn (set by :meth:`start`).
+        self.turns: TurnBudget | None = None
         self._port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[HttpProtocol] = set()
@@ -119,6 +128,8 @@ class HttpServer:
         if self._server is not None:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
+        if self._reads_per_turn:
+            self.turns = TurnBudget(loop, self._reads_per_turn)
         self._server = await loop.create_server(
             lambda: HttpProtocol(self, loop),
             self.host,

@@ -6,11 +6,15 @@ header is formatted once a second, since every response carries all three.
 
 from __future__ import annotations
 
+import logging
 import time
 from http import HTTPStatus
 
-from clipper_core.http.messages import Response
+from clipper_core.http.messages import Request, Response, error_response
 from model_containers import hop_trace
+
+logger = logging.getLogger("clipper_core.http")
+access_logger = logging.getLogger("clipper_core.http.access")
 
 _CRLF = b"\r\n"
 _CONNECTION_CLOSE = b"Connection: close\r\n"
@@ -99,4 +103,32 @@ def encode_response(
     return b"".join(parts)
 
 
-__all__ = ["encode_response"]
+__all__ = ["encode_answer", "encode_response"]
+
+
+def encode_answer(
+    request: Request, response: Response, keep_alive: bool, access_log: bool
+) -> bytes:
+    """``response`` to ``request`` as bytes (a 500 if it cannot be encoded), and
+    its access-log line when ``access_log``."""
+    try:
+        data = encode_response(response, keep_alive, request.http_version, request.method == "HEAD")
+    except Exception as exc:
+        logger.error(
+            "cannot encode the response to %s %s", request.method, request.path, exc_info=exc
+        )
+        data = encode_response(
+            error_response(500, "internal", f"{type(exc).__name__}: {exc}"),
+            keep_alive,
+            request.http_version,
+        )
+    if access_log:
+        access_logger.info(
+            '"%s %s HTTP/%s" %d %d',
+            request.method,
+            request.path,
+            request.http_version,
+            response.status,
+            len(response.body),
+        )
+    return data
