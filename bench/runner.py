@@ -508,7 +508,50 @@ def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["adaptive_over_best_static"] = round(
             best_adaptive["best_rate"] / best_static["best_rate"], 4
         )
+    if any("ramp" in c for c in configs):
+        summary["noise"] = sweep_noise(configs)
     return summary
+
+
+def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far one sweep's rates can be trusted, from the sweep itself.
+
+    * ``retried`` / ``retry_passed``: the failed steps measured once more at the
+      same rate, and how many of those passed.  The same configuration at the same
+      rate a few seconds apart: each that passed is a step decided by the machine.
+    * ``resolution``: per configuration, the gap between its best rate and the
+      lowest rate above it that failed, as a share of the best rate (the ramp's
+      rounding: its true highest rate is somewhere in that gap).
+    * ``static_rates``: every static configuration's best rate, to see how far
+      apart the ones that should be alike came out."""
+    retried = retry_passed = 0
+    resolution: dict[str, float | None] = {}
+    static_rates: dict[str, float | None] = {}
+    for c in configs:
+        name = _config_name(c)
+        if c["batch_size"] > 0:
+            static_rates[name] = c["best_rate"]
+        by_rate: dict[float, list[bool]] = {}
+        for s in c.get("ramp", {}).get("steps", []):
+            by_rate.setdefault(s["rate"], []).append(s["passed"])
+        for tries in by_rate.values():
+            if len(tries) > 1:
+                retried += 1
+                retry_passed += tries[-1]
+        best = c["best_rate"]
+        fails = [r for r, tries in by_rate.items() if not any(tries) and best and r > best]
+        resolution[name] = round(min(fails) / best - 1, 4) if best and fails else None
+    return {
+        "retried": retried,
+        "retry_passed": retry_passed,
+        "resolution": resolution,
+        "static_rates": static_rates,
+    }
+
+
+def _config_name(c: dict[str, Any]) -> str:
+    size = c["batch_size"] if c["batch_size"] > 0 else c.get("controller") or "aimd"
+    return f"{size}@{c['batch_wait_micros']}us"
 
 
 def replot(path: Path, out: Path | None = None) -> list[str]:
