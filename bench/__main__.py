@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--step-warmup", type=float, help="--rates/--sweep: warm-up per rate")
     m.add_argument("--attainment", type=float, help="--rates/--sweep: target (0.99)")
     m.add_argument(
+        "--max-foreign-cpu",
+        type=float,
+        metavar="CORES",
+        help="--sweep: measure a failed step once more when programs outside the bench"
+        " took more than CORES cores during it (default: every step counts)",
+    )
+    m.add_argument(
         "--refine",
         type=int,
         metavar="N",
@@ -238,6 +245,8 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         sc.ramp.attainment = a.attainment
     if a.refine is not None:
         sc.ramp.refine = a.refine
+    if a.max_foreign_cpu is not None:
+        sc.ramp.max_foreign_cpu = a.max_foreign_cpu
     if a.sweep_batch_sizes:
         sc.sweep.batch_sizes = a.sweep_batch_sizes
     if a.sweep_waits:
