@@ -4,10 +4,14 @@ The bench's server, its model containers and its load generators all descend fro
 the bench process.  On a shared machine, anything else that runs during a step
 (another test suite, a compiler) takes CPU from them, and a step that fails then
 measured the machine, not the configuration.  :class:`ForeignCpu` tells how much:
-the machine's busy time (``/proc/stat``: user, nice, system, and steal, the time a
-hypervisor gave to another guest) less the CPU time of the bench's own process
-tree, in cores over the window.  Interrupt time is left out of both sides, as the
-kernel charges part of the bench's own network work there.  Linux only; elsewhere
+the machine's busy time (``/proc/stat``: user, nice, system, interrupts, and steal,
+the time a hypervisor gave to another guest) less the CPU time of the bench's own
+process tree, in cores over the window.  Interrupts count on the machine's side
+because the kernel charges an interrupt's tick to the task it interrupted as
+well: the bench's own network work shows in its processes' system time, and
+left out of the machine's it would make the others' share come out too small
+(the kernel's per-task figures are tick samples, so the result is good to a few
+hundredths of a core over a step).  Linux only; elsewhere
 :meth:`ForeignCpu.cores` is None.
 """
 
@@ -23,7 +27,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def machine_ticks() -> int | None:
     """Busy clock ticks of the whole machine since boot (user, nice, system,
-    steal), or None without ``/proc/stat``."""
+    irq, softirq, steal), or None without ``/proc/stat``."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
@@ -31,8 +35,8 @@ def machine_ticks() -> int | None:
         return None
     if not fields or fields[0] != "cpu" or len(fields) < 9:
         return None
-    user, nice, system, steal = (int(fields[i]) for i in (1, 2, 3, 8))
-    return user + nice + system + steal
+    # cpu  user nice system idle iowait irq softirq steal ...
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8))
 
 
 def own_ticks(root: int | None = None) -> int:
