@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--step-duration", type=float, help="--rates/--sweep: seconds per rate")
     m.add_argument("--step-warmup", type=float, help="--rates/--sweep: warm-up per rate")
     m.add_argument("--attainment", type=float, help="--rates/--sweep: target (0.99)")
+    m.add_argument(
+        "--max-foreign-cpu",
+        type=float,
+        metavar="CORES",
+        help="--sweep: measure a failed step once more when programs outside the bench"
+        " took more than CORES cores during it (default: every step counts)",
+    )
+    m.add_argument(
+        "--refine",
+        type=int,
+        metavar="N",
+        help="--rates auto/--sweep: bisection steps between the last pass and the first"
+        " fail (3: a gap of 1/8 of the last pass; each more halves it)",
+    )
     m.add_argument("--sweep", action="store_true", help="grid of static (batch size, wait)")
     m.add_argument("--sweep-batch-sizes", type=_ints, metavar="1,2,4,...")
     m.add_argument("--sweep-waits", type=_ints, metavar="0,500,...", help="microseconds")
@@ -229,6 +243,10 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         sc.ramp.step_warmup_s = a.step_warmup
     if a.attainment is not None:
         sc.ramp.attainment = a.attainment
+    if a.refine is not None:
+        sc.ramp.refine = a.refine
+    if a.max_foreign_cpu is not None:
+        sc.ramp.max_foreign_cpu = a.max_foreign_cpu
     if a.sweep_batch_sizes:
         sc.sweep.batch_sizes = a.sweep_batch_sizes
     if a.sweep_waits:

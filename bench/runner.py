@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profiles, report, targets
+from bench.foreign_cpu import ForeignCpu
 from bench.measure import Options, Target, measure
 from bench.prepare import probe, start_server, target_for
 from bench.scenario import Scenario
@@ -308,6 +309,7 @@ def ramp_step(
 ) -> dict[str, Any]:
     """One open-loop step of a ramp at ``rate``; waits for the queues to drain."""
     rp = sc.ramp
+    others = ForeignCpu()
     r = measure(
         sc,
         target,
@@ -320,10 +322,13 @@ def ramp_step(
         warmup_s=rp.step_warmup_s,
         label=f"{label}{rate:g} req/s",
     )
+    foreign = others.cores()
     r.pop("timeline", None)
     att = r["summary"]["slo_attainment"] or 0.0
     srv.wait_idle()
-    return {"rate": rate, "passed": att >= rp.attainment, **r}
+    step = {"rate": rate, "passed": att >= rp.attainment, **r}
+    step["foreign_cpu"] = None if foreign is None else round(foreign, 3)
+    return step
 
 
 def ramp_result(sc: Scenario, steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -427,6 +432,18 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     return _finish(data, name, opts, sc)
 
 
+def disturbed(step: dict[str, Any], max_foreign_cpu: float | None) -> bool:
+    """Whether a ramp step failed while programs outside the bench took more than
+    ``max_foreign_cpu`` cores (None: no step is)."""
+    foreign = step.get("foreign_cpu")
+    return (
+        max_foreign_cpu is not None
+        and not step["passed"]
+        and foreign is not None
+        and foreign > max_foreign_cpu
+    )
+
+
 class _SweepRun:
     """One configuration of a sweep: deployed at once, ramped a step at a time."""
 
@@ -444,21 +461,35 @@ class _SweepRun:
         self.target, self.reqs = target_for(cfg, srv, self.app)
         probe(self.target, self.reqs[0])
         self.steps: list[dict[str, Any]] = []
+        self.disturbed: list[dict[str, Any]] = []  # steps measured again (see step)
+        self._redone = False  # the step being measured is a redo of a disturbed one
         self.seconds = 0.0  # in its own steps
         self.plan = ramp_plan(cfg, confirm=True)
         self.rate: float | None = next(self.plan, None)
 
     def step(self, opts: Options, srv: ClipperProcess) -> None:
-        """Measures the next rate of this configuration's ramp."""
+        """Measures the next rate of this configuration's ramp.
+
+        With ``ramp.max_foreign_cpu``, a failed step during which programs outside
+        the bench took more than that many cores is kept in the report (marked
+        ``disturbed``) but decides nothing: the same rate is measured again in the
+        next round, once; the second measurement counts whatever it meets."""
         assert self.rate is not None
         label = f"{self.what}: "
         t0 = time.monotonic()
-        self.steps.append(
-            ramp_step(self.cfg, opts, srv, self.target, self.reqs, self.rate, label=label)
-        )
+        step = ramp_step(self.cfg, opts, srv, self.target, self.reqs, self.rate, label=label)
         self.seconds += time.monotonic() - t0
+        if not self._redone and disturbed(step, self.cfg.ramp.max_foreign_cpu):
+            step["disturbed"] = True
+            self.disturbed.append(step)
+            self._redone = True
+            if not opts.quiet:
+                print(f"  disturbed: others took {step['foreign_cpu']:.2f} cores; measured again")
+            return
+        self._redone = False
+        self.steps.append(step)
         try:
-            self.rate = self.plan.send(self.steps[-1]["passed"])
+            self.rate = self.plan.send(step["passed"])
         except StopIteration:
             self.rate = None
 
@@ -473,6 +504,7 @@ class _SweepRun:
             "best_rate": result["best_rate"],
             "seconds": round(self.seconds, 1),
             "ramp": result,
+            "disturbed_steps": self.disturbed,
         }
 
 
@@ -508,7 +540,50 @@ def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["adaptive_over_best_static"] = round(
             best_adaptive["best_rate"] / best_static["best_rate"], 4
         )
+    if any("ramp" in c for c in configs):
+        summary["noise"] = sweep_noise(configs)
     return summary
+
+
+def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far one sweep's rates can be trusted, from the sweep itself.
+
+    * ``retried`` / ``retry_passed``: the failed steps measured once more at the
+      same rate, and how many of those passed.  The same configuration at the same
+      rate a few seconds apart: each that passed is a step decided by the machine.
+    * ``resolution``: per configuration, the gap between its best rate and the
+      lowest rate above it that failed, as a share of the best rate (the ramp's
+      rounding: its true highest rate is somewhere in that gap).
+    * ``static_rates``: every static configuration's best rate, to see how far
+      apart the ones that should be alike came out."""
+    retried = retry_passed = 0
+    resolution: dict[str, float | None] = {}
+    static_rates: dict[str, float | None] = {}
+    for c in configs:
+        name = _config_name(c)
+        if c["batch_size"] > 0:
+            static_rates[name] = c["best_rate"]
+        by_rate: dict[float, list[bool]] = {}
+        for s in c.get("ramp", {}).get("steps", []):
+            by_rate.setdefault(s["rate"], []).append(s["passed"])
+        for tries in by_rate.values():
+            if len(tries) > 1:
+                retried += 1
+                retry_passed += tries[-1]
+        best = c["best_rate"]
+        fails = [r for r, tries in by_rate.items() if not any(tries) and best and r > best]
+        resolution[name] = round(min(fails) / best - 1, 4) if best and fails else None
+    return {
+        "retried": retried,
+        "retry_passed": retry_passed,
+        "resolution": resolution,
+        "static_rates": static_rates,
+    }
+
+
+def _config_name(c: dict[str, Any]) -> str:
+    size = c["batch_size"] if c["batch_size"] > 0 else c.get("controller") or "aimd"
+    return f"{size}@{c['batch_wait_micros']}us"
 
 
 def replot(path: Path, out: Path | None = None) -> list[str]:

@@ -116,6 +116,9 @@ class RampSpec:
     step_warmup_s: float = 1.0
     attainment: float = 0.99
     rates: list[float] = field(default_factory=list)  # explicit list instead of auto
+    # --sweep: a failed step while other programs took more cores than this is
+    # measured once more (bench.runner._SweepRun.step); None: every step counts.
+    max_foreign_cpu: float | None = None
 
 
 @dataclass

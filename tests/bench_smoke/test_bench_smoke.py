@@ -140,6 +140,11 @@ def test_sweep(tmp_path: Path) -> None:
     assert set(summary["adaptive_modes"]) == {"aimd", "quantile"}
     for mode in summary["adaptive_modes"].values():
         assert mode["over_best_static"] > 0
+    # How far the sweep can be trusted, from the sweep itself.
+    assert set(summary["noise"]["static_rates"]) == {"4@500us"}
+    for c in configs:
+        for s in c["ramp"]["steps"]:
+            assert s["foreign_cpu"] is None or s["foreign_cpu"] >= 0
     (target,) = report["targets"]
     assert target["checks"][0]["bound"] == "every_adaptive_over_best_static_min"
     check_plots(report, "sweep")

@@ -396,3 +396,48 @@ def test_ramp_plan_confirms_a_failure_when_asked() -> None:
     assert walk(False, set()) == [500.0, 1000.0, 2000.0, 4000.0, 3000.0]
     assert walk(False, {1}) == [500.0, 1000.0, 750.0]  # one unlucky step ends the climb
     assert walk(True, {1}) == [500.0, 1000.0, 1000.0, 2000.0, 4000.0, 4000.0, 3000.0]
+
+
+def test_sweep_noise_counts_retries_and_the_ramps_rounding() -> None:
+    from bench.runner import sweep_summary
+
+    def ramp(*steps: tuple[float, bool]) -> dict[str, object]:
+        return {"steps": [{"rate": r, "passed": p} for r, p in steps]}
+
+    configs = [
+        {
+            "batch_size": 16,
+            "batch_wait_micros": 1000,
+            "controller": "fixed",
+            "best_rate": 6500.0,
+            # 6000 failed, then passed its retry; 7000 failed twice.
+            "ramp": ramp(
+                (4000, True),
+                (6000, False),
+                (6000, True),
+                (6500, True),
+                (7000, False),
+                (7000, False),
+            ),
+        },
+        {
+            "batch_size": -1,
+            "batch_wait_micros": 1000,
+            "controller": "quantile",
+            "best_rate": 6000.0,
+            "ramp": ramp((4000, True), (6000, True), (6500, False), (6500, False)),
+        },
+    ]
+    noise = sweep_summary(configs)["noise"]
+    assert (noise["retried"], noise["retry_passed"]) == (3, 1)
+    assert noise["resolution"] == {"16@1000us": 0.0769, "quantile@1000us": 0.0833}
+    assert noise["static_rates"] == {"16@1000us": 6500.0}
+
+
+def test_refine_option_sets_the_ramps_bisection_steps() -> None:
+    from bench.__main__ import apply_overrides, build_parser
+    from bench.scenario import load_scenario
+
+    sc = load_scenario("matmul")
+    apply_overrides(sc, build_parser().parse_args(["matmul", "--sweep", "--refine", "4"]))
+    assert sc.ramp.refine == 4
