@@ -186,7 +186,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
         inputs: dict[str, Any] = {}
         n = -1
         try:
-            for t in request.tensors:
+            for t in request.tensors[:]:  # a slice iterates faster than the field
                 if t.name in inputs:
                     raise tensors.TensorInputError(f"input {t.name!r} appears twice")
                 arr = tensors.decode_tensor(t.datatype, t.shape, t.data)
