@@ -89,7 +89,7 @@ def decode_inputs(input_type: str, data: bytes, offsets: Sequence[int]) -> list[
     dtype = NUMERIC_DTYPES.get(input_type)
     if dtype is not None and len(cuts) == 2 and not len(data) % dtype.itemsize:
         # One numeric input (every query at low load): the checks above suffice.
-        return [np.frombuffer(data, dtype=dtype).copy()]
+        return [np.frombuffer(bytearray(data), dtype=dtype)]
     size = 1 if dtype is None else dtype.itemsize
     if len(cuts) <= _SMALL_BATCH:  # the common case: faster in Python than numpy
         ordered = all(a <= b for a, b in pairwise(cuts))
@@ -109,8 +109,9 @@ def decode_inputs(input_type: str, data: bytes, offsets: Sequence[int]) -> list[
 
     if dtype is not None:
         # One copy makes the inputs writable (frombuffer on bytes is read-only);
-        # models that normalise in place are common.
-        flat = np.frombuffer(data, dtype=dtype).copy()
+        # models that normalise in place are common.  A bytearray, not .copy():
+        # one numpy array made instead of two.
+        flat = np.frombuffer(bytearray(data), dtype=dtype)
         rows = [c // size for c in cuts]
         return [flat[a:b] for a, b in pairwise(rows)]  # np.split, minus its overhead
 

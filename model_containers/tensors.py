@@ -170,8 +170,9 @@ def decode_tensor(datatype: str, shape: Sequence[int], data: bytes) -> np.ndarra
             f"{datatype} tensor of shape {list(dims)} needs {count * dtype.itemsize} bytes,"
             f" got {len(data)}"
         )
-    # One copy makes the array writable (frombuffer on bytes is read-only).
-    return np.frombuffer(data, dtype=dtype).reshape(dims).copy()
+    # One copy makes the array writable (frombuffer on bytes is read-only); a
+    # bytearray, not .copy(): one numpy array made instead of two.
+    return np.frombuffer(bytearray(data), dtype=dtype).reshape(dims)
 
 
 def encode_tensor(array: Any, datatype: str | None = None) -> tuple[str, list[int], bytes]:
