@@ -160,6 +160,19 @@ def _as_output_list(outputs: Any, n: int) -> list[Any] | np.ndarray[Any, Any]:
     return list(outputs)
 
 
+#: ``dtype.str`` by dtype: numpy formats that string anew on each read.
+_DTYPE_STRS: dict[np.dtype[Any], str] = {}
+
+
+def _dtype_str(dtype: np.dtype[Any]) -> str:
+    text = _DTYPE_STRS.get(dtype)
+    if text is None:
+        text = dtype.str
+        if len(_DTYPE_STRS) < 64:
+            _DTYPE_STRS[dtype] = text
+    return text
+
+
 def _tensor(array: np.ndarray[Any, Any]) -> EncodedOutputs:
     array = np.ascontiguousarray(array)
     n = array.shape[0]
@@ -168,7 +181,7 @@ def _tensor(array: np.ndarray[Any, Any]) -> EncodedOutputs:
         encoding=TENSOR,
         data=array.tobytes(),
         offsets=[i * row for i in range(n + 1)],
-        dtype=array.dtype.str,
+        dtype=_dtype_str(array.dtype),
         shape=tuple(int(d) for d in array.shape[1:]),
     )
 
@@ -195,7 +208,7 @@ def encode_outputs(outputs: Any, n: int) -> EncodedOutputs:
                 encoding=TENSOR,
                 data=first.tobytes(),
                 offsets=[0, first.nbytes],
-                dtype=first.dtype.str,
+                dtype=_dtype_str(first.dtype),
                 shape=first.shape,
             )
     items = _as_output_list(outputs, n)
