@@ -76,6 +76,14 @@ class LocalChannel(asyncio.Protocol):
         if hop_trace.ENABLED:
             hop_trace.mark("transport_read")
         buf = self._buf
+        if not buf and len(data) >= _HEADER_SIZE:
+            # The common case: the answer came whole and alone; no buffer copies.
+            length, kind, call_id = HEADER.unpack_from(data)
+            if len(data) == _HEADER_SIZE + length and kind != KIND_HELLO:
+                fut = self._calls.pop(call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((kind, data[_HEADER_SIZE:]))
+                return
         buf += data
         while len(buf) >= _HEADER_SIZE:
             length, kind, call_id = HEADER.unpack_from(buf)

@@ -283,7 +283,8 @@ class ReplicaClient:
                 " (does the container predate tensor batches?)"
             )
         self.last_model_seconds = response.model_seconds
-        return list(response.tensors)
+        outputs: list[pb.Tensor] = response.tensors[:]  # a slice is faster than list()
+        return outputs
 
     async def _call_predict(
         self,

@@ -64,10 +64,10 @@ def encode_batch(inputs: Sequence[Any], input_type: str) -> tuple[bytes, list[in
             arrays: Sequence[np.ndarray[Any, Any]] = inputs  # what the HTTP APIs send
         else:
             arrays = _numeric_arrays(inputs, input_type, dtype)
-        if not arrays:
-            return b"", [0]
-        data = np.concatenate([a.ravel() for a in arrays]).tobytes()
-        return data, [0, *accumulate(a.nbytes for a in arrays)]
+        # One copy per input, no concatenate: half the time of one big array's
+        # concatenate + tobytes at 32 inputs (tobytes is C order whatever the layout).
+        parts = [a.tobytes() for a in arrays]
+        return b"".join(parts), [0, *accumulate(map(len, parts))]
     if input_type == "strings":
         try:
             parts = [s.encode("utf-8") for s in inputs]
@@ -107,6 +107,17 @@ def _numeric_arrays(
     return arrays
 
 
+#: numpy dtypes by their ``PredictResponse.dtype`` string (np.dtype(str) costs 1 us).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(name: str) -> np.dtype[Any]:
+    dtype = np.dtype(name)
+    if len(_DTYPES) < 64:  # the strings come from containers: bound the memo
+        _DTYPES[name] = dtype
+    return dtype
+
+
 def _loads(doc: memoryview) -> Any:
     try:
         return orjson.loads(doc)
@@ -121,16 +132,24 @@ def decode_outputs(response: pb.PredictResponse) -> list[Any]:
     JSON outputs become Python objects; TENSOR outputs numpy arrays (numpy scalars
     for a scalar shape), read-only views of the response; RAW_BYTES outputs bytes.
     """
-    offsets = list(response.offsets)
-    n = max(len(offsets) - 1, 0)
-    data = response.data
-    if response.encoding == pb.TENSOR:
-        shape = tuple(response.shape)
-        flat = np.frombuffer(data, dtype=np.dtype(response.dtype))
+    encoding = response.encoding
+    if encoding == pb.TENSOR:
+        n = max(len(response.offsets) - 1, 0)
+        # A slice, not tuple(): iterating a protobuf repeated field runs until an
+        # IndexError, whose message is formatted each time.
+        shape = tuple(response.shape[:])
+        dtype = _DTYPES.get(response.dtype)
+        if dtype is None:  # (not `or`: a dtype without fields is falsy)
+            dtype = _dtype(response.dtype)
+        flat = np.frombuffer(response.data, dtype=dtype)
+        if n == 1 and shape:  # one query (low load): no list of row views
+            return [flat.reshape(shape)]
         return list(flat.reshape((n, *shape)))
-    if response.encoding == pb.RAW_BYTES:
+    offsets = response.offsets[:]
+    data = response.data
+    if encoding == pb.RAW_BYTES:
         return [data[a:b] for a, b in pairwise(offsets)]
-    if response.encoding == pb.JSON:
+    if encoding == pb.JSON:
         view = memoryview(data)
         return [_loads(view[a:b]) for a, b in pairwise(offsets)]
     raise ModelError(f"unknown output encoding {response.encoding}")

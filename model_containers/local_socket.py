@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import socket
 import stat
@@ -52,10 +53,13 @@ log = logging.getLogger("model_containers")
 
 #: Payload length, kind, call id.
 HEADER = struct.Struct("<IBQ")
+_HEADER_SIZE = HEADER.size
 KIND_OK = 0
 KIND_PREDICT = 1
 KIND_HELLO = 255
 _RECV_SIZE = 256 * 1024
+#: Replies shorter than this go out as one joined buffer.
+_JOIN_BELOW = 16 * 1024
 #: The default socket folder is ``<tmp>/clipper-sock-<pid>-<random>``.
 DIR_PREFIX = "clipper-sock-"
 
@@ -122,6 +126,30 @@ class _FrameReader:
         self._conn = conn
         self._buf = bytearray()
         self._scratch = memoryview(bytearray(_RECV_SIZE))
+        self._poll = select.poll()
+        self._poll.register(conn, select.POLLIN)
+
+    def frame(self) -> tuple[int, int, int, bytes | None] | None:
+        """The next frame's ``(length, kind, call_id, payload)``, or None when the
+        peer closed.  The payload is None when it did not come whole with the
+        header: the caller reads it with ``read(length)`` (or refuses it unread)."""
+        if not self._buf:
+            # The common case: one recv brings one whole frame.
+            self._poll.poll()  # see read()
+            got = self._conn.recv_into(self._scratch)
+            if not got:
+                return None
+            if got >= _HEADER_SIZE:
+                length, kind, call_id = HEADER.unpack_from(self._scratch)
+                end = _HEADER_SIZE + length
+                if got == end:
+                    return length, kind, call_id, bytes(self._scratch[_HEADER_SIZE:end])
+            self._buf += self._scratch[:got]
+        header = self.read(_HEADER_SIZE)
+        if header is None:
+            return None
+        length, kind, call_id = HEADER.unpack(header)
+        return length, kind, call_id, None
 
     def read(self, n: int) -> bytes | None:
         """Exactly ``n`` bytes, or None when the peer closed first."""
@@ -135,6 +163,10 @@ class _FrameReader:
                     return None
                 buf += chunk
                 continue
+            # Sleep in poll(POLLIN), not in recv: a blocked recv is also woken
+            # each time the frontend reads a reply (the kernel's write-space
+            # wake-up of this socket), a second wake-up per query.
+            self._poll.poll()
             got = self._conn.recv_into(scratch)
             if not got:
                 return None
@@ -215,10 +247,10 @@ class LocalSocketServer:
             conn.sendall(self._hello)
             frames = _FrameReader(conn)
             while True:
-                header = frames.read(HEADER.size)
-                if header is None:
+                got = frames.frame()
+                if got is None:
                     return
-                length, kind, call_id = HEADER.unpack(header)
+                length, kind, call_id, payload = got
                 if length > self._max:
                     message = (
                         f"a request of {length} bytes exceeds the container's limit of"
@@ -227,7 +259,8 @@ class LocalSocketServer:
                     too_big = _status(grpc.StatusCode.RESOURCE_EXHAUSTED)
                     conn.sendall(frame(too_big, call_id, message.encode()))
                     return  # the payload is not read: the stream cannot go on
-                payload = frames.read(length)
+                if payload is None:
+                    payload = frames.read(length)
                 if payload is None:
                     raise ConnectionResetError("the frontend closed the local socket mid-frame")
                 if hop_trace.ENABLED:
@@ -235,7 +268,10 @@ class LocalSocketServer:
                 self._busy.add(conn)  # a set's add and discard are atomic
                 try:
                     code, body = self._answer(kind, payload)
-                    conn.sendmsg([HEADER.pack(len(body), code, call_id), body])
+                    if len(body) < _JOIN_BELOW:  # one buffer: cheaper than an iovec list
+                        conn.sendall(HEADER.pack(len(body), code, call_id) + body)
+                    else:  # no copy of a large reply
+                        conn.sendmsg([HEADER.pack(len(body), code, call_id), body])
                     if hop_trace.ENABLED:
                         hop_trace.finish("container", "container_written")
                 finally:

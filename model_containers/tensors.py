@@ -14,6 +14,7 @@ becomes one input, and its N outputs become one output tensor.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -154,10 +155,11 @@ def decode_tensor(datatype: str, shape: Sequence[int], data: bytes) -> np.ndarra
     dtype = DATATYPES.get(datatype)
     if dtype is None:
         raise TensorInputError(f"unknown datatype {datatype!r}")
-    dims = tuple(int(d) for d in shape)
-    if any(d < 0 for d in dims):
+    # shape[:]: a protobuf repeated field iterates until an IndexError (slow).
+    dims = tuple(map(int, shape[:]))
+    if dims and min(dims) < 0:
         raise TensorInputError(f"negative dimension in shape {list(dims)}")
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # np.prod costs 5 us a call here, a tenth of a query
     if datatype == "BYTES":
         try:
             return decode_bytes(data, count).reshape(dims)
@@ -168,8 +170,9 @@ def decode_tensor(datatype: str, shape: Sequence[int], data: bytes) -> np.ndarra
             f"{datatype} tensor of shape {list(dims)} needs {count * dtype.itemsize} bytes,"
             f" got {len(data)}"
         )
-    # One copy makes the array writable (frombuffer on bytes is read-only).
-    return np.frombuffer(data, dtype=dtype).reshape(dims).copy()
+    # One copy makes the array writable (frombuffer on bytes is read-only); a
+    # bytearray, not .copy(): one numpy array made instead of two.
+    return np.frombuffer(bytearray(data), dtype=dtype).reshape(dims)
 
 
 def encode_tensor(array: Any, datatype: str | None = None) -> tuple[str, list[int], bytes]:

@@ -153,3 +153,29 @@ def test_exception_line() -> None:
     err.add_note("ignored")
     assert exception_line(err) == "KeyError: 'x'"
     assert len(exception_line(RuntimeError("x" * 10_000))) <= 2000
+
+
+def test_one_row_fast_paths_match_the_batch_paths() -> None:
+    """A batch of one input or one output row (every query at low load) takes short
+    cuts; what they produce is what the general paths produce."""
+    row = np.arange(6, dtype=np.float32).reshape(2, 3)[:, 1]  # not contiguous
+    for output in (row, np.float32(2.5), np.array(7, np.int64), np.ones((2, 2), np.int8)):
+        one = codec.encode_outputs([output], 1)
+        general = codec.encode_outputs([output, output], 2)
+        assert (one.encoding, one.dtype, tuple(one.shape)) == (
+            general.encoding,
+            general.dtype,
+            tuple(general.shape),
+        )
+        assert one.data * 2 == general.data and one.offsets == general.offsets[:2]
+        decoded = decode_outputs(_response(one))
+        assert len(decoded) == 1 and np.array_equal(decoded[0], output)
+        assert np.shape(decoded[0]) == np.shape(output)
+    scalar = decode_outputs(_response(codec.encode_outputs([np.float64(1.5)], 1)))
+    assert isinstance(scalar[0], np.generic) and scalar[0] == 1.5
+
+    data, offsets = encode_batch([np.array([1.0, 2.0], np.float32)], "floats")
+    (x,) = codec.decode_inputs("floats", data, offsets)
+    assert x.tolist() == [1.0, 2.0] and x.flags.writeable
+    with pytest.raises(codec.DecodeError, match="is not a multiple of 4"):
+        codec.decode_inputs("floats", data[:7], [0, 7])

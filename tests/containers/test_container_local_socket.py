@@ -216,3 +216,64 @@ def test_frame_reader_reads_whole_split_and_large_frames() -> None:
         assert reader.read(HEADER.size) is None  # closed after 7 bytes of a header
         sender.join()
     assert got == [*enumerate(small), (9, big)]
+
+
+def test_frame_reader_frame_takes_whole_frames_and_falls_back_to_reads() -> None:
+    """``frame()`` returns a frame that came whole in one recv with its payload, and
+    leaves the payload to ``read`` when frames arrive together or in pieces."""
+    import socket
+
+    from model_containers.local_socket import _FrameReader, frame
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reader = _FrameReader(ours)
+        theirs.sendall(frame(1, 7, b"whole"))
+        assert reader.frame() == (5, 1, 7, b"whole")
+        theirs.sendall(frame(1, 8, b"first") + frame(1, 9, b"second"))
+        for call_id, payload in ((8, b"first"), (9, b"second")):
+            got = reader.frame()
+            assert got is not None
+            length, kind, got_id, inline = got
+            assert (kind, got_id) == (1, call_id)
+            assert (inline if inline is not None else reader.read(length)) == payload
+        split = frame(1, 10, b"split")
+        theirs.sendall(split[:5])
+        theirs.sendall(split[5:])
+        got = reader.frame()
+        assert got is not None and got[2] == 10
+        assert (got[3] if got[3] is not None else reader.read(got[0])) == b"split"
+        theirs.shutdown(socket.SHUT_WR)
+        assert reader.frame() is None
+
+
+def test_local_channel_takes_answers_whole_split_and_together() -> None:
+    """An answer that arrives alone and whole, split across reads, or together with
+    the next resolves its own call."""
+    import socket
+
+    from clipper_core.local_channel import KIND_OK
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            _, channel = await loop.create_unix_connection(lambda: LocalChannel(loop), sock=ours)
+            calls = [channel.call(KIND_PREDICT, b"q%d" % i) for i in range(5)]
+
+            def answer(i: int) -> bytes:
+                return HEADER.pack(2, KIND_OK, calls[i][0]) + b"a%d" % i
+
+            theirs.sendall(answer(0))  # whole and alone
+            assert await calls[0][1] == (KIND_OK, b"a0")
+            theirs.sendall(answer(1)[:4])  # split inside the header
+            await asyncio.sleep(0.05)
+            theirs.sendall(answer(1)[4:] + answer(2))  # the rest, and the next one
+            assert await calls[1][1] == (KIND_OK, b"a1")
+            assert await calls[2][1] == (KIND_OK, b"a2")
+            theirs.sendall(answer(4) + answer(3))  # out of order
+            assert await calls[3][1] == (KIND_OK, b"a3")
+            assert await calls[4][1] == (KIND_OK, b"a4")
+            channel.close()
+
+    asyncio.run(main())
