@@ -1,5 +1,6 @@
-"""Future helpers of the query path: wait for many with one timer, withdraw,
-copy an outcome, and mark an exception nobody waits for as retrieved.
+"""Future helpers of the query path: wait for many with one timer, resolve an
+input's future (waking its waiter in the same loop turn), withdraw, copy an
+outcome, and mark an exception nobody waits for as retrieved.
 
 Shared by the direct query path (:mod:`clipper_core.dataplane.application`), the
 selection policies' router and the OIP service, so that none of them reaches
@@ -13,7 +14,54 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["consume_exception", "copy_outcome", "wait_until", "withdraw"]
+__all__ = ["consume_exception", "copy_outcome", "resolve", "wait_until", "withdraw"]
+
+
+class _Wait:
+    """One :func:`wait_until` call: how many of its futures are still pending, and
+    the future its caller awaits."""
+
+    __slots__ = ("left", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[None], left: int) -> None:
+        self.waiter = waiter
+        self.left = left
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def direct_done(self, fut: asyncio.Future[Any]) -> None:
+        """Done callback of a future registered in ``_WAITS``: counts it, unless
+        :func:`resolve` already did."""
+        if _WAITS.get(fut) is self:
+            del _WAITS[fut]
+            self.count()
+
+    def plain_done(self, fut: asyncio.Future[Any]) -> None:
+        """Done callback of a future another wait registered first."""
+        self.count()
+
+    def expire(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+#: The wait of each pending future that a :func:`wait_until` waits on (the first
+#: one, when several wait on a shared future).  :func:`resolve` counts a future
+#: for its wait at once: a done callback runs a loop turn after ``set_result``,
+#: and the waiter's own wake-up one more.  Touched only from the future's loop.
+_WAITS: dict[asyncio.Future[Any], _Wait] = {}
+
+
+def resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    """``fut.set_result(value)`` for a pending ``fut``, and wake the
+    :func:`wait_until` waiting on it in this loop turn rather than the next."""
+    fut.set_result(value)
+    wait = _WAITS.pop(fut, None)
+    if wait is not None:
+        wait.count()
 
 
 def consume_exception(fut: asyncio.Future[Any]) -> None:
@@ -48,7 +96,8 @@ def copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) -> None:
     """Wait until every future is done or the monotonic ``deadline`` passes.
 
-    One waiter and one timer for the whole batch: no task per future.
+    One waiter and one timer for the whole batch: no task per future.  A future
+    resolved with :func:`resolve` wakes the waiter without a loop turn between.
     """
     pending = [f for f in futures if not f.done()]
     if not pending:
@@ -58,27 +107,22 @@ async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) ->
         return
     loop = pending[0].get_loop()  # get_running_loop() is a getpid() on Python 3.11
     waiter: asyncio.Future[None] = loop.create_future()
-    left = len(pending)
-
-    def on_done(_: asyncio.Future[Any]) -> None:
-        nonlocal left
-        left -= 1
-        if left == 0 and not waiter.done():
-            waiter.set_result(None)
-
-    def on_timeout() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
+    wait = _Wait(waiter, len(pending))
+    waits = _WAITS
+    callbacks = []
     for f in pending:
-        f.add_done_callback(on_done)
-    timer = loop.call_later(remaining, on_timeout)
+        callback = wait.direct_done if waits.setdefault(f, wait) is wait else wait.plain_done
+        f.add_done_callback(callback)
+        callbacks.append(callback)
+    timer = loop.call_later(remaining, wait.expire)
     try:
         await waiter
     finally:
         timer.cancel()
-        for f in pending:
-            f.remove_done_callback(on_done)
+        for f, callback in zip(pending, callbacks, strict=True):
+            f.remove_done_callback(callback)
+            if waits.get(f) is wait:
+                del waits[f]
 
 
 def withdraw(futures: Sequence[asyncio.Future[Any]]) -> int:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clipper_core.dataplane.futures import resolve
 from clipper_core.errors import (
     BadInput,
     ClipperError,
@@ -200,7 +201,7 @@ async def predict_tensor_batch(
         else:
             for entry, output in zip(plain, outputs, strict=True):
                 if not entry.future.done():
-                    entry.future.set_result(output)
+                    resolve(entry.future, output)
     for group in groups.values():
         try:
             await _predict_group(mv, client, group)
@@ -273,4 +274,4 @@ async def _predict_group(mv: BatchOwner, client: ReplicaClient, group: list[Queu
         result = TensorResult({name: (dt, arr[start:end]) for name, (dt, arr) in outputs.items()})
         start = end
         if not entry.future.done():
-            entry.future.set_result(result)
+            resolve(entry.future, result)
