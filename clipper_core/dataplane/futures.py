@@ -10,7 +10,10 @@ into another's private names.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +24,12 @@ class _Wait:
     """One :func:`wait_until` call: how many of its futures are still pending, and
     the future its caller awaits."""
 
-    __slots__ = ("left", "waiter")
+    __slots__ = ("expired", "left", "waiter")
 
     def __init__(self, waiter: asyncio.Future[None], left: int) -> None:
         self.waiter = waiter
         self.left = left
+        self.expired = False  # its deadline timer ended it
 
     def count(self) -> None:
         self.left -= 1
@@ -44,8 +48,81 @@ class _Wait:
         self.count()
 
     def expire(self) -> None:
+        self.expired = True
         if not self.waiter.done():
             self.waiter.set_result(None)
+
+
+#: Deadlines this close (seconds) count as passed: libuv's timers have 1 ms
+#: resolution, and may fire up to that much early.
+_TIMER_SLACK = 0.001
+#: A loop's deadline heap is rebuilt without the finished waits once they are
+#: this many and the majority, so that it stays bounded by the waits in progress.
+_COMPACT_AT = 1024
+
+
+class _Deadlines:
+    """The deadlines of one loop's waits, behind one timer armed for the earliest:
+    a heap push per wait instead of a timer created and cancelled per wait."""
+
+    __slots__ = ("at", "finished", "handle", "heap", "loop", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weak: the value of a WeakKeyDictionary must not hold its key alive.
+        self.loop = weakref.ref(loop)
+        self.heap: list[tuple[float, int, _Wait]] = []
+        self.seq = itertools.count()
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        self.finished = 0  # waits in the heap that ended before their deadline
+
+    def add(self, deadline: float, wait: _Wait, now: float) -> None:
+        heapq.heappush(self.heap, (deadline, next(self.seq), wait))
+        if self.handle is None or deadline < self.at:
+            self._arm(deadline, now)
+
+    def finished_early(self) -> None:
+        """A wait in the heap ended before its timer did (its entry is now stale)."""
+        self.finished += 1
+        heap = self.heap
+        if self.finished >= _COMPACT_AT and self.finished * 2 > len(heap):
+            self.heap = [e for e in heap if not e[2].waiter.done()]
+            heapq.heapify(self.heap)
+            self.finished = 0
+
+    def _arm(self, deadline: float, now: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        loop = self.loop()
+        if loop is not None:
+            self.at = deadline
+            self.handle = loop.call_later(max(deadline - now, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        now = time.monotonic()
+        heap = self.heap
+        while heap and heap[0][0] <= now + _TIMER_SLACK:
+            wait = heapq.heappop(heap)[2]
+            if wait.waiter.done():
+                self.finished -= 1  # a stale entry
+            else:
+                wait.expire()
+        if heap:
+            self._arm(heap[0][0], now)
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    deadlines = _DEADLINES.get(loop)
+    if deadlines is None:
+        deadlines = _DEADLINES[loop] = _Deadlines(loop)
+    return deadlines
 
 
 #: The wait of each pending future that a :func:`wait_until` waits on (the first
@@ -96,14 +173,15 @@ def copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) -> None:
     """Wait until every future is done or the monotonic ``deadline`` passes.
 
-    One waiter and one timer for the whole batch: no task per future.  A future
+    One waiter for the whole batch, no task per future, and no timer of its own:
+    the loop's waits share one timer armed for the earliest deadline.  A future
     resolved with :func:`resolve` wakes the waiter without a loop turn between.
     """
     pending = [f for f in futures if not f.done()]
     if not pending:
         return
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    now = time.monotonic()
+    if deadline <= now:
         return
     loop = pending[0].get_loop()  # get_running_loop() is a getpid() on Python 3.11
     waiter: asyncio.Future[None] = loop.create_future()
@@ -114,11 +192,15 @@ async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) ->
         callback = wait.direct_done if waits.setdefault(f, wait) is wait else wait.plain_done
         f.add_done_callback(callback)
         callbacks.append(callback)
-    timer = loop.call_later(remaining, wait.expire)
+    deadlines = _deadlines(loop)
+    deadlines.add(deadline, wait, now)
     try:
         await waiter
     finally:
-        timer.cancel()
+        if not waiter.done():  # cancelled: the heap entry must read as stale
+            waiter.cancel()
+        if not wait.expired:
+            deadlines.finished_early()
         for f, callback in zip(pending, callbacks, strict=True):
             f.remove_done_callback(callback)
             if waits.get(f) is wait:

@@ -109,3 +109,42 @@ def test_a_cancelled_wait_forgets_its_futures() -> None:
         assert task.cancelled() and not fut.done() and not futures._WAITS
 
     run(main())
+
+
+def test_waits_share_one_timer_and_each_ends_at_its_own_deadline() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        futs = [loop.create_future() for _ in range(3)]
+        ends: dict[int, float] = {}
+
+        async def waiting(i: int, after: float) -> None:
+            await wait_until([futs[i]], start + after)
+            ends[i] = time.monotonic() - start
+
+        # Added latest-first: each earlier deadline re-arms the one timer.
+        tasks = [loop.create_task(waiting(i, d)) for i, d in ((2, 0.15), (1, 0.1), (0, 0.05))]
+        await asyncio.sleep(0)
+        resolve(futs[1], 1)  # ends at once; its entry goes stale
+        await asyncio.gather(*tasks)
+        assert ends[0] >= 0.05 - 0.002 and ends[2] >= 0.15 - 0.002
+        assert ends[1] < 0.1 and ends[0] < ends[2]
+        assert not futs[0].done() and not futs[2].done()
+        assert not futures._DEADLINES[loop].heap
+
+    run(main())
+
+
+def test_finished_waits_do_not_pile_up_in_the_deadline_heap() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        end = time.monotonic() + 600
+        for _ in range(3 * futures._COMPACT_AT):
+            fut: asyncio.Future[int] = loop.create_future()
+            task = loop.create_task(wait_until([fut], end))
+            await asyncio.sleep(0)
+            resolve(fut, 1)
+            await task
+        assert len(futures._DEADLINES[loop].heap) <= 2 * futures._COMPACT_AT
+
+    run(main())
