@@ -1,5 +1,6 @@
-"""Future helpers of the query path: wait for many with one timer, withdraw,
-copy an outcome, and mark an exception nobody waits for as retrieved.
+"""Future helpers of the query path: wait for many with one timer, resolve an
+input's future (waking its waiter in the same loop turn), withdraw, copy an
+outcome, and mark an exception nobody waits for as retrieved.
 
 Shared by the direct query path (:mod:`clipper_core.dataplane.application`), the
 selection policies' router and the OIP service, so that none of them reaches
@@ -9,11 +10,135 @@ into another's private names.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["consume_exception", "copy_outcome", "wait_until", "withdraw"]
+__all__ = ["consume_exception", "copy_outcome", "resolve", "wait_until", "withdraw"]
+
+
+class _Wait:
+    """One :func:`wait_until` call: how many of its futures are still pending, and
+    the future its caller awaits."""
+
+    __slots__ = ("expired", "left", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[None], left: int) -> None:
+        self.waiter = waiter
+        self.left = left
+        self.expired = False  # its deadline timer ended it
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def direct_done(self, fut: asyncio.Future[Any]) -> None:
+        """Done callback of a future registered in ``_WAITS``: counts it, unless
+        :func:`resolve` already did."""
+        if _WAITS.get(fut) is self:
+            del _WAITS[fut]
+            self.count()
+
+    def plain_done(self, fut: asyncio.Future[Any]) -> None:
+        """Done callback of a future another wait registered first."""
+        self.count()
+
+    def expire(self) -> None:
+        self.expired = True
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+#: Deadlines this close (seconds) count as passed: libuv's timers have 1 ms
+#: resolution, and may fire up to that much early.
+_TIMER_SLACK = 0.001
+#: A loop's deadline heap is rebuilt without the finished waits once they are
+#: this many and the majority, so that it stays bounded by the waits in progress.
+_COMPACT_AT = 1024
+
+
+class _Deadlines:
+    """The deadlines of one loop's waits, behind one timer armed for the earliest:
+    a heap push per wait instead of a timer created and cancelled per wait."""
+
+    __slots__ = ("at", "finished", "handle", "heap", "loop", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weak: the value of a WeakKeyDictionary must not hold its key alive.
+        self.loop = weakref.ref(loop)
+        self.heap: list[tuple[float, int, _Wait]] = []
+        self.seq = itertools.count()
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        self.finished = 0  # waits in the heap that ended before their deadline
+
+    def add(self, deadline: float, wait: _Wait, now: float) -> None:
+        heapq.heappush(self.heap, (deadline, next(self.seq), wait))
+        if self.handle is None or deadline < self.at:
+            self._arm(deadline, now)
+
+    def finished_early(self) -> None:
+        """A wait in the heap ended before its timer did (its entry is now stale)."""
+        self.finished += 1
+        heap = self.heap
+        if self.finished >= _COMPACT_AT and self.finished * 2 > len(heap):
+            self.heap = [e for e in heap if not e[2].waiter.done()]
+            heapq.heapify(self.heap)
+            self.finished = 0
+
+    def _arm(self, deadline: float, now: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        loop = self.loop()
+        if loop is not None:
+            self.at = deadline
+            self.handle = loop.call_later(max(deadline - now, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        now = time.monotonic()
+        heap = self.heap
+        while heap and heap[0][0] <= now + _TIMER_SLACK:
+            wait = heapq.heappop(heap)[2]
+            if wait.waiter.done():
+                self.finished -= 1  # a stale entry
+            else:
+                wait.expire()
+        if heap:
+            self._arm(heap[0][0], now)
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    deadlines = _DEADLINES.get(loop)
+    if deadlines is None:
+        deadlines = _DEADLINES[loop] = _Deadlines(loop)
+    return deadlines
+
+
+#: The wait of each pending future that a :func:`wait_until` waits on (the first
+#: one, when several wait on a shared future).  :func:`resolve` counts a future
+#: for its wait at once: a done callback runs a loop turn after ``set_result``,
+#: and the waiter's own wake-up one more.  Touched only from the future's loop.
+_WAITS: dict[asyncio.Future[Any], _Wait] = {}
+
+
+def resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    """``fut.set_result(value)`` for a pending ``fut``, and wake the
+    :func:`wait_until` waiting on it in this loop turn rather than the next."""
+    fut.set_result(value)
+    wait = _WAITS.pop(fut, None)
+    if wait is not None:
+        wait.count()
 
 
 def consume_exception(fut: asyncio.Future[Any]) -> None:
@@ -48,37 +173,38 @@ def copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
 async def wait_until(futures: Sequence[asyncio.Future[Any]], deadline: float) -> None:
     """Wait until every future is done or the monotonic ``deadline`` passes.
 
-    One waiter and one timer for the whole batch: no task per future.
+    One waiter for the whole batch, no task per future, and no timer of its own:
+    the loop's waits share one timer armed for the earliest deadline.  A future
+    resolved with :func:`resolve` wakes the waiter without a loop turn between.
     """
     pending = [f for f in futures if not f.done()]
     if not pending:
         return
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    now = time.monotonic()
+    if deadline <= now:
         return
     loop = pending[0].get_loop()  # get_running_loop() is a getpid() on Python 3.11
     waiter: asyncio.Future[None] = loop.create_future()
-    left = len(pending)
-
-    def on_done(_: asyncio.Future[Any]) -> None:
-        nonlocal left
-        left -= 1
-        if left == 0 and not waiter.done():
-            waiter.set_result(None)
-
-    def on_timeout() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
+    wait = _Wait(waiter, len(pending))
+    waits = _WAITS
+    callbacks = []
     for f in pending:
-        f.add_done_callback(on_done)
-    timer = loop.call_later(remaining, on_timeout)
+        callback = wait.direct_done if waits.setdefault(f, wait) is wait else wait.plain_done
+        f.add_done_callback(callback)
+        callbacks.append(callback)
+    deadlines = _deadlines(loop)
+    deadlines.add(deadline, wait, now)
     try:
         await waiter
     finally:
-        timer.cancel()
-        for f in pending:
-            f.remove_done_callback(on_done)
+        if not waiter.done():  # cancelled: the heap entry must read as stale
+            waiter.cancel()
+        if not wait.expired:
+            deadlines.finished_early()
+        for f, callback in zip(pending, callbacks, strict=True):
+            f.remove_done_callback(callback)
+            if waits.get(f) is wait:
+                del waits[f]
 
 
 def withdraw(futures: Sequence[asyncio.Future[Any]]) -> int:
