@@ -60,10 +60,15 @@ def header_refusal(dataplane: QueryView, gate: QueryGate) -> Callable[[Request],
 
     # Model version -> requests let through in this round of the event loop.
     passed: dict[ModelVersion, int] = {}
+    # The serving loop, looked up once: on Python 3.11 get_running_loop() costs
+    # a getpid() system call, once per request here.
+    loops: list[asyncio.AbstractEventLoop] = []
 
     def _passed(mv: ModelVersion, incoming: int) -> None:
         if not passed:
-            asyncio.get_running_loop().call_soon(passed.clear)
+            if not loops or loops[0].is_closed():
+                loops[:] = [asyncio.get_running_loop()]
+            loops[0].call_soon(passed.clear)
         passed[mv] = incoming + 1
 
     def refuse(request: Request) -> Response | None:

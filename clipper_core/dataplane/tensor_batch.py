@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import sys
 import time
@@ -145,14 +146,14 @@ def tensor_bytes(datatype: str, arr: np.ndarray[Any, Any]) -> bytes:
 
 def _decode_output(tensor: pb.Tensor, rows: int) -> tuple[str, np.ndarray[Any, Any]]:
     dtype = DATATYPES.get(tensor.datatype)
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(map(int, tensor.shape[:]))
     if dtype is None:
         raise ModelError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")
     if not shape or shape[0] != rows:
         raise ModelError(
             f"output {tensor.name!r} has shape {list(shape)}; the batch has {rows} rows"
         )
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     try:
         if tensor.datatype == "BYTES":
             arr = decode_bytes(tensor.data, count)
