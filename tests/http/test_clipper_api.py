@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipper_core import clipper_api as api
-from clipper_core.http.messages import json_response
 from clipper_core.clipper_api import (
     DEFAULT_EXPLANATION,
     INPUT_TYPES,
@@ -25,6 +24,7 @@ from clipper_core.clipper_api import (
     validate_input_type,
 )
 from clipper_core.errors import BadInput
+from clipper_core.http.messages import json_response
 
 
 def body(obj: Any) -> bytes:
