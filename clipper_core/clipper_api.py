@@ -24,6 +24,7 @@ import orjson
 
 from clipper_core.errors import BadInput
 from clipper_core.output_json import jsonable as _jsonable
+from clipper_core.output_json import jsonable_native as _jsonable_native
 
 #: The input types an application or model can declare.
 INPUT_TYPES: tuple[str, ...] = ("ints", "floats", "doubles", "strings", "bytes")
@@ -228,6 +229,7 @@ def format_reply(
     default: bool,
     explanation: str | None = None,
     extra: dict[str, Any] | None = None,
+    native_arrays: bool = False,
 ) -> dict[str, Any]:
     """One prediction reply in Clipper's shape.
 
@@ -241,10 +243,13 @@ def format_reply(
             ``default`` and no explanation is given, Clipper's SLO message is used.
         extra: More keys (``"models"``, ``"confidence"``...); they cannot replace
             the keys above.
+        native_arrays: Leave a numeric ``output`` array an array where orjson's
+            ``OPT_SERIALIZE_NUMPY`` writes it as the same JSON as its list (for a
+            reply serialised with that option, as ``json_response`` does).
     """
     reply: dict[str, Any] = {
         "query_id": query_id,
-        "output": _jsonable(output),
+        "output": _jsonable_native(output) if native_arrays else _jsonable(output),
         "default": default,
     }
     if default:

@@ -89,7 +89,12 @@ def install(
             hop_trace.mark("handler_resumed")
         replies = [
             format_reply(
-                dataplane.next_query_id(), o.output, o.default, o.explanation, reply_fields(o)
+                dataplane.next_query_id(),
+                o.output,
+                o.default,
+                o.explanation,
+                reply_fields(o),
+                native_arrays=True,
             )
             for o in outcomes
         ]

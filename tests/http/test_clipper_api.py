@@ -24,6 +24,7 @@ from clipper_core.clipper_api import (
     validate_input_type,
 )
 from clipper_core.errors import BadInput
+from clipper_core.http.messages import json_response
 
 
 def body(obj: Any) -> bytes:
@@ -408,3 +409,32 @@ def test_random_bytes_only_raise_bad_input(raw: bytes, input_type: str) -> None:
 def test_valid_ints_round_trip(values: list[int]) -> None:
     (arr,) = parse_predict(body({"input": values}), "ints").inputs
     assert arr.dtype == np.int32 and arr.tolist() == values
+
+
+def test_format_reply_native_arrays_write_the_same_json() -> None:
+    rng = np.random.default_rng(3)
+    outputs: list[Any] = [
+        rng.standard_normal(256).astype(np.float32),
+        rng.standard_normal((3, 4)),
+        np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32)),
+        rng.standard_normal(8).astype(np.float16),
+        rng.standard_normal(10)[::3],
+        np.array([0.1, 1e300, -0.0, 5e-324]),
+        np.array([1.0, np.inf, np.nan], dtype=np.float32),
+        np.arange(5, dtype=np.int32),
+        np.arange(5, dtype=">i8"),
+        np.array([2**63 - 1], dtype=np.int64),
+        np.array([2**64 - 1], dtype=np.uint64),
+        np.array([[True, False]]),
+        np.zeros((0,)),
+        np.zeros((2, 0)),
+        np.array(1.5),
+        np.array(["a", "b"]),
+        np.float32(0.1),
+        [np.float32(0.1)],
+    ]
+    for out in outputs:
+        plain = format_reply(1, out, False, extra={"model": "m:1"})
+        native = format_reply(1, out, False, extra={"model": "m:1"}, native_arrays=True)
+        assert json_response(native).body == json_response(plain).body, out
+        assert orjson.loads(json_response(native).body)["output"] == plain["output"]
