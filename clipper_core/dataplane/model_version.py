@@ -22,7 +22,7 @@ from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
 from clipper_core.dataplane.batch_controller import batch_controller
 from clipper_core.dataplane.batch_latency import OwnLatency
 from clipper_core.dataplane.coalesce import SharedComputation
-from clipper_core.dataplane.futures import consume_exception, resolve
+from clipper_core.dataplane.futures import answer_entry, consume_exception
 from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
@@ -420,18 +420,11 @@ class ModelVersion:
                     )
                     self.estimator.observe(len(entries), latency)
                 self.metrics.batch_done(len(entries), latency, client.last_model_seconds)
-                if len(entries) == 1:
-                    # A batch of one (light load): wake its requester in this
-                    # turn.  A bigger batch keeps the done callbacks' extra turn:
-                    # under load, answering sooner makes the next batches smaller.
-                    fut = entries[0].future
+                alone = len(entries) == 1
+                for entry, output in zip(entries, outputs, strict=True):
+                    fut = entry.future
                     if not fut.done():
-                        resolve(fut, outputs[0])
-                else:
-                    for entry, output in zip(entries, outputs, strict=True):
-                        fut = entry.future
-                        if not fut.done():
-                            fut.set_result(output)
+                        answer_entry(fut, output, alone=alone)
             except Exception as exc:  # never let the dispatcher die with futures open
                 log.exception("finishing a batch of %s failed", self.key)
                 self._fail(entries, ModelError(f"{type(exc).__name__}: {exc}"))

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clipper_core.dataplane.futures import resolve
+from clipper_core.dataplane.futures import answer_entry
 from clipper_core.errors import (
     BadInput,
     ClipperError,
@@ -200,10 +200,10 @@ async def predict_tensor_batch(
                 raise
             _fail_group(mv, plain, exc)
         else:
-            answer = resolve if len(plain) == 1 else _set_result  # see _predict_group
+            alone = len(plain) == 1
             for entry, output in zip(plain, outputs, strict=True):
                 if not entry.future.done():
-                    answer(entry.future, output)
+                    answer_entry(entry.future, output, alone=alone)
     for group in groups.values():
         try:
             await _predict_group(mv, client, group)
@@ -225,10 +225,6 @@ async def predict_tensor_batch(
                 continue
             _fail_group(mv, group, exc)
     return [None] * len(entries)
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    fut.set_result(value)
 
 
 def _fail_group(mv: BatchOwner, group: Sequence[QueueEntry], exc: Exception) -> None:
@@ -280,9 +276,4 @@ async def _predict_group(mv: BatchOwner, client: ReplicaClient, group: list[Queu
         result = TensorResult({name: (dt, arr[start:end]) for name, (dt, arr) in outputs.items()})
         start = end
         if not entry.future.done():
-            if len(group) == 1:
-                # A call of one request wakes it in this turn; a bigger one keeps the
-                # done callbacks' turn (answering sooner under load shrinks batches).
-                resolve(entry.future, result)
-            else:
-                entry.future.set_result(result)
+            answer_entry(entry.future, result, alone=len(group) == 1)
