@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -146,5 +147,27 @@ def test_finished_waits_do_not_pile_up_in_the_deadline_heap() -> None:
             resolve(fut, 1)
             await task
         assert len(futures._DEADLINES[loop].heap) <= 2 * futures._COMPACT_AT
+
+    run(main())
+
+
+def test_a_wait_that_ends_early_is_freed_at_once() -> None:
+    # The deadline heap keeps a stale entry per early-ended wait until a
+    # compaction; an entry that held the wait kept its objects alive long enough
+    # to reach the GC's oldest generation (full collections: the p99 at c=32).
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        end = time.monotonic() + 600
+        for _ in range(100):
+            fut: asyncio.Future[int] = loop.create_future()
+            task = loop.create_task(wait_until([fut], end))
+            await asyncio.sleep(0)
+            resolve(fut, 1)
+            await task
+        deadlines = futures._DEADLINES[loop]
+        assert len(deadlines.heap) == 100  # stale entries, not yet compacted
+        assert not [o for o in gc.get_objects() if type(o) is futures._Wait]
+        gc.collect(0)  # the GC stops tracking tuples of untracked items
+        assert not any(gc.is_tracked(entry) for entry in deadlines.heap)
 
     run(main())
