@@ -116,6 +116,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="bytes/s an incomplete request must keep arriving at (1024; 408 below; 0: off)",
     )
     p.add_argument(
+        "--reads-per-turn",
+        type=_non_negative_int,
+        help="socket reads the query port handles per event-loop turn (64; 0: no bound)",
+    )
+    p.add_argument(
         "--standby",
         choices=STANDBY_POLICIES,
         default="after-crash",
@@ -282,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_inflight_body_bytes",
         "max_connections",
         "min_body_rate",
+        "reads_per_turn",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

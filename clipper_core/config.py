@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from clipper_core.auth import admin_token_from_env, no_admin_token_from_env
+from clipper_core.http.turn_budget import DEFAULT_READS_PER_TURN
 
 #: The OIP gRPC port a server binds when neither its caller nor
 #: ``$CLIPPER_GRPC_PORT`` names one, unless its query port is ephemeral (0).
@@ -88,6 +89,10 @@ class ServerConfig:
         min_body_rate: bytes per second an incomplete request must keep arriving
             at on the query port (measured over 10 s); slower ones get 408 and are
             closed, so a trickle cannot hold a partial body (0: off).
+        reads_per_turn: socket reads the query port handles per event-loop turn;
+            beyond them a connection waits for a later turn, in arrival order, so
+            that a storm of requests cannot hold the loop for tens of
+            milliseconds while admitted queries wait (0: no bound).
         admission_control: refuse (503 + Retry-After) an input whose expected
             queueing wait exceeds its remaining deadline.
         client_max_concurrency: requests one client (API key, else remote address)
@@ -161,6 +166,7 @@ class ServerConfig:
     max_inflight_body_bytes: int = 128 * 1024 * 1024
     max_connections: int = 4096
     min_body_rate: int = 1024
+    reads_per_turn: int = DEFAULT_READS_PER_TURN
     admission_control: bool = True
     client_max_concurrency: int = 0
     client_rate_limit: float = 0.0

@@ -84,6 +84,7 @@ class Listeners:
                 max_inflight_body_bytes=cfg.max_inflight_body_bytes,
                 max_connections=cfg.max_connections,
                 min_body_rate=cfg.min_body_rate,
+                reads_per_turn=cfg.reads_per_turn,
                 reuse_port=reuse_port,
             )
 

@@ -126,3 +126,32 @@ def test_stopping_answers_the_requests_waiting_in_line(loop: asyncio.AbstractEve
 
     run(loop, body())
     assert len(calls) == 16
+
+
+def test_the_server_configuration_and_the_command_line_set_the_bound() -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    from clipper_core.config import ServerConfig
+    from clipper_core.http.turn_budget import DEFAULT_READS_PER_TURN
+    from clipper_core.server import BackgroundServer
+
+    assert ServerConfig().reads_per_turn == DEFAULT_READS_PER_TURN
+    for per_turn in (1, 0):
+        with BackgroundServer(query_port=0, management_port=0, reads_per_turn=per_turn) as bg:
+            listeners = bg.server.listeners
+            assert listeners is not None
+            turns = listeners.query.turns
+            assert (turns.per_turn if turns is not None else 0) == per_turn
+            url = f"http://127.0.0.1:{bg.server.query_port}/health"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert resp.status == 200
+    # The command line refuses a negative bound before starting anything.
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipper_core.cli", "serve", "--reads-per-turn", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--reads-per-turn" in proc.stderr, proc.stderr
