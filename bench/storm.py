@@ -92,6 +92,9 @@ class BatchSampler:
     def between(self, start: float, end: float) -> list[int]:
         return [b for t, b, _ in self.samples if start <= t <= end]
 
+    def queue_between(self, start: float, end: float) -> list[int]:
+        return [q for t, _, q in self.samples if start <= t <= end]
+
 
 def _ms(values: list[float], q: float) -> float | None:
     v = percentile(values, q)
@@ -111,6 +114,8 @@ def summarize(
     goodput = len(good) / max(duration - 1.0, 1e-9)
     refused = [r for r in storm if r[2] in (429, 503)]
     admitted = [r for r in storm if r[2] == 200]
+    # Admitted but useless: answered past the SLO, or with the app's default.
+    late_admitted = sum(1 for r in admitted if r[3] or r[1] * 1000 > SLO_MS)
     late = [r for r in tail if r[2] != 200 or r[3] or r[1] * 1000 > SLO_MS]
     recovery = max((r[0] - storm_end for r in late), default=0.0)
     statuses: dict[int, int] = {}
@@ -137,6 +142,10 @@ def summarize(
             "p99": _ms([r[1] for r in admitted], 99),
         },
         "admitted_default_outputs": sum(1 for r in admitted if r[3]),
+        "admitted_late_share": round(late_admitted / len(storm), 5) if storm else None,
+        "refused_or_late_share": (
+            round((len(refused) + late_admitted) / len(storm), 5) if storm else None
+        ),
         "tail_requests": len(tail),
         "tail_not_normal": len(late),
         "recovery_s": round(recovery, 3),
@@ -213,6 +222,11 @@ def run_scenario(
         "median": sorted(sizes)[len(sizes) // 2] if sizes else None,
         "max": max(sizes, default=None),
     }
+    queued = sampler.queue_between(wall0 + 1.0, wall0 + duration)
+    out["queue_len_during_storm"] = {
+        "median": sorted(queued)[len(queued) // 2] if queued else None,
+        "max": max(queued, default=None),
+    }
     return out
 
 
@@ -247,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra argument for clipper serve (repeatable)",
     )
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        help="answers/s to take as C instead of measuring it (with --no-admission the"
+        " 64 closed-loop clients get mostly late default outputs: C is measured with"
+        " admission on)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     scenarios = args.scenario or ["below", "open10x", "closed1000"]
@@ -277,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         conn.link_model_to_app("storm", "storm")
         with BatchSampler(server.query_port) as sampler:
-            capacity = measure_capacity(server.query_port, "storm")
+            if args.capacity:
+                uvloop.run(closed_loop(server.query_port, "storm", 16, 1.0, tally=Tally()))
+                capacity = args.capacity
+            else:
+                capacity = measure_capacity(server.query_port, "storm")
             results["capacity_per_s"] = round(capacity, 1)
             print(f"capacity: {capacity:.0f} answers/s", flush=True)
             for name in scenarios:
