@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["jsonable", "jsonable_native", "non_finite_name"]
+__all__ = ["all_finite", "jsonable", "jsonable_native", "non_finite_name"]
 
 
 def non_finite_name(x: float) -> str:
@@ -67,12 +67,20 @@ def jsonable_native(output: Any) -> Any:
     return jsonable(output)
 
 
+def all_finite(array: np.ndarray[Any, Any]) -> bool:
+    """Whether the float ``array`` holds no NaN and no infinity.
+
+    A small array (most replies) is checked by a loop over its list, which costs
+    less than a numpy reduction's fixed few microseconds.
+    """
+    return _all_finite(array, None)
+
+
 def _all_finite(array: np.ndarray[Any, Any], values: Any) -> bool:
-    # Small arrays (most replies): a loop over the list is cheaper than a numpy
-    # reduction's fixed cost of a few microseconds.
+    # ``values``: the array's ``tolist()`` when the caller has it already.
     if array.size > _SMALL:
         return bool(np.isfinite(array).all())
-    flat = values if array.ndim == 1 else array.ravel().tolist()
+    flat = values if values is not None and array.ndim == 1 else array.ravel().tolist()
     return all(map(math.isfinite, flat))
 
 

@@ -26,7 +26,7 @@ from clipper_core.openapi import QUERY_DOCUMENT_PATH, document_route
 from model_containers import hop_trace
 
 if TYPE_CHECKING:
-    from clipper_core.dataplane import Application, QueryView
+    from clipper_core.dataplane import Application, Outcome, QueryView
     from clipper_core.managers.base import ReplicaStatus
     from clipper_core.server_metrics import ServerMetrics
 
@@ -87,20 +87,19 @@ def install(
         )
         if hop_trace.ENABLED:
             hop_trace.mark("handler_resumed")
-        replies = [
-            format_reply(
-                dataplane.next_query_id(),
-                o.output,
-                o.default,
-                o.explanation,
-                reply_fields(o),
-                native_arrays=True,
-            )
-            for o in outcomes
-        ]
-        if query.batch:
-            return json_response(format_batch_reply(replies))
-        return json_response(replies[0])
+        if not query.batch:  # one input, one outcome
+            return json_response(_reply(outcomes[0]))
+        return json_response(format_batch_reply([_reply(o) for o in outcomes]))
+
+    def _reply(o: Outcome) -> dict[str, Any]:
+        return format_reply(
+            dataplane.next_query_id(),
+            o.output,
+            o.default,
+            o.explanation,
+            reply_fields(o),
+            native_arrays=True,
+        )
 
     async def metrics_route(request: Request, params: dict[str, str]) -> Response:
         # Prometheus text for scrapers; JSON for Clipper's inspect_instance() (see

@@ -89,23 +89,13 @@ async def predict_with_slo(
         # queued inputs so that they never reach the model.
         model.withdrawn += withdraw(futures)
         raise
-    slo_ms = app.slo * 1000.0
-    if deadline < started + app.slo - 1e-3:
-        # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
-        slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
-    # Clipper's words when nothing could have answered: no replica is connected.
-    refusal = NoLiveReplica([model.key]) if not model.replicas else None
-    late_why = (
-        no_connected_model(refusal)
-        if refusal is not None
-        else f"no answer within the latency objective ({slo_ms:g} ms)"
-    )
     outcomes: list[Outcome] = []
     late = expired = errored = 0
+    late_why = ""
     for fut in futures:
         if not fut.done():
-            if not late and (loss := model.isolation.recent_loss()):
-                late_why = f"{late_why}: {loss}"
+            if not late:  # worded once, and only when some input is late
+                late_why = _late_reason(app, model, deadline, started)
             fut.add_done_callback(consume_exception)
             outcome = app.default(late_why)
             if dead:
@@ -128,3 +118,21 @@ async def predict_with_slo(
             errored += 1
     count_answered(app, model, len(inputs), started, late=late, expired=expired, errored=errored)
     return outcomes
+
+
+def _late_reason(app: Application, model: ModelVersion, deadline: float, started: float) -> str:
+    """The explanation of the default output given to an input not answered by
+    ``deadline``: no replica connected (Clipper's words), or the latency
+    objective (the client's own deadline when it was the tighter one), and what
+    the model lost lately."""
+    if not model.replicas:
+        why = no_connected_model(NoLiveReplica([model.key]))
+    else:
+        slo_ms = app.slo * 1000.0
+        if deadline < started + app.slo - 1e-3:
+            # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
+            slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
+        why = f"no answer within the latency objective ({slo_ms:g} ms)"
+    if loss := model.isolation.recent_loss():
+        why = f"{why}: {loss}"
+    return why

@@ -60,7 +60,11 @@ def learn_outputs(meta: dict[str, Any], result: TensorResult) -> None:
     declared none: its one ``output`` then gets the datatype and shape (every
     dimension but the batch's) that it answered with."""
     outputs = meta.get("outputs")
-    if not outputs or len(outputs) != 1 or dict(outputs[0]) != _UNDECLARED_OUTPUT:
+    if not outputs or len(outputs) != 1:
+        return
+    first = outputs[0]
+    # (no copy of a plain dict, the usual case, per request)
+    if (first if type(first) is dict else dict(first)) != _UNDECLARED_OUTPUT:
         return
     found = result.outputs.get("output")
     if found is None or found[0] == "BYTES":
@@ -137,6 +141,8 @@ SERVER_PARAMETERS = frozenset({"timeout", "binary_data_output"})
 def model_parameters(parameters: Mapping[str, Any]) -> bytes:
     """The request's parameters for the model: a JSON object, keys sorted, so that
     equal parameters make equal bytes (they key the cache and group calls)."""
+    if not parameters:
+        return b""
     mine = {k: v for k, v in parameters.items() if k not in SERVER_PARAMETERS}
     if not mine:
         return b""

@@ -26,7 +26,7 @@ import orjson
 
 from clipper_core.clipper_api import small_and_in_range
 from clipper_core.errors import BadInput
-from clipper_core.output_json import jsonable
+from clipper_core.output_json import all_finite, jsonable
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
 
 __all__ = [
@@ -364,7 +364,7 @@ def _json_data(arr: np.ndarray[Any, Any], datatype: str) -> Any:
     flat = arr.reshape(-1)
     if datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+    if flat.dtype.kind == "f" and not all_finite(flat):
         return jsonable(flat)  # names the non-finite values: orjson writes null
     # orjson writes numpy arrays natively (no Python object per number).
     return np.ascontiguousarray(flat)

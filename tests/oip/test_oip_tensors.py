@@ -124,6 +124,29 @@ def test_response_encoding_json_and_binary() -> None:
     assert hl is None and "id" not in json.loads(body)
 
 
+@pytest.mark.parametrize("size", [8, 300])  # a few numbers: a loop; many: numpy
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_json_output_names_non_finite_values_small_or_large(datatype: str, size: int) -> None:
+    from clipper_core.oip.tensors import OutputTensor
+    from clipper_core.output_json import all_finite
+
+    dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype]
+    arr = np.linspace(-2.0, 2.0, size).astype(dtype).reshape(2, size // 2)
+    assert all_finite(arr)
+    body, _ = encode_http_response("m", "1", None, {}, [OutputTensor("o", datatype, arr, False)])
+    # Finite: the numbers as written read back as the same values of the datatype.
+    data = json.loads(body)["outputs"][0]["data"]
+    assert np.array_equal(np.array(data, dtype=dtype), arr.ravel())
+    for special, name in ((np.nan, "NaN"), (np.inf, "Infinity"), (-np.inf, "-Infinity")):
+        bad = arr.copy()
+        bad[1, -1] = special
+        assert not all_finite(bad)
+        body, _ = encode_http_response(
+            "m", "1", None, {}, [OutputTensor("o", datatype, bad, False)]
+        )
+        assert json.loads(body)["outputs"][0]["data"][-1] == name
+
+
 def _request(*tensors: tuple[str, str, tuple[int, ...]]) -> InferRequest:
     return InferRequest(
         [InputTensor(n, d, s, np.zeros(s, dtype=np.float32)) for n, d, s in tensors]
