@@ -29,7 +29,7 @@ def jsonable(output: Any) -> Any:
     """``output`` as values that orjson writes faithfully (see the module)."""
     if isinstance(output, np.ndarray):
         values = output.tolist()
-        if output.dtype.kind == "f" and not _all_finite(output, values):
+        if output.dtype.kind == "f" and not all_finite(output, values):
             return _named(values)
         return values
     if isinstance(output, np.generic):
@@ -67,17 +67,13 @@ def jsonable_native(output: Any) -> Any:
     return jsonable(output)
 
 
-def all_finite(array: np.ndarray[Any, Any]) -> bool:
+def all_finite(array: np.ndarray[Any, Any], values: Any = None) -> bool:
     """Whether the float ``array`` holds no NaN and no infinity.
 
     A small array (most replies) is checked by a loop over its list, which costs
-    less than a numpy reduction's fixed few microseconds.
+    less than a numpy reduction's fixed few microseconds; ``values`` is the
+    array's ``tolist()`` when the caller has it already.
     """
-    return _all_finite(array, None)
-
-
-def _all_finite(array: np.ndarray[Any, Any], values: Any) -> bool:
-    # ``values``: the array's ``tolist()`` when the caller has it already.
     if array.size > _SMALL:
         return bool(np.isfinite(array).all())
     flat = values if values is not None and array.ndim == 1 else array.ravel().tolist()
