@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 from clipper_core.auth import admin_token_from_env, no_admin_token_from_env
-from clipper_core.http.turn_budget import DEFAULT_READS_PER_TURN
 
 #: The OIP gRPC port a server binds when neither its caller nor
 #: ``$CLIPPER_GRPC_PORT`` names one, unless its query port is ephemeral (0).
@@ -166,7 +165,10 @@ class ServerConfig:
     max_inflight_body_bytes: int = 128 * 1024 * 1024
     max_connections: int = 4096
     min_body_rate: int = 1024
-    reads_per_turn: int = DEFAULT_READS_PER_TURN
+    # http.turn_budget.DEFAULT_READS_PER_TURN, written out so that importing the
+    # configuration (the client library does) loads no HTTP server; a test keeps
+    # the two equal.
+    reads_per_turn: int = 64
     admission_control: bool = True
     client_max_concurrency: int = 0
     client_rate_limit: float = 0.0
