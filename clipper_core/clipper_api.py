@@ -62,16 +62,22 @@ _INT32_MAX = 2**31 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Up to this many numbers, a range check runs faster in Python than numpy's.
 SMALL_INPUT = 64
+_reduce_min = np.minimum.reduce
+_reduce_max = np.maximum.reduce
 
 
-def small_and_in_range(arr: np.ndarray, limit: float) -> bool:
-    """Whether ``arr`` is a query's few numbers (``SMALL_INPUT`` at most), all within
-    +-``limit``, so that a cast to a float type of that range cannot overflow.
+def within_float_range(arr: np.ndarray, limit: float) -> bool:
+    """Whether every number of ``arr`` is within +-``limit``, so that a cast to a
+    float type of that range cannot overflow.
 
-    NaN fails the test.  For a few numbers this costs ~1 us where numpy's
-    ``errstate`` and ``isfinite`` around the cast cost ~6 us.
+    NaN fails the test.  A query's few numbers (``SMALL_INPUT`` at most) are
+    compared in Python (~1 us); more take one ``min`` and one ``max`` reduction
+    (~2 us for 256).  Either is cheaper than numpy's ``errstate`` and
+    ``isfinite`` around the cast (~3.5 us for 256, ~6 us for a few).
     """
-    return arr.size <= SMALL_INPUT and all(-limit <= v <= limit for v in arr.ravel().tolist())
+    if arr.size <= SMALL_INPUT:
+        return all(-limit <= v <= limit for v in arr.ravel().tolist())
+    return bool(_reduce_min(arr, axis=None) >= -limit and _reduce_max(arr, axis=None) <= limit)
 
 
 @dataclass(slots=True)
@@ -150,7 +156,13 @@ def parse_predict(body: bytes, input_type: str) -> PredictQuery:
     # Booleans hide inside numeric arrays (numpy turns [true, 1] into [1, 1]); the
     # exact check is a scan of every element, so pay for it only when the body
     # holds a boolean literal at all.
-    may_hold_bools = input_type in _DTYPES and (b"true" in body or b"false" in body)
+    # Both literals hold an "e": a body without one (no exponent, no "version")
+    # needs no search for them; one byte is a memchr, ~20x faster than a word.
+    may_hold_bools = (
+        input_type in _DTYPES
+        and b"e" in body
+        and (b"true" in body or b"false" in body)
+    )
 
     if has_input:
         return PredictQuery(
@@ -401,7 +413,7 @@ def _cast(arr: np.ndarray, input_type: str, where: str) -> np.ndarray:
     if arr.dtype == dtype:
         # doubles from JSON: orjson refuses NaN and infinities, so it is finite.
         return arr
-    if input_type == "floats" and small_and_in_range(arr, _FLOAT32_MAX):
+    if input_type == "floats" and within_float_range(arr, _FLOAT32_MAX):
         return arr.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(dtype)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from clipper_core.clipper_api import small_and_in_range
+from clipper_core.clipper_api import within_float_range
 from clipper_core.errors import BadInput
 from clipper_core.output_json import all_finite, jsonable
 from model_containers.tensors import DATATYPES, decode_bytes, encode_bytes
@@ -243,7 +243,7 @@ def decode_json_data(
     # floating point
     if raw.size and kind not in "iuf":
         raise BadInput(f"input {name!r}: {datatype} data must be numbers")
-    if small_and_in_range(raw, _FLOAT_MAX[datatype]):
+    if within_float_range(raw, _FLOAT_MAX[datatype]):
         return raw.astype(dtype).reshape(shape)
     with np.errstate(over="ignore", invalid="ignore"):
         arr = raw.astype(dtype)

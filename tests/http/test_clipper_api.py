@@ -174,6 +174,21 @@ def test_ints_range_and_integrality() -> None:
 def test_floats_out_of_float32_range() -> None:
     assert "float32" in bad({"input": [1e39]}, "floats")
     assert parse_predict(body({"input": [1e39]}), "doubles").inputs[0][0] == 1e39
+    # more numbers than the Python range check takes: numpy's reductions decide
+    many = [0.5] * 300
+    for value in (1e39, -1e39):
+        assert "float32" in bad({"input": [*many, value]}, "floats")
+    edge = float(np.finfo(np.float32).max)
+    got = parse_predict(body({"input": [*many, edge, -edge]}), "floats").inputs[0]
+    assert got.dtype == np.float32 and got[-2] == np.float32(edge) and got[-1] == -got[-2]
+
+
+def test_booleans_are_found_with_or_without_other_letters() -> None:
+    # a body without any "e" skips the search for the literals: both hold one
+    for literal in (True, False):
+        assert "is a boolean" in bad({"input": [1, literal, 2]}, "floats")
+        assert "is a boolean" in bad({"input": [1.5e3, literal], "version": "1"}, "doubles")
+    assert parse_predict(b'{"input":[1,2.5,3]}', "floats").inputs[0].tolist() == [1, 2.5, 3]
 
 
 def test_bad_base64() -> None:
