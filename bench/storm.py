@@ -13,8 +13,8 @@ Scenarios (all on loopback, against a real ``clipper serve`` and model process):
     1,000 closed-loop clients, each on its own connection, that resend the moment
     they are answered -- a 503 included -- for ``--duration`` seconds.
 ``below``
-    Open loop at 0.9x the capacity: what share of requests is refused when the
-    server is not overloaded.
+    Open loop at 0.9x the capacity (``--below-factor``): what share of requests
+    is refused when the server is not overloaded.
 
 The model costs ``base + per_item * n`` seconds per batch of ``n`` with an
 adaptive batch size (AIMD) under a 100 ms app SLO; cache off.  Capacity C is
@@ -172,6 +172,7 @@ def run_scenario(
     capacity: float,
     server_pid: int,
     sampler: BatchSampler,
+    below_factor: float = 0.9,
 ) -> dict[str, Any]:
     tally = Tally()
     cpu0 = cpu_seconds(server_pid) or 0.0
@@ -196,7 +197,8 @@ def run_scenario(
             storm = closed_loop(port, app, 1000, duration, tally=tally)
             await _with_tail(storm, port, app, duration, capacity, tally)
         elif name == "below":
-            await open_loop(port, app, 0.9 * capacity, duration, connections=64, tally=tally)
+            rate = below_factor * capacity
+            await open_loop(port, app, rate, duration, connections=64, tally=tally)
         else:
             raise SystemExit(f"unknown scenario {name!r}")
         watcher.cancel()
@@ -268,8 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         " 64 closed-loop clients get mostly late default outputs: C is measured with"
         " admission on)",
     )
+    parser.add_argument(
+        "--below-factor",
+        type=float,
+        default=0.9,
+        help="the load of scenario below, as a share of C (default 0.9)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    if not 0 < args.below_factor <= 1:
+        parser.error("--below-factor must be in (0, 1]")
     scenarios = args.scenario or ["below", "open10x", "closed1000"]
 
     from clipper_core.connection import ClipperConnection, LocalContainerManager
@@ -281,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_ms": f"{args.base_ms:g} + {args.per_item_ms:g} * n (adaptive batch)",
         "slo_ms": SLO_MS,
         "duration_s": args.duration,
+        "below_factor": args.below_factor,
     }
     try:
         conn = ClipperConnection(
@@ -308,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
             for name in scenarios:
                 time.sleep(2.0)  # let the previous storm's tail settle
                 res = run_scenario(
-                    name, server.query_port, "storm", args.duration, capacity, server.pid, sampler
+                    name,
+                    server.query_port,
+                    "storm",
+                    args.duration,
+                    capacity,
+                    server.pid,
+                    sampler,
+                    args.below_factor,
                 )
                 results[name] = res
                 print(name, json.dumps(res), flush=True)

@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["BATCH_SLO_SHARE", "MIN_STAGE_BATCH_SLO", "batch_slos", "stage_budgets"]
 
 #: A model version's batch latency objective is this share of the tightest SLO of
-#: the apps linked to it (a pipeline's stages split it).
+#: the apps linked to it (a pipeline's stages split it).  A smaller share would
+#: leave room for the three batches an input behind a full queue waits for, and
+#: refuse fewer inputs just below capacity, but costs the capacity itself: at 0.3
+#: the storm bench's model kept 80 % of its goodput (docs/guides/benchmarks.md,
+#: "Overload storms").
 BATCH_SLO_SHARE = 0.5
 
 #: The least batch objective (seconds) a pipeline stage is given, however many

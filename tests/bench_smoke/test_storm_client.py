@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import uvloop
 
-from bench.storm import summarize
+from bench.storm import main, summarize
 from bench.storm_client import closed_loop, open_loop
 from clipper_core.http import HttpServer, Request, Response, Router, error_response, json_response
 
@@ -45,3 +46,13 @@ def test_open_and_closed_loop_record_every_answer() -> None:
     summary = summarize(opened, t0, last_sent - t0 + 1e-3, 100.0)
     assert summary["sent_during_storm"] == len(opened.records)
     assert 0 < summary["refused_share"] < 1
+
+
+@pytest.mark.parametrize("factor", ["0", "-0.5", "1.5"])
+def test_below_factor_outside_0_to_1_is_refused_before_any_server_starts(
+    factor: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--scenario", "below", "--below-factor", factor])
+    assert exc.value.code == 2
+    assert "--below-factor" in capsys.readouterr().err
