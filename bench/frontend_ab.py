@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.hops import BODIES, PATHS, Client, Server, _cpu_seconds
+from bench.hops import BODIES, PATHS, Client, Server
+from bench.proc_counters import cpu_user_system
 
 LUA = 'wrk.method = "POST"\nwrk.body = {body!r}\nwrk.headers["Content-Type"] = "application/json"\n'
 
@@ -50,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for side in orders[r % 2]:
                     pid = servers[side].pids["frontend"]
-                    c0 = sum(_cpu_seconds(pid))
+                    c0 = sum(cpu_user_system(pid))
                     lat = clients[side].run(args.n)
-                    c1 = sum(_cpu_seconds(pid))
+                    c1 = sum(cpu_user_system(pid))
                     d = res.setdefault((api, 1, side), {"cpu": [], "p50": []})
                     d["cpu"].append((c1 - c0) / args.n * 1e6)
                     d["p50"].append(statistics.median(lat) * 1e6)
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 for side in orders[r % 2]:
                     s = servers[side]
                     pid = s.pids["frontend"]
-                    c0 = sum(_cpu_seconds(pid))
+                    c0 = sum(cpu_user_system(pid))
                     url = f"http://127.0.0.1:{s.port}{PATHS[api]}"
                     cmd = ["wrk", "-t1", "-c32", f"-d{args.wrk}s", "-s", f.name, url]
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                    c1 = sum(_cpu_seconds(pid))
+                    c1 = sum(cpu_user_system(pid))
                     n = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
                     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
                     d = res.setdefault((api, 32, side), {"cpu": [], "rps": []})

@@ -40,10 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.proc_counters import context_switches, cpu_user_system, measure, strace_counts
 
 REST_BODY = b'{"input":[0.3456,0.8216,0.3304,-1.3032,0.9054,0.4464,-0.537,0.5811]}'
 OIP_BODY = (
@@ -52,7 +52,6 @@ OIP_BODY = (
 )
 PATHS = {"rest": "/noop/predict", "oip": "/v2/models/noop/infer"}
 BODIES = {"rest": REST_BODY, "oip": OIP_BODY}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server under test ---------------------------------------------------------
@@ -199,85 +198,6 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
-
-
-# -- per-process counters ----------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid``, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def _switches(pid: int) -> tuple[int, int]:
-    """Voluntary and involuntary context switches, summed over the process's threads."""
-    vol = invol = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("voluntary_ctxt_switches"):
-                vol += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches"):
-                invol += int(line.split()[1])
-    return vol, invol
-
-
-def measure(pids: dict[str, int], run: Callable[[int], list[float]], n: int) -> dict[str, Any]:
-    """Client p50 and, per process, CPU microseconds and wake-ups per query over ``n``."""
-    before = {r: (_cpu_seconds(p), _switches(p)) for r, p in pids.items()}
-    t0 = time.perf_counter()
-    lat = run(n)
-    elapsed = time.perf_counter() - t0
-    out: dict[str, Any] = {
-        "p50_us": statistics.median(lat) * 1e6,
-        "p99_us": sorted(lat)[int(len(lat) * 0.99)] * 1e6,
-        "qps": n / elapsed,
-    }
-    for role, pid in pids.items():
-        (user0, sys0), (v0, i0) = before[role]
-        v1, i1 = _switches(pid)
-        user1, sys1 = _cpu_seconds(pid)
-        out[f"{role}_cpu_us"] = (user1 - user0 + sys1 - sys0) / n * 1e6
-        out[f"{role}_sys_us"] = (sys1 - sys0) / n * 1e6
-        out[f"{role}_wakeups"] = (v1 - v0) / n
-        out[f"{role}_preempted"] = (i1 - i0) / n
-    return out
-
-
-def strace_counts(pids: dict[str, int], run: Callable[[int], object], n: int) -> dict[str, Any]:
-    """Syscalls per query per process (``strace -c -f -p``), and the most frequent ones."""
-    if n <= 0:
-        return {}
-    if shutil.which("strace") is None:
-        return {"error": "strace is not installed"}
-    tmp = Path(tempfile.mkdtemp(prefix="clipper-strace-"))
-    procs = {
-        role: subprocess.Popen(
-            ["strace", "-c", "-f", "-p", str(pid), "-o", str(tmp / role)],
-            stderr=subprocess.DEVNULL,
-        )
-        for role, pid in pids.items()
-    }
-    time.sleep(1.0)  # attached to every thread
-    run(n)
-    for proc in procs.values():
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    out: dict[str, Any] = {}
-    for role in procs:
-        calls: Counter[str] = Counter()
-        for line in (tmp / role).read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
-                calls[parts[-1]] = int(parts[3])
-        out[f"{role}_syscalls"] = sum(calls.values()) / n
-        out[f"{role}_top"] = {k: round(v / n, 2) for k, v in calls.most_common(6)}
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 # -- per-hop stamps ----------------------------------------------------------------
@@ -437,12 +357,13 @@ def side_by_side(base: Path, n: int, block: int, apis: list[str]) -> dict[str, A
             for _ in range(max(n // block, 1)):
                 for side, server in servers.items():
                     before = {
-                        r: (sum(_cpu_seconds(p)), _switches(p)[0]) for r, p in server.pids.items()
+                        r: (sum(cpu_user_system(p)), context_switches(p)[0])
+                        for r, p in server.pids.items()
                     }
                     lat[side] += clients[side].run(block)
                     for r, p in server.pids.items():
-                        cpu[side][r] += sum(_cpu_seconds(p)) - before[r][0]
-                        wake[side][r] += _switches(p)[0] - before[r][1]
+                        cpu[side][r] += sum(cpu_user_system(p)) - before[r][0]
+                        wake[side][r] += context_switches(p)[0] - before[r][1]
             for side in servers:
                 done = len(lat[side])
                 row: dict[str, Any] = {"p50_us": statistics.median(lat[side]) * 1e6}
