@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import profiles, report, targets
+from bench.bare_process import BareProcess
 from bench.foreign_cpu import ForeignCpu
 from bench.measure import Options, Target, measure
 from bench.prepare import probe, start_server, target_for
 from bench.scenario import Scenario
-from bench.serverproc import BareProcess, ClipperProcess
+from bench.serverproc import ClipperProcess
 
 
 def resolve_concurrency(sc: Scenario, explicit: bool) -> None:

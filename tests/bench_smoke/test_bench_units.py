@@ -12,7 +12,7 @@ import pytest
 import uvloop
 
 from bench import load, payloads, report, scenario
-from bench.serverproc import BareProcess
+from bench.bare_process import BareProcess
 
 # -- schedules and inputs ---------------------------------------------------------------
 
