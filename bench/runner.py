@@ -497,9 +497,7 @@ class _SweepRun:
             return
         self._redone = False
         self.steps.append(step)
-        overloaded = (
-            not step["passed"] and (step["summary"]["slo_attainment"] or 0.0) < OVERLOADED
-        )
+        overloaded = not step["passed"] and (step["summary"]["slo_attainment"] or 0.0) < OVERLOADED
         try:
             self.rate = self.plan.send(None if overloaded else step["passed"])
         except StopIteration:
