@@ -251,20 +251,19 @@ def _ramp_rates(sc: Scenario) -> list[float] | None:
     return [float(r) for r in sc.ramp.rates] or None
 
 
-def ramp_plan(sc: Scenario, *, confirm: bool = False) -> Generator[float, bool | None, None]:
+def ramp_plan(sc: Scenario, *, confirm: bool = False) -> Generator[float, bool, None]:
     """The rates of a ramp, one at a time: send whether each passed.
 
     The scenario's explicit rates, or: from ``start``, multiply by ``factor`` until
     one fails (or come down from ``start`` until one passes), then bisect
     ``refine`` times between the last pass and the first fail.  With ``confirm``
-    a failed rate (sent ``False``) is measured once more and passes if that try
-    passes; a failure sent as ``None`` is final (see ``OVERLOADED``)."""
+    a failed rate is measured once more and passes if that try passes."""
 
-    def trial(rate: float) -> Generator[float, bool | None, bool]:
+    def trial(rate: float) -> Generator[float, bool, bool]:
         ok = yield rate
-        if ok is False and confirm:
+        if not ok and confirm:
             ok = yield rate
-        return bool(ok)
+        return ok
 
     rp = sc.ramp
     explicit = _ramp_rates(sc)
@@ -401,8 +400,7 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     of the machine fails a step of a few thousand queries, and a ramp stops
     climbing at its first failure.  The best static configuration is the best of
     several ramps, so it shrugs off one unlucky ramp; an adaptive mode is the
-    best of only its waits, and would not.  A step under ``OVERLOADED``
-    attainment is not measured again: no stall explains it."""
+    best of only its waits, and would not."""
     name = opts.name or default_name(sc, "sweep")
     data = _base_report("sweep", sc, opts)
     waits = sc.sweep.batch_wait_micros
@@ -432,13 +430,6 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     if not opts.quiet:
         print("sweep:", data["sweep"]["summary"])
     return _finish(data, name, opts, sc)
-
-
-#: A failed sweep step that answered fewer than this share of its queries in
-#: time is not measured again: a stall of the machine costs a step a few tenths
-#: of a second of its queries, not most of them; a step this far under is over
-#: the configuration's capacity, and a second try only spends the lock's time.
-OVERLOADED = 0.5
 
 
 def disturbed(step: dict[str, Any], max_foreign_cpu: float | None) -> bool:
@@ -497,9 +488,8 @@ class _SweepRun:
             return
         self._redone = False
         self.steps.append(step)
-        overloaded = not step["passed"] and (step["summary"]["slo_attainment"] or 0.0) < OVERLOADED
         try:
-            self.rate = self.plan.send(None if overloaded else step["passed"])
+            self.rate = self.plan.send(step["passed"])
         except StopIteration:
             self.rate = None
 

@@ -398,25 +398,6 @@ def test_ramp_plan_confirms_a_failure_when_asked() -> None:
     assert walk(True, {1}) == [500.0, 1000.0, 1000.0, 2000.0, 4000.0, 4000.0, 3000.0]
 
 
-def test_ramp_plan_takes_a_final_failure_without_a_second_try() -> None:
-    from bench.runner import ramp_plan
-    from bench.scenario import load_scenario
-
-    sc = load_scenario("matmul")
-    sc.ramp.rates = []
-    sc.ramp.start, sc.ramp.factor, sc.ramp.refine = 500.0, 2.0, 1
-    plan, rates = ramp_plan(sc, confirm=True), []
-    try:
-        rate = next(plan)
-        while True:
-            rates.append(rate)
-            # 4000 is overloaded (None: final); 3000 fails as a stall would (retried).
-            rate = plan.send(None if rate >= 4000 else (False if rate == 3000 else True))
-    except StopIteration:
-        pass
-    assert rates == [500.0, 1000.0, 2000.0, 4000.0, 3000.0, 3000.0]
-
-
 def test_sweep_noise_counts_retries_and_the_ramps_rounding() -> None:
     from bench.runner import sweep_summary
 
