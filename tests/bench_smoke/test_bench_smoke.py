@@ -152,6 +152,30 @@ def test_sweep(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(360)
+def test_sweep_on_the_sleep_model(tmp_path: Path) -> None:
+    # The model whose capacity is its batch size's, not the CPU's (issue 18):
+    # every step of every configuration reports the controller against n*.
+    report, _ = run_bench(tmp_path, "sleep-sweep", "--sweep")
+    configs = report["sweep"]["configs"]
+    assert [(c["batch_size"], c["controller"]) for c in configs] == [
+        (4, "fixed"),
+        (-1, "aimd"),
+        (-1, "quantile"),
+    ]
+    for c in configs:
+        assert c["ramp"]["steps"], c
+        for s in c["ramp"]["steps"]:
+            assert s["mode"] == "open"
+            assert s["summary"]["errors"] == {}
+            assert s["controller"]["optimum_formula"] == 40
+    summary = report["sweep"]["summary"]
+    assert set(summary["adaptive_modes"]) == {"aimd", "quantile"}
+    (target,) = report["targets"]
+    assert target["checks"][0]["bound"] == "every_adaptive_over_best_static_min"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("protocol", ["oip-json", "oip-binary", "oip-grpc"])
 def test_oip_protocols(tmp_path: Path, protocol: str) -> None:
     report, _ = run_bench(tmp_path, "noop", "--protocol", protocol, "--no-plots")
