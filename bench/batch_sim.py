@@ -18,21 +18,22 @@ import argparse
 import collections
 import heapq
 import random
+from dataclasses import dataclass
 
 
-def attainment(
-    rate: float,
-    limit: int,
-    *,
-    a_ms: float,
-    b_ms: float,
-    replicas: int,
-    slo_ms: float,
-    queries: int,
-    seed: int,
-) -> float:
+@dataclass(frozen=True)
+class BatchModel:
+    """A batch of n takes ``a_ms * n + b_ms``; ``replicas`` take batches at once."""
+
+    a_ms: float
+    b_ms: float
+    replicas: int
+    slo_ms: float
+
+
+def attainment(model: BatchModel, rate: float, limit: int, *, queries: int, seed: int) -> float:
     """The share of ``queries`` Poisson arrivals at ``rate`` per second answered
-    within ``slo_ms`` when each of ``replicas`` takes up to ``limit`` at a time."""
+    within the SLO when each replica takes up to ``limit`` queued queries at a time."""
     rng = random.Random(seed)
     t = 0.0
     arrivals = []
@@ -40,7 +41,7 @@ def attainment(
         t += rng.expovariate(rate / 1000.0)
         arrivals.append(t)
     waiting: collections.deque[float] = collections.deque()
-    free = [(0.0, r) for r in range(replicas)]  # (time the replica is free, replica)
+    free = [(0.0, r) for r in range(model.replicas)]  # (time the replica is free, replica)
     nxt = in_time = answered = 0
     while answered < queries:
         when, replica = heapq.heappop(free)
@@ -52,9 +53,9 @@ def attainment(
             waiting.append(when)
             nxt += 1
         size = min(len(waiting), limit)
-        done = when + a_ms * size + b_ms
+        done = when + model.a_ms * size + model.b_ms
         for _ in range(size):
-            if done - waiting.popleft() <= slo_ms:
+            if done - waiting.popleft() <= model.slo_ms:
                 in_time += 1
         answered += size
         heapq.heappush(free, (done, replica))
@@ -62,36 +63,20 @@ def attainment(
 
 
 def max_rate(
+    model: BatchModel,
     limit: int,
     *,
-    a_ms: float,
-    b_ms: float,
-    replicas: int,
-    slo_ms: float,
     queries: int,
     seeds: list[int],
     target: float = 0.99,
     steps: int = 14,
 ) -> float:
     """The highest rate (req/s, bisected over ``steps``) at which every seed reaches
-    ``target`` attainment."""
-    low, high = 1.0, 1000.0 * replicas * limit / (a_ms * limit + b_ms)  # capacity
+    ``target`` attainment, up to the limit's capacity (full batches back to back)."""
+    low, high = 1.0, 1000.0 * model.replicas * limit / (model.a_ms * limit + model.b_ms)
     for _ in range(steps):
         mid = (low + high) / 2
-        ok = all(
-            attainment(
-                mid,
-                limit,
-                a_ms=a_ms,
-                b_ms=b_ms,
-                replicas=replicas,
-                slo_ms=slo_ms,
-                queries=queries,
-                seed=s,
-            )
-            >= target
-            for s in seeds
-        )
+        ok = all(attainment(model, mid, limit, queries=queries, seed=s) >= target for s in seeds)
         low, high = (mid, high) if ok else (low, mid)
     return low
 
@@ -108,16 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="1,2")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    model = BatchModel(args.a_ms, args.b_ms, args.replicas, args.slo_ms)
     rates = {
         int(size): max_rate(
-            int(size),
-            a_ms=args.a_ms,
-            b_ms=args.b_ms,
-            replicas=args.replicas,
-            slo_ms=args.slo_ms,
-            queries=args.queries,
-            seeds=seeds,
-            target=args.attainment,
+            model, int(size), queries=args.queries, seeds=seeds, target=args.attainment
         )
         for size in args.sizes.split(",")
     }

@@ -444,14 +444,14 @@ def test_refine_option_sets_the_ramps_bisection_steps() -> None:
 
 
 def test_batch_sim_reads_capacity_and_slo() -> None:
-    from bench.batch_sim import attainment, max_rate
+    from bench.batch_sim import BatchModel, attainment, max_rate
 
-    model = {"a_ms": 1.0, "b_ms": 10.0, "replicas": 2, "slo_ms": 100.0}
+    model = BatchModel(a_ms=1.0, b_ms=10.0, replicas=2, slo_ms=100.0)
     # Far below capacity every query is in time; far above it, few are.
-    assert attainment(200.0, 40, queries=4000, seed=1, **model) == 1.0
-    assert attainment(3000.0, 40, queries=4000, seed=1, **model) < 0.5
+    assert attainment(model, 200.0, 40, queries=4000, seed=1) == 1.0
+    assert attainment(model, 3000.0, 40, queries=4000, seed=1) < 0.5
     small, near, large = (
-        max_rate(n, queries=4000, seeds=[1], steps=10, **model) for n in (10, 40, 200)
+        max_rate(model, n, queries=4000, seeds=[1], steps=10) for n in (10, 40, 200)
     )
     # Too small a limit is capacity-bound (2 * 10 per 20 ms = 1,000/s); too large a
     # one lets batches run past the SLO; the objective's size does better than both.
