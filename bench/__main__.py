@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return runner.run_selection(args, argv)
 
-    from bench import runner
+    from bench import ramp, runner, sweep
 
     if args.scenario == "plot":
         if not args.report:
@@ -322,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.feedback is not None:
         runner.run_feedback(sc, opts, args.feedback or None, pairs=1 if args.smoke else 3)
     elif args.sweep:
-        runner.run_sweep(sc, opts)
+        sweep.run_sweep(sc, opts)
     elif args.rates:
-        runner.run_ramp(sc, opts)
+        ramp.run_ramp(sc, opts)
     else:
         runner.run(sc, opts, compare=args.compare, rounds=args.rounds, bare=args.bare)
     return 0

@@ -117,7 +117,7 @@ class RampSpec:
     attainment: float = 0.99
     rates: list[float] = field(default_factory=list)  # explicit list instead of auto
     # --sweep: a failed step while other programs took more cores than this is
-    # measured once more (bench.runner._SweepRun.step); None: every step counts.
+    # measured once more (bench.sweep._SweepRun.step); None: every step counts.
     max_foreign_cpu: float | None = None
 
 

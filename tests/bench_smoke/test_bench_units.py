@@ -342,7 +342,7 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
 
 def test_sweep_summary_compares_each_adaptive_mode_with_the_best_static() -> None:
     from bench import targets
-    from bench.runner import sweep_summary
+    from bench.sweep import sweep_summary
 
     configs = [
         {"batch_size": 4, "batch_wait_micros": 0, "controller": "fixed", "best_rate": 100.0},
@@ -375,7 +375,7 @@ def test_sweep_summary_compares_each_adaptive_mode_with_the_best_static() -> Non
 
 
 def test_ramp_plan_confirms_a_failure_when_asked() -> None:
-    from bench.runner import ramp_plan
+    from bench.ramp import ramp_plan
     from bench.scenario import load_scenario
 
     sc = load_scenario("matmul")
@@ -399,7 +399,7 @@ def test_ramp_plan_confirms_a_failure_when_asked() -> None:
 
 
 def test_sweep_noise_counts_retries_and_the_ramps_rounding() -> None:
-    from bench.runner import sweep_summary
+    from bench.sweep import sweep_summary
 
     def ramp(*steps: tuple[float, bool]) -> dict[str, object]:
         return {"steps": [{"rate": r, "passed": p} for r, p in steps]}

@@ -50,7 +50,7 @@ def test_a_detached_process_is_foreign() -> None:
 
 
 def test_only_a_failed_step_under_foreign_load_is_disturbed() -> None:
-    from bench.runner import disturbed
+    from bench.sweep import disturbed
 
     assert disturbed({"passed": False, "foreign_cpu": 0.6}, 0.5)
     assert not disturbed({"passed": True, "foreign_cpu": 0.6}, 0.5)
