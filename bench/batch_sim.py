@@ -82,7 +82,7 @@ def max_rate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     ap.add_argument("--a-ms", type=float, default=1.0, help="cost per query in a batch")
     ap.add_argument("--b-ms", type=float, default=10.7, help="cost per batch (sleep + RPC)")
     ap.add_argument("--replicas", type=int, default=2)

@@ -37,9 +37,9 @@ def context_switches(pid: int) -> tuple[int, int]:
         except OSError:
             continue
         for line in text.splitlines():
-            if line.startswith("voluntary_ctxtcontext_switches"):
+            if line.startswith("voluntary_ctxt_switches"):
                 vol += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxtcontext_switches"):
+            elif line.startswith("nonvoluntary_ctxt_switches"):
                 invol += int(line.split()[1])
     return vol, invol
 

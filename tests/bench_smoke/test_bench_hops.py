@@ -78,3 +78,17 @@ def test_bench_hops_smoke(tmp_path: Path) -> None:
         assert set(results[f"{api}_hops"]) >= {what for what, _, _ in hops.HOPS}
     assert results["floor_http"]["p50_us"] > 0
     assert results["floor_unix"]["p50_us"] > 0
+
+
+def test_process_counters_read_this_process() -> None:
+    # A process that has slept has voluntary context switches; the field names
+    # of /proc/PID/task/*/status are easy to get wrong and read as 0.
+    import time
+
+    from bench.proc_counters import context_switches, cpu_user_system
+
+    time.sleep(0.01)
+    voluntary, _ = context_switches(os.getpid())
+    user, system = cpu_user_system(os.getpid())
+    assert voluntary > 0
+    assert user + system > 0
