@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sweep: the adaptive modes run at each wait (default both)",
     )
     m.add_argument(
+        "--sweep-rounds",
+        type=int,
+        metavar="R",
+        help="sweep: ramps per configuration, round after round; each configuration's"
+        " rate is the median of its R ramps (odd R reads a ramp's own rate)",
+    )
+    m.add_argument(
         "--feedback",
         nargs="?",
         type=float,
@@ -255,6 +262,8 @@ def apply_overrides(sc: scenario_mod.Scenario, a: argparse.Namespace) -> None:
         sc.sweep.adaptive = False
     if a.sweep_controllers:
         sc.sweep.controllers = a.sweep_controllers
+    if a.sweep_rounds is not None:
+        sc.sweep.rounds = a.sweep_rounds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,7 +92,7 @@ def run_pipeline(sc: Scenario, opts: Options) -> dict[str, Any]:
     p, ld = sc.pipeline, sc.load
     name = opts.name or f"{sc.name}-{ld.protocol}-c{ld.concurrency}"
     opts.profile_name = name
-    data = runner._base_report("pipeline", sc, opts)
+    data = runner.base_report("pipeline", sc, opts)
     timings = data["timings_s"] = {}
     t = time.monotonic()
     srv = start_server(sc, opts, name)
@@ -145,7 +145,7 @@ def run_pipeline(sc: Scenario, opts: Options) -> dict[str, Any]:
     data["pipeline"] = summarize(lat_pipe, lat_single, rounds)
     if not opts.quiet:
         print(format_summary(data["pipeline"], lat_pipe.get("figures")), flush=True)
-    return runner._finish(data, name, opts, sc)
+    return runner.finish_report(data, name, opts, sc)
 
 
 def _mean_ms(run: dict[str, Any]) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 from bench.foreign_cpu import ForeignCpu
 from bench.measure import Options, Target, measure
 from bench.prepare import probe, start_server, target_for
-from bench.runner import _base_report, _finish, default_name
+from bench.runner import base_report, default_name, finish_report
 from bench.scenario import Scenario
 from bench.serverproc import ClipperProcess
 
@@ -134,7 +134,7 @@ def ramp(
 
 def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
     name = opts.name or default_name(sc, "ramp")
-    data = _base_report("ramp", sc, opts)
+    data = base_report("ramp", sc, opts)
     srv = start_server(sc, opts, name)
     try:
         srv.deploy(sc, sc.name)
@@ -149,4 +149,4 @@ def run_ramp(sc: Scenario, opts: Options) -> dict[str, Any]:
             f"highest rate with >= {sc.ramp.attainment:.0%} SLO attainment"
             f" ({sc.app.slo_ms:g} ms): {best if best is not None else 'none'} req/s"
         )
-    return _finish(data, name, opts, sc)
+    return finish_report(data, name, opts, sc)

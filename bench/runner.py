@@ -42,7 +42,10 @@ def default_name(sc: Scenario, kind: str) -> str:
     return "-".join(parts)
 
 
-def _finish(report_data: dict[str, Any], name: str, opts: Options, sc: Scenario) -> dict[str, Any]:
+def finish_report(
+    report_data: dict[str, Any], name: str, opts: Options, sc: Scenario
+) -> dict[str, Any]:
+    """Evaluates the scenario's targets, writes the report and its plots."""
     path = opts.out / f"{name}.json"
     if sc.targets:
         report_data["targets"] = targets.evaluate(report_data, sc.targets)
@@ -96,7 +99,8 @@ def draw(data: dict[str, Any], out: Path, name: str) -> list[str]:
     return [str(p) for p in made if p is not None]
 
 
-def _base_report(kind: str, sc: Scenario, opts: Options) -> dict[str, Any]:
+def base_report(kind: str, sc: Scenario, opts: Options) -> dict[str, Any]:
+    """A report's common head: its kind, the scenario and the run's meta."""
     return {
         "kind": kind,
         "scenario": sc.to_dict(),
@@ -126,7 +130,7 @@ def run(
     kind = "compare" if compare else "run"
     name = opts.name or default_name(sc, kind)
     opts.profile_name = name
-    data = _base_report(kind, sc, opts)
+    data = base_report(kind, sc, opts)
     timings = data["timings_s"] = {}
     t = time.monotonic()
     srv = start_server(sc, opts, name)
@@ -180,7 +184,7 @@ def run(
                 each = " / ".join(f"{r['fraction']:.1%}" for r in rounds_list)
                 print(f" (median of {len(rounds_list)} rounds: {each})", end="")
             print()
-    return _finish(data, name, opts, sc)
+    return finish_report(data, name, opts, sc)
 
 
 def _note_bare_cpu(

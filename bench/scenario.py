@@ -128,6 +128,9 @@ class SweepSpec:
     adaptive: bool = True
     # The adaptive controller modes run at each wait, against the same static grid.
     controllers: list[str] = field(default_factory=lambda: ["aimd", "quantile"])
+    # Ramps per configuration, one round after another (each round interleaves
+    # every configuration); a configuration's rate is the median of its rounds.
+    rounds: int = 1
 
 
 @dataclass
@@ -374,6 +377,8 @@ def validate(sc: Scenario) -> None:
     bad = [c for c in sc.sweep.controllers if c not in ("aimd", "quantile")]
     if bad:
         raise ScenarioError(f"sweep.controllers: adaptive modes only (aimd, quantile), got {bad}")
+    if sc.sweep.rounds < 1:
+        raise ScenarioError(f"sweep.rounds must be >= 1, got {sc.sweep.rounds}")
     if sc.pipeline is not None:
         _check_pipeline(sc.pipeline)
 
@@ -400,5 +405,6 @@ def apply_smoke(sc: Scenario) -> None:
     sc.ramp.refine = 0
     sc.sweep.batch_sizes = [int(b) for b in s.get("sweep_batch_sizes", [4])]
     sc.sweep.batch_wait_micros = [int(w) for w in s.get("sweep_batch_wait_micros", [500])]
+    sc.sweep.rounds = 1
     if sc.pipeline is not None:
         sc.pipeline.rounds = 1

@@ -11,7 +11,7 @@ from typing import Any
 from bench.measure import Options
 from bench.prepare import probe, start_server, target_for
 from bench.ramp import ramp_plan, ramp_result, ramp_step
-from bench.runner import _base_report, _finish, default_name
+from bench.runner import base_report, default_name, finish_report
 from bench.scenario import Scenario
 from bench.serverproc import ClipperProcess
 
@@ -32,9 +32,15 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     of the machine fails a step of a few thousand queries, and a ramp stops
     climbing at its first failure.  The best static configuration is the best of
     several ramps, so it shrugs off one unlucky ramp; an adaptive mode is the
-    best of only its waits, and would not."""
+    best of only its waits, and would not.
+
+    With ``sweep.rounds`` R > 1 the whole interleaved ramp runs R times, round
+    after round, and each configuration's rate is the median of its R ramps, so
+    that one ramp's luck decides neither a static size nor an adaptive mode (the
+    best static is then the best of medians; each round's own comparison is kept
+    in the summary's ``rounds``)."""
     name = opts.name or default_name(sc, "sweep")
-    data = _base_report("sweep", sc, opts)
+    data = base_report("sweep", sc, opts)
     waits = sc.sweep.batch_wait_micros
     # A batch of one is full at once: no wait applies, so it runs once.
     grid = [
@@ -45,14 +51,20 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     srv = start_server(sc, opts, name)
     try:
         runs = [_SweepRun(sc, srv, i, bs, wait, mode) for i, (bs, wait, mode) in enumerate(grid)]
-        active = [r for r in runs if r.rate is not None]
-        rnd = 0
-        while active:
-            k = rnd % len(active)
-            for r in active[k:] + active[:k]:
-                r.step(opts, srv)
-            active = [r for r in active if r.rate is not None]
-            rnd += 1
+        for n in range(sc.sweep.rounds):
+            if n:
+                for r in runs:
+                    r.next_round()
+                if not opts.quiet:
+                    print(f"sweep: round {n + 1} of {sc.sweep.rounds}")
+            active = [r for r in runs if r.rate is not None]
+            rnd = 0
+            while active:
+                k = rnd % len(active)
+                for r in active[k:] + active[:k]:
+                    r.step(opts, srv)
+                active = [r for r in active if r.rate is not None]
+                rnd += 1
         for r in runs:
             srv.undeploy(r.app)
     finally:
@@ -61,7 +73,7 @@ def run_sweep(sc: Scenario, opts: Options) -> dict[str, Any]:
     data["sweep"] = {"configs": configs, "summary": sweep_summary(configs), "interleaved": True}
     if not opts.quiet:
         print("sweep:", data["sweep"]["summary"])
-    return _finish(data, name, opts, sc)
+    return finish_report(data, name, opts, sc)
 
 
 def disturbed(step: dict[str, Any], max_foreign_cpu: float | None) -> bool:
@@ -92,7 +104,8 @@ class _SweepRun:
         srv.deploy(cfg, self.app)
         self.target, self.reqs = target_for(cfg, srv, self.app)
         probe(self.target, self.reqs[0])
-        self.steps: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []  # this round's
+        self.done_rounds: list[list[dict[str, Any]]] = []  # the earlier rounds' steps
         self.disturbed: list[dict[str, Any]] = []  # steps measured again (see step)
         self._redone = False  # the step being measured is a redo of a disturbed one
         self.seconds = 0.0  # in its own steps
@@ -125,19 +138,45 @@ class _SweepRun:
         except StopIteration:
             self.rate = None
 
+    def next_round(self) -> None:
+        """Starts this configuration's ramp over (``sweep.rounds``)."""
+        self.done_rounds.append(self.steps)
+        self.steps = []
+        self._redone = False
+        self.plan = ramp_plan(self.cfg, confirm=True)
+        self.rate = next(self.plan, None)
+
     def config(self) -> dict[str, Any]:
-        """The sweep report's row: the configuration and its ramp."""
+        """The sweep report's row: the configuration and its ramp (``ramps``,
+        one per round, and their median rate, with more than one round)."""
         m = self.cfg.model
-        result = ramp_result(self.cfg, self.steps)
-        return {
+        results = [ramp_result(self.cfg, steps) for steps in [*self.done_rounds, self.steps]]
+        row: dict[str, Any] = {
             "batch_size": m.batch_size,
             "batch_wait_micros": m.batch_wait_micros,
             "controller": m.controller,
-            "best_rate": result["best_rate"],
+            "best_rate": results[0]["best_rate"],
             "seconds": round(self.seconds, 1),
-            "ramp": result,
-            "disturbed_steps": self.disturbed,
         }
+        if len(results) == 1:
+            row["ramp"] = results[0]
+        else:
+            row["round_rates"] = [r["best_rate"] for r in results]
+            row["best_rate"] = median_rate(row["round_rates"])
+            row["ramps"] = results
+        row["disturbed_steps"] = self.disturbed
+        return row
+
+
+def median_rate(rates: list[float | None]) -> float | None:
+    """The median of a configuration's ramps; a ramp that passed no rate counts
+    as the lowest (None if the median is such a ramp)."""
+    ordered = sorted(rates, key=lambda r: -1.0 if r is None else r)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    lo, hi = ordered[mid - 1], ordered[mid]
+    return None if lo is None or hi is None else (lo + hi) / 2
 
 
 def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,9 +211,35 @@ def sweep_summary(configs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["adaptive_over_best_static"] = round(
             best_adaptive["best_rate"] / best_static["best_rate"], 4
         )
-    if any("ramp" in c for c in configs):
+    rounds = max((len(c.get("round_rates") or ()) for c in configs), default=0)
+    if rounds > 1:
+        # Each round read alone, as a one-round sweep would have: how often the
+        # comparison holds ramp by ramp, next to the medians' verdict above.
+        # A mode none of whose ramps passed a rate in a round reads None there.
+        names = list(dict.fromkeys(c.get("controller") or "aimd" for c in adaptive))
+        summary["rounds"] = [
+            _round_verdict(
+                sweep_summary([{**_bare(c), "best_rate": c["round_rates"][n]} for c in configs]),
+                names,
+            )
+            for n in range(rounds)
+        ]
+    if any("ramp" in c or "ramps" in c for c in configs):
         summary["noise"] = sweep_noise(configs)
     return summary
+
+
+def _bare(c: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in c.items() if k not in ("ramp", "ramps", "round_rates")}
+
+
+def _round_verdict(s: dict[str, Any], modes: list[str]) -> dict[str, Any]:
+    best = s["best_static"]
+    tops = s["adaptive_modes"]
+    return {
+        "best_static": None if best is None else {k: best[k] for k in ("batch_size", "best_rate")},
+        "over_best_static": {m: (tops.get(m) or {}).get("over_best_static") for m in modes},
+    }
 
 
 def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,7 +250,8 @@ def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
       rate a few seconds apart: each that passed is a step decided by the machine.
     * ``resolution``: per configuration, the gap between its best rate and the
       lowest rate above it that failed, as a share of the best rate (the ramp's
-      rounding: its true highest rate is somewhere in that gap).
+      rounding: its true highest rate is somewhere in that gap); with several
+      rounds, the widest of its ramps' gaps.
     * ``static_rates``: every static configuration's best rate, to see how far
       apart the ones that should be alike came out."""
     retried = retry_passed = 0
@@ -195,16 +261,21 @@ def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
         name = _config_name(c)
         if c["batch_size"] > 0:
             static_rates[name] = c["best_rate"]
-        by_rate: dict[float, list[bool]] = {}
-        for s in c.get("ramp", {}).get("steps", []):
-            by_rate.setdefault(s["rate"], []).append(s["passed"])
-        for tries in by_rate.values():
-            if len(tries) > 1:
-                retried += 1
-                retry_passed += tries[-1]
-        best = c["best_rate"]
-        fails = [r for r, tries in by_rate.items() if not any(tries) and best and r > best]
-        resolution[name] = round(min(fails) / best - 1, 4) if best and fails else None
+        gaps: list[float] = []
+        for ramp in c.get("ramps") or [c.get("ramp", {})]:
+            by_rate: dict[float, list[bool]] = {}
+            for s in ramp.get("steps", []):
+                by_rate.setdefault(s["rate"], []).append(s["passed"])
+            for tries in by_rate.values():
+                if len(tries) > 1:
+                    retried += 1
+                    retry_passed += tries[-1]
+            best = ramp.get("best_rate", c["best_rate"])
+            fails = [r for r, tries in by_rate.items() if not any(tries) and best and r > best]
+            if best and fails:
+                gaps.append(min(fails) / best - 1)
+        # With several rounds, the coarsest of them.
+        resolution[name] = round(max(gaps), 4) if gaps else None
     return {
         "retried": retried,
         "retry_passed": retry_passed,

@@ -155,7 +155,8 @@ def test_sweep(tmp_path: Path) -> None:
 def test_sweep_on_the_sleep_model(tmp_path: Path) -> None:
     # The model whose capacity is its batch size's, not the CPU's (issue 18):
     # every step of every configuration reports the controller against n*.
-    report, _ = run_bench(tmp_path, "sleep-sweep", "--sweep")
+    # Two rounds: each configuration ramps twice and is read by the median.
+    report, _ = run_bench(tmp_path, "sleep-sweep", "--sweep", "--sweep-rounds", "2")
     configs = report["sweep"]["configs"]
     assert [(c["batch_size"], c["controller"]) for c in configs] == [
         (4, "fixed"),
@@ -163,13 +164,17 @@ def test_sweep_on_the_sleep_model(tmp_path: Path) -> None:
         (-1, "quantile"),
     ]
     for c in configs:
-        assert c["ramp"]["steps"], c
-        for s in c["ramp"]["steps"]:
-            assert s["mode"] == "open"
-            assert s["summary"]["errors"] == {}
-            assert s["controller"]["optimum_formula"] == 40
+        assert len(c["ramps"]) == len(c["round_rates"]) == 2, c
+        assert c["round_rates"] == [r["best_rate"] for r in c["ramps"]]
+        for ramp in c["ramps"]:
+            assert [s["rate"] for s in ramp["steps"]] == [50.0, 100.0]
+            for s in ramp["steps"]:
+                assert s["mode"] == "open"
+                assert s["summary"]["errors"] == {}
+                assert s["controller"]["optimum_formula"] == 40
     summary = report["sweep"]["summary"]
     assert set(summary["adaptive_modes"]) == {"aimd", "quantile"}
+    assert [set(r["over_best_static"]) for r in summary["rounds"]] == [{"aimd", "quantile"}] * 2
     (target,) = report["targets"]
     assert target["checks"][0]["bound"] == "every_adaptive_over_best_static_min"
 

@@ -434,6 +434,66 @@ def test_sweep_noise_counts_retries_and_the_ramps_rounding() -> None:
     assert noise["static_rates"] == {"16@1000us": 6500.0}
 
 
+def test_sweep_rounds_compare_medians_and_keep_each_rounds_verdict() -> None:
+    from bench.sweep import median_rate, sweep_summary
+
+    def ramp(best: float | None, *steps: tuple[float, bool]) -> dict[str, object]:
+        return {"best_rate": best, "steps": [{"rate": r, "passed": p} for r, p in steps]}
+
+    def row(bs: int, mode: str, rates: list[float | None]) -> dict[str, object]:
+        return {
+            "batch_size": bs,
+            "batch_wait_micros": 1000,
+            "controller": mode,
+            "best_rate": median_rate(rates),
+            "round_rates": rates,
+            "ramps": [ramp(r, (r or 100.0, r is not None), (1600.0, False)) for r in rates],
+        }
+
+    configs = [
+        # Static 40's lucky round (1,519) would have been the best alone.
+        row(40, "fixed", [1477.0, 1519.0, 1434.0]),
+        row(50, "fixed", [1434.0, 1477.0, 1477.0]),
+        row(-1, "aimd", [1434.0, 1392.0, 1477.0]),
+        row(-1, "quantile", [None, 1477.0, 1434.0]),
+    ]
+    summary = sweep_summary(configs)
+    assert summary["best_static"]["best_rate"] == 1477.0
+    modes = summary["adaptive_modes"]
+    assert modes["aimd"]["over_best_static"] == round(1434 / 1477, 4)
+    assert modes["quantile"]["over_best_static"] == round(1434 / 1477, 4)
+    rounds = summary["rounds"]
+    assert [r["best_static"] for r in rounds] == [
+        {"batch_size": 40, "best_rate": 1477.0},
+        {"batch_size": 40, "best_rate": 1519.0},
+        {"batch_size": 50, "best_rate": 1477.0},
+    ]
+    assert rounds[0]["over_best_static"] == {"aimd": round(1434 / 1477, 4), "quantile": None}
+    assert rounds[1]["over_best_static"]["aimd"] == round(1392 / 1519, 4)
+    # Noise reads every round's ramp (1,600 req/s failed in each): the widest gap.
+    assert summary["noise"]["resolution"]["aimd@1000us"] == round(1600 / 1392 - 1, 4)
+    assert summary["noise"]["static_rates"] == {"40@1000us": 1477.0, "50@1000us": 1477.0}
+    assert median_rate([None, None, 1.0]) is None
+    assert median_rate([3.0, 1.0]) == 2.0 and median_rate([5.0]) == 5.0
+
+
+def test_sweep_rounds_option_and_its_bounds() -> None:
+    from bench.__main__ import apply_overrides, build_parser
+    from bench.scenario import ScenarioError, apply_smoke, load_scenario, validate
+
+    assert load_scenario("matmul").sweep.rounds == 1
+    sc = load_scenario("sleep-sweep")
+    assert sc.sweep.rounds == 3
+    apply_overrides(sc, build_parser().parse_args(["sleep-sweep", "--sweep-rounds", "1"]))
+    assert sc.sweep.rounds == 1
+    smoke = load_scenario("sleep-sweep")
+    apply_smoke(smoke)
+    assert smoke.sweep.rounds == 1  # the smoke run ramps once
+    sc.sweep.rounds = 0
+    with pytest.raises(ScenarioError, match="sweep.rounds"):
+        validate(sc)
+
+
 def test_refine_option_sets_the_ramps_bisection_steps() -> None:
     from bench.__main__ import apply_overrides, build_parser
     from bench.scenario import load_scenario
