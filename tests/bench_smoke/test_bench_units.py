@@ -490,7 +490,7 @@ def test_sweep_rounds_option_and_its_bounds() -> None:
     apply_smoke(smoke)
     assert smoke.sweep.rounds == 1  # the smoke run ramps once
     sc.sweep.rounds = 0
-    with pytest.raises(ScenarioError, match="sweep.rounds"):
+    with pytest.raises(ScenarioError, match=r"sweep\.rounds"):
         validate(sc)
 
 
