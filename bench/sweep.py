@@ -126,6 +126,7 @@ class _SweepRun:
         self.seconds += time.monotonic() - t0
         if not self._redone and disturbed(step, self.cfg.ramp.max_foreign_cpu):
             step["disturbed"] = True
+            step["round"] = len(self.done_rounds) + 1
             self.disturbed.append(step)
             self._redone = True
             if not opts.quiet:
@@ -139,7 +140,9 @@ class _SweepRun:
             self.rate = None
 
     def next_round(self) -> None:
-        """Starts this configuration's ramp over (``sweep.rounds``)."""
+        """Starts this configuration's ramp over (``sweep.rounds``).  The app
+        stays deployed: an adaptive mode starts the round with the limit its
+        last step left, as it enters every step of a ramp."""
         self.done_rounds.append(self.steps)
         self.steps = []
         self._redone = False
@@ -148,7 +151,8 @@ class _SweepRun:
 
     def config(self) -> dict[str, Any]:
         """The sweep report's row: the configuration and its ramp (``ramps``,
-        one per round, and their median rate, with more than one round)."""
+        one per round, and their median rate, with more than one round);
+        ``seconds`` is its steps' time over all rounds."""
         m = self.cfg.model
         results = [ramp_result(self.cfg, steps) for steps in [*self.done_rounds, self.steps]]
         row: dict[str, Any] = {
@@ -252,7 +256,8 @@ def sweep_noise(configs: list[dict[str, Any]]) -> dict[str, Any]:
       lowest rate above it that failed, as a share of the best rate (the ramp's
       rounding: its true highest rate is somewhere in that gap); with several
       rounds, the widest of its ramps' gaps.
-    * ``static_rates``: every static configuration's best rate, to see how far
+    * ``static_rates``: every static configuration's best rate (with several
+      rounds, the median of its ramps), to see how far
       apart the ones that should be alike came out."""
     retried = retry_passed = 0
     resolution: dict[str, float | None] = {}
