@@ -232,7 +232,9 @@ def load_or_create_admin_token(state_dir: str | os.PathLike[str]) -> str:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         return token
-    token = secrets.token_urlsafe(32)
+    # Hex, not token_urlsafe: a url-safe token starts with '-' one time in 64,
+    # and `clipper --admin-token -xyz` then reads as an unknown option.
+    token = secrets.token_hex(32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

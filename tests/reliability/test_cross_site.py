@@ -194,6 +194,8 @@ def test_a_start_without_token_generates_a_private_one(
         token_file = state / "admin_token"
         token = r.server.config.admin_token
         assert token and len(token) >= 32
+        # Never a leading '-': `clipper --admin-token TOKEN` would read it as an option.
+        assert not token.startswith("-")
         assert token_file.read_text().strip() == token
         assert _mode(token_file) == 0o600
         assert _mode(state) == 0o700

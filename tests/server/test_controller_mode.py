@@ -86,8 +86,8 @@ def test_cli_deploy_controller(running: Running, tmp_path: Path) -> None:
             str(srv.query_port),
             "--management-port",
             str(srv.management_port),
-            "--admin-token",
-            srv.config.admin_token,
+            # One '=' so that a token starting with '-' is not read as an option.
+            f"--admin-token={srv.config.admin_token}",
             "deploy",
             "lens",
             f"{model_file}:predict",
