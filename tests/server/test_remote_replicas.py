@@ -172,7 +172,7 @@ def test_a_remote_replica_fetches_its_bundle_registers_over_tls_and_serves(
             "--frontend-ca", str(ca.cert),
             *_tls_args(ca, token_file),
             "--register-url", r.server.management_url,
-            "--register-token", str(r.server.config.admin_token),
+            f"--register-token={r.server.config.admin_token}",
             "--replica-id", "remote-0",
             env={"TMPDIR": str(replica_tmp)},
         )  # fmt: skip
