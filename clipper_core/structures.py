@@ -1,11 +1,13 @@
 """The serving core's data structures, from the Cython extensions or their twins.
 
-``BatchQueue``, ``PredictionCache`` and ``SloController`` come from the compiled
-extensions in ``clipper_core._ext`` unless ``CLIPPER_NO_EXTENSIONS=1`` is set, in
-which case the pure-Python twins in ``clipper_core._pure`` are used.  When the
-extensions are not built (a source checkout without ``pip install -e .``), the
-twins are used too, with one warning.  The twins are the executable specification
-of the extensions: tests run against both.
+``BatchQueue``, ``PredictionCache`` and ``SloController`` (and
+``parse_single_input``, the fast path of a ``{"input": [numbers]}`` query body)
+come from the compiled extensions in ``clipper_core._ext`` unless
+``CLIPPER_NO_EXTENSIONS=1`` is set, in which case the pure-Python twins in
+``clipper_core._pure`` are used.  When the extensions are not built (a source
+checkout without ``pip install -e .``), the twins are used too, with one warning.
+The twins are the executable specification of the extensions: tests run against
+both.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ _NAMES = {
     "QueueEntry": "batch_queue",
     "PredictionCache": "pred_cache",
     "SloController": "slo_controller",
+    "parse_single_input": "json_numbers",
 }
 
 
 def load(use_extensions: bool) -> SimpleNamespace:
-    """Return a namespace with the three structures from one implementation."""
+    """Return a namespace with the structures (and the body fast path) from one
+    implementation."""
     package = "clipper_core._ext" if use_extensions else "clipper_core._pure"
     ns = SimpleNamespace(name="cython" if use_extensions else "python")
     for attr, module in _NAMES.items():
@@ -56,6 +60,7 @@ BatchQueue = _impl.BatchQueue
 QueueEntry = _impl.QueueEntry
 PredictionCache = _impl.PredictionCache
 SloController = _impl.SloController
+parse_single_input = _impl.parse_single_input
 
 __all__ = [
     "EXTENSIONS_ACTIVE",
@@ -64,4 +69,5 @@ __all__ = [
     "QueueEntry",
     "SloController",
     "load",
+    "parse_single_input",
 ]
