@@ -1,8 +1,8 @@
 """The serving core's data structures, from the Cython extensions or their twins.
 
 ``BatchQueue``, ``PredictionCache`` and ``SloController`` (and
-``parse_single_input``, the fast path of a ``{"input": [numbers]}`` query body)
-come from the compiled extensions in ``clipper_core._ext`` unless
+``parse_single_input`` and ``parse_oip_request``, the fast paths of the commonest
+JSON query bodies) come from the compiled extensions in ``clipper_core._ext`` unless
 ``CLIPPER_NO_EXTENSIONS=1`` is set, in which case the pure-Python twins in
 ``clipper_core._pure`` are used.  When the extensions are not built (a source
 checkout without ``pip install -e .``), the twins are used too, with one warning.
@@ -23,6 +23,7 @@ _NAMES = {
     "PredictionCache": "pred_cache",
     "SloController": "slo_controller",
     "parse_single_input": "json_numbers",
+    "parse_oip_request": "json_numbers",
 }
 
 
@@ -61,6 +62,7 @@ QueueEntry = _impl.QueueEntry
 PredictionCache = _impl.PredictionCache
 SloController = _impl.SloController
 parse_single_input = _impl.parse_single_input
+parse_oip_request = _impl.parse_oip_request
 
 __all__ = [
     "EXTENSIONS_ACTIVE",
@@ -69,5 +71,6 @@ __all__ = [
     "QueueEntry",
     "SloController",
     "load",
+    "parse_oip_request",
     "parse_single_input",
 ]

@@ -4,8 +4,6 @@ declines, on both implementations."""
 
 from __future__ import annotations
 
-import math
-import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from number_texts import double_texts
 
 from clipper_core.clipper_api import MAX_INPUT_ELEMENTS, parse_predict, parse_predict_general
 from clipper_core.errors import BadInput
@@ -145,37 +144,9 @@ def test_parse_predict_takes_the_fast_path() -> None:
     assert parse_predict(b'{"input": [1, 2]}', "ints").inputs[0].dtype == np.int32
 
 
-def _decimal(mantissa: int, exponent: int, negative: bool) -> bytes:
-    digits = str(mantissa)
-    text = digits[0] + ("." + digits[1:] if len(digits) > 1 else "") + f"e{exponent}"
-    return ("-" if negative else "").encode() + text.encode()
-
-
-_double_texts = st.one_of(
-    # The shortest repr of any finite double (what json.dumps writes).
-    st.floats(allow_nan=False, allow_infinity=False).map(lambda x: repr(x).encode()),
-    # Any double's bits, written with 17 significant digits.
-    st.integers(0, 2**64 - 1)
-    .map(lambda bits: struct.unpack("<d", struct.pack("<Q", bits))[0])
-    .filter(math.isfinite)
-    .map(lambda x: f"{x:.17g}".encode()),
-    # Arbitrary decimal texts: long mantissas, exponents near the edges.
-    st.builds(_decimal, st.integers(0, 10**30), st.integers(-340, 320), st.booleans()),
-    # Integers of every length around the 15-digit limit.
-    st.integers(-(10**17), 10**17).map(lambda i: str(i).encode()),
-    # Fractions with leading zeros and trailing digits.
-    st.builds(
-        lambda i, z, f: f"{i}.{'0' * z}{f}".encode(),
-        st.integers(0, 10**6),
-        st.integers(0, 25),
-        st.integers(0, 10**20),
-    ),
-)
-
-
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    numbers=st.lists(_double_texts, min_size=1, max_size=40),
+    numbers=st.lists(double_texts, min_size=1, max_size=40),
     spaces=st.sampled_from([b"", b" ", b"\n\t "]),
     input_type=st.sampled_from(["floats", "doubles"]),
 )
