@@ -48,6 +48,18 @@ cdef extern from "Python.h":
 cdef extern from "float.h":
     double FLT_MAX
 
+# The scanners below return the index after what they read, or -1 when the text
+# is not what this path takes (the caller then returns None: the general path
+# decides); ``except -2`` only marks a Python exception (MemoryError) raised.
+
+# The four keys of an OIP input, as bits of the ones seen.
+cdef enum:
+    _NAME = 1
+    _DATATYPE = 2
+    _SHAPE = 4
+    _DATA = 8
+    _ALL_FIELDS = 15
+
 # Exact powers of ten as doubles (10**22 is the largest that is exact).
 cdef double[23] _POW10
 cdef int _k
@@ -133,6 +145,8 @@ cdef Py_ssize_t _number(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, doub
         if i >= n or not _is_digit(s[i]):
             return -1
         while i < n and _is_digit(s[i]):
+            # Capped: past 22 the text goes to PyOS_string_to_double anyway,
+            # which reads the exponent itself (overflowing to inf or 0).
             if exponent < 100000:
                 exponent = exponent * 10 + (s[i] - 48)
             i += 1
@@ -377,15 +391,15 @@ cdef Py_ssize_t _input(
         i = _key(s, i, n, &start, &end)
         if i < 0:
             return -1
-        if _is(s, start, end, b"name", 4) and not fields & 1:
-            fields |= 1
+        if _is(s, start, end, b"name", 4) and not fields & _NAME:
+            fields |= _NAME
             end = _string(s, i, n, &start)
             if end <= start:  # not a string, or empty
                 return -1
             name = (<bytes>s[start:end]).decode("ascii")
             i = end + 1
-        elif _is(s, start, end, b"datatype", 8) and not fields & 2:
-            fields |= 2
+        elif _is(s, start, end, b"datatype", 8) and not fields & _DATATYPE:
+            fields |= _DATATYPE
             end = _string(s, i, n, &start)
             if end < 0:
                 return -1
@@ -396,11 +410,11 @@ cdef Py_ssize_t _input(
             else:
                 return -1
             i = end + 1
-        elif _is(s, start, end, b"shape", 5) and not fields & 4:
-            fields |= 4
+        elif _is(s, start, end, b"shape", 5) and not fields & _SHAPE:
+            fields |= _SHAPE
             i = _shape(s, i, n, dims)
-        elif _is(s, start, end, b"data", 4) and not fields & 8:
-            fields |= 8
+        elif _is(s, start, end, b"data", 4) and not fields & _DATA:
+            fields |= _DATA
             # As doubles: the datatype, which may come later, decides float32.
             i = _array(s, i, n, numbers, False, max_elements)
         else:
@@ -408,15 +422,18 @@ cdef Py_ssize_t _input(
         if i < 0:
             return -1
         i = _after_item(s, i, n, 125, &closed)  # '}'
-        if i < 0 or closed:
+        if i < 0:
+            return -1
+        if closed:
             break
-    if i < 0 or fields != 15:
+    if fields != _ALL_FIELDS:
         return -1
     for dim in dims:
         d = dim
-        count *= d
-        if count > max_elements:
+        # Refused before the product could pass max_elements (or wrap around).
+        if d != 0 and count > max_elements // d:
             return -1
+        count *= d
     if count != numbers.count - first:
         return -1
     as_float32 = datatype == "FP32"
@@ -436,7 +453,8 @@ def parse_oip_request(bytes body not None, Py_ssize_t max_elements):
     Taken: an object of ``"inputs"`` and optionally ``"id"`` (no other key, none
     twice), ``"inputs"`` a non-empty array of objects each with exactly ``"name"``,
     ``"shape"``, ``"datatype"`` and ``"data"`` (any order): name and id plain ASCII
-    strings without escapes, the name not empty, shape integers >= 0, datatype
+    strings without escapes, the name not empty, shape integers >= 0 of at most 15
+    digits, datatype
     ``"FP32"`` or ``"FP64"``, data a flat non-empty array of numbers whose count is
     the shape's (at most ``max_elements``).  Returns ``(id or None, [(name,
     datatype, shape tuple, 1-D array of that datatype), ...])``; the caller

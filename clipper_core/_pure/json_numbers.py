@@ -3,14 +3,14 @@
 Two fast paths for the commonest JSON query bodies; each returns None for any
 body it does not take, which the caller then parses the general way (``orjson``
 and numpy, which also word the errors), and only ever answers what the general
-path answers, with the same numbers.
+path answers, with the same numbers.  The extension scans the bytes itself; this
+twin takes the same bodies by the same rules through regular expressions
+(``parse_single_input``) and Python's ``json`` (``parse_oip_request``).
 
 ``parse_single_input(body, as_float32, max_elements)`` returns the numbers of a
 body that is exactly ``{"input": [n, ...]}`` (one key, a flat non-empty array of
 JSON numbers, whitespace where JSON allows it) as a 1-D float32 (or float64)
-array, and None for any other body, which the caller then parses the general way
-(``orjson`` and numpy, which also word the errors).  It only answers what the
-general path answers, with the same numbers:
+array:
 
 * a number with a fraction or an exponent is the correctly rounded double of its
   text (``float()``, as orjson);
@@ -129,7 +129,10 @@ def parse_oip_request(
     if not body.isascii() or b"\\" in body:  # non-ASCII or an escape: in a string
         return None
     try:
-        obj = json.loads(body, object_pairs_hook=_pairs, parse_constant=_refuse_constant)
+        # Decoded first: json.loads of bytes would also take UTF-16 and UTF-32,
+        # which are ASCII-only bytes too but not JSON to orjson.
+        text = body.decode("ascii")
+        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_refuse_constant)
         if type(obj) is not dict or "inputs" not in obj or not set(obj) <= {"inputs", "id"}:
             raise _Declined
         request_id = obj.get("id")
@@ -160,6 +163,6 @@ def parse_oip_request(
             inputs.append(
                 (name, datatype, tuple(shape), arr.astype(np.float32) if as_float32 else arr)
             )
-    except (_Declined, ValueError):  # json.JSONDecodeError is a ValueError
-        return None
+    except (_Declined, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None  # (RecursionError: nested deeper than Python's json goes)
     return request_id, inputs

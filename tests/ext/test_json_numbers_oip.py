@@ -124,6 +124,32 @@ def test_any_other_request_is_left_to_the_general_path(impl: SimpleNamespace, bo
     assert impl.parse_oip_request(body.encode(), MAX_ELEMENTS) is None
 
 
+def test_a_shape_whose_product_would_wrap_is_left_to_the_general_path(
+    impl: SimpleNamespace,
+) -> None:
+    # 274177 * 67280421310721 = 2**64 + 1: in 64-bit arithmetic, a product of 1.
+    body = b'{"inputs":[' + tensor("x", "[1.5]", "[274177,67280421310721]").encode() + b"]}"
+    assert impl.parse_oip_request(body, MAX_ELEMENTS) is None
+    with pytest.raises(BadInput, match="too many elements"):
+        parse_http_request(body, None)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_other_encodings_are_left_to_the_general_path(impl: SimpleNamespace, encoding: str) -> None:
+    body = ('{"inputs":[' + tensor("x", "[0.1,-3]") + "]}").encode(encoding)
+    assert impl.parse_oip_request(body, MAX_ELEMENTS) is None
+    with pytest.raises(BadInput):
+        parse_http_request(body, None)
+
+
+def test_deep_nesting_is_left_to_the_general_path(impl: SimpleNamespace) -> None:
+    for depth in (1000, 5000):
+        body = b'{"inputs":' + b"[" * depth
+        assert impl.parse_oip_request(body, MAX_ELEMENTS) is None
+        with pytest.raises(BadInput):
+            parse_http_request(body, None)
+
+
 def test_element_limit(impl: SimpleNamespace) -> None:
     body = ('{"inputs":[' + tensor("x", "[" + ",".join(["0.5"] * 8) + "]", "[2,4]") + "]}").encode()
     assert impl.parse_oip_request(body, 7) is None
