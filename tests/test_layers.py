@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.service_time": LEAVES,
     "clipper_core.auth": LEAVES,
     "clipper_core.clipper_api": LEAVES,
+    "clipper_core.clipper_reply": LEAVES,
     "clipper_core.output_json": LEAVES,
     "clipper_core.http": LEAVES,
     "clipper_core.config": LEAVES,
