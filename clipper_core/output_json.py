@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from clipper_core.structures import all_finite
+
 __all__ = ["all_finite", "jsonable", "jsonable_native", "non_finite_name"]
 
 
@@ -29,7 +31,7 @@ def jsonable(output: Any) -> Any:
     """``output`` as values that orjson writes faithfully (see the module)."""
     if isinstance(output, np.ndarray):
         values = output.tolist()
-        if output.dtype.kind == "f" and not all_finite(output, values):
+        if output.dtype.kind == "f" and not all_finite(output):
             return _named(values)
         return values
     if isinstance(output, np.generic):
@@ -60,27 +62,11 @@ def jsonable_native(output: Any) -> Any:
     if type(output) is np.ndarray and output.ndim and output.size >= _NATIVE_MIN_SIZE:
         kind = output.dtype.kind
         if kind == "f":
-            if np.isfinite(output).all():
+            if all_finite(output):
                 return output.astype(np.float64, order="C")
         elif kind in "iub" and output.dtype.isnative:
             return np.ascontiguousarray(output)
     return jsonable(output)
-
-
-def all_finite(array: np.ndarray[Any, Any], values: Any = None) -> bool:
-    """Whether the float ``array`` holds no NaN and no infinity.
-
-    A small array (most replies) is checked by a loop over its list, which costs
-    less than a numpy reduction's fixed few microseconds; ``values`` is the
-    array's ``tolist()`` when the caller has it already.
-    """
-    if array.size > _SMALL:
-        return bool(np.isfinite(array).all())
-    flat = values if values is not None and array.ndim == 1 else array.ravel().tolist()
-    return all(map(math.isfinite, flat))
-
-
-_SMALL = 256
 
 
 def _may_hold_non_finite(value: Any) -> bool:

@@ -2,7 +2,8 @@
 
 ``BatchQueue``, ``PredictionCache`` and ``SloController`` (and
 ``parse_single_input`` and ``parse_oip_request``, the fast paths of the commonest
-JSON query bodies) come from the compiled extensions in ``clipper_core._ext`` unless
+JSON query bodies, and ``all_finite``, the NaN/infinity check of a float reply)
+come from the compiled extensions in ``clipper_core._ext`` unless
 ``CLIPPER_NO_EXTENSIONS=1`` is set, in which case the pure-Python twins in
 ``clipper_core._pure`` are used.  When the extensions are not built (a source
 checkout without ``pip install -e .``), the twins are used too, with one warning.
@@ -24,6 +25,7 @@ _NAMES = {
     "SloController": "slo_controller",
     "parse_single_input": "json_numbers",
     "parse_oip_request": "json_numbers",
+    "all_finite": "finite_check",
 }
 
 
@@ -63,6 +65,7 @@ PredictionCache = _impl.PredictionCache
 SloController = _impl.SloController
 parse_single_input = _impl.parse_single_input
 parse_oip_request = _impl.parse_oip_request
+all_finite = _impl.all_finite
 
 __all__ = [
     "EXTENSIONS_ACTIVE",
@@ -70,6 +73,7 @@ __all__ = [
     "PredictionCache",
     "QueueEntry",
     "SloController",
+    "all_finite",
     "load",
     "parse_oip_request",
     "parse_single_input",

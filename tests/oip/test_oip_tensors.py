@@ -124,7 +124,7 @@ def test_response_encoding_json_and_binary() -> None:
     assert hl is None and "id" not in json.loads(body)
 
 
-@pytest.mark.parametrize("size", [8, 300])  # a few numbers: a loop; many: numpy
+@pytest.mark.parametrize("size", [8, 300])
 @pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
 def test_json_output_names_non_finite_values_small_or_large(datatype: str, size: int) -> None:
     from clipper_core.oip.tensors import OutputTensor
