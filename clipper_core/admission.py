@@ -321,6 +321,10 @@ class QueryGate:
         """Whether ``app_name`` requires an API key."""
         return self.api_keys.required(app_name)
 
+    def any_required(self) -> bool:
+        """Whether some application requires an API key."""
+        return self.api_keys.any_required()
+
     def check_body(self, body: bytes) -> None:
         """Refuse a JSON body nested deeper than ``max_json_depth`` (BadInput)."""
         check_json_depth(body, self.max_json_depth)

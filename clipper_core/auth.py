@@ -156,6 +156,10 @@ class ApiKeys:
         """Whether ``app`` requires an API key."""
         return app in self._by_app
 
+    def any_required(self) -> bool:
+        """Whether some application requires an API key."""
+        return bool(self._by_app)
+
     def known(self, key: str) -> bool:
         """Whether ``key`` is the key of some application (constant time per key)."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()

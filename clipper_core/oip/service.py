@@ -175,6 +175,8 @@ class InferenceService:
             gate.check(target.app.name, headers)
             return
         assert target.mv is not None
+        if not gate.any_required():
+            return  # no application has keys (the common case): nothing to walk
         guarded = [
             app.name
             for app in self.dataplane.apps.values()

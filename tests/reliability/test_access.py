@@ -181,6 +181,35 @@ def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
     assert status == 200 and body["success"], body
 
 
+def test_a_model_queried_by_its_own_name_over_oip_needs_a_key_of_its_apps(
+    servers: list[Running], tmp_path: Path
+) -> None:
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+    conn = r.conn
+    conn.deploy_pickled("adder", 1, "doubles", server_models.make_sum())
+    conn.register_application("front", "doubles", "-1", 5_000_000)
+    conn.link_model_to_app("front", "adder")
+    url = f"{r.bg.query_url}/v2/models/adder/infer"
+    body = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
+    # No application requires a key: the model answers anyone.
+    status, _, reply = http("POST", url, body)
+    assert status == 200 and reply["outputs"][0]["data"] == [3.0], reply
+    key = "front-app-key-000001"
+    conn.set_app_api_keys("front", [key])
+    conn.register_application("other", "doubles", "-1", 5_000_000)
+    conn.set_app_api_keys("other", ["other-app-key-000001"])
+    # OIP words its errors in one "error" string.
+    status, _, reply = http("POST", url, body)
+    assert status == 401 and "application 'front' requires an API key" in reply["error"], reply
+    status, _, reply = http("POST", url, body, headers={"X-Api-Key": "other-app-key-000001"})
+    assert status == 403, reply
+    assert http("POST", url, body, headers={"X-Api-Key": key})[0] == 200
+    # A key on an application the model is not linked to guards nothing of it.
+    conn.set_app_api_keys("front", [])
+    assert http("POST", url, body)[0] == 200
+
+
 def test_tls_on_both_http_ports(servers: list[Running], tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     r = start_server(tmp_path / "s", tls_cert=str(cert), tls_key=str(key))
