@@ -8,7 +8,10 @@ saves.  Here a contiguous (or one-dimensional strided) float32 or float64 array 
 native byte order is read through the buffer protocol and scanned in C, stopping
 at the first non-finite number.  Anything else -- another dtype, another byte
 order, a non-contiguous array of several dimensions, an object without a buffer --
-is answered by numpy, so the answer is always numpy's.
+is answered by numpy, so the answer is always numpy's.  So is any object that is
+not exactly an ``ndarray``: a subclass may mean something else by its data (a
+masked array hides some of it), and another exporter may hand over a buffer that
+is not aligned for its type.
 
 The pure-Python twin is ``clipper_core._pure.finite_check``.
 """
@@ -22,6 +25,8 @@ from cpython.buffer cimport (
 from libc.math cimport isfinite
 
 import numpy as np
+
+_ndarray = np.ndarray
 
 
 cdef bint _floats_finite(const float* p, Py_ssize_t n, Py_ssize_t step) noexcept nogil:
@@ -43,21 +48,27 @@ cdef bint _doubles_finite(const double* p, Py_ssize_t n, Py_ssize_t step) noexce
 def all_finite(object array):
     """Whether ``array`` (a float array) holds no NaN and no infinity.
 
-    Returns ``bool(np.isfinite(array).all())``; for a float32 or float64 array of
-    native byte order that is contiguous or one-dimensional, without numpy.
+    Returns ``bool(np.isfinite(array).all())``; for an ``ndarray`` of float32 or
+    float64, native byte order, aligned, contiguous or one-dimensional, without
+    numpy.
     """
     cdef Py_buffer view
     cdef Py_ssize_t n, step
-    cdef bytes fmt
     cdef int kind = 0  # 1: float32, 2: float64, 0: numpy decides
     cdef bint ok = True
-    try:
-        PyObject_GetBuffer(array, &view, PyBUF_RECORDS_RO)
-    except (BufferError, TypeError, ValueError):
+    cdef bint exported = False
+    if type(array) is _ndarray:
+        try:
+            PyObject_GetBuffer(array, &view, PyBUF_RECORDS_RO)
+            exported = True
+        except (BufferError, TypeError, ValueError):
+            pass  # datetime and string dtypes have no buffer: numpy answers
+    if not exported:
         return bool(np.isfinite(array).all())
     try:
-        # numpy writes a native float32 as "f" and a native float64 as "d"; a
-        # byte order or any other type comes with another format.
+        # numpy writes an aligned float32 of native order as "f" and such a
+        # float64 as "d"; a byte order, an unaligned array ("=d") or any other
+        # type comes with another format.
         if view.format != NULL and view.format[0] != 0 and view.format[1] == 0:
             if view.format[0] == b"f" and view.itemsize == 4:
                 kind = 1

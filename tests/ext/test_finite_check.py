@@ -66,6 +66,13 @@ def test_other_inputs_take_numpys_answer(impl: SimpleNamespace) -> None:
     assert not agree(impl, [1.0, float("nan")])  # no buffer: numpy reads the list
     assert agree(impl, np.array([1.0, 2.0], dtype=np.longdouble))
     assert not agree(impl, np.array([1.0, np.inf], dtype=np.complex64))
+    # A subclass goes to numpy: a masked array's hidden NaN does not count.
+    masked = np.ma.array([np.nan, 1.0], mask=[True, False])
+    assert agree(impl, masked)
+    # Buffers of other exporters too (this one is not aligned for doubles).
+    assert agree(impl, memoryview(bytearray(17))[1:].cast("d"))
+    unaligned = np.frombuffer(bytearray(8 * 5 + 1), dtype=np.float64, offset=1)
+    assert agree(impl, unaligned)
     readonly = np.ones(10, np.float32)
     readonly.flags.writeable = False
     assert agree(impl, readonly)
