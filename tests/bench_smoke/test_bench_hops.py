@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import hops
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +59,8 @@ def test_hop_medians_merge_the_container_stamps_into_their_query(tmp_path: Path)
     assert medians["traced span (HTTP read .. reply encoded)"] == 0.6
 
 
+# Slow (10-11 s: two servers, strace): make test-slow and CI run it.
+@pytest.mark.slow
 def test_bench_hops_smoke(tmp_path: Path) -> None:
     out = tmp_path / "hops.json"
     subprocess.run(

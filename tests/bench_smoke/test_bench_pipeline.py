@@ -158,10 +158,11 @@ def test_bad_pipeline_tables_are_refused(tmp_path: Path, text: str, error: str) 
 # -- end to end --------------------------------------------------------------------------------
 
 
+# Both slow (17 s and more: a pipeline of containers under load): make test-slow
+# and CI run them.
+@pytest.mark.slow
 @pytest.mark.timeout(360)
-@pytest.mark.parametrize(
-    "name", ["pipeline-noop", pytest.param("pipeline", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("name", ["pipeline-noop", "pipeline"])
 def test_pipeline_scenario_smoke(tmp_path: Path, name: str) -> None:
     report, _ = run_bench(tmp_path, name)
     assert report["kind"] == "pipeline"

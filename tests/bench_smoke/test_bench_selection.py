@@ -62,6 +62,7 @@ def test_regret_is_computed_against_the_best_model_in_hindsight() -> None:
     assert mistakes[0] < 0.15 * 2000 < 0.4 * 2000 < mistakes[1]
 
 
+@pytest.mark.slow  # 9 s of open-loop load: make test-slow and CI run it
 @pytest.mark.timeout(300)
 def test_feedback_at_the_query_rate(tmp_path: Path) -> None:
     report, stdout = run_bench(tmp_path, "noop", "--feedback", "--mode", "open", "--rate", "100")
