@@ -29,15 +29,12 @@ import numpy as np
 _ndarray = np.ndarray
 
 
-cdef bint _floats_finite(const float* p, Py_ssize_t n, Py_ssize_t step) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if not isfinite(p[i * step]):
-            return False
-    return True
+ctypedef fused real:
+    float
+    double
 
 
-cdef bint _doubles_finite(const double* p, Py_ssize_t n, Py_ssize_t step) noexcept nogil:
+cdef bint _finite(const real* p, Py_ssize_t n, Py_ssize_t step) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         if not isfinite(p[i * step]):
@@ -85,10 +82,10 @@ def all_finite(object array):
                 kind = 0
         if kind == 1:
             with nogil:
-                ok = _floats_finite(<const float*>view.buf, n, step)
+                ok = _finite(<const float*>view.buf, n, step)
         elif kind == 2:
             with nogil:
-                ok = _doubles_finite(<const double*>view.buf, n, step)
+                ok = _finite(<const double*>view.buf, n, step)
     finally:
         PyBuffer_Release(&view)
     if kind == 0:
