@@ -106,9 +106,7 @@ class KubernetesContainerManager:
             bundle_url=cfg.kubernetes_bundle_url or default.bundle_url,
             bundle_secret=cfg.kubernetes_bundle_secret or default.bundle_secret,
         )
-        return cls(
-            settings, api=api, start_timeout=cfg.replica_start_timeout, token_for=token_for
-        )
+        return cls(settings, api=api, start_timeout=cfg.replica_start_timeout, token_for=token_for)
 
     async def __aenter__(self) -> KubernetesContainerManager:
         return self
