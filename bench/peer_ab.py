@@ -12,6 +12,12 @@ round, so that a busy host's load falls on both alike.  It prints every run and
 the medians: req/s, server CPU per query (the server's process tree, ``/proc``)
 and wrk's p50 and p99.  Needs ``wrk`` and a copy of peerbench (its ``post.lua``
 and ``bodies/``).
+
+Two interpreters instead of two trees: ``--base-python`` / ``--new-python`` name
+each side's Python, and a tree given as ``installed`` sets no ``PYTHONPATH`` (the
+clipper_core installed in that Python's environment serves)::
+
+    python -m bench.peer_ab installed installed --new-python /tmp/v312/bin/python noop:rest:32
 """
 
 from __future__ import annotations
@@ -50,11 +56,17 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def _start(tree: Path, port: int, peerbench: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    tree: Path | None, python: str, port: int, peerbench: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(peerbench / "peers" / "clipper_core_server.py"), str(port)],
-            env={**os.environ, "PYTHONPATH": str(tree)},
+            [python, str(peerbench / "peers" / "clipper_core_server.py"), str(port)],
+            cwd=peerbench,  # not a checkout: a tree's sources must not shadow the install
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -85,12 +97,14 @@ def _wrk(peerbench: Path, port: int, cell: str, seconds: int) -> tuple[float, st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("base", type=Path)
-    ap.add_argument("new", type=Path)
+    ap.add_argument("base", help="a checkout, or `installed`")
+    ap.add_argument("new", help="a checkout, or `installed`")
     ap.add_argument("cells", nargs="+", help="model:api:conc, e.g. matmul:rest:32")
     ap.add_argument("--peerbench", type=Path, default=Path("/tmp/peerbench"))
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=4, help="wrk seconds per run")
+    ap.add_argument("--base-python", default=sys.executable, help="the base side's Python")
+    ap.add_argument("--new-python", default=sys.executable, help="the new side's Python")
     args = ap.parse_args(argv)
     for cell in args.cells:
         model, api, _ = cell.split(":")
@@ -99,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     servers = {}
     try:
-        for side, tree in (("base", args.base), ("new", args.new)):
+        for side, tree, python in (
+            ("base", args.base, args.base_python),
+            ("new", args.new, args.new_python),
+        ):
             log = logs / f"peer_ab_{side}.log"
-            servers[side] = _start(tree.resolve(), PORTS[side], args.peerbench, log)
+            where = None if tree == "installed" else Path(tree).resolve()
+            servers[side] = _start(where, python, PORTS[side], args.peerbench.resolve(), log)
         print("load", " ".join(Path("/proc/loadavg").read_text().split()[:3]), flush=True)
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for r in range(args.rounds):
