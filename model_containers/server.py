@@ -334,7 +334,9 @@ class ContainerServer:
         self.health_port: int | None = None
         if health_port is not None:
             self._health_server = grpc.server(
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="container-probe")
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="container-probe"),
+                # A port another process listens on is an error, not a shared port.
+                options=[("grpc.so_reuseport", 0)],
             )
             self.health.add_to_server(self._health_server)
             at = bind.rpartition(":")[0] + f":{health_port}"

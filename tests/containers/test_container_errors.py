@@ -5,7 +5,6 @@ Each test that predicts runs over the container's local socket and over gRPC."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from container_harness import Launcher, closure_args, model_class_args, pickle_c
 
 from clipper_core.errors import BadInput, DeadlineExceeded, ModelError, ReplicaUnavailable
 from clipper_core.replica_client import ReplicaClient
+from tests.ports import free_port
 
 
 def test_model_exception_fails_the_batch_and_the_container_keeps_serving(
@@ -139,15 +139,9 @@ def test_deadline_exceeded_and_health_during_a_long_batch(
     run_async(scenario)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_unreachable_replica(loop: str) -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
 
     async def scenario() -> None:
         client = ReplicaClient(address, model_name="m", model_version="1", replica_id="r0")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -158,15 +160,26 @@ def _socket_path(container: Container) -> str:
 def test_a_killed_containers_socket_folder_goes_with_the_next_start(
     containers: Launcher,
 ) -> None:
-    killed = containers.start(*model_class_args("SumModel"))
-    stale = os.path.dirname(_socket_path(killed))
-    assert os.path.basename(stale).startswith(f"{DIR_PREFIX}{killed.pid}-")
-    killed.proc.kill()  # SIGKILL: no chance to clean up
-    killed.wait(30)
-    assert os.path.isdir(stale)
-    alive = containers.start(*model_class_args("SumModel"))
-    assert not os.path.exists(stale)
-    assert os.path.exists(_socket_path(alive))
+    # A temporary folder of this test's own (a container that another test
+    # process starts meanwhile would remove the stale folder first), short
+    # enough for a Unix socket's path.
+    own_tmp = tempfile.mkdtemp(prefix="ls-")
+    env = {"TMPDIR": own_tmp}
+    try:
+        killed = containers.start(*model_class_args("SumModel"), env=env)
+        stale = os.path.dirname(_socket_path(killed))
+        assert os.path.dirname(stale) == own_tmp
+        assert os.path.basename(stale).startswith(f"{DIR_PREFIX}{killed.pid}-")
+        killed.proc.kill()  # SIGKILL: no chance to clean up
+        killed.wait(30)
+        assert os.path.isdir(stale)
+        alive = containers.start(*model_class_args("SumModel"), env=env)
+        assert not os.path.exists(stale)
+        assert os.path.exists(_socket_path(alive))
+        alive.proc.terminate()
+        alive.wait(30)
+    finally:
+        shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 def test_remove_stale_dirs_keeps_running_containers_folders(tmp_path: Path) -> None:

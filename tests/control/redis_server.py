@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = (
     "redis-server is not installed (Debian package redis-server: apt-get install -y redis-server)"
@@ -34,12 +36,6 @@ def require_redis() -> str:
     return REDIS_SERVER
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """One redis-server process on 127.0.0.1, its files in a folder of its own."""
 
@@ -48,7 +44,7 @@ class RedisServer:
         self._own_folder = folder is None
         self.folder = Path(tempfile.mkdtemp(prefix="redis-")) if folder is None else folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._log = open(self.folder / "redis.log", "wb")  # closed in stop()
         self.process = subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.deployers import deploy_python_closure
 from tests.observability.artifacts import REPO
+from tests.ports import free_port
 from tests.server import models
 from tests.server.conftest import Running, start_server
 
@@ -70,14 +70,8 @@ def test_overload_is_logged_once_and_counted(tmp_path: Path, logs: Any) -> None:
         running.bg.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_writes_json_lines_and_access_logs_on_request(tmp_path: Path) -> None:
-    qp, mp = _free_port(), _free_port()
+    qp, mp = free_port(), free_port()
     log_path = tmp_path / "server.log"
     argv = [
         sys.executable, "-m", "clipper_core.cli", "serve",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,15 +14,10 @@ from pathlib import Path
 from clipper_core.connection import ClipperConnection
 from clipper_core.deployers import create_endpoint
 from clipper_core.server import ClipperServer
+from tests.ports import free_port
 from tests.server import models
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clipper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,7 +32,7 @@ def _clipper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_cli_start_deploy_status_stop(tmp_path: Path) -> None:
-    qp, mp = _free_port(), _free_port()
+    qp, mp = free_port(), free_port()
     env = {**os.environ, "CLIPPER_STATE_DIR": str(tmp_path / "state")}
     ports = ["--query-port", str(qp), "--management-port", str(mp)]
 

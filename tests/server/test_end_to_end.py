@@ -8,7 +8,6 @@ import concurrent.futures
 import math
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -406,9 +405,3 @@ def test_hand_started_container_joins_replicas(running: Running, tmp_path) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

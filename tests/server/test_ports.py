@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from clipper_core.config import DEFAULT_GRPC_PORT, ServerConfig
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.errors import ClipperError
 from clipper_core.server import BackgroundServer, ClipperServer
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,12 +29,6 @@ def no_port_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a user's shell has: neither variable (the test suite sets one)."""
     monkeypatch.delenv("CLIPPER_GRPC_PORT", raising=False)
     monkeypatch.delenv("CLIPPER_STATE_DIR", raising=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_grpc_port_defaults(no_port_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +109,7 @@ def _clipper(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 def test_clipper_start_takes_the_options_of_serve(no_port_env: None, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    qp, mp, gp = _free_port(), _free_port(), _free_port()
+    qp, mp, gp = free_port(), free_port(), free_port()
     ready = tmp_path / "ready.json"
     state = ["--state-dir", str(tmp_path / "state")]
     ports = ["--query-port", str(qp), "--management-port", str(mp)]

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,16 +22,11 @@ from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.deployers import create_endpoint, deploy_python_closure
 from clipper_core.deployers.python import deploy_and_link
 from clipper_core.errors import ClipperError
+from tests.ports import free_port
 from tests.server import models
 from tests.server.conftest import Running
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _readme_quickstart() -> str:
@@ -57,7 +51,7 @@ def _predict(port: int, body: object) -> dict:
 
 
 def test_readme_quickstart_runs_twice_and_after_stop_all(tmp_path: Path) -> None:
-    qp, mp = _free_port(), _free_port()
+    qp, mp = free_port(), free_port()
     quickstart = _readme_quickstart()
     ports = "LocalContainerManager(query_port=1337, management_port=1338)"
     assert ports in quickstart and "stop_all" not in quickstart
