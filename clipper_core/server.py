@@ -186,9 +186,10 @@ class ClipperServer:
 
     @property
     def grpc_port(self) -> int | None:
-        """The OIP gRPC port bound, or None when it serves no gRPC."""
+        """The OIP gRPC port bound, or None when it serves no gRPC or has not
+        bound it yet (``start`` binds it last, before the restore)."""
         grpc = None if self.listeners is None else self.listeners.grpc
-        return None if grpc is None else grpc.port
+        return None if grpc is None else grpc.bound_port
 
     @property
     def scheme(self) -> str:

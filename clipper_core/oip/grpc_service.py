@@ -325,6 +325,11 @@ class GrpcInferenceServer:
             raise RuntimeError("the gRPC server is not started")
         return self._port
 
+    @property
+    def bound_port(self) -> int | None:
+        """The port once ``start`` has bound it, else None."""
+        return self._port
+
     async def start(self) -> None:
         if self.transport == "h2":
             h2 = H2GrpcServer(

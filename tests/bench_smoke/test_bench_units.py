@@ -199,7 +199,7 @@ def test_connection_close_replies_reconnect_without_errors() -> None:
 
 
 def test_connection_refused_is_a_connect_error() -> None:
-    from tests.ports import free_port
+    from bench.ports import free_port
 
     port = free_port()
     with pytest.raises(OSError):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from container_harness import Launcher, closure_args, model_class_args, pickle_closure, run_async
 
+from bench.ports import free_port
 from clipper_core.errors import BadInput, DeadlineExceeded, ModelError, ReplicaUnavailable
 from clipper_core.replica_client import ReplicaClient
-from tests.ports import free_port
 
 
 def test_model_exception_fails_the_batch_and_the_container_keeps_serving(

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from container_harness import Launcher, model_class_args, run_async
 
+from bench.ports import free_port
 from clipper_core.replica_client import ReplicaClient
-from tests.ports import free_port
 
 
 def test_metadata_and_health(containers: Launcher, tmp_path: Any) -> None:
@@ -171,7 +171,7 @@ def test_registration_rejected_is_fatal(containers: Launcher) -> None:
 
 
 def test_registration_retries_until_the_frontend_is_up(containers: Launcher) -> None:
-    port = free_port()  # tests/ports.py: no other test process is given it
+    port = free_port()  # bench/ports.py: no other test process is given it
     container = containers.start(
         *model_class_args("EchoModel", input_type="strings"),
         "--register-url", f"http://127.0.0.1:{port}",
@@ -185,7 +185,7 @@ def test_registration_retries_until_the_frontend_is_up(containers: Launcher) -> 
 
 
 def test_registration_gives_up_after_its_timeout(containers: Launcher) -> None:
-    port = free_port()  # tests/ports.py: no other test process is given it
+    port = free_port()  # bench/ports.py: no other test process is given it
     container = containers.start(
         *model_class_args("EchoModel", input_type="strings"),
         "--register-url", f"http://127.0.0.1:{port}", "--register-timeout", "0.5",

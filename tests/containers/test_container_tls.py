@@ -13,9 +13,9 @@ import pytest
 from container_harness import REPO, Container, Launcher, container_env, model_class_args, run_async
 from tls_certs import CertificateAuthority
 
+from bench.ports import free_port
 from clipper_core.errors import ReplicaUnavailable
 from clipper_core.replica_tls import by_address, remote_address, tls_connector
-from tests.ports import free_port
 
 TOKEN = "a3f1c9d2e4b5a6978801"
 
@@ -215,7 +215,7 @@ def test_the_health_port_answers_probes_in_plaintext_and_nothing_else(
     from model_containers._proto import container_pb2_grpc as pb_grpc
     from model_containers._proto import health_pb2, health_pb2_grpc
 
-    port = free_port()  # tests/ports.py: no other test process is given it
+    port = free_port()  # bench/ports.py: no other test process is given it
     _start_tls(containers, ca, tmp_path, "--health-port", str(port))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(

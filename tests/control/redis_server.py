@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from bench.ports import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = (

@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.deployers import deploy_python_closure
 from tests.observability.artifacts import REPO
-from tests.ports import free_port
 from tests.server import models
 from tests.server.conftest import Running, start_server
 

@@ -11,10 +11,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from bench.ports import free_port
 from clipper_core.connection import ClipperConnection
 from clipper_core.deployers import create_endpoint
 from clipper_core.server import ClipperServer
-from tests.ports import free_port
 from tests.server import models
 
 REPO = Path(__file__).resolve().parents[2]

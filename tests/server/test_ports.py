@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from clipper_core.config import DEFAULT_GRPC_PORT, ServerConfig
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.errors import ClipperError
 from clipper_core.server import BackgroundServer, ClipperServer
-from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

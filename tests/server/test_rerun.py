@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_port
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.deployers import create_endpoint, deploy_python_closure
 from clipper_core.deployers.python import deploy_and_link
 from clipper_core.errors import ClipperError
-from tests.ports import free_port
 from tests.server import models
 from tests.server.conftest import Running
 
