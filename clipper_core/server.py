@@ -186,8 +186,7 @@ class ClipperServer:
 
     @property
     def grpc_port(self) -> int | None:
-        """The OIP gRPC port bound, or None when it serves no gRPC or has not
-        bound it yet (``start`` binds it last, before the restore)."""
+        """The OIP gRPC port bound; None when it serves no gRPC or has not bound it yet."""
         grpc = None if self.listeners is None else self.listeners.grpc
         return None if grpc is None else grpc.bound_port
 

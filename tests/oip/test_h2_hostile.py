@@ -297,7 +297,9 @@ def test_replies_wait_for_the_window_and_a_client_that_never_opens_it_is_cut(
 def test_window_overflow_is_a_flow_control_error(make: Any) -> None:
     lt = make()
     c = Raw(lt.server.port, settings=struct.pack(">HI", h2.S_INITIAL_WINDOW, 0))
-    c.call(1, b"abc")
+    # The request's headers only: stream 1 stays open, so no reply can finish it
+    # between the two updates (a closed stream's WINDOW_UPDATE is ignored, RFC 9113).
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block("/t.S/Echo"))
     c.send(h2.WINDOW_UPDATE, 0, 1, (0x7FFFFFFF).to_bytes(4, "big"))
     c.send(h2.WINDOW_UPDATE, 0, 1, (1).to_bytes(4, "big"))
     assert c.rst(1) == h2.FLOW_CONTROL_ERROR
