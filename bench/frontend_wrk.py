@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
+
 BARE_SERVER = textwrap.dedent(
     """
     import asyncio, sys, uvloop
@@ -90,14 +92,6 @@ def run_wrk(url: str, connections: int, duration: int, script: Path) -> dict[str
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10)
@@ -113,7 +107,7 @@ def main() -> None:
     script.write_text(LUA)
     rows: list[tuple[str, int, dict[str, float]]] = []
 
-    bare_port = _free_port()
+    bare_port = free_port()
     bare = subprocess.Popen(
         [sys.executable, "-c", BARE_SERVER, str(bare_port)], stdout=subprocess.PIPE, text=True
     )
@@ -133,7 +127,7 @@ def main() -> None:
 
     # The server runs in its own process, as in production (the benchmark's
     # own Python would otherwise share its GIL).
-    qp, mp = _free_port(), _free_port()
+    qp, mp = free_port(), free_port()
     # No OIP gRPC port (its default, 8001, may be taken).
     env = {**os.environ, "CLIPPER_STATE_DIR": str(tmp / "state"), "CLIPPER_GRPC_PORT": "off"}
     server = subprocess.Popen(

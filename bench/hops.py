@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.ports import free_port
 from bench.proc_counters import context_switches, cpu_user_system, measure, strace_counts
 
 REST_BODY = b'{"input":[0.3456,0.8216,0.3304,-1.3032,0.9054,0.4464,-0.537,0.5811]}'
@@ -93,12 +94,6 @@ def serve(port: int, management_port: int) -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -121,10 +116,10 @@ class Server:
     """``python -m bench.hops --serve`` in a process of its own, and its container."""
 
     def __init__(self, env: dict[str, str] | None = None, tree: Path | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         extra = {"PYTHONPATH": str(tree)} if tree is not None else {}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.hops", "--serve", f"{self.port},{_free_port()}"],
+            [sys.executable, "-m", "bench.hops", "--serve", f"{self.port},{free_port()}"],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {}), **extra},
@@ -256,7 +251,7 @@ def hop_medians(folder: Path) -> dict[str, float]:
 
 
 def floor_http(n: int, strace_n: int) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.bare_server", "--kind", "http", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -3,12 +3,11 @@
 The usual trick -- bind port 0, read the port, close, hand the number on -- leaves
 the port free until the server binds it, and any other process binding port 0
 meanwhile may get it: rare with one test process, likelier with ``make test``'s
-two (each starting servers and containers all the time).  Outside pytest-xdist
-every process takes the first slice.  The ports given here
+two (each starting servers and containers all the time).  The ports given here
 lie below the kernel's ephemeral range, which ``bind(0)`` never hands out, and
-each pytest-xdist worker takes its own slice of them from a random start, so
-neither the other worker nor any ephemeral bind can take one; a port something
-already listens on is skipped.
+each pytest-xdist worker takes its own slice of them (outside xdist, the first)
+from a random start, so neither the other worker nor any ephemeral bind can take
+one; a port something already listens on is skipped.
 """
 
 from __future__ import annotations
