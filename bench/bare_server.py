@@ -93,7 +93,6 @@ async def serve_grpc(port: int, reply: bytes) -> None:
 
 def serve_grpc_sync(port: int, reply: bytes, threads: int) -> None:
     """The same reply from the sync ``grpc.server`` on a thread pool."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
@@ -105,14 +104,16 @@ def serve_grpc_sync(port: int, reply: bytes, threads: int) -> None:
         "inference.GRPCInferenceService",
         {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)},
     )
+    # SIGTERM blocked before gRPC starts its threads (they inherit the mask) and
+    # taken with sigwait: a handler plus Event.wait() hangs when another thread
+    # takes the signal, as the main thread, blocked on a lock, never runs it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     server = grpc.server(ThreadPoolExecutor(max_workers=threads))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("ready", flush=True)
-    stop.wait()
+    signal.sigwait({signal.SIGTERM})
     server.stop(1)
 
 

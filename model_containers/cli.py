@@ -221,20 +221,70 @@ def _resolve_input_type(parser: argparse.ArgumentParser, cli: str | None, model:
     return str(resolved)
 
 
-def _install_signal_handlers(events: queue.SimpleQueue[tuple[str, str]]) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
+class _StopEvents:
+    """Why the container stops: a signal, a fatal registration error, the exit of
+    the frontend that started it.  ``wait()`` blocks the main thread until one comes.
 
-    # SimpleQueue.put is reentrant, so it is safe in a signal handler (an
-    # Event.set() there can deadlock against the main thread's own wait).
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        events.put(("signal", signal.Signals(signum).name))
+    The main thread waits in ``os.read`` on a pipe, not on a lock: a signal sent to
+    the process may be taken by any thread that does not block it (the gRPC
+    poller, the local socket's accept thread), and CPython runs the Python handler
+    only when the main thread next runs bytecode, which a thread blocked on a lock
+    never does (it gets no EINTR).  ``signal.set_wakeup_fd`` makes the C-level
+    handler write to the pipe from whichever thread took the signal.  Every event
+    is a queue entry followed by a byte, so a byte that comes first only means
+    "look again".
+    """
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._previous: dict[int, Any] = {}
+        _CLEANUPS.append(self._close)
+
+    def put(self, kind: str, detail: str) -> None:
+        """Record an event and wake ``wait()``; safe in a signal handler and a thread."""
+        self._queue.put((kind, detail))  # SimpleQueue.put is reentrant
+        try:
+            os.write(self._write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the reader will look
+
+    def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM and SIGINT (main thread only, as Python requires)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self.put("signal", signal.Signals(signum).name)
+
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, on_signal)
+
+    def wait(self) -> tuple[str, str]:
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                # A signal's handler runs before the loop's next turn, once the
+                # read returned; PEP 475 retries the read on EINTR.
+                os.read(self._read_fd, 512)
+
+    def _close(self) -> None:
+        """Give the signals back, then close the pipe (a handler left in place
+        could write to a number that names another file by then)."""
+        if self._previous:
+            if threading.current_thread() is not threading.main_thread():
+                return  # only the main thread may: leave the pipe to the exit
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(-1)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
 
-def _watch_parent(events: queue.SimpleQueue[tuple[str, str]]) -> None:
+def _watch_parent(events: _StopEvents) -> None:
     """Stop when the frontend that started us exits (``CLIPPER_PARENT_PID``), so
     that a killed frontend leaves no container behind.  On Linux the frontend also
     sets a parent-death signal; this is the portable fallback."""
@@ -246,7 +296,7 @@ def _watch_parent(events: queue.SimpleQueue[tuple[str, str]]) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        events.put(("signal", f"exit of the parent frontend (pid {parent})"))
+        events.put("signal", f"exit of the parent frontend (pid {parent})")
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -296,8 +346,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--max-workers must be at least 1")
     check_remote_options(parser, args)
 
-    events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
-    _install_signal_handlers(events)
+    events = _StopEvents()
+    events.install_signal_handlers()
     _watch_parent(events)
 
     if args.deploy_env:
@@ -388,13 +438,13 @@ def _main(argv: Sequence[str] | None) -> int:
                 ca_file=args.frontend_ca,
             )
             if not result.ok and not result.stopped:
-                events.put(("fatal", result.message))
+                events.put("fatal", result.message)
 
         threading.Thread(
             target=register_in_background, name="container-register", daemon=True
         ).start()
 
-    kind, detail = events.get()
+    kind, detail = events.wait()
     code = 0
     if kind == "fatal":
         print(f"model_containers: {detail}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import queue
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import numpy as np
+import pytest
 from container_harness import Launcher, model_class_args, run_async
 
 from bench.ports import free_port
@@ -90,6 +92,20 @@ def test_sigterm_when_idle_exits_0(containers: Launcher) -> None:
     container = containers.start(*model_class_args("EchoModel", input_type="bytes"))
     os.kill(container.pid, signal.SIGTERM)
     assert container.wait(15) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc and tgkill")
+def test_sigterm_taken_by_another_thread_still_stops_it(containers: Launcher) -> None:
+    """A signal sent to a process may be taken by any thread that does not block it
+    (the kernel picks another when the main thread is busy): the main thread, which
+    waits for it, must still wake.  Here a gRPC or accept thread takes it, always."""
+    container = containers.start(*model_class_args("EchoModel", input_type="bytes"))
+    others = [int(t) for t in os.listdir(f"/proc/{container.pid}/task") if int(t) != container.pid]
+    assert others, "the container runs threads besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(container.pid, others[0], signal.SIGTERM) == 0, ctypes.get_errno()
+    assert container.wait(15) == 0
+    assert "SIGTERM received" in container.stderr()
 
 
 # --- registration ---------------------------------------------------------------
