@@ -9,12 +9,18 @@ replica under this process's own cgroup when the unified hierarchy is there and
 writable and the memory controller can be delegated to the child; the launcher
 moves the replica into it before the container starts.  Otherwise it says why, in
 one warning per replica, and the launcher falls back to ``RLIMIT_AS``.
+
+A child's name carries this process's PID (``clipper-<pid>-<replica>``): two
+servers under one cgroup (two frontends on a host, a test run beside a server)
+then never share, rewrite or remove each other's children.  The first child made
+sweeps the empty ones of servers that are gone (a server killed with SIGKILL).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -41,6 +47,8 @@ class MemoryCgroups:
         self._mounts = mounts
         self._proc_cgroup = proc_cgroup
         self._warned: set[str] = set()
+        self._prefix = f"clipper-{os.getpid()}-"
+        self._swept = False
 
     def own_cgroup(self) -> tuple[Path | None, str]:
         """This process's cgroup folder in the unified hierarchy, or None and why."""
@@ -109,13 +117,36 @@ class MemoryCgroups:
                 raise _Unavailable(
                     f"cannot delegate the memory controller of {own}: {why}"
                 ) from None
-        child = own / ("clipper-" + re.sub(r"[^A-Za-z0-9_.-]", "-", key))
+        if not self._swept:
+            self._swept = True
+            _sweep_dead_servers(own)
+        child = own / (self._prefix + re.sub(r"[^A-Za-z0-9_.-]", "-", key))
         try:
             child.mkdir(exist_ok=True)
             (child / "memory.max").write_text(str(limit_mb * 1024 * 1024))
         except OSError as exc:
             raise _Unavailable(f"cannot set up {child}: {exc.strerror}") from None
         return child
+
+
+_CHILD = re.compile(r"clipper-(\d+)-")
+
+
+def _sweep_dead_servers(own: Path) -> None:
+    """Remove the children of servers that no longer run (a child that still holds
+    a process, such as a replica another server adopted, refuses and stays)."""
+    try:
+        children = list(own.iterdir())
+    except OSError:
+        return
+    for child in children:
+        match = _CHILD.match(child.name)
+        if match is None or not child.is_dir() or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        try:
+            child.rmdir()
+        except OSError:
+            pass
 
 
 class _Unavailable(Exception):

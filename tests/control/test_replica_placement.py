@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def test_a_delegated_memory_controller_gets_a_child_cgroup_per_replica(
 ) -> None:
     cgroups = fake_cgroupfs(tmp_path, "cpu memory pids", "memory")
     path = cgroups.prepare("m:1:0", 300)
-    assert path == tmp_path / "cgroup" / "svc" / "clipper-m-1-0"
+    assert path == tmp_path / "cgroup" / "svc" / f"clipper-{os.getpid()}-m-1-0"
     assert (path / "memory.max").read_text() == str(300 * 1024 * 1024)
     # The launcher moves the replica into it and sets no RLIMIT_AS then.
     (path / "cgroup.procs").write_text("")
@@ -143,6 +144,29 @@ def test_a_delegated_memory_controller_gets_a_child_cgroup_per_replica(
     (path / "memory.max").unlink()
     cgroups.remove(path)
     assert not path.exists()
+
+
+def test_children_are_per_server_and_a_dead_servers_empty_ones_are_swept(tmp_path: Path) -> None:
+    """Two servers under one cgroup never share a replica's child; the first child
+    made removes the empty children of servers that are gone, and nothing else."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    own = tmp_path / "cgroup" / "svc"
+    cgroups = fake_cgroupfs(tmp_path, "cpu memory pids", "memory")
+    dead_empty = own / f"clipper-{gone.pid}-m-1-0"
+    dead_busy = own / f"clipper-{gone.pid}-m-1-1"  # adopted elsewhere: holds a process
+    other_server = own / f"clipper-{os.getppid()}-m-1-0"  # a live process's
+    unrelated = own / "clipper-not-ours"
+    for folder in (dead_empty, dead_busy, other_server, unrelated):
+        folder.mkdir()
+    (dead_busy / "cgroup.procs").write_text("123\n")  # a real cgroup refuses rmdir then too
+
+    path = cgroups.prepare("m:1:0", 300)
+
+    assert path == own / f"clipper-{os.getpid()}-m-1-0" != other_server
+    assert not dead_empty.exists()
+    assert dead_busy.exists() and other_server.exists() and unrelated.exists()
+    assert not (other_server / "memory.max").exists()  # the other server's is untouched
 
 
 def test_no_memory_controller_falls_back_to_rlimit_with_a_reason(
