@@ -57,6 +57,7 @@ test-slow: build
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check clipper_core model_containers tests bench
+	$(VENV)/bin/ruff format --check clipper_core model_containers tests bench
 	$(VENV)/bin/mypy
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/cython-lint ext/
 

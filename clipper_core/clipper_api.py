@@ -176,9 +176,7 @@ def parse_predict_general(body: bytes, input_type: str) -> PredictQuery:
     # Both literals hold an "e": a body without one (no exponent, no "version")
     # needs no search for them; one byte is a memchr, ~20x faster than a word.
     may_hold_bools = (
-        input_type in _DTYPES
-        and b"e" in body
-        and (b"true" in body or b"false" in body)
+        input_type in _DTYPES and b"e" in body and (b"true" in body or b"false" in body)
     )
 
     if has_input:

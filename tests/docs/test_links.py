@@ -17,7 +17,8 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 def _relative_links(path: Path) -> list[str]:
     text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
     return [
-        t for t in LINK.findall(text)
+        t
+        for t in LINK.findall(text)
         if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")
     ]
 

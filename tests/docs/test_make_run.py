@@ -43,8 +43,13 @@ def test_make_run_serves_until_interrupted(tmp_path: object) -> None:
         pytest.skip(f"ports {busy} are in use: `make run` serves on 1337, 1338 and 8001")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPPER_")}
     proc = subprocess.Popen(
-        ["make", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        ["make", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     try:

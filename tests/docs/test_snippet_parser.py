@@ -58,7 +58,10 @@ def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_blocks_their_lines_and_markers(page: Path) -> None:
     found = blocks(page)
     assert [(b.lang, b.line) for b in found] == [
-        ("python", 6), ("bash", 11), ("python", 16), ("bash", 20)
+        ("python", 6),
+        ("bash", 11),
+        ("python", 16),
+        ("bash", 20),
     ]
     assert found[1].skip_reason(set()) == "needs a cluster"
     assert found[2].skip_reason(set()) == "needs no_such_module_here (not importable here)"

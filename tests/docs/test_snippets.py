@@ -64,8 +64,13 @@ def plan_for(page: Path, ports: dict[int, int]) -> tuple[list[dict[str, object]]
         code = substitute_ports(b.code, ports)
         if b.lang == "python":
             runs.append(
-                {"kind": "python", "page": b.page, "line": b.line, "code": code,
-                 "expect": python_expectation(code)}
+                {
+                    "kind": "python",
+                    "page": b.page,
+                    "line": b.line,
+                    "code": code,
+                    "expect": python_expectation(code),
+                }
             )
             continue
         cmds = shell_commands(b)
@@ -75,21 +80,40 @@ def plan_for(page: Path, ports: dict[int, int]) -> tuple[list[dict[str, object]]
             ' run them, or mark the block <!-- snippet: skip reason="..." -->'
         )
         runs.append(
-            {"kind": "bash", "page": b.page, "line": b.line,
-             "commands": [
-                 {"line": c.line, "text": substitute_ports(c.text, ports),
-                  "expect": None if c.expect is None else substitute_ports(c.expect, ports)}
-                 for c in cmds
-             ]}
+            {
+                "kind": "bash",
+                "page": b.page,
+                "line": b.line,
+                "commands": [
+                    {
+                        "line": c.line,
+                        "text": substitute_ports(c.text, ports),
+                        "expect": None if c.expect is None else substitute_ports(c.expect, ports),
+                    }
+                    for c in cmds
+                ],
+            }
         )
     return runs, skipped
 
 
 def clipper(env: dict[str, str], ports: list[int], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clipper_core.cli", "--query-port", str(ports[0]),
-         "--management-port", str(ports[1]), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "clipper_core.cli",
+            "--query-port",
+            str(ports[0]),
+            "--management-port",
+            str(ports[1]),
+            *args,
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -117,7 +141,8 @@ def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
     wrapper.chmod(0o755)
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("CLIPPER_") and k not in ("PYTEST_CURRENT_TEST",)
     }
     env.update(
@@ -135,7 +160,11 @@ def test_page_snippets_run(page: Path, tmp_path: Path) -> None:
             assert started.returncode == 0, started.stderr
         done = subprocess.run(
             [sys.executable, str(DRIVER), str(plan)],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=540,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=540,
             start_new_session=True,
         )
     finally:
