@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from typing import IO
 
 logger = logging.getLogger("clipper_core.process_manager")
 
 # Longer stdout/stderr lines are truncated.
 _MAX_LINE = 64 * 1024
+# At most this much of a pipe is read per loop turn.
+_READ_SIZE = 64 * 1024
 
 
 class _ChildOutput:
@@ -81,21 +83,50 @@ class _ChildOutput:
             logger.exception("handling a line of a replica's output failed")
 
 
-class _PipeReader(asyncio.Protocol):
-    """Feeds one of a child's pipes to its :class:`_ChildOutput`."""
+class _PipeReader:
+    """Feeds one of a child's pipes to its :class:`_ChildOutput`.
 
-    def __init__(self, output: _ChildOutput, fd: int) -> None:
+    Read with ``loop.add_reader`` and ``os.read``, so that the pipe's file object
+    stays the one owner of the descriptor and closes it once.  uvloop's
+    ``connect_read_pipe`` hands the same number to libuv and keeps the file
+    object, and both close it (MagicStack/uvloop#763): a number that another
+    thread reused in between (a client's socket, a test's connection, the state
+    database) lost its file.  A poison-input test saw exactly that: a client socket
+    closed under it while crashed replicas' pipes were closed.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, output: _ChildOutput, name: int, pipe: IO[bytes]
+    ) -> None:
+        self._loop = loop
         self._output = output
-        self._fd = fd
+        self._name = name  # 1 or 2: which of the child's outputs
+        self._pipe: IO[bytes] | None = pipe
+        self._fd = pipe.fileno()
+        os.set_blocking(self._fd, False)
+        loop.add_reader(self._fd, self._on_readable)
 
-    def data_received(self, data: bytes) -> None:
-        self._output.pipe_data_received(self._fd, data)
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # treated as the end
+        if data:
+            self._output.pipe_data_received(self._name, data)
+        else:
+            self.close()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._output.pipe_connection_lost(self._fd)
+    def close(self) -> None:
+        """Stop reading and close the pipe (once); the output hears of its end."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        pipe.close()
+        self._output.pipe_connection_lost(self._name)
 
 
 def _popen(argv: list[str], env: dict[str, str], cwd: str | None) -> subprocess.Popen[bytes]:
@@ -133,7 +164,7 @@ class _Child:
         self.exited = self.output.exited
         self.pipes_closed = self.output.pipes_closed
         self._loop = loop
-        self._pipes: list[asyncio.BaseTransport] = []
+        self._pipes: list[_PipeReader] = []
         self._pidfd: int | None = None
 
     @classmethod
@@ -148,12 +179,9 @@ class _Child:
         child = cls(loop, popen)
         try:
             child._watch_exit()
-            for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
+            for name, pipe in ((1, popen.stdout), (2, popen.stderr)):
                 assert pipe is not None
-                transport, _ = await loop.connect_read_pipe(
-                    functools.partial(_PipeReader, child.output, fd), pipe
-                )
-                child._pipes.append(transport)
+                child._pipes.append(_PipeReader(loop, child.output, name, pipe))
         except BaseException:
             child.close()
             raise
@@ -181,11 +209,11 @@ class _Child:
     def close(self) -> None:
         """Release the pipes and the pidfd; a process that still runs is killed
         and reaped by a thread.  Safe to call twice."""
-        for transport in self._pipes:
-            transport.close()
+        for reader in self._pipes:
+            reader.close()
         for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None and not pipe.closed and not self._pipes:
-                pipe.close()  # never handed to the loop
+            if pipe is not None and not pipe.closed:
+                pipe.close()  # never handed to a reader
         self._stop_watching_pidfd()
         if self.returncode is None:
             self.signal(signal.SIGKILL)
