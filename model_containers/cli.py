@@ -240,15 +240,21 @@ class _StopEvents:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self._previous: dict[int, Any] = {}
+        # Reentrant: a second signal's handler may run inside the first one's put().
+        self._lock = threading.RLock()
+        self._closed = False
         _CLEANUPS.append(self._close)
 
     def put(self, kind: str, detail: str) -> None:
         """Record an event and wake ``wait()``; safe in a signal handler and a thread."""
-        self._queue.put((kind, detail))  # SimpleQueue.put is reentrant
-        try:
-            os.write(self._write_fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already: the reader will look
+        with self._lock:  # not after _close(): the number may name another file
+            if self._closed:
+                return
+            self._queue.put((kind, detail))
+            try:
+                os.write(self._write_fd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already: the reader will look
 
     def install_signal_handlers(self) -> None:
         """Stop on SIGTERM and SIGINT (main thread only, as Python requires)."""
@@ -272,16 +278,18 @@ class _StopEvents:
                 os.read(self._read_fd, 512)
 
     def _close(self) -> None:
-        """Give the signals back, then close the pipe (a handler left in place
-        could write to a number that names another file by then)."""
+        """Give the signals back, then close the pipe; a later put() (the parent
+        watch, during the interpreter's exit) writes nothing."""
         if self._previous:
             if threading.current_thread() is not threading.main_thread():
                 return  # only the main thread may: leave the pipe to the exit
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        with self._lock:  # taken after the handlers are gone: none can wait on it
+            self._closed = True
+            os.close(self._read_fd)
+            os.close(self._write_fd)
 
 
 def _watch_parent(events: _StopEvents) -> None:
