@@ -231,8 +231,17 @@ class _Child:
 
     def _on_pidfd_readable(self) -> None:
         self._stop_watching_pidfd()
+        self._end_group()
         self.popen.poll()  # reaps it
         self.output.process_exited()
+
+    def _end_group(self) -> None:
+        """Kill what the exited replica left in its process group (helpers of a
+        replica that crashed: they would outlive it, restarts included).  Only
+        before the replica is reaped: until then its group id cannot be anyone
+        else's."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def _stop_watching_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -241,6 +250,9 @@ class _Child:
             self._pidfd = None
 
     def _wait_in_thread(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+            self._end_group()
         self.popen.wait()
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._loop.call_soon_threadsafe(self.output.process_exited)

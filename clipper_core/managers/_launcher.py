@@ -25,10 +25,13 @@ from clipper_core.managers.replica import ReplicaSpec
 # glibc's malloc arenas capped (MALLOC_ARENA_MAX=2, unless set) so that address
 # space reserved but never used does not count against it.
 _LAUNCHER = """\
-import os, sys
+import os, signal, sys
 parent, cpus, limit, cgroup, gpu, program = (
     int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 )
+# A signal mask survives fork and exec: whatever the forking thread blocked (an
+# embedding program's SIGTERM) the replica would never receive.
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
 try:
     import ctypes
     ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager

@@ -298,7 +298,7 @@ def test_stop_takes_the_process_group_along(run: Runner, make_manager: MakeManag
     run(scenario())
 
 
-def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report(
+def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report_and_dies_with_it(
     run: Runner, make_manager: MakeManager
 ) -> None:
     manager, _ = make_manager(restart_backoff=(30.0, 30.0))
@@ -319,6 +319,14 @@ def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report(
             await manager.wait_ready(handle, timeout=30)
         assert time.monotonic() - began < 10  # not the helper's 60 s
         helper_pid = int(str(info.value).split("helper ")[1].split()[0])
+        # The crash took the replica's process group along: no orphan outlives it.
+        for _ in range(100):
+            try:
+                assert_dead(helper_pid)
+                break
+            except AssertionError:
+                await asyncio.sleep(0.05)
+        assert_dead(helper_pid)
         await manager.stop(handle)
 
     try:
@@ -327,6 +335,31 @@ def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report(
         if helper_pid is not None:  # the test started it: kill it by pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(helper_pid, signal.SIGKILL)
+
+
+def test_the_replica_starts_with_no_signal_blocked(run: Runner, make_manager: MakeManager) -> None:
+    """A signal mask survives fork and exec: a program that embeds the server and
+    blocks SIGTERM in the thread that starts replicas must not pass that on (the
+    replica would never get its stop signal)."""
+    manager, _ = make_manager()
+    code = """
+        import time
+        status = open("/proc/self/status").read()
+        blocked = [line.split()[1] for line in status.splitlines() if line.startswith("SigBlk")]
+        print("CLIPPER_CONTAINER_READY " + blocked[0], flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            handle = await manager.start(spec(code))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        assert int(await manager.wait_ready(handle, timeout=20), 16) == 0
+        await manager.stop(handle)
+
+    run(scenario())
 
 
 def test_cpu_pinning_is_applied_in_the_child(run: Runner, make_manager: MakeManager) -> None:
