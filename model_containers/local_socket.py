@@ -310,6 +310,14 @@ class LocalSocketServer:
         and nobody new connects; calls already running go on."""
         with self._lock:
             self._stopping = True
+        # shutdown() wakes the thread blocked in accept() (a close() alone leaves it
+        # blocked, and frees the number while it may still be about to use it); the
+        # socket is closed once that thread has left.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
         with contextlib.suppress(OSError):
             self._sock.close()
         self._remove_files()
