@@ -77,6 +77,15 @@ def serve(port: int, management_port: int) -> None:
         def predict_tensors(self, inputs: dict[str, Any]) -> dict[str, Any]:
             return {"y": inputs["x"]}
 
+    # SIGTERM/SIGINT end the wait below through a wake-up pipe, written by the
+    # C-level handler from whichever thread takes the signal (the server's exit
+    # and the rmtree then run; a sigwait without the signals blocked never woke:
+    # SIGTERM's default action killed the process first).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     state = tempfile.mkdtemp(prefix="clipper-hops-")
     with BackgroundServer(
         query_port=port,
@@ -90,7 +99,7 @@ def serve(port: int, management_port: int) -> None:
         conn.deploy_model("noop", 1, "floats", Noop())
         conn.link_model_to_app("noop", "noop")
         print("READY", flush=True)
-        signal.sigwait([signal.SIGTERM, signal.SIGINT])
+        os.read(wake_read, 1)
     shutil.rmtree(state, ignore_errors=True)
 
 
