@@ -8,6 +8,7 @@ embedded one (``ClipperConnection.for_server(srv)``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -222,6 +223,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if proc.poll() is not None:
+                self.cm.pid_file.unlink(missing_ok=True)
                 raise ClipperError(
                     f"the server exited with code {proc.returncode}:\n{self.cm.log_tail()}"
                 )
@@ -234,6 +236,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             time.sleep(0.1)
         proc.kill()
         proc.wait()
+        self.cm.pid_file.unlink(missing_ok=True)
         raise ClipperError(f"the server did not answer within {timeout} s:\n{self.cm.log_tail()}")
 
     def connect(self) -> None:
@@ -258,7 +261,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         The server drains its in-flight requests first (for up to its
         ``shutdown_grace``, 30 s by default); after ``timeout`` seconds a server
         started by ``start_clipper`` is killed."""
-        pid = self._server_pid()
+        pid = self.cm.started_pid()
         if self.ping():
             if remove_state:
                 self.remove_everything()
@@ -273,7 +276,8 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
                     break
                 time.sleep(0.1)
             else:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             self.cm.pid_file.unlink(missing_ok=True)
             self.cm.ready_file.unlink(missing_ok=True)
         self.cm.remove_temporary_state()
@@ -287,17 +291,6 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             self.unregister_application(app)
         for m in self.get_all_models(verbose=True):
             self.stop_versioned_models({m["model_name"]: [m["model_version"]]})
-
-    def _server_pid(self) -> int | None:
-        try:
-            pid = int(self.cm.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
 
     # -- applications -----------------------------------------------------------
 

@@ -179,7 +179,25 @@ class LocalContainerManager:
 
     @property
     def pid_file(self) -> Path:
+        """``<pid> <start time>`` of the server started here (the start time tells
+        that process from a later one given the same pid)."""
         return Path(self.state_dir) / "server.pid"
+
+    def started_pid(self) -> int | None:
+        """The pid of the server started here while that process still runs;
+        None (and the file removed) when it is gone or the pid names another
+        process now (a server that crashed, a reboot since)."""
+        try:
+            fields = self.pid_file.read_text().split()
+            pid = int(fields[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        started = process_start_time(pid)
+        recorded = fields[1] if len(fields) > 1 else None
+        if started is None or (recorded is not None and recorded != str(started)):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
 
     @property
     def log_file(self) -> Path:
@@ -233,7 +251,7 @@ class LocalContainerManager:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(f"{proc.pid} {process_start_time(proc.pid) or ''}")
         return proc
 
     def read_ready(self) -> bool:
@@ -258,3 +276,22 @@ class LocalContainerManager:
         """Remove the state folder when it is a temporary one of ours."""
         if self.temporary_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc``), or None
+    when it does not run (or this system has no ``/proc``: then its mere
+    existence is all that can be told)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if os.path.isdir("/proc/self"):
+            return None  # a Linux without that process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime

@@ -218,3 +218,24 @@ def test_for_server_connection_knows_the_grpc_port(running: Running) -> None:
     conn = ClipperConnection.for_server(running.server)
     assert isinstance(conn.cm, LocalContainerManager)
     assert conn.cm.grpc_port == running.server.grpc_port
+
+
+def test_stop_all_leaves_alone_the_process_that_now_has_a_stale_pid(tmp_path: Path) -> None:
+    """A server.pid left by a server that is gone (it crashed, or a reboot since)
+    can name another process by now: stop_all() must neither wait for it nor kill
+    it, and forgets the file."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        pid_file = state / "server.pid"
+        pid_file.write_text(f"{bystander.pid} 1")  # a server that started at tick 1
+        cm = LocalContainerManager(
+            query_port=free_port(), management_port=free_port(), state_dir=str(state)
+        )
+        ClipperConnection(cm).stop_all(timeout=1.0)
+        assert bystander.poll() is None, "the bystander was killed"
+        assert not pid_file.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
