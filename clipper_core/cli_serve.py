@@ -238,6 +238,12 @@ def serve_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Before gRPC is imported: the server forks only to exec (query workers and
+    # runtime-environment builds through the loop's subprocess support, which
+    # runs fork handlers in the child), and no forked child speaks gRPC, so
+    # gRPC's fork handlers could only get in the way (as they did in a
+    # container: model_containers/__main__.py).  A user's setting wins.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     import asyncio
 
     import uvloop
