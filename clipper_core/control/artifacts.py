@@ -11,7 +11,6 @@ model folder) from the management API, ``GET /admin/bundle/<name>/<version>``
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import shutil
 from collections.abc import Mapping
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from clipper_core.errors import BadInput
 from clipper_core.model_bundle import TAR, unpack_archive
 from clipper_core.state_dir import make_private_dir, write_private_file
 
@@ -57,7 +55,7 @@ class ArtifactStore(Protocol):
     """Keeps the files of deployed model versions."""
 
     async def put(
-        self, name: str, version: str, container: dict[str, Any], payload_b64: str
+        self, name: str, version: str, container: dict[str, Any], payload: bytes
     ) -> dict[str, Any]:
         """Store a version's payload; return its container spec pointing at it."""
         ...
@@ -86,25 +84,21 @@ class LocalArtifactStore:
         return self._root / name / version
 
     async def put(
-        self, name: str, version: str, container: dict[str, Any], payload_b64: str
+        self, name: str, version: str, container: dict[str, Any], payload: bytes
     ) -> dict[str, Any]:
-        """Decode and write the payload (a pickled closure, or a tar of a model's
+        """Write the payload's bytes (a pickled closure, or a tar of a model's
         folder, unpacked once for every replica to load; the tar stays, as the
         bundle that remote replicas fetch).
 
         Raises:
-            BadInput: The payload is not base64, or not a valid archive.
+            BadInput: The payload is not a valid archive.
         """
-        try:
-            data = base64.b64decode(payload_b64, validate=True)
-        except ValueError as exc:
-            raise BadInput(f"model payload is not valid base64: {exc}") from None
         folder = self.folder(name, version)
         path = folder / str(container.get("filename", "model.pkl"))
 
         def write() -> str:
             make_private_dir(folder)
-            write_private_file(path, data)
+            write_private_file(path, payload)
             if container.get("archive") != TAR:
                 return str(path)
             return unpack_archive(path, path.with_name("model"))

@@ -9,7 +9,6 @@ names the entry and field at fault.  Pure: no I/O.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ __all__ = [
     "DesiredApp",
     "DesiredModel",
     "DesiredState",
+    "decode_payload",
     "payload_digest",
 ]
 
@@ -69,17 +69,42 @@ PIPELINE_FIELDS = ("name", "input_type", "stages", "edges", "slo_micros", "defau
 TOP_LEVEL = ("models", "apps", "pipelines")
 
 
+#: Base64 characters decoded per call (a multiple of 4).  The GIL is free between
+#: two calls, so a large payload decoded in a thread leaves the loop answering
+#: queries (one call for 64 MiB held it ~0.3 s here).
+_DECODE_CHARS = 1 << 20
+
+
+def decode_payload(payload_b64: str) -> tuple[bytes, str]:
+    """A base64 model payload's bytes and their SHA-256 (hex), decoded a piece
+    at a time.
+
+    Raises:
+        BadInput: Not base64 (characters outside the alphabet, or wrong padding).
+    """
+    digest = hashlib.sha256()
+    parts = []
+    end = len(payload_b64)
+    try:
+        for start in range(0, end, _DECODE_CHARS):
+            piece = payload_b64[start : start + _DECODE_CHARS]
+            if start + _DECODE_CHARS < end and piece.endswith("="):
+                raise ValueError("padding before the end")
+            part = binascii.a2b_base64(piece, strict_mode=True)
+            digest.update(part)
+            parts.append(part)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInput(f"model payload is not valid base64: {exc}") from None
+    return b"".join(parts), digest.hexdigest()
+
+
 def payload_digest(payload_b64: str) -> str:
     """The SHA-256 (hex) of a base64 model payload's bytes.
 
     Raises:
         BadInput: Not base64.
     """
-    try:
-        data = base64.b64decode(payload_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInput(f"model payload is not valid base64: {exc}") from None
-    return hashlib.sha256(data).hexdigest()
+    return decode_payload(payload_b64)[1]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from clipper_core.auth import hash_api_key
 from clipper_core.control.apply import Change, diff
 from clipper_core.control.apply_steps import carry_out, read_current
 from clipper_core.control.artifacts import ArtifactStore
-from clipper_core.control.desired import DesiredState, payload_digest
+from clipper_core.control.desired import DesiredState, decode_payload
 from clipper_core.control.reconcile import IN_PLACE_SPEC, DataPlaneReconciler
 from clipper_core.control.replicas import ReplicaReconciler
 from clipper_core.errors import BadInput, Conflict, NotFound
@@ -234,8 +234,10 @@ class ControlPlane:
             raise BadInput(f"model {rec.name}:{rec.version} already exists")
         if payload_b64 is not None:
             # The digest tells a declarative apply whether a file's code is this one.
-            spec = {**rec.container, "payload_sha256": payload_digest(payload_b64)}
-            container = await self.artifacts.put(rec.name, rec.version, spec, payload_b64)
+            # Off the loop: a large model's payload takes a while to decode and hash.
+            payload, digest = await asyncio.to_thread(decode_payload, payload_b64)
+            spec = {**rec.container, "payload_sha256": digest}
+            container = await self.artifacts.put(rec.name, rec.version, spec, payload)
             rec = ModelRecord(**{**rec.to_dict(), "container": container})
         first = await self._write(self.store.get_current_version, rec.name) is None
         try:

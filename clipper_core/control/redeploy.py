@@ -85,7 +85,7 @@ async def put_model(
     if have is None:
         await control.deploy_model(rec, payload_b64=payload_b64, make_current=make_current)
         return CREATED
-    digest = None if payload_b64 is None else payload_digest(payload_b64)
+    digest = None if payload_b64 is None else await asyncio.to_thread(payload_digest, payload_b64)
     again = model_redeploy(have, rec, digest)
     if not again.spec:
         return f"unchanged: model {rec.key} is deployed with this code and settings"

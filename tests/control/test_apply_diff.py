@@ -11,7 +11,7 @@ import pytest
 
 from clipper_core.auth import hash_api_key
 from clipper_core.control.apply import Change, CurrentState, diff, diff_pipelines
-from clipper_core.control.desired import DesiredState
+from clipper_core.control.desired import DesiredState, decode_payload
 from clipper_core.errors import BadInput
 from clipper_core.store.records import AppRecord, ModelRecord
 
@@ -334,3 +334,35 @@ def test_the_documented_example_is_a_valid_file() -> None:
     assert [m.record.key for m in state.models] == ["scale:1", "total:1"]
     assert state.apps[0].models == ("total",) and len(state.apps[0].api_keys) == 1
     assert {c.kind for c in diff(state, CurrentState())} == {"create"}
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 3 * 1024 * 1024 + 2])
+def test_a_payload_decoded_piece_by_piece_is_the_payload(size: int) -> None:
+    """Large payloads are decoded a piece at a time (the GIL is free between two
+    pieces); the bytes and their digest are those of one decode."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    decoded, digest = decode_payload(base64.b64encode(data).decode())
+    assert decoded == data
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+PIECE = "QUJD" * (1 << 18)  # one piece of the decode: 1 MiB of base64
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QQ",
+        "QQ=",
+        "Q===",
+        "QQ==QQ==",
+        "QUJD RA==",
+        "QUJD\n",
+        "é",
+        PIECE + "QU=D",
+        PIECE[:-4] + "QQ==" + "QUJD",  # padding that ends a piece, then more
+    ],
+)
+def test_a_payload_that_is_not_base64_is_refused(text: str) -> None:
+    with pytest.raises(BadInput, match="model payload is not valid base64"):
+        decode_payload(text)
