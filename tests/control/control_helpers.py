@@ -98,6 +98,18 @@ def assert_dead(pid: int) -> None:
     assert state in ("Z", "X"), f"pid {pid} still runs (state {state})"
 
 
+async def wait_dead(pid: int, within: float = 5.0) -> None:
+    """Wait until the process no longer runs (see :func:`assert_dead`)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            assert_dead(pid)
+            return
+        except AssertionError:
+            await asyncio.sleep(0.05)
+    assert_dead(pid)
+
+
 async def poll_until(predicate: Callable[[], bool], within: float = 20.0) -> None:
     """Wait until ``predicate()`` holds (for state no event announces)."""
     deadline = time.monotonic() + within

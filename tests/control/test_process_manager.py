@@ -24,6 +24,7 @@ from control_helpers import (
     assert_reaped,
     poll_until,
     spec,
+    wait_dead,
 )
 
 from clipper_core.errors import BadInput, Conflict, ReplicaUnavailable
@@ -287,13 +288,7 @@ def test_stop_takes_the_process_group_along(run: Runner, make_manager: MakeManag
         helper_pid = int(await manager.wait_ready(handle, timeout=20))
         os.kill(helper_pid, 0)  # it runs
         await manager.stop(handle)
-        for _ in range(100):
-            try:
-                assert_dead(helper_pid)
-                break
-            except AssertionError:
-                await asyncio.sleep(0.05)
-        assert_dead(helper_pid)
+        await wait_dead(helper_pid)
 
     run(scenario())
 
@@ -320,13 +315,7 @@ def test_a_helper_holding_the_pipes_does_not_stall_a_crash_report_and_dies_with_
         assert time.monotonic() - began < 10  # not the helper's 60 s
         helper_pid = int(str(info.value).split("helper ")[1].split()[0])
         # The crash took the replica's process group along: no orphan outlives it.
-        for _ in range(100):
-            try:
-                assert_dead(helper_pid)
-                break
-            except AssertionError:
-                await asyncio.sleep(0.05)
-        assert_dead(helper_pid)
+        await wait_dead(helper_pid)
         await manager.stop(handle)
 
     try:
