@@ -40,10 +40,23 @@ class RedisChangeFeed:
         changes_key: The store's change stream.
         capacity: How many revisions a subscriber may be behind the store (once
             past its replay) before it must resync rather than catch up.
+        socket_timeout: Seconds a reply may take (an ``XREAD`` answers within
+            ``BLOCK_MS``).  Without it a Redis that vanished silently (a host
+            gone, a failover to another address) left the wait for ever: no
+            error, so no resubscription, and the frontend stopped following.
     """
 
-    def __init__(self, url: str, revision_key: str, changes_key: str, capacity: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        revision_key: str,
+        changes_key: str,
+        capacity: int,
+        *,
+        socket_timeout: float = 10.0,
+    ) -> None:
         self._url = url
+        self._socket_timeout = socket_timeout
         self._revision_key = revision_key
         self._changes_key = changes_key
         self._capacity = capacity
@@ -74,7 +87,14 @@ class RedisChangeFeed:
         """
         if self._closed:
             return
-        client = aioredis.Redis.from_url(self._url, decode_responses=True)
+        client = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
         with self._lock:
             self._subscribers += 1
         try:

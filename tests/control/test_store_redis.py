@@ -4,15 +4,19 @@ test_state_store.py and its siblings."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from redis_server import fresh_prefix, shared_redis
 from store_backends import app, model, pipeline
 
 from clipper_core.errors import Conflict
 from clipper_core.store.redis import RedisStateStore
+from clipper_core.store.redis_feed import RedisChangeFeed
 
 
 @pytest.fixture
@@ -91,3 +95,24 @@ def test_links_written_before_their_order_was_kept_come_first_by_name() -> None:
         assert store.linked_models("a") == ["alpha", "zed", "new"]
     finally:
         store.close()
+
+
+def test_a_redis_that_stops_answering_ends_the_subscription_with_an_error() -> None:
+    """A Redis host that vanishes without a word (no reset, no FIN) must end the
+    change feed's wait with an error, which makes the follower resubscribe; a
+    wait without a bound left the frontend following nothing, silently."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    try:
+        port = silent.getsockname()[1]
+        feed = RedisChangeFeed(
+            f"redis://127.0.0.1:{port}", "rev", "changes", 10, socket_timeout=0.5
+        )
+
+        async def first_event() -> None:
+            async for _ in feed.subscribe(0):
+                break
+
+        with pytest.raises(redis.TimeoutError):
+            asyncio.run(asyncio.wait_for(first_event(), 20))
+    finally:
+        silent.close()
