@@ -69,6 +69,7 @@ class ConnectionOwner(Protocol):
     _refused: set[HttpProtocol]
 
     def _connection_closed(self, conn: HttpProtocol) -> None: ...
+    def shut(self, transport: asyncio.Transport) -> None: ...
 
 
 class HttpProtocol(RequestParser):
@@ -335,7 +336,7 @@ class HttpProtocol(RequestParser):
         self._last_active = self._loop.time()
         if not keep_alive:
             self._stopped_input = True
-            transport.close()
+            self._server.shut(transport)
 
     def _flush(self) -> None:
         """Write every answer at the head of the queue that is ready, in order."""
@@ -380,7 +381,7 @@ class HttpProtocol(RequestParser):
         if self._read_paused:
             self._update_reading()
         if self._draining and not pending and not self._in_message and self._kept is None:
-            transport.close()
+            self._server.shut(transport)
 
     def _send_interim(self, data: bytes) -> None:
         if not self._pending and self._transport is not None:
@@ -435,14 +436,14 @@ class HttpProtocol(RequestParser):
             try:
                 transport.write_eof()
             except (OSError, RuntimeError):
-                transport.close()
+                self._server.shut(transport)
                 return
             if self._read_paused:
                 self._read_paused = False
                 transport.resume_reading()
-            self._linger_timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+            self._linger_timer = self._loop.call_later(LINGER_SECONDS, self._server.shut, transport)
         else:
-            transport.close()
+            self._server.shut(transport)
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -466,7 +467,7 @@ class HttpProtocol(RequestParser):
         if not self._pending and idle_for >= timeout:
             # No answer owed and nothing heard for the whole timeout (an idle
             # keep-alive connection, or a client stalled in the middle of a request).
-            transport.close()
+            self._server.shut(transport)
             return
         delay = timeout - idle_for if idle_for < timeout else timeout
         self._idle_timer = self._loop.call_later(delay, self._check_idle)
@@ -477,7 +478,7 @@ class HttpProtocol(RequestParser):
         self._draining = True
         transport = self._transport
         if transport is not None and not (self._pending or self._in_message or self._kept):
-            transport.close()
+            self._server.shut(transport)
 
     def _cancel_running(self) -> list[asyncio.Future[Any]]:
         """Cancel the handlers still running (their answers become 503s)."""

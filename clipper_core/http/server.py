@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clipper_core.http.body_budget import BodyBudget
+from clipper_core.http.closing import UNREAD_GRACE_MAX, close_or_abort
 from clipper_core.http.messages import Request, Response
 from clipper_core.http.protocol import LINGER_SECONDS, MAX_PIPELINE, HttpProtocol
 from clipper_core.http.router import Router
@@ -183,6 +184,11 @@ class HttpServer:
                 await asyncio.wait_for(self._all_closed.wait(), 1.0)
         await server.wait_closed()
         self._server = None
+
+    def shut(self, transport: asyncio.Transport) -> None:
+        """Close a connection; reset it if its client leaves what it owes unread
+        for the keep-alive timeout (10 s at most)."""
+        close_or_abort(transport, min(UNREAD_GRACE_MAX, self.keepalive_timeout))
 
     def _connection_closed(self, conn: HttpProtocol) -> None:
         self._refused.discard(conn)

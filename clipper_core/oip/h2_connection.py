@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Protocol, cast
 
+from clipper_core.http.closing import close_or_abort
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import (
     ACK,
@@ -127,8 +128,8 @@ class H2Connection(asyncio.Protocol):
     def _close(self) -> None:
         self._flush()
         self.dead = True
-        if self.transport is not None:
-            self.transport.close()
+        if self.transport is not None:  # reset if the client leaves it unread
+            close_or_abort(self.transport, self.limits.stall_timeout)
 
     def pause_writing(self) -> None:
         # The client does not read: stop reading it, so PINGs, SETTINGS and new

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -185,6 +186,38 @@ def test_connection_cap_answers_503_and_closes(loop: asyncio.AbstractEventLoop) 
             assert (await d.request("POST", "/x/predict", b"1")).status == 200
             for conn in (b, c, d):
                 await conn.close()
+
+    run(loop, body())
+
+
+def test_a_client_that_stops_reading_is_reset_once_its_connection_is_closed(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """An answer larger than the socket buffers, to a client that never reads it:
+    the idle timeout closes the connection, and since close() waits for the write
+    buffer to drain, which it never does, the connection is reset after the
+    keep-alive timeout more, rather than held (and counted) for ever."""
+
+    async def big(request: Request, params: dict[str, str]) -> Response:
+        return Response(200, b"x" * (48 << 20), "application/octet-stream")
+
+    router = Router()
+    router.add("GET", "/big", big)
+
+    async def body() -> None:
+        async with serving(router, keepalive_timeout=0.5) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+                await asyncio.get_running_loop().sock_sendall(
+                    sock, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+                )
+                await _until(lambda: server.connections == 1)
+                await _until(lambda: server.connections == 0)  # never read a byte
+            finally:
+                sock.close()
 
     run(loop, body())
 

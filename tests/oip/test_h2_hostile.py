@@ -268,6 +268,31 @@ def test_a_client_that_does_not_read_is_not_read(make: Any) -> None:
     assert max(lt.run(buffered())) < 1 << 20  # bounded, while it sent far more
 
 
+def test_a_client_that_does_not_read_is_cut_and_its_connection_ends(make: Any) -> None:
+    """Cut for not reading, its connection is closed with answers still buffered:
+    close() would wait for them to drain for ever, so it is reset after the stall
+    timeout and leaves the server's connections."""
+    lt = make(max_wasted_per_second=1 << 30, stall_timeout=0.5)
+    c = Raw(lt.server.port, rcvbuf=4096)
+    ping = h2.frame(h2.PING, 0, 0, b"12345678")
+    c.sock.settimeout(0.5)
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        for _ in range(100_000):  # until the server stops reading and our send blocks
+            c.sock.sendall(ping * 4096)
+
+    async def open_connections() -> int:
+        for _ in range(200):
+            if not lt.server.connections:
+                break
+            await asyncio.sleep(0.05)
+        return len(lt.server.connections)
+
+    try:
+        assert lt.run(open_connections()) == 0
+    finally:
+        c.close()
+
+
 def test_per_connection_buffered_data_is_bounded(make: Any) -> None:
     c = Raw(make(max_message=1000, max_buffered=2000).server.port)
     for sid in (1, 3, 5):
