@@ -51,6 +51,7 @@ from clipper_core.requirements import (
 
 __all__ = [
     "BUILDING",
+    "BUILD_TIMEOUT",
     "CONTAINER_DEPENDENCIES",
     "ENV_FORMAT",
     "FAILED",
@@ -70,6 +71,8 @@ ENV_FORMAT = 1
 MARKER = "clipper-env.json"
 #: What ``model_containers`` imports, installed in every environment.
 CONTAINER_DEPENDENCIES = ("grpcio", "protobuf", "numpy", "cloudpickle")
+#: Seconds a build may take by default (big wheels on a slow index take minutes).
+BUILD_TIMEOUT = 1800.0
 
 _LOG_CHUNK = 64 * 1024
 
@@ -98,12 +101,23 @@ class RuntimeEnvManager:
         root: ``<state_dir>/envs``.
         python: The interpreter the environments are made from.
         pip_args: Extra arguments for ``pip install`` (e.g. an index URL).
+        build_timeout: Seconds a build may take, waiting for another process's
+            build of the same environment included; then its processes are
+            killed and it fails (a build step that hangs held up every deploy
+            and every start that needed the environment).
     """
 
-    def __init__(self, root: str | os.PathLike[str], python: str, pip_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        python: str,
+        pip_args: Sequence[str] = (),
+        build_timeout: float = BUILD_TIMEOUT,
+    ):
         self.root = Path(root)
         self.python = python
         self.pip_args = list(pip_args)
+        self.build_timeout = build_timeout
         self._builds: dict[str, _Build] = {}
 
     # -- naming -------------------------------------------------------------------
@@ -262,21 +276,25 @@ class RuntimeEnvManager:
             file = await asyncio.to_thread(open, log_path, "ab", buffering=0)
             with file:
                 out = _BuildLog(build.env_id, file)
-                lock = await self._lock(build.env_id, out)
-                try:
-                    if self.is_ready(build.env_id):
-                        out.write(f"environment {build.env_id} is ready\n")
-                    else:
-                        await self._build(build, out)
-                finally:
-                    os.close(lock)
+                async with asyncio.timeout(self.build_timeout):  # its processes killed
+                    lock = await self._lock(build.env_id, out)
+                    try:
+                        if self.is_ready(build.env_id):
+                            out.write(f"environment {build.env_id} is ready\n")
+                        else:
+                            await self._build(build, out)
+                    finally:
+                        os.close(lock)
         except asyncio.CancelledError:
             build.status, build.error = FAILED, "the build was cancelled"
             raise
         except Exception as exc:
             tail = _tail(log_path)
             build.status = FAILED
-            build.error = f"{exc}" + (f"; last lines of {log_path}:\n{tail}" if tail else "")
+            why = str(exc)
+            if isinstance(exc, TimeoutError):
+                why = f"the build took longer than {self.build_timeout:g} s and was stopped"
+            build.error = why + (f"; last lines of {log_path}:\n{tail}" if tail else "")
             log.error("runtime environment %s: %s", build.env_id, build.error)
         else:
             build.status = READY

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import io
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -64,6 +67,23 @@ def test_environment_ids_are_stable_and_keyed_by_requirements(tmp_path: Path) ->
     assert any(r.startswith("grpcio==") for r in envs.full_requirements(["numpy<3"]))
     with pytest.raises(BadInput):
         envs.python_for({"runtime_env": {"requirements": ["a\nb"]}})
+
+
+def test_a_build_that_takes_too_long_fails_saying_so(tmp_path: Path) -> None:
+    """Held up by another process building the same environment that never
+    finishes (here: the test holds its lock), a build fails after build_timeout
+    rather than holding the deploys that need it for ever."""
+    envs = RuntimeEnvManager(tmp_path, python=sys.executable, build_timeout=1.0)
+    env_id = envs.env_id(["six==1.16.0"])
+    tmp_path.mkdir(exist_ok=True)
+    lock = os.open(tmp_path / f"{env_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" building it
+        with pytest.raises(BadInput, match="took longer than 1 s and was stopped"):
+            asyncio.run(asyncio.wait_for(envs.ensure({"requirements": ["six==1.16.0"]}), 30))
+        assert envs.status(env_id)["status"] == "failed"
+    finally:
+        os.close(lock)
 
 
 def test_check_reports_each_mismatch() -> None:
