@@ -36,6 +36,10 @@ class KvStore(Protocol):
         """Every key of ``namespace`` and its value."""
         ...
 
+    def delete_kv(self, namespace: str, key: str | None = None) -> int:
+        """Delete one key of ``namespace`` (every key when None); how many went."""
+        ...
+
 
 #: Least seconds between two commits: under a stream of feedback, at most 100
 #: transactions a second, whatever the rate of ``/update``.
@@ -65,6 +69,7 @@ class StatePersister:
         self._last_commit = -float("inf")
         self._puts: dict[tuple[str, str], Any] = {}
         self._drops: set[str] = set()
+        self._deletes: set[tuple[str, str]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -72,6 +77,13 @@ class StatePersister:
     def put(self, namespace: str, key: str, value: Any) -> asyncio.Future[None]:
         """Store ``value`` under (namespace, key); a future done once committed."""
         self._puts[(namespace, key)] = value
+        self._deletes.discard((namespace, key))
+        return self._enqueue()
+
+    def delete(self, namespace: str, key: str) -> asyncio.Future[None]:
+        """Delete one key (a pending write to it is discarded first)."""
+        self._puts.pop((namespace, key), None)
+        self._deletes.add((namespace, key))
         return self._enqueue()
 
     def drop(self, namespace: str) -> asyncio.Future[None]:
@@ -93,17 +105,15 @@ class StatePersister:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._puts or self._drops:
+        while self._puts or self._drops or self._deletes:
             wait = self._last_commit + self.min_interval - loop.time()
             if wait > 0:  # gather the writes of the interval into this commit
                 await asyncio.sleep(wait)
-            puts, drops, waiters = self._puts, self._drops, self._waiters
-            self._puts, self._drops, self._waiters = {}, set(), []
+            puts, drops, deletes, waiters = self._puts, self._drops, self._deletes, self._waiters
+            self._puts, self._drops, self._deletes, self._waiters = {}, set(), set(), []
             items = [(ns, key, value) for (ns, key), value in puts.items()]
             try:
-                await asyncio.to_thread(
-                    self._store.put_kv_many, items, delete_namespaces=sorted(drops)
-                )
+                await asyncio.to_thread(self._commit, items, sorted(drops), sorted(deletes))
             except Exception as exc:
                 log.error("writing selection policy state failed: %s", exc)
                 error = ClipperError(f"the policy state could not be saved: {exc}")
@@ -117,6 +127,16 @@ class StatePersister:
                         w.set_result(None)
             finally:
                 self._last_commit = loop.time()
+
+    def _commit(
+        self,
+        items: list[tuple[str, str, Any]],
+        drops: list[str],
+        deletes: list[tuple[str, str]],
+    ) -> None:
+        self._store.put_kv_many(items, delete_namespaces=drops)
+        for namespace, key in deletes:  # users pushed out: rare, one at a time
+            self._store.delete_kv(namespace, key)
 
     async def flush(self) -> None:
         """Wait until every requested write is committed."""

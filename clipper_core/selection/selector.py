@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import time
@@ -34,14 +33,18 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from clipper_core.dataplane.application import no_connected_model, unanswerable
 from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
 from clipper_core.selection.losses import incomparable
+from clipper_core.selection.user_states import (
+    GLOBAL_UID,
+    MAX_USER_STATES,
+    UserStates,
+    json_copy,
+)
 
 if TYPE_CHECKING:
     from clipper_core.dataplane.model_version import ModelVersion
@@ -55,9 +58,6 @@ __all__ = [
     "AppSelector",
     "kv_namespace",
 ]
-
-#: The user id of the app-wide state, which users without a state of their own read.
-GLOBAL_UID = 0
 
 #: Seconds a model may take to answer an input whose output is needed for feedback
 #: and was not in the cache.
@@ -74,26 +74,6 @@ def kv_namespace(app_name: str) -> str:
 
 def _digest(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=16).digest()
-
-
-def _json_copy(state: Any) -> State:
-    # A private copy, which also proves that the policy returned storable state.
-    # orjson first (the feedback path's hot spot); it writes NaN as null and
-    # refuses what json would convert (int keys), so any difference takes the
-    # strict path, which converts or names the problem.
-    try:
-        fast = orjson.loads(orjson.dumps(state))
-    except TypeError:
-        fast = None
-    if isinstance(fast, dict) and fast == state:
-        return fast
-    try:
-        copied = json.loads(json.dumps(state, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ClipperError(f"the policy returned a state that is not JSON: {exc}") from None
-    if not isinstance(copied, dict):
-        raise ClipperError(f"the policy returned a {type(copied).__name__}, not a state object")
-    return copied
 
 
 class _Query:
@@ -143,14 +123,15 @@ class AppSelector:
         config: Mapping[str, Any] | None,
         states: dict[int, State] | None = None,
         persister: StatePersister | None = None,
+        max_users: int = MAX_USER_STATES,
     ) -> None:
         self.app_name = app_name
         self.policy_name = policy
         self.policy_class = get_policy_class(policy)
         self.config = validate_policy(policy, config)
         self.rng = random.Random(self.config.get("seed"))
-        self.states: dict[int, State] = dict(states or {})
         self.persister = persister
+        self.states = UserStates(states, max_users, self._forget_user)
         self._policy: SelectionPolicy | None = None
         self._bound_to: tuple[str, ...] | None = None
         self._recent: OrderedDict[tuple[int, bytes], tuple[tuple[str, str], ...]] = OrderedDict()
@@ -181,6 +162,11 @@ class AppSelector:
         if state is None:
             state = policy.initial_state()
         return state
+
+    def _forget_user(self, uid: int) -> None:
+        """A user pushed out of the bounded table: its stored state goes too."""
+        if self.persister is not None:
+            self.persister.delete(kv_namespace(self.app_name), str(uid))
 
     def reset(self) -> None:
         """Forget every learned state (the policy or its configuration changed)."""
@@ -428,7 +414,7 @@ class AppSelector:
             raise BadInput(f"{why}; nothing was learned (the loss rules: docs/selection.md)")
         # Read, observe and store with no await in between: concurrent updates of
         # one uid each see the other's result.
-        new_state = _json_copy(policy.observe(self.state_for(uid, policy), x, label, scored))
+        new_state = json_copy(policy.observe(self.state_for(uid, policy), x, label, scored))
         self.states[uid] = new_state
         self.updates += 1
         # Not when the app was deleted, or its policy replaced, meanwhile: this state

@@ -173,3 +173,34 @@ def test_feedback_does_not_wait_for_a_model_without_a_replica(
 
     reply = loop.run_until_complete(scenario())
     assert reply == {"success": True, "uid": 0, "models": ["live:1"]}
+
+
+def test_per_user_states_are_bounded_least_recently_used_first(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """A client picks its uids: past max_users, the user least recently read or
+    taught is forgotten, in memory and in the store, and reads the app-wide
+    state again, as a new user does; the app-wide state is never pushed out."""
+    store = StateStore(tmp_path / "state.sqlite3")
+    ns = kv_namespace("app")
+
+    async def scenario() -> AppSelector:
+        persister = StatePersister(store)
+        selector = AppSelector("app", "exp4", {"eta": 1.0}, persister=persister, max_users=2)
+        policy = selector.policy_for(["a", "b"])
+        learned = {uid: {"weights": {"a": float(uid), "b": 1.0}} for uid in range(4)}
+        for uid in (0, 1, 2):
+            selector.states[uid] = learned[uid]
+            await persister.put(ns, str(uid), {"policy": "exp4", "state": learned[uid]})
+        assert selector.state_for(1, policy) == learned[1]  # 1 is now the most recent
+        selector.states[3] = learned[3]  # pushes out 2, not 1, and never 0
+        await persister.put(ns, "3", {"policy": "exp4", "state": learned[3]})
+        await persister.flush()
+        assert sorted(selector.states) == [0, 1, 3]
+        assert selector.state_for(2, policy) == learned[0]  # the app-wide state again
+        assert selector.states.evicted == 1
+        return selector
+
+    loop.run_until_complete(scenario())
+    assert sorted(store.list_kv(ns)) == ["0", "1", "3"]
+    store.close()
