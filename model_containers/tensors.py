@@ -93,9 +93,13 @@ def decode_bytes(data: bytes | memoryview, count: int) -> np.ndarray[Any, Any]:
         ValueError: The lengths do not add up to ``len(data)``.
     """
     view = memoryview(data)
+    end = len(view)
+    if count * 4 > end:  # before allocating: the shape is the client's to choose
+        raise ValueError(
+            f"{count} BYTES elements need at least {count * 4} bytes (their lengths), got {end}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
-    end = len(view)
     for i in range(count):
         if pos + 4 > end:
             raise ValueError(f"BYTES data ends inside the length of element {i}")

@@ -95,6 +95,27 @@ def test_bytes_are_length_prefixed() -> None:
             decode_bytes(broken, 3)
 
 
+def test_a_bytes_shape_larger_than_its_data_is_refused_before_any_allocation() -> None:
+    """Each BYTES element takes at least its 4-byte length: a shape of 2^30
+    elements over a few bytes is a 400, not 8 GiB of object array first."""
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "BYTES",
+                    "shape": [1 << 30],
+                    "parameters": {"binary_data_size": 4},
+                }
+            ]
+        }
+    ).encode()
+    with pytest.raises(BadInput, match="need at least 4294967296 bytes"):
+        parse_http_request(body + b"\x00" * 4, str(len(body)))
+    with pytest.raises(ValueError, match="need at least"):
+        decode_bytes(b"", 1 << 30)
+
+
 def test_header_length_and_binary_sizes_are_checked() -> None:
     body, hl = _binary_body([("x", "FP64", [1, 2], np.zeros(2).tobytes())])
     for header in ("-1", str(len(body) + 1), "abc"):
