@@ -41,17 +41,21 @@ class SharedComputation:
     disconnects therefore never cancels the answer others still wait for.
     """
 
-    __slots__ = ("deadline", "key", "mv", "queued", "settled", "value", "waiters")
+    __slots__ = ("cache", "deadline", "key", "mv", "queued", "settled", "value", "waiters")
 
     def __init__(
         self,
         mv: CoalescingModel,
+        cache: PredictionCache,
         key: bytes,
         queued: asyncio.Future[Any],
         value: Any,
         deadline: float,
     ) -> None:
         self.mv = mv
+        # The cache that reserved the key: the version's may be switched off (or
+        # replaced) while the input is computed, and the entry must still settle.
+        self.cache = cache
         self.key = key
         self.queued = queued
         self.value = value
@@ -77,10 +81,8 @@ class SharedComputation:
         self._forget()
         self.queued.cancel()
         mv.cancelled += 1
-        if mv.cache is not None:
-            mv.cache.fail(
-                mv.name, mv.version, self.key, DeadlineExceeded("every requester went away")
-            )
+        gone = DeadlineExceeded("every requester went away")
+        self.cache.fail(mv.name, mv.version, self.key, gone)
 
     def settle(self, queued: asyncio.Future[Any]) -> None:
         """The queued input's outcome: store it in the cache and resolve every waiter."""
@@ -103,9 +105,7 @@ class SharedComputation:
                 again.add_done_callback(self.settle)
                 return
         self._forget()
-        mv = self.mv
-        cache = mv.cache
-        assert cache is not None
+        mv, cache = self.mv, self.cache
         if queued.cancelled():
             cache.fail(mv.name, mv.version, self.key, DeadlineExceeded("cancelled"))
             return

@@ -190,7 +190,7 @@ class ModelVersion:
             cache.fail(self.name, self.version, key, exc)
             consume_exception(shared)
             raise
-        computation = SharedComputation(self, key, queued, value, deadline)
+        computation = SharedComputation(self, cache, key, queued, value, deadline)
         self._computations[key] = computation
         computation.join(shared, deadline)
         queued.add_done_callback(computation.settle)

@@ -135,6 +135,41 @@ def test_a_shared_computation_outlives_its_first_requesters_deadline(
     assert models.read_calls(log) == [1.0, 2.0]
 
 
+def test_the_cache_switched_off_and_on_while_an_input_is_computed(
+    running: Running, tmp_path: Path
+) -> None:
+    """An input being computed settles in the cache that reserved its key: the
+    version's cache switched off meanwhile, its requester still gets the model's
+    answer; switched on again, the input is answered (not left joining an entry
+    that never settles)."""
+    log = str(tmp_path / "tog.calls")
+    model = models.make_logging_sleeper(log, 1.0)
+    running.conn.register_application("tog", "doubles", "-1", 30_000_000)
+
+    def deploy(cache: bool) -> str:
+        return running.conn.deploy_pickled(
+            "tog", 1, "doubles", model, batch_size=1, cache_enabled=cache
+        )
+
+    deploy(True)
+    running.conn.link_model_to_app("tog", "tog")
+    mv = running.server.dataplane.get_model_version("tog", "1")
+    url = f"{running.bg.query_url}/tog/predict"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(http, "POST", url, {"input": [1.0]})
+        wait_for("the first request in flight", lambda: _busy(mv))
+        second = pool.submit(http, "POST", url, {"input": [2.0]})
+        wait_for("the second request queued", lambda: len(mv.queue) == 1)
+        assert deploy(False).startswith("updated")
+        status, _, body = second.result(timeout=60)
+        assert status == 200 and body["default"] is False and body["output"] == 2.0, body
+        assert first.result(timeout=60)[0] == 200
+    assert deploy(True).startswith("updated")
+    for value in (2.0, 7.0):
+        status, _, body = http("POST", url, {"input": [value]}, timeout=60)
+        assert status == 200 and body["default"] is False and body["output"] == value, body
+
+
 @pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
 def test_disconnected_client_withdraws_its_queued_work(
     running: Running, tmp_path: Path, cache: bool
