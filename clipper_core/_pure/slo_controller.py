@@ -420,7 +420,7 @@ class SloController:
         a, b = fit
         slo = self._slo
         residuals = [lat - (a * n + b) for n, lat in window]
-        if max(residuals) >= slo:
+        if not all(r < slo for r in residuals):  # a NaN residual is left out too
             # A batch slower than its fitted latency by the whole SLO was not
             # slowed by its size (a descheduled process, a pause): left out.
             kept = [p for p, r in zip(window, residuals, strict=True) if r < slo]
@@ -470,9 +470,12 @@ class SloController:
 
 
 def _least_squares(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
-    """The least-squares line ``(a, b)`` through (batch size, latency) points (at
-    least one); None without two distinct sizes, or when the sums overflow."""
+    """The least-squares line ``(a, b)`` through (batch size, latency) points;
+    None without two distinct sizes (no points at all included), or when the sums
+    overflow."""
     m = len(points)
+    if m < 2:
+        return None
     sum_n = 0
     sum_l = 0.0
     for n, lat in points:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from clipper_core._ext.slo_controller import SloController as CythonSloController
@@ -514,6 +514,21 @@ def test_batch_size_stays_in_bounds(
 
 @settings(max_examples=100, deadline=None)
 @given(config=configs, data=observations, own=st.booleans(), slo_changes=st.booleans())
+@example(  # found by this test: a fit whose residuals are all left out (the twin divided by 0)
+    config={
+        "mode": "quantile",
+        "max_batch_size": 1,
+        "additive_increase": 1,
+        "multiplicative_decrease": 0.5,
+        "tolerance": 0.0,
+        "quantile": 0.5,
+        "window": 2,
+        "refit_every": 1,
+    },
+    data=[(72, 0.0), (260, 1e300)],
+    own=False,
+    slo_changes=False,
+)
 def test_cython_and_twin_trajectories_are_identical(
     config: dict[str, Any], data: list[tuple[int, float]], own: bool, slo_changes: bool
 ) -> None:
