@@ -192,11 +192,14 @@ class ReplicaReconciler:
     async def scale(self, rec: ModelRecord, n: int) -> None:
         """Run ``n`` replicas of ``rec`` and wait until each serves."""
         self._records[(rec.name, rec.version)] = rec
+        # Replicas beyond n lose their dispatchers before their processes are
+        # stopped: their in-flight batches go back to the queue as removed, not
+        # lost (a stopping container refuses calls, which looked like a crash and
+        # pinned good inputs as poison).  A version being deleted keeps the other
+        # order, so that its last batches are answered.
+        await self._endpoints.prune(rec.name, rec.version, n)
         await self.manager.scale(rec, n)
         await self.wait_converged(rec.name, rec.version, n)
-        # Replicas beyond n were stopped by the manager; drop their dispatchers
-        # now rather than when the events arrive.
-        await self._endpoints.prune(rec.name, rec.version, n)
 
     async def wait_converged(self, name: str, version: str, n: int) -> None:
         """Wait until replicas ``0 .. n-1`` of ``name:version`` are connected."""
@@ -227,8 +230,8 @@ class ReplicaReconciler:
                 await self._endpoints.prune(name, key[1], 0)
             for rec in wanted.values():
                 self._records[(name, rec.version)] = rec
+                await self._endpoints.prune(name, rec.version, rec.num_replicas)  # see scale()
                 await self.manager.scale(rec, rec.num_replicas)
-                await self._endpoints.prune(name, rec.version, rec.num_replicas)
 
     async def release_all(self) -> None:
         """Stop every replica this process started (it lost the lease: the new

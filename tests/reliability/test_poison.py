@@ -168,3 +168,34 @@ def test_distinct_poison_inputs_in_a_row_leave_the_model_serving(
     assert status == 200 and body["output"] == 10.0 and not body["default"], body
     states = [r.state for r in running.server.manager.list("psnd", "1")]
     assert states == ["running", "running"], states
+
+
+def test_scaling_down_under_load_pins_no_input_as_poison(running: Running) -> None:
+    """Replicas stopped on purpose refuse calls while they stop: their dispatchers
+    go first, so nothing they had is taken for a crash (good inputs were pinned as
+    poison for 10 minutes), and every query is answered by the model."""
+    conn = running.conn
+    conn.register_application("shrink", "doubles", "-1", 120_000_000)
+    conn.deploy_pickled(
+        "shrink", 1, "doubles", models.make_sleeper(0.05), cache_enabled=False,
+        batch_size=1, num_replicas=3,
+    )  # fmt: skip
+    conn.link_model_to_app("shrink", "shrink")
+    mv = running.server.dataplane.get_model_version("shrink", "1")
+    url = f"{running.bg.query_url}/shrink/predict"
+    wait_for("three replicas", lambda: len(mv.replicas) == 3)
+
+    def client(k: int) -> list[tuple[int, dict[str, str], Any]]:
+        return [http("POST", url, {"input": [100.0 * k + i]}, timeout=120) for i in range(25)]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        load = [pool.submit(client, k) for k in range(6)]
+        wait_for(
+            "load on every replica",
+            lambda: sum(bool(s.in_flight) for s in mv.replicas.values()) >= 2,
+        )
+        conn.set_num_replicas("shrink", 1)
+        answers = [a for f in load for a in f.result(timeout=300)]
+    assert len(mv.replicas) == 1
+    assert [(s, b.get("error")) for s, _, b in answers if s != 200 or b["default"]] == []
+    assert len(mv.isolation.poison) == 0
