@@ -424,7 +424,7 @@ class SloController:
             # A batch slower than its fitted latency by the whole SLO was not
             # slowed by its size (a descheduled process, a pause): left out.
             kept = [p for p, r in zip(window, residuals, strict=True) if r < slo]
-            fit = _least_squares(kept)
+            fit = _least_squares(kept) if kept else None  # all left out: no fit
             if fit is None:
                 self._drop_fit()  # what is left holds a single size
                 return
@@ -470,12 +470,9 @@ class SloController:
 
 
 def _least_squares(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
-    """The least-squares line ``(a, b)`` through (batch size, latency) points;
-    None without two distinct sizes (no points at all included), or when the sums
-    overflow."""
+    """The least-squares line ``(a, b)`` through (batch size, latency) points (at
+    least one); None without two distinct sizes, or when the sums overflow."""
     m = len(points)
-    if m < 2:
-        return None
     sum_n = 0
     sum_l = 0.0
     for n, lat in points:
