@@ -13,11 +13,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clipper_core.auth import API_KEYS_NAMESPACE, hash_api_key
+from clipper_core.auth import API_KEYS_NAMESPACE, hash_api_key, validate_api_keys
 from clipper_core.control.apply import FIXED_SPEC
 from clipper_core.control.desired import payload_digest
 from clipper_core.control.reconcile import IN_PLACE_SPEC
 from clipper_core.errors import Conflict
+from clipper_core.selection import validate_policy
 from clipper_core.store.records import AppRecord, ModelRecord
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ async def put_app(control: ControlPlane, rec: AppRecord, api_keys: list[str] | N
         await control.register_app(rec, api_keys)
         return CREATED
     again = app_redeploy(have, rec)
+    # Everything checked before the first write: a refusal changes nothing.
+    if again.policy is not None:
+        validate_policy(*again.policy)
+    if api_keys is not None:
+        validate_api_keys(api_keys)
     if again.spec:
         await control.update_app(rec.name, **again.spec)
     if again.policy is not None:

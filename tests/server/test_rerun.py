@@ -119,6 +119,11 @@ def test_register_again_is_a_noop_an_update_or_a_refusal(
     assert "policy 'single' -> 'exp3'" in said
     with pytest.raises(ClipperError, match="exists with input_type doubles, not strings"):
         conn.register_application("app", "strings", "0", 250_000)
+    # A refused change changes nothing: the new objective is not kept either.
+    with pytest.raises(ClipperError, match="nope"):
+        conn.register_application("app", "doubles", "0", 500_000, policy="nope")
+    info = conn.get_app_info("app")
+    assert info is not None and info["latency_slo_micros"] == 250_000
 
 
 def test_deploy_again_is_a_noop_an_update_or_a_refusal(
