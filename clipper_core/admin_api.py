@@ -49,6 +49,7 @@ from clipper_core.control.artifacts import BUNDLE_KIND_HEADER, BUNDLE_SHA256_HEA
 from clipper_core.control.desired import DesiredState
 from clipper_core.control.redeploy import put_app, put_model
 from clipper_core.dataplane import QueryView
+from clipper_core.dataplane.futures import consume_exception
 from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.same_origin import SameOriginPolicy
@@ -423,7 +424,12 @@ def install(
                     body = parse_body(request)
                 else:  # a model's payload: parsed off the loop that serves queries
                     body = await asyncio.to_thread(parse_body, request)
-                result = await handler(body)
+                # Run to its end even if the client goes away (the HTTP server
+                # cancels a closed connection's handler): a write stopped halfway
+                # (a count stored, its replicas not started) waited for a restart.
+                work = asyncio.ensure_future(handler(body))
+                work.add_done_callback(consume_exception)
+                result = await asyncio.shield(work)
             except ClipperError as exc:
                 # 404 for a missing app or model; every other client error is 400.
                 status = 500 if exc.http_status >= 500 else 404 if exc.http_status == 404 else 400

@@ -1,11 +1,13 @@
 """Faults: a replica killed mid-batch is back within 5 s, and the batch it held is
 answered by the other replica; a model that hangs is caught by the batch timeout
 and its replica recycled; a container that fails to start reports its stderr
-through the CLI, which exits 1."""
+through the CLI, which exits 1; a management change whose client goes away is
+still carried out."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability import models
-from tests.reliability.conftest import REPO, http, pid_alive, wait_for
+from tests.reliability.conftest import REPO, http, pid_alive, raw_request, wait_for
 from tests.server.conftest import Running, start_server
 
 
@@ -218,3 +220,23 @@ def test_cli_deploy_of_a_broken_model_prints_stderr_and_exits_1(
     assert "stderr tail" in res.stderr and "MARKER-7f3a" in res.stderr, res.stderr
     assert "clipper_core/cli.py" not in res.stderr
     assert running.conn.get_all_models() == []
+
+
+def test_a_scale_whose_client_goes_away_is_still_carried_out(running: Running) -> None:
+    """The management client disconnects right after asking for two replicas:
+    the change runs to its end (the count stored and the replica started), not
+    stopped halfway until a restart."""
+    conn = running.conn
+    conn.register_application("grow", "doubles", "-1", 1_000_000)
+    conn.deploy_pickled("grow", 1, "doubles", models.make_sleeper(0.0), cache_enabled=False)
+    conn.link_model_to_app("grow", "grow")
+    mv = running.server.dataplane.get_model_version("grow", "1")
+    body = json.dumps({"model_name": "grow", "num_replicas": 2}).encode()
+    auth = f"Authorization: Bearer {conn.cm.admin_token}\r\n" if conn.cm.admin_token else ""
+    request = (
+        "POST /admin/set_num_replicas HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
+    ).encode() + body
+    raw_request(running.server.management_port, request).close()  # gone at once
+    wait_for("the second replica serving", lambda: len(mv.replicas) == 2, timeout=60)
+    assert conn.get_num_replicas("grow") == 2
