@@ -93,7 +93,10 @@ class Connection:
 
     def __init__(self, port: int) -> None:
         self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.frontend = self.get("/frontend")[1]
+        status, self.frontend = self.get("/frontend")
+        if status != 200:  # refused (admission, under the test's own load): say so
+            self.http.close()
+            raise http.client.HTTPException(f"GET /frontend answered {status}: {self.frontend}")
 
     @property
     def worker(self) -> int:
