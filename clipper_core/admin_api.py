@@ -185,10 +185,11 @@ def install(
         app = field_str(body, "app_name")
         models = field_str_list(body, "model_names")
         linked = set(await read(store.linked_models, app))
-        for model in models:
-            if model not in linked:
-                await control.link(app, model)
-        if models and linked.issuperset(models):
+        new = [m for m in dict.fromkeys(models) if m not in linked]
+        if new:
+            # One transaction: a missing or mismatched model links none of them.
+            await control.link(app, *new)
+        if models and not new:
             return f"unchanged: {', '.join(models)} linked to application {app} already"
         return "Success!"
 

@@ -138,12 +138,13 @@ class ControlPlane:
             policy=policy,
         )
 
-    async def link(self, app: str, model: str) -> None:
-        """Link a model to an app (404 when either is missing, 400 when their input
-        types differ)."""
-        await self._write(self.store.link_model, app, model)
+    async def link(self, app: str, *models: str) -> None:
+        """Link models to an app, all or none (404 when the app or one of them is
+        missing, 400 when their input types differ)."""
+        await self._write(self.store.link_models, app, models)
         await self._reconcile("app", app)
-        log_event(log, "model_linked", f"model {model} linked to {app}", app=app, model=model)
+        for model in models:
+            log_event(log, "model_linked", f"model {model} linked to {app}", app=app, model=model)
 
     async def unlink(self, app: str, model: str) -> None:
         await self._write(self.store.unlink_model, app, model)

@@ -13,7 +13,7 @@ as :class:`ResyncNeeded`, after which the consumer rereads everything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -196,6 +196,11 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
 
     def link_model(self, app: str, model_name: str) -> None:
         """Link a model to an application, after the models linked already."""
+        ...
+
+    def link_models(self, app: str, model_names: Sequence[str]) -> None:
+        """Link several models, in order, in one transaction: all of them or
+        (NotFound, BadInput) none."""
         ...
 
     def unlink_model(self, app: str, model_name: str) -> bool:

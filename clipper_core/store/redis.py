@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -322,28 +322,36 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
             NotFound: The application, or every version of the model, is missing.
             BadInput: A version of the model takes another input type than the app.
         """
+        self.link_models(app, (model_name,))
+
+    def link_models(self, app: str, model_names: Sequence[str]) -> None:
+        """Link models in order, in one transaction: a refused one (as in
+        :meth:`link_model`) leaves every link as it was."""
         keys = self.keys
 
         def body(tx: Tx) -> None:
             rec = self._app_in(tx, app)
             if rec is None:
                 raise NotFound(f"application {app} not found")
-            versions = self._versions_in(tx, model_name)
-            if not versions:
-                raise NotFound(f"model {model_name} not found")
-            for m in versions:
-                if m.input_type != rec.input_type:
-                    raise BadInput(
-                        f"model {model_name}:{m.version} takes {m.input_type} but"
-                        f" application {app} takes {rec.input_type}"
-                    )
-            if not tx.r.sismember(keys.links(app), model_name):
-                taken = cast("list[str]", tx.r.hvals(keys.link_order(app)))
-                position = max((int(p) for p in taken), default=-1) + 1
-                tx.write("SADD", keys.links(app), model_name)
-                tx.write("HSET", keys.link_order(app), model_name, str(position))
-                tx.write("SADD", keys.linked(model_name), app)
-                tx.changed("app", app)
+            for model_name in model_names:
+                versions = self._versions_in(tx, model_name)
+                if not versions:
+                    raise NotFound(f"model {model_name} not found")
+                for m in versions:
+                    if m.input_type != rec.input_type:
+                        raise BadInput(
+                            f"model {model_name}:{m.version} takes {m.input_type} but"
+                            f" application {app} takes {rec.input_type}"
+                        )
+            taken = cast("list[str]", tx.r.hvals(keys.link_order(app)))
+            position = max((int(p) for p in taken), default=-1) + 1
+            for model_name in dict.fromkeys(model_names):
+                if not tx.r.sismember(keys.links(app), model_name):
+                    tx.write("SADD", keys.links(app), model_name)
+                    tx.write("HSET", keys.link_order(app), model_name, str(position))
+                    tx.write("SADD", keys.linked(model_name), app)
+                    tx.changed("app", app)
+                    position += 1
 
         self._write(body)
 

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipper_core.errors import BadInput, Conflict, NotFound
@@ -337,29 +337,36 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
             NotFound: The application, or every version of the model, is missing.
             BadInput: A version of the model takes another input type than the app.
         """
+        self.link_models(app, (model_name,))
+
+    def link_models(self, app: str, model_names: Sequence[str]) -> None:
+        """Link models in order, in one transaction: a refused one (as in
+        :meth:`link_model`) leaves every link as it was."""
         with self._write() as tx:
             conn = tx.conn
             app_row = conn.execute("SELECT input_type FROM apps WHERE name = ?", (app,)).fetchone()
             if app_row is None:
                 raise NotFound(f"application {app} not found")
-            versions = conn.execute(
-                "SELECT version, input_type FROM models WHERE name = ? ORDER BY created_at",
-                (model_name,),
-            ).fetchall()
-            if not versions:
-                raise NotFound(f"model {model_name} not found")
-            for row in versions:
-                if row["input_type"] != app_row["input_type"]:
-                    raise BadInput(
-                        f"model {model_name}:{row['version']} takes {row['input_type']} but"
-                        f" application {app} takes {app_row['input_type']}"
-                    )
-            if conn.execute(
-                "INSERT OR IGNORE INTO links (app, model_name, position) VALUES (?, ?,"
-                " (SELECT COALESCE(MAX(position) + 1, 0) FROM links WHERE app = ?))",
-                (app, model_name, app),
-            ).rowcount:
-                tx.changed("app", app)
+            for model_name in model_names:
+                versions = conn.execute(
+                    "SELECT version, input_type FROM models WHERE name = ? ORDER BY created_at",
+                    (model_name,),
+                ).fetchall()
+                if not versions:
+                    raise NotFound(f"model {model_name} not found")
+                for row in versions:
+                    if row["input_type"] != app_row["input_type"]:
+                        raise BadInput(
+                            f"model {model_name}:{row['version']} takes {row['input_type']} but"
+                            f" application {app} takes {app_row['input_type']}"
+                        )
+            for model_name in model_names:
+                if conn.execute(
+                    "INSERT OR IGNORE INTO links (app, model_name, position) VALUES (?, ?,"
+                    " (SELECT COALESCE(MAX(position) + 1, 0) FROM links WHERE app = ?))",
+                    (app, model_name, app),
+                ).rowcount:
+                    tx.changed("app", app)
 
     def unlink_model(self, app: str, model_name: str) -> bool:
         """Remove a link.

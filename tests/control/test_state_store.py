@@ -218,6 +218,21 @@ def test_links(store: StateStore) -> None:
     assert store.apps_linked_to("m") == ["a2"]
 
 
+def test_link_models_links_all_in_order_or_none(store: StateStore) -> None:
+    store.add_app(app("a"))
+    store.add_model(model("x"))
+    store.add_model(model("y"))
+    store.add_model(model("s", input_type="strings"))
+    with pytest.raises(NotFound, match="nope"):
+        store.link_models("a", ["x", "nope"])
+    with pytest.raises(BadInput, match="strings"):
+        store.link_models("a", ["y", "s"])
+    assert store.linked_models("a") == []  # neither refused call linked its first model
+    store.link_models("a", ["y", "x", "y"])
+    store.link_models("a", ["x"])  # linked already
+    assert store.linked_models("a") == ["y", "x"]
+
+
 def test_links_keep_the_order_they_were_made_in(store: StateStore) -> None:
     # Under policy single the first linked model answers: the order is state.
     store.add_app(app("a"))

@@ -41,6 +41,22 @@ def test_link_answers_404_for_what_is_missing(running: Running) -> None:
     assert conn.get_linked_models("app") == []
 
 
+def test_a_refused_link_of_several_models_links_none(running: Running) -> None:
+    conn = running.conn
+    conn.register_application("app", "doubles", "-1", 100_000)
+    conn.register_model("good", 1, "doubles")
+    status, reply = admin(
+        running, "add_model_links", {"app_name": "app", "model_names": ["good", "nope"]}
+    )
+    assert status == 404 and "nope" in reply["cause"], reply
+    assert conn.get_linked_models("app") == []  # the first was linked before, then the 404
+    status, reply = admin(
+        running, "add_model_links", {"app_name": "app", "model_names": ["good", "good"]}
+    )
+    assert status == 200, reply
+    assert conn.get_linked_models("app") == ["good"]
+
+
 def test_a_model_without_image_echoes_no_container(running: Running) -> None:
     # What Clipper's clipper_admin sends for register_model(image=None).
     status, reply = admin(
