@@ -33,6 +33,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from clipper_core._version import __version__
@@ -122,7 +123,7 @@ class InferenceService:
         self._metadata: weakref.WeakKeyDictionary[ModelVersion, dict[str, Any]] = (
             weakref.WeakKeyDictionary()
         )
-        self._fetching: weakref.WeakKeyDictionary[ModelVersion, asyncio.Future[dict[str, Any]]] = (
+        self._fetching: weakref.WeakKeyDictionary[ModelVersion, asyncio.Task[dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -194,41 +195,34 @@ class InferenceService:
 
     # -- metadata ---------------------------------------------------------------
 
-    async def version_metadata(self, mv: ModelVersion) -> dict[str, Any]:
+    async def version_metadata(self, mv: ModelVersion, end: float | None = None) -> dict[str, Any]:
         """The container's metadata of ``mv``, fetched from a replica once.
+
+        The fetch runs in a task of its own that every request waiting for it
+        shares: one whose client leaves, or whose deadline ``end`` (a
+        ``time.monotonic()`` time) passes first, stops waiting, not the fetch.
 
         Raises:
             ReplicaUnavailable: No replica answered.
+            TimeoutError: ``end`` passed first.
         """
         meta = self._metadata.get(mv)
         if meta is not None:
             return meta
-        pending = self._fetching.get(mv)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._fetching[mv] = pending
-            try:
-                meta = await self._fetch(mv)
-            except BaseException as exc:
-                self._fetching.pop(mv, None)
-                if isinstance(exc, Exception):
-                    pending.set_exception(exc)
-                    pending.exception()  # retrieved here; joiners re-raise it
-                else:
-                    pending.cancel()
-                raise
-            self._metadata[mv] = meta
-            self._fetching.pop(mv, None)
-            pending.set_result(meta)
-            return meta
-        try:
-            return await asyncio.shield(pending)
-        except asyncio.CancelledError:
-            # The fetching request was cancelled (its client left), not this one.
-            task = asyncio.current_task()
-            if pending.cancelled() and task is not None and not task.cancelling():
-                return await self.version_metadata(mv)
-            raise
+        fetch = self._fetching.get(mv)
+        if fetch is None:
+            fetch = asyncio.get_running_loop().create_task(self._fetch(mv))
+            self._fetching[mv] = fetch
+            fetch.add_done_callback(partial(self._fetched, mv))
+        if end is None:
+            return await asyncio.shield(fetch)
+        return await asyncio.wait_for(asyncio.shield(fetch), max(end - time.monotonic(), 0.0))
+
+    def _fetched(self, mv: ModelVersion, fetch: asyncio.Task[dict[str, Any]]) -> None:
+        if self._fetching.get(mv) is fetch:
+            del self._fetching[mv]
+        if not fetch.cancelled() and fetch.exception() is None:  # retrieved either way
+            self._metadata[mv] = fetch.result()
 
     async def _fetch(self, mv: ModelVersion) -> dict[str, Any]:
         if not mv.replicas:
@@ -315,7 +309,27 @@ class InferenceService:
             app.metrics.unanswered(rows, "no_model")
             return self._default_reply(target, request, rows, reason)
         try:
-            meta = await self.version_metadata(mv)
+            meta = await self.version_metadata(mv, end)
+        except TimeoutError:
+            # A new version's first requests wait for its metadata, within their deadline.
+            waited = (time.monotonic() - now) * 1000
+            if app is not None:
+                count_answered(app, mv, rows, now, late=rows)
+                return self._default_reply(
+                    target,
+                    request,
+                    rows,
+                    f"no answer within the latency objective ({app.slo * 1000:g} ms):"
+                    f" {mv.key}'s description did not come",
+                )
+            raise DeadlineExceeded(
+                f"{mv.key} did not describe its inputs within {waited:.0f} ms"
+            ) from None
+        except ClipperError as exc:
+            if app is not None:
+                record_failure(app, mv, exc, rows)
+            raise
+        try:
             query = build_query(mv.key, meta.get("inputs", []), request)
         except ClipperError as exc:
             if app is not None:

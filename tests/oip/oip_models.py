@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -132,3 +133,24 @@ def make_sleepy(seconds: float) -> Any:
         return [1.0 for _ in inputs]
 
     return predict
+
+
+class LateDescription(Model):
+    """Row sums, whose description (the container's metadata) takes ``delay``
+    seconds once the file ``flag`` exists: a version the frontend connected to
+    (its first description was quick) but whose description for OIP is late."""
+
+    input_type = "doubles"
+
+    def __init__(self, flag: str, delay: float) -> None:
+        self.flag = flag
+        self.delay = delay
+
+    @property  # type: ignore[override]
+    def platform(self) -> str:  # read by every metadata call
+        if os.path.exists(self.flag):
+            time.sleep(self.delay)
+        return "late_description"
+
+    def predict(self, inputs: list[Any]) -> list[float]:
+        return [float(np.sum(x)) for x in inputs]

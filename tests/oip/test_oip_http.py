@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.oip import oip_models
 from tests.oip.conftest import OipServer
 from tests.oip.oip_models import ALL_DATATYPES, input_name
 
@@ -332,3 +336,34 @@ def test_malformed_requests_are_400_never_500(oip: OipServer) -> None:
         assert isinstance(reply["error"], str) and reply["error"], reply
     status, reply = _post(oip, header(data=[1.0, 2.0]))
     assert status == 200 and reply["outputs"][0]["data"] == [3.0]
+
+
+def test_a_late_model_description_is_waited_for_within_the_objective(
+    oip: OipServer, tmp_path: Path
+) -> None:
+    # A new version's first OIP request fetches its description (input specs) from
+    # a replica; it waited up to 5 s per replica whatever the request's deadline.
+    flag = tmp_path / "describe-slowly"
+    cloudpickle.register_pickle_by_value(oip_models)
+    try:
+        oip.conn.deploy_model("late", 1, "doubles", oip_models.LateDescription(str(flag), 3.0))
+    finally:
+        cloudpickle.unregister_pickle_by_value(oip_models)
+    oip.conn.register_application("lateapp", "doubles", "-1", 300_000)
+    oip.conn.link_model_to_app("lateapp", "late")
+    flag.touch()
+    client = httpclient.InferenceServerClient(oip.http_url, network_timeout=60)
+    res = client.infer("lateapp", [_input("input", np.array([[1.0]]), "FP64")])
+    params = res.get_response()["parameters"]
+    assert params["default"] is True, params
+    assert "latency objective" in params["default_explanation"], params
+    assert "description did not come" in params["default_explanation"], params
+    flag.unlink()  # the fetch goes on for the requests after it, and is kept
+    deadline = time.monotonic() + 60
+    while True:
+        res = client.infer("lateapp", [_input("input", np.array([[1.0, 2.0]]), "FP64")])
+        if not res.get_response().get("parameters", {}).get("default"):
+            break
+        assert time.monotonic() < deadline, res.get_response()
+        time.sleep(0.2)
+    np.testing.assert_array_equal(res.as_numpy("output"), [3.0])
