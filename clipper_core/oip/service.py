@@ -310,27 +310,10 @@ class InferenceService:
             return self._default_reply(target, request, rows, reason)
         try:
             meta = await self.version_metadata(mv, end)
+            query = build_query(mv.key, meta.get("inputs", []), request)
         except TimeoutError:
             # A new version's first requests wait for its metadata, within their deadline.
-            waited = (time.monotonic() - now) * 1000
-            if app is not None:
-                count_answered(app, mv, rows, now, late=rows)
-                return self._default_reply(
-                    target,
-                    request,
-                    rows,
-                    f"no answer within the latency objective ({app.slo * 1000:g} ms):"
-                    f" {mv.key}'s description did not come",
-                )
-            raise DeadlineExceeded(
-                f"{mv.key} did not describe its inputs within {waited:.0f} ms"
-            ) from None
-        except ClipperError as exc:
-            if app is not None:
-                record_failure(app, mv, exc, rows)
-            raise
-        try:
-            query = build_query(mv.key, meta.get("inputs", []), request)
+            return self._late_reply(target, request, rows, now, "describe its inputs")
         except ClipperError as exc:
             if app is not None:
                 record_failure(app, mv, exc, rows)
@@ -357,16 +340,7 @@ class InferenceService:
             raise
         if not fut.done():
             fut.cancel()
-            waited = (time.monotonic() - now) * 1000
-            if app is not None:
-                count_answered(app, mv, rows, now, late=rows)
-                return self._default_reply(
-                    target,
-                    request,
-                    rows,
-                    f"no answer within the latency objective ({app.slo * 1000:g} ms)",
-                )
-            raise DeadlineExceeded(f"{mv.key} did not answer within {waited:.0f} ms")
+            return self._late_reply(target, request, rows, now, "answer")
         failure = fut.exception()
         if failure is not None:
             if isinstance(failure, DeadlineExceeded) and app is not None:
@@ -390,6 +364,22 @@ class InferenceService:
             dict(request.parameters),
             select_outputs(mv.key, result, request),
         )
+
+    def _late_reply(
+        self, target: Target, request: InferRequest, rows: int, now: float, what: str
+    ) -> InferReply:
+        """Past the deadline: an app's default output, flagged; for a model queried
+        by name, DeadlineExceeded (``what`` it did not do in time)."""
+        mv, app = target.mv, target.app
+        assert mv is not None
+        if app is None:
+            waited = (time.monotonic() - now) * 1000
+            raise DeadlineExceeded(f"{mv.key} did not {what} within {waited:.0f} ms")
+        count_answered(app, mv, rows, now, late=rows)
+        why = f"no answer within the latency objective ({app.slo * 1000:g} ms)"
+        if what != "answer":
+            why += f": {mv.key} did not {what} in time"
+        return self._default_reply(target, request, rows, why)
 
     def _default_reply(
         self, target: Target, request: InferRequest, rows: int, explanation: str

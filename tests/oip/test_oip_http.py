@@ -357,7 +357,7 @@ def test_a_late_model_description_is_waited_for_within_the_objective(
     params = res.get_response()["parameters"]
     assert params["default"] is True, params
     assert "latency objective" in params["default_explanation"], params
-    assert "description did not come" in params["default_explanation"], params
+    assert "did not describe its inputs" in params["default_explanation"], params
     flag.unlink()  # the fetch goes on for the requests after it, and is kept
     deadline = time.monotonic() + 60
     while True:
