@@ -74,7 +74,8 @@ class ServerConfig:
             place at once (one more process, idle until promoted):
             ``"after-crash"`` (from the version's first replica crash on),
             ``"always"`` or ``"off"``.
-        cache_bytes: byte budget of the prediction cache (0 disables it).
+        cache_bytes: byte budget of the prediction cache (0 disables it); an entry is
+            charged for all it keeps: its rows, the items of a list or dict output.
         python: interpreter that runs model containers.
         access_log: log one line per HTTP response on both ports (logger
             ``clipper_core.http.access``; event ``http_access`` in JSON logs).

@@ -22,6 +22,7 @@ _NAMES = {
     "BatchQueue": "batch_queue",
     "QueueEntry": "batch_queue",
     "PredictionCache": "pred_cache",
+    "ENTRY_OVERHEAD": "pred_cache",
     "SloController": "slo_controller",
     "parse_single_input": "json_numbers",
     "parse_oip_request": "json_numbers",
@@ -62,12 +63,15 @@ EXTENSIONS_ACTIVE: bool = _impl.name == "cython"
 BatchQueue = _impl.BatchQueue
 QueueEntry = _impl.QueueEntry
 PredictionCache = _impl.PredictionCache
+#: Bytes a cache entry is charged besides its key and value.
+ENTRY_OVERHEAD: int = _impl.ENTRY_OVERHEAD
 SloController = _impl.SloController
 parse_single_input = _impl.parse_single_input
 parse_oip_request = _impl.parse_oip_request
 all_finite = _impl.all_finite
 
 __all__ = [
+    "ENTRY_OVERHEAD",
     "EXTENSIONS_ACTIVE",
     "BatchQueue",
     "PredictionCache",

@@ -10,8 +10,9 @@ import asyncio
 import time
 from typing import Any, Protocol
 
+from clipper_core.dataplane.cache_entry import compact
 from clipper_core.errors import ClipperError, DeadlineExceeded
-from clipper_core.structures import PredictionCache
+from clipper_core.structures import ENTRY_OVERHEAD, PredictionCache
 
 __all__ = ["CoalescingModel", "SharedComputation"]
 
@@ -113,7 +114,8 @@ class SharedComputation:
         if exc is not None:
             cache.fail(mv.name, mv.version, self.key, exc)
         else:
-            cache.put(mv.name, mv.version, self.key, queued.result())
+            value, nbytes = compact(queued.result())
+            cache.put(mv.name, mv.version, self.key, value, nbytes + len(self.key) + ENTRY_OVERHEAD)
 
     def _forget(self) -> None:
         self.settled = True
