@@ -72,11 +72,12 @@ def jsonable_native(output: Any) -> Any:
 
 
 def _may_hold_non_finite(value: Any) -> bool:
-    # One native serialisation: only a value that holds a null is walked.
+    # One native serialisation: only a value that holds a null, or something orjson
+    # does not write (bytes inside a pipeline's {stage: output}), is walked.
     try:
         return b"null" in orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
-        return False  # the reply's own serialisation reports it
+        return True
 
 
 def _named(value: Any) -> Any:
@@ -88,4 +89,6 @@ def _named(value: Any) -> Any:
         return [_named(v) for v in value]
     if t is dict:
         return {k: _named(v) for k, v in value.items()}
-    return jsonable(value) if isinstance(value, (np.ndarray, np.generic)) else value
+    if t is bytes or isinstance(value, (np.ndarray, np.generic)):
+        return jsonable(value)
+    return value  # anything else: the reply's own serialisation reports it

@@ -97,8 +97,10 @@ class Predicate:
 
 
 def _scalar(v: Any) -> Any:
-    if isinstance(v, np.ndarray) and v.size == 1:
-        v = v.reshape(()).item()
+    # An output is an array or a list depending on how its batch was encoded
+    # (a tensor when the batch's rows share a shape): compare them alike.
+    if isinstance(v, np.ndarray):
+        v = v.reshape(()).item() if v.size == 1 else v.tolist()
     elif isinstance(v, np.generic):
         v = v.item()
     elif isinstance(v, list) and len(v) == 1:

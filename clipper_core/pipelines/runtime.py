@@ -333,7 +333,8 @@ class _Walk:
         if stage.combine == "dict":
             return json_text(dict(self._parents(stage)), step.at)
         if stage.combine == "concat":
-            value = join("concat", self._parents(stage), stage.output_type, step.at)
+            # Joined for the stage's model: the parents answer what it takes.
+            value = join("concat", self._parents(stage), mv.input_type, step.at)
         else:
             value = self.outputs[stage.parents[0]]
         return as_input(value, mv.input_type, step.source)

@@ -11,12 +11,15 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from clipper_core.clipper_api import input_key
+from clipper_core.clipper_reply import format_reply
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.dataplane.model_version import ReplicaSlot
 from clipper_core.errors import BadInput, ModelError
+from clipper_core.http.messages import json_response
 from clipper_core.pipelines import PipelineRouter, validate
 from clipper_core.store import PipelineRecord
 
@@ -209,6 +212,85 @@ def test_a_client_that_leaves_withdraws_its_inputs(loop: asyncio.AbstractEventLo
         with pytest.raises(asyncio.CancelledError):
             await task
         assert dp.models["mb"].versions["1"].withdrawn == 1
+        await dp.close()
+
+    loop.run_until_complete(main())
+
+
+def test_a_model_stage_joining_its_parents_gets_them_concatenated(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The join is made of what the model takes (doubles), not of what it answers.
+    async def main() -> None:
+        dp, _, _ = make(
+            [
+                {"name": "a", "model": "ma", "output_type": "doubles"},
+                {"name": "b", "model": "mb", "output_type": "doubles"},
+                {"name": "c", "model": "mc", "output_type": "doubles"},
+                {"name": "j", "model": "ma", "combine": "concat"},
+            ],
+            [
+                {"from": "a", "to": "b"},
+                {"from": "a", "to": "c"},
+                {"from": "b", "to": "j"},
+                {"from": "c", "to": "j"},
+            ],
+        )
+        answer(dp, "ma", [1.0], [2.0])
+        answer(dp, "mb", [2.0], [3.0])
+        answer(dp, "mc", [2.0], [4.0])
+        answer(dp, "ma", [3.0, 4.0], "joined")
+        [out] = await query(dp, [1.0])
+        assert out.output == "joined" and not out.default
+        await dp.close()
+
+    loop.run_until_complete(main())
+
+
+def test_a_condition_on_a_vector_holds_for_an_array_as_for_a_list(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # A model's output row is an array when its batch came as a tensor, a list
+    # when it came as JSON: the edge decides the same for both.
+    async def main() -> None:
+        dp, _, _ = make(
+            [
+                {"name": "a", "model": "ma", "output_type": "doubles"},
+                {"name": "b", "model": "mb"},
+            ],
+            [{"from": "a", "to": "b", "when": {"op": "!=", "value": [0.0, 0.0]}}],
+        )
+        answer(dp, "ma", [1.0], np.array([2.0, 4.0]))
+        answer(dp, "ma", [2.0], [2.0, 4.0])
+        answer(dp, "ma", [3.0], np.array([0.0, 0.0]))
+        answer(dp, "mb", [2.0, 4.0], "taken")
+        as_array, as_list, zeros = await query(dp, [1.0], [2.0], [3.0])
+        assert as_array.output == "taken" and as_list.output == "taken"
+        assert zeros.output.tolist() == [0.0, 0.0]  # not taken: the walk ended at a
+        await dp.close()
+
+    loop.run_until_complete(main())
+
+
+def test_bytes_inside_a_pipeline_answer_reach_the_client_base64(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def main() -> None:
+        dp, _, _ = make(
+            [
+                {"name": "a", "model": "ma", "output_type": "doubles"},
+                {"name": "b", "model": "mb"},
+                {"name": "c", "model": "mc"},
+            ],
+            [{"from": "a", "to": "b"}, {"from": "a", "to": "c"}],
+        )
+        answer(dp, "ma", [1.0], [2.0])
+        answer(dp, "mb", [2.0], b"\x89PNG")
+        answer(dp, "mc", [2.0], [4.0])
+        [out] = await query(dp, [1.0])
+        reply = json_response(format_reply(0, out.output, False, native_arrays=True))
+        assert reply.status == 200
+        assert orjson.loads(reply.body)["output"] == {"b": "iVBORw==", "c": [4.0]}
         await dp.close()
 
     loop.run_until_complete(main())
