@@ -23,6 +23,7 @@ __all__ = [
     "CONTROLLERS",
     "INPUT_TYPES",
     "LEARNED_STATE_PREFIX",
+    "MAX_EDGES",
     "OUTPUT_TYPES",
     "PREDICATE_OPS",
     "AppRecord",
@@ -348,6 +349,8 @@ PREDICATE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
 
 #: Most stages one pipeline may have.
 MAX_STAGES = 64
+#: One edge per ordered pair of stages at most.
+MAX_EDGES = MAX_STAGES * MAX_STAGES
 
 _STAGE_KEYS = ("name", "model", "version", "output_type", "combine")
 _EDGE_KEYS = ("from", "to", "when")
@@ -475,11 +478,15 @@ class PipelineRecord:
             names.add(stage["name"])
         if not isinstance(self.edges, list | tuple):
             raise BadInput(f"edges must be a list, got {self.edges!r}")
+        if len(self.edges) > MAX_EDGES:
+            raise BadInput(f"a pipeline has at most {MAX_EDGES} edges, got {len(self.edges)}")
         edges = [_edge(i, e, names) for i, e in enumerate(self.edges)]
-        pairs = [(e["from"], e["to"]) for e in edges]
-        for pair in pairs:
-            if pairs.count(pair) > 1:
+        pairs: set[tuple[str, str]] = set()
+        for e in edges:
+            pair = (e["from"], e["to"])
+            if pair in pairs:
                 raise BadInput(f"duplicate edge {pair[0]}->{pair[1]}")
+            pairs.add(pair)
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "edges", edges)
         check_int("slo_micros", self.slo_micros, 1)

@@ -408,6 +408,9 @@ def test_pipeline_records_copy_their_containers() -> None:
         ({"edges": [{"from": "a", "to": "zz"}]}, "names no stage"),
         ({"edges": [{"from": "a"}]}, "needs 'to'"),
         ({"edges": [{"from": "a", "to": "b"}, {"from": "a", "to": "b"}]}, "duplicate edge"),
+        # More edges than ordered pairs of stages: refused before any is read (the
+        # duplicate check was quadratic, on the server's event loop).
+        ({"edges": [{"from": "a", "to": "b"}] * 50_000}, "at most 4096 edges"),
         ({"edges": [{"from": "a", "to": "b", "when": {"op": "~", "value": 1}}]}, "unknown op"),
         ({"edges": [{"from": "a", "to": "b", "when": {"op": "in", "value": 1}}]}, "list value"),
         ({"edges": [{"from": "a", "to": "b", "when": {"op": ">", "value": [1]}}]}, "a number"),
