@@ -25,7 +25,7 @@ from clipper_core.control.artifacts import ArtifactStore
 from clipper_core.control.desired import DesiredState, decode_payload
 from clipper_core.control.reconcile import IN_PLACE_SPEC, DataPlaneReconciler
 from clipper_core.control.replicas import ReplicaReconciler
-from clipper_core.errors import BadInput, Conflict, NotFound
+from clipper_core.errors import BadInput, ClipperError, Conflict, NotFound
 from clipper_core.logs import log_event
 from clipper_core.pipelines.model import validate as validate_pipeline
 from clipper_core.replica_tls import remote_address
@@ -159,10 +159,38 @@ class ControlPlane:
             raise Conflict(
                 f"an application named {rec.name} exists; a pipeline needs a name of its own"
             )
+        validate_pipeline(rec, self._model_types())
+
+    def _model_types(self) -> dict[str, dict[str, str]]:
+        """Model name -> version -> input type, of every deployed version."""
         types: dict[str, dict[str, str]] = {}
         for m in self.store.list_models():
             types.setdefault(m.name, {})[m.version] = m.input_type
-        validate_pipeline(rec, types)
+        return types
+
+    def _check_pipelines_take(self, rec: ModelRecord) -> None:
+        """A new version must keep the pipelines that use its model valid (another
+        input type breaks a stage that follows the model's current version), as a
+        linked app refuses it (run in a worker thread: it reads the store)."""
+        users = [
+            p for p in self.store.list_pipelines() if any(s["model"] == rec.name for s in p.stages)
+        ]
+        if not users:
+            return
+        before = self._model_types()
+        after = {**before, rec.name: {**before.get(rec.name, {}), rec.version: rec.input_type}}
+        for p in users:
+            try:
+                validate_pipeline(p, before)
+            except ClipperError:
+                continue  # broken already (a model deleted...): not this version's doing
+            try:
+                validate_pipeline(p, after)
+            except ClipperError as exc:
+                raise BadInput(
+                    f"model {rec.key} takes {rec.input_type}, which pipeline {p.name} cannot"
+                    f" send it ({exc}); pin the pipeline's stage to a version first"
+                ) from None
 
     async def register_pipeline(self, rec: PipelineRecord) -> None:
         """Register a pipeline and serve it at ``/<name>/predict``.
@@ -233,6 +261,7 @@ class ControlPlane:
     async def _deploy(self, rec: ModelRecord, payload_b64: str | None, make_current: bool) -> None:
         if await self._write(self.store.get_model, rec.name, rec.version) is not None:
             raise BadInput(f"model {rec.name}:{rec.version} already exists")
+        await self._write(self._check_pipelines_take, rec)
         if payload_b64 is not None:
             # The digest tells a declarative apply whether a file's code is this one.
             # Off the loop: a large model's payload takes a while to decode and hash.

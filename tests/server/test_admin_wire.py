@@ -91,3 +91,32 @@ def test_no_live_replica_is_named_as_such(running: Running) -> None:
     explanation = reply["default_explanation"]
     assert "no connected model" in explanation and "absent:1" in explanation
     assert "latency objective" not in explanation
+
+
+def test_a_version_a_pipeline_cannot_feed_is_refused_as_for_an_app(running: Running) -> None:
+    conn = running.conn
+    conn.register_model("n", 1, "doubles")
+    conn.register_model("pinned", 1, "doubles")
+    status, reply = admin(
+        running,
+        "add_pipeline",
+        {
+            "name": "p",
+            "slo_micros": 10_000_000,
+            "stages": [
+                {"name": "s", "model": "n", "output_type": "doubles"},
+                {"name": "t", "model": "pinned", "version": "1"},
+            ],
+            "edges": [{"from": "s", "to": "t"}],
+        },
+    )
+    assert status == 200, reply
+    version_2 = {"model_version": "2", "input_type": "strings", "container": {"kind": "external"}}
+    status, reply = admin(running, "add_model", {"model_name": "n", **version_2})
+    assert status == 400 and "pipeline p" in reply["cause"], reply
+    assert [
+        m["model_version"] for m in conn.get_all_models(verbose=True) if m["model_name"] == "n"
+    ] == ["1"]
+    # A stage pinned to its version does not follow the model's new ones.
+    status, reply = admin(running, "add_model", {"model_name": "pinned", **version_2})
+    assert status == 200, reply
