@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 
 from clipper_core.openapi import document, document_bytes, port_paths
 from clipper_core.openapi.schemas import NAME_PATTERN
-from clipper_core.store import records
+from clipper_core.store import record_checks
 from tests.api.rest_calls import call, check_reply
 from tests.server.conftest import Running
 
@@ -197,6 +197,6 @@ def test_limits_are_the_validators(doc: dict[str, Any]) -> None:
     assert schemas["NumericInput"]["maxItems"] == MAX_INPUT_ELEMENTS == 1_000_000
     batch = schemas["PredictRequest"]["oneOf"][1]["properties"]["input_batch"]
     assert batch["maxItems"] == MAX_BATCH == 10_000
-    assert NAME_PATTERN == f"^{records._NAME_RE.pattern}$"
+    assert NAME_PATTERN == f"^{record_checks._NAME_RE.pattern}$"
     schemes = doc["components"]["securitySchemes"]
     assert schemes["appApiKey"]["name"] == "X-Api-Key"
