@@ -32,8 +32,9 @@ from typing import Any, Literal
 from clipper_core.auth import hash_api_key
 from clipper_core.control.desired import DesiredApp, DesiredState
 from clipper_core.control.reconcile import IN_PLACE_SPEC
-from clipper_core.errors import BadInput
-from clipper_core.store.records import AppRecord, ModelRecord
+from clipper_core.errors import BadInput, ClipperError
+from clipper_core.pipelines.model import validate as validate_pipeline
+from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 
 __all__ = ["Change", "CurrentState", "DesiredState", "diff", "diff_pipelines"]
 
@@ -127,6 +128,7 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
     changes = _model_changes(desired, current, refusals)
     changes += _current_version_changes(desired, current)
     changes += _app_changes(desired, current, prune, refusals)
+    refusals += _pipeline_refusals(desired, current, prune)
     if refusals:
         raise BadInput("cannot apply:\n  " + "\n  ".join(refusals))
     upserts, deletions = diff_pipelines(desired.pipelines, current.pipelines, prune=prune)
@@ -305,6 +307,33 @@ def diff_pipelines(
     names = {str(p["name"]) for p in desired}
     deletions = [Change("delete", "pipeline", n) for n in sorted(current) if n not in names]
     return upserts, deletions if prune else []
+
+
+def _pipeline_refusals(desired: DesiredState, current: CurrentState, prune: bool) -> list[str]:
+    """Each pipeline of the file checked as its graph will be once every other change
+    is made (the models and apps the file leaves, and without ``prune`` the store's
+    others): found before the first change, not after the models are deployed."""
+    if not desired.pipelines:
+        return []
+    records = {m.record.key: m.record for m in desired.models}
+    apps = {a.record.name for a in desired.apps}
+    if not prune:
+        records = {**{m.key: m for m in current.models}, **records}
+        apps |= {a.name for a in current.apps}
+    types: dict[str, dict[str, str]] = {}
+    for rec in records.values():
+        types.setdefault(rec.name, {})[rec.version] = rec.input_type
+    refusals = []
+    for raw in desired.pipelines:
+        name = raw["name"]
+        if name in apps:
+            refusals.append(f"pipeline {name}: an application has its name")
+            continue
+        try:
+            validate_pipeline(PipelineRecord.from_dict(raw), types)
+        except ClipperError as exc:
+            refusals.append(str(exc))
+    return refusals
 
 
 def _stage_model(stage: Mapping[str, Any]) -> str:

@@ -366,3 +366,39 @@ PIECE = "QUJD" * (1 << 18)  # one piece of the decode: 1 MiB of base64
 def test_a_payload_that_is_not_base64_is_refused(text: str) -> None:
     with pytest.raises(BadInput, match="model payload is not valid base64"):
         decode_payload(text)
+
+
+def _pipeline(name: str, stages: list[dict[str, Any]], edges: list[dict[str, Any]]) -> Any:
+    return {"name": name, "input_type": "doubles", "stages": stages, "edges": edges}
+
+
+def test_a_pipeline_graph_the_file_cannot_serve_is_refused_before_any_change() -> None:
+    # A cycle, a model neither the file nor the store has, a name an app has: the
+    # refusal comes from diff (dry runs see it), not halfway through applying.
+    cycle = _pipeline(
+        "loop",
+        [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}],
+        [{"from": "a", "to": "b"}, {"from": "b", "to": "a"}],
+    )
+    missing = _pipeline("ghost", [{"name": "a", "model": "nope"}], [])
+    with pytest.raises(BadInput) as info:
+        diff(desired(pipelines=[cycle, missing]), CurrentState())
+    assert "pipeline loop" in str(info.value) and "nope" in str(info.value)
+    # The store's app keeps its name (the file leaves it, without prune).
+    store = deployed(desired(apps=[app_entry("old-app")]))
+    taken = _pipeline("old-app", [{"name": "a", "model": "m"}], [])
+    with pytest.raises(BadInput, match="pipeline old-app: an application has its name"):
+        diff(desired(pipelines=[taken]), store)
+    fine = _pipeline("fine", [{"name": "a", "model": "m"}], [])
+    assert "create pipeline fine: 1 stage(s)" in lines(
+        diff(desired(pipelines=[fine]), CurrentState())
+    )
+
+
+def test_a_pipeline_on_a_model_the_store_keeps_applies_and_one_prune_deletes_is_refused() -> None:
+    store = deployed(desired(models=[model_entry("m"), model_entry("kept")], apps=[]))
+    uses_kept = _pipeline("p", [{"name": "a", "model": "kept"}], [])
+    state = desired(models=[model_entry("m")], apps=[], pipelines=[uses_kept])
+    assert "create pipeline p: 1 stage(s)" in lines(diff(state, store))
+    with pytest.raises(BadInput, match="kept"):
+        diff(state, store, prune=True)  # prune would delete kept:1, which p needs
