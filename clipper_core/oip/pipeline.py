@@ -22,7 +22,7 @@ import numpy as np
 
 from clipper_core.clipper_api import InputKeys
 from clipper_core.dataplane import Application
-from clipper_core.errors import BadInput, NoLiveReplica
+from clipper_core.errors import BadInput, NoLiveReplica, NotFound
 from clipper_core.oip.tensors import InferRequest, OutputTensor
 from clipper_core.pipelines.runtime import PipelineRouter
 from model_containers.tensors import INPUT_TYPE_DATATYPES, datatype_of, outputs_to_tensor
@@ -52,10 +52,18 @@ def metadata(app: Application) -> dict[str, Any]:
 
 
 def ready(dataplane: QueryView, app: Application) -> bool:
-    """Whether every model the pipeline's stages ask has a replica that serves."""
-    for name in app.linked_models:
-        model = dataplane.models.get(name)
-        mv = None if model is None else model.version_for(None)
+    """Whether every model version the pipeline's stages ask (a pinned one, else
+    the model's current one) has a replica that serves."""
+    router = app.selector
+    assert isinstance(router, PipelineRouter)
+    for stage in router.graph.stages.values():
+        if stage.model is None:
+            continue  # a join without a model
+        model = dataplane.models.get(stage.model)
+        try:
+            mv = None if model is None else model.version_for(stage.version)
+        except NotFound:
+            return False
         if mv is None or not any(
             s.task is not None and not s.task.done() and not s.recovering
             for s in mv.replicas.values()

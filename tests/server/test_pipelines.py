@@ -509,3 +509,17 @@ def test_oip_http_and_grpc_answer_a_pipeline(srv: Running) -> None:
     conn.link_model_to_app("policied", "total")
     status, reply = _oip_http(srv, "policied", body)
     assert status == 400 and "selects among its models" in reply["error"], reply
+
+
+def test_oip_readiness_follows_the_version_a_stage_pins(srv: Running) -> None:
+    conn = srv.conn
+    conn.register_model("add1", "7", "doubles")  # no replica: it never serves
+    conn.set_model_version("add1", "1")  # the one that serves stays current
+    conn.register_pipeline("pinned7", [stage("a", "add1", version="7")], [], SLO, "-1")
+    conn.register_pipeline("current", [stage("a", "add1")], [], SLO, "-1")
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.server.grpc_port}")
+    try:
+        assert client.is_model_ready("current")
+        assert not client.is_model_ready("pinned7")  # add1:1 serves, add1:7 does not
+    finally:
+        client.close()
