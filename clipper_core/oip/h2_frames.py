@@ -8,6 +8,7 @@ handler sees of its call (:class:`CallContext`, the part of
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,8 @@ MAX_FRAME_LIMIT = (1 << 24) - 1
 MAX_WINDOW = (1 << 31) - 1
 
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# gRPC's wire format: at most 8 ASCII digits and a unit (more would overflow a float).
+_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
 #: Headers that are the transport's, not the caller's metadata.
 NOT_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding"))
 
@@ -146,10 +149,9 @@ def unpad(flags: int, payload: bytes) -> bytes:
 
 def parse_timeout(value: str) -> float:
     """Seconds of a ``grpc-timeout`` header (``"100m"``); ValueError if malformed."""
-    unit = TIMEOUT_UNITS.get(value[-1:])
-    if unit is None or not value[:-1].isdigit():
+    if _TIMEOUT.fullmatch(value) is None:
         raise ValueError(f"bad grpc-timeout {value!r}")
-    return int(value[:-1]) * unit
+    return int(value[:-1]) * TIMEOUT_UNITS[value[-1]]
 
 
 def request_error(headers: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:

@@ -193,7 +193,9 @@ def test_timeouts_parse() -> None:
     assert parse_timeout("100m") == pytest.approx(0.1)
     assert parse_timeout("2S") == 2.0
     assert parse_timeout("5u") == pytest.approx(5e-6)
-    for bad in ("", "m", "10x", "-1m"):
+    assert parse_timeout("99999999H") == 99999999 * 3600.0  # gRPC's largest
+    # gRPC allows 8 digits; 310 overflowed the float (an OverflowError, not a ValueError).
+    for bad in ("", "m", "10x", "-1m", "123456789S", "1" * 310 + "S", " 1S", "\u00b2S"):
         with pytest.raises(ValueError):
             parse_timeout(bad)
 

@@ -396,6 +396,8 @@ def test_stream_state_errors(make: Any) -> None:
         ({"content_type": "text/plain"}, 13),  # INTERNAL
         ({"path": ""}, 12),
         ({"grpc_timeout": "soon"}, 13),
+        ({"grpc_timeout": "123456789S"}, 13),  # gRPC allows 8 digits
+        ({"grpc_timeout": "1" * 310 + "S"}, 13),  # overflowed a float: was a GOAWAY
     ],
 )
 def test_bad_request_headers_get_a_status(make: Any, headers: dict[str, str], code: int) -> None:
