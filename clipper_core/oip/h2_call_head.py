@@ -10,6 +10,7 @@ here instead of a dict of its headers, the checks and the metadata.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ __all__ = ["MAX_HEADS", "CallHead", "call_head"]
 #: Header lists remembered per connection (a client sends a handful of distinct ones).
 MAX_HEADS = 64
 
+# RFC 9113 8.2.1: a name is not empty and has no controls, spaces, uppercase,
+# non-ASCII or colon (but a pseudo-header's leading one).
+_FIELD_NAME = re.compile(r":?[^\x00-\x20A-Z:\x7f-\xff]+")
+
 
 @dataclass(frozen=True, slots=True)
 class CallHead:
@@ -35,6 +40,8 @@ class CallHead:
         bad_timeout: Why ``grpc-timeout`` cannot be read (the call is answered
             INTERNAL once its body has been checked), or None.
         metadata: The caller's metadata (no pseudo-headers, no transport headers).
+        malformed: A field name HTTP/2 forbids: the request is malformed (RFC
+            9113 8.2), a stream error (RST_STREAM, PROTOCOL_ERROR), not a call.
     """
 
     handler: UnaryHandler | None
@@ -42,12 +49,17 @@ class CallHead:
     timeout: float | None
     bad_timeout: str | None
     metadata: tuple[tuple[str, str], ...]
+    malformed: bool = False
 
 
 def call_head(headers: Sequence[tuple[str, str]], handlers: Mapping[str, UnaryHandler]) -> CallHead:
     """Read one request's header list."""
+    if not all(_FIELD_NAME.fullmatch(k) for k, _ in headers):
+        return CallHead(None, None, None, None, (), malformed=True)
     fields = dict(headers)
-    metadata = tuple((k, v) for k, v in headers if k[0] != ":" and k not in h2.NOT_METADATA)
+    metadata = tuple(
+        (k, v) for k, v in headers if not k.startswith(":") and k not in h2.NOT_METADATA
+    )
     path = fields.get(":path", "")
     handler = handlers.get(path)
     if handler is None:

@@ -174,6 +174,9 @@ class H2GrpcProtocol(H2Connection):
             if len(self.heads) >= MAX_HEADS:
                 self.heads.clear()
             self.heads[id(headers)] = (headers, head)  # holds the list: its id stays its own
+        if head.malformed:
+            self._kill(stream, h2.PROTOCOL_ERROR)
+            return
         if head.failure is not None:
             self._fail_stream(stream, *head.failure)
             return

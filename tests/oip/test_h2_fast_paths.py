@@ -148,6 +148,9 @@ def test_call_head_reads_the_headers() -> None:
     bad = call_head([*base, ("grpc-timeout", "soon")], handlers)
     assert bad.failure is None and bad.bad_timeout == "bad grpc-timeout 'soon'"
     assert call_head(base, handlers).timeout is None
+    for name in ("", "X-K", "a b", "a:b", "::p"):
+        assert call_head([*base, (name, "v")], handlers).malformed, name
+    assert not call_head([*base, ("x-k_1.~", "v")], handlers).malformed
 
 
 async def _meta(raw: bytes, ctx: CallContext) -> bytes:

@@ -409,6 +409,20 @@ def test_bad_request_headers_get_a_status(make: Any, headers: dict[str, str], co
     assert c.alive()
 
 
+@pytest.mark.parametrize("name", [b"", b"X-Key", b"a b", b"a:b", b"\xe9"])
+def test_a_malformed_header_name_resets_only_its_stream(make: Any, name: bytes) -> None:
+    """RFC 9113 8.2: a request with such a name is malformed, a stream error (an
+    empty name was an IndexError that took the connection down)."""
+    c = Raw(make().server.port)
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block() + encode_literal(name, b"v"))
+    c.send(h2.DATA, h2.END_STREAM, 1, message(b"x"))
+    frames = c.read(lambda f: f[2] == 1 and (f[0] == h2.RST_STREAM or bool(f[1] & h2.END_STREAM)))
+    assert frames[-1][0] == h2.RST_STREAM, frames
+    assert int.from_bytes(frames[-1][3], "big") == h2.PROTOCOL_ERROR
+    c.call(3, b"ok")
+    assert c.status(3) == (0, "")
+
+
 def test_random_bytes_never_reach_the_loop(make: Any) -> None:
     lt = make()
     rng = random.Random(7)
