@@ -25,6 +25,7 @@ __all__ = [
     "H2ConnectionError",
     "UnaryHandler",
     "frame",
+    "header_frames",
     "parse_timeout",
     "peer_name",
     "request_error",
@@ -55,6 +56,8 @@ MAX_WINDOW = (1 << 31) - 1
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC's wire format: at most 8 ASCII digits and a unit (more would overflow a float).
 _TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
+#: Bytes of a status message sent (UTF-8, before percent-encoding); more is cut.
+MAX_STATUS_MESSAGE = 1024
 #: Headers that are the transport's, not the caller's metadata.
 NOT_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding"))
 
@@ -73,6 +76,19 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
         + stream.to_bytes(4, "big")
         + payload
     )
+
+
+def header_frames(stream: int, flags: int, block: bytes, max_frame: int) -> bytes:
+    """A header block as one HEADERS frame, or as HEADERS and CONTINUATION frames
+    when it is longer than the peer's ``max_frame`` (RFC 9113 4.2, 6.10):
+    ``flags`` (END_STREAM) go on the HEADERS, END_HEADERS on the last frame."""
+    if len(block) <= max_frame:
+        return frame(HEADERS, flags | END_HEADERS, stream, block)
+    parts = [block[i : i + max_frame] for i in range(0, len(block), max_frame)]
+    out = [frame(HEADERS, flags, stream, parts[0])]
+    out += [frame(CONTINUATION, 0, stream, part) for part in parts[1:-1]]
+    out.append(frame(CONTINUATION, END_HEADERS, stream, parts[-1]))
+    return b"".join(out)
 
 
 def unary_reply(stream: int, reply: bytes) -> bytes:
@@ -164,9 +180,15 @@ def request_error(headers: dict[str, str]) -> tuple[grpc.StatusCode, str] | None
 
 
 def status_block(code: int, message: str) -> bytes:
+    """The trailers of a status; a message past :data:`MAX_STATUS_MESSAGE` bytes is cut."""
     block = encode_literal(b"grpc-status", str(code).encode())
     if message:
-        block += encode_literal(b"grpc-message", quote(message, safe=" ").encode())
+        # A message may carry the client's input (an unknown model's name): cut,
+        # the client does not choose the size of our trailers.
+        text = message.encode(errors="backslashreplace")
+        if len(text) > MAX_STATUS_MESSAGE:
+            text = text[:MAX_STATUS_MESSAGE].decode(errors="ignore").encode() + b"..."
+        block += encode_literal(b"grpc-message", quote(text, safe=b" ").encode())
     return block
 
 

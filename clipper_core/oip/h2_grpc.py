@@ -207,20 +207,27 @@ class H2GrpcProtocol(H2Connection):
     async def _call(
         self, stream: Stream, handler: UnaryHandler, request: bytes, ctx: CallContext
     ) -> None:
+        reply: bytes | None = None
+        code, message = 0, ""
         try:
-            reply = await handler(request, ctx)
-        except GrpcAbort as exc:
-            self._finish(stream, None, exc.code.value[0], exc.details)
-        except asyncio.CancelledError:
-            self._close_stream(stream)
-            raise
-        except Exception as exc:
-            log.exception("gRPC handler failed")
-            self._finish(
-                stream, None, grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {exc!r}"
-            )
-        else:
-            self._finish(stream, reply, 0, "")
+            try:
+                reply = await handler(request, ctx)
+            except GrpcAbort as exc:
+                code, message = exc.code.value[0], exc.details
+            except asyncio.CancelledError:
+                self._close_stream(stream)
+                raise
+            except Exception as exc:
+                log.exception("gRPC handler failed")
+                code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {exc!r}"
+            # Out of the except clauses: a failure to answer must not chain the
+            # handler's exception (a client's input, maybe megabytes) into the log.
+            self._finish(stream, reply, code, message)
+        except Exception:
+            # The stream must still end: a client waits for it to its deadline.
+            log.exception("cannot answer a gRPC call")
+            if not self.dead and self.streams.get(stream.id) is stream:
+                self._reset(stream, h2.INTERNAL_ERROR)
         finally:
             stream.task = None
 
@@ -239,7 +246,7 @@ class H2GrpcProtocol(H2Connection):
             return
         if reply is None:  # trailers only
             block = REPLY_HEADERS + h2.status_block(code, message)
-            self._send(frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            self._send(h2.header_frames(sid, END_STREAM, block, self.max_frame))
             if not stream.end:  # the client is still sending: stop it
                 self._send(frame(h2.RST_STREAM, 0, sid, h2.NO_ERROR.to_bytes(4, "big")))
             self._close_stream(stream)

@@ -37,6 +37,11 @@ async def _abort(raw: bytes, ctx: CallContext) -> bytes:
     await ctx.abort(grpc.StatusCode.NOT_FOUND, "no model 'é' (100%)")
 
 
+async def _unknown(raw: bytes, ctx: CallContext) -> bytes:
+    # As the OIP servicer answers a model it does not know: its name in the message.
+    await ctx.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {raw.decode()!r}")
+
+
 async def _boom(raw: bytes, ctx: CallContext) -> bytes:
     raise RuntimeError("bug")
 
@@ -92,6 +97,7 @@ def server(slow: _Slow) -> Iterator[LoopThread]:
             "/t.S/Echo": _echo,
             "/t.S/Meta": _meta,
             "/t.S/Abort": _abort,
+            "/t.S/Unknown": _unknown,
             "/t.S/Boom": _boom,
             "/t.S/Slow": slow,
         }
@@ -140,6 +146,19 @@ def test_statuses(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as err:
         channel.unary_unary("/t.S/Boom")(b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNKNOWN
+
+
+def test_a_long_status_message_is_cut(channel: grpc.Channel, slow: _Slow) -> None:
+    """A 20,000-character name made trailers over grpcio's 16 KiB frame size: it
+    failed the call RESOURCE_EXHAUSTED and the connection, with a call beside it."""
+    beside = channel.unary_unary("/t.S/Slow").future(b"0.5", timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/t.S/Unknown")(b"m" * 20_000, timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    details = err.value.details()
+    assert details.startswith("unknown model 'mmm") and details.endswith("...")
+    assert len(details) == h2.MAX_STATUS_MESSAGE + 3
+    assert beside.result() == b"done"
 
 
 def test_compressed_requests_are_unimplemented(channel: grpc.Channel) -> None:

@@ -1,0 +1,108 @@
+"""What the HTTP/2 gRPC port sends back, against raw-frame clients: status
+trailers whose size a client's input decides, and replies held back by the
+client's flow-control windows (what they may hold, for how long, and what a
+WINDOW_UPDATE costs).  As in ``test_h2_hostile``, nothing may reach the loop's
+exception handler (``LoopThread.close`` asserts it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+import pytest
+
+from clipper_core.oip import h2_frames as h2
+from clipper_core.oip.h2_frames import CallContext
+from clipper_core.oip.h2_limits import H2Limits
+from clipper_core.oip.hpack import HpackDecoder, encode_literal
+from tests.oip.test_h2_grpc import LoopThread
+from tests.oip.test_h2_hostile import Raw
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _echo(raw: bytes, ctx: CallContext) -> bytes:
+    return raw[::-1]
+
+
+async def _not_found(raw: bytes, ctx: CallContext) -> bytes:
+    """As the OIP servicer answers an unknown model: its name, from the request, in
+    the message; the request says how long a name to make up."""
+    await ctx.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {'m' * int(raw)!r}")
+
+
+async def _not_bytes(raw: bytes, ctx: CallContext) -> bytes:
+    return "a handler's bug: text, not bytes"  # type: ignore[return-value]
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., LoopThread]]:
+    made: list[LoopThread] = []
+
+    def start(**limits: Any) -> LoopThread:
+        handlers = {"/t.S/Echo": _echo, "/t.S/NotFound": _not_found, "/t.S/Bug": _not_bytes}
+        lt = LoopThread(handlers, H2Limits(**limits))
+        made.append(lt)
+        return lt
+
+    yield start
+    for lt in made:
+        lt.close()
+
+
+# -- status trailers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name_length", [20_000, 17 << 20])
+def test_a_long_status_message_is_cut_and_fits_the_peers_frames(
+    make: Any, name_length: int
+) -> None:
+    """20,000 characters made one HEADERS frame over the client's 16 KiB frame size
+    (grpcio fails the connection: RESOURCE_EXHAUSTED); over 16 MiB the frame could
+    not be built at all, and the stream was never answered."""
+    c = Raw(make().server.port)
+    c.call(1, str(name_length).encode(), path="/t.S/NotFound")
+    frames = c.read(lambda f: f[2] == 1 and f[0] == h2.HEADERS and bool(f[1] & h2.END_STREAM))
+    assert all(len(f[3]) <= h2.DEFAULT_FRAME for f in frames)
+    code, quoted = _status(c, frames)
+    message = unquote(quoted)
+    assert code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert message.startswith("unknown model 'mmm") and message.endswith("...")
+    assert len(message.encode()) == h2.MAX_STATUS_MESSAGE + 3
+    assert c.alive()
+
+
+def test_a_reply_that_cannot_be_sent_still_ends_its_stream(make: Any) -> None:
+    """A failure while answering escaped the call's task: the stream was never
+    answered nor closed (the client waited to its deadline)."""
+    c = Raw(make().server.port)
+    c.call(1, b"", path="/t.S/Bug")
+    assert c.rst(1) == h2.INTERNAL_ERROR
+    c.call(3, b"ab")
+    assert c.status(3) == (0, "")
+
+
+def _status(c: Raw, frames: list[tuple[int, int, int, bytes]]) -> tuple[int, str]:
+    fields: dict[str, str] = {}
+    for kind, _, _, payload in frames:
+        if kind == h2.HEADERS:
+            fields.update(c.decoder.decode(payload))
+    return int(fields["grpc-status"]), fields.get("grpc-message", "")
+
+
+def test_a_header_block_longer_than_a_frame_goes_on_in_continuations() -> None:
+    block = b"".join(encode_literal(b"k%d" % i, b"v" * 1000) for i in range(40))
+    out = h2.header_frames(7, h2.END_STREAM, block, 16384)
+    frames = []
+    while out:
+        n = int.from_bytes(out[:3], "big")
+        frames.append((out[3], out[4], int.from_bytes(out[5:9], "big"), out[9 : 9 + n]))
+        out = out[9 + n :]
+    assert [f[0] for f in frames] == [h2.HEADERS, h2.CONTINUATION, h2.CONTINUATION]
+    assert [f[1] for f in frames] == [h2.END_STREAM, 0, h2.END_HEADERS]
+    assert all(f[2] == 7 and len(f[3]) <= 16384 for f in frames)
+    decoded = HpackDecoder().decode(b"".join(f[3] for f in frames))
+    assert decoded == [(f"k{i}", "v" * 1000) for i in range(40)]
+    assert h2.header_frames(7, 0, b"ab", 16384) == h2.frame(h2.HEADERS, h2.END_HEADERS, 7, b"ab")
