@@ -328,9 +328,7 @@ class H2Connection(asyncio.Protocol):
             stream.window += increment
             if stream.window > h2.MAX_WINDOW:
                 return self._kill(stream, h2.FLOW_CONTROL_ERROR)
-        if self.held:
-            self.last_progress = time.monotonic()
-        self._flush_pending()
+        self._flush_pending()  # progress is a byte sent, not an update (see _watch)
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:

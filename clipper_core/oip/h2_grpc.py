@@ -282,6 +282,8 @@ class H2GrpcProtocol(H2Connection):
             stream.window -= n
         stream.pending = data[sent:]
         self.held -= sent
+        if sent:  # only bytes that move keep held replies from the stall timeout
+            self.last_progress = time.monotonic()
         if not stream.pending:
             out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS))
         self._send(b"".join(out))

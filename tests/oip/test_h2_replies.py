@@ -6,6 +6,8 @@ exception handler (``LoopThread.close`` asserts it)."""
 
 from __future__ import annotations
 
+import contextlib
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -21,6 +23,9 @@ from tests.oip.test_h2_grpc import LoopThread
 from tests.oip.test_h2_hostile import Raw
 
 pytestmark = pytest.mark.timeout(60)
+
+NO_WINDOW = struct.pack(">HI", h2.S_INITIAL_WINDOW, 0)  # the client's SETTINGS
+PLUS_ONE = (1).to_bytes(4, "big")
 
 
 async def _echo(raw: bytes, ctx: CallContext) -> bytes:
@@ -106,3 +111,33 @@ def test_a_header_block_longer_than_a_frame_goes_on_in_continuations() -> None:
     decoded = HpackDecoder().decode(b"".join(f[3] for f in frames))
     assert decoded == [(f"k{i}", "v" * 1000) for i in range(40)]
     assert h2.header_frames(7, 0, b"ab", 16384) == h2.frame(h2.HEADERS, h2.END_HEADERS, 7, b"ab")
+
+
+# -- replies held back by the client's windows -----------------------------------------
+
+
+def _goaway_while(c: Raw, send: Callable[[], None], times: int) -> int:
+    """Call ``send`` up to ``times`` times, a tenth of a second apart, until the
+    server's GOAWAY comes; its error code, or -1 if none came."""
+    c.sock.settimeout(0.1)
+    for _ in range(times):
+        with contextlib.suppress(OSError):  # closed: the GOAWAY is in our buffer
+            send()
+        with contextlib.suppress(TimeoutError):
+            frames = c.read(lambda f: f[0] == h2.GOAWAY)
+            if frames and frames[-1][0] == h2.GOAWAY:
+                return int.from_bytes(frames[-1][3][4:8], "big")
+    return -1
+
+
+def test_window_updates_that_move_nothing_do_not_keep_held_replies(make: Any) -> None:
+    """Any WINDOW_UPDATE counted as progress: a client that never opens a stream's
+    window but adds a byte to the connection's now and then kept its held replies
+    past the stall timeout for ever."""
+    c = Raw(make(stall_timeout=0.5).server.port, settings=NO_WINDOW)
+    c.call(1, b"abc")  # its reply waits for stream 1's window, which stays 0
+
+    def update() -> None:
+        c.send(h2.WINDOW_UPDATE, 0, 0, PLUS_ONE)
+
+    assert _goaway_while(c, update, times=100) == h2.ENHANCE_YOUR_CALM
