@@ -87,6 +87,9 @@ class H2Connection(asyncio.Protocol):
         self.out_bytes = 0
         self.buffered = 0  # request bytes held in the streams' bodies
         self.held = 0  # reply bytes held back by the client's windows
+        # The streams among those whose own window is open: only the connection's
+        # stops them, so only they can move when it opens (see _window_update).
+        self.ready: dict[int, Stream] = {}
         self.wasted = FloodMeter(self.limits.max_wasted_per_second)
         self.write_paused = False
         now = time.monotonic()
@@ -154,6 +157,7 @@ class H2Connection(asyncio.Protocol):
             if stream.task is not None:
                 stream.task.cancel()
         self.streams.clear()
+        self.ready.clear()
 
     def goaway(self, code: int = h2.NO_ERROR, why: str = "") -> None:
         """Tell the client to open no more streams (the ones it has finish, unless
@@ -265,7 +269,8 @@ class H2Connection(asyncio.Protocol):
 
     def _waste(self) -> None:
         """Count a frame that makes us work without a call (PING, SETTINGS, a reset
-        or refused stream): past the limit a second, the client goes."""
+        or refused stream, a WINDOW_UPDATE that can move no held reply): past the
+        limit a second, the client goes."""
         if not self.wasted.hit(time.monotonic()):
             raise H2ConnectionError(h2.ENHANCE_YOUR_CALM, "too many control frames or resets")
 
@@ -297,6 +302,7 @@ class H2Connection(asyncio.Protocol):
                     stream.window += delta
                     if stream.window > h2.MAX_WINDOW:
                         raise H2ConnectionError(h2.FLOW_CONTROL_ERROR, "a stream window overflows")
+                    self._mark_ready(stream)
             elif key == h2.S_MAX_FRAME:
                 if not h2.DEFAULT_FRAME <= value <= h2.MAX_FRAME_LIMIT:
                     why = f"bad SETTINGS_MAX_FRAME_SIZE {value}"
@@ -317,6 +323,8 @@ class H2Connection(asyncio.Protocol):
             self.send_window += increment
             if self.send_window > h2.MAX_WINDOW:
                 raise H2ConnectionError(h2.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+            if self.held and not self.ready:
+                self._waste()  # it can move nothing: a flood of these only costs us
         else:
             stream = self.streams.get(sid)
             if stream is None:
@@ -328,6 +336,7 @@ class H2Connection(asyncio.Protocol):
             stream.window += increment
             if stream.window > h2.MAX_WINDOW:
                 return self._kill(stream, h2.FLOW_CONTROL_ERROR)
+            self._mark_ready(stream)  # the only stream this update can move
         self._flush_pending()  # progress is a byte sent, not an update (see _watch)
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
@@ -352,6 +361,7 @@ class H2Connection(asyncio.Protocol):
         raise NotImplementedError
 
     def _flush_pending(self) -> None:
+        """Send what the windows allow of the ``ready`` streams' held replies."""
         raise NotImplementedError
 
     # -- streams -----------------------------------------------------------------------
@@ -360,9 +370,18 @@ class H2Connection(asyncio.Protocol):
         self.buffered -= len(stream.body)
         stream.body = bytearray()
 
+    def _mark_ready(self, stream: Stream) -> None:
+        """Keep ``ready`` in step with a stream's held reply and its window."""
+        if stream.pending and stream.window > 0:
+            self.ready[stream.id] = stream
+        elif self.ready.get(stream.id) is stream:
+            del self.ready[stream.id]
+
     def _close_stream(self, stream: Stream) -> None:
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+        if self.ready.get(stream.id) is stream:
+            del self.ready[stream.id]
         self._drop_body(stream)
         self.held -= len(stream.pending)
         stream.pending = b""

@@ -286,14 +286,16 @@ class H2GrpcProtocol(H2Connection):
             self.last_progress = time.monotonic()
         if not stream.pending:
             out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS))
-        self._send(b"".join(out))
-        if not stream.pending:
+        if out:
+            self._send(b"".join(out))
+        if stream.pending:
+            self._mark_ready(stream)
+        else:
             self._close_stream(stream)
 
     def _flush_pending(self) -> None:
-        if self.dead or not self.held:
-            return
-        for stream in [s for s in self.streams.values() if s.pending]:
-            if self.send_window <= 0:
-                break
-            self._send_pending(stream)
+        # Each turn finishes a stream, spends its window or the connection's: the
+        # cost is what moves, not the number of streams held.
+        ready = self.ready
+        while ready and self.send_window > 0 and not self.dead:
+            self._send_pending(next(iter(ready.values())))

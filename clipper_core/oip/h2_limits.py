@@ -32,8 +32,9 @@ class H2Limits:
             (RESOURCE_EXHAUSTED for the stream whose data goes over it).
         max_held: Reply bytes held back by the client's windows; above it new
             streams are refused (REFUSED_STREAM) until the client reads.
-        max_wasted_per_second: PING, SETTINGS, client resets and refused
-            streams per second; more is a GOAWAY (ENHANCE_YOUR_CALM).
+        max_wasted_per_second: PING, SETTINGS, client resets, refused
+            streams and connection WINDOW_UPDATEs that can move no held reply,
+            per second; more is a GOAWAY (ENHANCE_YOUR_CALM).
         handshake_timeout: Seconds for the client's preface.
         idle_timeout: Seconds a connection without streams stays open.
         stall_timeout: Seconds held replies or a paused socket may go without

@@ -6,6 +6,7 @@ exception handler (``LoopThread.close`` asserts it)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import struct
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from clipper_core.oip.h2_frames import CallContext
 from clipper_core.oip.h2_limits import H2Limits
 from clipper_core.oip.hpack import HpackDecoder, encode_literal
 from tests.oip.test_h2_grpc import LoopThread
-from tests.oip.test_h2_hostile import Raw
+from tests.oip.test_h2_hostile import Raw, message, request_block
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,6 +131,25 @@ def _goaway_while(c: Raw, send: Callable[[], None], times: int) -> int:
     return -1
 
 
+class _Replies:
+    """The DATA and the ends of a raw client's streams, as it reads them."""
+
+    def __init__(self, c: Raw) -> None:
+        self.c = c
+        self.data: dict[int, bytes] = collections.defaultdict(bytes)
+        self.ended: set[int] = set()
+
+    def read_until(self, done: Callable[[], bool]) -> None:
+        def seen(f: tuple[int, int, int, bytes]) -> bool:
+            if f[0] == h2.DATA:
+                self.data[f[2]] += f[3]
+            elif f[0] == h2.HEADERS and f[1] & h2.END_STREAM:
+                self.ended.add(f[2])
+            return done()
+
+        self.c.read(seen)
+
+
 def test_window_updates_that_move_nothing_do_not_keep_held_replies(make: Any) -> None:
     """Any WINDOW_UPDATE counted as progress: a client that never opens a stream's
     window but adds a byte to the connection's now and then kept its held replies
@@ -141,3 +161,40 @@ def test_window_updates_that_move_nothing_do_not_keep_held_replies(make: Any) ->
         c.send(h2.WINDOW_UPDATE, 0, 0, PLUS_ONE)
 
     assert _goaway_while(c, update, times=100) == h2.ENHANCE_YOUR_CALM
+
+
+def test_a_flood_of_window_updates_that_move_nothing_is_cut(make: Any) -> None:
+    """Each connection WINDOW_UPDATE went over every held reply, and none counted
+    as waste: 2,000 of them with 1,000 replies held blocked the loop for seconds.
+    Now one that can move nothing counts, as a PING does."""
+    c = Raw(make(max_wasted_per_second=100).server.port, settings=NO_WINDOW)
+    c.call(1, b"abc")
+    c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1)  # held: its window is 0
+    with contextlib.suppress(OSError):  # the server may close while we send
+        c.sock.sendall(h2.frame(h2.WINDOW_UPDATE, 0, 0, PLUS_ONE) * 1000)
+    assert c.goaway() == h2.ENHANCE_YOUR_CALM
+
+
+def test_held_replies_move_as_their_windows_open(make: Any) -> None:
+    """A stream's update sends its reply until the connection window stops it; the
+    connection's update then sends the rest."""
+    c = Raw(make().server.port, settings=NO_WINDOW)
+    body = bytes(range(256)) * 160  # two replies of 40,965 bytes: over 65,535
+    request = message(body)
+    for sid in (1, 3):
+        c.send(h2.HEADERS, h2.END_HEADERS, sid, request_block())
+        for at in range(0, len(request), h2.DEFAULT_FRAME):
+            end = h2.END_STREAM if at + h2.DEFAULT_FRAME >= len(request) else 0
+            c.send(h2.DATA, end, sid, request[at : at + h2.DEFAULT_FRAME])
+    replies = _Replies(c)
+
+    def open_window(sid: int) -> None:
+        c.send(h2.WINDOW_UPDATE, 0, sid, (1 << 20).to_bytes(4, "big"))
+
+    open_window(1)
+    replies.read_until(lambda: replies.ended == {1})
+    open_window(3)  # the rest of the connection window, then stopped
+    replies.read_until(lambda: len(replies.data[3]) == 65535 - 40965)
+    open_window(0)
+    replies.read_until(lambda: replies.ended == {1, 3})
+    assert replies.data == {sid: message(body[::-1]) for sid in (1, 3)}
