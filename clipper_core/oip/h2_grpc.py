@@ -258,6 +258,11 @@ class H2GrpcProtocol(H2Connection):
             self._send(h2.unary_reply(sid, reply))
             self._close_stream(stream)
             return
+        held, limit = self.held, self.limits.max_held
+        if held and held + n > limit:  # one reply alone is never refused for its size
+            why = f"the client's windows hold back {held} bytes of replies already (limit {limit})"
+            self._finish(stream, None, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why)
+            return
         message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
         head = frame(HEADERS, END_HEADERS, sid, REPLY_HEADERS)
         self._send(head)

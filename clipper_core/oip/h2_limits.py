@@ -31,7 +31,9 @@ class H2Limits:
         max_buffered: Request bytes buffered over all streams of the connection
             (RESOURCE_EXHAUSTED for the stream whose data goes over it).
         max_held: Reply bytes held back by the client's windows; above it new
-            streams are refused (REFUSED_STREAM) until the client reads.
+            streams are refused (REFUSED_STREAM) until the client reads, and a
+            reply that would go over it fails its call (RESOURCE_EXHAUSTED)
+            unless it is the only one held.
         max_wasted_per_second: PING, SETTINGS, client resets, refused
             streams and connection WINDOW_UPDATEs that can move no held reply,
             per second; more is a GOAWAY (ENHANCE_YOUR_CALM).

@@ -131,11 +131,20 @@ def _goaway_while(c: Raw, send: Callable[[], None], times: int) -> int:
     return -1
 
 
+def _send_message(c: Raw, sid: int, body: bytes) -> None:
+    """A request message in DATA frames of the default size, the last ending the stream."""
+    data = message(body)
+    for at in range(0, len(data), h2.DEFAULT_FRAME):
+        end = h2.END_STREAM if at + h2.DEFAULT_FRAME >= len(data) else 0
+        c.send(h2.DATA, end, sid, data[at : at + h2.DEFAULT_FRAME])
+
+
 class _Replies:
-    """The DATA and the ends of a raw client's streams, as it reads them."""
+    """The headers, DATA and ends of a raw client's streams, as it reads them."""
 
     def __init__(self, c: Raw) -> None:
         self.c = c
+        self.fields: dict[int, dict[str, str]] = collections.defaultdict(dict)
         self.data: dict[int, bytes] = collections.defaultdict(bytes)
         self.ended: set[int] = set()
 
@@ -143,8 +152,10 @@ class _Replies:
         def seen(f: tuple[int, int, int, bytes]) -> bool:
             if f[0] == h2.DATA:
                 self.data[f[2]] += f[3]
-            elif f[0] == h2.HEADERS and f[1] & h2.END_STREAM:
-                self.ended.add(f[2])
+            elif f[0] == h2.HEADERS:
+                self.fields[f[2]].update(self.c.decoder.decode(f[3]))
+                if f[1] & h2.END_STREAM:
+                    self.ended.add(f[2])
             return done()
 
         self.c.read(seen)
@@ -180,12 +191,9 @@ def test_held_replies_move_as_their_windows_open(make: Any) -> None:
     connection's update then sends the rest."""
     c = Raw(make().server.port, settings=NO_WINDOW)
     body = bytes(range(256)) * 160  # two replies of 40,965 bytes: over 65,535
-    request = message(body)
     for sid in (1, 3):
         c.send(h2.HEADERS, h2.END_HEADERS, sid, request_block())
-        for at in range(0, len(request), h2.DEFAULT_FRAME):
-            end = h2.END_STREAM if at + h2.DEFAULT_FRAME >= len(request) else 0
-            c.send(h2.DATA, end, sid, request[at : at + h2.DEFAULT_FRAME])
+        _send_message(c, sid, body)
     replies = _Replies(c)
 
     def open_window(sid: int) -> None:
@@ -198,3 +206,40 @@ def test_held_replies_move_as_their_windows_open(make: Any) -> None:
     open_window(0)
     replies.read_until(lambda: replies.ended == {1, 3})
     assert replies.data == {sid: message(body[::-1]) for sid in (1, 3)}
+
+
+def test_a_reply_past_max_held_fails_its_call_instead_of_being_held(make: Any) -> None:
+    """max_held was checked only as a stream opened: streams opened first, their
+    requests sent after, had every reply held (10 MB against a 1 MiB limit)."""
+    c = Raw(make(max_held=100_000).server.port, settings=NO_WINDOW)
+    sids = (1, 3, 5, 7, 9)
+    for sid in sids:  # all open while nothing is held
+        c.send(h2.HEADERS, h2.END_HEADERS, sid, request_block())
+    body = bytes(range(250)) * 120  # replies of 30,005 bytes: three fit in 100,000
+    for sid in sids:
+        _send_message(c, sid, body)
+    replies = _Replies(c)
+    replies.read_until(lambda: replies.ended == {7, 9})
+    for sid in (7, 9):
+        assert replies.fields[sid]["grpc-status"] == "8"  # RESOURCE_EXHAUSTED
+        assert "hold back 90015 bytes" in unquote(replies.fields[sid]["grpc-message"])
+    for sid in (0, 1, 3, 5):  # the client reads: the held replies come whole
+        c.send(h2.WINDOW_UPDATE, 0, sid, (1 << 20).to_bytes(4, "big"))
+    replies.read_until(lambda: replies.ended == set(sids))
+    for sid in (1, 3, 5):
+        assert replies.fields[sid]["grpc-status"] == "0"
+        assert replies.data[sid] == message(body[::-1])
+
+
+def test_a_reply_larger_than_max_held_alone_is_still_sent(make: Any) -> None:
+    """The limit bounds what replies pile up, not how large one may be."""
+    c = Raw(make(max_held=10_000).server.port, settings=NO_WINDOW)
+    body = bytes(range(250)) * 120
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block())
+    _send_message(c, 1, body)
+    replies = _Replies(c)
+    replies.read_until(lambda: 1 in replies.fields)  # its headers: the reply is held
+    c.send(h2.WINDOW_UPDATE, 0, 1, (1 << 20).to_bytes(4, "big"))
+    replies.read_until(lambda: replies.ended == {1})
+    assert replies.fields[1]["grpc-status"] == "0"
+    assert replies.data[1] == message(body[::-1])
