@@ -100,6 +100,9 @@ class DataPlaneReconciler:
         self._connecting: dict[ReplicaKey, tuple[str, asyncio.Task[None]]] = {}
         # Replicas registered by hand (endpoint records), per model version.
         self._registered: dict[tuple[str, str], set[str]] = {}
+        # When each running version was registered: the same name:version deleted
+        # and registered again (read late, after a feed gap) is another version.
+        self._registered_at: dict[tuple[str, str], float] = {}
         # One reconcile of a key at a time: two of the same key interleaving
         # across their awaits could apply an older read after a newer one.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -259,15 +262,25 @@ class DataPlaneReconciler:
         wanted = {r.version: r for r in records}
         dp = self._dataplane
         model = dp.models.get(name)
-        for version in [] if model is None else [v for v in model.versions if v not in wanted]:
+        gone = [] if model is None else [v for v in model.versions if v not in wanted]
+        # A version deleted and registered again since it was built (its code and
+        # even its input type may differ): its queue and cached answers go too.
+        gone += [
+            v
+            for v in ([] if model is None else model.versions)
+            if v in wanted and self._registered_at.get((name, v)) != wanted[v].created_at
+        ]
+        for version in gone:
             for key in [k for k in self._connecting if k[:2] == (name, version)]:
                 self._cancel_connect(key)
             self._registered.pop((name, version), None)
+            self._registered_at.pop((name, version), None)
             await dp.remove_model_version(name, version)
         for version, rec in wanted.items():
             model = dp.models.get(name)
             if model is None or version not in model.versions:
                 dp.add_model_version(self._model_version(rec))
+                self._registered_at[(name, version)] = rec.created_at
             else:
                 self._retune(model.versions[version], rec)
         model = dp.models.get(name)
