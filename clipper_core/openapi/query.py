@@ -95,8 +95,17 @@ SCHEMAS: dict[str, Schema] = {
         extra=True,
     ),
     "UpdateReply": obj(
-        {"success": {"type": "boolean"}, "uid": {"type": "integer"}, "models": arr(text())},
-        ("success", "uid", "models"),
+        {
+            "success": {"type": "boolean"},
+            "uid": {"type": "integer"},
+            "state_uid": {
+                "type": "integer",
+                "description": "The uid whose policy state learned: 0 when the input was"
+                " queried without a uid and not with this one.",
+            },
+            "models": arr(text("A ``name:version`` whose output was scored.")),
+        },
+        ("success", "uid", "state_uid", "models"),
     ),
     "ServerMetadata": obj(
         {"name": text(), "version": text(), "extensions": arr(text())},

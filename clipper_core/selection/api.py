@@ -3,9 +3,11 @@
 An update is ``{"uid": int, "input": X, "label": y}`` (Clipper's shape; ``uid``
 defaults to 0, the app-wide state).  ``X`` follows the app's input type as in
 ``/predict``; the label is a number, a string, a boolean or an array of numbers.
-The reply is ``{"success": true, "uid": uid, "models": ["name:version", ...]}``,
-the model versions whose outputs were scored; it is sent once the new policy state
-is stored.  A label that cannot be compared with one of those outputs (the rules:
+The reply is ``{"success": true, "uid": uid, "state_uid": u, "models":
+["name:version", ...]}``: the model versions whose outputs were scored, and ``u``
+the uid whose state learned -- 0 when the input was queried without a uid (as
+Clipper's ``/predict`` is) and not with this one; it is sent once the new policy
+state is stored.  A label that cannot be compared with one of those outputs (the rules:
 :mod:`clipper_core.selection.losses`) is answered 400, naming both types, and
 teaches the policy nothing.
 """

@@ -16,7 +16,8 @@ the new state through a :class:`~clipper_core.selection.persister.StatePersister
 the update is answered once its state is on disk.
 
 State per (app, uid): a uid without a state of its own reads the global state
-(uid 0) and gets its own copy at its first label.
+(uid 0) and gets its own copy at its first label.  A label teaches the state that
+chose the models it scores (:mod:`clipper_core.selection.recent`).
 
 ``AppSelector`` is a :class:`~clipper_core.dataplane.QueryRouter`: the data plane
 hands it a :class:`~clipper_core.dataplane.ModelLookup` and never names it.
@@ -25,11 +26,9 @@ hands it a :class:`~clipper_core.dataplane.ModelLookup` and never names it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
 from clipper_core.selection.losses import incomparable
+from clipper_core.selection.recent import RecentSelections
 from clipper_core.selection.user_states import (
     GLOBAL_UID,
     MAX_USER_STATES,
@@ -63,17 +63,10 @@ __all__ = [
 #: and was not in the cache.
 FEEDBACK_TIMEOUT = 10.0
 
-#: How many (user, input) → models choices an app remembers for feedback.
-RECENT_SELECTIONS = 8192
-
 
 def kv_namespace(app_name: str) -> str:
     """The state store kv namespace of an app's policy states (key: the uid)."""
     return f"selection:{app_name}"
-
-
-def _digest(key: bytes) -> bytes:
-    return hashlib.blake2b(key, digest_size=16).digest()
 
 
 class _Query:
@@ -134,7 +127,7 @@ class AppSelector:
         self.states = UserStates(states, max_users, self._forget_user)
         self._policy: SelectionPolicy | None = None
         self._bound_to: tuple[str, ...] | None = None
-        self._recent: OrderedDict[tuple[int, bytes], tuple[tuple[str, str], ...]] = OrderedDict()
+        self._recent = RecentSelections()
         self.updates = 0
         self.feedback_cache_hits = 0
         self.feedback_computed = 0
@@ -224,7 +217,7 @@ class AppSelector:
                 app.metrics.error(exc.kind, len(inputs), received=True)
             raise
         for q in queries:
-            self._remember(uid, q)
+            self._recent.remember(uid, q.key, tuple((n, mv.version) for n, mv in q.mvs.items()))
         outcomes: list[Outcome] = []
         late = errored = 0
         try:
@@ -347,17 +340,6 @@ class AppSelector:
         )
         return outcome, None
 
-    def _remember(self, uid: int, q: _Query) -> None:
-        chosen = tuple((name, mv.version) for name, mv in q.mvs.items())
-        if not chosen:
-            return
-        recent = self._recent
-        slot = (uid, _digest(q.key))
-        recent[slot] = chosen
-        recent.move_to_end(slot)
-        while len(recent) > RECENT_SELECTIONS:
-            recent.popitem(last=False)
-
     # -- feedback -----------------------------------------------------------------
 
     async def update(
@@ -369,14 +351,18 @@ class AppSelector:
         key: bytes,
         label: Any,
     ) -> dict[str, Any]:
-        """Feed ``label`` for input ``x`` back to ``uid``'s policy state; persist it.
+        """Feed ``label`` for input ``x`` back to the policy state that chose its
+        models; persist it.
 
         The outputs scored are those of the models chosen for this (uid, input) when
-        it was predicted (else what the policy would choose now), read from the
-        prediction cache, and computed only when not cached.
+        it was predicted -- or, when it was predicted without a uid (Clipper's
+        ``/predict`` has none), for (0, input), and then uid 0's state learns --
+        else what ``uid``'s state would choose now.  They are read from the
+        prediction cache, and computed only when not cached.  The reply's
+        ``state_uid`` names the uid whose state learned.
         """
         policy = self.policy_for(app.linked_models)
-        targets = self._feedback_targets(lookup, app, policy, uid, x, key)
+        learner, targets = self._feedback_targets(lookup, app, policy, uid, x, key)
         outputs: dict[str, Any] = {}
         pending: dict[str, asyncio.Future[Any]] = {}
         deadline = time.monotonic() + FEEDBACK_TIMEOUT
@@ -414,8 +400,8 @@ class AppSelector:
             raise BadInput(f"{why}; nothing was learned (the loss rules: docs/selection.md)")
         # Read, observe and store with no await in between: concurrent updates of
         # one uid each see the other's result.
-        new_state = json_copy(policy.observe(self.state_for(uid, policy), x, label, scored))
-        self.states[uid] = new_state
+        new_state = json_copy(policy.observe(self.state_for(learner, policy), x, label, scored))
+        self.states[learner] = new_state
         self.updates += 1
         # Not when the app was deleted, or its policy replaced, meanwhile: this state
         # would overwrite what the new one stores.
@@ -423,10 +409,11 @@ class AppSelector:
         if self.persister is not None and current:
             await self.persister.put(
                 kv_namespace(self.app_name),
-                str(uid),
+                str(learner),
                 {"policy": self.policy_name, "state": new_state},
             )
-        return {"success": True, "uid": uid, "models": [keys[n] for n in scored]}
+        models = [keys[n] for n in scored]
+        return {"success": True, "uid": uid, "state_uid": learner, "models": models}
 
     def _feedback_targets(
         self,
@@ -436,13 +423,16 @@ class AppSelector:
         uid: int,
         x: Any,
         key: bytes,
-    ) -> list[tuple[str, ModelVersion]]:
-        remembered = self._recent.get((uid, _digest(key)))
+    ) -> tuple[int, list[tuple[str, ModelVersion]]]:
+        """The uid whose state learns, and the model versions its label scores."""
+        remembered = self._recent.find(uid, key)
         names: list[tuple[str, str | None]]
         if remembered is None:
+            learner = uid
             names = [(n, None) for n in policy.select(self.state_for(uid, policy), x)]
         else:
-            names = [(n, v) for n, v in remembered]
+            learner = remembered.uid
+            names = [(n, v) for n, v in remembered.models]
         targets: list[tuple[str, ModelVersion]] = []
         for name, version in names:
             model = lookup.models.get(name)
@@ -453,7 +443,7 @@ class AppSelector:
                 mv = model.version_for(None)
             if mv is not None and mv.input_type == app.input_type:
                 targets.append((name, mv))
-        return targets
+        return learner, targets
 
     # -- reporting ----------------------------------------------------------------
 

@@ -172,7 +172,7 @@ def test_feedback_does_not_wait_for_a_model_without_a_replica(
             await dp.close()
 
     reply = loop.run_until_complete(scenario())
-    assert reply == {"success": True, "uid": 0, "models": ["live:1"]}
+    assert reply == {"success": True, "uid": 0, "state_uid": 0, "models": ["live:1"]}
 
 
 def test_per_user_states_are_bounded_least_recently_used_first(

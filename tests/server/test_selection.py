@@ -135,6 +135,31 @@ def test_bandit_moves_to_the_better_model_and_away_when_it_degrades(
     assert served.conn.get_selection_state(app, 99)["own_state"] is False  # type: ignore[index]
 
 
+def test_clipper_shaped_feedback_teaches_the_state_that_chose(served: Running) -> None:
+    # Clipper's /predict carries no uid, its /update does: the label must score the
+    # model that answered and teach the state that chose it (uid 0's), which is the
+    # one that decides the next queries.
+    make_app(served, "clip-fb", "exp3", {"eta": 0.3, "seed": 5}, "one", "zero")
+    answered = []
+    for step in range(100):
+        x = 1000.0 + step
+        status, reply = served.client.predict("clip-fb", {"input": [x]})
+        assert status == 200 and not reply["default"], reply
+        answered.append(reply["model"])
+        taught = update(served, "clip-fb", x, 1, uid=3)
+        assert taught["models"] == [reply["model"]] and taught["state_uid"] == 0
+        assert taught["uid"] == 3
+    assert answered[-60:].count("one:1") >= 50, answered
+    serving = served.conn.get_selection_state("clip-fb")
+    assert serving is not None and serving["state"]["updates"] == 100
+    assert served.conn.get_selection_state("clip-fb", 3)["own_state"] is False  # type: ignore[index]
+    # A query made with a uid is still taught to that uid's own state.
+    reply = predict(served, "clip-fb", 5000.0, uid=4)
+    taught = update(served, "clip-fb", 5000.0, 1, uid=4)
+    assert taught["state_uid"] == 4 and taught["models"] == [reply["model"]]
+    assert served.conn.get_selection_state("clip-fb", 4)["own_state"] is True  # type: ignore[index]
+
+
 # -- feedback and the prediction cache ----------------------------------------------------
 
 
