@@ -12,6 +12,11 @@ changes what it will choose next.  It is three functions of a JSON-serialisable
 * ``observe(state, x, y_true, {model: y}) -> state``: a *new* state after the label
   ``y_true`` (the given state is never modified).
 
+A policy that draws its models at random and weighs a label by the chance the
+model had (Exp3) also overrides ``draw``, which reports those chances, and
+``observe_drawn``: the data plane keeps the chances with the selection and hands
+them back with the label, whatever the state has become meanwhile.
+
 Policies do not touch the network or the store: the data plane calls them, so they
 are plain functions of their arguments and of the policy's seeded ``random.Random``.
 
@@ -37,6 +42,8 @@ from clipper_core.errors import BadInput
 
 #: A policy's state: JSON-serialisable (it is persisted in the state store).
 State = dict[str, Any]
+#: The chance each drawn model had of being drawn (``SelectionPolicy.draw``).
+Odds = Mapping[str, float]
 
 #: What ``combine`` does with the outputs: average numbers, vote on labels, or
 #: choose by the outputs' types (``"auto"``).
@@ -122,6 +129,18 @@ class SelectionPolicy:
         """The state after the label ``y_true``; ``outputs`` are the models' answers
         to ``x`` (those the policy selected for it, when known)."""
         return state
+
+    def draw(self, state: State, x: Any) -> tuple[list[str], dict[str, float]]:
+        """``select``, and the chance each chosen model had of being chosen, for a
+        policy that weighs a label by it; {} when the choice is not weighed."""
+        return self.select(state, x), {}
+
+    def observe_drawn(
+        self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any], odds: Odds
+    ) -> State:
+        """``observe``, given what ``draw`` reported when it chose the models of
+        ``outputs`` ({} when not known); only Exp3-like policies read it."""
+        return self.observe(state, x, y_true, outputs)
 
     # -- optional hooks ------------------------------------------------------------
 

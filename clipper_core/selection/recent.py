@@ -14,6 +14,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from clipper_core.selection.base import Odds
 from clipper_core.selection.user_states import GLOBAL_UID
 
 __all__ = ["RECENT_SELECTIONS", "RecentSelections", "Selection"]
@@ -34,6 +35,8 @@ class Selection:
     uid: int
     #: (name, version) of each model queried.
     models: tuple[tuple[str, str], ...]
+    #: The chance each drawn model had (``SelectionPolicy.draw``), for Exp3's 1/p.
+    odds: Odds
 
 
 class RecentSelections:
@@ -43,12 +46,19 @@ class RecentSelections:
         self.capacity = capacity
         self._table: OrderedDict[tuple[int, bytes], Selection] = OrderedDict()
 
-    def remember(self, uid: int, key: bytes, models: tuple[tuple[str, str], ...]) -> None:
-        """``uid``'s state chose ``models`` for the input whose key is ``key``."""
+    def remember(
+        self,
+        uid: int,
+        key: bytes,
+        models: tuple[tuple[str, str], ...],
+        odds: Odds,
+    ) -> None:
+        """``uid``'s state chose ``models`` (drawn with ``odds``) for the input
+        whose key is ``key``."""
         if not models:
             return
         slot = (uid, _digest(key))
-        self._table[slot] = Selection(uid, models)
+        self._table[slot] = Selection(uid, models, odds)
         self._table.move_to_end(slot)
         while len(self._table) > self.capacity:
             self._table.popitem(last=False)

@@ -37,6 +37,7 @@ from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
+from clipper_core.selection.base import Odds
 from clipper_core.selection.losses import incomparable
 from clipper_core.selection.recent import RecentSelections
 from clipper_core.selection.user_states import (
@@ -72,7 +73,7 @@ def kv_namespace(app_name: str) -> str:
 class _Query:
     """One input on its way through the policy: the models asked and their futures."""
 
-    __slots__ = ("errors", "futures", "key", "mvs", "queried", "x")
+    __slots__ = ("errors", "futures", "key", "mvs", "odds", "queried", "x")
 
     def __init__(self, x: Any, key: bytes) -> None:
         self.x = x
@@ -81,6 +82,7 @@ class _Query:
         self.futures: dict[str, asyncio.Future[Any]] = {}
         self.mvs: dict[str, ModelVersion] = {}
         self.errors: dict[str, BaseException] = {}
+        self.odds: dict[str, float] = {}
 
     def outputs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -190,9 +192,8 @@ class AppSelector:
         try:
             futures: list[asyncio.Future[Any]] = []
             for q in queries:
-                futures += self._submit(
-                    lookup, app, q, policy.select(state, q.x), version, deadline
-                )
+                chosen, q.odds = policy.draw(state, q.x)
+                futures += self._submit(lookup, app, q, chosen, version, deadline)
             await wait_until(futures, deadline)
             # Cascades: further rounds while a stage asks for the next and time remains.
             while time.monotonic() < deadline:
@@ -217,7 +218,8 @@ class AppSelector:
                 app.metrics.error(exc.kind, len(inputs), received=True)
             raise
         for q in queries:
-            self._recent.remember(uid, q.key, tuple((n, mv.version) for n, mv in q.mvs.items()))
+            asked = tuple((n, mv.version) for n, mv in q.mvs.items())
+            self._recent.remember(uid, q.key, asked, q.odds)
         outcomes: list[Outcome] = []
         late = errored = 0
         try:
@@ -362,7 +364,7 @@ class AppSelector:
         ``state_uid`` names the uid whose state learned.
         """
         policy = self.policy_for(app.linked_models)
-        learner, targets = self._feedback_targets(lookup, app, policy, uid, x, key)
+        learner, targets, odds = self._feedback_targets(lookup, app, policy, uid, x, key)
         outputs: dict[str, Any] = {}
         pending: dict[str, asyncio.Future[Any]] = {}
         deadline = time.monotonic() + FEEDBACK_TIMEOUT
@@ -400,7 +402,8 @@ class AppSelector:
             raise BadInput(f"{why}; nothing was learned (the loss rules: docs/selection.md)")
         # Read, observe and store with no await in between: concurrent updates of
         # one uid each see the other's result.
-        new_state = json_copy(policy.observe(self.state_for(learner, policy), x, label, scored))
+        state = self.state_for(learner, policy)
+        new_state = json_copy(policy.observe_drawn(state, x, label, scored, odds))
         self.states[learner] = new_state
         self.updates += 1
         # Not when the app was deleted, or its policy replaced, meanwhile: this state
@@ -423,15 +426,18 @@ class AppSelector:
         uid: int,
         x: Any,
         key: bytes,
-    ) -> tuple[int, list[tuple[str, ModelVersion]]]:
-        """The uid whose state learns, and the model versions its label scores."""
+    ) -> tuple[int, list[tuple[str, ModelVersion]], Odds]:
+        """The uid whose state learns, the model versions its label scores, and
+        the chances they were drawn with."""
         remembered = self._recent.find(uid, key)
         names: list[tuple[str, str | None]]
+        odds: Odds
         if remembered is None:
             learner = uid
-            names = [(n, None) for n in policy.select(self.state_for(uid, policy), x)]
+            chosen, odds = policy.draw(self.state_for(uid, policy), x)
+            names = [(n, None) for n in chosen]
         else:
-            learner = remembered.uid
+            learner, odds = remembered.uid, remembered.odds
             names = [(n, v) for n, v in remembered.models]
         targets: list[tuple[str, ModelVersion]] = []
         for name, version in names:
@@ -443,7 +449,7 @@ class AppSelector:
                 mv = model.version_for(None)
             if mv is not None and mv.input_type == app.input_type:
                 targets.append((name, mv))
-        return learner, targets
+        return learner, targets, odds
 
     # -- reporting ----------------------------------------------------------------
 

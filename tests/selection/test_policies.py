@@ -243,6 +243,25 @@ def test_exp3_update_rule() -> None:
     assert floored["weights"]["zero"] == 0.001
 
 
+def test_exp3_weighs_a_label_by_the_chance_at_the_draw() -> None:
+    p = make_policy("exp3", MODELS, {"eta": 0.5, "min_weight": 0.001, "seed": 0})
+    state = p.initial_state()
+    chosen, odds = p.draw(state, None)
+    assert odds == {chosen[0]: 0.5}
+    # Two queries drew zero at p = 0.5; the first label lowers zero's chance
+    # before the second arrives, which still counts with the 0.5 it was drawn at.
+    first = p.observe_drawn(state, None, 1, {"zero": 0}, {"zero": 0.5})
+    second = p.observe_drawn(first, None, 1, {"zero": 0}, {"zero": 0.5})
+    factor = second["weights"]["zero"] / first["weights"]["zero"]
+    assert factor == pytest.approx(math.exp(-0.5 * 1 / 0.5))
+    # Without odds (an input never predicted: drawn just now) the chance now counts.
+    p_now = p.probabilities(first)["zero"]
+    now = p.observe(first, None, 1, {"zero": 0})
+    assert now["weights"]["zero"] / first["weights"]["zero"] == pytest.approx(
+        math.exp(-0.5 / p_now)
+    )
+
+
 def test_exp3_samples_by_weight_with_its_seed() -> None:
     state = {"weights": {"one": 1.0, "zero": 0.25}}
     p = make_policy("exp3", MODELS, {"seed": 3})

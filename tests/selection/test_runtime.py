@@ -175,6 +175,52 @@ def test_feedback_does_not_wait_for_a_model_without_a_replica(
     assert reply == {"success": True, "uid": 0, "state_uid": 0, "models": ["live:1"]}
 
 
+def test_exp3_feedback_weighs_by_the_chance_the_model_was_drawn_with(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    import math
+    import time
+
+    import numpy as np
+
+    from clipper_core.clipper_api import input_key
+    from clipper_core.dataplane import DataPlane, ModelVersion
+
+    async def scenario() -> tuple[float, float]:
+        dp = DataPlane(cache_bytes=1 << 20)
+        xs = [np.array([float(i)]) for i in range(12)]
+        keys = [input_key(x, "doubles") for x in xs]
+        assert dp.cache is not None
+        for name, answer in (("a", 0), ("b", 1)):
+            dp.add_model_version(
+                ModelVersion(
+                    name, "1", "doubles", queue_capacity=20, max_batch_size=8, cache=dp.cache
+                )
+            )
+            dp.set_current_version(name, "1")
+            for key in keys:  # answered from the cache, no replica needed
+                dp.cache.put(name, "1", key, answer)
+        app = Application("bandit", "doubles", -1, 5.0, linked_models=["a", "b"])
+        selector = AppSelector("bandit", "exp3", {"eta": 0.5, "min_weight": 0.001, "seed": 0})
+        app.selector = selector
+        dp.add_app(app)
+        try:
+            # Every query is drawn before any label: a and b at p = 0.5 each.
+            outs = await dp.predict("bandit", xs, keys, deadline=time.monotonic() + 30)
+            first, second = [i for i, o in enumerate(outs) if o.model == "a:1"][:2]
+            await selector.update(dp, app, 0, xs[first], keys[first], 1)  # a wrong
+            w1 = selector.states[0]["weights"]["a"]
+            await selector.update(dp, app, 0, xs[second], keys[second], 1)
+            return w1, selector.states[0]["weights"]["a"]
+        finally:
+            await dp.close()
+
+    w1, w2 = loop.run_until_complete(scenario())
+    assert w1 == pytest.approx(math.exp(-0.5 / 0.5))
+    # Not exp(-0.5 / 0.269), a's chance after the first label.
+    assert w2 / w1 == pytest.approx(math.exp(-0.5 / 0.5))
+
+
 def test_per_user_states_are_bounded_least_recently_used_first(
     loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:

@@ -1,7 +1,9 @@
 """``exp3``: a bandit that queries one model, drawn with probability ∝ its weight.
 
 After a label, the chosen model's weight is multiplied by ``exp(-η · loss / p)``,
-where ``p`` was its probability (Clipper's Exp3).  Weights are then scaled so the
+where ``p`` was its probability when it was drawn (Clipper's Exp3): ``draw``
+reports it and the data plane hands it back with the label, since other labels
+may have changed the weights in between.  Weights are then scaled so the
 largest is 1 and floored at ``min_weight``, so that a model that lost for a long
 time comes back within reach when it becomes the better one.
 
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 
 from clipper_core.selection import register_policy
 from clipper_core.selection.base import (
+    Odds,
     SelectionPolicy,
     State,
     check_number,
@@ -66,10 +69,14 @@ class Exp3(SelectionPolicy):
         return probabilities(self.weights(state))
 
     def select(self, state: State, x: Any) -> list[str]:
+        return self.draw(state, x)[0]
+
+    def draw(self, state: State, x: Any) -> tuple[list[str], dict[str, float]]:
         if not self.models:
-            return []
+            return [], {}
         probs = self.probabilities(state)
-        return self.rng.choices(self.models, weights=[probs[m] for m in self.models])
+        chosen = self.rng.choices(self.models, weights=[probs[m] for m in self.models])
+        return chosen, {m: probs[m] for m in chosen}
 
     def combine(self, state: State, x: Any, outputs: Mapping[str, Any]) -> tuple[Any, float]:
         model = next((m for m in self.models if m in outputs), next(iter(outputs)))
@@ -77,14 +84,21 @@ class Exp3(SelectionPolicy):
         return y, confidence_of(y)
 
     def observe(self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any]) -> State:
+        return self.observe_drawn(state, x, y_true, outputs, {})
+
+    def observe_drawn(
+        self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any], odds: Odds
+    ) -> State:
         eta = self.config["eta"]
-        drawn = self.weights(state)
-        probs = probabilities(drawn)  # the chances the models were drawn with
-        weights = forget(drawn, self.config["discount"])
+        current = self.weights(state)
+        probs = probabilities(current)  # what a model drawn just now would have had
+        weights = forget(current, self.config["discount"])
         for m, y in outputs.items():
-            p = probs.get(m)
-            if p:
-                weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]) / p)
+            if m not in weights:  # not linked now
+                continue
+            # The chance at the draw, not now: 1/p corrects for how often m is asked.
+            p = odds.get(m) or probs[m]
+            weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]) / p)
         return {
             **state,
             "weights": normalised_weights(self.models, weights, self.config["min_weight"]),
