@@ -362,6 +362,16 @@ def normalised_weights(
     return {m: max(v / top, min_weight) for m, v in raw.items()}
 
 
+def with_unlinked(models: Sequence[str], old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` (the linked models' entries) plus ``old``'s entries for models not
+    linked now, unchanged: they take no part in the choice while unlinked, and a
+    model linked again comes back with what was learned about it."""
+    if not isinstance(old, Mapping):
+        return new
+    linked = set(models)
+    return {**new, **{m: v for m, v in old.items() if m not in linked}}
+
+
 def forget(weights: Mapping[str, float], discount: float) -> dict[str, float]:
     """Weights raised to the power ``discount`` (in (0, 1]): their logarithms shrink
     toward 0, the weight of the largest, so old losses fade geometrically."""

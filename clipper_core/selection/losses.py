@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from clipper_core.errors import BadInput
-from clipper_core.selection.base import State, split_output
+from clipper_core.selection.base import State, split_output, with_unlinked
 
 __all__ = [
     "describe_value",
@@ -222,7 +222,7 @@ def loss_stats(
 
     With ``discount`` < 1 every model's sums shrink by that factor per label
     first, so that recent labels weigh more (a discounted mean: the policy follows
-    a model that degrades or improves).
+    a model that degrades or improves).  Models not linked now keep their figures.
     """
     old_loss = state.get("loss", {})
     old_count = state.get("count", {})
@@ -232,7 +232,12 @@ def loss_stats(
         if m in losses:
             losses[m] += loss(y, y_true, scale)
             counts[m] += 1.0
-    return {**state, "loss": losses, "count": counts, "updates": int(state.get("updates", 0)) + 1}
+    return {
+        **state,
+        "loss": with_unlinked(models, old_loss, losses),
+        "count": with_unlinked(models, old_count, counts),
+        "updates": int(state.get("updates", 0)) + 1,
+    }
 
 
 def mean_losses(models: Sequence[str], state: State) -> dict[str, float | None]:

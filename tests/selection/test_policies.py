@@ -414,3 +414,21 @@ def test_observe_is_pure_and_tolerates_relinked_models(name: str) -> None:
     new = q.observe(state, None, 1, {m: 1 for m in chosen})
     assert state == frozen
     json.dumps(new, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "name", ["single", "ensemble", "cascade", "exp3", "exp4", "epsilon_greedy", "ucb1"]
+)
+def test_a_model_unlinked_for_a_while_keeps_what_was_learned(name: str) -> None:
+    config = {"eta": 0.5} if name in ("exp3", "exp4") else {}
+    both = make_policy(name, ["a", "b"], config)
+    only_a = make_policy(name, ["a"], config)
+    state = both.initial_state()
+    for _ in range(30):
+        state = both.observe(state, None, 1, {"a": 1, "b": 0})  # b always wrong
+    figure = {"exp3": "probabilities", "exp4": "weight_share"}.get(name, "mean_loss")
+    learned = both.describe(state)[figure]["b"]
+    assert learned == pytest.approx(1.0 if figure == "mean_loss" else 1 / 101)
+    # One label while b is unlinked (a right again), then b is linked back.
+    state = only_a.observe(state, None, 1, {"a": 1})
+    assert both.describe(state)[figure]["b"] == pytest.approx(learned)

@@ -33,6 +33,7 @@ from clipper_core.selection.base import (
     forget,
     normalised_weights,
     probabilities,
+    with_unlinked,
 )
 from clipper_core.selection.losses import loss
 
@@ -101,7 +102,11 @@ class Exp3(SelectionPolicy):
             weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]) / p)
         return {
             **state,
-            "weights": normalised_weights(self.models, weights, self.config["min_weight"]),
+            "weights": with_unlinked(
+                self.models,
+                state.get("weights"),
+                normalised_weights(self.models, weights, self.config["min_weight"]),
+            ),
             "updates": int(state.get("updates", 0)) + 1,
         }
 
