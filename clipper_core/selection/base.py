@@ -372,6 +372,29 @@ def with_unlinked(models: Sequence[str], old: Any, new: dict[str, Any]) -> dict[
     return {**new, **{m: v for m, v in old.items() if m not in linked}}
 
 
+def reweighted(
+    models: Sequence[str],
+    old: Any,
+    weights: Mapping[str, float],
+    penalties: Mapping[str, float],
+    min_weight: float,
+) -> dict[str, Any]:
+    """The weights to store after a label: each of ``weights`` (the linked
+    models') times ``exp(-penalty)``, scaled so the largest is 1 and floored at
+    ``min_weight``, with ``old``'s entries of models not linked now.
+
+    The products are worked out on logarithms relative to the largest: with a
+    large eta ``exp(-penalty)`` underflows to 0 for every model, and their order
+    would be lost.
+    """
+    logs = {m: math.log(w) - penalties.get(m, 0.0) for m, w in weights.items() if w > 0}
+    top = max(logs.values(), default=-math.inf)
+    scaled = {
+        m: math.exp(logs[m] - top) if m in logs and math.isfinite(top) else 0.0 for m in weights
+    }
+    return with_unlinked(models, old, normalised_weights(models, scaled, min_weight))
+
+
 def forget(weights: Mapping[str, float], discount: float) -> dict[str, float]:
     """Weights raised to the power ``discount`` (in (0, 1]): their logarithms shrink
     toward 0, the weight of the largest, so old losses fade geometrically."""

@@ -297,6 +297,18 @@ def test_exp4_combines_by_weight_and_updates_every_model() -> None:
     assert p.combine(after, None, {"zero": 0}) == (0, 1.0)
 
 
+def test_exp4_keeps_the_ranking_when_eta_is_large() -> None:
+    # exp(-5000 * 0.7) underflows to 0 for both models: the ranking must survive.
+    p = make_policy("exp4", ["a", "b"], {"eta": 5000.0, "min_weight": 0.01})
+    after = p.observe(p.initial_state(), None, 0.0, {"a": 0.8, "b": 0.7})
+    assert after["weights"] == {"a": 0.01, "b": 1.0}
+    # Close losses: only their difference counts, exp(-5000 * 0.0001).
+    close = p.observe(p.initial_state(), None, 0.0, {"a": 0.7001, "b": 0.7})
+    assert close["weights"]["b"] == 1.0
+    assert close["weights"]["a"] == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert p.combine(close, None, {"a": 1, "b": 0})[0] == 0  # b outweighs a
+
+
 def test_exp4_learns_and_follows_a_change() -> None:
     p = make_policy("exp4", MODELS, {"eta": 0.2})
     _, (first, second) = run_stream(p, [1, 0], 200, seed=1)

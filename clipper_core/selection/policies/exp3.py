@@ -19,7 +19,6 @@ lose 0 or 1), ``seed`` (the draws' random seed).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ from clipper_core.selection.base import (
     forget,
     normalised_weights,
     probabilities,
-    with_unlinked,
+    reweighted,
 )
 from clipper_core.selection.losses import loss
 
@@ -94,18 +93,17 @@ class Exp3(SelectionPolicy):
         current = self.weights(state)
         probs = probabilities(current)  # what a model drawn just now would have had
         weights = forget(current, self.config["discount"])
+        penalties: dict[str, float] = {}
         for m, y in outputs.items():
             if m not in weights:  # not linked now
                 continue
             # The chance at the draw, not now: 1/p corrects for how often m is asked.
             p = odds.get(m) or probs[m]
-            weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]) / p)
+            penalties[m] = eta * loss(y, y_true, self.config["loss_scale"]) / p
         return {
             **state,
-            "weights": with_unlinked(
-                self.models,
-                state.get("weights"),
-                normalised_weights(self.models, weights, self.config["min_weight"]),
+            "weights": reweighted(
+                self.models, state.get("weights"), weights, penalties, self.config["min_weight"]
             ),
             "updates": int(state.get("updates", 0)) + 1,
         }

@@ -2,9 +2,11 @@
 
 After a label every model that answered has its weight multiplied by
 ``exp(-η · loss)`` (all models are observed, so no importance weighting); weights
-are scaled so the largest is 1 and floored at ``min_weight``.  Numbers are
-averaged with the weights and labels get a weighted vote (``combine``, as for
-``ensemble``); the confidence is the weight share that agrees with the answer.
+are scaled so the largest is 1 (on logarithms, so that a large η, which would
+turn every product into 0, keeps their order) and floored at ``min_weight``.
+Numbers are averaged with the weights and labels get a weighted vote
+(``combine``, as for ``ensemble``); the confidence is the weight share that
+agrees with the answer.
 
 With ``discount`` g < 1 every weight first becomes ``w ** g`` (as for ``exp3``):
 old losses fade, so the weights follow a model that degrades.
@@ -15,7 +17,6 @@ Options: ``eta``, ``min_weight``, ``discount`` (1.0), ``loss_scale``, ``combine`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ from clipper_core.selection.base import (
     forget,
     normalised_weights,
     probabilities,
-    with_unlinked,
+    reweighted,
 )
 from clipper_core.selection.losses import loss
 
@@ -83,15 +84,15 @@ class Exp4(SelectionPolicy):
     def observe(self, state: State, x: Any, y_true: Any, outputs: Mapping[str, Any]) -> State:
         eta = self.config["eta"]
         weights = forget(self.weights(state), self.config["discount"])
-        for m, y in outputs.items():
-            if m in weights:
-                weights[m] *= math.exp(-eta * loss(y, y_true, self.config["loss_scale"]))
+        penalties = {
+            m: eta * loss(y, y_true, self.config["loss_scale"])
+            for m, y in outputs.items()
+            if m in weights
+        }
         return {
             **state,
-            "weights": with_unlinked(
-                self.models,
-                state.get("weights"),
-                normalised_weights(self.models, weights, self.config["min_weight"]),
+            "weights": reweighted(
+                self.models, state.get("weights"), weights, penalties, self.config["min_weight"]
             ),
             "updates": int(state.get("updates", 0)) + 1,
         }
