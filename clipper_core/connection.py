@@ -154,6 +154,15 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             f" call it from another thread: await asyncio.to_thread(conn.{name}, ...)"
         )
 
+    def _open(self, req: urllib.request.Request, timeout: float) -> Any:
+        # No proxy: an http_proxy meant for the internet would get the admin
+        # token (and deployed code) of a server on this host or network.
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        context = self.cm.ssl_context()
+        if context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        return urllib.request.build_opener(*handlers).open(req, timeout=timeout)
+
     def _call(self, op: str, body: dict[str, Any] | None = None) -> Any:
         self._refuse_on_loop()
         data = json.dumps(body or {}).encode()
@@ -164,9 +173,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             headers=self._headers(),
         )
         try:
-            with urllib.request.urlopen(
-                req, timeout=self.timeout, context=self.cm.ssl_context()
-            ) as resp:
+            with self._open(req, self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -184,7 +191,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         self._refuse_on_loop()
         req = urllib.request.Request(f"{self.management_url}/admin/ping", headers=self._headers())
         try:
-            with urllib.request.urlopen(req, timeout=2, context=self.cm.ssl_context()) as resp:
+            with self._open(req, 2) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError as exc:
             return exc.code == 401
@@ -461,9 +468,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         under ``"metrics"`` every figure of the Prometheus exposition."""
         url = f"{self.cm.scheme}://{self.cm.host}:{self.cm.query_port}/metrics"
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
-        with urllib.request.urlopen(
-            req, timeout=self.timeout, context=self.cm.ssl_context()
-        ) as resp:
+        with self._open(req, self.timeout) as resp:
             return dict(json.loads(resp.read()))
 
     def get_metrics(self) -> dict[str, Any]:
