@@ -31,6 +31,7 @@ __all__ = [
     "bearer_token",
     "check_admin",
     "hash_api_key",
+    "keep_private",
     "presented_api_key",
     "secret_matches",
 ]
@@ -223,6 +224,12 @@ def read_admin_token(state_dir: str | os.PathLike[str]) -> str | None:
     return token or None
 
 
+def keep_private(path: Path) -> None:
+    """Make a secret file its owner's alone (0600) if others can read it."""
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+
+
 def load_or_create_admin_token(state_dir: str | os.PathLike[str]) -> str:
     """The management token of a server started without one.
 
@@ -233,8 +240,7 @@ def load_or_create_admin_token(state_dir: str | os.PathLike[str]) -> str:
     path = admin_token_path(state_dir)
     token = read_admin_token(state_dir)
     if token is not None:
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
+        keep_private(path)
         return token
     # Hex, not token_urlsafe: a url-safe token starts with '-' one time in 64,
     # and `clipper --admin-token -xyz` then reads as an unknown option.

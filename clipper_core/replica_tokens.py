@@ -24,6 +24,7 @@ import os
 import secrets
 from pathlib import Path
 
+from clipper_core.auth import keep_private
 from clipper_core.errors import BadInput
 
 __all__ = ["ReplicaTokens"]
@@ -45,7 +46,8 @@ class ReplicaTokens:
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> ReplicaTokens:
-        """The secret in ``path`` (hex), or a new random one written there (0600).
+        """The secret in ``path`` (hex, made 0600 if others could read it), or a new
+        random one written there (0600).
 
         Raises:
             BadInput: The file exists but does not hold a secret.
@@ -54,6 +56,7 @@ class ReplicaTokens:
         try:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            keep_private(p)  # an operator's copy, shared between frontends
             text = p.read_text().strip()
             try:
                 return cls(bytes.fromhex(text))

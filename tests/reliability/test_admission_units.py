@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import stat
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -22,7 +24,14 @@ from clipper_core.admission import (
     deadline_from_headers,
     retry_after_header,
 )
-from clipper_core.auth import ApiKeys, check_admin, hash_api_key, secret_matches
+from clipper_core.auth import (
+    ApiKeys,
+    admin_token_path,
+    check_admin,
+    hash_api_key,
+    load_or_create_admin_token,
+    secret_matches,
+)
 from clipper_core.dataplane.model_version import ModelVersion
 from clipper_core.errors import (
     BadInput,
@@ -31,6 +40,7 @@ from clipper_core.errors import (
     RateLimited,
     Unauthorized,
 )
+from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.structures import PredictionCache
 
 # -- per-client limits ----------------------------------------------------------
@@ -315,3 +325,19 @@ class _FakeSlot:
         @staticmethod
         def done() -> bool:
             return False
+
+
+def test_secret_files_left_readable_by_others_are_made_private(tmp_path: Path) -> None:
+    # An operator's copy of the replica secret (shared between frontends) or an
+    # admin token written by hand with the usual 0644.
+    secret = tmp_path / "replica_secret"
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o644)
+    tokens = ReplicaTokens.load_or_create(secret)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert tokens.check("m", "1", tokens.token("m", "1"))
+    token = admin_token_path(tmp_path)
+    token.write_text("t" * 40 + "\n")
+    token.chmod(0o640)
+    assert load_or_create_admin_token(tmp_path) == "t" * 40
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
