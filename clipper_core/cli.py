@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+
 from clipper_core.cli_pipelines import add_pipeline_commands
 from clipper_core.cli_serve import add_serve_options, cmd_serve, serve_argv
 from clipper_core.connection import ClipperConnection, LocalContainerManager
-from clipper_core.connection_apply import load_object
+from clipper_core.connection_apply import (
+    file_module,
+    load_object,
+    pickled_by_value,
+    source_digest,
+)
 from clipper_core.errors import ClipperError
 
 
@@ -214,26 +221,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from clipper_core.deployers.python import deploy_and_link
 
     conn = _connection(args)
-    obj, _ = load_object(args.source)
+    obj, module = load_object(args.source)
+    by_value = file_module(args.source, module)
+    identity = obj
     if isinstance(obj, type):
         obj = obj()
+    with pickled_by_value(by_value):
+        digest = source_digest(identity, cloudpickle.dumps(obj))
     app = conn.get_app_info(args.app) if args.app else None
     if app is not None:
         _refuse_app_options(args, app)
 
     def deploy() -> str:
-        return conn.deploy_pickled(
-            args.name,
-            args.version,
-            args.input_type,
-            obj,
-            num_replicas=args.replicas,
-            batch_size=args.batch_size,
-            queue_capacity=args.queue_capacity,
-            batch_timeout=args.batch_timeout,
-            controller=args.controller,
-            make_current=args.make_current,
-        )
+        with pickled_by_value(by_value):
+            return conn.deploy_pickled(
+                args.name,
+                args.version,
+                args.input_type,
+                obj,
+                container_extra={"source_sha256": digest},
+                num_replicas=args.replicas,
+                batch_size=args.batch_size,
+                queue_capacity=args.queue_capacity,
+                batch_timeout=args.batch_timeout,
+                controller=args.controller,
+                make_current=args.make_current,
+            )
 
     if not args.app:
         said = deploy()

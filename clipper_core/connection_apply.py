@@ -22,7 +22,8 @@ import inspect
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -77,7 +78,28 @@ def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleTyp
         raise ClipperError(f"{path} has no attribute {attr!r}") from None
 
 
-def _source_digest(obj: Any, payload: bytes) -> str:
+@contextmanager
+def pickled_by_value(module: ModuleType | None) -> Iterator[None]:
+    """Within it, cloudpickle writes what ``module`` (a user's FILE.py) defines by
+    value: the code travels in the pickle, not a reference to a file that may be
+    edited or moved before the next replica starts."""
+    if module is None:
+        yield
+        return
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def file_module(spec: str, module: ModuleType) -> ModuleType | None:
+    """``module`` when ``spec`` names a FILE.py (pickled by value), else None (an
+    installed module's code is found where it is installed)."""
+    return module if spec.rpartition(":")[0].endswith(".py") else None
+
+
+def source_digest(obj: Any, payload: bytes) -> str:
     """SHA-256 of the source text of ``obj`` 's function or class (of its pickle
     when the source cannot be read, e.g. a built-in)."""
     target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
@@ -98,8 +120,7 @@ def _model_code(where: str, source: Any, base_dir: Path) -> dict[str, Any]:
             obj, module = load_object(source, base_dir)
         except ClipperError as exc:
             raise ClipperError(f"{where}: source {source!r}: {exc}") from None
-        if source.rpartition(":")[0].endswith(".py"):
-            by_value = module
+        by_value = file_module(source, module)
     elif callable(source):
         obj = source
     else:
@@ -107,16 +128,11 @@ def _model_code(where: str, source: Any, base_dir: Path) -> dict[str, Any]:
     identity = obj
     if isinstance(obj, type):
         obj = obj()
-    if by_value is not None:
-        cloudpickle.register_pickle_by_value(by_value)
-    try:
+    with pickled_by_value(by_value):
         payload = cloudpickle.dumps(obj)
-    finally:
-        if by_value is not None:
-            cloudpickle.unregister_pickle_by_value(by_value)
     return {
         "payload_b64": base64.b64encode(payload).decode(),
-        "source_sha256": _source_digest(identity, payload),
+        "source_sha256": source_digest(identity, payload),
         "container": {
             "kind": "closure",
             "filename": "closure.pkl",

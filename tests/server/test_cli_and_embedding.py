@@ -72,6 +72,12 @@ def test_cli_start_deploy_status_stop(tmp_path: Path) -> None:
         assert "lenapp" in res.stdout
         res = _clipper(*ports, "models", env=env)
         assert "lens" in res.stdout
+        # The version's code is what the file said at deploy (pickled by value, not
+        # a reference to the file): the same version with edited code is refused.
+        model_file.write_text("def predict(inputs):\n    return [len(x) + 100 for x in inputs]\n")
+        again = ["deploy", "lens", f"{model_file}:predict", "--input-type", "strings"]
+        res = _clipper(*ports, *again, env=env)
+        assert res.returncode == 1 and "code differs" in res.stderr, (res.stdout, res.stderr)
     finally:
         res = _clipper(*ports, "stop", env=env)
     assert res.returncode == 0, res.stderr
