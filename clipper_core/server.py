@@ -26,7 +26,6 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from clipper_core import admin_api, dashboard, frontend_workers, query_api
@@ -63,7 +62,7 @@ from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
-from clipper_core.state_dir import prepare_state_dir, resolve_admin_token
+from clipper_core.state_dir import StateLock, lock_state_dir, prepare_state_dir, resolve_admin_token
 from clipper_core.store.base import StateStore
 from clipper_core.store.records import ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
@@ -166,6 +165,7 @@ class ClipperServer:
         self.listeners: Listeners | None = None
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
+        self._state_lock: StateLock | None = None
 
     # -- addresses --------------------------------------------------------------
 
@@ -307,6 +307,7 @@ class ClipperServer:
         """Open the store, bind the listeners, and bring back every app and model."""
         cfg = self.config
         prepare_state_dir(cfg)
+        self._state_lock = lock_state_dir(cfg)  # one server per state folder
         admin_token = None if cfg.is_query_worker() else resolve_admin_token(cfg)
         self.replica_tokens = await asyncio.to_thread(
             ReplicaTokens.load_or_create, cfg.resolved_replica_secret_file()
@@ -424,6 +425,8 @@ class ClipperServer:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._state_lock is not None:
+            self._state_lock.release()
         if self._temporary_state is not None:
             self._temporary_state()  # the containers are stopped: nothing writes there
         self._stopped.set()
@@ -438,12 +441,7 @@ class ClipperServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     def request_shutdown(self) -> None:

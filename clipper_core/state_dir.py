@@ -7,14 +7,16 @@ only (0700, files 0600).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
+import weakref
 from pathlib import Path
 
 from clipper_core.auth import ADMIN_TOKEN_ENV, NO_ADMIN_TOKEN_ENV, load_or_create_admin_token
 from clipper_core.config import ServerConfig
-from clipper_core.errors import BadInput
+from clipper_core.errors import BadInput, Conflict
 from clipper_core.logs import log_event
 
 log = logging.getLogger("clipper_core.server")
@@ -91,3 +93,41 @@ def resolve_admin_token(cfg: ServerConfig) -> str | None:
             " the CLI read it from there)",
         )
     return token.strip()
+
+
+class StateLock:
+    """An exclusive lock on ``<state folder>/server.lock`` for a server's life: two
+    servers on one folder would each start the same replicas, and ``clipper stop``
+    would signal whichever wrote ``server.pid`` last.  The kernel drops it when
+    the process dies, however it dies.
+
+    Raises:
+        Conflict: Another server holds it (its pid is named).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        path = state_dir / "server.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise Conflict(
+                f"another clipper_core server (pid {holder}) uses the state folder"
+                f" {state_dir}: stop it, or give this one its own --state-dir (frontends"
+                " that share state each have their own folder and one --state-url)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Closing the only descriptor drops the lock: at release, or when a server
+        # whose start failed (never stopped) is collected.
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        self._close()
+
+
+def lock_state_dir(cfg: ServerConfig) -> StateLock | None:
+    """The primary's lock on its state folder (query workers share their primary's)."""
+    return None if cfg.is_query_worker() else StateLock(Path(cfg.state_dir))
