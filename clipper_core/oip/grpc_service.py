@@ -224,7 +224,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            meta = await self.service.model_metadata(request.name, request.version or None)
+            meta = await self.service.model_metadata(
+                request.name, request.version or None, _metadata(context)
+            )
         except ClipperError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from None

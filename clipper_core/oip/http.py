@@ -61,7 +61,10 @@ def install(router: Router, service: InferenceService) -> None:
 
     async def model_metadata(request: Request, params: dict[str, str]) -> Response:
         try:
-            return _json(await service.model_metadata(params["model"], params.get("version")))
+            meta = await service.model_metadata(
+                params["model"], params.get("version"), request.headers
+            )
+            return _json(meta)
         except ClipperError as exc:
             return error_response(exc)
 

@@ -236,9 +236,13 @@ class InferenceService:
         detail = f": {last}" if last is not None else ""
         raise ReplicaUnavailable(f"model {mv.key} has no replica that answers{detail}")
 
-    async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        """``GET /v2/models/{name}[/versions/{version}]``."""
+    async def model_metadata(
+        self, name: str, version: str | None, headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]``, behind the same API keys
+        as an inference (the description names a keyed app's inputs and outputs)."""
         target = self.resolve(name, version)
+        self.check_access(target, headers)
         if target.mv is None and pipeline.is_pipeline(target.app):
             return pipeline.metadata(target.app)
         if target.mv is None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.errors import ClipperError
@@ -184,7 +186,7 @@ def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
 def test_a_model_queried_by_its_own_name_over_oip_needs_a_key_of_its_apps(
     servers: list[Running], tmp_path: Path
 ) -> None:
-    r = start_server(tmp_path / "s")
+    r = start_server(tmp_path / "s", grpc_port=0)
     servers.append(r)
     conn = r.conn
     conn.deploy_pickled("adder", 1, "doubles", server_models.make_sum())
@@ -205,6 +207,21 @@ def test_a_model_queried_by_its_own_name_over_oip_needs_a_key_of_its_apps(
     status, _, reply = http("POST", url, body, headers={"X-Api-Key": "other-app-key-000001"})
     assert status == 403, reply
     assert http("POST", url, body, headers={"X-Api-Key": key})[0] == 200
+    # Its description (input and output specs) is behind the same keys, by the
+    # model's name and by the app's, over HTTP and gRPC.
+    for name in ("adder", "front"):
+        meta_url = f"{r.bg.query_url}/v2/models/{name}"
+        assert http("GET", meta_url)[0] == 401
+        status, _, meta = http("GET", meta_url, headers={"X-Api-Key": key})
+        assert status == 200 and meta["inputs"], meta
+    grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{r.server.grpc_port}")
+    try:
+        with pytest.raises(InferenceServerException, match="requires an API key"):
+            grpc_client.get_model_metadata("adder")
+        described = grpc_client.get_model_metadata("adder", headers={"x-api-key": key})
+        assert described.inputs
+    finally:
+        grpc_client.close()
     # A key on an application the model is not linked to guards nothing of it.
     conn.set_app_api_keys("front", [])
     assert http("POST", url, body)[0] == 200
