@@ -22,6 +22,7 @@ from clipper_core.admission import QueryGate
 from clipper_core.clipper_api import input_key, parse_predict
 from clipper_core.errors import BadInput, NotFound
 from clipper_core.http import Request, Response, Router, json_response
+from clipper_core.http.same_origin import cross_site_refusal
 
 if TYPE_CHECKING:
     from clipper_core.dataplane import Application, QueryView
@@ -60,6 +61,9 @@ def install(router: Router, dataplane: QueryView, gate: QueryGate) -> None:
     """
 
     async def update(request: Request, params: dict[str, str]) -> Response:
+        refusal = cross_site_refusal(request, "a feedback (/update)")
+        if refusal is not None:
+            return refusal
         # The same gates as /predict, in the same order: per-client limit (429),
         # then the app's API keys (401/403), then the JSON depth (400).
         client = gate.admit(request.headers, request.remote)

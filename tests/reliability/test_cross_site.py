@@ -51,13 +51,14 @@ def open_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Run
 
 
 def _post(
-    r: Running, path: str, body: bytes, headers: dict[str, str]
+    r: Running, path: str, body: bytes, headers: dict[str, str], port: int | None = None
 ) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", r.server.management_port, timeout=30)
+    port = r.server.management_port if port is None else port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         # skip_host: the Host header is one of the things under test.
         conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
-        sent = {"Host": f"127.0.0.1:{r.server.management_port}", **headers}
+        sent = {"Host": f"127.0.0.1:{port}", **headers}
         for name, value in sent.items():
             conn.putheader(name, value)
         conn.putheader("Content-Length", str(len(body)))
@@ -164,6 +165,34 @@ def test_cross_site_requests_deploy_nothing(open_server: Running) -> None:
     assert _post(r, "/admin/add_app", app, same)[0] == 200
     localhost = {"Content-Type": "application/json; charset=utf-8", "Host": f"localhost:{port}"}
     assert _post(r, "/admin/get_all_applications", b"{}", localhost) == (200, ["evil"])
+
+
+def test_a_page_cannot_send_feedback_to_the_query_port(open_server: Running) -> None:
+    # A page could make the browser POST a label to /<app>/update (a text/plain
+    # body needs no preflight) and steer what an app's selection policy learns.
+    r = open_server
+    r.conn.deploy_pickled("one", 1, "doubles", models.make_constant(1.0))
+    r.conn.register_application("ab", "doubles", "-1", 5_000_000, policy="exp3")
+    r.conn.link_model_to_app("ab", "one")
+    port = r.server.query_port
+    label = json.dumps({"uid": 0, "input": [1.0], "label": 1.0}).encode()
+    forged = [
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+        ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+    ]
+    for headers, status in forged:
+        got, reply = _post(r, "/ab/update", label, headers, port)
+        assert got == status and reply["cause"], (headers, reply)
+    # Programs, and a page of the server's own origin, still send feedback.
+    for headers in ({"Content-Type": "application/json"}, {"Sec-Fetch-Site": "same-origin"}):
+        got, reply = _post(r, "/ab/update", label, headers, port)
+        assert got == 200, (headers, reply)
+    # Predictions are not state-changing: a form-typed curl still gets one.
+    got, reply = _post(r, "/ab/predict", b'{"input": [1.0]}', {"Content-Type": "text/plain"}, port)
+    assert got == 200 and reply["output"] == 1.0, reply
 
 
 def test_opting_out_of_the_token_is_loud(
