@@ -231,9 +231,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         while time.monotonic() < end:
             if proc.poll() is not None:
                 self.cm.pid_file.unlink(missing_ok=True)
-                raise ClipperError(
-                    f"the server exited with code {proc.returncode}:\n{self.cm.log_tail()}"
-                )
+                raise ClipperError(self.cm.exit_reason(proc.returncode))
             if self.cm.read_ready() and self.ping():
                 self.connected = True
                 return (

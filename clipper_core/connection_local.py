@@ -122,6 +122,7 @@ class LocalContainerManager:
         self._admin_token = admin_token if admin_token is not None else admin_token_from_env()
         self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
         self.tls = tls or self.tls_ca is not None
+        self._log_start = 0  # where the log of the server launched last begins
 
     @property
     def admin_token(self) -> str | None:
@@ -240,6 +241,8 @@ class LocalContainerManager:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = dict(os.environ)
+        # server.log keeps every run: what this one says starts here.
+        self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         if self._admin_token:  # given to this connection: the server requires the same
             env[ADMIN_TOKEN_ENV] = self._admin_token
         with open(self.log_file, "ab") as log:
@@ -267,10 +270,23 @@ class LocalContainerManager:
         return True
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` of what the server launched last wrote to its log."""
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            with open(self.log_file, "rb") as log:
+                log.seek(self._log_start)
+                text = log.read().decode(errors="replace")
         except OSError:
             return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"
+
+    def exit_reason(self, returncode: int) -> str:
+        """Why the server launched last exited: its own one-line error when it
+        gave one, else the end of what it logged."""
+        tail = self.log_tail()
+        errors = [ln for ln in tail.splitlines() if ln.startswith("clipper: error: ")]
+        if errors:
+            return f"{errors[-1].removeprefix('clipper: error: ')} (log: {self.log_file})"
+        return f"the server exited with code {returncode}:\n{tail}"
 
     def remove_temporary_state(self) -> None:
         """Remove the state folder when it is a temporary one of ours."""

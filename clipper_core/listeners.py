@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from clipper_core.config import ServerConfig
-from clipper_core.errors import BadInput
+from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import HttpServer, Request, Response, Router
 from clipper_core.oip import InferenceService
 from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
@@ -22,6 +23,13 @@ from clipper_core.oip.grpc_service import GrpcInferenceServer, read_tls_files
 log = logging.getLogger("clipper_core.server")
 
 Guard = Callable[[Request], Response | None]
+
+
+class CannotListen(ClipperError):
+    """A port could not be bound (in use, or not an address of this machine);
+    the message names the address and which of the server's ports it is."""
+
+    kind = "cannot_listen"
 
 
 def server_ssl(cfg: ServerConfig) -> Any:
@@ -105,6 +113,7 @@ class Listeners:
             )
         )
         grpc_port = cfg.resolved_grpc_port()
+        self._ports = (cfg.host, cfg.query_port, cfg.management_port, grpc_port)
         self.grpc = (
             None
             if grpc_port is None
@@ -120,14 +129,30 @@ class Listeners:
         )
 
     async def start(self) -> None:
-        """Bind the ports (the ones asked as 0 get free ones)."""
-        await self.query.start()
-        if self.direct is not None:
-            await self.direct.start()
-        if self.admin is not None:
-            await self.admin.start()
-        if self.grpc is not None:
-            await self.grpc.start()
+        """Bind the ports (the ones asked as 0 get free ones).
+
+        Raises:
+            CannotListen: A port could not be bound; those bound before are closed.
+        """
+        host, query_port, management_port, grpc_port = self._ports
+        for server, what, port in (
+            (self.query, "query", query_port),
+            (self.direct, "query", 0),
+            (self.admin, "management", management_port),
+            (self.grpc, "grpc", grpc_port),
+        ):
+            if server is None:
+                continue
+            try:
+                await server.start()
+            except OSError as exc:
+                # The bare OSError names neither the option to change nor, for
+                # gRPC, even the port: say which one, in one line.
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                await self.stop(0)
+                raise CannotListen(
+                    f"cannot listen on {host}:{port} ({what} port): {reason}"
+                ) from exc
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; in-flight requests get ``grace`` seconds to finish."""

@@ -1,0 +1,92 @@
+"""What a new user meets in the first hour, through the real ``clipper`` command:
+each mistake gets one line that says what is wrong and what to do, never a
+traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def clipper(*args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    for name in ("CLIPPER_TLS_CA", "CLIPPER_ADMIN_TOKEN", "CLIPPER_GRPC_PORT"):
+        if name not in env:
+            environ.pop(name, None)
+    argv = [sys.executable, "-m", "clipper_core.cli", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, env=environ, cwd=cwd)
+
+
+def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
+    """The error ``res`` printed, checked to be a single ``clipper: error:`` line."""
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("clipper: error: ")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["query", "management", "grpc"])
+def test_serve_on_a_port_in_use_names_the_port(taken_port: int, which: str, tmp_path: Path) -> None:
+    ports = {"query": free_port(), "management": free_port(), "grpc": free_port()}
+    ports[which] = taken_port
+    res = clipper(
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--query-port",
+        str(ports["query"]),
+        "--management-port",
+        str(ports["management"]),
+        "serve",
+        "--grpc-port",
+        str(ports["grpc"]),
+    )
+    assert one_line_error(res) == (
+        f"clipper: error: cannot listen on 127.0.0.1:{taken_port} ({which} port):"
+        " address already in use"
+    )
+
+
+def test_start_on_a_port_in_use_shows_only_this_runs_error(taken_port: int, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    # An earlier run's failure stays in server.log; it is not this run's news.
+    (state / "server.log").write_text("Traceback (most recent call last):\nEarlierError: x\n")
+    res = clipper(
+        "--state-dir",
+        str(state),
+        "--query-port",
+        str(taken_port),
+        "--management-port",
+        str(free_port()),
+        "start",
+        "--grpc-port",
+        str(free_port()),
+    )
+    line = one_line_error(res)
+    assert line.startswith(
+        f"clipper: error: cannot listen on 127.0.0.1:{taken_port} (query port):"
+        " address already in use"
+    ), line
+    assert "EarlierError" not in res.stderr, res.stderr
