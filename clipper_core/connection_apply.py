@@ -22,7 +22,7 @@ import inspect
 import os
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +44,24 @@ def _on_path(folder: Path) -> None:
         sys.path.insert(0, str(folder))
 
 
+def _import(path: str, run: Callable[[], Any]) -> Any:
+    """``run()``, the user's code failing in it said in one line."""
+    try:
+        return run()
+    except ModuleNotFoundError as exc:
+        if exc.name == path or path.startswith(f"{exc.name}."):  # not a dependency of it
+            raise ClipperError(
+                f"no module named {exc.name!r} (for a file, write FILE.py:NAME)"
+            ) from None
+        raise ClipperError(f"importing {path} failed: {exc}") from None
+    except SyntaxError as exc:
+        raise ClipperError(
+            f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg} (importing {path})"
+        ) from None
+    except Exception as exc:  # the user's module-level code: any error is theirs
+        raise ClipperError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+
+
 def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleType]:
     """The object ``FILE.py:NAME`` or ``module:NAME`` names, and its module.
 
@@ -53,7 +71,8 @@ def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleTyp
             looked for first (default: the working directory).
 
     Raises:
-        ClipperError: A malformed spec, a missing file, or no such attribute.
+        ClipperError: A malformed spec, a missing file or module, code that
+            fails to import, or no such attribute.
     """
     base = base_dir or Path.cwd()
     path, sep, attr = spec.rpartition(":")
@@ -68,10 +87,11 @@ def load_object(spec: str, base_dir: Path | None = None) -> tuple[Any, ModuleTyp
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[file.stem] = module
-        module_spec.loader.exec_module(module)
+        loader = module_spec.loader
+        _import(path, lambda: loader.exec_module(module))
     else:
         _on_path(base)
-        module = importlib.import_module(path)
+        module = _import(path, lambda: importlib.import_module(path))
     try:
         return getattr(module, attr), module
     except AttributeError:

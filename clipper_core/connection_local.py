@@ -176,7 +176,10 @@ class LocalContainerManager:
             return None
         from clipper_core.tls import client_ssl_context
 
-        return client_ssl_context(self.tls_ca)
+        try:
+            return client_ssl_context(self.tls_ca)
+        except ClipperError as exc:
+            raise ClipperError(f"{exc} (given by --tls-ca or $CLIPPER_TLS_CA)") from None
 
     @property
     def pid_file(self) -> Path:

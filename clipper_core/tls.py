@@ -63,8 +63,15 @@ def server_ssl_context(
 
 def client_ssl_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     """An ``SSLContext`` for a client that verifies the server against ``ca_file``
-    (a self-signed server certificate is its own CA), or the system's CAs."""
-    ctx = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    (a self-signed server certificate is its own CA), or the system's CAs.
+
+    Raises:
+        BadInput: ``ca_file`` cannot be read or holds no PEM certificate.
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise BadInput(f"cannot load the CA file {ca_file}: {exc}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

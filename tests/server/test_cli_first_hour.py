@@ -90,3 +90,41 @@ def test_start_on_a_port_in_use_shows_only_this_runs_error(taken_port: int, tmp_
         " address already in use"
     ), line
     assert "EarlierError" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (None, "no module named 'nomodule'"),
+        ("x = (\n", "syntax error: '(' was never closed"),
+        ("import nosuchdependency\n", "failed: No module named 'nosuchdependency'"),
+        ("raise RuntimeError('boom at import')\n", "failed: RuntimeError: boom at import"),
+    ],
+)
+def test_deploy_of_code_that_does_not_import_says_why(
+    code: str | None, said: str, tmp_path: Path
+) -> None:
+    source = "nomodule:thing"
+    if code is not None:
+        (tmp_path / "model.py").write_text(code + "def predict(xs):\n    return xs\n")
+        source = "model.py:predict"
+    # No server needed: the code is loaded before anything is sent.
+    res = clipper(
+        "--management-port",
+        str(free_port()),
+        "deploy",
+        "y",
+        source,
+        "--input-type",
+        "doubles",
+        cwd=tmp_path,
+    )
+    line = one_line_error(res)
+    assert said in line, line
+    assert (source.split(":")[0] if code is None else "model.py") in line, line
+
+
+def test_a_missing_tls_ca_file_is_named(tmp_path: Path) -> None:
+    res = clipper("--management-port", str(free_port()), "--tls-ca", "nonexist.pem", "status")
+    line = one_line_error(res)
+    assert "cannot load the CA file nonexist.pem" in line and "--tls-ca" in line, line
