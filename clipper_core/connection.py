@@ -181,6 +181,8 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
                 cause = json.loads(raw).get("cause", raw.decode(errors="replace"))
             except (ValueError, AttributeError):
                 cause = raw.decode(errors="replace")
+            if exc.code == 401:  # which token was refused, and where the right one is
+                cause = f"{cause}; {self.cm.token_hint()}"
             raise ClipperError(f"{op} failed ({exc.code}): {cause}") from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise self.cm.unreachable(self.management_url, exc) from None

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from clipper_core.auth import ADMIN_TOKEN_ENV, admin_token_from_env, read_admin_token
+from clipper_core.auth import (
+    ADMIN_TOKEN_ENV,
+    admin_token_from_env,
+    admin_token_path,
+    read_admin_token,
+)
 from clipper_core.config import default_state_dir, state_dir_is_named
 from clipper_core.errors import ClipperError
 
@@ -118,8 +123,12 @@ class LocalContainerManager:
         self.temporary_state = state_dir is None and not state_dir_is_named() and query_port == 0
         if self.temporary_state:
             state_dir = tempfile.mkdtemp(prefix="clipper-state-")
-        self.state_dir = state_dir or default_state_dir()
+        # Absolute: the server's pid and log files, and the token file a 401
+        # names, stay the same wherever the caller runs from later.
+        self.state_dir = os.path.abspath(state_dir or default_state_dir())
         self._admin_token = admin_token if admin_token is not None else admin_token_from_env()
+        #: Where the token comes from: "given", "env" or "file" (read when first needed).
+        self.token_origin = "given" if admin_token else "env" if self._admin_token else "file"
         self.tls_ca = tls_ca or os.environ.get("CLIPPER_TLS_CA") or None
         self.tls = tls or self.tls_ca is not None
         self._log_start = 0  # where the log of the server launched last begins
@@ -134,6 +143,19 @@ class LocalContainerManager:
     @admin_token.setter
     def admin_token(self, value: str | None) -> None:
         self._admin_token = value
+        self.token_origin = "given" if value else "file"
+
+    def token_hint(self) -> str:
+        """Where the token a server refused came from, and what to do instead."""
+        fix = "pass the server's --state-dir, or set $CLIPPER_ADMIN_TOKEN to its token"
+        token_file = admin_token_path(self.state_dir)
+        if self.token_origin == "env":
+            return f"the token sent came from ${ADMIN_TOKEN_ENV}; set it to the server's token"
+        if self.token_origin == "given":
+            return f"the token sent was given (--admin-token, admin_token=); {fix}"
+        if self.admin_token is None:
+            return f"no token was sent: none found in {token_file}; {fix}"
+        return f"the token sent was read from {token_file}; {fix}"
 
     @property
     def scheme(self) -> str:

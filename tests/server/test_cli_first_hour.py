@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.ports import free_port
+from tests.server.conftest import Running
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,3 +129,29 @@ def test_a_missing_tls_ca_file_is_named(tmp_path: Path) -> None:
     res = clipper("--management-port", str(free_port()), "--tls-ca", "nonexist.pem", "status")
     line = one_line_error(res)
     assert "cannot load the CA file nonexist.pem" in line and "--tls-ca" in line, line
+
+
+def test_a_refused_token_says_where_it_came_from(running: Running, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ports = ["--query-port", str(running.server.query_port)]
+    ports += ["--management-port", str(running.server.management_port)]
+    # A relative --state-dir from another folder: no token there.
+    line = one_line_error(clipper(*ports, "--state-dir", "state", "status", cwd=elsewhere))
+    assert "(401)" in line, line
+    assert f"no token was sent: none found in {elsewhere / 'state' / 'admin_token'}" in line
+    assert "pass the server's --state-dir" in line, line
+    # A folder with another server's token.
+    (elsewhere / "other").mkdir()
+    (elsewhere / "other" / "admin_token").write_text("not-this-servers-token")
+    line = one_line_error(clipper(*ports, "--state-dir", "other", "status", cwd=elsewhere))
+    assert f"the token sent was read from {elsewhere / 'other' / 'admin_token'}" in line, line
+    # The variable wins over the server's own folder, and is named.
+    res = clipper(
+        *ports,
+        "--state-dir",
+        str(running.state_dir),
+        "status",
+        CLIPPER_ADMIN_TOKEN="not-this-servers-token",
+    )
+    assert "the token sent came from $CLIPPER_ADMIN_TOKEN" in one_line_error(res)
