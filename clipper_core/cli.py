@@ -162,6 +162,8 @@ def cmd_apps(args: argparse.Namespace) -> int:
             ],
             ["APP", "INPUT", "SLO_MICROS", "DEFAULT", "MODELS", "ANSWERS"],
         )
+        if apps
+        else "no applications"
     )
     return 0
 
@@ -184,6 +186,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             ],
             ["MODEL", "VERSION", "INPUT", "CURRENT", "REPLICAS"],
         )
+        if models
+        else "no models"
     )
     return 0
 
@@ -232,9 +236,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if app is not None:
         _refuse_app_options(args, app)
 
+    said = ""  # the server's reply to the deploy: "unchanged: ..." is said as it is
+
     def deploy() -> str:
+        nonlocal said
         with pickled_by_value(by_value):
-            return conn.deploy_pickled(
+            said = conn.deploy_pickled(
                 args.name,
                 args.version,
                 args.input_type,
@@ -247,15 +254,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 controller=args.controller,
                 make_current=args.make_current,
             )
-
-    if not args.app:
-        said = deploy()
-        print(
-            said
-            if said.startswith(("unchanged", "updated"))
-            else f"deployed {args.name}:{args.version}"
-        )
-        return 0
+        return said
 
     def register() -> str:
         return conn.register_application(
@@ -265,17 +264,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             100_000 if args.slo_micros is None else args.slo_micros,
         )
 
-    deploy_and_link(
-        conn,
-        args.app,
-        args.name,
-        args.version,
-        deploy,
-        register=None if app is not None else register,
-        replace=args.replace,
+    if not args.app:
+        deploy()
+    else:
+        deploy_and_link(
+            conn,
+            args.app,
+            args.name,
+            args.version,
+            deploy,
+            register=None if app is not None else register,
+            replace=args.replace,
+        )
+    print(
+        said
+        if said.startswith(("unchanged", "updated"))
+        else f"deployed {args.name}:{args.version}"
     )
-    print(f"deployed {args.name}:{args.version}")
-    print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
+    if args.app:
+        print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
     return 0
 
 

@@ -155,3 +155,22 @@ def test_a_refused_token_says_where_it_came_from(running: Running, tmp_path: Pat
         CLIPPER_ADMIN_TOKEN="not-this-servers-token",
     )
     assert "the token sent came from $CLIPPER_ADMIN_TOKEN" in one_line_error(res)
+
+
+def test_listings_say_none_and_a_repeated_deploy_says_unchanged(
+    running: Running, tmp_path: Path
+) -> None:
+    server = ["--query-port", str(running.server.query_port)]
+    server += ["--management-port", str(running.server.management_port)]
+    server += ["--state-dir", str(running.state_dir)]
+    for command, said in (("models", "no models"), ("apps", "no applications")):
+        res = clipper(*server, command)
+        assert res.returncode == 0 and res.stdout.strip() == said, (res.stdout, res.stderr)
+    (tmp_path / "scaler.py").write_text("def scale(xs):\n    return [2 * x for x in xs]\n")
+    deploy = [*server, "deploy", "scale", "scaler.py:scale", "--input-type", "doubles"]
+    first = clipper(*deploy, "--app", "scaler", cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.startswith("deployed scale:1"), first.stderr
+    again = clipper(*deploy, "--app", "scaler", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("unchanged"), again.stdout
+    assert "linked to app scaler" in again.stdout
