@@ -68,7 +68,7 @@ _REPLY_HEAD = len(REPLY_HEADERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADER
 _REPLY_TRAILERS = len(OK_TRAILERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
     """One HTTP/2 frame."""
     n = len(payload)
     return (

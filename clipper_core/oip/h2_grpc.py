@@ -268,7 +268,10 @@ class H2GrpcProtocol(H2Connection):
         self._send(head)
         if not self.held:
             self.last_progress = time.monotonic()
-        stream.pending = message_bytes
+        # A view: each send takes its frames off the front without copying what
+        # is left (a client opening its window a byte at a time would have made
+        # every update copy the whole rest of a large reply).
+        stream.pending = memoryview(message_bytes)
         self.held += n
         self._send_pending(stream)
 

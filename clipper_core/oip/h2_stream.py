@@ -23,7 +23,8 @@ class Stream:
         failed: Answered with an error before any handler ran.
         reset: Ended without an answer (the client reset it); its handler, if
             any, is being cancelled and the stream still counts until it ends.
-        pending: Reply bytes held back by flow control.
+        pending: Reply bytes held back by flow control (a view: what is sent
+            goes off its front without copying the rest).
         task: The handler's task while it runs.
     """
 
@@ -53,5 +54,5 @@ class Stream:
         self.refused = False
         self.failed = False
         self.reset = False
-        self.pending = b""
+        self.pending: bytes | memoryview = b""
         self.task: asyncio.Task[None] | None = None
