@@ -110,7 +110,8 @@ class AppMetrics:
         within_slo: Inputs answered with a model's output within the app's SLO.
         defaults: Inputs answered with the default output, by reason (``slo``: the
             SLO timer fired first; ``expired``: dropped before reaching the model;
-            ``error``: the model failed on it inside a batch request; ``no_model``).
+            ``error``: the model failed on it inside a batch request; ``no_model``:
+            no model, or none with a live replica, could answer it).
         errors: Inputs that failed (an error reply, or a default output because of
             an error), by error kind.
         latency: Seconds per predict call (one observation per request).
@@ -126,14 +127,24 @@ class AppMetrics:
         self.latency = Histogram(LATENCY_BUCKETS)
 
     def answered(
-        self, n: int, late: int, expired: int, errored: int, elapsed: float, slo: float
+        self,
+        n: int,
+        late: int,
+        expired: int,
+        errored: int,
+        elapsed: float,
+        slo: float,
+        unavailable: int = 0,
     ) -> None:
-        """Count one predict call of ``n`` inputs that returned a reply for each."""
+        """Count one predict call of ``n`` inputs that returned a reply for each
+        (``unavailable``: defaults answered at once, no replica being live)."""
         self.requests += n
         if elapsed <= slo:
-            self.within_slo += n - late - expired - errored
+            self.within_slo += n - late - expired - errored - unavailable
         if late:
             self.defaults["slo"] += late
+        if unavailable:
+            self.defaults["no_model"] += unavailable
         if expired:
             self.defaults["expired"] += expired
         if errored:

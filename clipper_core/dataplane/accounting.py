@@ -69,12 +69,13 @@ def count_answered(
     late: int = 0,
     expired: int = 0,
     errored: int = 0,
+    unavailable: int = 0,
 ) -> None:
     """``n`` inputs of one request to ``app``, sent to ``model`` at ``started``,
-    each answered (``late``, ``expired`` and ``errored`` of them with the default
-    output): the app's figures and the model version's share of them."""
+    each answered (``late``, ``expired``, ``errored`` and ``unavailable`` of them
+    with the default output): the app's figures and the model version's share."""
     elapsed = time.monotonic() - started
-    app.metrics.answered(n, late, expired, errored, elapsed, app.slo)
-    defaults = late + expired + errored
+    app.metrics.answered(n, late, expired, errored, elapsed, app.slo, unavailable)
+    defaults = late + expired + errored + unavailable
     model.metrics.judged(n, n - defaults if elapsed <= app.slo else 0)
     model.metrics.defaults += defaults

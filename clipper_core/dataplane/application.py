@@ -116,7 +116,18 @@ async def predict_with_slo(
             outcomes.append(app.default(f"{type(exc).__name__}: {exc}"))
             app.metrics.error(error_kind(exc))
             errored += 1
-    count_answered(app, model, len(inputs), started, late=late, expired=expired, errored=errored)
+    # Answered at once for want of a live replica: an outage, not an SLO miss.
+    unavailable, late = (late, 0) if dead else (0, late)
+    count_answered(
+        app,
+        model,
+        len(inputs),
+        started,
+        late=late,
+        expired=expired,
+        errored=errored,
+        unavailable=unavailable,
+    )
     return outcomes
 
 

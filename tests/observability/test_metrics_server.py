@@ -191,6 +191,21 @@ def test_oip_requests_to_an_app_count_in_its_figures(server: Running) -> None:
     assert (so["slo_judged"], so["answers_within_slo"], so["default_outputs"]) == (1, 0, 1)
 
 
+def test_an_app_without_a_live_replica_counts_no_model_not_slo(server: Running) -> None:
+    # Answered at once for want of a replica: an outage, which an SLO alert
+    # would otherwise report as a slow model.
+    conn = server.conn
+    conn.register_model("ghost", "1", "doubles")
+    conn.register_application("haunted", "doubles", "-1", 100_000)
+    conn.link_model_to_app("haunted", "ghost")
+    assert server.client.predict("haunted", {"input": [1.0]})[1]["default"] is True
+    batch = server.client.predict("haunted", {"input_batch": [[1.0], [2.0]]})[1]
+    assert all(p["default"] for p in batch["batch_predictions"]), batch
+    a = conn.get_metrics()["apps"]["haunted"]
+    assert a["requests"] == 3 and a["answers_within_slo"] == 0, a
+    assert a["default_outputs"]["no_model"] == 3 and a["default_outputs"]["slo"] == 0, a
+
+
 def test_clipper_clients_get_json_prometheus_gets_text(server: Running) -> None:
     base = server.bg.query_url
     server.conn.register_application("lonely", "doubles", "-1", 100_000)
