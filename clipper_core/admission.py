@@ -93,7 +93,8 @@ def deadline_after(
     if isinstance(value, bool):
         raise BadInput(f"deadline must be a number of {unit}, got a boolean")
     if isinstance(value, int | float):
-        number = float(value)
+        # An int past the float range is as infinite as the string "1e400".
+        number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
     elif isinstance(value, str | bytes):
         text = value.decode("latin-1") if isinstance(value, bytes) else value
         try:

@@ -154,7 +154,7 @@ def test_deadline_after_units_and_validation() -> None:
     assert deadline_after(250, "ms", now=now) == pytest.approx(1000.25)
     assert deadline_after("1.5", "s", now=now) == pytest.approx(1001.5)
     assert deadline_after(500_000, "us", now=now) == pytest.approx(1000.5)
-    for bad in (0, -5, "abc", "", math.nan, math.inf, True, None, [1], 1e12):
+    for bad in (0, -5, "abc", "", math.nan, math.inf, True, None, [1], 1e12, 10**400, -(10**400)):
         with pytest.raises(BadInput):
             deadline_after(bad, "ms", now=now)
 
