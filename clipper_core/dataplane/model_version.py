@@ -105,7 +105,7 @@ class ModelVersion:
         self.controller = batch_controller(
             controller, batch_size, max_batch_size, UNLINKED_BATCH_SLO
         )
-        self._aimd = self.controller.mode == "aimd"
+        self._adaptive = self.controller.mode != "fixed"
         self.replicas: dict[str, ReplicaSlot] = {}
         self.queries = 0
         self.cache_hits = 0
@@ -435,12 +435,13 @@ class ModelVersion:
     def _observe(self, n: int, latency: float) -> None:
         controller = self.controller
         # AIMD grows the limit after every fast batch, even one smaller than the
-        # limit (Clipper's rule); under light load that walks the limit up to
-        # max_batch_size, and the first burst then runs a batch far too big for
-        # the SLO.  A batch below the limit that was fast says nothing about the
-        # limit, so only full batches, and slow ones, teach the controller.
+        # limit (Clipper's rule), and so does the quantile mode while its window
+        # holds one size (no fit yet: light load's batches of one); either way the
+        # limit walks up to max_batch_size, and the first burst then runs a batch
+        # far too big for the SLO.  A batch below the limit that was fast says
+        # nothing about the limit, so only full batches, and slow ones, teach.
         if (
-            self._aimd
+            self._adaptive
             and n < controller.batch_size
             and latency < controller.slo * (1.0 - AIMD_TOLERANCE)
         ):
@@ -455,6 +456,9 @@ class ModelVersion:
             while True:
                 await asyncio.sleep(delay)
                 if await slot.client.health():
+                    # Back in place (a replica restarted at its address): a sign of
+                    # life, so that isolation tells its next loss from this one.
+                    slot.alive_at = time.monotonic()
                     return
                 delay = min(delay * 2, 1.0)
         finally:

@@ -6,12 +6,16 @@ calls ``os._exit(1)`` on one input)."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.ports import free_port
+from tests.containers.container_harness import Launcher, closure_args, pickle_closure
 from tests.reliability import models
 from tests.reliability.conftest import http, wait_for
 from tests.server.conftest import Running, start_server
@@ -199,3 +203,55 @@ def test_scaling_down_under_load_pins_no_input_as_poison(running: Running) -> No
     assert len(mv.replicas) == 1
     assert [(s, b.get("error")) for s, _, b in answers if s != 200 or b["default"]] == []
     assert len(mv.isolation.poison) == 0
+
+
+def test_poison_is_pinned_on_a_replica_that_comes_back_in_place(
+    running: Running, tmp_path: Path
+) -> None:
+    # A replica registered by hand (as on another host, or a pod that Kubernetes
+    # restarts): after a crash it comes back at the same address, and the
+    # frontend's slot recovers in place (no reconnect). Its return must count as
+    # a sign of life, or the poison's second loss reads as "died together, no
+    # evidence", and the input is handed back until "replicas kept going away".
+    calls = tmp_path / "calls.log"
+    closure = pickle_closure(tmp_path / "crasher.pkl", models.make_crasher(str(calls), POISON))
+    port = free_port()
+    args = [*closure_args(closure, "doubles", name="ext"), "--host", "127.0.0.1"]
+    args += ["--port", str(port)]
+    launcher = Launcher(tmp_path)
+    done = threading.Event()
+
+    def keep_running() -> None:
+        # What a supervisor on the replica's host does: start it again, same port.
+        while not done.is_set():
+            container = launcher.start(*args)
+            while container.proc.poll() is None and not done.is_set():
+                time.sleep(0.05)
+
+    supervisor = threading.Thread(target=keep_running, daemon=True)
+    supervisor.start()
+    try:
+        conn = running.conn
+        conn.register_model("ext", 1, "doubles")
+        conn.register_application("extapp", "doubles", "-1", 120_000_000)
+        conn.link_model_to_app("extapp", "ext")
+        status, _, reply = http(
+            "POST",
+            f"{running.server.management_url}/admin/register_replica",
+            {"model_name": "ext", "model_version": "1", "address": f"127.0.0.1:{port}"},
+            headers=running.admin_headers(),
+        )
+        assert status == 200, reply
+        url = f"{running.bg.query_url}/extapp/predict"
+        ok = wait_for("the replica serving", lambda: http("POST", url, {"input": [2.0]})[2])
+        assert ok["output"] == 4.0 and not ok["default"], ok
+        status, _, body = http("POST", url, {"input": [POISON]}, timeout=150)
+        _assert_crash_error(status, body)
+        assert len(_poison_calls(calls)) == 2  # lost alone twice: pinned
+        status, _, body = http("POST", url, {"input": [POISON]})
+        _assert_crash_error(status, body)  # refused without reaching the replica
+        assert len(_poison_calls(calls)) == 2
+    finally:
+        done.set()
+        supervisor.join(60)
+        launcher.stop_all()

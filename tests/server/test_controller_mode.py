@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from clipper_core.dataplane.batch_controller import batch_controller, controller_mode
+from clipper_core.dataplane.model_version import ModelVersion
 from clipper_core.deployers import create_endpoint, deploy_python_closure
 from clipper_core.errors import BadInput, ClipperError
 from tests.server import models
@@ -108,3 +109,19 @@ def test_cli_deploy_controller(running: Running, tmp_path: Path) -> None:
     info = running.conn.get_model_info("lens", 1)
     assert info is not None and (info["controller"], info["batch_size"]) == ("quantile", 32)
     assert _mode(running, "lens") == ("quantile", 32)
+
+
+@pytest.mark.parametrize("mode", ["aimd", "quantile"])
+def test_light_load_does_not_walk_the_batch_limit_up(mode: str) -> None:
+    # Batches of one, each fast, say nothing about a limit above one: a limit they
+    # grew to max_batch_size would make the first burst's batch miss the SLO.
+    mv = ModelVersion("m", "1", "doubles", queue_capacity=1000, max_batch_size=256, controller=mode)
+    mv.set_slo(0.020)
+    for _ in range(200):
+        mv._observe(1, 0.002)
+    light = mv.controller.batch_size
+    assert light < 8  # a full batch of one may raise it once or twice, no further
+    # Full batches that are fast still raise it.
+    for _ in range(50):
+        mv._observe(mv.controller.batch_size, 0.002)
+    assert mv.controller.batch_size > light
