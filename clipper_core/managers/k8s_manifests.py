@@ -111,9 +111,12 @@ class KubernetesSettings:
     run_as_user: int = 10001
 
 
-def object_name(model: str, version: str) -> str:
-    """The DNS-1123 name of a model version's objects (see the module docstring)."""
-    digest = hashlib.sha256(f"{model}:{version}".encode()).hexdigest()[:_HASH_CHARS]
+def object_name(model: str, version: str, part_of: str = "clipper") -> str:
+    """The DNS-1123 name of a model version's objects (see the module docstring).
+    Another installation (``part_of``) in the namespace gets other names: objects
+    named alike would be applied over each other's."""
+    key = f"{model}:{version}" if part_of == "clipper" else f"{part_of}/{model}:{version}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:_HASH_CHARS]
     slug = re.sub(r"[^a-z0-9]+", "-", f"{model}-v{version}".lower()).strip("-")
     head = f"clipper-{slug}"[: WORKLOAD_NAME_MAX - _HASH_CHARS - 1].rstrip("-")
     return f"{head}-{digest}"
@@ -128,7 +131,7 @@ def model_labels(record: ModelRecord, settings: KubernetesSettings) -> dict[str,
     """The labels of a model version's objects and pods (its selector's too)."""
     return {
         LABEL_APP: MODEL_APP,
-        LABEL_INSTANCE: object_name(record.name, record.version),
+        LABEL_INSTANCE: object_name(record.name, record.version, settings.part_of),
         LABEL_PART_OF: settings.part_of,
         LABEL_MANAGED_BY: MANAGED_BY,
     }
@@ -242,7 +245,7 @@ def render_model_statefulset(
         settings: The cluster settings.
         token_secret: The Secret whose key ``token`` the pod mounts.
     """
-    name = object_name(record.name, record.version)
+    name = object_name(record.name, record.version, settings.part_of)
     port = settings.container_port
     template_meta = _metadata(record, settings, name)
     del template_meta["name"], template_meta["namespace"]
@@ -321,7 +324,7 @@ def render_model_statefulset(
 
 def render_model_service(record: ModelRecord, settings: KubernetesSettings) -> dict[str, Any]:
     """The headless Service that governs the StatefulSet (stable pod DNS names)."""
-    name = object_name(record.name, record.version)
+    name = object_name(record.name, record.version, settings.part_of)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -347,7 +350,7 @@ def render_token_secret(
     record: ModelRecord, settings: KubernetesSettings, token: str
 ) -> dict[str, Any]:
     """A Secret holding the bundle token of one model version."""
-    name = f"{object_name(record.name, record.version)}-token"
+    name = f"{object_name(record.name, record.version, settings.part_of)}-token"
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -243,7 +243,7 @@ class KubernetesContainerManager:
             await asyncio.to_thread(self.api.delete, kind, ns, name)
 
     async def _delete_version(self, model: ModelRecord) -> None:
-        name = object_name(model.name, model.version)
+        name = object_name(model.name, model.version, self.settings.part_of)
         await self._delete("StatefulSet", name)
         await self._delete("Service", name)
         if self._token_for is not None:

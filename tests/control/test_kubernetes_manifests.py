@@ -5,6 +5,7 @@ and by the manager's own checks, for every record shape it starts."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -234,3 +235,22 @@ def test_the_serve_options_exist_for_the_frontend_args() -> None:
     assert parsed.kubernetes_namespace == "serving"
     assert parsed.kubernetes_image == SETTINGS.image
     assert parsed.host == "0.0.0.0"
+
+
+def test_two_installations_in_one_namespace_name_their_objects_apart() -> None:
+    # The docstring's promise: another part_of is another installation, whose
+    # objects must not be applied over this one's (a StatefulSet's selector
+    # cannot change, and one scaling to 0 would delete the other's pods).
+    rec = SHAPES["closure"]
+    blue = replace(SETTINGS, part_of="blue")
+    green = replace(SETTINGS, part_of="green")
+    names = {
+        part: {o["metadata"]["name"] for o in render_model_objects(rec, 1, s)}
+        for part, s in (("default", SETTINGS), ("blue", blue), ("green", green))
+    }
+    assert not names["blue"] & names["green"] and not names["blue"] & names["default"]
+    # The default installation keeps the names it always had.
+    assert object_name(rec.name, rec.version) in names["default"]
+    for s in (blue, green):
+        for obj in render_model_objects(rec, 1, s):
+            check_manifest(obj)
