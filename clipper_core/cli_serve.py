@@ -201,6 +201,21 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="the Secret (key 'token') model pods fetch bundles with (clipper-bundle-token)",
     )
     p.add_argument(
+        "--kubernetes-part-of",
+        default="clipper",
+        metavar="NAME",
+        help="the installation the model pods belong to; two in one namespace need two (clipper)",
+    )
+    p.add_argument(
+        "--kubernetes-container-port", type=int, default=7000, help="model pods' gRPC port (7000)"
+    )
+    p.add_argument(
+        "--kubernetes-startup-seconds",
+        type=int,
+        default=300,
+        help="how long a model pod may take to load its model (300)",
+    )
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -284,6 +299,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.kubernetes_image = args.kubernetes_image
     cfg.kubernetes_bundle_url = args.kubernetes_bundle_url
     cfg.kubernetes_bundle_secret = args.kubernetes_bundle_secret
+    cfg.kubernetes_part_of = args.kubernetes_part_of
+    cfg.kubernetes_container_port = args.kubernetes_container_port
+    cfg.kubernetes_startup_seconds = args.kubernetes_startup_seconds
     for name in (
         "queue_capacity",
         "batch_timeout",

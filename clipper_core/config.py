@@ -134,6 +134,13 @@ class ServerConfig:
             management API through the ``clipper-frontend`` Service).
         kubernetes_bundle_secret: with ``"kubernetes"``: the Secret (key
             ``token``) model pods fetch bundles with (None: ``clipper-bundle-token``).
+        kubernetes_part_of: with ``"kubernetes"``: the installation the model
+            pods belong to (``app.kubernetes.io/part-of``); two in one namespace
+            need two values.
+        kubernetes_container_port: with ``"kubernetes"``: the model containers'
+            gRPC port.
+        kubernetes_startup_seconds: with ``"kubernetes"``: how long a model pod
+            may take to load its model (the startup probe's budget).
         workers: frontend processes serving the query ports (Clipper REST, OIP
             HTTP and gRPC), which they share with ``SO_REUSEPORT``: this one and
             ``workers - 1`` query workers it starts and supervises (see
@@ -189,6 +196,9 @@ class ServerConfig:
     kubernetes_image: str | None = None
     kubernetes_bundle_url: str | None = None
     kubernetes_bundle_secret: str | None = None
+    kubernetes_part_of: str = "clipper"
+    kubernetes_container_port: int = 7000
+    kubernetes_startup_seconds: int = 300
     workers: int = 1
     worker_id: int = 0
 

@@ -105,6 +105,9 @@ class KubernetesContainerManager:
             image=cfg.kubernetes_image or default.image,
             bundle_url=cfg.kubernetes_bundle_url or default.bundle_url,
             bundle_secret=cfg.kubernetes_bundle_secret or default.bundle_secret,
+            part_of=cfg.kubernetes_part_of,
+            container_port=cfg.kubernetes_container_port,
+            startup_seconds=cfg.kubernetes_startup_seconds,
         )
         return cls(settings, api=api, start_timeout=cfg.replica_start_timeout, token_for=token_for)
 

@@ -78,6 +78,9 @@ def _serve_args(spec: FrontendSpec) -> list[str]:
         "--kubernetes-image", m.image,
         "--kubernetes-bundle-url", m.bundle_url,
         "--kubernetes-bundle-secret", m.bundle_secret,
+        "--kubernetes-part-of", m.part_of,
+        "--kubernetes-container-port", str(m.container_port),
+        "--kubernetes-startup-seconds", str(m.startup_seconds),
     ]  # fmt: skip
     if spec.state_url:
         args += ["--state-url", spec.state_url]

@@ -205,11 +205,16 @@ def test_an_unreachable_cluster_fails_scale_within_the_start_timeout(run: Runner
 def test_the_server_config_chooses_the_manager(stub: KubeApiStub) -> None:
     cfg = ServerConfig(container_manager="kubernetes", kubernetes_namespace="models")
     cfg.kubernetes_image = "registry.local/model:2"
+    cfg.kubernetes_part_of = "green"
+    cfg.kubernetes_container_port = 9000
+    cfg.kubernetes_startup_seconds = 900
     manager = KubernetesContainerManager.from_config(
         cfg, api=KubeApi(stub.api_client(), "clipper-core")
     )
     assert manager.settings.namespace == "models"
     assert manager.settings.image == "registry.local/model:2"
+    assert manager.settings.part_of == "green"
+    assert (manager.settings.container_port, manager.settings.startup_seconds) == (9000, 900)
     assert manager.settings.bundle_secret == KubernetesSettings.bundle_secret
     assert manager.start_timeout == cfg.replica_start_timeout
 

@@ -227,7 +227,8 @@ def test_the_serve_options_exist_for_the_frontend_args() -> None:
     """The frontend Deployment's ``clipper serve`` arguments parse."""
     from clipper_core.cli import build_parser
 
-    spec = FrontendSpec(state_url="redis://redis:6379/0", models=SETTINGS)
+    models = replace(SETTINGS, part_of="green", container_port=9000, startup_seconds=900)
+    spec = FrontendSpec(state_url="redis://redis:6379/0", models=models)
     deployment = render_frontend_objects(spec, admin_token="a", bundle_token="b")[-2]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     parsed = build_parser().parse_args(args)
@@ -235,6 +236,9 @@ def test_the_serve_options_exist_for_the_frontend_args() -> None:
     assert parsed.kubernetes_namespace == "serving"
     assert parsed.kubernetes_image == SETTINGS.image
     assert parsed.host == "0.0.0.0"
+    # The model pods' settings reach the frontend's manager (they were dropped).
+    assert parsed.kubernetes_part_of == "green"
+    assert (parsed.kubernetes_container_port, parsed.kubernetes_startup_seconds) == (9000, 900)
 
 
 def test_two_installations_in_one_namespace_name_their_objects_apart() -> None:
