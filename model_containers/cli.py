@@ -11,7 +11,7 @@
         [--health-port PORT] \\
         [--deploy-env JSON] \\
         [--host 127.0.0.1] [--port 0] [--advertise-address HOST:PORT] \\
-        [--register-url http://127.0.0.1:1338] [--register-token TOKEN] \\
+        [--register-url http://127.0.0.1:1338] [--register-token-file PATH] \\
         [--register-timeout 30] [--replica-id R] [--max-workers 1] [--grace 2]
 
 Once the model is loaded and the server listens, one line
@@ -130,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--register-token",
         default=os.environ.get("CLIPPER_ADMIN_TOKEN") or None,
-        help="bearer token for registration (default: $CLIPPER_ADMIN_TOKEN)",
+        help="bearer token for registration (default: $CLIPPER_ADMIN_TOKEN; a token on"
+        " the command line is visible to every user of the host: prefer the variable"
+        " or --register-token-file)",
+    )
+    parser.add_argument(
+        "--register-token-file",
+        metavar="PATH",
+        help="a file holding the registration token (replaces --register-token)",
     )
     parser.add_argument(
         "--register-timeout", type=float, default=30.0, help="seconds to keep retrying"
@@ -353,6 +360,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.max_workers < 1:
         parser.error("--max-workers must be at least 1")
     check_remote_options(parser, args)
+    if args.register_token_file:
+        try:
+            token = grpc_auth.read_secret(args.register_token_file, "registration token file")
+        except grpc_auth.ConfigError as exc:
+            print(f"model_containers: {exc}", file=sys.stderr, flush=True)
+            return 1
+        args.register_token = token.decode("utf-8", "replace")
 
     events = _StopEvents()
     events.install_signal_handlers()

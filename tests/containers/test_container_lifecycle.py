@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,25 @@ def test_registration_posts_the_replica(containers: Launcher) -> None:
     # Registered containers keep serving.
     time.sleep(0.2)
     assert container.proc.poll() is None
+
+
+def test_registration_reads_its_token_from_a_file(containers: Launcher, tmp_path: Path) -> None:
+    # A token on the command line is in every user's `ps`: a file keeps it private.
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("from-a-file\n")
+    with fake_frontend() as (url, received):
+        containers.start(
+            *model_class_args("EchoModel", name="echo", version="4", input_type="doubles"),
+            "--register-url", url, "--register-token-file", str(token_file),
+        )  # fmt: skip
+        request = received.get(timeout=30)
+    assert request["headers"]["Authorization"] == "Bearer from-a-file"
+    gone = containers.start(
+        *model_class_args("EchoModel", name="echo", version="5", input_type="doubles"),
+        "--register-url", url, "--register-token-file", str(tmp_path / "missing"),
+        wait_ready=False,
+    )  # fmt: skip
+    assert gone.wait() == 1 and "cannot read the registration token file" in gone.stderr()
 
 
 def test_registration_rejected_is_fatal(containers: Launcher) -> None:
