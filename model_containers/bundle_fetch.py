@@ -82,8 +82,16 @@ def fetch_bundle(
         BundleError: Refused (a wrong token: HTTP 401), unreachable within
             ``timeout``, a digest mismatch, or a broken archive.
     """
+    parts = urlsplit(url)
+    pinned = parse_qs(parts.query).get("sha256", [""])[0].lower()
+    if parts.scheme == "http" and not pinned:
+        # Over plain HTTP whoever is on the path could serve other code with a
+        # matching digest header: only a digest fixed in the URL proves the bytes.
+        raise BundleError(
+            f"{url}: over plain http the bundle's SHA-256 must be pinned in the URL"
+            " (?sha256=..., as get_replica_token's bundle_path gives it), or use https"
+        )
     data, headers = _download(url, token, timeout, ca_file, stopping)
-    pinned = parse_qs(urlsplit(url).query).get("sha256", [""])[0].lower()
     announced = (headers.get(SHA256_HEADER) or "").lower()
     expected = pinned or announced
     if not expected:

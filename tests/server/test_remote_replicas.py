@@ -294,6 +294,12 @@ def test_the_bundle_route_and_fetch_need_the_replica_token_and_the_digest(
             launcher, *source, "--bundle-url", pinned_elsewhere, "--bundle-token-file", str(right)
         )
         assert f"its SHA-256 is {digest}, expected {'ab' * 32}" in mismatch.stderr()
+        # Over plain http only a digest in the URL proves the bytes: an unpinned
+        # URL is refused before any request (the frontend's header could be forged).
+        unpinned = _fails_to_start(
+            launcher, *source, "--bundle-url", url.split("?")[0], "--bundle-token-file", str(right)
+        )
+        assert "must be pinned in the URL" in unpinned.stderr()
         # With the right token and digest the replica serves (plaintext here: the
         # frontend is on this host).
         served = launcher.start(*source, "--bundle-url", url, "--bundle-token-file", str(right))
