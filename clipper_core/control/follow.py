@@ -81,10 +81,16 @@ class FeedFollower:
         """Reconcile every change after revision ``since``, then each as it comes."""
         self.revision = since
         while True:
+            # One write logs several events under one revision (a deleted model
+            # and each app linked to it): one that fails must have the revision
+            # taken again whole, not from its next event on.
+            handling: int | None = None
             try:
                 async for event in self._feed.subscribe(self.revision):
+                    handling = event.revision
                     await self._on_event(event)
                     self.revision = event.revision
+                    handling = None
                 return  # the store was closed
             except ResyncNeeded as exc:
                 log_event(
@@ -105,6 +111,8 @@ class FeedFollower:
                 # The store went away, or reconciling an event failed: take it
                 # again from the last revision done (it is reread, so a repeat
                 # is harmless).
+                if handling is not None:
+                    self.revision = min(self.revision, handling - 1)
                 log.warning(
                     "following the state store failed after revision %d: %s; retrying",
                     self.revision,
