@@ -24,7 +24,7 @@ from typing import Any
 from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys
 from clipper_core.clipper_api import parse_default_output
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
-from clipper_core.errors import ClipperError, ReplicaUnavailable
+from clipper_core.errors import ClipperError, NotFound, ReplicaUnavailable
 from clipper_core.pipelines.model import validate as validate_pipeline
 from clipper_core.pipelines.runtime import PipelineRouter
 from clipper_core.replica_client import ReplicaConnector
@@ -154,7 +154,11 @@ class DataPlaneReconciler:
         if rec is None:
             return _AppState(None, [], [])
         digests = self._reader.get_kv(API_KEYS_NAMESPACE, name) or []
-        return _AppState(rec, self._reader.linked_models(name), list(digests))
+        try:
+            linked = self._reader.linked_models(name)
+        except NotFound:  # deleted between the reads (by another frontend): gone
+            return _AppState(None, [], [])
+        return _AppState(rec, linked, list(digests))
 
     async def _reconcile_app(self, name: str) -> None:
         state = await asyncio.to_thread(self._read_app, name)
