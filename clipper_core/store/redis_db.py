@@ -176,14 +176,19 @@ class RedisDatabase:
                     pipe.watch(keys.revision)  # type: ignore[no-untyped-call]
                     tx = Tx(pipe, keys)
                     result = body(tx)
-                    revision = int(pipe.get(keys.revision) or 0) + 1
+                    # The stream's last entry too: a revision key lost (evicted,
+                    # deleted by hand) must not make XADD fail inside EXEC, where
+                    # Redis keeps the writes queued before it.
+                    top = pipe.xrevrange(keys.changes, count=1)
+                    last = int(str(top[0][0]).split("-")[0]) if top else 0
+                    revision = max(int(pipe.get(keys.revision) or 0), last) + 1
                     horizon = revision - self._changes_kept
                     trimmed = int(pipe.get(keys.trimmed) or 0)
                     pipe.multi()
                     for command in tx.ops:
                         pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                     if tx.events:
-                        pipe.incr(keys.revision)
+                        pipe.set(keys.revision, revision)
                         entry = {"events": json.dumps(list(tx.events))}
                         pipe.xadd(
                             keys.changes,

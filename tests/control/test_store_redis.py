@@ -116,3 +116,21 @@ def test_a_redis_that_stops_answering_ends_the_subscription_with_an_error() -> N
             asyncio.run(asyncio.wait_for(first_event(), 20))
     finally:
         silent.close()
+
+
+def test_a_lost_revision_key_does_not_half_apply_writes(
+    pair: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    # The revision key evicted (an allkeys-* maxmemory policy) or deleted by hand:
+    # the next revision follows the change stream, not a count restarted at 1,
+    # whose XADD failed inside EXEC after the writes queued before it applied.
+    store, other = pair
+    store.add_app(app("a"))
+    store.add_app(app("b"))
+    before = store.revision()
+    store.client.delete(store.keys.revision)
+    store.add_app(app("c"))
+    assert store.revision() == before + 1
+    assert [e.name for e in store.changes_since(before)] == ["c"]
+    other.add_app(app("d"))
+    assert [a.name for a in other.list_apps()] == ["a", "b", "c", "d"]
