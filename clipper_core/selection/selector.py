@@ -36,6 +36,7 @@ from clipper_core.dataplane.application import no_connected_model, unanswerable
 from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
 from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
+from clipper_core.metrics import error_kind
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
 from clipper_core.selection.base import Odds
 from clipper_core.selection.losses import incomparable
@@ -221,18 +222,19 @@ class AppSelector:
             asked = tuple((n, mv.version) for n, mv in q.mvs.items())
             self._recent.remember(uid, q.key, asked, q.odds)
         outcomes: list[Outcome] = []
-        late = errored = 0
+        late = errored = unavailable = 0
         try:
             for q in queries:
                 outcome, unanswered = self._outcome(app, policy, state, q, raise_errors)
                 outcomes.append(outcome)
                 late += unanswered == "slo"
                 errored += unanswered == "error"
+                unavailable += unanswered == "no_model"
         except ClipperError as exc:
             app.metrics.error(exc.kind, len(inputs), received=True)
             raise
         elapsed = time.monotonic() - started
-        app.metrics.answered(len(inputs), late, 0, errored, elapsed, app.slo)
+        app.metrics.answered(len(inputs), late, 0, errored, elapsed, app.slo, unavailable)
         for q in queries:  # each model asked: did it answer in time?
             answered = q.outputs() if elapsed <= app.slo else {}
             for name, mv in q.mvs.items():
@@ -285,7 +287,8 @@ class AppSelector:
         q: _Query,
         raise_errors: bool,
     ) -> tuple[Outcome, str | None]:
-        """The reply to one input, and why no model answered it ("slo", "error")."""
+        """The reply to one input, and why no model answered it ("slo", "error",
+        "no_model")."""
         outputs: dict[str, Any] = {}
         missing: list[str] = []
         failures: list[tuple[str, BaseException]] = []
@@ -329,7 +332,12 @@ class AppSelector:
             out = app.default(why)
             out.models, out.missing, out.confidence = [], missing, 0.0
             out.unavailable = dead if only_dead else None
-            return out, ("slo" if timed_out or not failures else "error")
+            if only_dead:
+                return out, "no_model"  # an outage, not a slow model
+            if timed_out or not failures:
+                return out, "slo"
+            app.metrics.error(error_kind(failures[0][1]))  # as the direct path counts it
+            return out, "error"
         y, confidence = policy.combine(state, q.x, outputs)
         confidence = float(confidence) * len(outputs) / max(len(q.queried), 1)
         primary = policy.primary(state, outputs)

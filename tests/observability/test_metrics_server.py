@@ -204,6 +204,20 @@ def test_an_app_without_a_live_replica_counts_no_model_not_slo(server: Running) 
     a = conn.get_metrics()["apps"]["haunted"]
     assert a["requests"] == 3 and a["answers_within_slo"] == 0, a
     assert a["default_outputs"]["no_model"] == 3 and a["default_outputs"]["slo"] == 0, a
+    # The same through a selection policy; and a model error inside a batch counts
+    # among the app's errors there as on the direct path.
+    conn.register_application("chorus", "doubles", "-1", 2_000_000, policy="ensemble")
+    conn.link_model_to_app("chorus", "ghost")
+    assert server.client.predict("chorus", {"input": [1.0]})[1]["default"] is True
+    create_endpoint(conn, "brittle", "doubles", models.make_failing(), slo_micros=2_000_000)
+    conn.register_application("choosy", "doubles", "-1", 2_000_000, policy="ensemble")
+    conn.link_model_to_app("choosy", "brittle")
+    status, reply = server.client.predict("choosy", {"input_batch": [[1.0], [-1.0]]})
+    assert status == 200 and reply["batch_predictions"][1]["default"], reply
+    apps = conn.get_metrics()["apps"]
+    chorus, choosy = apps["chorus"], apps["choosy"]
+    assert chorus["default_outputs"]["no_model"] == 1 and chorus["default_outputs"]["slo"] == 0
+    assert choosy["default_outputs"]["error"] == 1 and sum(choosy["errors"].values()) == 1, choosy
 
 
 def test_clipper_clients_get_json_prometheus_gets_text(server: Running) -> None:
