@@ -303,7 +303,11 @@ class RedisDatabase:
         def body(tx: Tx) -> int:
             present = cast("list[str]", tx.r.hkeys(hash_key))
             deleted = sorted(present) if key is None else [k for k in present if k == key]
-            if deleted:
+            if key is None:
+                # The whole hash: also what a concurrent put_kv_many (not a revision
+                # change, so not seen by the WATCH) added since the read.
+                tx.write("DEL", hash_key)
+            elif deleted:
                 tx.write("HDEL", hash_key, *deleted)
             if namespace == API_KEYS_NAMESPACE:
                 for app in deleted:
