@@ -30,8 +30,6 @@ from urllib.parse import urlsplit
 from clipper_core.http.messages import Request, Response, error_response
 
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-#: Bodies a page can POST anywhere without a CORS preflight.
-_FORM_TYPES = frozenset(("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"))
 _LOOPBACK_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
 _WILDCARDS = frozenset(("", "0.0.0.0", "::"))
 
@@ -160,23 +158,15 @@ class SameOriginPolicy:
 
 
 def cross_site_refusal(request: Request, what: str) -> Response | None:
-    """The 4xx answer for a state-changing query-port request (``what``: feedback)
-    that a web page could have made the browser send, or None.
+    """The 403 answer for a state-changing query-port request (``what``: feedback)
+    that the browser marks as sent by another site, or None.
 
-    The query port answers any Host (clients reach it by many names) and, unlike
-    the management port, takes bodies without a JSON Content-Type (curl's default
-    is a form type), so only what a browser marks cross-site, or a form body a page
-    can send without a preflight, is refused: a page must not teach an app's
-    selection policy on the developer's behalf."""
+    The query port answers any Host (clients reach it by many names) and takes
+    bodies of any Content-Type (curl and urllib send a form type by default), so
+    it goes by ``Sec-Fetch-Site``, which browsers set on every request a page
+    makes (and programs do not): a page must not teach an app's selection policy
+    on the developer's behalf."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site.strip().lower() not in ("same-origin", "none"):
         return error_response(403, "cross_origin", f"a {site} {what} request is refused")
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media in _FORM_TYPES:
-        return error_response(
-            415,
-            "unsupported_media_type",
-            f"{what} takes an 'application/json' body, not {media!r} (a type any web page"
-            " can send cross-site)",
-        )
     return None
