@@ -353,12 +353,24 @@ def install(
         return pipeline_record(body, derived)
 
     async def add_pipeline(body: Body) -> Any:
-        await control.register_pipeline(await pipeline_of(body))
+        keys = body.get("api_keys")
+        rec = await pipeline_of(body)
+        await control.register_pipeline(rec, None if keys is None else validate_api_keys(keys))
         return "Success!"
 
     async def update_pipeline(body: Body) -> Any:
+        keys = body.get("api_keys")
+        valid_keys = None if keys is None else validate_api_keys(keys)
         changed = await control.update_pipeline(await pipeline_of(body))
+        if valid_keys is not None:  # absent: the keys stay as they are
+            await control.set_pipeline_api_keys(field_str(body, "name"), valid_keys)
         return {"changed": changed}
+
+    async def set_pipeline_api_keys(body: Body) -> Any:
+        # An empty list lets the pipeline's queries through without a key again.
+        keys = validate_api_keys(body.get("api_keys"))
+        await control.set_pipeline_api_keys(field_str(body, "name"), keys)
+        return "Success!"
 
     async def delete_pipeline(body: Body) -> Any:
         await control.delete_pipeline(field_str(body, "name"))
@@ -412,6 +424,7 @@ def install(
         "add_pipeline": add_pipeline,
         "update_pipeline": update_pipeline,
         "delete_pipeline": delete_pipeline,
+        "set_pipeline_api_keys": set_pipeline_api_keys,
         "get_pipeline": get_pipeline,
         "get_all_pipelines": get_all_pipelines,
         "shutdown": shutdown_call,

@@ -139,15 +139,21 @@ class ApiKeys:
     def __init__(self) -> None:
         self._by_app: dict[str, tuple[bytes, ...]] = {}
         self._all: set[bytes] = set()
+        # What a name is, for the errors' wording: pipelines share the namespace.
+        self._pipelines: set[str] = set()
 
-    def set_digests(self, app: str, digests: Iterable[str]) -> None:
-        """Require one of these keys (SHA-256 hex digests) on ``app``'s queries;
-        none at all lifts the requirement."""
+    def set_digests(self, app: str, digests: Iterable[str], *, pipeline: bool = False) -> None:
+        """Require one of these keys (SHA-256 hex digests) on ``app``'s queries
+        (an application's, or a ``pipeline``'s); none at all lifts the requirement."""
         raw = tuple(bytes.fromhex(d) for d in digests)
         if raw:
             self._by_app[app] = raw
         else:
             self._by_app.pop(app, None)
+        if pipeline and raw:
+            self._pipelines.add(app)
+        else:
+            self._pipelines.discard(app)
         self._all = {d for ds in self._by_app.values() for d in ds}
 
     def remove(self, app: str) -> None:
@@ -180,9 +186,10 @@ class ApiKeys:
         if wanted is None:
             return
         key = presented_api_key(headers)
+        what = "pipeline" if app in self._pipelines else "application"
         if key is None:
             raise Unauthorized(
-                f"application {app!r} requires an API key ('X-Api-Key: <key>' or"
+                f"{what} {app!r} requires an API key ('X-Api-Key: <key>' or"
                 " 'Authorization: Bearer <key>')"
             )
         digest = _digest(key)
@@ -192,7 +199,7 @@ class ApiKeys:
         if ok:
             return
         if digest in self._all:
-            raise Forbidden(f"this API key does not grant access to application {app!r}")
+            raise Forbidden(f"this API key does not grant access to {what} {app!r}")
         raise Unauthorized("the API key is not valid")
 
 

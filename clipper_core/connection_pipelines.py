@@ -48,6 +48,7 @@ class PipelineConfiguration:
         default_output: str,
         *,
         input_type: str | None = None,
+        api_keys: list[str] | None = None,
     ) -> None:
         """Register a pipeline and serve it at ``/<name>/predict`` (and OIP).
 
@@ -61,15 +62,18 @@ class PipelineConfiguration:
             default_output: Answered (flagged ``default: true``) when a stage
                 cannot answer within what remains of the objective.
             input_type: What queries send; default: the entry stage's model's.
+            api_keys: Require one of these (``X-Api-Key`` or ``Authorization:
+                Bearer``) on the pipeline's queries, as an application's API
+                keys do; default: no key needed.
 
         Raises:
             ClipperError: The graph is invalid (400) or names a model that is not
                 deployed (404); the message names the stage or edge at fault.
         """
-        self._call(
-            "add_pipeline",
-            self._pipeline_body(name, stages, edges, slo_micros, default_output, input_type),
-        )
+        body = self._pipeline_body(name, stages, edges, slo_micros, default_output, input_type)
+        if api_keys is not None:
+            body["api_keys"] = list(api_keys)
+        self._call("add_pipeline", body)
 
     def update_pipeline(
         self,
@@ -97,6 +101,11 @@ class PipelineConfiguration:
     def get_all_pipelines(self, verbose: bool = False) -> list[Any]:
         """Every pipeline's name (``verbose``: its description)."""
         return list(self._call("get_all_pipelines", {"verbose": verbose}))
+
+    def set_pipeline_api_keys(self, name: str, api_keys: list[str]) -> None:
+        """Require one of ``api_keys`` on the pipeline's queries; an empty list
+        lifts the requirement (see ``set_app_api_keys``)."""
+        self._call("set_pipeline_api_keys", {"name": name, "api_keys": list(api_keys)})
 
     def delete_pipeline(self, name: str) -> None:
         """Stop serving a pipeline (its models stay deployed)."""

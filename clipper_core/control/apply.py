@@ -101,7 +101,7 @@ class CurrentState:
         current_versions: Model name -> its current version.
         apps: Every application.
         links: App name -> the models linked to it.
-        api_key_digests: App name -> the digests of its API keys.
+        api_key_digests: App or pipeline name -> the digests of its API keys.
         pipelines: Pipeline name -> ``PipelineRecord.to_dict()``.
     """
 
@@ -131,7 +131,13 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
     refusals += _pipeline_refusals(desired, current, prune)
     if refusals:
         raise BadInput("cannot apply:\n  " + "\n  ".join(refusals))
-    upserts, deletions = diff_pipelines(desired.pipelines, current.pipelines, prune=prune)
+    upserts, deletions = diff_pipelines(
+        desired.pipelines,
+        current.pipelines,
+        prune=prune,
+        keys=desired.pipeline_keys,
+        digests=current.api_key_digests,
+    )
     changes += upserts
     if prune:
         changes += deletions
@@ -288,21 +294,35 @@ def diff_pipelines(
     current: Mapping[str, Mapping[str, Any]],
     *,
     prune: bool,
+    keys: Mapping[str, tuple[str, ...]] | None = None,
+    digests: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[Change], list[Change]]:
     """The pipeline changes: (creates, updates and unchanged ones; deletions of
     the pipelines the file does not describe, which only ``prune`` applies).
 
-    Both sides are ``PipelineRecord.to_dict()`` forms."""
+    Both sides are ``PipelineRecord.to_dict()`` forms; ``keys`` are the file's
+    API keys per pipeline, ``digests`` the store's (a pipeline absent from
+    either needs no key)."""
+    keys, digests = keys or {}, digests or {}
     upserts: list[Change] = []
     for want in desired:
         name = str(want["name"])
         old = current.get(name)
+        wanted_keys = keys.get(name, ())
         if old is None:
-            upserts.append(Change("create", "pipeline", name, f"{len(want['stages'])} stage(s)"))
-        elif dict(old) == want:
+            more = f", {len(wanted_keys)} API key(s)" if wanted_keys else ""
+            upserts.append(
+                Change("create", "pipeline", name, f"{len(want['stages'])} stage(s){more}")
+            )
+            continue
+        details, fields = ([], ()) if dict(old) == want else _pipeline_difference(old, want)
+        had = digests.get(name, ())
+        if sorted({hash_api_key(k) for k in wanted_keys}) != sorted(had):
+            details = [*details, f"api_keys replaced ({len(had)} -> {len(wanted_keys)} key(s))"]
+            fields = (*fields, "api_keys")
+        if not fields:
             upserts.append(Change("unchanged", "pipeline", name))
         else:
-            details, fields = _pipeline_difference(old, want)
             upserts.append(Change("update", "pipeline", name, ", ".join(details), fields))
     names = {str(p["name"]) for p in desired}
     deletions = [Change("delete", "pipeline", n) for n in sorted(current) if n not in names]

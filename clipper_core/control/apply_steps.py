@@ -49,7 +49,11 @@ class Writes(Protocol):
 
     async def unlink(self, app: str, model: str) -> None: ...
 
-    async def register_pipeline(self, rec: PipelineRecord) -> None: ...
+    async def register_pipeline(
+        self, rec: PipelineRecord, api_keys: list[str] | None = None
+    ) -> None: ...
+
+    async def set_pipeline_api_keys(self, name: str, keys: list[str]) -> None: ...
 
     async def update_pipeline(self, rec: PipelineRecord) -> bool: ...
 
@@ -60,6 +64,7 @@ def read_current(store: DesiredStateReader) -> CurrentState:
     """What ``store`` holds, as the diff compares it (blocking: run it in a thread)."""
     models = store.list_models()
     apps = store.list_apps()
+    pipelines = read_pipelines(store)
     return CurrentState(
         models=tuple(models),
         current_versions={
@@ -70,9 +75,10 @@ def read_current(store: DesiredStateReader) -> CurrentState:
         apps=tuple(apps),
         links={a.name: tuple(store.linked_models(a.name)) for a in apps},
         api_key_digests={
-            a.name: tuple(store.get_kv(API_KEYS_NAMESPACE, a.name) or ()) for a in apps
+            name: tuple(store.get_kv(API_KEYS_NAMESPACE, name) or ())
+            for name in [a.name for a in apps] + list(pipelines)
         },
-        pipelines=read_pipelines(store),
+        pipelines=pipelines,
     )
 
 
@@ -154,7 +160,11 @@ async def apply_pipeline_change(control: Writes, change: Change, desired: Desire
         return
     data = next(p for p in desired.pipelines if p["name"] == change.name)
     rec = PipelineRecord.from_dict(data)
+    keys = list(desired.pipeline_keys.get(change.name, ()))
     if change.kind == "create":
-        await control.register_pipeline(rec)
-    else:
+        await control.register_pipeline(rec, keys)
+        return
+    if set(change.fields) - {"api_keys"}:
         await control.update_pipeline(rec)
+    if "api_keys" in change.fields:
+        await control.set_pipeline_api_keys(change.name, keys)

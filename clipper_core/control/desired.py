@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_core.auth import validate_api_keys
@@ -65,7 +65,15 @@ APP_FIELDS = (
     "models",
     "api_keys",
 )
-PIPELINE_FIELDS = ("name", "input_type", "stages", "edges", "slo_micros", "default_output")
+PIPELINE_FIELDS = (
+    "name",
+    "input_type",
+    "stages",
+    "edges",
+    "slo_micros",
+    "default_output",
+    "api_keys",
+)
 TOP_LEVEL = ("models", "apps", "pipelines")
 
 
@@ -143,11 +151,14 @@ class DesiredState:
         apps: Applications, in file order.
         pipelines: Pipelines as ``PipelineRecord.to_dict()`` gives them (stage
             and edge fields filled in), in file order.
+        pipeline_keys: Pipeline name -> the API keys its queries need (plain
+            text; compared by digest; absent: none).
     """
 
     models: tuple[DesiredModel, ...] = ()
     apps: tuple[DesiredApp, ...] = ()
     pipelines: tuple[dict[str, Any], ...] = ()
+    pipeline_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DesiredState:
@@ -165,10 +176,12 @@ class DesiredState:
             _model(f"models[{i}]", raw) for i, raw in enumerate(_entries(data, "models"))
         )
         apps = tuple(_app(f"apps[{i}]", raw) for i, raw in enumerate(_entries(data, "apps")))
-        pipelines = tuple(
+        entries = [
             _pipeline(f"pipelines[{i}]", raw) for i, raw in enumerate(_entries(data, "pipelines"))
-        )
-        state = cls(models, apps, pipelines)
+        ]
+        pipelines = tuple(p for p, _ in entries)
+        keys = {str(p["name"]): k for p, k in entries if k}
+        state = cls(models, apps, pipelines, keys)
         state._check_unique()
         return state
 
@@ -363,14 +376,15 @@ def _app(where: str, raw: object) -> DesiredApp:
 # -- pipelines -------------------------------------------------------------------------
 
 
-def _pipeline(where: str, raw: object) -> dict[str, Any]:
+def _pipeline(where: str, raw: object) -> tuple[dict[str, Any], tuple[str, ...]]:
     """A pipeline entry as its record's ``to_dict()`` (every stage and edge field
-    filled in, so that it compares with what the store holds)."""
+    filled in, so that it compares with what the store holds), and its API keys."""
     where = _table(where, raw, PIPELINE_FIELDS, ("name", "input_type", "stages"))
     assert isinstance(raw, Mapping)
     data = {"edges": [], "slo_micros": 100_000, "default_output": "None", **raw}
     try:
+        keys = validate_api_keys(data.pop("api_keys", None))
         out: dict[str, Any] = PipelineRecord.from_dict(data).to_dict()
     except BadInput as exc:
         raise BadInput(f"{where}: {exc}") from None
-    return out
+    return out, tuple(dict.fromkeys(keys))

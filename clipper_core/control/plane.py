@@ -192,8 +192,12 @@ class ControlPlane:
                     f" send it ({exc}); pin the pipeline's stage to a version first"
                 ) from None
 
-    async def register_pipeline(self, rec: PipelineRecord) -> None:
-        """Register a pipeline and serve it at ``/<name>/predict``.
+    async def register_pipeline(
+        self, rec: PipelineRecord, api_keys: list[str] | None = None
+    ) -> None:
+        """Register a pipeline and serve it at ``/<name>/predict``, requiring one
+        of ``api_keys`` on its queries when some are given (stored as digests,
+        in the same transaction: it never answers without them).
 
         Raises:
             BadInput: Its graph is invalid (a cycle, no single entry, a type
@@ -202,7 +206,8 @@ class ControlPlane:
             Conflict: A pipeline or an application has its name.
         """
         await self._write(self._check_pipeline, rec, True)
-        await self._write(self.store.add_pipeline, rec)
+        digests = sorted({hash_api_key(k) for k in api_keys or ()})
+        await self._write(self.store.add_pipeline, rec, digests)
         await self._reconcile("pipeline", rec.name)
         log_event(
             log,
@@ -231,6 +236,14 @@ class ControlPlane:
             await self._reconcile("pipeline", rec.name)
             log_event(log, "pipeline_updated", f"pipeline {rec.name} updated", pipeline=rec.name)
         return changed
+
+    async def set_pipeline_api_keys(self, name: str, keys: list[str]) -> None:
+        """Require one of ``keys`` on the pipeline's queries (none: no key
+        needed), as :meth:`set_app_api_keys` does for an application."""
+        digests = sorted({hash_api_key(k) for k in keys})
+        await self._write(self.store.set_pipeline_api_keys, name, digests)
+        await self._reconcile("pipeline", name)
+        log_event(log, "api_keys_set", f"pipeline {name}: {len(digests)} API key(s)", pipeline=name)
 
     async def delete_pipeline(self, name: str) -> None:
         """Stop serving a pipeline and forget it (its models stay deployed)."""

@@ -168,7 +168,10 @@ class DataPlaneReconciler:
         if app is not None and _is_pipeline(app):
             if rec is not None:
                 log.error("application %s: a pipeline has its name; it is not served", name)
-            return  # the pipeline's, not an app's
+            # The pipeline's, not an app's; but a write to the API-key digests
+            # is logged as an app change whatever the name is (kv writes).
+            await self._apply_pipeline_keys(name)
+            return
         if rec is None:
             if app is not None:
                 dp.remove_app(name)
@@ -217,11 +220,26 @@ class DataPlaneReconciler:
 
     # -- pipelines ----------------------------------------------------------------
 
+    def _read_pipeline(self, name: str) -> tuple[PipelineRecord | None, list[str]]:
+        rec = self._reader.get_pipeline(name)
+        if rec is None:
+            return None, []
+        return rec, list(self._reader.get_kv(API_KEYS_NAMESPACE, name) or [])
+
+    async def _apply_pipeline_keys(self, name: str) -> None:
+        """Only the API keys of a pipeline (under its lock: never an older read
+        after a newer one)."""
+        async with self._locks.setdefault(("pipeline", name), asyncio.Lock()):
+            rec, digests = await asyncio.to_thread(self._read_pipeline, name)
+            app = self._dataplane.apps.get(name)
+            if rec is not None and app is not None and _is_pipeline(app):
+                self._api_keys.set_digests(name, digests, pipeline=True)
+
     async def _reconcile_pipeline(self, name: str) -> None:
         """Serve the pipeline as an application whose router walks its stages;
         its stage models count as linked to it (their batch objectives follow
         its latency objective)."""
-        rec = await asyncio.to_thread(self._reader.get_pipeline, name)
+        rec, digests = await asyncio.to_thread(self._read_pipeline, name)
         dp = self._dataplane
         app = dp.apps.get(name)
         if app is not None and not _is_pipeline(app):
@@ -231,8 +249,11 @@ class DataPlaneReconciler:
         if rec is None:
             if app is not None:
                 dp.remove_app(name)
+            self._api_keys.remove(name)
             self._pipelines.pop(name, None)
             return
+        # The keys first: a pipeline is never served without the keys it has.
+        self._api_keys.set_digests(name, digests, pipeline=True)
         if app is not None and self._pipelines.get(name) == rec:
             return
         try:

@@ -262,6 +262,13 @@ CALLS: dict[str, Call] = {
         ref("PipelineRequest"),
         obj({"changed": {"type": "boolean"}}, ("changed",)),
     ),
+    "set_pipeline_api_keys": Call(
+        "Replace a pipeline's API keys (an empty list lifts the requirement).",
+        _body({"name": NAME, "api_keys": arr(ref("ApiKey"))}, "name"),
+        _SUCCESS,
+        {"name": "chain", "api_keys": ["k3y-0f-at-least-16"]},
+        "Success!",
+    ),
     "delete_pipeline": Call("Delete a pipeline.", _body({"name": NAME}, "name"), _SUCCESS),
     "get_pipeline": Call(
         "One pipeline.", _body({"name": NAME}, "name"), {"anyOf": [ref("Pipeline"), _EMPTY]}

@@ -127,10 +127,12 @@ SCHEMAS: dict[str, Schema] = {
             "edges": arr(ref("PipelineEdge"), maxItems=MAX_EDGES),
             "slo_micros": {"type": "integer"},
             "default_output": text(),
+            "api_keys": {"type": ["array", "null"], "items": ref("ApiKey")},
         },
         ("name", "stages"),
         extra=True,
-        description="``input_type`` defaults to the entry stage's model's.",
+        description="``input_type`` defaults to the entry stage's model's; ``api_keys``"
+        " (absent: unchanged) requires one of them on the pipeline's queries.",
     ),
     # The entries of a declarative file (``clipper apply -f``), as
     # ``control.desired.DesiredState.from_dict`` checks their keys.

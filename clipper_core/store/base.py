@@ -215,8 +215,15 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
         """Remove a replica endpoint; whether there was one."""
         ...
 
-    def add_pipeline(self, pipeline: PipelineRecord) -> None:
-        """Register a pipeline (Conflict: a pipeline or an app has its name)."""
+    def add_pipeline(
+        self, pipeline: PipelineRecord, api_key_digests: list[str] | None = None
+    ) -> None:
+        """Register a pipeline and its API-key digests (Conflict: a pipeline or
+        an app has its name)."""
+        ...
+
+    def set_pipeline_api_keys(self, name: str, digests: list[str]) -> None:
+        """Replace a pipeline's API-key digests (empty: no key needed)."""
         ...
 
     def update_pipeline(self, pipeline: PipelineRecord) -> bool:

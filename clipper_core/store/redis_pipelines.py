@@ -4,7 +4,8 @@ A pipeline and an application share one namespace (both answer
 ``/<name>/predict``), so adding either checks the other's hash in the same
 transaction.  Every write logs a ``pipeline`` change; an update that changes
 nothing logs none, so that applying the same description twice is a no-op.
-The same checks, errors and events as
+API-key digests go with the pipeline, as with an application.  The same
+checks, errors and events as
 :class:`~clipper_core.store.sqlite_pipelines.SqlitePipelines`.
 """
 
@@ -27,14 +28,19 @@ class RedisPipelines(RedisDatabase):
     """The pipeline reads and writes of
     :class:`~clipper_core.store.redis.RedisStateStore`."""
 
-    def add_pipeline(self, pipeline: PipelineRecord) -> None:
-        """Register a pipeline.
+    def add_pipeline(
+        self, pipeline: PipelineRecord, api_key_digests: list[str] | None = None
+    ) -> None:
+        """Register a pipeline, with the digests of its API keys (none: no key
+        needed) in the same transaction.
 
         Raises:
             Conflict: A pipeline or an application of that name exists.
+            BadInput: ``api_key_digests`` is not a list of strings.
         """
         keys, name = self.keys, pipeline.name
         text = json.dumps(pipeline.to_dict())
+        digests = self._api_keys_value(api_key_digests or [])
 
         def body(tx: Tx) -> None:
             if tx.r.hexists(keys.pipelines, name):
@@ -42,6 +48,7 @@ class RedisPipelines(RedisDatabase):
             if tx.r.hexists(keys.apps, name):
                 raise Conflict(f"an application named {name} exists; a pipeline needs its own name")
             tx.write("HSET", keys.pipelines, name, text)
+            tx.set_api_keys(name, digests)
             tx.changed("pipeline", name)
 
         self._write(body)
@@ -82,6 +89,26 @@ class RedisPipelines(RedisDatabase):
             if not tx.r.hexists(keys.pipelines, name):
                 raise NotFound(f"pipeline {name} not found")
             tx.write("HDEL", keys.pipelines, name)
+            tx.set_api_keys(name, None)
+            tx.changed("pipeline", name)
+
+        self._write(body)
+
+    def set_pipeline_api_keys(self, name: str, digests: list[str]) -> None:
+        """Replace a pipeline's API-key digests (SHA-256 hex); an empty list
+        removes them.
+
+        Raises:
+            NotFound: No pipeline has that name.
+            BadInput: ``digests`` is not a list of strings.
+        """
+        keys = self.keys
+        text = self._api_keys_value(digests)
+
+        def body(tx: Tx) -> None:
+            if not tx.r.hexists(keys.pipelines, name):
+                raise NotFound(f"pipeline {name} not found")
+            tx.set_api_keys(name, text)
             tx.changed("pipeline", name)
 
         self._write(body)

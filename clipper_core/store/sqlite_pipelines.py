@@ -4,6 +4,8 @@ A pipeline and an application share one namespace (both answer
 ``/<name>/predict``), so adding either checks the other's table in the same
 transaction.  Every write logs a ``pipeline`` change; an update that changes
 nothing logs none, so that applying the same description twice is a no-op.
+A pipeline's API-key digests live where an application's do (kv namespace
+``auth.api_keys``, keyed by the shared name), and go with the pipeline.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ class SqlitePipelines(SqliteDatabase):
     """The pipeline reads and writes of
     :class:`~clipper_core.store.sqlite.SqliteStateStore`."""
 
-    def add_pipeline(self, pipeline: PipelineRecord) -> None:
-        """Register a pipeline.
+    def add_pipeline(
+        self, pipeline: PipelineRecord, api_key_digests: list[str] | None = None
+    ) -> None:
+        """Register a pipeline, with the digests of its API keys (none: no key
+        needed) in the same transaction.
 
         Raises:
             Conflict: A pipeline or an application of that name exists.
+            BadInput: ``api_key_digests`` is not a list of strings.
         """
+        digests = self._api_keys_value(api_key_digests or [])
         with self._write() as tx:
             conn = tx.conn
             name = pipeline.name
@@ -51,6 +58,7 @@ class SqlitePipelines(SqliteDatabase):
                 " name) VALUES (?, ?, ?, ?, ?, ?)",
                 _row(pipeline),
             )
+            self._write_api_keys(conn, name, digests)
             tx.changed("pipeline", name)
 
     def update_pipeline(self, pipeline: PipelineRecord) -> bool:
@@ -87,6 +95,22 @@ class SqlitePipelines(SqliteDatabase):
         with self._write() as tx:
             if tx.conn.execute("DELETE FROM pipelines WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"pipeline {name} not found")
+            self._write_api_keys(tx.conn, name, None)
+            tx.changed("pipeline", name)
+
+    def set_pipeline_api_keys(self, name: str, digests: list[str]) -> None:
+        """Replace a pipeline's API-key digests (SHA-256 hex); an empty list
+        removes them.
+
+        Raises:
+            NotFound: No pipeline has that name.
+            BadInput: ``digests`` is not a list of strings.
+        """
+        text = self._api_keys_value(digests)
+        with self._write() as tx:
+            if not tx.conn.execute("SELECT 1 FROM pipelines WHERE name = ?", (name,)).fetchone():
+                raise NotFound(f"pipeline {name} not found")
+            self._write_api_keys(tx.conn, name, text)
             tx.changed("pipeline", name)
 
     def get_pipeline(self, name: str) -> PipelineRecord | None:

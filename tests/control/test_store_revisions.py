@@ -90,7 +90,13 @@ WRITES: list[tuple[str, Callable[[StateStore], Any], list[tuple[str, str]]]] = [
         lambda s: s.update_pipeline(pipeline("p", slo_micros=7)),
         [("pipeline", "p")],
     ),
+    (
+        "set_pipeline_api_keys",
+        lambda s: s.set_pipeline_api_keys("p", KEYS[:1]),
+        [("pipeline", "p")],
+    ),
     ("delete_pipeline", lambda s: s.delete_pipeline("p"), [("pipeline", "p")]),
+    ("add_pipeline+keys", lambda s: s.add_pipeline(pipeline("q"), KEYS), [("pipeline", "q")]),
 ]
 
 
@@ -208,6 +214,28 @@ def test_set_app_api_keys(store: StateStore) -> None:
     assert store.get_kv(API_KEYS_NAMESPACE, "a") == sorted(KEYS)
     store.set_app_api_keys("a", [])
     assert store.get_kv(API_KEYS_NAMESPACE, "a") is None
+    assert store.list_kv(API_KEYS_NAMESPACE) == {}
+
+
+def test_pipeline_api_keys_are_set_with_it_and_go_with_it(store: StateStore) -> None:
+    with pytest.raises(NotFound, match="pipeline p not found"):
+        store.set_pipeline_api_keys("p", KEYS)
+    store.add_app(app("a"))
+    with pytest.raises(NotFound, match="pipeline a not found"):
+        store.set_pipeline_api_keys("a", KEYS)  # an application's name
+    rev = store.revision()
+    with pytest.raises(BadInput):
+        store.add_pipeline(pipeline("p"), ["ok", 3])  # type: ignore[list-item]
+    assert store.get_pipeline("p") is None and store.revision() == rev
+    store.add_pipeline(pipeline("p"), KEYS)
+    assert store.get_kv(API_KEYS_NAMESPACE, "p") == sorted(KEYS)
+    store.set_pipeline_api_keys("p", KEYS[1:])
+    assert store.get_kv(API_KEYS_NAMESPACE, "p") == KEYS[1:]
+    store.set_pipeline_api_keys("p", [])
+    assert store.get_kv(API_KEYS_NAMESPACE, "p") is None
+    store.set_pipeline_api_keys("p", KEYS)
+    store.delete_pipeline("p")
+    # An application registered under the freed name starts without keys.
     assert store.list_kv(API_KEYS_NAMESPACE) == {}
 
 

@@ -1,7 +1,8 @@
 """Access control: the management token (every call, 401 JSON without it), the
 CLI and ClipperConnection sending it, per-app API keys on the query port (401 /
 403), no management route on the query port, and TLS on both HTTP ports, on the
-OIP gRPC port (and the gRPC helpers) with a self-signed certificate made here."""
+OIP gRPC port (and the gRPC helpers) with a self-signed certificate made here;
+a pipeline's API keys as an application's."""
 
 from __future__ import annotations
 
@@ -225,6 +226,61 @@ def test_a_model_queried_by_its_own_name_over_oip_needs_a_key_of_its_apps(
     # A key on an application the model is not linked to guards nothing of it.
     conn.set_app_api_keys("front", [])
     assert http("POST", url, body)[0] == 200
+
+
+def test_pipeline_api_keys(servers: list[Running], tmp_path: Path) -> None:
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+    conn = r.conn
+    conn.deploy_pickled("adder", 1, "doubles", server_models.make_sum())
+    key, other = "chain-pipe-key-000001", "chain-pipe-key-000002"
+    stages = [{"name": "add", "model": "adder"}]
+    conn.register_pipeline("chain", stages, [], 5_000_000, "-1", api_keys=[key])
+    url, body = f"{r.bg.query_url}/chain/predict", {"input": [1.0, 2.0]}
+    status, _, reply = http("POST", url, body)
+    assert status == 401 and "pipeline 'chain' requires an API key" in reply["cause"], reply
+    status, _, reply = http("POST", url, body, headers={"X-Api-Key": key})
+    assert status == 200 and reply["output"] == 3.0, reply
+    # Over OIP too, by the pipeline's name and by its stage model's own name.
+    tensor = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+    for name in ("chain", "adder"):
+        oip = f"{r.bg.query_url}/v2/models/{name}/infer"
+        assert http("POST", oip, tensor)[0] == 401, name
+        assert http("POST", oip, tensor, headers={"X-Api-Key": key})[0] == 200, name
+    # Replaced, over the management API; a short key is refused (400).
+    admin = f"{r.server.management_url}/admin/set_pipeline_api_keys"
+    status, _, reply = http(
+        "POST", admin, {"name": "chain", "api_keys": ["short"]}, headers=r.admin_headers()
+    )
+    assert status == 400 and "at least 16" in reply["cause"], reply
+    conn.set_pipeline_api_keys("chain", [other])
+    assert http("POST", url, body, headers={"X-Api-Key": key})[0] == 401
+    assert http("POST", url, body, headers={"X-Api-Key": other})[0] == 200
+    with pytest.raises(ClipperError, match="pipeline nope not found"):
+        conn.set_pipeline_api_keys("nope", [key])
+    # An update of the graph keeps the keys.
+    conn.update_pipeline("chain", stages, [], 4_000_000, "-2")
+    assert http("POST", url, body)[0] == 401
+    # They survive a restart, and are stored as digests only.
+    r.bg.stop()
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+    url = f"{r.bg.query_url}/chain/predict"
+    assert http("POST", url, body)[0] == 401
+    assert http("POST", url, body, headers={"X-Api-Key": other})[0] == 200
+    raw = (r.state_dir / "state.sqlite3").read_bytes()
+    wal = r.state_dir / "state.sqlite3-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert other.encode() not in raw
+    # Lifted by an empty list; gone with the pipeline (an app of that name is open).
+    r.conn.set_pipeline_api_keys("chain", [])
+    assert http("POST", url, body)[0] == 200
+    r.conn.set_pipeline_api_keys("chain", [key])
+    r.conn.delete_pipeline("chain")
+    r.conn.register_application("chain", "doubles", "-1", 5_000_000)
+    r.conn.link_model_to_app("chain", "adder")
+    status, _, reply = http("POST", url, body)
+    assert status == 200 and reply["output"] == 3.0, reply
 
 
 def test_tls_on_both_http_ports(servers: list[Running], tmp_path: Path) -> None:

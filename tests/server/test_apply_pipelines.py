@@ -100,6 +100,40 @@ def test_pipelines_apply_idempotently_and_one_stage_at_a_time(
     assert running.client.predict("q", {"input": [1.0]})[0] == 404
 
 
+def test_a_pipelines_api_keys_apply_from_the_file(running: Running, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    def status(key: str | None) -> int:
+        headers = {"Content-Type": "application/json", **({"X-Api-Key": key} if key else {})}
+        req = urllib.request.Request(
+            f"{running.bg.query_url}/q/predict", b'{"input": [1.0]}', headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert json.loads(resp.read())["output"] == [2.0]
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    key, other = "q-pipeline-key-00001", "q-pipeline-key-00002"
+    keyed = write(tmp_path)
+    keyed.write_text(keyed.read_text() + f'api_keys = ["{key}"]\n')
+    created = made(running.conn.apply(keyed))
+    assert "create pipeline q: 1 stage(s), 1 API key(s)" in created, created
+    assert (status(None), status(key)) == (401, 200)
+    assert made(running.conn.apply(keyed)) == []
+    keyed.write_text(keyed.read_text().replace(key, other))
+    replaced = made(running.conn.apply(keyed))
+    assert replaced == ["update pipeline q: api_keys replaced (1 -> 1 key(s))"]
+    assert (status(key), status(other)) == (401, 200)
+    # A file without the keys lifts them, as for an application.
+    assert made(running.conn.apply(write(tmp_path))) == [
+        "update pipeline q: api_keys replaced (1 -> 0 key(s))"
+    ]
+    assert status(None) == 200
+
+
 def test_bad_pipelines_are_refused_naming_the_field(running: Running, tmp_path: Path) -> None:
     from clipper_core.errors import ClipperError
 
