@@ -304,7 +304,14 @@ class DataPlaneReconciler:
         for version, rec in wanted.items():
             model = dp.models.get(name)
             if model is None or version not in model.versions:
-                dp.add_model_version(self._model_version(rec))
+                try:
+                    mv = self._model_version(rec)
+                except (ClipperError, ValueError, OverflowError) as exc:
+                    # A record this release cannot serve (one stored before a
+                    # bound was checked): the others still start and serve.
+                    log.error("model %s cannot be served: %s", rec.key, exc)
+                    continue
+                dp.add_model_version(mv)
                 self._registered_at[(name, version)] = rec.created_at
             else:
                 self._retune(model.versions[version], rec)

@@ -102,8 +102,13 @@ class ModelVersion:
         self.cache = cache
         self.connector = connector
         self.queue = BatchQueue(queue_capacity, name=f"{name}:{version}")
+        # No batch larger than the queue: a taker waiting for more inputs than
+        # the queue can hold would wait out the whole batch wait every time.
         self.controller = batch_controller(
-            controller, batch_size, max_batch_size, UNLINKED_BATCH_SLO
+            controller,
+            min(batch_size, queue_capacity),
+            min(max_batch_size, queue_capacity),
+            UNLINKED_BATCH_SLO,
         )
         self._adaptive = self.controller.mode != "fixed"
         self.replicas: dict[str, ReplicaSlot] = {}

@@ -28,10 +28,13 @@ def check_name(what: str, value: object) -> None:
         )
 
 
-def check_int(what: str, value: object, minimum: int) -> None:
+def check_int(what: str, value: object, minimum: int, maximum: int | None = None) -> None:
     # bool is an int subclass; True as a replica count is a caller bug.
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise BadInput(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        got = f"{value!r}" if value < 10**30 else f"a {len(str(value))}-digit number"
+        raise BadInput(f"{what} must be at most {maximum:,}, got {got}")
 
 
 def check_input_type(value: object) -> None:

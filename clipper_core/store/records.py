@@ -36,7 +36,10 @@ __all__ = [
     "CONTROLLERS",
     "INPUT_TYPES",
     "LEARNED_STATE_PREFIX",
+    "MAX_BATCH_SIZE",
+    "MAX_BATCH_WAIT_MICROS",
     "MAX_EDGES",
+    "MAX_QUEUE_CAPACITY",
     "MAX_STAGES",
     "OUTPUT_TYPES",
     "PREDICATE_OPS",
@@ -50,6 +53,14 @@ __all__ = [
     "json_copy",
     "learned_state_namespace",
 ]
+
+#: The largest batch size a model version may be given: a batch is one message
+#: of up to 64 MB to a container (and the controllers hold sizes as C ints).
+MAX_BATCH_SIZE = 100_000
+#: The longest batch wait: an hour (a wait is a timer; past it, a typo).
+MAX_BATCH_WAIT_MICROS = 3_600_000_000
+#: The largest queue of a model version (inputs held in memory).
+MAX_QUEUE_CAPACITY = 100_000_000
 
 #: Container kind of a model whose replicas are started by hand.
 EXTERNAL_KIND = "external"
@@ -169,7 +180,7 @@ class ModelRecord(DictRecord):
             raise BadInput(f"container must be an object, got {self.container!r}")
         object.__setattr__(self, "container", json_copy("container", self.container))
         if self.batch_size != -1:
-            check_int("batch_size (or -1 for adaptive)", self.batch_size, 1)
+            check_int("batch_size (or -1 for adaptive)", self.batch_size, 1, MAX_BATCH_SIZE)
         check_int("num_replicas", self.num_replicas, 0)
         if self.cpus is not None:
             if not isinstance(self.cpus, list | tuple) or not self.cpus:
@@ -181,7 +192,7 @@ class ModelRecord(DictRecord):
             check_int("memory_limit_mb", self.memory_limit_mb, 1)
         if not isinstance(self.cache_enabled, bool):
             raise BadInput(f"cache_enabled must be a boolean, got {self.cache_enabled!r}")
-        check_int("batch_wait_micros", self.batch_wait_micros, 0)
+        check_int("batch_wait_micros", self.batch_wait_micros, 0, MAX_BATCH_WAIT_MICROS)
         if (
             not isinstance(self.created_at, int | float)
             or isinstance(self.created_at, bool)
@@ -190,7 +201,14 @@ class ModelRecord(DictRecord):
             raise BadInput(f"created_at must be a number, got {self.created_at!r}")
         object.__setattr__(self, "created_at", float(self.created_at))
         if self.queue_capacity is not None:
-            check_int("queue_capacity", self.queue_capacity, 1)
+            check_int("queue_capacity", self.queue_capacity, 1, MAX_QUEUE_CAPACITY)
+            if self.batch_size > self.queue_capacity:
+                # A queue never holds a batch of that size: every batch would
+                # wait out the whole batch wait for inputs that cannot come.
+                raise BadInput(
+                    f"batch_size {self.batch_size} is larger than queue_capacity"
+                    f" {self.queue_capacity}: a batch cannot outgrow the queue"
+                )
         if self.batch_timeout is not None:
             if (
                 not isinstance(self.batch_timeout, int | float)

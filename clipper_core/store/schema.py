@@ -28,7 +28,7 @@ __all__ = [
 #: 1: apps, models, current versions, links, kv.  2: per-version queue_capacity and
 #: batch_timeout.  3: revision, change log, endpoints.  4: pipelines.  5: per-version
 #: batch-size controller mode.  6: link order (an app's first linked model answers it).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates the schema from version i to i + 1 (index i).  Append only:
 # never edit a migration that has shipped.
@@ -131,6 +131,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             SELECT COUNT(*) FROM links AS earlier
             WHERE earlier.app = links.app AND earlier.model_name < links.model_name
         )""",
+    ),
+    (
+        # The bounds migration: model versions stored before their batch size,
+        # batch wait and queue capacity had upper bounds (records.MAX_*) are
+        # brought within them (a batch size over a C int stopped every start).
+        "UPDATE models SET batch_size = 100000 WHERE batch_size > 100000",
+        "UPDATE models SET batch_wait_micros = 3600000000 WHERE batch_wait_micros > 3600000000",
+        "UPDATE models SET queue_capacity = 100000000 WHERE queue_capacity > 100000000",
+        """UPDATE models SET batch_size = queue_capacity
+            WHERE queue_capacity IS NOT NULL AND batch_size > queue_capacity""",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -69,6 +69,11 @@ def test_records_copy_their_containers() -> None:
         lambda: model(cpus=[-1]),
         lambda: model(memory_limit_mb=0),
         lambda: model(batch_wait_micros=-1),
+        # Past the bounds (a batch size over a C int stopped the server's start).
+        lambda: model(batch_size=2**31),
+        lambda: model(batch_wait_micros=10**400),
+        lambda: model(queue_capacity=10**12),
+        lambda: model(batch_size=16, queue_capacity=4),  # a batch cannot outgrow its queue
         lambda: model(created_at=math.nan),
         lambda: model(controller="pid"),
         lambda: model(controller="fixed"),  # fixed needs a batch_size > 0

@@ -47,7 +47,7 @@ def test_file_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     finally:
         raw.close()
 
@@ -117,6 +117,30 @@ def test_a_version_1_file_is_migrated_keeping_its_models(tmp_path: Path) -> None
         assert m2 is not None and (m2.queue_capacity, m2.batch_timeout) == (50, 1.5)
 
 
+def test_versions_stored_past_the_bounds_are_brought_within_them(tmp_path: Path) -> None:
+    # Written before batch_size, batch_wait_micros and queue_capacity had upper
+    # bounds: a batch size over a C int made every start of the server fail.
+    path = tmp_path / "v6.sqlite3"
+    with StateStore(path) as s:
+        for version in ("1", "2", "3"):
+            s.add_model(model("m", version))
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE models SET batch_size = 2147483648 WHERE version = '1'")
+    raw.execute(
+        "UPDATE models SET batch_wait_micros = 10000000000, queue_capacity = 1000000000000,"
+        " batch_size = 10 WHERE version = '2'"
+    )
+    raw.execute("UPDATE models SET batch_size = 64, queue_capacity = 8 WHERE version = '3'")
+    raw.execute("PRAGMA user_version = 6")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        got = {m.version: m for m in s.list_models("m")}
+    assert got["1"].batch_size == 100_000
+    assert (got["2"].batch_wait_micros, got["2"].queue_capacity) == (3_600_000_000, 100_000_000)
+    assert (got["3"].batch_size, got["3"].queue_capacity) == (8, 8)
+
+
 def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None:
     # The dump was written by the schema-2 code (state.py at 1075aa8).
     path = tmp_path / "v2.sqlite3"
@@ -126,7 +150,7 @@ def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         assert s.get_app("shop") == AppRecord("shop", "doubles", "-1", 20_000, "exp3", {"eta": 0.1})
         plain = s.get_app("plain")
         assert plain is not None and (plain.input_type, plain.default_output) == (
@@ -181,7 +205,7 @@ def test_a_version_3_file_is_migrated_keeping_everything(tmp_path: Path) -> None
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         assert [a.name for a in s.list_apps()] == ["plain", "shop"]
         assert [m.key for m in s.list_models()] == ["echo:1", "ranker:1", "ranker:2"]
         assert s.list_endpoints() == [EndpointRecord("ranker", "2", "ext-1", "127.0.0.1:7000")]
@@ -218,7 +242,7 @@ def test_a_version_5_file_keeps_its_links_in_the_order_they_were_restored(
     raw.commit()
     raw.close()
     with StateStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         assert s.linked_models("shop") == ["alpha", "ranker", "zed"]
         s.add_model(model("beta", "1"))
         s.link_model("shop", "beta")

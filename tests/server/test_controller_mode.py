@@ -125,3 +125,17 @@ def test_light_load_does_not_walk_the_batch_limit_up(mode: str) -> None:
     for _ in range(50):
         mv._observe(mv.controller.batch_size, 0.002)
     assert mv.controller.batch_size > light
+
+
+@pytest.mark.parametrize("mode", ["aimd", "quantile", "fixed"])
+def test_no_batch_outgrows_the_queue(mode: str) -> None:
+    # A taker waiting for more inputs than the queue holds would wait out the
+    # whole batch wait with a full queue and an idle replica.
+    size = 16 if mode == "fixed" else -1
+    mv = ModelVersion(
+        "m", "1", "doubles", queue_capacity=4, max_batch_size=256, batch_size=size, controller=mode
+    )
+    assert mv.controller.max_batch_size == 4
+    for _ in range(50):
+        mv._observe(mv.controller.batch_size, 0.0001)
+    assert mv.controller.batch_size <= 4
