@@ -26,8 +26,11 @@ NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
     "doubles": np.dtype("<f8"),
 }
 
-# dtype kinds that travel as TENSOR: bool, signed, unsigned, float, complex.
-_TENSOR_KINDS = frozenset("biufc")
+# dtype kinds that travel as TENSOR: bool, signed, unsigned, float.  Not complex:
+# no reply format carries it (JSON has no complex number), so a complex output
+# takes the JSON path and fails there as a clear model error, not a 500 "internal"
+# in the frontend's reply encoder.
+_TENSOR_KINDS = frozenset("biuf")
 
 JSON = pb.JSON
 TENSOR = pb.TENSOR

@@ -161,7 +161,10 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                 seconds = time.perf_counter() - started
                 if hop_trace.ENABLED:
                     hop_trace.mark("model_done")
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: sys.exit() in predict is the model's error, and
+                # escaping the worker thread it went unanswered (gRPC) or closed
+                # the local socket as if the process had crashed.
                 log.error(
                     "batch %d (%d inputs) failed:\n%s",
                     request.batch_id,
@@ -213,7 +216,7 @@ class ModelContainerServicer(pb_grpc.ModelContainerServicer):
                     hop_trace.mark("model_done")
             except tensors.TensorInputError as exc:
                 raise PredictFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # SystemExit: as in _predict
                 log.error(
                     "tensor batch %d (%d rows) failed:\n%s",
                     request.batch_id,

@@ -88,6 +88,12 @@ def test_unserialisable_output_and_non_list_return(
     def odd(inputs: list[Any]) -> Any:
         if inputs[0] == "object":
             return [object() for _ in inputs]
+        if inputs[0] == "complex":
+            return [np.array([1 + 2j]) for _ in inputs]
+        if inputs[0] == "complex scalar":
+            return [np.complex128(1 + 2j) for _ in inputs]
+        if inputs[0] == "exit":
+            raise SystemExit(3)
         return "one string for the whole batch"
 
     container = containers.start(*closure_args(pickle_closure(tmp_path / "f.pkl", odd), "strings"))
@@ -99,6 +105,17 @@ def test_unserialisable_output_and_non_list_return(
                 await client.predict(["object"], "strings", timeout=30)
             with pytest.raises(ModelError, match="model returned str; expected a list of 2"):
                 await client.predict(["a", "b"], "strings", timeout=30)
+            # No reply format carries complex numbers: the model's error, not the
+            # frontend's failure to write the reply.
+            for which in ("complex", "complex scalar"):
+                with pytest.raises(ModelError, match=r"output 0: .*complex.* not JSON serial"):
+                    await client.predict([which], "strings", timeout=30)
+            # sys.exit() in predict is an error of the model like any other: the
+            # call is answered and the container keeps serving.
+            with pytest.raises(ModelError, match="SystemExit: 3"):
+                await client.predict(["exit"], "strings", timeout=30)
+            with pytest.raises(ModelError, match="object is not JSON serialisable"):
+                await client.predict(["object"], "strings", timeout=30)
 
     run_async(scenario)
 
