@@ -15,15 +15,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
 from clipper_core.dataplane.batch_controller import batch_controller
-from clipper_core.dataplane.batch_latency import OwnLatency
+from clipper_core.dataplane.batch_split import cut_batch
 from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import answer_entry, consume_exception
 from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
+from clipper_core.dataplane.replica_slot import ReplicaSlot
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     ClipperError,
@@ -35,7 +35,7 @@ from clipper_core.errors import (
     ReplicaUnavailable,
 )
 from clipper_core.metrics import ModelVersionMetrics
-from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
+from clipper_core.replica_client import ReplicaConnector, insecure_connector
 from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry
 from model_containers import hop_trace
 
@@ -46,28 +46,6 @@ AIMD_TOLERANCE = 0.1
 
 #: Objective used while no application is linked.
 UNLINKED_BATCH_SLO = 0.1
-
-
-@dataclass
-class ReplicaSlot:
-    """A connected replica and its dispatcher task."""
-
-    replica_id: str
-    address: str
-    client: ReplicaClient
-    task: asyncio.Task[None] | None = None
-    batches: int = 0
-    failures: int = 0
-    in_flight: list[QueueEntry] = field(default_factory=list)
-    #: Set while the dispatcher waits for the replica to answer health checks again.
-    recovering: bool = False
-    #: When the batch in flight was sent (``time.monotonic()``).
-    batch_started: float = 0.0
-    #: Turns this replica's round trips into batch latencies (see batch_latency).
-    own_latency: OwnLatency = field(default_factory=OwnLatency)
-    #: The last time this replica showed it was alive: connected, or answered a
-    #: call (``time.monotonic()``); crash isolation weighs its losses by it.
-    alive_at: float = field(default_factory=time.monotonic)
 
 
 class ModelVersion:
@@ -342,6 +320,9 @@ class ModelVersion:
             if isolation.suspects:
                 # Each suspect batch is a call of its own, after the plain inputs.
                 entries, suspects = isolation.split(entries)
+            if len(entries) > 1:  # calls of at most BATCH_BYTES each, in order
+                entries, more = cut_batch(entries)
+                suspects[:0] = more
             try:
                 lost = bool(entries) and await self._call(slot, entries, None)
                 while suspects and not lost:

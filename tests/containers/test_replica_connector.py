@@ -136,3 +136,35 @@ def test_replica_client_over_tls_sends_its_call_metadata(
     } <= methods
     # Every call that arrived over TLS carried the token.
     assert all(meta.get(TOKEN[0]) == TOKEN[1] for _, meta in recorder.calls)
+
+
+def test_a_batch_over_the_message_limit_goes_as_several_calls(containers: Launcher) -> None:
+    # Ten 8 MB inputs make an 80 MB batch, over the 64 MiB a container takes in
+    # one message: it goes as calls of at most BATCH_BYTES each, in order, to the
+    # same replica (every input failed with the message-size error before).
+    container = containers.start(*model_class_args("SumModel"))
+    n, size = 10, 1_000_000
+
+    async def scenario() -> tuple[list[Any], int]:
+        mv = ModelVersion(
+            "m",
+            "1",
+            "doubles",
+            queue_capacity=64,
+            max_batch_size=64,
+            batch_size=n,
+            controller="fixed",
+            batch_wait=2.0,  # the whole batch is taken at once
+        )
+        try:
+            await mv.add_replica("r0", container.address, ready_timeout=30)
+            deadline = time.monotonic() + 60
+            futures = [mv.submit(np.full(size, float(i)), b"", deadline) for i in range(n)]
+            outputs = [await f for f in futures]
+            return outputs, mv.replicas["r0"].batches
+        finally:
+            await mv.close()
+
+    outputs, calls = run_async(scenario)
+    assert outputs == [float(i * size) for i in range(n)]
+    assert calls == 2  # 6 x 8 MB = 48 MiB at most per call, then the other 4

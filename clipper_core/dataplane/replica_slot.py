@@ -1,0 +1,35 @@
+"""A connected replica of a model version, as its dispatcher sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from clipper_core.dataplane.batch_latency import OwnLatency
+from clipper_core.replica_client import ReplicaClient
+from clipper_core.structures import QueueEntry
+
+__all__ = ["ReplicaSlot"]
+
+
+@dataclass
+class ReplicaSlot:
+    """A connected replica and its dispatcher task."""
+
+    replica_id: str
+    address: str
+    client: ReplicaClient
+    task: asyncio.Task[None] | None = None
+    batches: int = 0
+    failures: int = 0
+    in_flight: list[QueueEntry] = field(default_factory=list)
+    #: Set while the dispatcher waits for the replica to answer health checks again.
+    recovering: bool = False
+    #: When the batch in flight was sent (``time.monotonic()``).
+    batch_started: float = 0.0
+    #: Turns this replica's round trips into batch latencies (see batch_latency).
+    own_latency: OwnLatency = field(default_factory=OwnLatency)
+    #: The last time this replica showed it was alive: connected, or answered a
+    #: call (``time.monotonic()``); crash isolation weighs its losses by it.
+    alive_at: float = field(default_factory=time.monotonic)
