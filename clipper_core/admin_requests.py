@@ -18,6 +18,7 @@ from clipper_core.clipper_api import validate_input_type
 from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput
 from clipper_core.http import Request
+from clipper_core.model_bundle import check_payload_filename
 from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 
 Body = dict[str, Any]
@@ -151,6 +152,8 @@ def model_record(body: Body) -> ModelRecord:
     if not isinstance(container, dict):
         raise BadInput("field 'container' must be an object")
     container = dict(container)
+    if "filename" in container:
+        check_payload_filename(container["filename"])
     image = body.get("container_name")
     if image is not None:
         if not isinstance(image, str) or not image:
@@ -205,7 +208,8 @@ def model_record(body: Body) -> ModelRecord:
         num_replicas=replicas,
         cpus=cpus,
         memory_limit_mb=_optional_positive_int(body, "memory_limit_mb"),
-        cache_enabled=bool(body.get("cache_enabled", True)),
+        cache_enabled=body.get("cache_enabled") is None
+        or field_bool(body.get("cache_enabled"), "cache_enabled"),
         batch_wait_micros=wait,
         created_at=time.time(),
         queue_capacity=_optional_positive_int(body, "queue_capacity"),

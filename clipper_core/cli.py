@@ -229,7 +229,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     by_value = file_module(args.source, module)
     identity = obj
     if isinstance(obj, type):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:  # the user's class: say which, in one line
+            raise ClipperError(
+                f"{args.source}: making an instance of {obj.__name__} failed:"
+                f" {type(exc).__name__}: {exc} (a class deployed by name takes no arguments)"
+            ) from None
     with pickled_by_value(by_value):
         digest = source_digest(identity, cloudpickle.dumps(obj))
     app = conn.get_app_info(args.app) if args.app else None

@@ -186,6 +186,8 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
             raise ClipperError(f"{op} failed ({exc.code}): {cause}") from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise self.cm.unreachable(self.management_url, exc) from None
+        except TimeoutError:  # the server may still finish it: read the state again
+            raise ClipperError(f"{op}: no answer within {self.timeout:g} s") from None
 
     def ping(self) -> bool:
         """Whether a server answers on the management port (a 401, for a wrong or
@@ -468,8 +470,11 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
         under ``"metrics"`` every figure of the Prometheus exposition."""
         url = f"{self.cm.scheme}://{self.cm.host}:{self.cm.query_port}/metrics"
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
-        with self._open(req, self.timeout) as resp:
-            return dict(json.loads(resp.read()))
+        try:
+            with self._open(req, self.timeout) as resp:
+                return dict(json.loads(resp.read()))
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise self.cm.unreachable(url, exc) from None
 
     def get_metrics(self) -> dict[str, Any]:
         """The server's metrics as Python data (the figures Prometheus scrapes).

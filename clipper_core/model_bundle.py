@@ -19,6 +19,25 @@ from clipper_core.errors import BadInput
 TAR = "tar"
 
 
+def check_payload_filename(name: object) -> str:
+    """The file name a deploy's payload is stored under (``container.filename``),
+    checked: a plain name, so that it lands in the version's own folder.
+
+    Raises:
+        BadInput: Empty, ``.``/``..``, or with a path separator or NUL.
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(c in name for c in "/\\\0")
+        or len(name) > 255
+    ):
+        raise BadInput(
+            f"container field 'filename' must be a plain file name (no folders), got {name!r}"
+        )
+    return name
+
+
 def pack_directory(folder: str | os.PathLike[str]) -> bytes:
     """The contents of ``folder`` as an uncompressed tar archive (paths relative)."""
     root = Path(folder)

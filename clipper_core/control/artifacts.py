@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from clipper_core.model_bundle import TAR, unpack_archive
+from clipper_core.model_bundle import TAR, check_payload_filename, unpack_archive
 from clipper_core.state_dir import make_private_dir, write_private_file
 
 #: ``X-Clipper-Bundle-Kind``: ``closure`` (a pickle file) or ``folder`` (a tar).
@@ -94,7 +94,7 @@ class LocalArtifactStore:
             BadInput: The payload is not a valid archive.
         """
         folder = self.folder(name, version)
-        path = folder / str(container.get("filename", "model.pkl"))
+        path = folder / check_payload_filename(container.get("filename", "model.pkl"))
 
         def write() -> str:
             make_private_dir(folder)

@@ -264,6 +264,14 @@ class EndpointRecord(DictRecord):
         for what, value in (("replica_id", self.replica_id), ("address", self.address)):
             if not isinstance(value, str) or not value or len(value) > 512:
                 raise BadInput(f"{what} must be a non-empty string, got {value!r}")
+        # host:port (or grpcs://host:port): a typo is refused now, not after the
+        # frontend tried to connect for a minute.
+        host, _, port = self.address.removeprefix("grpcs://").rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or " " in host:
+            raise BadInput(
+                f"address must be host:port (or grpcs://host:port) with a port of"
+                f" 1-65535, got {self.address!r}"
+            )
 
     @property
     def key(self) -> str:

@@ -1,5 +1,5 @@
-"""Regressions for what the schema-based fuzz run (test_openapi_fuzz.py) found,
-each over real HTTP on a real server."""
+"""Regressions for what the schema-based fuzz run (test_openapi_fuzz.py) and
+reviews found, each over real HTTP on a real server."""
 
 from __future__ import annotations
 
@@ -70,6 +70,56 @@ def test_malformed_pipeline_fields_are_400_not_500(
     assert reply[0] == 400, reply
     check_reply(document(), ("POST", f"/admin/{op}"), reply)
     assert named in json.loads(reply[2])["cause"]
+
+
+_CLOSURE = {"model_name": "f", "model_version": "1", "input_type": "doubles"}
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "named"),
+    [
+        # From a review: a payload's file name with a folder in it was written
+        # outside the version's folder (".." up to the state folder), and "." was
+        # a 500 (IsADirectoryError).
+        (
+            "add_model",
+            {
+                **_CLOSURE,
+                "container": {"kind": "closure", "filename": "../../../escaped.txt"},
+                "payload_b64": "eA==",
+            },
+            "must be a plain file name",
+        ),
+        (
+            "add_model",
+            {**_CLOSURE, "container": {"kind": "closure", "filename": "."}, "payload_b64": "eA=="},
+            "must be a plain file name",
+        ),
+        # "no" was read as true.
+        ("add_model", {**_CLOSURE, "cache_enabled": "no"}, "'cache_enabled' must be true or false"),
+        # A malformed address was tried for a minute, then a 500.
+        (
+            "register_replica",
+            {"model_name": "sum", "model_version": "1", "address": "not an address"},
+            "address must be host:port",
+        ),
+        (
+            "register_replica",
+            {"model_name": "sum", "model_version": "1", "address": "127.0.0.1:99999"},
+            "port of 1-65535",
+        ),
+    ],
+)
+def test_malformed_management_fields_are_400_at_once(
+    served: Running, op: str, body: dict[str, Any], named: str
+) -> None:
+    reply = call(
+        served.server.management_port, "POST", f"/admin/{op}", body, served.admin_headers()
+    )
+    assert reply[0] == 400, reply
+    assert named in json.loads(reply[2])["cause"]
+    assert not list(served.state_dir.parent.rglob("escaped.txt"))
+    assert served.conn.get_model_info("f", 1) is None
 
 
 def make_identity() -> Any:

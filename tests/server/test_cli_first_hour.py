@@ -125,6 +125,25 @@ def test_deploy_of_code_that_does_not_import_says_why(
     assert (source.split(":")[0] if code is None else "model.py") in line, line
 
 
+def test_deploy_of_a_class_that_needs_arguments_says_why(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(
+        "class Scaler:\n    def __init__(self, factor):\n        self.factor = factor\n"
+    )
+    res = clipper(
+        "--management-port",
+        str(free_port()),
+        "deploy",
+        "y",
+        "model.py:Scaler",
+        "--input-type",
+        "doubles",
+        cwd=tmp_path,
+    )
+    line = one_line_error(res)
+    assert "model.py:Scaler: making an instance of Scaler failed: TypeError" in line, line
+    assert "takes no arguments" in line, line
+
+
 def test_a_missing_tls_ca_file_is_named(tmp_path: Path) -> None:
     res = clipper("--management-port", str(free_port()), "--tls-ca", "nonexist.pem", "status")
     line = one_line_error(res)

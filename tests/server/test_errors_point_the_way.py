@@ -100,3 +100,37 @@ def test_a_trivial_closure_serves_under_a_512_mb_memory_limit(running: Running) 
     status, reply = running.client.predict("small", {"input": [1.0]})
     assert status == 200 and reply["output"] == "fits" and reply["default"] is False, reply
     assert conn.get_model_info("small", 1)["memory_limit_mb"] == 512  # type: ignore[index]
+
+
+def test_a_server_that_does_not_answer_in_time_or_at_all_is_a_clipper_error(
+    tmp_path: Path,
+) -> None:
+    # A listening socket that never answers: the call times out (a raw
+    # TimeoutError before); a port with nothing on it: the metrics call says the
+    # server is not running (a raw URLError before).
+    import socket
+
+    from clipper_core import ClipperConnection, ClipperException, LocalContainerManager
+    from clipper_core.errors import ClipperError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    try:
+        cm = LocalContainerManager(
+            "127.0.0.1",
+            closed.getsockname()[1],
+            silent.getsockname()[1],
+            str(tmp_path / "state"),
+            admin_token="a-token-for-this-test-only",
+        )
+        conn = ClipperConnection(cm, timeout=0.5)
+        with pytest.raises(ClipperError, match=r"get_all_models: no answer within 0.5 s"):
+            conn.get_all_models()
+        with pytest.raises(ClipperException, match=r"not running|refused"):
+            conn.get_metrics()
+    finally:
+        silent.close()
+        closed.close()
