@@ -126,6 +126,7 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
     """
     refusals: list[str] = []
     changes = _model_changes(desired, current, refusals)
+    refusals += _linked_type_refusals(desired, current, changes, prune)
     changes += _current_version_changes(desired, current)
     changes += _app_changes(desired, current, prune, refusals)
     refusals += _pipeline_refusals(desired, current, prune)
@@ -184,6 +185,34 @@ def _model_changes(
         else:
             out.append(Change("unchanged", "model", want.key))
     return out
+
+
+def _linked_type_refusals(
+    desired: DesiredState, current: CurrentState, changes: list[Change], prune: bool
+) -> list[str]:
+    """A new version must take what the apps linked to its model send (the store
+    refuses it otherwise, after the file's earlier changes were made)."""
+    created = {c.name for c in changes if c.kind == "create" and c.what == "model"}
+    types = {} if prune else {a.name: a.input_type for a in current.apps}
+    links: dict[str, set[str]] = {}
+    for app, models in current.links.items():
+        for m in models:
+            if app in types:
+                links.setdefault(m, set()).add(app)
+    for da in desired.apps:  # the file's apps replace the store's links and types
+        types[da.record.name] = da.record.input_type
+        for apps in links.values():
+            apps.discard(da.record.name)
+        for m in da.models:
+            links.setdefault(m, set()).add(da.record.name)
+    return [
+        f"model {dm.record.key} takes {dm.record.input_type}, but application {app}"
+        f" (linked to model {dm.record.name}) sends {types[app]}"
+        for dm in desired.models
+        if dm.record.key in created
+        for app in sorted(links.get(dm.record.name, ()))
+        if app in types and types[app] != dm.record.input_type
+    ]
 
 
 def _identity_difference(want: ModelRecord, old: ModelRecord) -> list[str]:

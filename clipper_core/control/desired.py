@@ -18,6 +18,7 @@ from typing import Any
 from clipper_core.auth import validate_api_keys
 from clipper_core.clipper_api import validate_input_type
 from clipper_core.errors import BadInput
+from clipper_core.selection import validate_policy
 from clipper_core.store.records import (
     EXTERNAL_KIND,
     AppRecord,
@@ -360,6 +361,9 @@ def _app(where: str, raw: object) -> DesiredApp:
         if len(set(models)) != len(models):
             raise BadInput(f"models lists a model twice: {models!r}")
         keys = validate_api_keys(raw.get("api_keys"))
+        # Checked with the file, not when the app is written: a refusal then
+        # would come after the file's models were deployed.
+        validate_policy(raw.get("policy", "single"), raw.get("policy_config", {}))
         rec = AppRecord(
             name=raw["name"],
             input_type=validate_input_type(raw["input_type"]),

@@ -187,6 +187,11 @@ def test_code_changes_need_a_new_version_and_prune_deletes_the_rest(
          "models[0] (total:1): source 'nowhere.py:total': no such file"),
         (lambda t: t.replace('default_output = "-1"', "default_output = -1"),
          "apps[0] (sum): default_output must be a string, got -1"),
+        # Refused with the file: it was refused when the app was written, after
+        # the file's models were deployed.
+        (lambda t: t.replace('models = ["total"]',
+                             'models = ["total"]\npolicy = "exp3"\npolicy_config = { eta = -1 }'),
+         "apps[0] (sum): policy option 'eta' must be > 0"),
     ],
 )  # fmt: skip
 def test_bad_files_get_clear_errors_and_change_nothing(
@@ -198,6 +203,34 @@ def test_bad_files_get_clear_errors_and_change_nothing(
         running.conn.apply(path)
     assert message in str(info.value)
     assert running.conn.get_all_models() == [] and running.conn.get_all_apps() == []
+
+
+def test_a_new_version_its_apps_cannot_send_to_is_refused_before_any_change(
+    running: Running, tmp_path: Path
+) -> None:
+    conn = running.conn
+    (tmp_path / "models.py").write_text(MODELS_PY)
+    conn.apply(
+        {
+            "models": [{"name": "vm", "version": "1", "input_type": "doubles",
+                        "source": str(tmp_path / "models.py") + ":total"}],
+            "apps": [{"name": "sel", "input_type": "doubles", "models": ["vm"]}],
+        }
+    )  # fmt: skip
+    path = write(tmp_path)
+    path.write_text(
+        path.read_text()
+        + '\n[[models]]\nname = "vm"\nversion = "9"\ninput_type = "ints"\n'
+        + 'source = "models.py:total"\n'
+    )
+    for dry_run in (True, False):
+        with pytest.raises(ClipperError) as info:
+            conn.apply(path, dry_run=dry_run)
+        assert (
+            "model vm:9 takes ints, but application sel (linked to model vm) sends doubles"
+            in str(info.value)
+        )
+    assert conn.get_all_models() == ["vm:1"]
 
 
 def cli_args(running: Running, *args: str) -> list[str]:
