@@ -36,6 +36,10 @@ from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, P
 log = logging.getLogger("clipper_core.server")
 
 
+#: How long a deleted model version may take to answer the inputs it holds.
+DRAIN_SECONDS = 10.0
+
+
 class ControlPlane:
     """Changes desired state and brings the data plane and the replicas along.
 
@@ -318,6 +322,9 @@ class ControlPlane:
             await self.set_model_version(rec.name, rec.version)
 
     async def _forget_model(self, rec: ModelRecord) -> None:
+        # What its queue holds is answered first: stopping the replicas under it
+        # failed those queries (503) although they had been accepted.
+        await self._apply.drain(rec.name, rec.version, DRAIN_SECONDS)
         await self._replicas.stop(rec)
         await self._write(self.store.delete_model_version, rec.name, rec.version)
         await self._reconcile("model", rec.name)

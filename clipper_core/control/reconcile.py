@@ -168,8 +168,7 @@ class DataPlaneReconciler:
         if app is not None and _is_pipeline(app):
             if rec is not None:
                 log.error("application %s: a pipeline has its name; it is not served", name)
-            # The pipeline's, not an app's; but a write to the API-key digests
-            # is logged as an app change whatever the name is (kv writes).
+            # A pipeline's; but API-key writes log an app change whatever the name.
             await self._apply_pipeline_keys(name)
             return
         if rec is None:
@@ -211,6 +210,12 @@ class DataPlaneReconciler:
             app.linked_models[:] = state.links
         self._api_keys.set_digests(name, state.digests)
 
+    async def drain(self, name: str, version: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Let a model version answer what it holds before its replicas stop."""
+        mv = getattr(self._dataplane.models.get(name), "versions", {}).get(version)
+        if mv is not None and not await mv.drain(timeout):
+            log.warning("model %s:%s: still busy after %g s; stopping it", name, version, timeout)
+
     def restart_learning(self, name: str) -> None:
         """Start an app's selection policy afresh (its learned state is dropped)."""
         app = self._dataplane.apps.get(name)
@@ -222,13 +227,11 @@ class DataPlaneReconciler:
 
     def _read_pipeline(self, name: str) -> tuple[PipelineRecord | None, list[str]]:
         rec = self._reader.get_pipeline(name)
-        if rec is None:
-            return None, []
-        return rec, list(self._reader.get_kv(API_KEYS_NAMESPACE, name) or [])
+        keys = [] if rec is None else self._reader.get_kv(API_KEYS_NAMESPACE, name)
+        return rec, list(keys or [])
 
     async def _apply_pipeline_keys(self, name: str) -> None:
-        """Only the API keys of a pipeline (under its lock: never an older read
-        after a newer one)."""
+        """Only a pipeline's API keys (under its lock: no older read after a newer)."""
         async with self._locks.setdefault(("pipeline", name), asyncio.Lock()):
             rec, digests = await asyncio.to_thread(self._read_pipeline, name)
             app = self._dataplane.apps.get(name)
@@ -307,8 +310,7 @@ class DataPlaneReconciler:
                 try:
                     mv = self._model_version(rec)
                 except (ClipperError, ValueError, OverflowError) as exc:
-                    # A record this release cannot serve (one stored before a
-                    # bound was checked): the others still start and serve.
+                    # One record this release cannot serve: the others still serve.
                     log.error("model %s cannot be served: %s", rec.key, exc)
                     continue
                 dp.add_model_version(mv)

@@ -169,7 +169,12 @@ class DataPlane:
         if mv is None:
             name = app.linked_models[0]
             app.metrics.unanswered(len(inputs), "no_model")
-            return [app.default(f"model {name!r} has no deployed version")] * len(inputs)
+            if model is not None and version is None and model.versions:
+                # Its current version was deleted; others are deployed.
+                why = f"model {name!r} has no current version (set one: set_model_version)"
+            else:
+                why = f"model {name!r} has no deployed version"
+            return [app.default(why)] * len(inputs)
         if mv.input_type != app.input_type:
             raise BadInput(
                 f"model {mv.key} takes {mv.input_type!r} but app {app.name!r} sends"

@@ -284,6 +284,16 @@ class ModelVersion:
             await asyncio.wait([slot.task])
         await slot.client.close()
 
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a bound, not a cancel)
+        """Wait until nothing is queued or in flight (``timeout`` seconds at most),
+        so that stopping the replicas next fails no accepted input; whether it did."""
+        end = time.monotonic() + timeout
+        while len(self.queue) or any(s.in_flight for s in self.replicas.values()):
+            if not self.replicas or time.monotonic() >= end:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     async def close(self) -> None:
         """Stop every dispatcher and fail whatever is still queued."""
         self.closed = True

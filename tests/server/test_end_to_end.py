@@ -286,6 +286,32 @@ def test_version_switch_under_load_has_no_failures(running: Running) -> None:
     assert running.client.predict("ver", {"input": [9.0]})[1]["output"] == "v1"
 
 
+def test_deleting_a_busy_version_answers_what_it_holds_first(running: Running) -> None:
+    # The queries queued at a version when it is deleted are answered before its
+    # replicas stop (they got 503 queue_closed / replica_unavailable before).
+    conn = running.conn
+    conn.register_application("busy", "doubles", "-1", 20_000_000)
+    deploy_python_closure(conn, "slow", 1, "doubles", models.make_constant("v1"), batch_size=1)
+    conn.link_model_to_app("busy", "slow")
+    deploy_python_closure(
+        conn, "slow", 2, "doubles", models.make_constant("v2", delay=0.3), batch_size=1
+    )
+    conn.set_model_version("slow", 2)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        sent = [
+            pool.submit(running.client.predict, "busy", {"input": [float(i)]}) for i in range(5)
+        ]
+        time.sleep(0.2)  # all five queued or in flight at version 2
+        conn.stop_versioned_models({"slow": ["2"]})
+        replies = [f.result(timeout=60) for f in sent]
+    assert [(s, r["output"]) for s, r in replies] == [(200, "v2")] * 5, replies
+    assert conn.get_all_models() == ["slow:1"]
+    # The deleted version was current: none is now, and the app's default says so.
+    status, reply = running.client.predict("busy", {"input": [1.0]})
+    assert status == 200 and reply["default"], reply
+    assert "model 'slow' has no current version" in reply["default_explanation"], reply
+
+
 def test_restart_restores_apps_models_and_containers(tmp_path) -> None:
     state = tmp_path / "state"
     first = start_server(state)
