@@ -81,6 +81,7 @@ cdef class BatchQueue:
     cdef int _drop_dead_head(self, _Ring ring, double now) except -1
     cdef int _prune_levels(self) except -1
     cdef double _oldest(self) except? -1.0
+    cdef double _head_deadline(self) except? -1.0
     cdef int _claim(self, _Taker taker) except -1
     cdef int _unclaim(self, _Taker taker) except -1
     cdef int _on_put(self) except -1

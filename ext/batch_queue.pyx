@@ -298,11 +298,14 @@ cdef class BatchQueue:
         self.taken += len(batch)
         return batch
 
-    async def take(self, Py_ssize_t max_n, max_wait):
-        """Waits for a batch of up to ``max_n`` entries (delayed batching)."""
+    async def take(self, Py_ssize_t max_n, max_wait, slack=None):
+        """Waits for a batch of up to ``max_n`` entries (delayed batching); with
+        ``slack``, no later than ``slack`` seconds before a head's deadline."""
         cdef double wait
         cdef double now
         cdef double delay
+        cdef double by
+        cdef double sl = -1.0 if slack is None else _as_double(slack, "slack")
         cdef _Taker taker
         cdef list batch
         if max_n < 1:
@@ -335,6 +338,10 @@ cdef class BatchQueue:
                     continue
                 if self._len < max_n:
                     delay = self._oldest() + wait - now
+                    if sl >= 0.0:
+                        by = self._head_deadline() - sl - now
+                        if by < delay:
+                            delay = by
                     if delay > 0.0:
                         taker.waiter = loop.create_future()
                         timer = loop.call_later(delay, _wake, taker.waiter)
@@ -355,9 +362,11 @@ cdef class BatchQueue:
                 self._dispatch()
 
     async def take_for(self, SloController controller not None, max_wait):
-        """``take(controller.batch_size, max_wait)``; the size is read once, now."""
-        # A C-level field read through the cimported type: no Python call.
-        return await self.take(controller.batch_size, max_wait)
+        """``take(controller.batch_size, max_wait, controller.slo)``, read once, now:
+        a batch waits for more inputs only while its oldest still leaves the
+        batch's latency objective before its deadline."""
+        # C-level field reads through the cimported type: no Python call.
+        return await self.take(controller.batch_size, max_wait, controller.slo)
 
     cpdef close(self, object exc=None):
         """Fails every pending future and wakes every taker; idempotent."""
@@ -493,6 +502,22 @@ cdef class BatchQueue:
                     if head.enqueued_at < oldest:
                         oldest = head.enqueued_at
         return oldest
+
+    cdef double _head_deadline(self) except? -1.0:
+        # The earliest deadline among the levels' heads (the entries taken next).
+        cdef double earliest = INFINITY
+        cdef _Ring ring = self._ring0
+        cdef QueueEntry head
+        if ring._count:
+            earliest = (<QueueEntry>ring._buf[ring._head]).deadline
+        if self._levels:
+            for r in self._rings.values():
+                ring = <_Ring>r
+                if ring._count:
+                    head = <QueueEntry>ring._buf[ring._head]
+                    if head.deadline < earliest:
+                        earliest = head.deadline
+        return earliest
 
     cdef int _claim(self, _Taker taker) except -1:
         taker.collecting = True

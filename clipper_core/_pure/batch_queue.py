@@ -54,6 +54,9 @@ class _HasBatchSize(Protocol):
     @property
     def batch_size(self) -> int: ...
 
+    @property
+    def slo(self) -> float: ...
+
 
 class _Taker:
     """The state of one ``take()`` call."""
@@ -279,13 +282,18 @@ class BatchQueue:
         self._taken += len(batch)
         return batch
 
-    async def take(self, max_n: int, max_wait: float) -> list[QueueEntry]:
+    async def take(
+        self, max_n: int, max_wait: float, slack: float | None = None
+    ) -> list[QueueEntry]:
         """Waits for a batch: up to ``max_n`` entries, delayed batching.
 
         Waits (without limit) for an entry, then keeps collecting until the queue
         holds ``max_n`` entries or ``max_wait`` seconds have passed since the
         arrival of the oldest waiting entry; returns at once if it is already
-        that old.  Never returns an empty list.
+        that old.  With ``slack`` (seconds), it also stops collecting ``slack``
+        before the earliest deadline among the entries it would take first: a
+        batch must not wait away the time its model needs.  Never returns an
+        empty list.
 
         Raises:
             ValueError: ``max_n < 1``.
@@ -296,6 +304,7 @@ class BatchQueue:
             raise ValueError(f"max_n must be >= 1, got {max_n}")
         if type(max_wait) is not float:
             max_wait = _as_float(max_wait, "max_wait")
+        sl = -1.0 if slack is None else _as_float(slack, "slack")
         loop = self._get_loop()
         taker = _Taker(max_n)
         try:
@@ -322,6 +331,8 @@ class BatchQueue:
                     continue
                 if self._len < max_n:
                     delay = self._oldest() + max_wait - now
+                    if sl >= 0.0:
+                        delay = min(delay, self._head_deadline() - sl - now)
                     if delay > 0.0:
                         taker.waiter = loop.create_future()
                         timer = loop.call_later(delay, _wake, taker.waiter)
@@ -342,13 +353,15 @@ class BatchQueue:
                 self._dispatch()
 
     async def take_for(self, controller: _HasBatchSize, max_wait: float) -> list[QueueEntry]:
-        """``take(controller.batch_size, max_wait)``, the size read once, now.
+        """``take(controller.batch_size, max_wait, controller.slo)``, read once,
+        now: a batch waits for more inputs only while its oldest still leaves the
+        batch's latency objective before its deadline.
 
         Args:
             controller: An :class:`~clipper_core.structures.SloController`.
             max_wait: As in :meth:`take`.
         """
-        return await self.take(controller.batch_size, max_wait)
+        return await self.take(controller.batch_size, max_wait, controller.slo)
 
     def close(self, exc: BaseException | None = None) -> None:
         """Fails every pending future and wakes every taker; idempotent.
@@ -441,6 +454,14 @@ class BatchQueue:
             if ring and ring[0].enqueued_at < oldest:
                 oldest = ring[0].enqueued_at
         return oldest
+
+    def _head_deadline(self) -> float:
+        # The earliest deadline among the levels' heads (the entries taken next).
+        earliest = _INF
+        for ring in [self._ring0, *self._rings.values()]:
+            if ring and ring[0].deadline < earliest:
+                earliest = ring[0].deadline
+        return earliest
 
     def _claim(self, taker: _Taker) -> None:
         taker.collecting = True

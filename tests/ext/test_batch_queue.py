@@ -265,6 +265,41 @@ def test_batch_waits_max_wait_from_first_arrival(
     run(loop, main())
 
 
+def test_a_batch_stops_waiting_slack_before_its_heads_deadline(
+    impl: SimpleNamespace, loop: asyncio.AbstractEventLoop
+) -> None:
+    # A batch wait longer than the deadline allows made nearly every light-load
+    # query miss its objective: the taker waited out max_wait regardless.
+    async def main() -> None:
+        q = impl.BatchQueue(100)
+        t0 = time.monotonic()
+        q.put(1, t0 + 0.4)  # due in 400 ms; the model needs 300 of them
+        batch = await q.take(10, 30.0, 0.3)
+        waited = time.monotonic() - t0
+        assert items(batch) == [1]
+        assert 0.09 <= waited < 0.1 + SLACK
+        resolve(batch)
+        # Already past deadline - slack: at once.  No deadline: max_wait decides.
+        q.put(2, time.monotonic() + 0.2)
+        t1 = time.monotonic()
+        batch = await q.take(10, 30.0, 0.3)
+        assert items(batch) == [2] and time.monotonic() - t1 < 0.15
+        resolve(batch)
+        q.put(3)
+        batch = await q.take(10, 0.05, 0.3)
+        assert items(batch) == [3]
+        resolve(batch)
+        # take_for passes the controller's batch objective as the slack.
+        ctl = impl.SloController(0.3, mode="fixed", max_batch_size=16, fixed_batch_size=8)
+        t2 = time.monotonic()
+        q.put(4, t2 + 0.4)
+        batch = await q.take_for(ctl, 30.0)
+        assert items(batch) == [4] and 0.09 <= time.monotonic() - t2 < 0.1 + SLACK
+        resolve(batch)
+
+    run(loop, main())
+
+
 def test_batch_fills_early(impl: SimpleNamespace, loop: asyncio.AbstractEventLoop) -> None:
     async def main() -> None:
         q = impl.BatchQueue(100)

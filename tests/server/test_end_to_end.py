@@ -84,6 +84,27 @@ def test_slo_miss_returns_default_output(running: Running) -> None:
     assert elapsed < 0.45  # answered at the SLO, not after the model
 
 
+def test_a_batch_wait_longer_than_the_objective_allows_is_cut_short(running: Running) -> None:
+    # A 100 ms batch wait under a 120 ms objective, for a 40 ms model: the batch
+    # is sent once its oldest input has only the batch objective (half the app's,
+    # 60 ms) left, so a lone query is answered in time.  The taker waited out the
+    # whole wait before (140 ms with the model): every light-load query got the
+    # default output.
+    conn = running.conn
+    conn.register_application("waits", "doubles", "-1", 120_000)
+    deploy_python_closure(
+        conn,
+        "paced",
+        1,
+        "doubles",
+        models.make_constant(5, delay=0.04),
+        batch_wait_micros=100_000,
+    )
+    conn.link_model_to_app("waits", "paced")
+    replies = [running.client.predict("waits", {"input": [float(i)]}) for i in range(6)]
+    assert [(s, r["default"]) for s, r in replies] == [(200, False)] * 6, replies
+
+
 def test_bad_inputs_get_clear_errors(running: Running) -> None:
     create_endpoint(running.conn, "typed", "ints", models.make_sum(), slo_micros=2_000_000)
     client = running.client
