@@ -301,6 +301,16 @@ class CrashIsolation:
         self._last_loss = time.monotonic()
         self._last_loss_what = f"replica {replica_id} of {self._mv.key} went away with a batch"
 
+    def retry_alone(self, entries: Sequence[QueueEntry]) -> None:
+        """A batch failed with the model's error (it raised, or refused an input):
+        each input goes again as a call of its own, ahead of new work, so that
+        only the inputs that fail alone get the error (once each: alone, an error
+        is final)."""
+        for e in _unanswered(entries):
+            batch = SuspectBatch([e], 0)
+            batch.lost_at = -math.inf  # no loss behind it: lost, it is a plain input
+            self._queue(batch, count=True)
+
     def requeue(self, suspects: Sequence[SuspectBatch]) -> None:
         """Queue again suspect batches that were taken but not sent."""
         for batch in suspects:

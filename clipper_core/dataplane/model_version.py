@@ -26,6 +26,7 @@ from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, Suspe
 from clipper_core.dataplane.replica_slot import ReplicaSlot
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
+    BadInput,
     ClipperError,
     DeadlineExceeded,
     ModelError,
@@ -392,6 +393,12 @@ class ModelVersion:
         except asyncio.CancelledError:
             self.isolation.removed(entries, suspect, slot.replica_id)
             raise
+        except (ModelError, BadInput) as exc:
+            if len(entries) > 1:  # one input's error is not the others': each again, alone
+                self.isolation.retry_alone(entries)
+            else:
+                self.metrics.error(exc.kind, 1)
+                self._fail(entries, exc)
         except ClipperError as exc:
             self.metrics.error(exc.kind, len(entries))
             self._fail(entries, exc)

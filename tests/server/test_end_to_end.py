@@ -135,6 +135,26 @@ def test_model_exception_fails_only_its_request(running: Running) -> None:
     assert status == 200 and body["output"] == 1
 
 
+def test_one_bad_input_in_a_batch_fails_only_its_own_query(running: Running) -> None:
+    # Four queries in one batch (batch size 4, a wait long enough to gather them);
+    # the model raises for the negative one.  Before, every query of the batch got
+    # that error (and another client's error text).
+    conn = running.conn
+    conn.register_application("mixed", "doubles", "-1", 5_000_000)
+    deploy_python_closure(
+        conn, "picky", 1, "doubles", models.make_failing(), batch_size=4, batch_wait_micros=500_000
+    )
+    conn.link_model_to_app("mixed", "picky")
+    values = [1.0, -1.0, 2.0, 3.0]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda v: running.client.predict("mixed", {"input": [v]}), values))
+    assert [s for s, _ in replies] == [200, 500, 200, 200], replies
+    assert [r["output"] for s, r in replies if s == 200] == [1, 1, 1]
+    assert "negative inputs are not supported" in replies[1][1]["cause"]
+    model = conn.get_metrics()["models"]["picky:1"]
+    assert model["errors"] == {"model_error": 1}, model
+
+
 def test_cache_hits_skip_the_container(running: Running) -> None:
     create_endpoint(running.conn, "counted", "doubles", models.make_counter(), slo_micros=2_000_000)
     first = running.client.predict("counted", {"input": [1.0, 2.0]})[1]
