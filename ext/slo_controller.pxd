@@ -44,6 +44,7 @@ cdef class SloController:
 
     # observe() for other extensions: no Python call, no argument boxing.
     cdef int observe_c(self, int batch_size, double latency) except -1
+    cdef int _check(self, int batch_size, double latency) except -1
     cpdef void set_slo(self, double slo) except *
     cpdef void reset(self) noexcept
     cdef void _forget(self) noexcept

@@ -217,6 +217,34 @@ cdef class SloController:
             batch_size = operator.index(batch_size)
         self.observe_c(batch_size, latency)
 
+    def record(self, batch_size, double latency):
+        """Adds one batch to the quantile mode's window without a step of the
+        batch size (other modes ignore it): a fast batch below the limit says
+        nothing about the limit, but it is a point of the latency line.  A
+        window fed only slow small batches and full ones fits a false slope.
+
+        Raises:
+            ValueError: as :meth:`observe`.
+        """
+        if not PyLong_Check(batch_size):
+            batch_size = operator.index(batch_size)
+        self._check(batch_size, latency)
+        if self._mode == SLO_MODE_QUANTILE:
+            self._observations += 1
+            self._push(batch_size, latency)
+            self._since_refit += 1
+            if self._since_refit >= self._refit_every and self._run < self._count:
+                self._refit()
+
+    cdef int _check(self, int batch_size, double latency) except -1:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= latency <= DBL_MAX:
+            raise ValueError(
+                f"latency must be a finite number of seconds >= 0, got {latency!r}"
+            )
+        return 0
+
     cdef int observe_c(self, int batch_size, double latency) except -1:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -289,6 +289,30 @@ class SloController:
         elif mode == "quantile":
             self._quantile_step(n, lat)
 
+    def record(self, batch_size: SupportsIndex, latency: SupportsFloat) -> None:
+        """Adds one batch to the quantile mode's window without a step of the
+        batch size (other modes ignore it): a fast batch below the limit says
+        nothing about the limit, but it is a point of the latency line.  A
+        window fed only slow small batches and full ones fits a false slope.
+
+        Raises:
+            ValueError, OverflowError: as :meth:`observe`.
+        """
+        n = batch_size if type(batch_size) is int else operator.index(batch_size)
+        lat = latency if type(latency) is float else _as_float(latency, "latency")
+        if not 1 <= n <= _C_INT_MAX:
+            if n > _C_INT_MAX or n < -_C_INT_MAX - 1:
+                raise OverflowError("batch_size is too large for a C int")
+            raise ValueError(f"batch_size must be >= 1, got {n}")
+        if not 0.0 <= lat <= _FLOAT_MAX:
+            raise ValueError(f"latency must be a finite number of seconds >= 0, got {lat!r}")
+        if self._mode == "quantile":
+            self._observations += 1
+            self._push(n, lat)
+            self._since_refit += 1
+            if self._since_refit >= self._refit_every and self._run < len(self._window):
+                self._refit()
+
     def set_slo(self, slo: SupportsFloat) -> None:
         """Changes the latency objective; a quantile fit is re-applied at once.
 

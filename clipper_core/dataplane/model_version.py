@@ -448,6 +448,7 @@ class ModelVersion:
             and n < controller.batch_size
             and latency < controller.slo * (1.0 - AIMD_TOLERANCE)
         ):
+            controller.record(n, latency)  # the quantile fit's point, no step
             return
         controller.observe(n, latency)
 

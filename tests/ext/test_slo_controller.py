@@ -513,7 +513,13 @@ def test_batch_size_stays_in_bounds(
 
 
 @settings(max_examples=100, deadline=None)
-@given(config=configs, data=observations, own=st.booleans(), slo_changes=st.booleans())
+@given(
+    config=configs,
+    data=observations,
+    own=st.booleans(),
+    slo_changes=st.booleans(),
+    records=st.booleans(),
+)
 @example(  # found by this test: a fit whose residuals are all left out (the twin divided by 0)
     config={
         "mode": "quantile",
@@ -528,15 +534,22 @@ def test_batch_size_stays_in_bounds(
     data=[(72, 0.0), (260, 1e300)],
     own=False,
     slo_changes=False,
+    records=False,
 )
 def test_cython_and_twin_trajectories_are_identical(
-    config: dict[str, Any], data: list[tuple[int, float]], own: bool, slo_changes: bool
+    config: dict[str, Any],
+    data: list[tuple[int, float]],
+    own: bool,
+    slo_changes: bool,
+    records: bool,
 ) -> None:
     fast = CythonSloController(SLO, **config)
     spec = PureSloController(SLO, **config)
     for i, (n, latency) in enumerate(data):
-        fast.observe(fast.batch_size if own else n, latency)
-        spec.observe(spec.batch_size if own else n, latency)
+        # record(): a point of the quantile window, no step (every third, if drawn).
+        op = "record" if records and i % 3 == 1 else "observe"
+        getattr(fast, op)(fast.batch_size if own else n, latency)
+        getattr(spec, op)(spec.batch_size if own else n, latency)
         if slo_changes and i % 17 == 16:
             fast.set_slo(SLO * (1 + i / 100))
             spec.set_slo(SLO * (1 + i / 100))
