@@ -376,7 +376,7 @@ class ControlPlane:
             replicas=n,
         )
 
-    async def update_model_spec(self, name: str, version: str, **spec: Any) -> None:
+    async def update_model_spec(self, name: str, version: str, /, **spec: Any) -> None:
         """Change a model version's tunables in place: ``num_replicas`` scales
         (as :meth:`set_num_replicas`), the others
         (:data:`~clipper_core.control.reconcile.IN_PLACE_SPEC`) apply to its next

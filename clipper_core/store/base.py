@@ -190,7 +190,7 @@ class StateStore(DesiredStateReader, KvStore, Protocol):
         """Change an application's latency objective and/or default output."""
         ...
 
-    def update_model_spec(self, name: str, version: str, **spec: Any) -> ModelRecord:
+    def update_model_spec(self, name: str, version: str, /, **spec: Any) -> ModelRecord:
         """Change tunable fields (``records.MODEL_SPEC_FIELDS``) of a model version."""
         ...
 

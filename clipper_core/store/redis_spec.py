@@ -50,7 +50,7 @@ class RedisSpecWrites(RedisDatabase):
             where, AppRecord.from_dict, changes, ("app", name), f"application {name}"
         )
 
-    def update_model_spec(self, name: str, version: str, **spec: Any) -> ModelRecord:
+    def update_model_spec(self, name: str, version: str, /, **spec: Any) -> ModelRecord:
         """Change tunable fields of a model version (any of
         :data:`~clipper_core.store.records.MODEL_SPEC_FIELDS`).
 

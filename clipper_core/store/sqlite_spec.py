@@ -84,7 +84,7 @@ class SqliteSpecWrites(SqliteDatabase):
                 tx.changed("app", name)
         return rec
 
-    def update_model_spec(self, name: str, version: str, **spec: Any) -> ModelRecord:
+    def update_model_spec(self, name: str, version: str, /, **spec: Any) -> ModelRecord:
         """Change tunable fields of a model version (any of
         :data:`~clipper_core.store.records.MODEL_SPEC_FIELDS`).
 

@@ -84,6 +84,10 @@ def test_update_model_spec_refuses_identity_fields_and_bad_values(store: StateSt
     store.add_model(rec)
     with pytest.raises(BadInput, match="not tunable in place: input_type"):
         store.update_model_spec("m", "1", input_type="ints")
+    # The identity fields by keyword too: a clear refusal, not a TypeError.
+    for field in ("name", "version"):
+        with pytest.raises(BadInput, match=f"not tunable in place: {field}"):
+            store.update_model_spec("m", "1", **{field: "x"})
     with pytest.raises(BadInput, match="batch_wait_micros"):
         store.update_model_spec("m", "1", batch_wait_micros=-1)
     with pytest.raises(NotFound):
