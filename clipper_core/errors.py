@@ -82,6 +82,15 @@ class ModelError(ClipperError):
     kind = "model_error"
 
 
+class StoreBusy(ClipperError):
+    """The state store stayed locked by another writer past its busy timeout (a
+    second process on the same SQLite file); nothing was written."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "store_busy"
+
+
 class ReplicaUnavailable(ClipperError):
     """No healthy replica could serve the batch (crashed, stopped or unreachable)."""
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 from clipper_core.auth import API_KEYS_NAMESPACE
-from clipper_core.errors import BadInput, ClipperError
+from clipper_core.errors import BadInput, ClipperError, StoreBusy
 from clipper_core.store.base import EventKind, ResyncNeeded, StateEvent
 from clipper_core.store.feed import SUBSCRIBER_CAPACITY, LocalChangeFeed
 from clipper_core.store.records import check_int
@@ -84,6 +84,8 @@ class SqliteDatabase:
         changes_kept: How many revisions the change log keeps.
         feed_capacity: Undelivered events a subscriber of :meth:`feed` may hold
             before it must resync.
+        busy_timeout: Seconds a write waits for another process's lock on the
+            file before it fails with :class:`~clipper_core.errors.StoreBusy`.
 
     Raises:
         ClipperError: The file was written by a newer clipper_core (its schema
@@ -97,6 +99,7 @@ class SqliteDatabase:
         *,
         changes_kept: int = CHANGES_KEPT,
         feed_capacity: int = SUBSCRIBER_CAPACITY,
+        busy_timeout: float = 5.0,
     ) -> None:
         check_int("changes_kept", changes_kept, 1)
         check_int("feed_capacity", feed_capacity, 1)
@@ -111,7 +114,7 @@ class SqliteDatabase:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so
         # that DDL and PRAGMA user_version are part of them.
         self._conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=5.0
+            self._path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
         try:
             self._conn.row_factory = sqlite3.Row
@@ -165,7 +168,13 @@ class SqliteDatabase:
         with self._lock:
             # IMMEDIATE takes the write lock up front, so that checks made inside the
             # transaction still hold when it commits, even with other writers.
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreBusy(
+                    f"{self._path}: the state store is locked by another process ({exc});"
+                    " nothing was changed: retry, or stop the other writer"
+                ) from None
             try:
                 tx = _Transaction(self._conn)
                 yield tx

@@ -325,3 +325,25 @@ def test_a_version_3_file_gains_the_controller_column(tmp_path: Path) -> None:
     with StateStore(path) as s:
         r3 = s.get_model("ranker", "3")
         assert r3 is not None and (r3.batch_size, r3.controller) == (16, "quantile")
+
+
+def test_a_file_locked_by_another_process_is_store_busy(tmp_path: Path) -> None:
+    # Another writer holds the file's write lock past the busy timeout: a
+    # StoreBusy (503, naming the file) and nothing written, not a raw
+    # sqlite3.OperationalError (a 500 "internal" over the management API).
+    from clipper_core.errors import StoreBusy
+
+    path = tmp_path / "state.sqlite3"
+    with StateStore(path, busy_timeout=0.2) as s:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreBusy, match="locked by another process") as info:
+                s.add_app(app("a"))
+            assert info.value.http_status == 503
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert s.get_app("a") is None
+        s.add_app(app("a"))  # the lock gone, the write goes through
+        assert s.get_app("a") is not None
