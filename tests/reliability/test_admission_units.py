@@ -180,6 +180,18 @@ def test_json_depth_limit() -> None:
         check_json_depth(b'{"a": [[[1]]]}', 3)
     with pytest.raises(BadInput):
         check_json_depth(b"[" * 100_000 + b"]" * 100_000, 64)
+    # Found by a review: an unterminated string of escaped quotes made the string
+    # pass quadratic (seconds of a blocked event loop for 22 KB), and a body of
+    # many nested arrays cost a regex pass per level (1.75 s per MB).  Both are
+    # one linear pass now (bench/test_bench_json_depth.py times them).
+    quotes = b'"' + b'\\"' * 32_000
+    with pytest.raises(BadInput):
+        check_json_depth(b'{"input":' + b"[" * 65 + quotes + b'"' + b"]" * 65 + b"}", 64)
+    check_json_depth(b'{"input":' + b"[" * 65 + quotes, 64)  # malformed: the parser says so
+    deep = b"[" * 61 + b"1" + b"]" * 61
+    check_json_depth(b'{"input_batch": [' + b",".join([deep] * 8_000) + b"]}", 64)
+    with pytest.raises(BadInput):
+        check_json_depth(b'{"input_batch": [' + b",".join([b"[" + deep + b"]"] * 8) + b"]}", 62)
 
 
 @given(st.integers(1, 40), st.integers(1, 40))
