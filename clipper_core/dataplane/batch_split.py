@@ -27,6 +27,8 @@ __all__ = ["BATCH_BYTES", "cut_batch", "input_bytes"]
 #: (``replica_client``), leaving room for the encoding (offsets, UTF-8).
 BATCH_BYTES = 48 * 1024 * 1024
 
+_ndarray = np.ndarray
+
 
 def input_bytes(value: Any) -> int:
     """About how many bytes ``value`` takes in a PredictRequest."""
@@ -38,7 +40,10 @@ def input_bytes(value: Any) -> int:
     if t is str:
         return 4 * len(value)  # UTF-8, at worst
     if t is TensorQuery:
-        return sum(int(a.nbytes) for a in value.arrays)
+        arrays = value.arrays
+        if len(arrays) == 1:  # the common case, without a generator
+            return int(arrays[0].nbytes)
+        return sum(int(a.nbytes) for a in arrays)
     return 0
 
 
@@ -46,6 +51,18 @@ def cut_batch(
     entries: list[QueueEntry], budget: int = BATCH_BYTES
 ) -> tuple[list[QueueEntry], list[SuspectBatch]]:
     """``entries`` as (the first call's, the later calls') within ``budget``."""
+    total = 0
+    for e in entries:  # the common case first: it all fits (~0.1 us an input)
+        x = e.item.input
+        t = type(x)
+        if t is _ndarray:
+            total += x.nbytes
+        elif t is TensorQuery and len(x.arrays) == 1:
+            total += x.arrays[0].nbytes
+        else:
+            total += input_bytes(x)
+    if total <= budget:
+        return entries, []
     chunks: list[list[QueueEntry]] = []
     current: list[QueueEntry] = []
     size = 0
