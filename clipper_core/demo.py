@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 import tempfile
 import time
 import urllib.request
@@ -27,6 +28,7 @@ import uvloop
 
 from clipper_core.connection import ClipperConnection
 from clipper_core.deployers import deploy_python_closure
+from clipper_core.errors import ClipperError
 from clipper_core.server import ClipperServer
 
 
@@ -131,7 +133,13 @@ def cli() -> None:
     grpc: GrpcPort = "auto"
     if args.grpc_port is not None:
         grpc = None if args.grpc_port < 0 else args.grpc_port
-    uvloop.run(main(args.once, args.query_port, args.management_port, grpc))
+    try:
+        uvloop.run(main(args.once, args.query_port, args.management_port, grpc))
+    except ClipperError as exc:  # a busy port, most often: one line, as the CLI says it
+        sys.exit(
+            f"make run: error: {exc} (is a server running already? `clipper stop`, or"
+            " pick other ports with --query-port / --management-port)"
+        )
 
 
 if __name__ == "__main__":

@@ -166,7 +166,9 @@ def _model_families(models: dict[str, Any]) -> Iterator[Metric]:
         "Inputs sent to the model version that got the app's default output.",
     )
     retried = counter(
-        "clipper_model_retried", "Inputs handed to another replica after a replica failed."
+        "clipper_model_retried",
+        "Inputs sent again: their replica went away with them, or their batch failed with"
+        " the model's error (each then goes alone).",
     )
     judged = counter(
         "clipper_model_slo_judged",

@@ -55,11 +55,20 @@ def install(
         # (401/403), then the client's deadline header (400 when malformed).
         if hop_trace.ENABLED:
             hop_trace.mark("handler_started")
-        client = gate.admit(request.headers, request.remote)
+        try:
+            client = gate.admit(request.headers, request.remote)
+        except ClipperError as exc:  # 429: counted for the app it was meant for
+            if (app := dataplane.apps.get(params["app"])) is not None:
+                app.metrics.error(exc.kind, received=True)
+            raise
         try:
             app = dataplane.app(params["app"])
-            gate.check(app.name, request.headers)
-            deadline = deadline_from_headers(request.headers)
+            try:
+                gate.check(app.name, request.headers)
+                deadline = deadline_from_headers(request.headers)
+            except ClipperError as exc:  # 401, 403, a malformed deadline header
+                app.metrics.error(exc.kind, received=True)
+                raise
             if hop_trace.ENABLED:
                 hop_trace.mark("admitted")
             return await _predict(request, app, deadline)

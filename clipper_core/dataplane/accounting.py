@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from clipper_core.errors import ModelError
 from clipper_core.logs import RateLimiter, log_event
 from clipper_core.metrics import error_kind
 
@@ -43,6 +44,10 @@ def record_failure(
     app.metrics.error(kind, n, received=True)
     if rejected:
         mv.metrics.error(kind, n)
+    elif isinstance(exc, ModelError):
+        # The model ran them and failed: misses of the app's objective for the
+        # model too, as an error inside an input_batch is (count_answered).
+        mv.metrics.judged(n, 0)
     if kind in OVERLOAD_KINDS and _overload_limiter.allow(app.name):
         q = mv.queue.stats()
         log_event(

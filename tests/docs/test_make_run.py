@@ -71,3 +71,23 @@ def test_make_run_serves_until_interrupted(tmp_path: object) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode is not None
+
+
+def test_the_example_on_a_busy_port_says_so_in_one_line() -> None:
+    # `clipper start` then `make run`, say: one line naming the port, not a
+    # 39-line traceback (the demo module is what `make run` runs).
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        res = subprocess.run(
+            [sys.executable, "-m", "clipper_core.demo", "--once", "--query-port", str(port),
+             "--management-port", "0", "--grpc-port", "-1"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], res.stderr
+    assert "clipper stop" in lines[0]

@@ -182,6 +182,9 @@ def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
     # A valid key is a client of its own, and passes the key check.
     status, _, body = http("POST", f"{base}/update", feedback, headers={"X-Api-Key": key})
     assert status == 200 and body["success"], body
+    # The app's error counter saw both refusals of /predict (neither was counted).
+    errors = r.conn.get_metrics()["apps"]["keyed"]["errors"]
+    assert errors == {"unauthorized": 1, "rate_limited": 1}, errors
 
 
 def test_a_model_queried_by_its_own_name_over_oip_needs_a_key_of_its_apps(
