@@ -125,7 +125,29 @@ def _element_bytes(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, np.str_):
         return str(value).encode("utf-8")
-    return json.dumps(value, default=_json_default, separators=(",", ":")).encode("utf-8")
+    try:
+        text = json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or an infinity: named, as the REST replies name them
+        text = json.dumps(
+            _named(value), default=_json_default, separators=(",", ":"), allow_nan=False
+        )
+    return text.encode("utf-8")
+
+
+def _named(value: Any) -> Any:
+    """``value`` with each non-finite float as ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (JSON has no such numbers; json.dumps would write invalid JSON)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _named(value.tolist())
+    if isinstance(value, dict):
+        return {k: _named(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_named(v) for v in value]
+    return value
 
 
 def encode_bytes(array: np.ndarray[Any, Any]) -> bytes:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from clipper_core.dataplane.model_version import PendingQuery
@@ -93,6 +95,19 @@ def test_bytes_are_length_prefixed() -> None:
     for broken in (raw[:-1], raw + b"x", b"\x01\x00"):
         with pytest.raises(ValueError):
             decode_bytes(broken, 3)
+
+
+def test_json_text_in_bytes_names_non_finite_numbers() -> None:
+    # json.dumps wrote NaN and Infinity bare: not JSON (a client's parser refused
+    # the element); named as Clipper REST replies name them.
+    arr = np.empty(2, dtype=object)
+    arr[0] = {"a": [1.0, math.inf], "b": (math.nan,), "c": np.float32(-math.inf)}
+    arr[1] = {"ok": [1.5]}
+    raw = encode_bytes(arr)
+    assert [orjson.loads(e) for e in decode_bytes(raw, 2).tolist()] == [
+        {"a": [1.0, "Infinity"], "b": ["NaN"], "c": "-Infinity"},
+        {"ok": [1.5]},
+    ]
 
 
 def test_a_bytes_shape_larger_than_its_data_is_refused_before_any_allocation() -> None:
