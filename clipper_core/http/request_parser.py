@@ -205,6 +205,16 @@ class RequestParser(asyncio.Protocol):
         self._method = method
         self._keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         headers = self._headers
+        coding = headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp undoes "chunked" only: a body in gzip (say) would reach the
+            # handler still compressed and be read as malformed JSON.
+            self._fail(
+                501,
+                "not_implemented",
+                f"Transfer-Encoding {coding!r} is not supported; send 'chunked' or none",
+            )
+            raise _Abort
         length = headers.get("content-length")
         declared = 0
         if length is not None:

@@ -121,6 +121,33 @@ def test_malformed_request_is_400_then_close(
     run(loop, body())
 
 
+def test_a_transfer_coding_other_than_chunked_is_501(loop: asyncio.AbstractEventLoop) -> None:
+    # llhttp undoes "chunked" only: a gzip transfer coding reached the handler
+    # still compressed and was answered as malformed JSON.
+    async def body() -> None:
+        async with serving(make_router()) as server:
+            client = await Client.connect(server.port)
+            await client.send(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+            )
+            resp = await client.read_response()
+            assert resp.status == 501
+            error, cause = _error(resp.body)
+            assert error == "not_implemented" and "'gzip, chunked' is not supported" in cause
+            await client.close()
+            client = await Client.connect(server.port)  # chunked alone still works
+            await client.send(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+            )
+            resp = await client.read_response()
+            assert resp.status == 200, resp
+            await client.close()
+
+    run(loop, body())
+
+
 def test_header_section_too_large_is_431(loop: asyncio.AbstractEventLoop) -> None:
     async def body() -> None:
         async with serving(make_router(), max_header_size=4096) as server:
