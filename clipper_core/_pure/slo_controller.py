@@ -38,21 +38,13 @@ Modes:
     refits it holds the fitted size, except that any SLO miss shrinks it at once
     as AIMD would.
 
-    One slow batch must not collapse the size (on a shared machine a descheduled
-    process makes one now and then, at any batch size).  So: a batch whose
-    residual reaches the SLO itself is left out of the fit (the line is refitted
-    without it), since no smaller size would have avoided it; the residual
-    quantile is never the largest residual, which it would be with fewer than
-    ``1 / (1 - quantile)`` points (the size would then sit at 1 until that point
-    left the window); a refit lowers the size by at most one
-    multiplicative-decrease step (only observed misses cut faster); and a miss at
-    a size that the current fit called safe only drops the fit (AIMD explores
-    again, and the next refit, ``refit_every`` batches later, uses the whole
-    window).  A second such miss before that refit means the model got slower
-    than the window remembers: the window is emptied down to that newest
-    observation, so that stale, faster points cannot tilt the next fit.  (When
-    the model gets faster, the old points keep the fit conservative until they
-    leave the window.)
+    One slow batch must not collapse the size: a residual that reaches the SLO
+    is left out of the fit; the residual quantile is never the largest residual;
+    a refit lowers the size by one multiplicative-decrease step at most; a miss
+    at a size the fit called safe drops the fit, and a second one before the next
+    refit empties the window to that newest point (the reasons, and what each
+    rule fixed: ``docs/benchmarks/controllers.md``).  :meth:`record` adds a point
+    to the window without a step.
 
 ``fixed``
     Always ``fixed_batch_size`` (by default ``max_batch_size``).
@@ -92,6 +84,19 @@ def _as_c_int(value: SupportsIndex, name: str) -> int:
     return n
 
 
+def _batch_args(batch_size: SupportsIndex, latency: SupportsFloat) -> tuple[int, float]:
+    # What the extension's ``int batch_size, double latency`` take, checked.
+    n = batch_size if type(batch_size) is int else operator.index(batch_size)
+    lat = latency if type(latency) is float else _as_float(latency, "latency")
+    if not 1 <= n <= _C_INT_MAX:
+        if n > _C_INT_MAX or n < -_C_INT_MAX - 1:
+            raise OverflowError("batch_size is too large for a C int")
+        raise ValueError(f"batch_size must be >= 1, got {n}")
+    if not 0.0 <= lat <= _FLOAT_MAX:
+        raise ValueError(f"latency must be a finite number of seconds >= 0, got {lat!r}")
+    return n, lat
+
+
 class SloController:
     """Chooses the largest batch size that meets a latency SLO.
 
@@ -114,29 +119,13 @@ class SloController:
         TypeError: A knob has the wrong type.
     """
 
-    __slots__ = (
-        "_a",
-        "_additive_increase",
-        "_b",
-        "_batch_size",
-        "_cap",
-        "_doubt",
-        "_fitted",
-        "_hold_from",
-        "_initial_batch_size",
-        "_last_n",
-        "_max_batch_size",
-        "_mode",
-        "_multiplicative_decrease",
-        "_observations",
-        "_quantile",
-        "_refit_every",
-        "_run",
-        "_since_refit",
-        "_slo",
-        "_tolerance",
-        "_window",
-        "_window_size",
+    __slots__ = tuple(
+        """
+        _a _additive_increase _b _batch_size _cap _doubt _fitted _hold_from
+        _initial_batch_size _last_n _max_batch_size _mode _multiplicative_decrease
+        _observations _quantile _refit_every _run _since_refit _slo _tolerance _window
+        _window_size
+        """.split()
     )
 
     _mode: str
@@ -274,14 +263,7 @@ class SloController:
             ValueError: ``batch_size < 1``, or ``latency`` is negative, NaN or
                 infinite.
         """
-        n = batch_size if type(batch_size) is int else operator.index(batch_size)
-        lat = latency if type(latency) is float else _as_float(latency, "latency")
-        if not 1 <= n <= _C_INT_MAX:
-            if n > _C_INT_MAX or n < -_C_INT_MAX - 1:
-                raise OverflowError("batch_size is too large for a C int")
-            raise ValueError(f"batch_size must be >= 1, got {n}")
-        if not 0.0 <= lat <= _FLOAT_MAX:
-            raise ValueError(f"latency must be a finite number of seconds >= 0, got {lat!r}")
+        n, lat = _batch_args(batch_size, latency)
         self._observations += 1
         mode = self._mode
         if mode == "aimd":
@@ -290,22 +272,11 @@ class SloController:
             self._quantile_step(n, lat)
 
     def record(self, batch_size: SupportsIndex, latency: SupportsFloat) -> None:
-        """Adds one batch to the quantile mode's window without a step of the
-        batch size (other modes ignore it): a fast batch below the limit says
-        nothing about the limit, but it is a point of the latency line.  A
-        window fed only slow small batches and full ones fits a false slope.
-
-        Raises:
-            ValueError, OverflowError: as :meth:`observe`.
-        """
-        n = batch_size if type(batch_size) is int else operator.index(batch_size)
-        lat = latency if type(latency) is float else _as_float(latency, "latency")
-        if not 1 <= n <= _C_INT_MAX:
-            if n > _C_INT_MAX or n < -_C_INT_MAX - 1:
-                raise OverflowError("batch_size is too large for a C int")
-            raise ValueError(f"batch_size must be >= 1, got {n}")
-        if not 0.0 <= lat <= _FLOAT_MAX:
-            raise ValueError(f"latency must be a finite number of seconds >= 0, got {lat!r}")
+        """Adds a batch to the quantile window, no step of the size (other modes
+        ignore it): a fast batch below the limit says nothing of the limit, but it
+        is a point of the latency line (without such points the fit's slope is
+        false).  Raises as :meth:`observe`."""
+        n, lat = _batch_args(batch_size, latency)
         if self._mode == "quantile":
             self._observations += 1
             self._push(n, lat)

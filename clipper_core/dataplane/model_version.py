@@ -460,8 +460,7 @@ class ModelVersion:
             while True:
                 await asyncio.sleep(delay)
                 if await slot.client.health():
-                    # Back in place (a replica restarted at its address): a sign of
-                    # life, so that isolation tells its next loss from this one.
+                    # Back (restarted at its address): isolation tells its next loss apart.
                     slot.alive_at = time.monotonic()
                     return
                 delay = min(delay * 2, 1.0)
