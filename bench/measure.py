@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import load, payloads, profiles, report
 from bench.scenario import Scenario, batch_slo_share
 from bench.serverproc import ClipperProcess, Poller
@@ -42,6 +44,17 @@ class Target:
 
 
 # -- one load run ---------------------------------------------------------------------
+
+
+def load_end(rec: dict[str, Any], origin: float, t_to: float) -> float:
+    """The end of the measured window for a load with a request cap: the last
+    completion when it came before ``t_to`` (at least a little after ``origin``,
+    so that a cap spent in warm-up shows as no requests, not a division by 0)."""
+    t1 = np.asarray(rec["t1"], dtype=float)
+    finite = t1[np.isfinite(t1)]
+    if finite.size == 0:
+        return t_to
+    return max(min(t_to, float(finite.max())), origin + 1e-3)
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -169,6 +182,10 @@ def measure(
     samples = poller.samples if poller is not None else []
     origin = rec["start"] + warmup_s
     t_to = rec["start"] + warmup_s + duration_s
+    if sc.load.max_requests:
+        # A request cap may end the load before the window does: the rates are
+        # over the time the load ran, not the whole window (20x too low before).
+        t_to = load_end(rec, origin, t_to)
     summary = report.summarize(
         rec,
         t_from=origin,

@@ -41,6 +41,32 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def frontend_children(pid: int, replicas: set[int]) -> list[int]:
+    """The direct children of ``pid`` that are query workers (``--workers N``):
+    not replicas, nor anything else the frontend runs."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for kid in kids:
+            if kid in replicas:
+                continue
+            try:
+                with open(f"/proc/{kid}/cmdline", "rb") as f:
+                    if b"query_worker" in f.read():
+                        out.append(kid)
+            except OSError:
+                continue
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -358,7 +384,13 @@ class ClipperProcess:
             models[key] = row
         pids = [int(r["pid"]) for r in state.get("replicas", []) if r.get("pid")]
         self._replica_pids.update(pids)
-        server_cpu = cpu_seconds(self.pid) if self.proc is not None else None
+        server_cpu = None
+        if self.proc is not None:
+            # The frontend: this process and its query workers (--workers N), not
+            # the replicas (counted apart); the workers were left out before.
+            server_cpu = cpu_seconds(self.pid)
+            for child in frontend_children(self.pid, self._replica_pids):
+                server_cpu = (server_cpu or 0.0) + (cpu_seconds(child) or 0.0)
         replica_cpu = sum(c for c in (cpu_seconds(p) for p in pids) if c is not None)
         metrics = state.get("metrics") or {}
         return {

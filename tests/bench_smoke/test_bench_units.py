@@ -339,3 +339,50 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     p.write_text('name = "x"\n[load]\nconcurency = 3\n')
     with pytest.raises(scenario.ScenarioError, match="concurency"):
         scenario.load_scenario(str(p))
+
+
+def test_a_request_cap_ends_the_window_with_the_load() -> None:
+    # The load ran 0.25 s of a 5 s window: the rates are over those 0.25 s
+    # (they were divided by the whole window: 20x too low).
+    from bench.measure import load_end
+
+    rec = {"t1": np.array([10.1, 10.2, 10.25, np.inf])}
+    assert load_end(rec, 10.0, 15.0) == 10.25
+    assert load_end({"t1": np.array([11.0, 20.0])}, 10.0, 15.0) == 15.0  # ran past it
+    assert load_end({"t1": np.array([9.0])}, 10.0, 15.0) == 10.001  # spent in warm-up
+
+
+def test_targets_read_the_median_of_the_rounds_and_say_not_measured() -> None:
+    from bench import targets
+
+    report_ = {
+        "kind": "compare",
+        "scenario": {"load": {"protocol": "rest", "mode": "closed", "concurrency": 32}},
+        "runs": [{"summary": {"throughput_rps": 9000, "latency_ms": {"p99": 12.0}}}],
+        "comparison": {"ours_rps_median": 15000, "p99_ms": [3.0, 1.0]},
+    }
+    rules = [{"name": "t", "throughput_rps_min": 10000, "p99_ms_max": 10}]
+    (verdict,) = targets.evaluate(report_, rules)
+    assert verdict["met"] is True  # round 1 alone (9,000, 12 ms) read NOT met
+    (missing,) = targets.evaluate(report_, [{"name": "t", "fraction_of_bare_min": 0.2}])
+    assert missing["met"] is None  # not measured, not "NOT met"
+
+
+def test_the_frontend_cpu_counts_query_workers_not_replicas() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.serverproc import frontend_children
+
+    sleep = "import time; time.sleep(30)"
+    worker = subprocess.Popen([sys.executable, "-c", sleep, "clipper_core.query_worker"])
+    replica = subprocess.Popen([sys.executable, "-c", sleep, "query_worker"])
+    other = subprocess.Popen([sys.executable, "-c", sleep])
+    try:
+        found = frontend_children(os.getpid(), {replica.pid})
+        assert worker.pid in found and replica.pid not in found and other.pid not in found
+    finally:
+        for p in (worker, replica, other):
+            p.kill()
+            p.wait()
