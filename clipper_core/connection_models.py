@@ -18,6 +18,8 @@ from typing import Any
 
 import cloudpickle
 
+from clipper_core.errors import BadInput
+
 __all__ = ["ModelDeployment", "local_python_path", "noted"]
 
 log = logging.getLogger("clipper_core.connection")
@@ -132,6 +134,15 @@ class ModelDeployment:
         """
         from clipper_core.deployers.requirements import deploy_environment
 
+        declared = getattr(obj, "input_type", None)
+        if isinstance(declared, str) and declared != input_type:
+            # Said here in one line, not by the container after it started.
+            raise BadInput(
+                f"{type(obj).__name__} declares input_type={declared!r} but is deployed"
+                f" with input_type={input_type!r}; make them agree"
+            )
+        if not callable(obj) and not callable(getattr(obj, "predict", None)):
+            raise BadInput(f"{type(obj).__name__} is neither callable nor a Model with predict()")
         container: dict[str, Any] = {
             "kind": "closure",
             "filename": "closure.pkl",

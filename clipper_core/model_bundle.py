@@ -39,12 +39,26 @@ def check_payload_filename(name: object) -> str:
 
 
 def pack_directory(folder: str | os.PathLike[str]) -> bytes:
-    """The contents of ``folder`` as an uncompressed tar archive (paths relative)."""
+    """The contents of ``folder`` as an uncompressed tar archive (paths relative).
+
+    The same contents give the same bytes: members carry no modification time,
+    owner or permission bits beyond executable or not, so that a model saved
+    again (a re-run script) has the same digest and its deploy is "unchanged",
+    not refused as changed code."""
     root = Path(folder)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+    def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        executable = info.isdir() or info.mode & 0o111
+        info.mode = 0o755 if executable else 0o644
+        return info
+
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(root.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+            tar.add(path, arcname=str(path.relative_to(root)), recursive=False, filter=normalised)
     return buf.getvalue()
 
 

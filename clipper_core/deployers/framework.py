@@ -36,6 +36,37 @@ default_progress: Callable[[str], None] = _print_progress
 Saver = Callable[[Path], dict[str, Any]]
 
 
+def classes_from_main(model: Any) -> list[str]:
+    """The classes of the running script (``__main__``) that pickling ``model``
+    refers to by name: a container cannot import them (pickle and joblib store
+    classes by module and name; only closures are copied by value)."""
+    import pickle
+    import pickletools
+
+    found: set[str] = set()
+    memo: list[Any] = []
+    strings: list[Any] = []  # the values pushed lately, enough for STACK_GLOBAL
+    for op, arg, _ in pickletools.genops(pickle.dumps(model, protocol=4)):
+        name = op.name
+        if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            strings.append(arg)
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            index = int(str(arg))
+            strings.append(memo[index] if index < len(memo) else None)
+        elif name == "MEMOIZE":
+            memo.append(strings[-1] if strings else None)
+        elif name == "STACK_GLOBAL":
+            if len(strings) >= 2 and strings[-2] == "__main__":
+                found.add(str(strings[-1]))
+            strings.append(None)
+        elif name == "GLOBAL" and str(arg).startswith("__main__ "):
+            found.add(str(arg).split(" ", 1)[1])
+        else:
+            strings.append(None)
+        del strings[:-4]
+    return sorted(found)
+
+
 def tensor_specs(specs: Iterable[Any] | None) -> list[dict[str, Any]] | None:
     """Declared tensor specs as JSON: dicts ``{"name", "datatype", "shape"}`` or
     objects with those attributes (``model_containers.TensorSpec``)."""

@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from clipper_core.connection import ClipperConnection
-from clipper_core.deployers.framework import default_progress, deploy_framework_model, pick_model
+from clipper_core.deployers.framework import (
+    classes_from_main,
+    default_progress,
+    deploy_framework_model,
+    pick_model,
+)
 from clipper_core.errors import BadInput
 
 
@@ -72,6 +77,18 @@ def deploy_sklearn_model(
         raise BadInput(f"{type(model).__name__} has no method {method!r}")
     if serialization not in ("joblib", "skops"):
         raise BadInput("serialization must be 'joblib' or 'skops'")
+    if serialization == "skops":
+        try:
+            import skops.io  # noqa: F401
+        except ImportError:
+            raise BadInput("serialization='skops' needs skops: pip install skops") from None
+    local = classes_from_main(model)
+    if local:
+        raise BadInput(
+            f"{', '.join(local)} is defined in the script itself (__main__), which the"
+            " container cannot import: move it to a module next to the script (its folder"
+            " is sent along), or deploy a function with deploy_python_closure"
+        )
 
     def save(folder: Path) -> dict[str, Any]:
         if serialization == "skops":

@@ -67,3 +67,34 @@ def test_container_reports_a_deploy_env_mismatch_before_loading(tmp_path: Path) 
     assert out.returncode == 1
     assert "at deploy time (the model holds pickled Python code" in out.stderr
     assert "never-read.pkl" not in out.stderr
+
+
+def test_tensor_specs_take_what_the_framework_deployers_take() -> None:
+    # A lower-case datatype was advertised as is and failed every OIP query with
+    # a KeyError; a None dimension failed the deploy with a TypeError.
+    from model_containers import TensorSpec
+
+    assert TensorSpec("y", "fp64", (None, 3)) == TensorSpec("y", "FP64", (-1, 3))
+    with pytest.raises(ValueError, match="unknown datatype 'float'"):
+        TensorSpec("y", "float", (1,))
+    with pytest.raises(ValueError, match="not a list of integers"):
+        TensorSpec("y", "FP32", ("a",))
+
+
+def test_a_model_whose_input_type_disagrees_is_refused_before_any_container() -> None:
+    from clipper_core import ClipperConnection, LocalContainerManager
+    from clipper_core.errors import BadInput
+    from model_containers import Model
+
+    class Texts(Model):
+        input_type = "strings"
+
+        def predict(self, inputs: list[str]) -> list[int]:
+            return [len(x) for x in inputs]
+
+    # No server: the check comes before the call (port 9 would refuse it).
+    conn = ClipperConnection(LocalContainerManager(query_port=9, management_port=9))
+    with pytest.raises(BadInput, match="declares input_type='strings' but is deployed"):
+        conn.deploy_pickled("texts", 1, "doubles", Texts())
+    with pytest.raises(BadInput, match="neither callable nor a Model"):
+        conn.deploy_pickled("texts", 1, "doubles", 42)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,3 +162,37 @@ def test_metadata_reaches_the_open_inference_protocol(server: Running) -> None:
     assert meta["platform"] == "sklearn"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}]
     assert meta["outputs"] == [{"name": "output", "datatype": "FP64", "shape": [-1]}]
+
+
+def test_the_same_model_deployed_again_is_unchanged(server: Running) -> None:
+    # A re-run script saves the model again: its bundle used to carry the files'
+    # times and owners, so its digest changed and the deploy was refused as new
+    # code under the same version.
+    clf = LogisticRegression(max_iter=500).fit(X, Y_CLASS)
+    deploy_sklearn_model(server.conn, "sk-again", 1, "doubles", model=clf)
+    deploy_sklearn_model(server.conn, "sk-again", 1, "doubles", model=clf)  # no error
+    assert server.conn.get_all_models().count("sk-again:1") == 1
+
+
+def test_a_class_of_the_script_itself_is_refused_in_one_line(
+    server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # joblib stores classes by name: the container cannot import __main__'s, and
+    # every replica failed with a pickle traceback (a 500 after a start).
+    import sys
+
+    from sklearn.base import BaseEstimator, TransformerMixin
+
+    def transform(self: Any, values: Any) -> Any:
+        return 2 * values
+
+    doubler = type(
+        "Doubler",
+        (BaseEstimator, TransformerMixin),
+        {"__module__": "__main__", "fit": lambda self, *_: self, "transform": transform},
+    )
+    monkeypatch.setattr(sys.modules["__main__"], "Doubler", doubler, raising=False)
+    model = make_pipeline(doubler(), LogisticRegression(max_iter=500)).fit(X, Y_CLASS)
+    with pytest.raises(ClipperError, match=r"Doubler is defined in the script itself"):
+        deploy_sklearn_model(server.conn, "sk-main", 1, "doubles", model=model)
+    assert "sk-main:1" not in server.conn.get_all_models()
