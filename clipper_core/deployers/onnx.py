@@ -13,6 +13,28 @@ from clipper_core.deployers.framework import default_progress, deploy_framework_
 from clipper_core.errors import BadInput
 
 
+def external_data_files(graph_file: Path) -> list[str]:
+    """The external data files an ONNX graph file names (relative paths inside
+    its folder); none when the ``onnx`` package is not installed to read it."""
+    try:
+        import onnx
+        from onnx import external_data_helper as ext
+    except ImportError:
+        return []
+    proto = onnx.load(str(graph_file), load_external_data=False)
+    found: set[str] = set()
+    for tensor in ext._get_all_tensors(proto):
+        if ext.uses_external_data(tensor):
+            location = ext.ExternalDataInfo(tensor).location
+            resolved = (graph_file.parent / location).resolve()
+            if not resolved.is_relative_to(graph_file.parent.resolve()) or not resolved.is_file():
+                raise BadInput(
+                    f"{graph_file}: external data {location!r} is not a file in its folder"
+                )
+            found.add(location)
+    return sorted(found)
+
+
 def deploy_onnx_model(
     clipper_conn: ClipperConnection,
     name: str,
@@ -81,6 +103,12 @@ def deploy_onnx_model(
             if not Path(model).is_file():
                 raise BadInput(f"{model} is not an ONNX file")
             shutil.copyfile(model, path)
+            for location in external_data_files(Path(model)):
+                # Weights kept beside the graph (models over 2 GB must): they go
+                # along, under the same relative names.
+                target = folder / location
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(model).parent / location, target)
         elif hasattr(model, "SerializeToString"):
             path.write_bytes(model.SerializeToString())
         else:

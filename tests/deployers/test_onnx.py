@@ -78,6 +78,32 @@ def test_onnx_graph_served_like_in_process(server: Running, tmp_path: Path) -> N
     assert specs(meta.outputs) == [("probability", "FP32", (-1, 2))]
 
 
+def test_a_graph_with_its_weights_beside_it_is_deployed_by_path(
+    server: Running, tmp_path: Path
+) -> None:
+    # Models over 2 GB keep their weights in files beside the graph: only the
+    # graph was copied, and the container could not start.
+    model = fitted_linear_graph()
+    folder = tmp_path / "external"
+    folder.mkdir()
+    path = folder / "linear.onnx"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        location="linear.onnx.data",
+        size_threshold=0,
+    )
+    queries = RNG.normal(size=(8, 5))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(["scores"], {"features": queries.astype(np.float32)})[0]
+    endpoint(server, "onnx-external")
+    deploy_onnx_model(server.conn, "onnx-external", 1, "doubles", model=str(path))
+    link(server, "onnx-external")
+    got = np.asarray(serve(server, "onnx-external", queries), dtype=np.float32)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_onnx_func_gets_the_session(server: Running) -> None:
     model = fitted_linear_graph()
 
