@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # Requirement-line syntax is shared with the server's environment builder.
+from clipper_core.errors import BadInput
 from clipper_core.requirements import canonical_name, requirement_name
 
 __all__ = [
@@ -85,14 +86,63 @@ def deploy_environment(
     }
 
 
-def read_requirements_file(path: str | os.PathLike[str]) -> list[str]:
-    """The requirement lines of a file (comments and blank lines dropped)."""
+def read_requirements_file(
+    path: str | os.PathLike[str], _seen: frozenset[Path] = frozenset()
+) -> list[str]:
+    """The requirement lines of a file (comments and blank lines dropped), as the
+    server's pip must read them: ``-r`` files inlined and local paths made
+    absolute, both relative to the file (pip runs in the environment's folder
+    on the server, where neither would be found).
+
+    Raises:
+        BadInput: A file cannot be read, or includes itself.
+    """
+    here = Path(path).expanduser().resolve()
+    if here in _seen:
+        raise BadInput(f"{here} includes itself (through -r)")
+    try:
+        text = here.read_text()
+    except OSError as exc:
+        raise BadInput(f"cannot read the requirements file {here}: {exc}") from None
     lines: list[str] = []
-    for raw in Path(path).read_text().splitlines():
+    for raw in text.splitlines():
         line = raw.split(" #", 1)[0].strip()
-        if line and not line.startswith("#"):
-            lines.append(line)
+        if not line or line.startswith("#"):
+            continue
+        option, target = _option(line)
+        if option in ("-r", "--requirement"):
+            lines += read_requirements_file(here.parent / target, _seen | {here})
+        elif option in ("-c", "--constraint"):
+            lines.append(f"-c {(here.parent / target).expanduser().resolve()}")
+        else:
+            lines.append(absolute_local(line, here.parent))
     return lines
+
+
+def _option(line: str) -> tuple[str, str]:
+    """``("-r", "base.txt")`` for ``-r base.txt``, ``-rbase.txt`` or
+    ``--requirement=base.txt``; ``("", line)`` for anything else."""
+    for option in ("--requirement", "--constraint", "-r", "-c"):
+        if line.startswith(option):
+            rest = line[len(option) :]
+            if option.startswith("--") and rest[:1] not in ("=", " ", "\t"):
+                continue
+            return option, rest.lstrip("= \t")
+    return "", line
+
+
+def absolute_local(line: str, base: Path) -> str:
+    """``line`` with a local path (``./pkg``, ``../w.whl``, ``dist/x.tar.gz``)
+    made absolute against ``base``, when it names a file or folder there; any
+    other requirement unchanged."""
+    if line.startswith("-") or "://" in line or "@" in line:
+        return line
+    local = line.startswith((".", "/", "~")) or line.endswith((".whl", ".tar.gz", ".zip"))
+    if local:
+        candidate = (base / line).expanduser()
+        if candidate.exists():
+            return str(candidate.resolve())
+    return line
 
 
 def requirements_for(
@@ -106,7 +156,10 @@ def requirements_for(
     deploy record needs (``exact`` or ``present``) that the user did not name, so
     that the environment loads what was saved.
     """
-    user = [str(p).strip() for p in pkgs_to_install or [] if str(p).strip()]
+    # A local path among them is the caller's, relative to its working folder.
+    user = [
+        absolute_local(str(p).strip(), Path.cwd()) for p in pkgs_to_install or [] if str(p).strip()
+    ]
     if requirements_file is not None:
         user += read_requirements_file(requirements_file)
     if not user:

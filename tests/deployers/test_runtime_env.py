@@ -57,6 +57,37 @@ def test_requirements_pin_what_the_model_needs() -> None:
     assert requirement_name("xgboost-cpu[scikit-learn]>=2") == "xgboost-cpu"
 
 
+def test_requirements_files_are_read_as_the_servers_pip_needs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pip runs in the environment's folder on the server: a "-r base.txt" or a
+    # relative wheel path of the file (or of the caller) was looked for there.
+    from clipper_core.deployers.requirements import read_requirements_file
+
+    reqs = tmp_path / "reqs"
+    (reqs / "wheels").mkdir(parents=True)
+    wheel = reqs / "wheels" / "six-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    (reqs / "base.txt").write_text("six  # the base\n-c pins.txt\n")
+    (reqs / "pins.txt").write_text("six<2\n")
+    (reqs / "requirements.txt").write_text(
+        "-r base.txt\n--requirement=extra.txt\nwheels/six-1.0-py3-none-any.whl\nrequests>=2\n"
+    )
+    (reqs / "extra.txt").write_text("./wheels/six-1.0-py3-none-any.whl\n")
+    assert read_requirements_file(reqs / "requirements.txt") == [
+        "six",
+        f"-c {reqs / 'pins.txt'}",
+        str(wheel),
+        str(wheel),
+        "requests>=2",
+    ]
+    (reqs / "loop.txt").write_text("-r loop.txt\n")
+    with pytest.raises(BadInput, match="includes itself"):
+        read_requirements_file(reqs / "loop.txt")
+    monkeypatch.chdir(reqs)
+    assert requirements_for(["wheels/six-1.0-py3-none-any.whl"], None, {}) == [str(wheel)]
+
+
 def test_environment_ids_are_stable_and_keyed_by_requirements(tmp_path: Path) -> None:
     envs = RuntimeEnvManager(tmp_path, python=sys.executable)
     a = envs.env_id(["six==1.16.0", "attrs"])
