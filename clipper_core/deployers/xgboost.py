@@ -67,7 +67,12 @@ def deploy_xgboost_model(
         raise BadInput("model_format must be 'ubj' or 'json'")
     if not hasattr(model, "save_model"):
         raise BadInput(f"{type(model).__name__} is not an XGBoost model")
-    cls = type(model)
+    # The saved file holds XGBoost's model, not a subclass's code: the container
+    # rebuilds the nearest XGBoost class (a subclass of the script itself,
+    # __main__, could not be imported there: every replica failed to load).
+    cls = next(
+        (c for c in type(model).__mro__ if c.__module__.split(".")[0] == "xgboost"), type(model)
+    )
     is_sklearn_api = hasattr(model, "get_booster")
 
     def save(folder: Path) -> dict[str, Any]:

@@ -43,6 +43,20 @@ def test_sklearn_api_classifier(server: Running) -> None:
     assert specs(meta.outputs) == [("output", "FP32", (-1, 2))]
 
 
+def test_a_subclass_of_the_script_itself_is_served_as_its_xgboost_class(
+    server: Running,
+) -> None:
+    # The container imported the saved class by name: a subclass defined in the
+    # script (__main__) could not be, and every replica failed to load.
+    mine = type("MyXGB", (xgb.XGBClassifier,), {"__module__": "__main__"})
+    clf = mine(n_estimators=10, max_depth=3, n_jobs=1).fit(X, Y)
+    endpoint(server, "xgb-mine")
+    deploy_xgboost_model(server.conn, "xgb-mine", 1, "doubles", model=clf)
+    link(server, "xgb-mine")
+    queries = RNG.normal(size=(20, 6))
+    assert serve(server, "xgb-mine", queries) == clf.predict(queries).tolist()
+
+
 def test_booster_inplace_predict(server: Running) -> None:
     target = X[:, 0] * 2 - X[:, 3]
     booster = xgb.train(
