@@ -138,12 +138,13 @@ def _late_reason(app: Application, model: ModelVersion, deadline: float, started
     the model lost lately."""
     if not model.replicas:
         why = no_connected_model(NoLiveReplica([model.key]))
+    elif deadline < started + app.slo - 1e-3:
+        # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
+        left = max(deadline - started, 0.0) * 1000.0
+        left = round(left) if left >= 1.0 else round(left, 3)
+        why = f"no answer within the client's deadline (Clipper-Deadline-Ms: {left:g} ms)"
     else:
-        slo_ms = app.slo * 1000.0
-        if deadline < started + app.slo - 1e-3:
-            # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
-            slo_ms = float(round(max(deadline - started, 0.0) * 1000.0))
-        why = f"no answer within the latency objective ({slo_ms:g} ms)"
+        why = f"no answer within the latency objective ({app.slo * 1000.0:g} ms)"
     if loss := model.isolation.recent_loss():
         why = f"{why}: {loss}"
     return why

@@ -85,7 +85,9 @@ def test_client_deadline_header_is_honoured(running: Running) -> None:
     url = f"{running.bg.query_url}/dl/predict"
     status, _, body = http("POST", url, {"input": [1.0]}, headers={"Clipper-Deadline-Ms": "100"})
     assert status == 200 and body["default"] is True and body["output"] == -1
-    assert "100 ms" in body["default_explanation"]
+    # Named as the client's deadline, not the app's objective (it said "the latency
+    # objective (0 ms)" for a deadline under 1 ms).
+    assert "client's deadline (Clipper-Deadline-Ms: 100 ms)" in body["default_explanation"]
     for bad in ("0", "-3", "soon", "1e30"):
         status, _, body = http("POST", url, {"input": [1.0]}, headers={"Clipper-Deadline-Ms": bad})
         assert status == 400 and "deadline" in body["cause"], (bad, body)
