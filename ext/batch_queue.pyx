@@ -221,7 +221,9 @@ cdef class BatchQueue:
     # -- producer side ---------------------------------------------------------
 
     cpdef object put(self, object item, double deadline=INFINITY, object priority=0):
-        """Queues ``item``; returns the future its answer will arrive in."""
+        """Queues ``item``; returns the future its answer will arrive in.  An
+        entry of a positive priority (accepted work handed back) is never
+        refused for capacity."""
         # priority is taken as an object: a C long parameter would truncate floats.
         cdef long prio = priority if type(priority) is int else operator.index(priority)
         cdef double now
@@ -238,7 +240,7 @@ cdef class BatchQueue:
                 f"deadline passed before the request entered queue {self._label}"
             ))
             return fut
-        if self._len >= self.capacity:
+        if self._len >= self.capacity and prio <= 0:
             self._drop_dead_heads(now)
             if self._len >= self.capacity:
                 self.rejected += 1

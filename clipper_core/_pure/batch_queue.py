@@ -199,7 +199,10 @@ class BatchQueue:
         Never blocks.  An already passed ``deadline`` (``<= time.monotonic()``)
         is not queued: the future comes back failed with
         :class:`~clipper_core.errors.DeadlineExceeded`.  A full queue first drops
-        the dead entries at the head of each priority level, then rejects.
+        the dead entries at the head of each priority level, then rejects; an
+        entry of a positive priority (work accepted once and handed back: a
+        crashed replica's batch, inputs retried alone) is never refused for
+        capacity.
 
         Args:
             item: The input, handed to the dispatcher as is.
@@ -225,7 +228,7 @@ class BatchQueue:
                 DeadlineExceeded(f"deadline passed before the request entered queue {self._label}")
             )
             return fut
-        if self._len >= self._capacity:
+        if self._len >= self._capacity and priority <= 0:
             self._drop_dead_heads(now)
             if self._len >= self._capacity:
                 self._rejected += 1

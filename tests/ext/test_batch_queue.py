@@ -149,11 +149,17 @@ def test_capacity_and_queue_full(impl: SimpleNamespace, loop: asyncio.AbstractEv
     assert (len(q), q.cancelled, q.rejected) == (3, 1, 1)
     with pytest.raises(QueueFull):
         q.put(4)
+    # Accepted work handed back (a positive priority) is never refused for capacity.
+    handed_back = q.put("again", priority=1)
+    assert (len(q), q.rejected) == (4, 2)
+    taken = q.take_nowait(1)
+    assert items(taken) == ["again"] and taken[0].future is handed_back
+    resolve(taken)
     resolve(q.take_nowait(1))
     futs.append(q.put(4))
     assert len(q) == 3 and q.capacity == 3
     assert items(q.take_nowait(10)) == [2, 3, 4]
-    assert (q.taken, q.rejected) == (4, 2)
+    assert (q.taken, q.rejected) == (5, 2)
 
 
 def test_bad_arguments(impl: SimpleNamespace, loop: asyncio.AbstractEventLoop) -> None:
@@ -751,7 +757,7 @@ def test_random_ops_against_model(
                 fut = q.put(n, deadline, prio)
             except QueueFull:
                 fut = None
-            if kind != "past" and len(queued) >= capacity:
+            if kind != "past" and prio <= 0 and len(queued) >= capacity:
                 # The queue dropped dead heads first; read back which expired.
                 for level in {e[1] for e in queued}:
                     for e in [e for e in queued if e[1] == level]:
@@ -759,7 +765,7 @@ def test_random_ops_against_model(
                         if why is None:
                             break
                         drop(e, why)
-            if kind != "past" and len(queued) >= capacity:
+            if kind != "past" and prio <= 0 and len(queued) >= capacity:
                 assert fut is None
                 counts["rejected"] += 1
                 continue
@@ -800,7 +806,9 @@ def test_random_ops_against_model(
                 cancelled.add(e[0])
         else:
             time.sleep(0.0015)
-        assert len(q) == len(queued) <= capacity
+        # Hand-backs (a positive priority) may go past the capacity; new work not.
+        assert len(q) == len(queued)
+        assert sum(1 for e in queued if e[1] <= 0) <= capacity
         assert {k: getattr(q, k) for k in counts} == counts
         for ident, _, _, fut in queued:
             assert fut.done() == (ident in cancelled)  # nothing else touches a queued one
