@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,6 +232,24 @@ class ModelRecord(DictRecord):
     def key(self) -> str:
         """``"name:version"``, as Clipper's ``get_all_models`` lists it."""
         return f"{self.name}:{self.version}"
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> ModelRecord:
+        """:meth:`from_dict` of a record read back from a store, brought within
+        today's bounds first: one written before a bound existed must not stop
+        every read of the store (and so the server's start)."""
+        d = dict(data)
+        for key, most in (
+            ("batch_size", MAX_BATCH_SIZE),
+            ("batch_wait_micros", MAX_BATCH_WAIT_MICROS),
+            ("queue_capacity", MAX_QUEUE_CAPACITY),
+        ):
+            if type(d.get(key)) is int and d[key] > most:
+                d[key] = most
+        size, capacity = d.get("batch_size"), d.get("queue_capacity")
+        if type(size) is int and type(capacity) is int and 0 < capacity < size:
+            d["batch_size"] = capacity
+        return cls.from_dict(d)
 
     @property
     def registered_by_hand(self) -> bool:

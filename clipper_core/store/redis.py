@@ -65,7 +65,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
 
     def _versions_in(self, tx: Tx, name: str) -> list[ModelRecord]:
         records = [
-            ModelRecord.from_dict(json.loads(text))
+            ModelRecord.from_stored(json.loads(text))
             for key, text in cast("dict[str, str]", tx.r.hgetall(self.keys.models)).items()
             if key.split(":", 1)[0] == name
         ]
@@ -224,13 +224,13 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
     def get_model(self, name: str, version: str) -> ModelRecord | None:
         """The model version, or None."""
         text = self._get(self.keys.models, model_field(name, version))
-        return None if text is None else ModelRecord.from_dict(json.loads(text))
+        return None if text is None else ModelRecord.from_stored(json.loads(text))
 
     def list_models(self, name: str | None = None) -> list[ModelRecord]:
         """Every model version (or every version of ``name``), by name then
         registration time."""
         rows = self._all(self.keys.models).values()
-        records = [ModelRecord.from_dict(json.loads(text)) for text in rows]
+        records = [ModelRecord.from_stored(json.loads(text)) for text in rows]
         return sorted((m for m in records if name is None or m.name == name), key=_model_order)
 
     def delete_model_version(self, name: str, version: str) -> None:
@@ -304,7 +304,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
             text = tx.r.hget(self.keys.models, field)
             if text is None:
                 raise NotFound(f"model {name}:{version} not found")
-            rec = replace(ModelRecord.from_dict(json.loads(text)), num_replicas=n)
+            rec = replace(ModelRecord.from_stored(json.loads(text)), num_replicas=n)
             updated = json.dumps(rec.to_dict())
             tx.write("HSET", self.keys.models, field, updated)
             tx.changed("model", name)

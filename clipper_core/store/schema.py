@@ -154,22 +154,24 @@ MODEL_COLUMNS = (
 
 def model_from_row(row: sqlite3.Row) -> ModelRecord:
     cpus = row["cpus"]
-    return ModelRecord(
-        name=row["name"],
-        version=row["version"],
-        input_type=row["input_type"],
-        labels=json.loads(row["labels"]),
-        container=json.loads(row["container"]),
-        batch_size=row["batch_size"],
-        num_replicas=row["num_replicas"],
-        cpus=None if cpus is None else json.loads(cpus),
-        memory_limit_mb=row["memory_limit_mb"],
-        cache_enabled=bool(row["cache_enabled"]),
-        batch_wait_micros=row["batch_wait_micros"],
-        created_at=row["created_at"],
-        queue_capacity=row["queue_capacity"],
-        batch_timeout=row["batch_timeout"],
-        controller=row["controller"],
+    return ModelRecord.from_stored(
+        {
+            "name": row["name"],
+            "version": row["version"],
+            "input_type": row["input_type"],
+            "labels": json.loads(row["labels"]),
+            "container": json.loads(row["container"]),
+            "batch_size": row["batch_size"],
+            "num_replicas": row["num_replicas"],
+            "cpus": None if cpus is None else json.loads(cpus),
+            "memory_limit_mb": row["memory_limit_mb"],
+            "cache_enabled": bool(row["cache_enabled"]),
+            "batch_wait_micros": row["batch_wait_micros"],
+            "created_at": row["created_at"],
+            "queue_capacity": row["queue_capacity"],
+            "batch_timeout": row["batch_timeout"],
+            "controller": row["controller"],
+        }
     )
 
 

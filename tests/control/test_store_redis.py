@@ -97,6 +97,30 @@ def test_links_written_before_their_order_was_kept_come_first_by_name() -> None:
         store.close()
 
 
+def test_records_stored_before_the_bounds_are_read_within_them() -> None:
+    # A version written before batch_size, batch_wait_micros and queue_capacity had
+    # upper bounds made every read of the models raise BadInput, so sync_all, and
+    # the server's start, failed for all of them.
+    import json
+
+    store = RedisStateStore(shared_redis().url, prefix=fresh_prefix())
+    try:
+        store.add_model(model("ok"))
+        store.add_model(model("old"))
+        raw = json.loads(store.client.hget(store.keys.models, "old:1"))
+        raw.update(batch_size=2**31, batch_wait_micros=10**12, queue_capacity=10**12)
+        store.client.hset(store.keys.models, "old:1", json.dumps(raw))
+        got = {m.name: m for m in store.list_models()}
+        assert (got["old"].batch_size, got["old"].batch_wait_micros) == (100_000, 3_600_000_000)
+        assert got["old"].queue_capacity == 100_000_000
+        raw.update(batch_size=64, queue_capacity=32)
+        store.client.hset(store.keys.models, "old:1", json.dumps(raw))
+        assert store.get_model("old", "1").batch_size == 32  # type: ignore[union-attr]
+        assert [m.name for m in store.list_models("ok")] == ["ok"]
+    finally:
+        store.close()
+
+
 def test_a_redis_that_stops_answering_ends_the_subscription_with_an_error() -> None:
     """A Redis host that vanishes without a word (no reset, no FIN) must end the
     change feed's wait with an error, which makes the follower resubscribe; a
