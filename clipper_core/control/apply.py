@@ -193,12 +193,14 @@ def _linked_type_refusals(
     """A new version must take what the apps linked to its model send (the store
     refuses it otherwise, after the file's earlier changes were made)."""
     created = {c.name for c in changes if c.kind == "create" and c.what == "model"}
-    types = {} if prune else {a.name: a.input_type for a in current.apps}
+    # The server's apps count even with prune: models are deployed before the
+    # apps prune deletes, and the store refuses the version while they link it.
+    types = {a.name: a.input_type for a in current.apps}
     links: dict[str, set[str]] = {}
     for app, models in current.links.items():
         for m in models:
-            if app in types:
-                links.setdefault(m, set()).add(app)
+            links.setdefault(m, set()).add(app)
+    filed = {da.record.name for da in desired.apps}
     for da in desired.apps:  # the file's apps replace the store's links and types
         types[da.record.name] = da.record.input_type
         for apps in links.values():
@@ -208,6 +210,11 @@ def _linked_type_refusals(
     return [
         f"model {dm.record.key} takes {dm.record.input_type}, but application {app}"
         f" (linked to model {dm.record.name}) sends {types[app]}"
+        + (
+            "; prune deletes that app only after the models are deployed: delete it first"
+            if prune and app not in filed
+            else ""
+        )
         for dm in desired.models
         if dm.record.key in created
         for app in sorted(links.get(dm.record.name, ()))

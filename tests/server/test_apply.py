@@ -223,13 +223,15 @@ def test_a_new_version_its_apps_cannot_send_to_is_refused_before_any_change(
         + '\n[[models]]\nname = "vm"\nversion = "9"\ninput_type = "ints"\n'
         + 'source = "models.py:total"\n'
     )
-    for dry_run in (True, False):
+    for dry_run, prune in ((True, False), (False, False), (True, True), (False, True)):
+        # With prune too: prune deletes the app only after the models are deployed.
         with pytest.raises(ClipperError) as info:
-            conn.apply(path, dry_run=dry_run)
+            conn.apply(path, dry_run=dry_run, prune=prune)
         assert (
             "model vm:9 takes ints, but application sel (linked to model vm) sends doubles"
             in str(info.value)
         )
+        assert ("delete it first" in str(info.value)) == prune
     assert conn.get_all_models() == ["vm:1"]
 
 
