@@ -324,9 +324,15 @@ class ControlPlane:
     async def _forget_model(self, rec: ModelRecord) -> None:
         # What its queue holds is answered first: stopping the replicas under it
         # failed those queries (503) although they had been accepted.
-        await self._apply.drain(rec.name, rec.version, DRAIN_SECONDS)
-        await self._replicas.stop(rec)
-        await self._write(self.store.delete_model_version, rec.name, rec.version)
+        dp = self._apply.dataplane
+        if not await dp.drain_version(rec.name, rec.version, DRAIN_SECONDS):
+            log.warning("model %s: still busy after %g s; stopping it", rec.key, DRAIN_SECONDS)
+        try:
+            await self._replicas.stop(rec)
+            await self._write(self.store.delete_model_version, rec.name, rec.version)
+        except BaseException:
+            dp.undrain_version(rec.name, rec.version)  # still there: routable again
+            raise
         await self._reconcile("model", rec.name)
         await self.artifacts.remove(rec.name, rec.version)
 

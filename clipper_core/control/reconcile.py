@@ -85,7 +85,7 @@ class DataPlaneReconciler:
         connector: ReplicaConnector,
         on_replica_hung: Callable[[str, str, str], None],
     ) -> None:
-        self._dataplane = dataplane
+        self._dataplane = self.dataplane = dataplane  # public: the control plane drains
         self._selection = selection
         self._api_keys = api_keys
         self._reader = reader
@@ -209,12 +209,6 @@ class DataPlaneReconciler:
             # single): a frontend that saw the links come in another order follows it.
             app.linked_models[:] = state.links
         self._api_keys.set_digests(name, state.digests)
-
-    async def drain(self, name: str, version: str, timeout: float) -> None:  # noqa: ASYNC109
-        """Let a model version answer what it holds before its replicas stop."""
-        mv = getattr(self._dataplane.models.get(name), "versions", {}).get(version)
-        if mv is not None and not await mv.drain(timeout):
-            log.warning("model %s:%s: still busy after %g s; stopping it", name, version, timeout)
 
     def restart_learning(self, name: str) -> None:
         """Start an app's selection policy afresh (its learned state is dropped)."""

@@ -100,6 +100,7 @@ class DataPlane:
         if model is None:
             return
         mv = model.versions.pop(version, None)
+        model.draining.discard(version)
         if model.current == version:
             model.current = None
         if not model.versions:
@@ -108,6 +109,21 @@ class DataPlane:
             await mv.close()
             if self.cache is not None:
                 self.cache.invalidate(name, version)
+
+    async def drain_version(self, name: str, version: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Let a version about to be deleted answer what it holds, taking
+        nothing new (``undrain_version`` if its deletion fails); whether it did
+        within ``timeout`` seconds."""
+        model = self.models.get(name)
+        mv = None if model is None else model.versions.get(version)
+        if model is None or mv is None:
+            return True
+        model.draining.add(version)  # new queries no longer reach it
+        return await mv.drain(timeout)
+
+    def undrain_version(self, name: str, version: str) -> None:
+        if (model := self.models.get(name)) is not None:
+            model.draining.discard(version)
 
     async def close(self) -> None:
         for model in list(self.models.values()):

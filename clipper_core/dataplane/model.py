@@ -20,11 +20,16 @@ class Model:
     name: str
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     current: str | None = None
+    #: Versions being deleted: they answer what they hold, and take nothing new.
+    draining: set[str] = field(default_factory=set)
 
     def version_for(self, version: str | None) -> ModelVersion | None:
         if version is None:
-            return None if self.current is None else self.versions.get(self.current)
+            current = self.current
+            if current is None or current in self.draining:
+                return None
+            return self.versions.get(current)
         mv = self.versions.get(version)
-        if mv is None:
+        if mv is None or version in self.draining:
             raise NotFound(f"model {self.name!r} has no version {version!r}")
         return mv

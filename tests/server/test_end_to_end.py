@@ -338,13 +338,17 @@ def test_deleting_a_busy_version_answers_what_it_holds_first(running: Running) -
         conn, "slow", 2, "doubles", models.make_constant("v2", delay=0.3), batch_size=1
     )
     conn.set_model_version("slow", 2)
-    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
         sent = [
             pool.submit(running.client.predict, "busy", {"input": [float(i)]}) for i in range(5)
         ]
         time.sleep(0.2)  # all five queued or in flight at version 2
-        conn.stop_versioned_models({"slow": ["2"]})
+        deleting = pool.submit(conn.stop_versioned_models, {"slow": ["2"]})
+        time.sleep(0.3)  # draining: it answers what it holds and takes nothing new
+        late = running.client.predict("busy", {"input": [9.0]})
+        deleting.result(timeout=60)
         replies = [f.result(timeout=60) for f in sent]
+    assert late[0] == 200 and late[1]["default"] is True, late
     assert [(s, r["output"]) for s, r in replies] == [(200, "v2")] * 5, replies
     assert conn.get_all_models() == ["slow:1"]
     # The deleted version was current: none is now, and the app's default says so.
