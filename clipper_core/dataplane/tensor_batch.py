@@ -210,9 +210,10 @@ async def predict_tensor_batch(
         except BaseException as exc:
             if _is_fatal(exc) or not isinstance(exc, Exception):
                 raise
-            if isinstance(exc, BadInput) and len(group) > 1:
-                # The model refused the merged call: find whose input it was by
-                # sending each request on its own, so the others still get answers.
+            if isinstance(exc, BadInput | ModelError) and len(group) > 1:
+                # The model refused or failed the merged call: find whose input it
+                # was by sending each request on its own, so the others still get
+                # answers (as the dispatcher does for other batches).
                 for entry in group:
                     if entry.future.done():
                         continue

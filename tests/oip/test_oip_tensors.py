@@ -355,7 +355,10 @@ def test_tensor_batch_merges_splits_and_isolates_failures(loop: asyncio.Abstract
 
 
 class RefusingClient(FakeClient):
-    """Refuses (INVALID_ARGUMENT) any call holding a NaN: a bad input of one request."""
+    """Refuses (INVALID_ARGUMENT) any call holding a NaN: a bad input of one request
+    (or, with ``error = ModelError``, the model raises for it)."""
+
+    error: type[Exception] = BadInput
 
     async def predict_tensors(
         self,
@@ -367,12 +370,13 @@ class RefusingClient(FakeClient):
         (t,) = tensors
         if np.isnan(np.frombuffer(t.data, dtype="<f8")).any():
             self.calls.append(list(t.shape))
-            raise BadInput("ValueError: NaN in the input")
+            raise self.error("ValueError: NaN in the input")
         return await super().predict_tensors(tensors, input_type, parameters, timeout)
 
 
+@pytest.mark.parametrize("error", [BadInput, ModelError])
 def test_a_bad_input_fails_only_its_own_request_in_a_merged_call(
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop, error: type[Exception]
 ) -> None:
     errors: list[tuple[str, int]] = []
     mv = SimpleNamespace(
@@ -382,6 +386,7 @@ def test_a_bad_input_fails_only_its_own_request_in_a_merged_call(
         metrics=SimpleNamespace(error=lambda kind, n: errors.append((kind, n))),
     )
     client = RefusingClient()
+    client.error = error  # a model error for one request failed the whole group before
     a = _entry(loop, np.array([[1.0, 2.0]]))
     bad = _entry(loop, np.array([[np.nan, 0.0]]))
     b = _entry(loop, np.array([[3.0, 4.0]]))
@@ -390,8 +395,8 @@ def test_a_bad_input_fails_only_its_own_request_in_a_merged_call(
     assert client.calls == [[3, 2], [1, 2], [1, 2], [1, 2]]
     np.testing.assert_array_equal(a.future.result().outputs["y"][1], [[2.0, 3.0]])
     np.testing.assert_array_equal(b.future.result().outputs["y"][1], [[4.0, 5.0]])
-    assert isinstance(bad.future.exception(), BadInput)
-    assert errors == [("bad_input", 1)]
+    assert isinstance(bad.future.exception(), error)
+    assert errors == [("bad_input" if error is BadInput else "model_error", 1)]
 
 
 def test_an_empty_tensor_cannot_claim_billions_of_rows() -> None:
