@@ -86,7 +86,12 @@ def _timestamp(created: float) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ts, level, logger, event, msg, then the fields."""
+    """One JSON object per record: ts, level, logger, event, msg, then the fields
+    (and ``worker``, in a query worker of ``--workers N``: which process said it)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -96,6 +101,8 @@ class JsonFormatter(logging.Formatter):
             "event": _event(record),
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            doc["worker"] = self.worker
         for key, value in _fields(record).items():
             doc[key if key not in _CORE_KEYS else f"field_{key}"] = value
         if record.exc_info:
@@ -106,8 +113,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: msg [event] key=value ...``; multi-line values indented."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        who = "" if worker is None else f"worker {worker} "
+        super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -127,16 +135,20 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "json", stream: IO[str] | None = None
+    level: str = "info",
+    fmt: str = "json",
+    stream: IO[str] | None = None,
+    worker: int | None = None,
 ) -> logging.Handler:
-    """Send every log record to ``stream`` (stderr) as JSON lines or text.
+    """Send every log record to ``stream`` (stderr) as JSON lines or text;
+    ``worker``: this is query worker N of ``--workers``, and each line says so.
 
     Replaces the root logger's handlers; returns the handler installed.
     """
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {LOG_FORMATS}, not {fmt!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -43,7 +43,7 @@ def main() -> int:
     from clipper_core.logs import configure_logging
     from clipper_core.server import ClipperServer
 
-    configure_logging(spec["log_level"], spec["log_format"])
+    configure_logging(spec["log_level"], spec["log_format"], worker=spec["config"]["worker_id"])
     server = ClipperServer(ServerConfig(**spec["config"]))
 
     def on_started(srv: ClipperServer) -> None:

@@ -171,6 +171,11 @@ class SqliteDatabase:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) not in (
+                    sqlite3.SQLITE_BUSY,
+                    sqlite3.SQLITE_LOCKED,
+                ):
+                    raise ClipperError(f"{self._path}: cannot write the state: {exc}") from None
                 raise StoreBusy(
                     f"{self._path}: the state store is locked by another process ({exc});"
                     " nothing was changed: retry, or stop the other writer"

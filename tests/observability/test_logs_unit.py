@@ -77,6 +77,15 @@ def test_text_format_puts_fields_after_the_message() -> None:
     assert rest == ["  stderr_tail:", "    line 1", "    line 2"]
 
 
+def test_a_query_workers_lines_say_which_worker() -> None:
+    # With --workers N every process logs to the same stderr: the lines could not
+    # be told apart.
+    record = logging.LogRecord("clipper_core.http", logging.INFO, __file__, 1, "hi", (), None)
+    assert json.loads(JsonFormatter(worker=2).format(record))["worker"] == 2
+    assert "worker" not in json.loads(JsonFormatter().format(record))
+    assert "INFO worker 2 clipper_core.http: hi" in TextFormatter(worker=2).format(record)
+
+
 def test_access_log_records_become_fields() -> None:
     record = logging.LogRecord(
         "clipper_core.http.access", logging.INFO, __file__, 1, '"%s %s HTTP/%s" %d %d',
