@@ -361,9 +361,6 @@ def _app(where: str, raw: object) -> DesiredApp:
         if len(set(models)) != len(models):
             raise BadInput(f"models lists a model twice: {models!r}")
         keys = validate_api_keys(raw.get("api_keys"))
-        # Checked with the file, not when the app is written: a refusal then
-        # would come after the file's models were deployed.
-        validate_policy(raw.get("policy", "single"), raw.get("policy_config", {}))
         rec = AppRecord(
             name=raw["name"],
             input_type=validate_input_type(raw["input_type"]),
@@ -372,6 +369,9 @@ def _app(where: str, raw: object) -> DesiredApp:
             policy=raw.get("policy", "single"),
             policy_config=raw.get("policy_config", {}),
         )
+        # Checked with the file (once the record checked the types), not when the
+        # app is written: a refusal then would come after the models were deployed.
+        validate_policy(rec.policy, rec.policy_config)
     except BadInput as exc:
         raise BadInput(f"{where}: {exc}") from None
     return DesiredApp(rec, tuple(models), tuple(dict.fromkeys(keys)))

@@ -95,6 +95,13 @@ _CLOSURE = {"model_name": "f", "model_version": "1", "input_type": "doubles"}
             {**_CLOSURE, "container": {"kind": "closure", "filename": "."}, "payload_b64": "eA=="},
             "must be a plain file name",
         ),
+        # The fuzz run: a declarative app's policy that is not a string reached the
+        # policy lookup (unhashable: a 500) once policies were checked with the file.
+        (
+            "apply",
+            {"apps": [{"name": "a", "input_type": "doubles", "policy": [], "policy_config": [1]}]},
+            "policy must be a non-empty string",
+        ),
         # "no" was read as true.
         ("add_model", {**_CLOSURE, "cache_enabled": "no"}, "'cache_enabled' must be true or false"),
         # A malformed address was tried for a minute, then a 500.
