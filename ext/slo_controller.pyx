@@ -246,12 +246,7 @@ cdef class SloController:
         return 0
 
     cdef int observe_c(self, int batch_size, double latency) except -1:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0.0 <= latency <= DBL_MAX:
-            raise ValueError(
-                f"latency must be a finite number of seconds >= 0, got {latency!r}"
-            )
+        self._check(batch_size, latency)
         self._observations += 1
         if self._mode == SLO_MODE_AIMD:
             self._aimd_step(latency)
