@@ -205,6 +205,11 @@ class RequestParser(asyncio.Protocol):
         self._method = method
         self._keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         headers = self._headers
+        if "host" not in headers and parser.get_http_version() == "1.1":
+            # RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request
+            # without Host; the same-origin check reads it, too.
+            self._fail(400, "bad_request", "HTTP/1.1 request has no Host header")
+            raise _Abort
         coding = headers.get("transfer-encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             # llhttp undoes "chunked" only: a body in gzip (say) would reach the

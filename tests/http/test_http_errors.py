@@ -95,7 +95,7 @@ def test_413_after_pipelined_requests_comes_last(loop: asyncio.AbstractEventLoop
         b"HELLO WORLD\r\n\r\n",
         b"GET / HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
 )
 def test_malformed_request_is_400_then_close(
@@ -116,6 +116,29 @@ def test_malformed_request_is_400_then_close(
             # The server keeps serving other connections.
             client = await Client.connect(server.port)
             assert (await client.request("GET", "/echo")).status == 200
+            await client.close()
+
+    run(loop, body())
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_an_http11_request_needs_a_host_header(
+    loop: asyncio.AbstractEventLoop, version: str
+) -> None:
+    # RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400 (it was
+    # served); HTTP/1.0 has no such rule.
+    async def body() -> None:
+        async with serving(make_router()) as server:
+            client = await Client.connect(server.port)
+            await client.send(f"GET /echo HTTP/{version}\r\n\r\n".encode())
+            resp = await client.read_response()
+            if version == "1.0":
+                assert resp.status == 200
+            else:
+                assert resp.status == 400
+                assert resp.headers["connection"] == "close"
+                assert _error(resp.body) == ("bad_request", "HTTP/1.1 request has no Host header")
+                assert await client.read_eof() == b""
             await client.close()
 
     run(loop, body())
