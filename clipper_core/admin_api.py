@@ -52,6 +52,7 @@ from clipper_core.dataplane import QueryView
 from clipper_core.dataplane.futures import consume_exception
 from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
 from clipper_core.http import Request, Response, Router, error_response, json_response
+from clipper_core.http.messages import error_headers
 from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.managers.envs import RuntimeEnvManager
 from clipper_core.openapi import MANAGEMENT_DOCUMENT_PATH, document_route
@@ -445,9 +446,13 @@ def install(
                 work.add_done_callback(consume_exception)
                 result = await asyncio.shield(work)
             except ClipperError as exc:
-                # 404 for a missing app or model; every other client error is 400.
-                status = 500 if exc.http_status >= 500 else 404 if exc.http_status == 404 else 400
-                return error_response(status, exc.kind, str(exc))
+                # 404 for a missing app or model; every other client error is
+                # 400; a server-side one keeps its status (503: the store or the
+                # replicas unavailable, worth a retry; 504: a timeout).
+                status = exc.http_status
+                if status >= 500:
+                    return error_response(status, exc.kind, str(exc), error_headers(exc))
+                return error_response(404 if status == 404 else 400, exc.kind, str(exc))
             return json_response(result)
 
         return dispatch

@@ -91,6 +91,15 @@ class StoreBusy(ClipperError):
     kind = "store_busy"
 
 
+class StoreUnavailable(ClipperError):
+    """The state store cannot be reached (a Redis server down or unreachable);
+    nothing was read or written.  Queries go on: they need no store."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "store_unavailable"
+
+
 class ReplicaUnavailable(ClipperError):
     """No healthy replica could serve the batch (crashed, stopped or unreachable)."""
 

@@ -52,6 +52,11 @@ class Lease(Protocol):
         """Give the lease up (if held), so that another process takes it at once."""
         ...
 
+    def holder(self) -> str | None:
+        """Who holds the lease now (None: nobody); raises when the store
+        cannot be reached.  Blocking: call it in a thread."""
+        ...
+
 
 class AlwaysHeld:
     """The lease of a process that shares its store with nobody."""
@@ -70,6 +75,9 @@ class AlwaysHeld:
     async def release(self) -> None:
         return None
 
+    def holder(self) -> str | None:
+        return self.owner
+
 
 class LeaseKeeper:
     """Takes the lease when it is free and renews it while held, every
@@ -79,8 +87,9 @@ class LeaseKeeper:
         lease: The lease.
         interval: Seconds between tries (a third of the lease's time to live
             renews it twice before it could expire).
-        on_acquired: Called (on the loop) when this process got the lease.
-        on_lost: Called when it no longer holds it.
+        on_acquired: Called (on the loop) when this process got the lease, or
+            kept it through a time the store could not be reached.
+        on_lost: Called when another process holds it.
     """
 
     def __init__(
@@ -99,22 +108,60 @@ class LeaseKeeper:
         self._on_lost = on_lost
 
     async def run(self, held: bool) -> None:
-        """Keep the lease until cancelled; ``held``: whether it is held now."""
+        """Keep the lease until cancelled; ``held``: whether it is held now.
+
+        A holder that cannot reach the store keeps its replicas: queries need
+        no store, and stopping them would leave every frontend without
+        replicas until the store came back (no other frontend can take the
+        lease meanwhile).  Its lease's clock still runs out, so it changes
+        nothing while cut off (the reconcilers ask ``held()``).  Once the
+        store answers again it takes the lease back if nobody else did, and
+        gives its replicas up only if another process holds it.
+        """
+        cut_off = False
+        # Successful rounds a frontend that was cut off from the store waits
+        # before trying to take the lease: a lease's time to live, in which the
+        # holder (which retries every round) takes its own lease back.  After
+        # an outage of the store its key has expired, and whoever asked first
+        # would have won, stopping the holder's replicas for new ones.
+        waiting = 0
+        lease = self._lease
         while True:
             await asyncio.sleep(self._interval)
             try:
-                now = await (self._lease.renew() if held else self._lease.acquire())
-            except Exception as exc:  # the store is unreachable: keep what the clock allows
-                log.warning("lease %s: %s", "renewal" if held else "acquisition", exc)
-                now = self._lease.held()
+                if not held and waiting:
+                    await asyncio.to_thread(lease.holder)  # is the store back?
+                    waiting -= 1
+                    now = False
+                else:
+                    # renew() while the clock says held; after that (a slow
+                    # store, an outage) acquire(), which takes a lapsed lease back.
+                    now = await (lease.renew() if held and lease.held() else lease.acquire())
+            except Exception as exc:
+                if not cut_off:
+                    log_event(
+                        log,
+                        "store_unreachable",
+                        f"lease {'renewal' if held else 'acquisition'} failed ({exc}); "
+                        + ("keeping the replicas until the store answers" if held else "retrying"),
+                        level=logging.WARNING,
+                    )
+                cut_off = True
+                waiting = 3
+                continue
+            was_cut_off, cut_off = cut_off, False
             if now and not held:
-                log_event(log, "lease_acquired", f"{self._lease.owner} now owns the replicas")
+                log_event(log, "lease_acquired", f"{lease.owner} now owns the replicas")
+                self._on_acquired()
+            elif now and was_cut_off:
+                # Still ours: reconcile what the store says now (level-triggered).
+                log_event(log, "lease_kept", f"{lease.owner} kept the replica lease")
                 self._on_acquired()
             elif held and not now:
                 log_event(
                     log,
                     "lease_lost",
-                    f"{self._lease.owner} lost the replica lease",
+                    f"{lease.owner} lost the replica lease",
                     level=logging.WARNING,
                 )
                 self._on_lost()

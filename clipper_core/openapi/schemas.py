@@ -174,7 +174,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any] | None]] = {
     429: ("The client's concurrency or rate limit is exceeded.", _RETRY_AFTER),
     431: ("The request line and headers are too large.", None),
     500: ("The model raised, or the server failed (``cause`` says which).", None),
-    503: ("Overloaded, no live replica, or shutting down.", _RETRY_AFTER),
+    503: (
+        "Overloaded, no live replica, shutting down, or (management) the state"
+        " store unreachable or locked.",
+        _RETRY_AFTER,
+    ),
     504: ("The deadline or the model's batch timeout passed.", None),
 }
 

@@ -32,7 +32,7 @@ from clipper_core.store.records import (
     check_int,
     learned_state_namespace,
 )
-from clipper_core.store.redis_db import Tx, model_field
+from clipper_core.store.redis_db import Tx, model_field, outages_as_errors
 from clipper_core.store.redis_pipelines import RedisPipelines
 from clipper_core.store.redis_spec import RedisSpecWrites
 
@@ -47,6 +47,7 @@ def _model_order(m: ModelRecord) -> tuple[str, float, str]:
     return (m.name, m.created_at, m.version)
 
 
+@outages_as_errors
 class RedisStateStore(RedisPipelines, RedisSpecWrites):
     """Applications, models, links, replica endpoints, pipelines and key/value state in one
     Redis database, with a revision and a change stream (see
@@ -54,7 +55,8 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
     arguments: the URL, a key prefix, ``changes_kept``, ``feed_capacity``).
 
     Raises:
-        ClipperError: The server cannot be reached.
+        ClipperError: The server cannot be reached when the store is made.
+        StoreUnavailable: From any method, when it cannot be reached later.
     """
 
     # -- reads used inside transactions ------------------------------------------

@@ -13,14 +13,17 @@ SQLite's ``BEGIN IMMEDIATE``.  A write that lost the race runs again.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable, Iterable
+from types import FunctionType
 from typing import Any, Self, TypeVar, cast
 
 import redis
 
 from clipper_core.auth import API_KEYS_NAMESPACE
-from clipper_core.errors import ClipperError
+from clipper_core.errors import ClipperError, StoreUnavailable
 from clipper_core.store.base import EventKind, ResyncNeeded, StateEvent
 from clipper_core.store.feed import SUBSCRIBER_CAPACITY
 from clipper_core.store.records import check_int
@@ -101,6 +104,27 @@ class Tx:
             self.write("HDEL", key, app)
         else:
             self.write("HSET", key, app, value)
+
+
+def _outage_as_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"the Redis state store cannot be reached: {exc}") from exc
+
+    return call
+
+
+def outages_as_errors(cls: type[T]) -> type[T]:
+    """Make every public method of a Redis store raise
+    :class:`~clipper_core.errors.StoreUnavailable` (a 503) where the server
+    cannot be reached, instead of redis-py's own errors (an unhandled 500)."""
+    for name in dir(cls):
+        if not name.startswith("_") and isinstance(inspect.getattr_static(cls, name), FunctionType):
+            setattr(cls, name, _outage_as_error(getattr(cls, name)))
+    return cls
 
 
 class RedisDatabase:

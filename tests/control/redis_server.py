@@ -47,6 +47,11 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._log = open(self.folder / "redis.log", "wb")  # closed in stop()
+        self._binary = binary
+        self._spawn()
+
+    def _spawn(self) -> None:
+        binary = self._binary
         self.process = subprocess.Popen(
             [
                 binary,
@@ -61,6 +66,19 @@ class RedisServer:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._wait_ready()
+
+    def pause(self) -> None:
+        """Stop the server (an outage) with its data saved; :meth:`resume`
+        starts it again on the same port, with that data."""
+        if self.process.poll() is None:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
+                conn.sendall(b"SAVE\r\n")
+                assert conn.recv(16).startswith(b"+OK")
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def resume(self) -> None:
+        self._spawn()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

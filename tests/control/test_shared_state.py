@@ -18,7 +18,7 @@ import cloudpickle
 import pytest
 import redis
 from control_helpers import Runner
-from redis_server import fresh_prefix, shared_redis
+from redis_server import RedisServer, fresh_prefix, shared_redis
 
 from clipper_core.auth import ApiKeys
 from clipper_core.control import (
@@ -138,8 +138,10 @@ class SharedFrontend:
 
 
 @asynccontextmanager
-async def two_frontends(tmp_path: Path) -> AsyncIterator[tuple[SharedFrontend, SharedFrontend]]:
-    url, prefix = shared_redis().url, fresh_prefix()
+async def two_frontends(
+    tmp_path: Path, url: str | None = None
+) -> AsyncIterator[tuple[SharedFrontend, SharedFrontend]]:
+    url, prefix = url or shared_redis().url, fresh_prefix()
     a = SharedFrontend(url, prefix, tmp_path, "a")
     b = SharedFrontend(url, prefix, tmp_path, "b")
     try:
@@ -245,6 +247,44 @@ def test_when_the_holder_dies_another_frontend_takes_over(run: Runner, tmp_path:
             assert {e.address for e in records} == addresses()
 
     run(scenario(), timeout=120)
+
+
+def test_a_store_outage_leaves_the_replicas_serving(run: Runner, tmp_path: Path) -> None:
+    # The holder stopped every replica once it could not renew its lease, so all
+    # frontends answered defaults until Redis came back and the replicas cold-started.
+    server = RedisServer(tmp_path / "redis")
+
+    async def scenario() -> None:
+        async with two_frontends(tmp_path, server.url) as (a, b):
+            await a.control.register_app(AppRecord("app", "doubles", "-1", 5_000_000))
+            await a.control.deploy_model(model_rec(), payload_b64=payload("v1"))
+            await a.control.link("app", "m")
+            await eventually(lambda: b.serving("m", "1") == ["0"], "B to connect")
+            started = [s.address for s in a.manager.list("m", "1")]
+            await asyncio.to_thread(server.pause)
+            await asyncio.sleep(TTL * 4)  # the holder's lease clock has run out
+            assert not a.lease.held()
+            assert [s.address for s in a.manager.list("m", "1")] == started
+            assert await a.predict("app") == "v1" and await b.predict("app") == "v1"
+            await asyncio.to_thread(server.resume)
+            await eventually(a.lease.held, "A to hold the lease again", within=10 * TTL + 10)
+            assert [s.address for s in a.manager.list("m", "1")] == started
+            assert await b.predict("app") == "v1"
+            # Another frontend holding the lease when the store answers again: the
+            # cut-off one gives its replicas up and the other starts its own.
+            await asyncio.to_thread(server.pause)
+            await asyncio.sleep(TTL * 2)
+            await asyncio.to_thread(server.resume)
+            await asyncio.to_thread(b.lease._client.set, b.lease._key, b.lease.owner)
+            await eventually(lambda: a.manager.list("m", "1") == [], "A to stop its replica")
+            await eventually(lambda: len(b.manager.list("m", "1")) == 1, "B to start one")
+            await eventually(lambda: b.serving("m", "1") != [], "B to serve")
+            assert await b.predict("app") == "v1"
+
+    try:
+        run(scenario(), timeout=120)
+    finally:
+        server.stop()
 
 
 # -- the pieces --------------------------------------------------------------------------

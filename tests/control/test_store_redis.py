@@ -8,13 +8,14 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
-from redis_server import fresh_prefix, shared_redis
+from redis_server import RedisServer, fresh_prefix, shared_redis
 from store_backends import app, model, pipeline
 
-from clipper_core.errors import Conflict
+from clipper_core.errors import Conflict, StoreUnavailable
 from clipper_core.store.redis import RedisStateStore
 from clipper_core.store.redis_feed import RedisChangeFeed
 
@@ -119,6 +120,31 @@ def test_records_stored_before_the_bounds_are_read_within_them() -> None:
         assert [m.name for m in store.list_models("ok")] == ["ok"]
     finally:
         store.close()
+
+
+def test_a_redis_that_is_down_is_store_unavailable(tmp_path: Path) -> None:
+    # Every management call answered a 500 with redis-py's ConnectionError.
+    server = RedisServer(tmp_path / "redis")
+    store = RedisStateStore(server.url, prefix=fresh_prefix())
+    try:
+        store.add_app(app("kept"))
+        server.pause()
+        for call in (
+            store.list_apps,
+            lambda: store.add_app(app("new")),
+            lambda: store.get_model("m", "1"),
+            store.revision,
+        ):
+            with pytest.raises(
+                StoreUnavailable, match="Redis state store cannot be reached"
+            ) as info:
+                call()
+            assert info.value.http_status == 503 and info.value.kind == "store_unavailable"
+        server.resume()
+        assert [a.name for a in store.list_apps()] == ["kept"]  # nothing was written
+    finally:
+        store.close()
+        server.stop()
 
 
 def test_a_redis_that_stops_answering_ends_the_subscription_with_an_error() -> None:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import pytest
 
 from clipper_core.connection import ClipperConnection, LocalContainerManager
+from clipper_core.errors import ClipperError
 from tests.control.redis_server import RedisServer, require_redis
 from tests.server.conftest import Client
 
@@ -140,18 +141,25 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def frontends(tmp_path: Path) -> Iterator[tuple[Frontend, Frontend]]:
+def redis_and_frontends(tmp_path: Path) -> Iterator[tuple[RedisServer, Frontend, Frontend]]:
     require_redis()
     redis = RedisServer(tmp_path / "redis")
     started: list[Frontend] = []
     try:
         started.append(Frontend(tmp_path / "a", redis.url))  # first: takes the lease
         started.append(Frontend(tmp_path / "b", redis.url))
-        yield started[0], started[1]
+        yield redis, started[0], started[1]
     finally:
         for frontend in started:
             frontend.stop()
         redis.stop()
+
+
+@pytest.fixture
+def frontends(
+    redis_and_frontends: tuple[RedisServer, Frontend, Frontend],
+) -> tuple[Frontend, Frontend]:
+    return redis_and_frontends[1], redis_and_frontends[2]
 
 
 def pids(answers: set[str]) -> set[int]:
@@ -221,3 +229,26 @@ def test_change_propagation_between_frontends(frontends: tuple[Frontend, Fronten
             f" p90 {delays[int(0.9 * len(delays)) - 1] * 1e3:.1f} ms,"
             f" max {delays[-1] * 1e3:.1f} ms"
         )
+
+
+def test_both_frontends_serve_through_a_redis_outage(
+    redis_and_frontends: tuple[RedisServer, Frontend, Frontend],
+) -> None:
+    # The lease holder stopped its replicas once it could not renew the lease, so
+    # both frontends answered defaults until Redis came back; a management call
+    # answered 500 with redis-py's ConnectionError.
+    redis, a, b = redis_and_frontends
+    a.conn.register_application("app", "doubles", "-1", 5_000_000)
+    a.conn.deploy_pickled("m", 1, "doubles", tagged("v1"), cache_enabled=False)
+    a.conn.link_model_to_app("app", "m")
+    first = wait_for(lambda: b.answer("app"), "B to answer app")
+    redis.pause()
+    with pytest.raises(ClipperError, match=r"\(503\).*Redis state store cannot be reached"):
+        a.conn.register_application("other", "doubles", "-1", 5_000_000)
+    time.sleep(4)  # two lease lifetimes (--lease-ttl 2): the holder's clock ran out
+    assert a.answer("app") == first and b.answer("app") == first  # the same replica
+    redis.resume()
+    wait_for(lambda: "kept the replica lease" in a.log_tail(), "A to take its lease back")
+    assert b.answer("app") == first
+    a.conn.register_application("other", "doubles", "-1", 5_000_000)
+    wait_for(lambda: "other" in b.conn.get_all_apps(), "B to hear of the new app")
