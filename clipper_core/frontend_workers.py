@@ -99,6 +99,9 @@ class NeverHeld:
     async def release(self) -> None:
         return None
 
+    def holder(self) -> str | None:
+        return "the primary frontend"
+
 
 class NoContainers:
     """The container manager of a query worker: it runs no replicas (the
