@@ -241,9 +241,19 @@ class ReplicaReconciler:
             await self.manager.scale(rec, 0)
 
     async def ensure_all(self) -> None:
-        """Start the replicas of every model in the store (the restore on start);
-        a model that fails is logged and the others go on."""
+        """Start the replicas of every model in the store (the restore on start,
+        a resync after a gap in the change feed, a lease taken over), and stop
+        those this process runs of versions the store no longer has (deleted
+        while its events were missed); a model that fails is logged and the
+        others go on."""
         models = await asyncio.to_thread(self._reader.list_models)
+        stored = {(m.name, m.version) for m in models}
+        gone = sorted({name for name, version in self._records if (name, version) not in stored})
+        for name in gone:
+            try:
+                await self.reconcile_model(name)
+            except Exception as exc:
+                log.error("stopping the replicas of deleted versions of %s failed: %s", name, exc)
         results = await asyncio.gather(
             *(self.ensure(m.name, m.version) for m in models), return_exceptions=True
         )

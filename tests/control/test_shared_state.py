@@ -287,6 +287,25 @@ def test_a_store_outage_leaves_the_replicas_serving(run: Runner, tmp_path: Path)
         server.stop()
 
 
+def test_a_resync_stops_the_replicas_of_versions_gone_from_the_store(
+    run: Runner, tmp_path: Path
+) -> None:
+    # After a gap in the feed (here the store's keys removed, the lease kept) the
+    # holder reread the store and started what it holds, but kept running the
+    # versions it no longer has, with no event left to stop them.
+    async def scenario() -> None:
+        async with two_frontends(tmp_path) as (a, _b):
+            await a.control.deploy_model(model_rec(replicas=2), payload_b64=payload("v1"))
+            assert len(a.manager.list("m", "1")) == 2
+            client = a.store.client
+            keys = [k for k in client.keys(a.store.keys.prefix + "*") if "lease" not in k]
+            client.delete(*keys)
+            await eventually(lambda: a.manager.list() == [], "A to stop m:1's replicas")
+            assert a.lease.held() and "m" not in a.dataplane.models
+
+    run(scenario(), timeout=60)
+
+
 # -- the pieces --------------------------------------------------------------------------
 
 
