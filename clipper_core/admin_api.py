@@ -206,10 +206,18 @@ def install(
         )
         return "Success!"
 
+    def links_if_any(name: str) -> list[str] | None:
+        # None: deleted since it was read (the reads are not one transaction).
+        try:
+            return store.linked_models(name)
+        except NotFound:
+            return None
+
     def apps_with_links(verbose: bool) -> Any:
         apps = store.list_apps()
         if verbose:
-            return [app_reply(a, store.linked_models(a.name)) for a in apps]
+            linked = [(a, links_if_any(a.name)) for a in apps]
+            return [app_reply(a, links) for a, links in linked if links is not None]
         return [a.name for a in apps]
 
     def answered(reply: dict[str, Any]) -> dict[str, Any]:
@@ -223,14 +231,15 @@ def install(
 
     def app_with_links(name: str) -> Any:
         rec = store.get_app(name)
-        return {} if rec is None else app_reply(rec, store.linked_models(rec.name))
+        links = None if rec is None else links_if_any(name)
+        return {} if rec is None or links is None else app_reply(rec, links)
 
     async def get_application(body: Body) -> Any:
         reply = await read(app_with_links, field_str(body, "name"))
         return answered(reply) if reply else reply
 
     def links_of(name: str) -> Any:
-        return [] if store.get_app(name) is None else store.linked_models(name)
+        return links_if_any(name) or []
 
     async def get_linked_models(body: Body) -> Any:
         return await read(links_of, field_str(body, "app_name"))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from clipper_core.connection import ClipperConnection, LocalContainerManager
 from clipper_core.deployers import deploy_python_closure
 from tests.server import models
 from tests.server.conftest import Running, start_server
@@ -119,3 +121,39 @@ def test_cli_deploy_as_a_canary(running: Running, tmp_path: Path) -> None:
     assert running.conn.get_current_model_version("m") == "1"
     res = _clipper(running, *base[:2], f"{source}:v1", *base[2:])
     assert res.returncode == 0 and res.stdout.startswith("unchanged"), res.stdout
+
+
+def test_listings_skip_an_app_deleted_while_they_read(running: Running) -> None:
+    # The verbose listing read the apps, then each app's links: an app deleted in
+    # between (another call, another frontend) turned the whole listing into 404.
+    conn = running.conn
+    conn.register_application("kept", "doubles", "-1", 2_000_000)
+    stop = threading.Event()
+    churned = [0]
+
+    def churn() -> None:
+        other = ClipperConnection(
+            LocalContainerManager(
+                "127.0.0.1",
+                running.server.query_port,
+                running.server.management_port,
+                str(running.state_dir),
+            )
+        )
+        while not stop.is_set() and churned[0] < 2_000:
+            other.register_application("passing", "doubles", "-1", 2_000_000)
+            other.unregister_application("passing")
+            churned[0] += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        listings = []
+        for _ in range(300):
+            listings.append({a["name"] for a in conn.get_all_apps(verbose=True)})
+            conn.get_app_info("passing")  # none of these may fail while it comes and goes
+            conn.get_linked_models("passing")
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert churned[0] > 0 and all("kept" in names for names in listings)
