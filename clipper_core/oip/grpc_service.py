@@ -64,8 +64,17 @@ _CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
 }
 
 
+class _Uint64(int):
+    """A parameter that came as ``uint64_param``: echoed back as one (an
+    ``int`` everywhere else; a typed client reading the echo found 0)."""
+
+    __slots__ = ()
+
+
 def _param_value(p: Any) -> Any:
     which = p.WhichOneof("parameter_choice")
+    if which == "uint64_param":
+        return _Uint64(p.uint64_param)
     return None if which is None else getattr(p, which)
 
 
@@ -82,7 +91,7 @@ def fill_parameters(target: Any, params: Mapping[str, Any]) -> None:
         if isinstance(value, bool):
             slot.bool_param = value
         elif isinstance(value, int):
-            if value >= 1 << 63:
+            if value >= 1 << 63 or isinstance(value, _Uint64):
                 slot.uint64_param = value
             else:
                 slot.int64_param = value
@@ -156,13 +165,11 @@ def parse_grpc_request(req: Any) -> InferRequest:
         if req.outputs
         else None
     )
-    return InferRequest(
-        inputs,
-        req.id or None,
-        parameters_to_dict(req.parameters),
-        outputs or None,
-        True,
-    )
+    parameters = parameters_to_dict(req.parameters)
+    # HTTP's reply-encoding switch: over gRPC every output is raw; the HTTP
+    # parser consumes it, so it is not echoed here either.
+    parameters.pop("binary_data_output", None)
+    return InferRequest(inputs, req.id or None, parameters, outputs or None, True)
 
 
 def build_grpc_response(reply: InferReply) -> Any:

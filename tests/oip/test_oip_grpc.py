@@ -90,6 +90,31 @@ def test_infer_with_raw_contents(client: Any) -> None:
     np.testing.assert_array_equal(res.as_numpy("output"), [6.5, 15.0])
 
 
+def test_request_parameters_are_echoed_with_their_type(grpc_url: str) -> None:
+    # A uint64_param came back as int64_param (a typed client reading uint64 got
+    # 0), and binary_data_output, consumed by HTTP, was echoed over gRPC only.
+    x = np.array([[1.0, 2.0]])
+    request = service_pb2.ModelInferRequest(model_name="summer", id="typed")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 2])
+    request.raw_input_contents.append(x.tobytes())
+    request.parameters["u"].uint64_param = 5
+    request.parameters["i"].int64_param = -5
+    request.parameters["d"].double_param = 0.5
+    request.parameters["binary_data_output"].bool_param = True
+    with grpc.insecure_channel(grpc_url) as channel:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    params = {
+        k: (v.WhichOneof("parameter_choice"), getattr(v, v.WhichOneof("parameter_choice")))
+        for k, v in reply.parameters.items()
+    }
+    assert params == {
+        "u": ("uint64_param", 5),
+        "i": ("int64_param", -5),
+        "d": ("double_param", 0.5),
+    }
+    assert np.frombuffer(reply.raw_output_contents[0], dtype=np.float64).tolist() == [3.0]
+
+
 def test_every_datatype_and_multiple_outputs(client: Any) -> None:
     inputs = [_input(input_name(d), _sample(d), d) for d in ALL_DATATYPES]
     res = client.infer("echo", inputs, client_timeout=30)
