@@ -23,6 +23,7 @@ from typing import Any
 
 from clipper_core.auth import API_KEYS_NAMESPACE, ApiKeys
 from clipper_core.clipper_api import parse_default_output
+from clipper_core.control.model_defaults import ModelDefaults
 from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.errors import ClipperError, NotFound, ReplicaUnavailable
 from clipper_core.pipelines.model import validate as validate_pipeline
@@ -30,7 +31,13 @@ from clipper_core.pipelines.runtime import PipelineRouter
 from clipper_core.replica_client import ReplicaConnector
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.store.base import DesiredStateReader, StateEvent
-from clipper_core.store.records import AppRecord, EndpointRecord, ModelRecord, PipelineRecord
+from clipper_core.store.records import (
+    LEARNING_RESETS_NAMESPACE,
+    AppRecord,
+    EndpointRecord,
+    ModelRecord,
+    PipelineRecord,
+)
 
 log = logging.getLogger("clipper_core.control")
 
@@ -43,21 +50,11 @@ IN_PLACE_SPEC = ("num_replicas", "batch_wait_micros", "batch_timeout", "cache_en
 
 
 @dataclass(frozen=True)
-class ModelDefaults:
-    """Server-wide settings a model version takes unless its record sets them."""
-
-    queue_capacity: int
-    max_batch_size: int
-    batch_timeout: float
-    admission: bool
-    replica_start_timeout: float
-
-
-@dataclass(frozen=True)
 class _AppState:
     rec: AppRecord | None
     links: list[str]
     digests: list[str]
+    learning: str | None = None  # the token of its last learning restart
 
 
 class DataPlaneReconciler:
@@ -92,8 +89,10 @@ class DataPlaneReconciler:
         self._defaults = defaults
         self._connector = connector
         self._on_replica_hung = on_replica_hung
-        # The app records last applied: a policy change is told from a re-read.
+        # The app records (and learning-restart tokens) last applied: a policy
+        # change or a restart is told from a re-read.
         self._applied: dict[str, AppRecord] = {}
+        self._learning: dict[str, str | None] = {}
         # The pipeline records last applied: an update is told from a re-read.
         self._pipelines: dict[str, PipelineRecord] = {}
         # One connect per replica at a time: key -> (address, task).
@@ -158,7 +157,8 @@ class DataPlaneReconciler:
             linked = self._reader.linked_models(name)
         except NotFound:  # deleted between the reads (by another frontend): gone
             return _AppState(None, [], [])
-        return _AppState(rec, linked, list(digests))
+        learning = self._reader.get_kv(LEARNING_RESETS_NAMESPACE, name)
+        return _AppState(rec, linked, list(digests), learning)
 
     async def _reconcile_app(self, name: str) -> None:
         state = await asyncio.to_thread(self._read_app, name)
@@ -177,6 +177,7 @@ class DataPlaneReconciler:
                 self._selection.forget(name)
             self._api_keys.remove(name)
             self._applied.pop(name, None)
+            self._learning.pop(name, None)
             return
         if app is None:
             app = Application(
@@ -194,12 +195,14 @@ class DataPlaneReconciler:
             app.default_output = parse_default_output(rec.default_output)
             app.slo = rec.slo_micros / 1e6
             before = self._applied.get(name)
-            if before is None or (before.policy, before.policy_config) != (
-                rec.policy,
-                rec.policy_config,
+            if (
+                before is None
+                or (before.policy, before.policy_config) != (rec.policy, rec.policy_config)
+                or state.learning != self._learning.get(name)  # restarted on any frontend
             ):
                 self._selection.set_policy(app, rec.policy, rec.policy_config)
         self._applied[name] = rec
+        self._learning[name] = state.learning
         for model in [m for m in app.linked_models if m not in state.links]:
             dp.unlink(name, model)
         for model in state.links:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -307,6 +308,16 @@ LEARNED_STATE_PREFIX = "selection:"
 def learned_state_namespace(app_name: str) -> str:
     """The kv namespace of ``app_name``'s learned selection state (key: the uid)."""
     return f"{LEARNED_STATE_PREFIX}{app_name}"
+
+
+#: The kv namespace of each application's learning restarts (key: the app; value:
+#: a new random token each time ``set_app_policy`` drops its learned state), so
+#: that every frontend restarts its in-memory learning too, not only the writer.
+LEARNING_RESETS_NAMESPACE = "selection.resets"
+
+
+def new_reset_token() -> str:
+    return uuid.uuid4().hex
 
 
 #: What a pipeline stage may declare it answers: an input type, or ``"json"`` (any

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any, cast
 from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.store.base import ChangeFeed, StateStore
 from clipper_core.store.records import (
+    LEARNING_RESETS_NAMESPACE,
     AppRecord,
     EndpointRecord,
     ModelRecord,
     check_int,
     learned_state_namespace,
+    new_reset_token,
 )
 from clipper_core.store.redis_db import Tx, model_field, outages_as_errors
 from clipper_core.store.redis_pipelines import RedisPipelines
@@ -171,6 +173,8 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
             text = json.dumps(rec.to_dict())
             tx.write("HSET", keys.apps, name, text)
             tx.write("DEL", keys.kv(learned_state_namespace(name)))
+            token = json.dumps(new_reset_token())
+            tx.write("HSET", keys.kv(LEARNING_RESETS_NAMESPACE), name, token)
             tx.changed("app", name)
             return rec
 

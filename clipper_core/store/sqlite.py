@@ -28,11 +28,13 @@ from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.store.base import ChangeFeed, StateStore
 from clipper_core.store.feed import SqlitePollingFeed
 from clipper_core.store.records import (
+    LEARNING_RESETS_NAMESPACE,
     AppRecord,
     EndpointRecord,
     ModelRecord,
     check_int,
     learned_state_namespace,
+    new_reset_token,
 )
 from clipper_core.store.schema import (
     MODEL_COLUMNS,
@@ -152,6 +154,10 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
                 (rec.policy, json.dumps(rec.policy_config), name),
             )
             conn.execute("DELETE FROM kv WHERE namespace = ?", (learned_state_namespace(name),))
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?, ?, ?)",
+                (LEARNING_RESETS_NAMESPACE, name, json.dumps(new_reset_token())),
+            )
             tx.changed("app", name)
         return rec
 

@@ -306,6 +306,33 @@ def test_a_resync_stops_the_replicas_of_versions_gone_from_the_store(
     run(scenario(), timeout=60)
 
 
+def test_a_learning_restart_on_one_frontend_restarts_it_on_every_frontend(
+    run: Runner, tmp_path: Path
+) -> None:
+    # set_selection_policy with the same policy restarts learning; only the
+    # frontend that took the call did, the others kept (and wrote back) theirs.
+    async def scenario() -> None:
+        async with two_frontends(tmp_path) as (a, b):
+            await a.control.register_app(
+                AppRecord("app", "doubles", "-1", 5_000_000, policy="exp3")
+            )
+            await eventually(lambda: "app" in b.selection.selectors, "B to hear of the app")
+            learned = b.selection.selectors["app"]
+            learned.updates = 42  # as if B had taken feedback
+            await a.control.set_selection_policy("app", "exp3", {})
+            await eventually(
+                lambda: b.selection.selectors["app"] is not learned, "B to restart learning"
+            )
+            assert b.selection.selectors["app"].updates == 0
+            # Any other change to the app keeps what B learned since.
+            learned = b.selection.selectors["app"]
+            await a.control.update_app("app", slo_micros=6_000_000)
+            await eventually(lambda: b.dataplane.apps["app"].slo == 6.0, "B to take the change")
+            assert b.selection.selectors["app"] is learned
+
+    run(scenario(), timeout=60)
+
+
 # -- the pieces --------------------------------------------------------------------------
 
 
