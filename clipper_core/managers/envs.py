@@ -183,7 +183,13 @@ class RuntimeEnvManager:
         return self.interpreter(self.env_id(check_requirements(spec.get("requirements"))))
 
     def is_ready(self, env_id: str) -> bool:
-        return (self.env_dir(env_id) / MARKER).is_file()
+        """Built, and its interpreter still runs: a venv links to the Python it
+        was made with, and one upgraded or removed since left a cached
+        environment whose replicas failed to start with a bare ENOENT; such a
+        one is built again (the build removes what is there)."""
+        return (self.env_dir(env_id) / MARKER).is_file() and os.access(
+            self.interpreter(env_id), os.X_OK
+        )
 
     # -- building -------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from clipper_core.deployers.requirements import (
     requirements_for,
 )
 from clipper_core.errors import BadInput, ClipperError
-from clipper_core.managers.envs import RuntimeEnvManager
+from clipper_core.managers.envs import MARKER, RuntimeEnvManager
 from clipper_core.model_bundle import pack_directory, unpack_archive
 from model_containers.environment import check
 from tests.deployers.conftest import endpoint, link, serve
@@ -98,6 +98,22 @@ def test_environment_ids_are_stable_and_keyed_by_requirements(tmp_path: Path) ->
     assert any(r.startswith("grpcio==") for r in envs.full_requirements(["numpy<3"]))
     with pytest.raises(BadInput):
         envs.python_for({"runtime_env": {"requirements": ["a\nb"]}})
+
+
+def test_an_environment_whose_python_is_gone_is_not_ready(tmp_path: Path) -> None:
+    # A venv links to the interpreter it was made with: after that Python was
+    # upgraded or removed, the cached environment counted as built and every
+    # replica failed to start with a bare "No such file or directory".
+    envs = RuntimeEnvManager(tmp_path, python=sys.executable)
+    env_id = envs.env_id(["six==1.16.0"])
+    bin_dir = envs.env_dir(env_id) / "bin"
+    bin_dir.mkdir(parents=True)
+    (envs.env_dir(env_id) / MARKER).write_text("{}")
+    (bin_dir / "python").symlink_to(tmp_path / "python3.0-removed")
+    assert not envs.is_ready(env_id)
+    (bin_dir / "python").unlink()
+    (bin_dir / "python").symlink_to(sys.executable)
+    assert envs.is_ready(env_id)
 
 
 def test_a_build_that_takes_too_long_fails_saying_so(tmp_path: Path) -> None:
