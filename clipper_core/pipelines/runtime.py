@@ -12,13 +12,15 @@ queries at one stage batch together.
 
 One deadline covers the whole walk.  Before a stage runs, the remaining budget
 must cover the stage's expected batch latency (its model version's estimator);
-when it does not -- or the deadline passes while a stage works, or the queue drops
-the input as expired -- the input is answered with the pipeline's default output,
-flagged, with an explanation that names the stage.  So is an input that reaches a
-stage whose model has no live replica (none connected, none restarting), at once
-and naming the model (``Outcome.unavailable``).  A stage whose model fails
-fails the query with the model's error, named after the stage.  Nothing waits
-past the deadline, so every accepted query gets an answer or an error.
+when it does not -- or the stage's model refuses the input as overloaded (its
+expected wait exceeds the remaining deadline), or the deadline passes while a
+stage works, or the queue drops the input as expired -- the input is answered
+with the pipeline's default output, flagged, with an explanation that names the
+stage.  So is an input that reaches a stage whose model has no live replica
+(none connected, none restarting), at once and naming the model
+(``Outcome.unavailable``).  A stage whose model fails fails the query with the
+model's error, named after the stage.  Nothing waits past the deadline, so every
+accepted query gets an answer or an error.
 
 The answer is the output of the stage the walk ended at: the stage that ran and
 none of whose successors ran.  If the walk ended at several (branches that never
@@ -44,6 +46,7 @@ from clipper_core.errors import (
     ModelError,
     NoLiveReplica,
     NotFound,
+    Overloaded,
 )
 from clipper_core.metrics import PipelineMetrics, error_kind
 from clipper_core.pipelines.model import PipelineGraph, Stage
@@ -282,7 +285,15 @@ class _Walk:
                 key = self.key
             else:
                 key = input_key(value, mv.input_type)
-            fut = mv.submit(value, key, self.call.deadline)
+            try:
+                fut = mv.submit(value, key, self.call.deadline)
+            except Overloaded as exc:
+                # Admission control found that the input would wait past the
+                # deadline: the remaining budget cannot cover the stage, which the
+                # pipeline answers with its default (a probe let through to a busy
+                # stage meets this too), not with the 503 of a model's own query.
+                self._miss(step, mv, f"was refused: {exc}")
+                return
             if unanswerable(mv, fut):
                 fut.cancel()
                 self._unavailable(step, NoLiveReplica([mv.key]))

@@ -8,6 +8,7 @@ without a container (a stage with no replica at all answers at once).  The
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -291,6 +292,33 @@ def test_bytes_inside_a_pipeline_answer_reach_the_client_base64(
         reply = json_response(format_reply(0, out.output, False, native_arrays=True))
         assert reply.status == 200
         assert orjson.loads(reply.body)["output"] == {"b": "iVBORw==", "c": [4.0]}
+        await dp.close()
+
+    loop.run_until_complete(main())
+
+
+def test_a_probe_the_stage_refuses_as_overloaded_gets_the_default(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The query let through to probe a stage deemed too slow meets admission
+    # control when the stage is busy: the pipeline answers its default, as for
+    # any stage the budget cannot cover, instead of failing with 503.
+    async def main() -> None:
+        dp, app, router = make(SEQ, SEQ_EDGES, slo=0.2)
+        mb = dp.models["mb"].versions["1"]
+        mb.admission = True
+        # The replica is taking batches (a dispatcher runs) and one input waits.
+        mb.replicas["idle"].task = loop.create_future()  # type: ignore[assignment]
+        mb.estimator.observe(1, 5.0)
+        waiting = mb.submit(np.asarray([9.0]), b"other", time.monotonic() + 3600.0)
+        answer(dp, "ma", [1.0], [2.0])
+        [out] = await query(dp, [1.0])
+        assert out.default and out.output == -1
+        assert "stage 'b' (mb:1) was refused: mb:1 is overloaded" in str(out.explanation)
+        assert router.metrics.stages["b"].deadline_misses == 1
+        assert app.metrics.defaults["slo"] == 1
+        waiting.cancel()
+        mb.replicas["idle"].task.cancel()
         await dp.close()
 
     loop.run_until_complete(main())
