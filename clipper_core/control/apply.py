@@ -115,8 +115,11 @@ class CurrentState:
 
 def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -> list[Change]:
     """The changes that make ``current`` match ``desired``, in the order to apply
-    them: model versions, current versions, apps, links, pipelines, then (with
-    ``prune``) deletions of pipelines, apps and model versions not in the file.
+    them: model versions, current versions, (with ``prune``) deletions of the
+    pipelines not in the file, apps, links, (with ``prune``) deletions of the apps
+    not in the file, pipelines, then (with ``prune``) deletions of the model
+    versions not in the file.  A pipeline and an app cannot share a name, so the
+    one that gives a name up goes before the one that takes it.
 
     Raises:
         BadInput: Something the file asks for cannot be done in place (a model
@@ -128,7 +131,8 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
     changes = _model_changes(desired, current, refusals)
     refusals += _linked_type_refusals(desired, current, changes, prune)
     changes += _current_version_changes(desired, current)
-    changes += _app_changes(desired, current, prune, refusals)
+    apps = _app_changes(desired, current, prune, refusals)
+    refusals += _app_name_refusals(desired, current, prune)
     refusals += _pipeline_refusals(desired, current, prune)
     if refusals:
         raise BadInput("cannot apply:\n  " + "\n  ".join(refusals))
@@ -139,10 +143,13 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
         keys=desired.pipeline_keys,
         digests=current.api_key_digests,
     )
+    changes += deletions  # empty without prune
+    changes += apps
+    if prune:
+        changes += _pruned_apps(desired, current)
     changes += upserts
     if prune:
-        changes += deletions
-        changes += _pruned(desired, current)
+        changes += _pruned_models(desired, current)
     return changes
 
 
@@ -314,12 +321,30 @@ def _link_changes(da: DesiredApp, linked: tuple[str, ...]) -> list[Change]:
     return out
 
 
-def _pruned(desired: DesiredState, current: CurrentState) -> list[Change]:
+def _app_name_refusals(desired: DesiredState, current: CurrentState, prune: bool) -> list[str]:
+    """An app of the file named like a pipeline the store keeps (the store refuses
+    it, after the file's models were deployed).  A pipeline of the file with an
+    app's name is refused by :func:`_pipeline_refusals`."""
+    if prune:
+        return []  # the store's pipelines the file leaves out are deleted first
+    filed = {str(p["name"]) for p in desired.pipelines}
+    return [
+        f"app {da.record.name}: pipeline {da.record.name} on the server has its name"
+        " (an application and a pipeline cannot share one); delete that pipeline"
+        " first, or apply with prune"
+        for da in desired.apps
+        if da.record.name in current.pipelines and da.record.name not in filed
+    ]
+
+
+def _pruned_apps(desired: DesiredState, current: CurrentState) -> list[Change]:
     apps = {a.record.name for a in desired.apps}
+    return [Change("delete", "app", a.name) for a in current.apps if a.name not in apps]
+
+
+def _pruned_models(desired: DesiredState, current: CurrentState) -> list[Change]:
     versions = {m.record.key for m in desired.models}
-    out = [Change("delete", "app", a.name) for a in current.apps if a.name not in apps]
-    out += [Change("delete", "model", m.key) for m in current.models if m.key not in versions]
-    return out
+    return [Change("delete", "model", m.key) for m in current.models if m.key not in versions]
 
 
 # -- pipelines (issue 14's pipelines branch) -------------------------------------------

@@ -431,9 +431,10 @@ class ControlPlane:
 
     async def apply(self, desired: DesiredState, *, prune: bool = False) -> list[Change]:
         """Make the desired state of a declarative file true: model versions
-        first, then current versions, apps, links and pipelines, then (with
-        ``prune``) delete what the file does not describe.  Applying the same
-        file twice changes nothing the second time.
+        first, then current versions, apps, links and pipelines; with
+        ``prune``, what the file does not describe is deleted too (in the order
+        of :func:`~clipper_core.control.apply.diff`).  Applying the same file
+        twice changes nothing the second time.
 
         Returns:
             Every change, ``unchanged`` ones included, in the order made.

@@ -17,6 +17,7 @@ from test_reconcile import frontend
 
 from clipper_core.control.desired import DesiredState
 from clipper_core.errors import BadInput
+from clipper_core.store.records import PipelineRecord
 from tests.server import models
 
 PAYLOAD = base64.b64encode(cloudpickle.dumps(models.make_sum())).decode()
@@ -77,5 +78,28 @@ def test_apply_reaches_the_data_plane_in_place(run: Runner, tmp_path: Path) -> N
                 await f.control.update_model_spec("m", "1", batch_size=4)
             with pytest.raises(BadInput, match=r"batch_size -1 -> 4 \(its batch controller"):
                 await f.control.apply(state({"batch_size": 4}))
+
+    run(scenario(), timeout=120)
+
+
+def test_an_app_taking_a_pipelines_name_is_refused_up_front_or_pruned_in_order(
+    run: Runner, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.apply(state())
+            await f.control.register_pipeline(
+                PipelineRecord("x", "doubles", [{"name": "s", "model": "m"}], [], 5_000_000, "-1")
+            )
+            renamed = state({"version": "2"}, {"name": "x"})
+            # Refused before the first change: m:2 is not deployed.
+            with pytest.raises(BadInput, match="app x: pipeline x on the server has its name"):
+                await f.control.apply(renamed)
+            assert f.store.get_model("m", "2") is None and f.store.get_app("x") is None
+            # With prune the pipeline goes first, so the app can take its name.
+            await f.control.apply(renamed, prune=True)
+            assert f.store.get_pipeline("x") is None and f.store.get_app("a") is None
+            out = await f.predict("x", [1.0, 2.0])
+            assert (out.output, out.default) == (3.0, False)
 
     run(scenario(), timeout=120)

@@ -402,3 +402,35 @@ def test_a_pipeline_on_a_model_the_store_keeps_applies_and_one_prune_deletes_is_
     assert "create pipeline p: 1 stage(s)" in lines(diff(state, store))
     with pytest.raises(BadInput, match="kept"):
         diff(state, store, prune=True)  # prune would delete kept:1, which p needs
+
+
+def test_an_app_named_like_a_pipeline_the_store_keeps_is_refused_before_any_change() -> None:
+    # The store refuses the app, so without the refusal here the file's models
+    # were deployed before the apply failed (and a dry run passed).
+    store = CurrentState(pipelines={"p": pipeline()})
+    with pytest.raises(BadInput, match="app p: pipeline p on the server has its name"):
+        diff(desired(apps=[app_entry("p")]), store)
+
+
+def test_prune_deletes_a_name_before_it_is_taken() -> None:
+    # A pipeline replaced by an app of its name, and an app by a pipeline of its.
+    store = deployed(desired(apps=[app_entry("was-app")]))
+    store = CurrentState(
+        models=store.models,
+        current_versions=store.current_versions,
+        apps=store.apps,
+        links=store.links,
+        pipelines={"was-pipe": pipeline(name="was-pipe")},
+    )
+    state = desired(
+        apps=[app_entry("was-pipe")],
+        pipelines=[_pipeline("was-app", [{"name": "a", "model": "m"}], [])],
+    )
+    made = [line for line in lines(diff(state, store, prune=True)) if "unchanged" not in line]
+    assert made == [
+        "delete pipeline was-pipe",
+        "create app was-pipe: slo 100000 us",
+        "create link was-pipe -> m",
+        "delete app was-app",
+        "create pipeline was-app: 1 stage(s)",
+    ]
