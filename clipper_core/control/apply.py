@@ -34,6 +34,7 @@ from clipper_core.control.desired import DesiredApp, DesiredState
 from clipper_core.control.pipeline_difference import pipeline_difference
 from clipper_core.control.reconcile import IN_PLACE_SPEC
 from clipper_core.errors import BadInput, ClipperError
+from clipper_core.pipelines.model import new_version_refusal
 from clipper_core.pipelines.model import validate as validate_pipeline
 from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
 
@@ -131,6 +132,7 @@ def diff(desired: DesiredState, current: CurrentState, *, prune: bool = False) -
     refusals: list[str] = []
     changes = _model_changes(desired, current, refusals)
     refusals += _linked_type_refusals(desired, current, changes, prune)
+    refusals += _pipeline_take_refusals(desired, current, changes)
     changes += _current_version_changes(desired, current)
     apps = _app_changes(desired, current, prune, refusals)
     refusals += _app_name_refusals(desired, current, prune)
@@ -228,6 +230,31 @@ def _linked_type_refusals(
         for app in sorted(links.get(dm.record.name, ()))
         if app in types and types[app] != dm.record.input_type
     ]
+
+
+def _pipeline_take_refusals(
+    desired: DesiredState, current: CurrentState, changes: list[Change]
+) -> list[str]:
+    """A new version must keep the store's pipelines that use its model valid (the
+    deploy refuses it otherwise, after the file's earlier changes were made).  The
+    store's pipelines count even when the file replaces them or prune deletes
+    them: models are deployed first."""
+    created = {c.name for c in changes if c.kind == "create" and c.what == "model"}
+    pipelines = [PipelineRecord.from_dict(dict(p)) for p in current.pipelines.values()]
+    if not created or not pipelines:
+        return []
+    types: dict[str, dict[str, str]] = {}
+    for m in current.models:
+        types.setdefault(m.name, {})[m.version] = m.input_type
+    refusals = []
+    for dm in desired.models:  # deployed in this order, each seeing those before
+        rec = dm.record
+        if rec.key in created:
+            refusal = new_version_refusal(rec, pipelines, types)
+            if refusal is not None:
+                refusals.append(refusal)
+            types.setdefault(rec.name, {})[rec.version] = rec.input_type
+    return refusals
 
 
 def _identity_difference(want: ModelRecord, old: ModelRecord) -> list[str]:

@@ -25,8 +25,9 @@ from clipper_core.control.artifacts import ArtifactStore
 from clipper_core.control.desired import DesiredState, decode_payload
 from clipper_core.control.reconcile import IN_PLACE_SPEC, DataPlaneReconciler
 from clipper_core.control.replicas import ReplicaReconciler
-from clipper_core.errors import BadInput, ClipperError, Conflict, NotFound
+from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.logs import log_event
+from clipper_core.pipelines.model import new_version_refusal
 from clipper_core.pipelines.model import validate as validate_pipeline
 from clipper_core.replica_tls import remote_address
 from clipper_core.selection import validate_policy
@@ -173,28 +174,16 @@ class ControlPlane:
         return types
 
     def _check_pipelines_take(self, rec: ModelRecord) -> None:
-        """A new version must keep the pipelines that use its model valid (another
-        input type breaks a stage that follows the model's current version), as a
+        """A new version must keep the pipelines that use its model valid, as a
         linked app refuses it (run in a worker thread: it reads the store)."""
         users = [
             p for p in self.store.list_pipelines() if any(s["model"] == rec.name for s in p.stages)
         ]
         if not users:
-            return
-        before = self._model_types()
-        after = {**before, rec.name: {**before.get(rec.name, {}), rec.version: rec.input_type}}
-        for p in users:
-            try:
-                validate_pipeline(p, before)
-            except ClipperError:
-                continue  # broken already (a model deleted...): not this version's doing
-            try:
-                validate_pipeline(p, after)
-            except ClipperError as exc:
-                raise BadInput(
-                    f"model {rec.key} takes {rec.input_type}, which pipeline {p.name} cannot"
-                    f" send it ({exc}); pin the pipeline's stage to a version first"
-                ) from None
+            return  # no need to read every model's types
+        refusal = new_version_refusal(rec, users, self._model_types())
+        if refusal is not None:
+            raise BadInput(refusal)
 
     async def register_pipeline(
         self, rec: PipelineRecord, api_keys: list[str] | None = None

@@ -20,16 +20,16 @@ Pure: no I/O, no event loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from clipper_core.errors import BadInput, ModelError, NotFound
-from clipper_core.store.records import INPUT_TYPES, PipelineRecord
+from clipper_core.errors import BadInput, ClipperError, ModelError, NotFound
+from clipper_core.store.records import INPUT_TYPES, ModelRecord, PipelineRecord
 
-__all__ = ["JSON", "Edge", "PipelineGraph", "Predicate", "Stage", "validate"]
+__all__ = ["JSON", "Edge", "PipelineGraph", "Predicate", "Stage", "new_version_refusal", "validate"]
 
 #: The output type of a value that feeds no model directly (any JSON).
 JSON = "json"
@@ -235,6 +235,34 @@ def _topological(
         looped = [n for n in names if indegree[n] > 0]
         raise BadInput(f"pipeline {pipeline}: the edges make a cycle through {', '.join(looped)}")
     return order
+
+
+def new_version_refusal(
+    rec: ModelRecord, pipelines: Iterable[PipelineRecord], model_types: ModelTypes
+) -> str | None:
+    """Why deploying ``rec``, a new model version, would break one of
+    ``pipelines`` (its input type breaks a stage that follows the model's
+    current version), or None.  ``model_types`` are the versions deployed
+    before it; a pipeline broken already (a model deleted...) is not its doing."""
+    after = {
+        **model_types,
+        rec.name: {**model_types.get(rec.name, {}), rec.version: rec.input_type},
+    }
+    for p in pipelines:
+        if not any(s.get("model") == rec.name for s in p.stages):
+            continue
+        try:
+            validate(p, model_types)
+        except ClipperError:
+            continue
+        try:
+            validate(p, after)
+        except ClipperError as exc:
+            return (
+                f"model {rec.key} takes {rec.input_type}, which pipeline {p.name} cannot"
+                f" send it ({exc}); pin the pipeline's stage to a version first"
+            )
+    return None
 
 
 def _resolve(

@@ -103,3 +103,27 @@ def test_an_app_taking_a_pipelines_name_is_refused_up_front_or_pruned_in_order(
             assert (out.output, out.default) == (3.0, False)
 
     run(scenario(), timeout=120)
+
+
+def test_a_version_a_stored_pipeline_cannot_send_to_is_refused_before_any_change(
+    run: Runner, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with frontend(tmp_path) as f:
+            await f.control.apply(state())
+            await f.control.register_pipeline(
+                PipelineRecord("x", "doubles", [{"name": "s", "model": "m"}], [], 5_000_000, "-1")
+            )
+            m = {"name": "m", "version": "1", "input_type": "doubles", "payload_b64": PAYLOAD}
+            strings = {**m, "version": "2", "input_type": "strings", "current": False}
+            file = DesiredState.from_dict({"models": [{**m, "name": "n"}, m, strings]})
+            with pytest.raises(BadInput, match="model m:2 takes strings, which pipeline x cannot"):
+                await f.control.plan(file)
+            with pytest.raises(BadInput, match="model m:2 takes strings, which pipeline x cannot"):
+                await f.control.apply(file)
+            assert f.store.get_model("n", "1") is None and f.store.get_model("m", "2") is None
+            # The deploy itself refuses it in the same words.
+            with pytest.raises(BadInput, match="model m:2 takes strings, which pipeline x cannot"):
+                await f.control.deploy_model(file.models[2].record, payload_b64=PAYLOAD)
+
+    run(scenario(), timeout=120)

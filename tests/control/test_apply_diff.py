@@ -434,3 +434,24 @@ def test_prune_deletes_a_name_before_it_is_taken() -> None:
         "delete app was-app",
         "create pipeline was-app: 1 stage(s)",
     ]
+
+
+def test_a_new_version_a_stored_pipeline_cannot_send_to_is_refused_before_any_change() -> None:
+    # The deploy refuses it (the pipeline follows the model's current version),
+    # so without the refusal here the file's earlier models were deployed first.
+    follows = pipeline(
+        stages=[{"name": "a", "model": "m", "version": None, "output_type": None, "combine": None}],
+        edges=[],
+    )
+    store = deployed(desired(apps=[]))
+    store = CurrentState(
+        models=store.models, current_versions=store.current_versions, pipelines={"p": follows}
+    )
+    strings = model_entry(version="2", input_type="strings", current=False)
+    state = desired(models=[model_entry("n"), model_entry(), strings], apps=[])
+    for prune in (False, True):  # prune deletes p only after the models are deployed
+        with pytest.raises(BadInput, match="model m:2 takes strings, which pipeline p cannot"):
+            diff(state, store, prune=prune)
+    pinned = pipeline(stages=[{**follows["stages"][0], "version": "1"}], edges=[])
+    kept = CurrentState(models=store.models, pipelines={"p": pinned})
+    assert "create model m:2: 1 replica(s)" in lines(diff(state, kept))
