@@ -333,13 +333,16 @@ class _Walk:
     def _input(self, step: Step, mv: ModelVersion) -> Any:
         """What the stage's model is sent: the query, a parent's output or a join."""
         stage = step.stage
+        # The graph was checked against the versions deployed then: one deployed
+        # since (the model deleted and redeployed) may take another type, which
+        # no conversion below could make of the stage's input.
+        if mv.input_type != stage.input_type:
+            sent = "the pipeline takes" if not stage.parents else "the stage sends it"
+            raise ModelError(  # named after the stage by _fail
+                f"model {mv.key} takes {mv.input_type}, but {sent} {stage.input_type};"
+                " update the pipeline"
+            )
         if not stage.parents:
-            graph = self.call.router.graph
-            if mv.input_type != graph.input_type:
-                raise ModelError(
-                    f"{step.at}: model {mv.key} takes {mv.input_type}, but the"
-                    f" pipeline takes {graph.input_type}; update the pipeline"
-                )
             return self.x
         if stage.combine == "dict":
             return json_text(dict(self._parents(stage)), step.at)

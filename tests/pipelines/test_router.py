@@ -322,3 +322,25 @@ def test_a_probe_the_stage_refuses_as_overloaded_gets_the_default(
         await dp.close()
 
     loop.run_until_complete(main())
+
+
+def test_a_stage_whose_model_now_takes_another_type_names_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The model was deleted and redeployed with another input type after the
+    # pipeline was checked: the error names the version, not the parent's output.
+    async def main() -> None:
+        dp, _, _ = make(SEQ, SEQ_EDGES)
+        strings = ModelVersion("mb", "2", "strings", queue_capacity=100, max_batch_size=8)
+        dp.add_model_version(strings)
+        dp.set_current_version("mb", "2")
+        answer(dp, "ma", [1.0], [2.0])
+        with pytest.raises(ModelError) as info:
+            await query(dp, [1.0])
+        assert str(info.value) == (
+            "pipeline p: stage 'b' failed: model mb:2 takes strings, but the stage sends it"
+            " doubles; update the pipeline"
+        )
+        await dp.close()
+
+    loop.run_until_complete(main())
