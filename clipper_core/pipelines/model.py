@@ -359,6 +359,15 @@ def _mismatch(
             f"{where}: the entry's model {model!r} takes {takes}, but the pipeline takes {received}"
         )
     source = f"stage {parents[0]!r}" if combine is None else f"the {combine} of its parents"
+    if received == JSON and combine is None and done[parents[0]].model is None:
+        # A model-less join answers what it joins (it cannot declare another
+        # output_type): the documented way is a model on the join itself.
+        return (
+            f"{where}: model {model!r} takes {takes}, but {source} joins its parents"
+            f" into json; put model {model!r} on {parents[0]!r} instead (a join with a"
+            " model sends it the joined value; a 'dict' join as JSON text, for a model"
+            " that takes strings)"
+        )
     if received == JSON and combine is None:
         return (
             f"{where}: model {model!r} takes {takes}, but {source} declares no output_type"

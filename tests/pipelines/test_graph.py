@@ -204,6 +204,18 @@ def test_a_restored_graph_is_checked_without_the_models() -> None:
             "has a combine but no parent",
         ),
         ([{"name": "a", "model": "mixed"}], [], BadInput, "pin one with 'version'"),
+        (
+            # The hint is one that validates (output_type on a join is refused).
+            [
+                {"name": "a", "model": "pre", "output_type": "doubles"},
+                {"name": "b", "model": "det", "output_type": "doubles"},
+                {"name": "j", "combine": "dict"},
+                {"name": "m", "model": "fuse"},
+            ],
+            [*seq("a", "b", "j"), *seq("a", "j"), *seq("j", "m")],
+            BadInput,
+            "stage 'j' joins its parents into json; put model 'fuse' on 'j' instead",
+        ),
     ],
 )
 def test_bad_graphs_are_refused_with_the_stage_named(
@@ -211,6 +223,16 @@ def test_bad_graphs_are_refused_with_the_stage_named(
 ) -> None:
     with pytest.raises(error, match=message):
         validate(rec(stages, edges), MODELS)
+
+
+def test_the_model_a_dict_join_feeds_goes_on_the_join_as_its_refusal_says() -> None:
+    stages = [
+        {"name": "a", "model": "pre", "output_type": "doubles"},
+        {"name": "b", "model": "det", "output_type": "doubles"},
+        {"name": "j", "combine": "dict", "model": "fuse"},
+    ]
+    graph = validate(rec(stages, [*seq("a", "b", "j"), *seq("a", "j")]), MODELS)
+    assert graph.stages["j"].input_type == "strings"
 
 
 # -- predicates -------------------------------------------------------------------------
