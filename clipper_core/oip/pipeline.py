@@ -88,6 +88,13 @@ def _rows(app: Application, request: InferRequest) -> list[Any]:
     rows = tensor.shape[0]
     arr = tensor.array.reshape(rows, -1)
     if want != "BYTES":
+        if arr.shape[1] == 0:
+            # The entry's model would refuse each empty row (REST answers it
+            # 400 "input must not be empty"): refuse the request before any stage.
+            raise BadInput(
+                f"input {tensor.name!r} of shape {list(tensor.shape)} has empty rows:"
+                " a query must not be empty"
+            )
         return list(np.ascontiguousarray(arr))
     if arr.shape[1] != 1:
         raise BadInput(f"input {tensor.name!r}: a {app.input_type} query is one element per row")

@@ -492,6 +492,9 @@ def test_oip_http_and_grpc_answer_a_pipeline(srv: Running) -> None:
         {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": [1]}]},
     )
     assert status == 400 and "takes FP64" in reply["error"], reply
+    empty = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [2, 0], "data": []}]}
+    status, reply = _oip_http(srv, "oipseq", empty)
+    assert status == 400 and "[2, 0] has empty rows" in reply["error"], reply
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.server.grpc_port}")
     try:
         arr = np.array([[1.0, 2.0], [3.0, 1.0]])
