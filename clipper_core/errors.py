@@ -123,6 +123,29 @@ class NoLiveReplica(ReplicaUnavailable):
         super().__init__(f"model{plural} {', '.join(self.models)} {verb} no live replica")
 
 
+class NoOutputToScore(ClipperError):
+    """A feedback label found no output to score: none of the models chosen for
+    its input gave one (no live replica, overloaded, past the feedback timeout,
+    not deployed, or no model linked).  Nothing was learned; the label can be
+    sent again once a model answers.
+
+    Attributes:
+        unanswered: Model version (or model) -> why it gave no output.
+    """
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    kind = "no_model"
+
+    def __init__(self, app: str, unanswered: dict[str, str]) -> None:
+        self.unanswered = dict(unanswered)
+        why = "; ".join(f"{m}: {w}" for m, w in self.unanswered.items())
+        super().__init__(
+            f"application {app!r}: no model gave an output for this label to score"
+            f" ({why or 'no model is linked'}); nothing was learned"
+        )
+
+
 class Overloaded(ClipperError):
     """Admission control refused the request: the queue is full, or its expected
     wait exceeds the request's remaining deadline.  Answered 503 with

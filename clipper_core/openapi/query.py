@@ -209,7 +209,7 @@ def _clipper_paths() -> dict[str, Any]:
         },
         "responses": {
             "200": reply("The policy state is stored.", ref("UpdateReply")),
-            **errors(400, 401, 403, 404, 413, 429, 500),
+            **errors(400, 401, 403, 404, 413, 429, 500, 503),
         },
     }
     return {"/{app}/predict": {"post": predict}, "/{app}/update": {"post": update}}

@@ -9,7 +9,8 @@ the uid whose state learned -- 0 when the input was queried without a uid (as
 Clipper's ``/predict`` is) and not with this one; it is sent once the new policy
 state is stored.  A label that cannot be compared with one of those outputs (the rules:
 :mod:`clipper_core.selection.losses`) is answered 400, naming both types, and
-teaches the policy nothing.
+teaches the policy nothing; so is one that no chosen model gave an output for
+(503 ``no_model``, naming each model and why).
 """
 
 from __future__ import annotations

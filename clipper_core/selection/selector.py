@@ -11,7 +11,8 @@ only when none arrived is the app's default output returned.
 Feedback (``AppSelector.update``) scores the outputs of the models chosen for that
 input, found in the prediction cache (computed again only when not cached),
 refuses a label that cannot be compared with one of them (400, nothing learned;
-:mod:`clipper_core.selection.losses`), runs the policy's ``observe`` and persists
+:mod:`clipper_core.selection.losses`) or that no model gave an output for (503,
+:mod:`clipper_core.selection.feedback`), runs the policy's ``observe`` and persists
 the new state through a :class:`~clipper_core.selection.persister.StatePersister`;
 the update is answered once its state is on disk.
 
@@ -35,10 +36,18 @@ from typing import TYPE_CHECKING, Any
 from clipper_core.dataplane.application import no_connected_model, unanswerable
 from clipper_core.dataplane.futures import consume_exception, wait_until
 from clipper_core.dataplane.routing import Application, ModelLookup, Outcome
-from clipper_core.errors import BadInput, ClipperError, DeadlineExceeded, NoLiveReplica, NotFound
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    DeadlineExceeded,
+    NoLiveReplica,
+    NoOutputToScore,
+    NotFound,
+)
 from clipper_core.metrics import error_kind
 from clipper_core.selection import SelectionPolicy, State, get_policy_class, validate_policy
 from clipper_core.selection.base import Odds
+from clipper_core.selection.feedback import gather_outputs
 from clipper_core.selection.losses import incomparable
 from clipper_core.selection.recent import RecentSelections
 from clipper_core.selection.user_states import (
@@ -372,37 +381,19 @@ class AppSelector:
         ``state_uid`` names the uid whose state learned.
         """
         policy = self.policy_for(app.linked_models)
-        learner, targets, odds = self._feedback_targets(lookup, app, policy, uid, x, key)
-        outputs: dict[str, Any] = {}
-        pending: dict[str, asyncio.Future[Any]] = {}
-        deadline = time.monotonic() + FEEDBACK_TIMEOUT
-        for name, mv in targets:
-            cache = mv.cache
-            if cache is not None:
-                hit = cache.get(mv.name, mv.version, key, _MISS)
-                if hit is not _MISS:
-                    self.feedback_cache_hits += 1
-                    outputs[name] = hit
-                    continue
-            try:
-                fut = mv.submit(x, key, deadline)
-                if unanswerable(mv, fut):  # do not wait FEEDBACK_TIMEOUT for nothing
-                    fut.cancel()
-                    raise NoLiveReplica([mv.key])
-            except ClipperError as exc:
-                log.info("feedback for %s: %s cannot answer: %s", self.app_name, mv.key, exc)
-                continue
-            pending[name] = fut
-            self.feedback_computed += 1
-        if pending:
-            await wait_until(list(pending.values()), deadline)
-            for name, fut in pending.items():
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    outputs[name] = fut.result()
-                else:
-                    fut.add_done_callback(consume_exception)
+        learner, targets, odds, unready = self._feedback_targets(lookup, app, policy, uid, x, key)
+        found = await gather_outputs(targets, x, key, time.monotonic() + FEEDBACK_TIMEOUT)
+        self.feedback_cache_hits += found.cache_hits
+        self.feedback_computed += found.computed
+        outputs = found.outputs
         scored = {name: outputs[name] for name, _ in targets if name in outputs}
         keys = {name: mv.key for name, mv in targets}
+        if not scored:
+            # Observing no loss is not learning nothing: with discount < 1 it would
+            # still shrink the state toward its start, count an update and give the
+            # uid a state of its own.
+            self.feedback_rejected += 1
+            raise NoOutputToScore(self.app_name, {**unready, **found.unanswered})
         why = incomparable(label, {keys[n]: y for n, y in scored.items()})
         if why is not None:
             # Scoring every model alike would teach the policy noise: say so.
@@ -434,9 +425,9 @@ class AppSelector:
         uid: int,
         x: Any,
         key: bytes,
-    ) -> tuple[int, list[tuple[str, ModelVersion]], Odds]:
-        """The uid whose state learns, the model versions its label scores, and
-        the chances they were drawn with."""
+    ) -> tuple[int, list[tuple[str, ModelVersion]], Odds, dict[str, str]]:
+        """The uid whose state learns, the model versions its label scores, the
+        chances they were drawn with, and why chosen models cannot be asked."""
         remembered = self._recent.find(uid, key)
         names: list[tuple[str, str | None]]
         odds: Odds
@@ -448,16 +439,19 @@ class AppSelector:
             learner, odds = remembered.uid, remembered.odds
             names = [(n, v) for n, v in remembered.models]
         targets: list[tuple[str, ModelVersion]] = []
+        unready: dict[str, str] = {}
         for name, version in names:
             model = lookup.models.get(name)
-            if model is None:
-                continue
-            mv = model.versions.get(version) if version is not None else None
-            if mv is None:
+            mv = None if model is None or version is None else model.versions.get(version)
+            if mv is None and model is not None:
                 mv = model.version_for(None)
-            if mv is not None and mv.input_type == app.input_type:
+            if mv is None:
+                unready[name] = "not deployed"
+            elif mv.input_type != app.input_type:
+                unready[mv.key] = f"takes {mv.input_type}, not {app.input_type}"
+            else:
                 targets.append((name, mv))
-        return learner, targets, odds
+        return learner, targets, odds, unready
 
     # -- reporting ----------------------------------------------------------------
 
@@ -480,10 +474,3 @@ class AppSelector:
             "feedback_computed": self.feedback_computed,
             "feedback_rejected": self.feedback_rejected,
         }
-
-
-class _Missing:
-    __slots__ = ()
-
-
-_MISS = _Missing()

@@ -5,6 +5,7 @@ model processes, real HTTP."""
 from __future__ import annotations
 
 import random
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -189,6 +190,42 @@ def test_feedback_reads_outputs_from_the_prediction_cache(served: Running) -> No
     assert state is not None
     assert state["feedback_computed"] == 2 and state["feedback_cache_hits"] == 8
     assert model_calls() == calls + 2
+
+
+def test_feedback_that_scores_no_model_is_refused_and_teaches_nothing(
+    served: Running,
+) -> None:
+    # With discount < 1 an observation that scores nothing still moves the
+    # weights: such a label must be refused before the state is touched.
+    served.conn.deploy_pickled("gone", 1, "doubles", make_label(1))
+    make_app(served, "nobody", "exp4", {"eta": 1.0, "discount": 0.5}, "gone")
+    for x in (1.0, 2.0):
+        assert update(served, "nobody", x, 0)["models"] == ["gone:1"]
+    before = served.conn.get_selection_state("nobody")
+    assert before is not None and before["updates"] == 2
+    served.conn.set_num_replicas("gone", 0)
+    deadline = time.monotonic() + 30
+    while served.replica_pids("gone") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not served.replica_pids("gone")
+
+    for uid, x in ((0, 3.0), (0, 4.0), (42, 5.0)):
+        status, body = served.client.post("/nobody/update", {"uid": uid, "input": [x], "label": 0})
+        assert status == 503 and body["error"] == "no_model", body
+        assert "gone:1: no live replica" in body["cause"], body
+        assert "nothing was learned" in body["cause"], body
+    after = served.conn.get_selection_state("nobody", 42)
+    assert after is not None
+    assert after["state"] == before["state"] and after["updates"] == 2
+    assert after["own_state"] is False and after["uids"] == [0]
+    assert after["feedback_rejected"] == 3
+
+    # No model linked at all: nothing was chosen, so nothing can be scored.
+    make_app(served, "unlinked", "exp4", {"discount": 0.5})
+    status, body = served.client.post("/unlinked/update", {"input": [1.0], "label": 0})
+    assert status == 503 and "no model is linked" in body["cause"], body
+    bare = served.conn.get_selection_state("unlinked")
+    assert bare is not None and bare["updates"] == 0 and bare["uids"] == []
 
 
 # -- ensembles and stragglers -----------------------------------------------------------
