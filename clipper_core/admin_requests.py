@@ -19,7 +19,13 @@ from clipper_core.dataplane import QueryView
 from clipper_core.errors import BadInput
 from clipper_core.http import Request
 from clipper_core.model_bundle import check_payload_filename
-from clipper_core.store.records import AppRecord, ModelRecord, PipelineRecord
+from clipper_core.store.records import (
+    MAX_SLO_MICROS,
+    AppRecord,
+    ModelRecord,
+    PipelineRecord,
+    check_int,
+)
 
 Body = dict[str, Any]
 
@@ -88,8 +94,8 @@ def policy_config(body: Body) -> dict[str, Any]:
 def app_record(body: Body) -> AppRecord:
     """The application an ``add_app`` body describes."""
     slo = field_int(body, "latency_slo_micros", 100_000)
-    if slo <= 0:
-        raise BadInput("latency_slo_micros must be positive")
+    # The record checks it too, as slo_micros: name the field this call has.
+    check_int("latency_slo_micros", slo, 1, MAX_SLO_MICROS)
     name = field_str(body, "name")
     if not name or "/" in name:
         raise BadInput(f"invalid application name {name!r}")

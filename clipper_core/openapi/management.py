@@ -21,7 +21,7 @@ from clipper_core.openapi.schemas import (
     text,
 )
 from clipper_core.selection import policy_names
-from clipper_core.store.records import CONTROLLERS
+from clipper_core.store.records import CONTROLLERS, MAX_SLO_MICROS
 
 #: The management calls' security: the admin token.
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
@@ -96,7 +96,11 @@ CALLS: dict[str, Call] = {
                 "name": NAME,
                 "input_type": ref("InputType"),
                 "default_output": text(),
-                "latency_slo_micros": {"type": "integer", "minimum": 1},
+                "latency_slo_micros": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_SLO_MICROS,
+                },
                 "policy": _POLICY,
                 "policy_config": {"type": "object"},
                 "api_keys": {"type": ["array", "null"], "items": ref("ApiKey")},

@@ -10,11 +10,13 @@ from typing import Any
 from clipper_core.errors import BadInput
 from clipper_core.store.record_checks import (
     INPUT_TYPES,
+    MAX_SLO_MICROS,
     DictRecord,
     check_input_type,
     check_int,
     check_name,
     json_copy,
+    within_slo_bound,
 )
 
 __all__ = [
@@ -176,6 +178,12 @@ class PipelineRecord(DictRecord):
             pairs.add(pair)
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "edges", edges)
-        check_int("slo_micros", self.slo_micros, 1)
+        check_int("slo_micros", self.slo_micros, 1, MAX_SLO_MICROS)
         if not isinstance(self.default_output, str):
             raise BadInput(f"default_output must be a string, got {self.default_output!r}")
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> PipelineRecord:
+        """:meth:`from_dict` of a record read back from a store, its objective
+        brought within today's bound first (:func:`within_slo_bound`)."""
+        return cls.from_dict(within_slo_bound(data))

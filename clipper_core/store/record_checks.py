@@ -11,9 +11,23 @@ from typing import Any, Self
 
 from clipper_core.errors import BadInput
 
-__all__ = ["INPUT_TYPES", "DictRecord", "check_input_type", "check_int", "check_name", "json_copy"]
+__all__ = [
+    "INPUT_TYPES",
+    "MAX_SLO_MICROS",
+    "DictRecord",
+    "check_input_type",
+    "check_int",
+    "check_name",
+    "json_copy",
+    "within_slo_bound",
+]
 
 INPUT_TYPES = frozenset({"ints", "floats", "doubles", "strings", "bytes"})
+
+#: The longest latency objective of an application or a pipeline: a day.  An
+#: objective is a timer; past a day it is a typo, and past 2**63 - 1 SQLite's
+#: INTEGER cannot even store it.
+MAX_SLO_MICROS = 86_400_000_000
 
 # Names appear in URL paths (/<app>/predict) and in "name:version:replica" ids, so
 # they may not contain '/' or ':'.
@@ -40,6 +54,16 @@ def check_int(what: str, value: object, minimum: int, maximum: int | None = None
 def check_input_type(value: object) -> None:
     if not isinstance(value, str) or value not in INPUT_TYPES:
         raise BadInput(f"unknown input type {value!r}; expected one of {sorted(INPUT_TYPES)}")
+
+
+def within_slo_bound(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored app or pipeline (dict form) with its ``slo_micros`` brought within
+    :data:`MAX_SLO_MICROS`: one written before the bound existed must not stop
+    every read of the store (and so the server's start)."""
+    d = dict(data)
+    if type(d.get("slo_micros")) is int and d["slo_micros"] > MAX_SLO_MICROS:
+        d["slo_micros"] = MAX_SLO_MICROS
+    return d
 
 
 def json_copy(what: str, value: Any) -> Any:

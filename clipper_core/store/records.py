@@ -26,11 +26,13 @@ from clipper_core.store.pipeline_record import (
 )
 from clipper_core.store.record_checks import (
     INPUT_TYPES,
+    MAX_SLO_MICROS,
     DictRecord,
     check_input_type,
     check_int,
     check_name,
     json_copy,
+    within_slo_bound,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "MAX_BATCH_WAIT_MICROS",
     "MAX_EDGES",
     "MAX_QUEUE_CAPACITY",
+    "MAX_SLO_MICROS",
     "MAX_STAGES",
     "OUTPUT_TYPES",
     "PREDICATE_OPS",
@@ -96,12 +99,18 @@ class AppRecord(DictRecord):
         check_input_type(self.input_type)
         if not isinstance(self.default_output, str):
             raise BadInput(f"default_output must be a string, got {self.default_output!r}")
-        check_int("slo_micros", self.slo_micros, 1)
+        check_int("slo_micros", self.slo_micros, 1, MAX_SLO_MICROS)
         if not isinstance(self.policy, str) or not self.policy:
             raise BadInput(f"policy must be a non-empty string, got {self.policy!r}")
         if not isinstance(self.policy_config, dict):
             raise BadInput(f"policy_config must be an object, got {self.policy_config!r}")
         object.__setattr__(self, "policy_config", json_copy("policy_config", self.policy_config))
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> AppRecord:
+        """:meth:`from_dict` of a record read back from a store, its objective
+        brought within today's bound first (:func:`within_slo_bound`)."""
+        return cls.from_dict(within_slo_bound(data))
 
 
 #: The fields of a :class:`ModelRecord` that make its tunable *spec*, as opposed to

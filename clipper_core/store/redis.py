@@ -65,7 +65,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
 
     def _app_in(self, tx: Tx, name: str) -> AppRecord | None:
         text = tx.r.hget(self.keys.apps, name)
-        return None if text is None else AppRecord.from_dict(json.loads(text))
+        return None if text is None else AppRecord.from_stored(json.loads(text))
 
     def _versions_in(self, tx: Tx, name: str) -> list[ModelRecord]:
         records = [
@@ -112,12 +112,12 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
     def get_app(self, name: str) -> AppRecord | None:
         """The application called ``name``, or None."""
         text = self._get(self.keys.apps, name)
-        return None if text is None else AppRecord.from_dict(json.loads(text))
+        return None if text is None else AppRecord.from_stored(json.loads(text))
 
     def list_apps(self) -> list[AppRecord]:
         """Every application, by name."""
         rows = sorted(self._all(self.keys.apps).items())
-        return [AppRecord.from_dict(json.loads(text)) for _, text in rows]
+        return [AppRecord.from_stored(json.loads(text)) for _, text in rows]
 
     def delete_app(self, name: str) -> None:
         """Delete an application with its links to models, its API keys and its

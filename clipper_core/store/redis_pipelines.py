@@ -21,7 +21,7 @@ __all__ = ["RedisPipelines"]
 
 
 def _record(text: str) -> PipelineRecord:
-    return PipelineRecord.from_dict(json.loads(text))
+    return PipelineRecord.from_stored(json.loads(text))
 
 
 class RedisPipelines(RedisDatabase):

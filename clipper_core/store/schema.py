@@ -176,13 +176,15 @@ def model_from_row(row: sqlite3.Row) -> ModelRecord:
 
 
 def app_from_row(row: sqlite3.Row) -> AppRecord:
-    return AppRecord(
-        name=row["name"],
-        input_type=row["input_type"],
-        default_output=row["default_output"],
-        slo_micros=row["slo_micros"],
-        policy=row["policy"],
-        policy_config=json.loads(row["policy_config"]),
+    return AppRecord.from_stored(
+        {
+            "name": row["name"],
+            "input_type": row["input_type"],
+            "default_output": row["default_output"],
+            "slo_micros": row["slo_micros"],
+            "policy": row["policy"],
+            "policy_config": json.loads(row["policy_config"]),
+        }
     )
 
 
@@ -196,13 +198,15 @@ def endpoint_from_row(row: sqlite3.Row) -> EndpointRecord:
 
 
 def pipeline_from_row(row: sqlite3.Row) -> PipelineRecord:
-    return PipelineRecord(
-        name=row["name"],
-        input_type=row["input_type"],
-        stages=json.loads(row["stages"]),
-        edges=json.loads(row["edges"]),
-        slo_micros=row["slo_micros"],
-        default_output=row["default_output"],
+    return PipelineRecord.from_stored(
+        {
+            "name": row["name"],
+            "input_type": row["input_type"],
+            "stages": json.loads(row["stages"]),
+            "edges": json.loads(row["edges"]),
+            "slo_micros": row["slo_micros"],
+            "default_output": row["default_output"],
+        }
     )
 
 

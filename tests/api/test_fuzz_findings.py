@@ -72,6 +72,33 @@ def test_malformed_pipeline_fields_are_400_not_500(
     assert named in json.loads(reply[2])["cause"]
 
 
+@pytest.mark.parametrize("slo", [2**63, 2**64 - 1, 86_400_000_001])
+@pytest.mark.parametrize(
+    ("op", "body", "field"),
+    [
+        ("add_app", {"name": "late", "input_type": "doubles"}, "latency_slo_micros"),
+        ("add_pipeline", {**_PIPELINE, "name": "late", "stages": [_STAGE]}, "slo_micros"),
+        ("apply", {"apps": [{"name": "late", "input_type": "doubles"}]}, "slo_micros"),
+    ],
+)
+def test_a_latency_objective_past_a_day_is_400_naming_the_field(
+    served: Running, op: str, body: dict[str, Any], field: str, slo: int
+) -> None:
+    # An objective past SQLite's INTEGER (2**63 - 1) was a 500 (OverflowError);
+    # one past a day is a typo: refused before anything is stored.
+    if op == "apply":
+        body = {"apps": [{**body["apps"][0], "slo_micros": slo}]}
+    else:
+        body = {**body, field: slo}
+    reply = call(
+        served.server.management_port, "POST", f"/admin/{op}", body, served.admin_headers()
+    )
+    assert reply[0] == 400, reply
+    check_reply(document(), ("POST", f"/admin/{op}"), reply)
+    assert f"{field} must be at most 86,400,000,000" in json.loads(reply[2])["cause"]
+    assert "late" not in served.conn.get_all_apps()
+
+
 _CLOSURE = {"model_name": "f", "model_version": "1", "input_type": "doubles"}
 
 

@@ -58,6 +58,7 @@ def test_records_copy_their_containers() -> None:
         lambda: app(name="a/b"),
         lambda: app(input_type="tensor"),
         lambda: AppRecord("a", "ints", "-1", 0),
+        lambda: AppRecord("a", "ints", "-1", 2**63),  # past SQLite's INTEGER: was a 500
         lambda: AppRecord("a", "ints", -1, 10),  # type: ignore[arg-type]
         lambda: app(policy_config={"x": {1, 2}}),
         lambda: model(name="m:x"),
@@ -426,6 +427,7 @@ def test_pipeline_records_copy_their_containers() -> None:
         ),
         ({"edges": [{"from": "a", "to": "b", "when": {"value": 1}}]}, "needs 'op'"),
         ({"slo_micros": 0}, "slo_micros"),
+        ({"slo_micros": 86_400_000_001}, "slo_micros must be at most 86,400,000,000"),
         ({"default_output": 1}, "default_output"),
     ],
 )

@@ -122,6 +122,26 @@ def test_records_stored_before_the_bounds_are_read_within_them() -> None:
         store.close()
 
 
+def test_apps_and_pipelines_stored_past_the_slo_bound_are_read_within_it() -> None:
+    # Redis kept any objective (JSON): one past today's bound (a day) must still
+    # be read, or the server would not start.
+    import json
+
+    store = RedisStateStore(shared_redis().url, prefix=fresh_prefix())
+    try:
+        store.add_app(app("a"))
+        store.add_pipeline(pipeline("p"))
+        for key, name in ((store.keys.apps, "a"), (store.keys.pipelines, "p")):
+            raw = json.loads(store.client.hget(key, name))
+            raw["slo_micros"] = 2**64
+            store.client.hset(key, name, json.dumps(raw))
+        assert [a.slo_micros for a in store.list_apps()] == [86_400_000_000]
+        got = store.get_pipeline("p")
+        assert got is not None and got.slo_micros == 86_400_000_000
+    finally:
+        store.close()
+
+
 def test_a_redis_that_is_down_is_store_unavailable(tmp_path: Path) -> None:
     # Every management call answered a 500 with redis-py's ConnectionError.
     server = RedisServer(tmp_path / "redis")

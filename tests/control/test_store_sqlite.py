@@ -141,6 +141,26 @@ def test_versions_stored_past_the_bounds_are_brought_within_them(tmp_path: Path)
     assert (got["3"].batch_size, got["3"].queue_capacity) == (8, 8)
 
 
+def test_apps_and_pipelines_stored_past_the_slo_bound_are_read_within_it(
+    tmp_path: Path,
+) -> None:
+    # Written before latency objectives had an upper bound (a day): reading them
+    # must not fail, or the server would not start.
+    path = tmp_path / "slo.sqlite3"
+    with StateStore(path) as s:
+        s.add_app(app("a"))
+        s.add_pipeline(pipeline("p"))
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE apps SET slo_micros = 9223372036854775807")
+    raw.execute("UPDATE pipelines SET slo_micros = 86400000001")
+    raw.commit()
+    raw.close()
+    with StateStore(path) as s:
+        assert [a.slo_micros for a in s.list_apps()] == [86_400_000_000]
+        got = s.get_pipeline("p")
+        assert got is not None and got.slo_micros == 86_400_000_000
+
+
 def test_a_version_2_file_is_migrated_keeping_everything(tmp_path: Path) -> None:
     # The dump was written by the schema-2 code (state.py at 1075aa8).
     path = tmp_path / "v2.sqlite3"
