@@ -10,7 +10,9 @@ rule that applies decides (ŷ the output, y the label, s ``loss_scale``):
    0 if equal, else 1;
 2. numbers, or strings that spell numbers (a one-element numeric array counts as
    its number): integers on both sides are class ids, 0 if equal, else 1;
-   otherwise ``min(1, |ŷ - y| / s)``;
+   otherwise ``min(1, |ŷ - y| / s)``; an output that is not finite (NaN, an
+   infinity, or an array holding one) against a finite number or array of
+   numbers scores 1;
 3. arrays of numbers (strings that spell numbers count): the mean ``|ŷ - y| / s``,
    capped at 1; 1 when the shapes differ;
 4. two strings: 0 if equal, else 1;
@@ -90,6 +92,34 @@ def _numbers(v: Any) -> np.ndarray[Any, Any] | None:
     return arr if bool(np.isfinite(arr).all()) else None
 
 
+def _not_finite(v: Any) -> bool:
+    """Whether ``v`` is a number that is not finite (NaN, an infinity, or a string
+    that spells one) or an array of numbers holding one."""
+    if isinstance(v, bool | np.bool_):
+        return False
+    if isinstance(v, float | np.floating):
+        return not math.isfinite(float(v))
+    if isinstance(v, str):
+        if not 0 < len(v) <= 64:
+            return False
+        try:
+            return not math.isfinite(float(v.strip()))
+        except ValueError:
+            return False
+    if isinstance(v, np.ndarray):
+        return v.dtype.kind == "f" and not bool(np.isfinite(v).all())
+    # A list as _numbers reads one: flat, numbers or strings that spell them.
+    if not isinstance(v, list | tuple) or not v or any(e is True or e is False for e in v):
+        return False
+    try:
+        arr = np.asarray(v)
+        if arr.ndim != 1 or arr.dtype.kind not in "fU":
+            return False
+        return not bool(np.isfinite(arr.astype(np.float64)).all())
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _boolean(v: Any) -> bool | None:
     if isinstance(v, bool | np.bool_):
         return bool(v)
@@ -115,6 +145,10 @@ def score(y_hat: Any, y_true: Any, scale: float = 1.0) -> float | None:
             return None
         return 0.0 if a == b else 1.0
     a_num, b_num = _number(label), _number(y_true)
+    # A NaN (or an infinity) against a finite number is simply wrong: refusing the
+    # label would shield that model from its loss and stop every other one learning.
+    if (b_num is not None or _numbers(y_true) is not None) and _not_finite(label):
+        return 1.0
     arr_a = _numbers(label) if a_num is None else None
     arr_b = _numbers(y_true) if b_num is None else None
     # A one-element array against a number: the number it holds.

@@ -48,6 +48,15 @@ from tests.selection.expectations import exp_weights_share, lower_bound
         ({"label": "0.9", "confidence": 0.8}, 1.0, pytest.approx(0.1)),
         (["1", 0.7], 1.0, 0.0),  # [label, confidence]
         ({"a": 1}, {"a": 1}, 0.0),
+        # An output that is not finite, against a finite label, is simply wrong (it
+        # was refused, and with it the label for every model).
+        (float("nan"), 1.0, 1.0),
+        ("nan", 1, 1.0),
+        (float("-inf"), 0.5, 1.0),
+        (np.array([np.inf]), 2.0, 1.0),
+        ([float("nan"), 1.0], [1.0, 1.0], 1.0),
+        (["1", "inf"], [1.0, 1.0], 1.0),
+        ({"label": "nan", "confidence": 0.9}, 0.0, 1.0),
     ],
 )
 def test_scores(output: Any, label: Any, expected: float) -> None:
@@ -65,7 +74,7 @@ def test_scores(output: Any, label: Any, expected: float) -> None:
         ("maybe", True, ("a boolean", "a string")),
         (None, 1.0, ("a number", "null")),
         ({"score": 1}, 1.0, ("a number", "an object")),
-        (float("nan"), 1.0, ("a number", "a number that is not finite")),
+        (float("nan"), True, ("a boolean", "a number that is not finite")),
     ],
 )
 def test_incomparable_pairs_name_both_types(output: Any, label: Any, kinds: Any) -> None:

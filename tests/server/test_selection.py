@@ -4,6 +4,7 @@ model processes, real HTTP."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import urllib.error
@@ -226,6 +227,21 @@ def test_feedback_that_scores_no_model_is_refused_and_teaches_nothing(
     assert status == 503 and "no model is linked" in body["cause"], body
     bare = served.conn.get_selection_state("unlinked")
     assert bare is not None and bare["updates"] == 0 and bare["uids"] == []
+
+
+def test_a_model_that_answers_nan_is_wrong_and_the_others_still_learn(
+    served: Running,
+) -> None:
+    # A NaN output could not be scored, so every label for an input it answered
+    # was refused (400) for all models, and the broken model was never penalised.
+    served.conn.deploy_pickled("broken", 1, "doubles", make_label("nan"))
+    make_app(served, "nanapp", "exp4", {"eta": 1.0}, "one", "broken")
+    for x in (1.0, 2.0, 3.0):
+        assert sorted(update(served, "nanapp", x, 1.0)["models"]) == ["broken:1", "one:1"]
+    state = served.conn.get_selection_state("nanapp")
+    assert state is not None and state["updates"] == 3 and state["feedback_rejected"] == 0
+    weights = state["state"]["weights"]
+    assert weights["broken"] == pytest.approx(math.exp(-3.0)) and weights["one"] == 1.0
 
 
 # -- ensembles and stragglers -----------------------------------------------------------
