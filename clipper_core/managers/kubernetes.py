@@ -35,7 +35,7 @@ from clipper_core.managers.k8s_manifests import (
 )
 from clipper_core.managers.kubernetes_api import KubeApi
 from clipper_core.managers.kubernetes_checks import check_manifest
-from clipper_core.managers.kubernetes_pods import PodTracker
+from clipper_core.managers.kubernetes_pods import PodTracker, TrackedReplica
 from clipper_core.store.records import ModelRecord
 
 __all__ = ["KubernetesContainerManager"]
@@ -122,7 +122,9 @@ class KubernetesContainerManager:
     async def scale(self, model: ModelRecord, n: int) -> None:
         """Apply the version's Secret, Service and StatefulSet with ``replicas = n``
         (``n = 0`` deletes them).  Returns once the objects are stored and, on a
-        scale down, once the pods beyond ``n`` are gone (``stop_timeout``).
+        scale down, once the pods beyond ``n`` are gone (``stop_timeout``).  The
+        pods of failed replicas below ``n`` are deleted, so that the StatefulSet
+        makes them anew.
 
         Raises:
             BadInput: ``n`` < 0, the record describes no container, or a rendered
@@ -142,15 +144,18 @@ class KubernetesContainerManager:
         await self._ensure_watch()
         key = (model.name, model.version)
         async with self._locks.setdefault(key, asyncio.Lock()):
-            self.tracker.want(model.name, model.version, n)
-            for replica in self.tracker.replicas(*key):
-                if replica.state == "failed":  # replaced: its pod is made anew
-                    await self._delete("Pod", replica.pod_name)
+            # want() puts failed replicas back to starting, so they are taken from
+            # its answer: looking for state "failed" afterwards finds none.
+            retried = self.tracker.want(model.name, model.version, n)
             try:
                 if n == 0:
                     await self._delete_version(model)
                 for obj in objects:
                     await asyncio.to_thread(self.api.apply, obj)
+                # After the apply, so that the StatefulSet makes the new pods from
+                # the template just written.
+                for replica in retried:
+                    await self._replace_pod(replica)
             except Exception as exc:
                 if isinstance(exc, BadInput):
                     raise
@@ -239,6 +244,21 @@ class KubernetesContainerManager:
         await asyncio.to_thread(self.api.close)
 
     # -- helpers ------------------------------------------------------------------
+
+    async def _replace_pod(self, replica: TrackedReplica) -> None:
+        """Delete a failed replica's pod: the kubelet would keep one stuck in
+        ``ImagePullBackOff`` or ``CrashLoopBackOff`` as it is, while the StatefulSet
+        makes a deleted one anew."""
+        if replica.pod_name is None or replica.pod_uid is None:
+            return
+        logger.warning("replacing failed replica %s:%s:%s: deleting pod %s", replica.model,
+                       replica.version, replica.replica_id, replica.pod_name)  # fmt: skip
+        await self._delete("Pod", replica.pod_name)
+        # As in restart(): a wait_ready from here on waits for the new pod, not
+        # for the old one's deletion to come through the watch.
+        tracked = self.tracker.get(replica.model, replica.version, replica.replica_id)
+        if tracked is replica and not replica.deleting:
+            self._emit(self.tracker.pod_going(replica))
 
     async def _delete(self, kind: str, name: str | None) -> None:
         if name is not None:

@@ -175,18 +175,23 @@ class PodTracker:
 
     # -- the desired count --------------------------------------------------------
 
-    def want(self, model: str, version: str, n: int) -> None:
+    def want(self, model: str, version: str, n: int) -> list[TrackedReplica]:
         """Replicas ``0 .. n-1`` of the version are wanted: track the missing ones
-        as ``starting`` until their pods appear; forget failed ones (the next pod
-        replaces them)."""
+        as ``starting`` until their pods appear; give failed ones another chance
+        (back to ``starting``).  Returns those failed ones: the caller deletes
+        their pods, since a pod stuck in ``ImagePullBackOff`` or
+        ``CrashLoopBackOff`` would otherwise stay as it is."""
         self.wanted[(model, version)] = n
+        retried: list[TrackedReplica] = []
         for i in range(n):
             replica = self._replicas.get((model, version, str(i)))
             if replica is not None and replica.state == "failed":
                 replica.state, replica.failures = "starting", 0
                 replica.notify()
+                retried.append(replica)
             elif replica is None:
                 self._replicas[(model, version, str(i))] = TrackedReplica(model, version, str(i))
+        return retried
 
     def forget(self, replica: TrackedReplica, kind: EventKind = "stopped") -> ReplicaEvent:
         """Stop tracking ``replica``; its last event (``stopped`` by default)."""

@@ -130,6 +130,31 @@ def test_scale_applies_the_objects_and_wait_ready_follows_the_watch(
     run(scenario(), timeout=90)
 
 
+def test_a_scale_replaces_the_pod_of_a_failed_replica(
+    run: Runner, stub: KubeApiStub, manager: KubernetesContainerManager
+) -> None:
+    failed = asyncio.Event()
+    manager.subscribe(lambda e: failed.set() if e.kind == "failed" else None)
+
+    async def scenario() -> None:
+        await manager.scale(REC, 1)
+        stub.push("ADDED", pod(0, "u0", waiting="ImagePullBackOff"))
+        await failed.wait()
+        before = len(stub.requests)
+        # The kubelet never gives up on the stuck pod: only a new one can start.
+        await manager.scale(REC, 1)
+        deletes = [r.path for r in stub.requests[before:] if r.method == "DELETE"]
+        assert deletes == [f"/api/v1/namespaces/{NS}/pods/clipper-m-v1-abc-0"]
+        assert [s.state for s in manager.list("m", "1")] == ["restarting"]
+        waiting = asyncio.create_task(manager.wait_ready("m", "1", "0", 20))
+        stub.push("DELETED", pod(0, "u0", deleting=True))
+        stub.push("ADDED", pod(0, "u0b"))
+        stub.push("MODIFIED", pod(0, "u0b", running=True, ready=True, ip="10.1.2.5"))
+        assert await waiting == "10.1.2.5:7000"
+
+    run(scenario(), timeout=60)
+
+
 def test_a_version_with_its_own_token_gets_a_secret(run: Runner, stub: KubeApiStub) -> None:
     manager = KubernetesContainerManager(
         KubernetesSettings(namespace=NS),

@@ -146,9 +146,10 @@ def test_an_image_that_cannot_be_pulled_fails_the_replica(tracker: PodTracker) -
     assert kinds(events) == ["failed"]
     assert "ImagePullBackOff" in events[0].detail
     assert tracker.get("m", "1", "0").state == "failed"  # type: ignore[union-attr]
-    # The next scale gives it another chance.
-    tracker.want("m", "1", 2)
+    # The next scale gives it another chance, and names it so its pod is replaced.
+    assert [r.replica_id for r in tracker.want("m", "1", 2)] == ["0"]
     assert tracker.get("m", "1", "0").state == "starting"  # type: ignore[union-attr]
+    assert tracker.want("m", "1", 2) == []
 
 
 def test_a_container_that_never_gets_ready_fails_after_max_start_failures(
