@@ -152,7 +152,10 @@ class LocalProcessManager:
                 await self.standbys.drop(model.name, model.version)
             elif self.standby_policy == "always":
                 self.standbys.keep(model.name, model.version, self._standby_maker(model))
-            else:
+            elif not self.standbys.keeps(model.name, model.version):
+                # Only until the first crash: a re-scale (reconcile, set_num_replicas)
+                # after it must not arm the maker again, or the next crash would
+                # take the maker instead of the kept standby and restart cold.
                 self._standby_makers[(model.name, model.version)] = self._standby_maker(model)
 
     # The timeout is part of the contract (and of the error message), so it is a
@@ -239,7 +242,8 @@ class LocalProcessManager:
         if self.standbys is None:
             return None
         maker = self._standby_makers.pop((spec.model_name, spec.model_version), None)
-        if maker is not None:  # "after-crash": its first crash; a standby from now on
+        kept = self.standbys.keeps(spec.model_name, spec.model_version)
+        if maker is not None and not kept:  # "after-crash": its first crash; a standby from now on
             self.standbys.keep(spec.model_name, spec.model_version, maker)
             return None
         standby = self.standbys.take(spec)

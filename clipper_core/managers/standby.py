@@ -143,6 +143,10 @@ class StandbyPool:
             self._keep(slot), name=f"standby of {name}:{version}"
         )
 
+    def keeps(self, name: str, version: str) -> bool:
+        """Whether a standby of ``name:version`` is kept (ready or not)."""
+        return (name, version) in self._slots
+
     def take(self, spec: ReplicaSpec) -> Standby | None:
         """The ready standby of ``spec``'s model version, handed over to become
         that replica (a new one is started), or None: there is none ready, or it

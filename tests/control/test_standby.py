@@ -135,7 +135,8 @@ def test_close_stops_a_standby_that_is_still_starting(run: Runner, tmp_path: Pat
 
 def test_after_crash_keeps_no_standby_until_the_first_crash(run: Runner, tmp_path: Path) -> None:
     """The default: a version that never crashed costs no extra process; its first
-    crash restarts cold and starts a standby, which takes the next crash."""
+    crash restarts cold and starts a standby, which takes the next crash, even
+    after a re-scale in between."""
     manager = LocalProcessManager(python=sys.executable, envs_dir=tmp_path / "envs")
     assert manager.standby_policy == "after-crash"
     events: list[ReplicaEvent] = []
@@ -161,6 +162,9 @@ def test_after_crash_keeps_no_standby_until_the_first_crash(run: Runner, tmp_pat
             standby = _standby_pid(manager)
             [second] = manager.list()
             assert second.pid not in (None, first.pid, standby)
+            # The reconciler scales every version again (same count): the standby
+            # kept since the first crash must still take the next one.
+            await manager.scale(rec, 1)
             seen = len(events)
             os.kill(second.pid or 0, signal.SIGKILL)
             await poll_until(
