@@ -10,15 +10,19 @@ writable and the memory controller can be delegated to the child; the launcher
 moves the replica into it before the container starts.  Otherwise it says why, in
 one warning per replica, and the launcher falls back to ``RLIMIT_AS``.
 
-A child's name carries this process's PID (``clipper-<pid>-<replica>``): two
-servers under one cgroup (two frontends on a host, a test run beside a server)
-then never share, rewrite or remove each other's children.  The first child made
-sweeps the empty ones of servers that are gone (a server killed with SIGKILL).
+A child's name carries this process's PID (``clipper-<pid>-<replica>-<hash>``):
+two servers under one cgroup (two frontends on a host, a test run beside a server)
+then never share, rewrite or remove each other's children.  ``<replica>`` is the
+replica's ``name:version:id`` made safe for a file name, and ``<hash>`` a digest of
+the exact key: names and versions may hold ``-``, so ``a-1:2:0`` and ``a:1-2:0``
+read alike and only the digest tells them apart.  The first child made sweeps the
+empty ones of servers that are gone (a server killed with SIGKILL).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -120,7 +124,7 @@ class MemoryCgroups:
         if not self._swept:
             self._swept = True
             _sweep_dead_servers(own)
-        child = own / (self._prefix + re.sub(r"[^A-Za-z0-9_.-]", "-", key))
+        child = own / (self._prefix + child_name(key))
         try:
             child.mkdir(exist_ok=True)
             (child / "memory.max").write_text(str(limit_mb * 1024 * 1024))
@@ -130,6 +134,16 @@ class MemoryCgroups:
 
 
 _CHILD = re.compile(r"clipper-(\d+)-")
+# Keeps a child's name well under NAME_MAX (255) however long the model's name.
+_READABLE_CHARS = 100
+_HASH_CHARS = 12
+
+
+def child_name(key: str) -> str:
+    """The part of a replica's child cgroup name after ``clipper-<pid>-``: readable,
+    and distinct for distinct keys (see the module docstring)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "-", key)[:_READABLE_CHARS]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:_HASH_CHARS]}"
 
 
 def _sweep_dead_servers(own: Path) -> None:

@@ -20,7 +20,7 @@ from control_helpers import Recorder, Runner, spec
 from clipper_core.errors import BadInput
 from clipper_core.managers.envs import RuntimeEnvManager
 from clipper_core.managers.local_spec import replica_placement, replica_spec
-from clipper_core.managers.memory_cgroup import MemoryCgroups
+from clipper_core.managers.memory_cgroup import MemoryCgroups, child_name
 from clipper_core.managers.supervisor import ProcessSupervisor
 from clipper_core.store.records import ModelRecord
 
@@ -125,7 +125,8 @@ def test_a_delegated_memory_controller_gets_a_child_cgroup_per_replica(
 ) -> None:
     cgroups = fake_cgroupfs(tmp_path, "cpu memory pids", "memory")
     path = cgroups.prepare("m:1:0", 300)
-    assert path == tmp_path / "cgroup" / "svc" / f"clipper-{os.getpid()}-m-1-0"
+    assert path == tmp_path / "cgroup" / "svc" / f"clipper-{os.getpid()}-{child_name('m:1:0')}"
+    assert child_name("m:1:0").startswith("m-1-0-")  # readable in systemd-cgls
     assert (path / "memory.max").read_text() == str(300 * 1024 * 1024)
     # The launcher moves the replica into it and sets no RLIMIT_AS then.
     (path / "cgroup.procs").write_text("")
@@ -153,9 +154,9 @@ def test_children_are_per_server_and_a_dead_servers_empty_ones_are_swept(tmp_pat
     gone.wait()
     own = tmp_path / "cgroup" / "svc"
     cgroups = fake_cgroupfs(tmp_path, "cpu memory pids", "memory")
-    dead_empty = own / f"clipper-{gone.pid}-m-1-0"
-    dead_busy = own / f"clipper-{gone.pid}-m-1-1"  # adopted elsewhere: holds a process
-    other_server = own / f"clipper-{os.getppid()}-m-1-0"  # a live process's
+    dead_empty = own / f"clipper-{gone.pid}-{child_name('m:1:0')}"
+    dead_busy = own / f"clipper-{gone.pid}-{child_name('m:1:1')}"  # adopted: holds a process
+    other_server = own / f"clipper-{os.getppid()}-{child_name('m:1:0')}"  # a live process's
     unrelated = own / "clipper-not-ours"
     for folder in (dead_empty, dead_busy, other_server, unrelated):
         folder.mkdir()
@@ -163,10 +164,22 @@ def test_children_are_per_server_and_a_dead_servers_empty_ones_are_swept(tmp_pat
 
     path = cgroups.prepare("m:1:0", 300)
 
-    assert path == own / f"clipper-{os.getpid()}-m-1-0" != other_server
+    assert path == own / f"clipper-{os.getpid()}-{child_name('m:1:0')}" != other_server
     assert not dead_empty.exists()
     assert dead_busy.exists() and other_server.exists() and unrelated.exists()
     assert not (other_server / "memory.max").exists()  # the other server's is untouched
+
+
+def test_replicas_whose_keys_read_alike_get_their_own_cgroups(tmp_path: Path) -> None:
+    """Names and versions may hold "-": model a-1 v2 and model a v1-2 must not
+    share a cgroup, nor rewrite each other's memory.max."""
+    cgroups = fake_cgroupfs(tmp_path, "cpu memory pids", "memory")
+    small = cgroups.prepare("a-1:2:0", 300)
+    big = cgroups.prepare("a:1-2:0", 4000)
+    assert small is not None and big is not None and small != big
+    assert (small / "memory.max").read_text() == str(300 * 1024 * 1024)
+    assert (big / "memory.max").read_text() == str(4000 * 1024 * 1024)
+    assert len(child_name("m" * 1000 + ":1:0")) < 200  # a file name, however long the model's
 
 
 def test_no_memory_controller_falls_back_to_rlimit_with_a_reason(
