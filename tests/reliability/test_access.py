@@ -179,9 +179,10 @@ def test_the_client_limit_is_checked_before_the_api_key_on_every_route(
         status, headers, body = http("POST", f"{base}/{route}", payload)
         assert status == 429 and body["error"] == "rate_limited", (route, body)
         assert int(headers["retry-after"]) >= 1
-    # A valid key is a client of its own, and passes the key check.
+    # A valid key is a client of its own, and passes the key check (to the
+    # feedback's own answer: no model is linked, so none can be scored).
     status, _, body = http("POST", f"{base}/update", feedback, headers={"X-Api-Key": key})
-    assert status == 200 and body["success"], body
+    assert status == 503 and body["error"] == "no_model", body
     # The app's error counter saw both refusals of /predict (neither was counted).
     errors = r.conn.get_metrics()["apps"]["keyed"]["errors"]
     assert errors == {"unauthorized": 1, "rate_limited": 1}, errors
