@@ -1,6 +1,7 @@
 """The launcher every replica is started through: a tiny separate interpreter that
-applies the parent-death signal, CPU pinning and the memory limit, then execs the
-container (see ``_LAUNCHER``)."""
+applies the parent-death signal, forks the guard of the replica's process group,
+applies CPU pinning and the memory limit, then execs the container (see
+``_LAUNCHER``)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,38 @@ parent, cpus, limit, cgroup, gpu, program = (
 # A signal mask survives fork and exec: whatever the forking thread blocked (an
 # embedding program's SIGTERM) the replica would never receive.
 signal.pthread_sigmask(signal.SIG_SETMASK, ())
+prctl = None
 try:
     import ctypes
-    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager
+    prctl = ctypes.CDLL(None).prctl
+    prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the manager
 except Exception:
-    pass
+    prctl = None
 if os.getppid() != parent:
     sys.exit("clipper launcher: the process manager exited before the replica started")
+# The group's guard: a forked copy of this interpreter in the replica's process
+# group, the replica's child, that waits for the replica to die (its own
+# parent-death signal) and then kills what is left of the group.  The manager does
+# that when it sees a replica exit, but not once it is killed itself: the replica
+# dies with it (above) and helpers the model started (a JVM gateway, a server)
+# lived on under init.  It ignores the stop signals sent to the group, holds none
+# of the replica's pipes, and dies with the group.
+replica = os.getpid()
+if prctl is not None and os.fork() == 0:
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGUSR2,))
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        prctl(1, signal.SIGUSR2)  # PR_SET_PDEATHSIG
+        if os.getppid() == replica:  # else the replica is gone already
+            signal.sigwait((signal.SIGUSR2,))
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(0)
 if cgroup:
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:

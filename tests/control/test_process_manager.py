@@ -719,9 +719,19 @@ asyncio.run(main())
 """
 
 
+HELPER_CHILD = """
+    import os, subprocess, sys, time
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print("helper", helper.pid, file=sys.stderr, flush=True)
+    print("CLIPPER_CONTAINER_READY 127.0.0.1:" + str(os.getpid()), flush=True)
+    time.sleep(120)
+"""
+
+
 def test_replicas_die_with_a_killed_manager(tmp_path: Path) -> None:
-    """PR_SET_PDEATHSIG: a SIGKILLed server leaves no container behind."""
-    replica_child = ["-c", "import textwrap; exec(textwrap.dedent(" + repr(READY_CHILD) + "))"]
+    """PR_SET_PDEATHSIG: a SIGKILLed server leaves no container behind, nor the
+    helpers its replicas started (they lived on under init)."""
+    replica_child = ["-c", "import textwrap; exec(textwrap.dedent(" + repr(HELPER_CHILD) + "))"]
     manager_proc = subprocess.Popen(
         [sys.executable, "-c", MANAGER_PROCESS, sys.executable, *replica_child],
         stdout=subprocess.PIPE,
@@ -729,22 +739,27 @@ def test_replicas_die_with_a_killed_manager(tmp_path: Path) -> None:
         start_new_session=True,
     )
     replica_pid: int | None = None
+    group: list[int] = []
     try:
         assert manager_proc.stdout is not None
         ready, _, _ = select.select([manager_proc.stdout], [], [], 30)
         assert ready, "the manager process did not report its replica"
         replica_pid = int(manager_proc.stdout.readline())
         os.kill(replica_pid, 0)  # it runs
+        group = _group_members(replica_pid)
+        assert len(group) >= 2, group  # the replica and its helper (and its guard)
         manager_proc.kill()
         manager_proc.wait(timeout=10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                assert_dead(replica_pid)
+                for pid in group:
+                    assert_dead(pid)
                 break
             except AssertionError:
                 time.sleep(0.05)
-        assert_dead(replica_pid)
+        for pid in group:
+            assert_dead(pid)
     finally:
         # This test started both: end them by pid whatever happened.
         if manager_proc.poll() is None:
@@ -753,8 +768,20 @@ def test_replicas_die_with_a_killed_manager(tmp_path: Path) -> None:
         if manager_proc.stdout is not None:
             manager_proc.stdout.close()
         if replica_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(replica_pid, signal.SIGKILL)
+            for pid in [replica_pid, *group]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (the replica's session)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(int(entry)) == pgid:
+                    members.append(int(entry))
+    return members
 
 
 def test_restart_on_request(run: Runner, make_manager: MakeManager) -> None:
