@@ -86,6 +86,16 @@ def _fmt(value: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return f"{value * scale:{spec}}{unit}"
 
 
+def replicas_cell(m: dict[str, Any]) -> str:
+    """A version's REPLICAS: healthy of all it has (connected, or started by this
+    frontend and not connected: starting, restarting, failed), naming the failed;
+    healthy/connected read "1/1" for a version with a second replica failed."""
+    listed = m.get("replica_list") or []
+    total = max(len(listed), m["replicas"])
+    failed = sum(1 for r in listed if r.get("state") == "failed")
+    return f"{m['replicas_healthy']}/{total}" + (f" ({failed} failed)" if failed else "")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     conn = _connection(args)
     state = conn.get_state()
@@ -126,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         mrows.append(
             [
                 key + ("" if m.get("current") else " (inactive)"),
-                f"{m['replicas_healthy']}/{m['replicas']}",
+                replicas_cell(m),
                 str(m["requests"]),
                 str(m["cache_hits"]) if m.get("cache_enabled") else "off",
                 _fmt(w.get("cache_hit_ratio"), ".0f", 100, "%"),

@@ -311,12 +311,17 @@
       var w = m.window || {};
       var errors = 0;
       Object.keys(m.errors || {}).forEach(function (k) { errors += m.errors[k]; });
-      var health = m.replicas_healthy === m.replicas && m.replicas > 0 ? "ok"
+      // Of all its replicas: connected, or started here and not (yet) connected.
+      var listed = m.replica_list || [];
+      var total = Math.max(listed.length, m.replicas);
+      var failed = listed.filter(function (r) { return r.state === "failed"; }).length;
+      var health = m.replicas_healthy === total && total > 0 ? "ok"
         : m.replicas_healthy > 0 ? "warn" : "bad";
       rows.push(
         '<tr class="model" data-model="' + esc(m.key) + '"><td><b>' + esc(m.model) + "</b> v" +
         esc(m.version) + " " + (m.current ? pill("current", "ok") : pill("inactive", "idle")) +
-        "</td><td>" + pill(m.replicas_healthy + "/" + m.replicas + " healthy", health) +
+        "</td><td>" + pill(m.replicas_healthy + "/" + total + " healthy" +
+          (failed ? ", " + failed + " failed" : ""), health) +
         '</td><td class="num">' + esc(m.queue_length) + " / " + esc(m.queue_capacity) +
         '</td><td class="num">' + esc(m.batch_size_limit) + " (max " + esc(m.max_batch_size) + ")" +
         '</td><td class="num">' + num(w.mean_batch_size) +

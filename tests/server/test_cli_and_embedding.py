@@ -117,3 +117,26 @@ def test_async_context_manager_in_callers_loop(tmp_path: Path) -> None:
 
     reply = asyncio.run(main())
     assert reply["output"] == 9.0 and reply["default"] is False
+
+
+def test_status_counts_a_failed_replica_against_the_healthy_ones() -> None:
+    # REPLICAS read healthy/connected: a version whose second replica had failed
+    # (given up after its restarts) showed "1/1", as if whole.
+    from clipper_core.cli import replicas_cell
+
+    def replica(rid: str, connected: bool, state: str) -> dict[str, object]:
+        return {"replica_id": rid, "connected": connected, "healthy": connected, "state": state}
+
+    whole = {"replicas": 2, "replicas_healthy": 2}
+    whole["replica_list"] = [replica("0", True, "running"), replica("1", True, "running")]
+    assert replicas_cell(whole) == "2/2"
+    broken = {"replicas": 1, "replicas_healthy": 1}
+    broken["replica_list"] = [replica("0", True, "running"), replica("1", False, "failed")]
+    assert replicas_cell(broken) == "1/2 (1 failed)"
+    starting = {
+        "replicas": 0,
+        "replicas_healthy": 0,
+        "replica_list": [replica("0", False, "starting")],
+    }
+    assert replicas_cell(starting) == "0/1"
+    assert replicas_cell({"replicas": 1, "replicas_healthy": 0}) == "0/1"  # an older server
