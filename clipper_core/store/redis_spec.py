@@ -10,7 +10,7 @@ a no-op.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from clipper_core.errors import NotFound
@@ -46,9 +46,7 @@ class RedisSpecWrites(RedisDatabase):
         if default_output is not None:
             changes["default_output"] = default_output
         where = (self.keys.apps, name)
-        return self._merge(
-            where, AppRecord.from_dict, changes, ("app", name), f"application {name}"
-        )
+        return self._merge(where, AppRecord, changes, ("app", name), f"application {name}")
 
     def update_model_spec(self, name: str, version: str, /, **spec: Any) -> ModelRecord:
         """Change tunable fields of a model version (any of
@@ -63,28 +61,29 @@ class RedisSpecWrites(RedisDatabase):
         """
         check_spec_fields(spec)
         where = (self.keys.models, model_field(name, version))
-        return self._merge(
-            where, ModelRecord.from_dict, spec, ("model", name), f"model {name}:{version}"
-        )
+        return self._merge(where, ModelRecord, spec, ("model", name), f"model {name}:{version}")
 
     def _merge(
         self,
         where: tuple[str, str],
-        load: Callable[[Mapping[str, Any]], R],
+        kind: type[R],
         changes: Mapping[str, Any],
         event: tuple[EventKind, str],
         what: str,
     ) -> R:
         """Overwrite ``changes`` in the record stored at (hash, field) in one
-        transaction, logging ``event`` only if the record changed."""
+        transaction, logging ``event`` only if the record changed.  The stored
+        record is read within today's bounds (``from_stored``: one written
+        before a bound, or by an older frontend, must not refuse every change,
+        the one that would fix it included); the result is checked whole."""
         key, field = where
 
         def body(tx: Tx) -> R:
             text = tx.r.hget(key, field)
             if text is None:
                 raise NotFound(f"{what} not found")
-            old = load(json.loads(text))
-            rec = load({**old.to_dict(), **changes})
+            old = kind.from_stored(json.loads(text))
+            rec = kind.from_dict({**old.to_dict(), **changes})
             if rec != old:
                 tx.write("HSET", key, field, json.dumps(rec.to_dict()))
                 tx.changed(*event)

@@ -114,6 +114,8 @@ def test_records_stored_before_the_bounds_are_read_within_them() -> None:
         got = {m.name: m for m in store.list_models()}
         assert (got["old"].batch_size, got["old"].batch_wait_micros) == (100_000, 3_600_000_000)
         assert got["old"].queue_capacity == 100_000_000
+        # An in-place update reads it within the bounds too (it was refused).
+        assert store.update_model_spec("old", "1", num_replicas=2).batch_size == 100_000
         raw.update(batch_size=64, queue_capacity=32)
         store.client.hset(store.keys.models, "old:1", json.dumps(raw))
         assert store.get_model("old", "1").batch_size == 32  # type: ignore[union-attr]
@@ -138,6 +140,10 @@ def test_apps_and_pipelines_stored_past_the_slo_bound_are_read_within_it() -> No
         assert [a.slo_micros for a in store.list_apps()] == [86_400_000_000]
         got = store.get_pipeline("p")
         assert got is not None and got.slo_micros == 86_400_000_000
+        # Updates read it within the bound too: every one was refused (400), the
+        # one that would bring the objective back in range included.
+        assert store.update_app("a", default_output="x").slo_micros == 86_400_000_000
+        assert store.update_app("a", slo_micros=200_000).slo_micros == 200_000
     finally:
         store.close()
 
