@@ -60,7 +60,9 @@ if prctl is not None and os.fork() == 0:
             os.dup2(devnull, fd)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         prctl(1, signal.SIGUSR2)  # PR_SET_PDEATHSIG
-        if os.getppid() == replica:  # else the replica is gone already
+        # Until the replica is gone (the guard is then re-parented): a SIGUSR2
+        # sent to the group (a "reload" idiom) must not end the replica.
+        while os.getppid() == replica:
             signal.sigwait((signal.SIGUSR2,))
         os.killpg(0, signal.SIGKILL)
     finally:

@@ -351,6 +351,29 @@ def test_the_replica_starts_with_no_signal_blocked(run: Runner, make_manager: Ma
     run(scenario())
 
 
+def test_a_replica_may_signal_its_own_group(run: Runner, make_manager: MakeManager) -> None:
+    """The group's guard ends the group when the replica dies, not on a signal
+    the replica sends its group (SIGUSR2, a "reload your workers" idiom): it
+    took any SIGUSR2 for its parent's death and SIGKILLed the replica."""
+    manager, _ = make_manager()
+    code = """
+        import os, signal, time
+        signal.signal(signal.SIGUSR2, lambda *_: None)
+        os.killpg(0, signal.SIGUSR2)
+        time.sleep(0.5)
+        print("CLIPPER_CONTAINER_READY after SIGUSR2", flush=True)
+        time.sleep(120)
+    """
+
+    async def scenario() -> None:
+        handle = await manager.start(spec(code))
+        assert await manager.wait_ready(handle, timeout=20) == "after SIGUSR2"
+        assert handle.state == "running"
+        await manager.stop(handle)
+
+    run(scenario())
+
+
 def test_cpu_pinning_is_applied_in_the_child(run: Runner, make_manager: MakeManager) -> None:
     manager, _ = make_manager()
     code = """
