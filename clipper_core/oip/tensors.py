@@ -90,7 +90,8 @@ class InferRequest:
         value = self.parameters.get("timeout")
         if value is None:
             return None
-        if type(value) not in (int, float) or value <= 0:
+        # Any int but a bool: gRPC's uint64_param arrives as an int subclass.
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise BadInput(f"parameter 'timeout' must be a positive number of µs, got {value!r}")
         return float(value) / 1e6
 

@@ -101,6 +101,8 @@ def test_request_parameters_are_echoed_with_their_type(grpc_url: str) -> None:
     request.parameters["i"].int64_param = -5
     request.parameters["d"].double_param = 0.5
     request.parameters["binary_data_output"].bool_param = True
+    # A timeout (µs) as uint64_param is a number like any other.
+    request.parameters["timeout"].uint64_param = 30_000_000
     with grpc.insecure_channel(grpc_url) as channel:
         reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     params = {
@@ -111,6 +113,7 @@ def test_request_parameters_are_echoed_with_their_type(grpc_url: str) -> None:
         "u": ("uint64_param", 5),
         "i": ("int64_param", -5),
         "d": ("double_param", 0.5),
+        "timeout": ("uint64_param", 30_000_000),
     }
     assert np.frombuffer(reply.raw_output_contents[0], dtype=np.float64).tolist() == [3.0]
 
