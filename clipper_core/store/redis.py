@@ -139,6 +139,7 @@ class RedisStateStore(RedisPipelines, RedisSpecWrites):
                 keys.link_order(name),
                 keys.kv(learned_state_namespace(name)),
             )
+            tx.write("HDEL", keys.kv(LEARNING_RESETS_NAMESPACE), name)
             tx.set_api_keys(name, None)
             tx.changed("app", name)
 

@@ -122,6 +122,9 @@ class SqliteStateStore(SqlitePipelines, SqliteSpecWrites):
                 raise NotFound(f"application {name} not found")
             self._write_api_keys(conn, name, None)
             conn.execute("DELETE FROM kv WHERE namespace = ?", (learned_state_namespace(name),))
+            conn.execute(
+                "DELETE FROM kv WHERE namespace = ? AND key = ?", (LEARNING_RESETS_NAMESPACE, name)
+            )
             tx.changed("app", name)
 
     def set_app_policy(

@@ -18,6 +18,7 @@ from store_backends import BACKENDS, app, model, open_store, pipeline
 
 from clipper_core.errors import BadInput, Conflict, NotFound
 from clipper_core.store import AppRecord, EndpointRecord, ModelRecord, PipelineRecord, StateStore
+from clipper_core.store.records import LEARNING_RESETS_NAMESPACE
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -131,6 +132,22 @@ def test_app_crud(store: StateStore) -> None:
     assert store.get_app("b") is None
     with pytest.raises(NotFound):
         store.delete_app("b")
+
+
+def test_a_policy_change_leaves_a_learning_restart_token_the_app_takes_along(
+    store: StateStore,
+) -> None:
+    # Every frontend restarts an app's learning when its token changes; the
+    # tokens of deleted apps stayed in the store for ever.
+    store.add_app(app("a"))
+    assert store.get_kv(LEARNING_RESETS_NAMESPACE, "a") is None
+    store.set_app_policy("a", "exp3")
+    first = store.get_kv(LEARNING_RESETS_NAMESPACE, "a")
+    store.set_app_policy("a", "exp3")  # the same policy: still a restart
+    second = store.get_kv(LEARNING_RESETS_NAMESPACE, "a")
+    assert isinstance(first, str) and isinstance(second, str) and first != second
+    store.delete_app("a")
+    assert store.list_kv(LEARNING_RESETS_NAMESPACE) == {}
 
 
 def test_duplicate_app_is_a_conflict(store: StateStore) -> None:
