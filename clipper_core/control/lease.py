@@ -166,3 +166,5 @@ class LeaseKeeper:
                 )
                 self._on_lost()
             held = now
+            if held:
+                waiting = 0  # an old outage's wait does not delay a later takeover
