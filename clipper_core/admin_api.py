@@ -85,7 +85,16 @@ def admin_guard(
         refused = policy.refusal(request)
         if refused is not None:
             return refused
-        if not token or dashboard.is_public(request) or _is_bundle_fetch(request):
+        if not token:
+            return None
+        if dashboard.is_public(request) or _is_bundle_fetch(request):
+            # Let through before any token: they take no body, and one would be
+            # read whole (up to the port's 1 GiB) by anybody who can connect.
+            headers = request.headers
+            if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+                return error_response(
+                    413, "payload_too_large", f"{request.method} {request.path} takes no body"
+                )
             return None
         try:
             check_admin(dashboard.auth_headers(request), token)

@@ -78,6 +78,12 @@ def test_management_calls_need_the_token(
             assert resp_headers["www-authenticate"].startswith("Bearer")
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert http("GET", base + "/admin/ping", headers=good)[0] == 200
+    # The routes let through before the token take no body: one was read whole,
+    # up to the port's 1 GiB, from anybody who could connect.
+    for path in ("/dashboard", "/dashboard/dashboard.js", "/admin/bundle/m/1"):
+        status, _, reply = http("GET", base + path, {"pad": "x" * 1000})
+        assert status == 413 and reply["error"] == "payload_too_large", (path, reply)
+    assert http("GET", base + "/dashboard")[0] == 200
 
     with pytest.raises(ClipperError, match="401"):
         _conn(r).get_all_apps()
