@@ -26,7 +26,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from clipper_core import dashboard
+from clipper_core.admin_guard import BUNDLE_ROUTE
 from clipper_core.admin_requests import (
     Body,
     answering_model,
@@ -43,17 +43,22 @@ from clipper_core.admin_requests import (
     pipeline_record,
     policy_config,
 )
-from clipper_core.auth import WWW_AUTHENTICATE, bearer_token, check_admin, validate_api_keys
+from clipper_core.auth import WWW_AUTHENTICATE, bearer_token, validate_api_keys
 from clipper_core.control import ControlPlane
 from clipper_core.control.artifacts import BUNDLE_KIND_HEADER, BUNDLE_SHA256_HEADER, bundle_path
 from clipper_core.control.desired import DesiredState
 from clipper_core.control.redeploy import put_app, put_model
 from clipper_core.dataplane import QueryView
 from clipper_core.dataplane.futures import consume_exception
-from clipper_core.errors import BadInput, ClipperError, NotFound, Unauthorized
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    NotFound,
+    StoreBusy,
+    StoreUnavailable,
+)
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.messages import error_headers
-from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.managers.envs import RuntimeEnvManager
 from clipper_core.openapi import MANAGEMENT_DOCUMENT_PATH, document_route
 from clipper_core.replica_tokens import ReplicaTokens
@@ -62,51 +67,9 @@ from clipper_core.selection.runtime import SelectionService
 
 Handler = Callable[[Body], Awaitable[Any]]
 
-#: Where replicas fetch their bundles; the route checks its own token.
-BUNDLE_ROUTE = "/admin/bundle/"
 #: Request bodies from this size on (a model's payload) are parsed in a thread, so
 #: that the queries sharing the loop keep being answered (~10 ms a MiB here).
 _PARSE_INLINE_BELOW = 256 * 1024
-
-
-def admin_guard(
-    token: str | None, policy: SameOriginPolicy
-) -> Callable[[Request], Response | None]:
-    """The management port's guard.
-
-    First what a cross-site page could send is refused (see
-    :mod:`clipper_core.http.same_origin`: foreign ``Host`` or ``Origin``, a body
-    that is not JSON).  Then, when there is a token (always, unless the operator
-    opted out), every request (every route, ping included) without
-    ``Authorization: Bearer <token>`` gets a 401 JSON answer; the token is
-    compared in constant time.  The bundle route checks a replica token instead."""
-
-    def guard(request: Request) -> Response | None:
-        refused = policy.refusal(request)
-        if refused is not None:
-            return refused
-        if not token:
-            return None
-        if dashboard.is_public(request) or _is_bundle_fetch(request):
-            # Let through before any token: they take no body, and one would be
-            # read whole (up to the port's 1 GiB) by anybody who can connect.
-            headers = request.headers
-            if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
-                return error_response(
-                    413, "payload_too_large", f"{request.method} {request.path} takes no body"
-                )
-            return None
-        try:
-            check_admin(dashboard.auth_headers(request), token)
-        except Unauthorized as exc:
-            return error_response(401, exc.kind, str(exc), WWW_AUTHENTICATE)
-        return None
-
-    return guard
-
-
-def _is_bundle_fetch(request: Request) -> bool:
-    return request.method == "GET" and request.path.startswith(BUNDLE_ROUTE)
 
 
 def env_operations(envs: RuntimeEnvManager | None) -> dict[str, Handler]:
@@ -465,12 +428,14 @@ def install(
                 result = await asyncio.shield(work)
             except ClipperError as exc:
                 # 404 for a missing app or model; every other client error is
-                # 400; a server-side one keeps its status (503: the store or the
-                # replicas unavailable, worth a retry; 504: a timeout).
+                # 400; a store that cannot be reached or is locked 503 (worth a
+                # retry: nothing was written); any other server-side failure
+                # 500 (a container that would not start will not on a retry).
                 status = exc.http_status
-                if status >= 500:
+                if isinstance(exc, StoreBusy | StoreUnavailable):
                     return error_response(status, exc.kind, str(exc), error_headers(exc))
-                return error_response(404 if status == 404 else 400, exc.kind, str(exc))
+                status = 500 if status >= 500 else 404 if status == 404 else 400
+                return error_response(status, exc.kind, str(exc))
             return json_response(result)
 
         return dispatch

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clipper_core import admin_api, dashboard, frontend_workers, query_api
+from clipper_core.admin_guard import admin_guard
 from clipper_core.admission import ClientLimiter, QueryGate
 from clipper_core.auth import ApiKeys
 from clipper_core.config import ServerConfig, default_state_dir
@@ -324,7 +325,7 @@ class ClipperServer:
             cfg,
             query=query_router,
             admin=None if cfg.is_query_worker() else admin_router,
-            admin_guard=admin_api.admin_guard(admin_token, policy),
+            admin_guard=admin_guard(admin_token, policy),
             header_guard=header_refusal(self.dataplane, self.gate),
             oip=self.oip,
         )

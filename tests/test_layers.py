@@ -78,6 +78,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.selection.api": FRONTENDS,
     "clipper_core.oip": FRONTENDS,
     "clipper_core.admin_api": FRONTENDS,
+    "clipper_core.admin_guard": FRONTENDS,
     "clipper_core.admin_requests": FRONTENDS,
     "clipper_core.dashboard": FRONTENDS,
     "clipper_core.server_metrics": FRONTENDS,

@@ -9,7 +9,7 @@ edges), models, versions, replicas, and the per-second series that
 When the server has a management token, ``/dashboard/data`` needs it like every
 management call (``Authorization: Bearer``, or ``?token=`` — the page passes on
 the ``token`` parameter of its own address): the management port's guard
-(``admin_api.admin_guard``) checks it, reading the headers through
+(``admin_guard.admin_guard``) checks it, reading the headers through
 :func:`auth_headers`, and lets only :func:`is_public` requests through without it.
 """
 

@@ -26,7 +26,7 @@ from clipper_core.store.records import CONTROLLERS, MAX_SLO_MICROS
 #: The management calls' security: the admin token.
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 #: What every management call may answer besides 200.
-CALL_ERRORS = (400, 401, 403, 404, 415, 500, 503, 504)
+CALL_ERRORS = (400, 401, 403, 404, 415, 500, 503)
 
 _MESSAGE = text("``Success!``, or for a repeated registration ``unchanged: ...``/``updated: ...``.")
 _SUCCESS = {"type": "string", "const": "Success!"}
