@@ -84,13 +84,15 @@ class PipelineConfiguration:
         default_output: str,
         *,
         input_type: str | None = None,
+        api_keys: list[str] | None = None,
     ) -> bool:
-        """Replace a pipeline's description; whether anything changed."""
-        reply = self._call(
-            "update_pipeline",
-            self._pipeline_body(name, stages, edges, slo_micros, default_output, input_type),
-        )
-        return bool(reply.get("changed"))
+        """Replace a pipeline's description (the arguments of
+        :meth:`register_pipeline`); whether anything changed.  ``api_keys``
+        replaces its keys (``[]``: none needed); None keeps them."""
+        body = self._pipeline_body(name, stages, edges, slo_micros, default_output, input_type)
+        if api_keys is not None:
+            body["api_keys"] = list(api_keys)
+        return bool(self._call("update_pipeline", body).get("changed"))
 
     def get_pipeline_info(self, name: str) -> dict[str, Any] | None:
         """The pipeline's description (as registered, optional fields filled in),

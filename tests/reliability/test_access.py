@@ -268,9 +268,13 @@ def test_pipeline_api_keys(servers: list[Running], tmp_path: Path) -> None:
     assert http("POST", url, body, headers={"X-Api-Key": other})[0] == 200
     with pytest.raises(ClipperError, match="pipeline nope not found"):
         conn.set_pipeline_api_keys("nope", [key])
-    # An update of the graph keeps the keys.
+    # An update of the graph keeps the keys, or replaces them given api_keys (the
+    # Python API took no api_keys, though the guide says "same arguments").
     conn.update_pipeline("chain", stages, [], 4_000_000, "-2")
     assert http("POST", url, body)[0] == 401
+    conn.update_pipeline("chain", stages, [], 4_000_000, "-2", api_keys=[key])
+    assert http("POST", url, body, headers={"X-Api-Key": other})[0] == 401
+    conn.update_pipeline("chain", stages, [], 4_000_000, "-2", api_keys=[other])
     # They survive a restart, and are stored as digests only.
     r.bg.stop()
     r = start_server(tmp_path / "s")
