@@ -98,12 +98,13 @@ class ServerThread(Generic[S]):
             try:
                 loop.run_until_complete(task)
             except BaseException as exc:
-                if task.cancelled():
-                    # Given up by start(): undo whatever the start got to.
-                    try:
-                        loop.run_until_complete(self.server.stop())
-                    except Exception:
-                        pass
+                # Failed, or given up by start(): undo whatever the start got to
+                # (a failed start held the state folder's lock, so a second try
+                # in this process was refused as "another server").
+                try:
+                    loop.run_until_complete(self.server.stop())
+                except Exception:
+                    pass
                 failure.append(exc)
                 started.set()
                 return
