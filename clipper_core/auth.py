@@ -232,8 +232,18 @@ def read_admin_token(state_dir: str | os.PathLike[str]) -> str | None:
 
 
 def keep_private(path: Path) -> None:
-    """Make a secret file its owner's alone (0600) if others can read it."""
-    if path.stat().st_mode & 0o077:
+    """Make a secret file its owner's alone (0600) if others can read it.
+
+    Raises:
+        BadInput: It belongs to another user (not root), who chose it.
+    """
+    st = path.stat()
+    if st.st_uid not in (os.geteuid(), 0):
+        raise BadInput(
+            f"{path} belongs to another user (uid {st.st_uid}), who chose the secret in it;"
+            " remove it, or use a state folder of your own"
+        )
+    if st.st_mode & 0o077:
         path.chmod(0o600)
 
 

@@ -27,7 +27,13 @@ PRIVATE_FILE = 0o600
 
 def make_private_dir(path: Path) -> None:
     """Create ``path`` (and missing parents) readable by its owner only; an
-    existing folder of ours that others can read is tightened."""
+    existing folder of ours that others can read is tightened.
+
+    Raises:
+        BadInput: The folder belongs to another user (not root): they could read
+            the token and plant the models the server loads (a ``/tmp/a`` made
+            first by someone else).
+    """
     missing = []
     p = path
     while not p.exists():
@@ -36,6 +42,12 @@ def make_private_dir(path: Path) -> None:
     for d in reversed(missing):
         d.mkdir(mode=PRIVATE_DIR, exist_ok=True)
     st = path.stat()
+    if st.st_uid not in (os.geteuid(), 0):
+        raise BadInput(
+            f"the state folder {path} belongs to another user (uid {st.st_uid}; this server"
+            f" runs as uid {os.geteuid()}), who could read its token and replace the models"
+            " it loads; use a folder of your own (--state-dir)"
+        )
     if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
         path.chmod(PRIVATE_DIR)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,48 @@ def test_the_folder_is_free_once_its_server_is_killed(tmp_path: Path) -> None:
         proc.wait(30)
     with _server(state):  # the kernel dropped the dead server's lock
         pass
+
+
+def test_a_failed_start_lets_its_folder_go(tmp_path: Path) -> None:
+    # A start that failed after taking the folder's lock (here: its query port is
+    # taken) kept it, so the next try in the same process was refused as
+    # "another clipper_core server (pid <this one>)".
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        failing = BackgroundServer(
+            query_port=port, management_port=0, grpc_port=0, state_dir=str(tmp_path / "s")
+        )
+        with pytest.raises(Exception, match=str(port)):
+            failing.start()
+    finally:
+        busy.close()
+    server = _server(tmp_path / "s")
+    server.start()
+    server.stop()
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_state_folder_or_token_of_another_user_is_refused(tmp_path: Path) -> None:
+    # A folder another user made first (/tmp/a, say) was used as it was: they
+    # could plant the management token and the models the server loads.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chown(shared, NOBODY, NOBODY)
+    with pytest.raises(ClipperError, match=r"belongs to another user \(uid 65534"):
+        _server(shared).start()
+    # A token file of another user in a folder of ours: they chose the secret.
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    (ours / "admin_token").write_text("planted-by-nobody-0123456789\n")
+    os.chown(ours / "admin_token", NOBODY, NOBODY)
+    with pytest.raises(ClipperError, match="admin_token belongs to another user"):
+        _server(ours).start()
+    # Root's folders are trusted (a mounted volume, Kubernetes' emptyDir).
+    os.chown(ours / "admin_token", 0, 0)
+    server = _server(ours)
+    server.start()
+    server.stop()
