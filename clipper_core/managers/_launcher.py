@@ -47,14 +47,17 @@ if os.getppid() != parent:
 # parent-death signal) and then kills what is left of the group.  The manager does
 # that when it sees a replica exit, but not once it is killed itself: the replica
 # dies with it (above) and helpers the model started (a JVM gateway, a server)
-# lived on under init.  It ignores the stop signals sent to the group, holds none
-# of the replica's pipes, and dies with the group.
+# lived on under init.  Every signal is blocked in it (forked so: no window), so
+# that none the replica or an operator sends the group (stop, "reopen logs",
+# "reload") ends it early; it holds none of the replica's pipes and dies with
+# the group.  None under a manager that is PID 1 (a container's entrypoint): its
+# death ends the whole PID namespace anyway, and nobody would reap the guard.
 replica = os.getpid()
-if prctl is not None and os.fork() == 0:
+guarded = prctl is not None and parent != 1
+if guarded:
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+if guarded and os.fork() == 0:
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGUSR2,))
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -67,6 +70,7 @@ if prctl is not None and os.fork() == 0:
         os.killpg(0, signal.SIGKILL)
     finally:
         os._exit(0)
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
 if cgroup:
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:

@@ -353,22 +353,29 @@ def test_the_replica_starts_with_no_signal_blocked(run: Runner, make_manager: Ma
 
 def test_a_replica_may_signal_its_own_group(run: Runner, make_manager: MakeManager) -> None:
     """The group's guard ends the group when the replica dies, not on a signal
-    the replica sends its group (SIGUSR2, a "reload your workers" idiom): it
-    took any SIGUSR2 for its parent's death and SIGKILLed the replica."""
+    the replica sends its group ("reload your workers", "reopen your logs"): it
+    took any SIGUSR2 for its parent's death and SIGKILLed the replica, and a
+    SIGUSR1 or SIGALRM ended the guard, leaving the group unguarded."""
     manager, _ = make_manager()
     code = """
         import os, signal, time
-        signal.signal(signal.SIGUSR2, lambda *_: None)
-        os.killpg(0, signal.SIGUSR2)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: None)
+            os.killpg(0, sig)
         time.sleep(0.5)
-        print("CLIPPER_CONTAINER_READY after SIGUSR2", flush=True)
+        print("CLIPPER_CONTAINER_READY after the signals", flush=True)
         time.sleep(120)
     """
 
     async def scenario() -> None:
         handle = await manager.start(spec(code))
-        assert await manager.wait_ready(handle, timeout=20) == "after SIGUSR2"
+        assert await manager.wait_ready(handle, timeout=20) == "after the signals"
         assert handle.state == "running"
+        assert handle.pid is not None
+        guards = [p for p in _group_members(handle.pid) if p != handle.pid]
+        assert len(guards) == 1, guards
+        with open(f"/proc/{guards[0]}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] != "Z"  # still guarding
         await manager.stop(handle)
 
     run(scenario())
