@@ -46,7 +46,7 @@ from clipper_core.control.lease import AlwaysHeld, Lease, LeaseKeeper
 from clipper_core.control.replicas import EndpointSink, StoreEndpointSink
 from clipper_core.dataplane import DataPlane
 from clipper_core.embedded import ServerThread
-from clipper_core.errors import BadInput
+from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http import HttpServer, Router
 from clipper_core.http.same_origin import SameOriginPolicy
 from clipper_core.listeners import Listeners
@@ -306,6 +306,8 @@ class ClipperServer:
 
     async def start(self) -> None:
         """Open the store, bind the listeners, and bring back every app and model."""
+        if self._stopped.is_set():  # its data plane and manager are closed for good
+            raise ClipperError("this server was stopped (a failed start stops it): make a new one")
         cfg = self.config
         prepare_state_dir(cfg)
         self._state_lock = lock_state_dir(cfg)  # one server per state folder
@@ -430,7 +432,6 @@ class ClipperServer:
             self._state_lock.release()
         if self._temporary_state is not None:
             self._temporary_state()  # the containers are stopped: nothing writes there
-        self._stopped.set()
 
     async def _stop_following(self) -> None:
         tasks = [t for t in (self._follower, self._keeper) if t is not None]

@@ -75,6 +75,9 @@ def test_a_failed_start_lets_its_folder_go(tmp_path: Path) -> None:
             failing.start()
     finally:
         busy.close()
+    # The failed one stopped what it began: it says so rather than seeming to start.
+    with pytest.raises(ClipperError, match="was stopped"):
+        failing.start()
     server = _server(tmp_path / "s")
     server.start()
     server.stop()
