@@ -374,8 +374,8 @@ def test_a_replica_may_signal_its_own_group(run: Runner, make_manager: MakeManag
         assert handle.pid is not None
         guards = [p for p in _group_members(handle.pid) if p != handle.pid]
         assert len(guards) == 1, guards
-        with open(f"/proc/{guards[0]}/stat") as f:
-            assert f.read().rsplit(")", 1)[1].split()[0] != "Z"  # still guarding
+        stat = Path(f"/proc/{guards[0]}/stat").read_text()
+        assert stat.rsplit(")", 1)[1].split()[0] != "Z"  # still guarding
         await manager.stop(handle)
 
     run(scenario())
