@@ -374,8 +374,7 @@ def test_a_replica_may_signal_its_own_group(run: Runner, make_manager: MakeManag
         assert handle.pid is not None
         guards = [p for p in _group_members(handle.pid) if p != handle.pid]
         assert len(guards) == 1, guards
-        stat = Path(f"/proc/{guards[0]}/stat").read_text()
-        assert stat.rsplit(")", 1)[1].split()[0] != "Z"  # still guarding
+        assert _process_state(guards[0]) != "Z"  # still guarding
         await manager.stop(handle)
 
     run(scenario())
@@ -801,6 +800,10 @@ def test_replicas_die_with_a_killed_manager(tmp_path: Path) -> None:
             for pid in [replica_pid, *group]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def _group_members(pgid: int) -> list[int]:
