@@ -232,7 +232,8 @@ def read_admin_token(state_dir: str | os.PathLike[str]) -> str | None:
 
 
 def keep_private(path: Path) -> None:
-    """Make a secret file its owner's alone (0600) if others can read it.
+    """Make a secret file of ours its owner's alone (0600) if others can read it;
+    one of root's (a mounted secret, perhaps read-only) is left as it is.
 
     Raises:
         BadInput: It belongs to another user (not root), who chose it.
@@ -243,7 +244,7 @@ def keep_private(path: Path) -> None:
             f"{path} belongs to another user (uid {st.st_uid}), who chose the secret in it;"
             " remove it, or use a state folder of your own"
         )
-    if st.st_mode & 0o077:
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
         path.chmod(0o600)
 
 

@@ -7,6 +7,7 @@ only (0700, files 0600).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -61,12 +62,49 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 
 def prepare_state_dir(cfg: ServerConfig) -> None:
-    """The state folder and its models folder, both private."""
+    """The state folder and its models folder, both private; nothing in the
+    folder may belong to another user (see :func:`check_owned`)."""
     make_private_dir(Path(cfg.state_dir))
+    check_owned(Path(cfg.state_dir))
     make_private_dir(cfg.models_dir())
     state_path = cfg.resolved_state_path()
     if state_path != ":memory:":
         make_private_dir(Path(state_path).parent)
+    if state_path != ":memory:" and cfg.state_url is None:
+        # 0600 before SQLite opens it (its -wal and -shm take its mode).
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+        for path in (state_path, f"{state_path}-wal", f"{state_path}-shm"):
+            _check_owner(path)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+                    os.chmod(path, PRIVATE_FILE)
+
+
+def check_owned(folder: Path) -> None:
+    """Refuse a folder holding an entry of another user (root excepted): in a
+    folder others may write (root's 0777 volume, say) they could have planted
+    the store, whose model records name the code the replicas load.
+
+    Raises:
+        BadInput: Naming the entry and its owner.
+    """
+    for entry in os.scandir(folder):
+        _check_owner(entry.path)
+
+
+def _check_owner(path: str) -> None:
+    try:
+        uid = os.lstat(path).st_uid
+    except FileNotFoundError:
+        return
+    if uid not in (os.geteuid(), 0):
+        raise BadInput(
+            f"{path} belongs to another user (uid {uid}; this server runs as uid"
+            f" {os.geteuid()}), who could have planted it; remove it, or use a folder of"
+            " your own"
+        )
 
 
 def resolve_admin_token(cfg: ServerConfig) -> str | None:

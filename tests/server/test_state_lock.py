@@ -6,14 +6,17 @@ first stops, or dies, the folder is free again."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from clipper_core.auth import keep_private
 from clipper_core.errors import ClipperError
 from clipper_core.server import BackgroundServer
 
@@ -102,8 +105,43 @@ def test_a_state_folder_or_token_of_another_user_is_refused(tmp_path: Path) -> N
     os.chown(ours / "admin_token", NOBODY, NOBODY)
     with pytest.raises(ClipperError, match="admin_token belongs to another user"):
         _server(ours).start()
-    # Root's folders are trusted (a mounted volume, Kubernetes' emptyDir).
+    # A store planted in a folder others may write (root's 0777 volume): its model
+    # records name the code the replicas load.
     os.chown(ours / "admin_token", 0, 0)
+    (ours / "state.sqlite3").write_bytes(b"")
+    os.chown(ours / "state.sqlite3", NOBODY, NOBODY)
+    with pytest.raises(ClipperError, match=r"state\.sqlite3 belongs to another user"):
+        _server(ours).start()
+    # Root's files and folders are trusted (a mounted volume, Kubernetes' emptyDir).
+    os.chown(ours / "state.sqlite3", 0, 0)
     server = _server(ours)
     server.start()
     server.stop()
+    assert (ours / "state.sqlite3").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_a_secret_of_root_is_read_as_it_is_by_another_user() -> None:
+    # A shared secret of root's (a mounted Kubernetes Secret, 0644) made a server
+    # running as another user fail to start with a PermissionError: it chmod-ed it.
+    folder = Path(tempfile.mkdtemp(prefix="clipper-secret-"))
+    try:
+        folder.chmod(0o755)
+        secret = folder / "replica_secret"
+        secret.write_text("ab" * 32 + "\n")
+        secret.chmod(0o644)
+        pid = os.fork()
+        if pid == 0:  # the child acts as nobody: it only reads and checks
+            code = 1
+            try:
+                os.setegid(NOBODY)
+                os.seteuid(NOBODY)
+                keep_private(secret)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert secret.stat().st_mode & 0o777 == 0o644
+    finally:
+        shutil.rmtree(folder)
