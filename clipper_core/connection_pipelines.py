@@ -87,7 +87,7 @@ class PipelineConfiguration:
         api_keys: list[str] | None = None,
     ) -> bool:
         """Replace a pipeline's description (the arguments of
-        :meth:`register_pipeline`); whether anything changed.  ``api_keys``
+        :meth:`register_pipeline`); whether the graph changed.  ``api_keys``
         replaces its keys (``[]``: none needed); None keeps them."""
         body = self._pipeline_body(name, stages, edges, slo_micros, default_output, input_type)
         if api_keys is not None:
