@@ -67,8 +67,9 @@ def _children(pid: int) -> dict[int, str]:
             found[p] = (
                 "worker"
                 if b"query_worker" in cmd
+                # not a replica's group guard: its child, named as it is
                 else "replica"
-                if b"model_containers" in cmd
+                if b"model_containers" in cmd and found.get(parents[p]) != "replica"
                 else "other"
             )
     return found

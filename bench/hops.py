@@ -103,6 +103,10 @@ def serve(port: int, management_port: int) -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -139,12 +143,16 @@ class Server:
         if line != "READY":
             self.stop()
             raise RuntimeError(f"the server did not start: {line!r}")
+        # The server's own children: below each container is its process group's
+        # guard (a copy of the launcher, whose command line names the container).
         containers = [
             p
             for p in _descendants(self.proc.pid)
-            if b"model_containers" in Path(f"/proc/{p}/cmdline").read_bytes()
+            if _parent(p) == self.proc.pid
+            and b"model_containers" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         if len(containers) != 1:
+            self.stop()
             raise RuntimeError(f"expected one container process, found {containers}")
         self.pids = {"frontend": self.proc.pid, "container": containers[0]}
 
