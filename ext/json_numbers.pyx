@@ -145,10 +145,14 @@ cdef Py_ssize_t _number(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, doub
         if i >= n or not _is_digit(s[i]):
             return -1
         while i < n and _is_digit(s[i]):
-            # Capped: past 22 the text goes to PyOS_string_to_double anyway,
-            # which reads the exponent itself (overflowing to inf or 0).
+            # Capped, and then the text goes to PyOS_string_to_double, which
+            # reads the exponent itself (overflowing to inf or 0): the capped
+            # value plus a fraction's leading zeros could land in -22..22 and
+            # take the quick branch below (0.<99,977 zeros>1e1000000 read 1e22).
             if exponent < 100000:
                 exponent = exponent * 10 + (s[i] - 48)
+            else:
+                inexact = True
             i += 1
         exp10 += -exponent if exp_negative else exponent
     if integral:

@@ -124,6 +124,20 @@ def test_float32_range_is_left_to_the_general_path(impl: SimpleNamespace) -> Non
     assert "outside the range of float32" in str(general(body, "floats"))
 
 
+@_FAST
+@pytest.mark.parametrize("zeros", [99_977, 99_990, 99_999])
+def test_a_huge_exponent_after_a_long_fraction_is_not_read_small(
+    impl: SimpleNamespace, zeros: int, input_type: str
+) -> None:
+    # The exponent is capped as it is read; a fraction's leading zeros then
+    # brought the capped power into the quick branch's range, and
+    # 0.<99,977 zeros>1e1000000 (10**900023: infinity) was read as 1e22.
+    for digits in (b"1000000", b"1000000000000"):
+        body = b'{"input":[0.' + b"0" * zeros + b"1e" + digits + b"]}"
+        assert impl.parse_single_input(body, input_type == "floats", MAX_INPUT_ELEMENTS) is None
+        assert "infinity" in str(general(body, input_type))
+
+
 def test_element_limit(impl: SimpleNamespace) -> None:
     body = orjson.dumps({"input": [0.5] * 200})
     assert impl.parse_single_input(body, True, 199) is None
