@@ -51,6 +51,8 @@ HEADER_LENGTH = "inference-header-content-length"
 MAX_ELEMENTS = 1 << 31
 #: Largest dimension of a tensor with no elements (nothing else bounds it).
 MAX_EMPTY_DIM = 1 << 16
+#: numpy's limit on an array's dimensions (a 65-dimension shape was a 500).
+MAX_DIMS = 64
 
 _INT_KINDS = "iu"
 
@@ -118,6 +120,8 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
         if type(d) is not int or d < 0:
             raise BadInput(f"input {name!r}: shape {list(shape)} holds {d!r}, not a size >= 0")
         dims.append(d)
+    if len(dims) > MAX_DIMS:
+        raise BadInput(f"input {name!r}: shape has {len(dims)} dimensions, more than {MAX_DIMS}")
     count = 1
     for d in dims:
         count *= d
@@ -281,7 +285,7 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
         # The commonest request, FP32/FP64 numbers, in one pass (ext/json_numbers.pyx);
         # None for anything else, which the general path below parses and words.
         fast = _parse_oip_request(body, MAX_ELEMENTS)
-        if fast is not None:
+        if fast is not None and all(len(f[2]) <= MAX_DIMS for f in fast[1]):
             request_id, found = fast
             inputs = [InputTensor(n, dt, shape, a.reshape(shape)) for n, dt, shape, a in found]
             return InferRequest(inputs, request_id)

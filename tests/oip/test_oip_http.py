@@ -325,6 +325,9 @@ def test_malformed_requests_are_400_never_500(oip: OipServer) -> None:
         (b"{not json", {}),
         (b'{"inputs": []}', {}),
         (b"[1, 2]", {}),
+        # more dimensions than numpy holds (a 500), on the fast path and off it
+        (header(shape=[1] * 65, datatype="FP32", data=[1.0]), {}),
+        (header(shape=[1] * 65, datatype="INT64", data=[1]), {}),
     ]
     for body, headers in cases:
         hdrs = dict(headers or {})
