@@ -51,8 +51,19 @@ HEADER_LENGTH = "inference-header-content-length"
 MAX_ELEMENTS = 1 << 31
 #: Largest dimension of a tensor with no elements (nothing else bounds it).
 MAX_EMPTY_DIM = 1 << 16
-#: numpy's limit on an array's dimensions (a 65-dimension shape was a 500).
-MAX_DIMS = 64
+
+
+def _numpy_max_dims() -> int:
+    try:
+        np.empty((1,) * 64)
+    except ValueError:  # numpy 1.x
+        return 32
+    return 64
+
+
+#: The installed numpy's limit on an array's dimensions (64 from numpy 2, 32
+#: before): a deeper shape was a 500.
+MAX_DIMS = _numpy_max_dims()
 
 _INT_KINDS = "iu"
 
