@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,8 @@ __all__ = [
     "presented_api_key",
     "secret_matches",
 ]
+
+log = logging.getLogger("clipper_core.auth")
 
 #: The environment variable the server and the clients read the admin token from.
 ADMIN_TOKEN_ENV = "CLIPPER_ADMIN_TOKEN"
@@ -245,7 +248,10 @@ def keep_private(path: Path) -> None:
             " remove it, or use a state folder of your own"
         )
     if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        path.chmod(0o600)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:  # a read-only mount (a root server's mounted secret)
+            log.warning("%s is readable by others and cannot be made private: %s", path, exc)
 
 
 def load_or_create_admin_token(state_dir: str | os.PathLike[str]) -> str:

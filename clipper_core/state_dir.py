@@ -49,8 +49,17 @@ def make_private_dir(path: Path) -> None:
             f" runs as uid {os.geteuid()}), who could read its token and replace the models"
             " it loads; use a folder of your own (--state-dir)"
         )
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.geteuid() and mode & 0o077:
         path.chmod(PRIVATE_DIR)
+    elif st.st_uid != os.geteuid() and mode & 0o022 and not mode & stat.S_ISVTX:
+        # Root's, and we cannot tighten it: others could rename our store and
+        # models away at any time and put theirs in their place.
+        raise BadInput(
+            f"the state folder {path} is root's and others may write it (mode {mode:o},"
+            " no sticky bit): anyone could replace the store or the models in it; use a"
+            " folder of your own (--state-dir)"
+        )
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -12,13 +12,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from clipper_core.auth import keep_private
-from clipper_core.errors import ClipperError
+from clipper_core.errors import BadInput, ClipperError
 from clipper_core.server import BackgroundServer
+from clipper_core.state_dir import make_private_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,6 +122,42 @@ def test_a_state_folder_or_token_of_another_user_is_refused(tmp_path: Path) -> N
     assert (ours / "state.sqlite3").stat().st_mode & 0o077 == 0
 
 
+def _as_nobody(action: Callable[[], object]) -> int:
+    """Run ``action`` in a forked child acting as uid 65534; its exit status
+    (0: it returned, 1: it raised, 2: it raised BadInput)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setegid(NOBODY)
+            os.seteuid(NOBODY)
+            action()
+            code = 0
+        except BadInput:
+            code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_roots_folder_that_anyone_may_write_is_refused_to_another_user() -> None:
+    # Root's 0777 volume, no sticky bit: a server of another user passed the
+    # start's checks, and anyone could then rename its store and models away and
+    # put theirs in their place.
+    folder = Path(tempfile.mkdtemp(prefix="clipper-volume-"))
+    try:
+        folder.chmod(0o777)
+        assert _as_nobody(lambda: make_private_dir(folder)) == 2
+        folder.chmod(0o1777)  # sticky: nobody may rename what is not theirs
+        assert _as_nobody(lambda: make_private_dir(folder)) == 0
+        folder.chmod(0o755)  # root's, closed to the others: a mounted volume
+        assert _as_nobody(lambda: make_private_dir(folder)) == 0
+    finally:
+        shutil.rmtree(folder)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
 def test_a_secret_of_root_is_read_as_it_is_by_another_user() -> None:
     # A shared secret of root's (a mounted Kubernetes Secret, 0644) made a server
@@ -145,3 +183,33 @@ def test_a_secret_of_root_is_read_as_it_is_by_another_user() -> None:
         assert secret.stat().st_mode & 0o777 == 0o644
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a read-only mount of its own needs root and unshare",
+)
+def test_a_read_only_secret_of_ours_is_read_as_it_is(tmp_path: Path) -> None:
+    # A root server's mounted secret (0644, read-only): tightening it raised
+    # EROFS and the server did not start.
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs tmpfs {mount} && printf '%064d\\n' 7 > {mount}/replica_secret"
+        f" && chmod 644 {mount}/replica_secret && mount -o remount,ro {mount}"
+        f" && {sys.executable} -c 'from pathlib import Path;"
+        " from clipper_core.auth import keep_private;"
+        f' keep_private(Path("{mount}/replica_secret")); print("read")\''
+    )
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if "mount" in res.stderr and "permission denied" in res.stderr.lower():
+        pytest.skip(f"no mount namespace here: {res.stderr.strip()}")
+    assert res.returncode == 0 and res.stdout.strip() == "read", res.stderr
+    assert "cannot be made private" in res.stderr
