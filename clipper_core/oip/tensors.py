@@ -296,9 +296,12 @@ def parse_http_request(body: bytes, header_length: str | None) -> InferRequest:
         # The commonest request, FP32/FP64 numbers, in one pass (ext/json_numbers.pyx);
         # None for anything else, which the general path below parses and words.
         fast = _parse_oip_request(body, MAX_ELEMENTS)
-        if fast is not None and all(len(f[2]) <= MAX_DIMS for f in fast[1]):
+        if fast is not None:
             request_id, found = fast
-            inputs = [InputTensor(n, dt, shape, a.reshape(shape)) for n, dt, shape, a in found]
+            try:
+                inputs = [InputTensor(n, dt, shape, a.reshape(shape)) for n, dt, shape, a in found]
+            except ValueError:  # deeper than numpy holds: the general path words it
+                return parse_http_request_general(body, header_length)
             return InferRequest(inputs, request_id)
     return parse_http_request_general(body, header_length)
 

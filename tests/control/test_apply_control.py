@@ -82,15 +82,18 @@ def test_apply_reaches_the_data_plane_in_place(run: Runner, tmp_path: Path) -> N
     run(scenario(), timeout=120)
 
 
+def _pipeline_x() -> PipelineRecord:
+    """A pipeline named x of one stage, model m."""
+    return PipelineRecord("x", "doubles", [{"name": "s", "model": "m"}], [], 5_000_000, "-1")
+
+
 def test_an_app_taking_a_pipelines_name_is_refused_up_front_or_pruned_in_order(
     run: Runner, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
         async with frontend(tmp_path) as f:
             await f.control.apply(state())
-            await f.control.register_pipeline(
-                PipelineRecord("x", "doubles", [{"name": "s", "model": "m"}], [], 5_000_000, "-1")
-            )
+            await f.control.register_pipeline(_pipeline_x())
             renamed = state({"version": "2"}, {"name": "x"})
             # Refused before the first change: m:2 is not deployed.
             with pytest.raises(BadInput, match="app x: pipeline x on the server has its name"):
@@ -111,9 +114,7 @@ def test_a_version_a_stored_pipeline_cannot_send_to_is_refused_before_any_change
     async def scenario() -> None:
         async with frontend(tmp_path) as f:
             await f.control.apply(state())
-            await f.control.register_pipeline(
-                PipelineRecord("x", "doubles", [{"name": "s", "model": "m"}], [], 5_000_000, "-1")
-            )
+            await f.control.register_pipeline(_pipeline_x())
             m = {"name": "m", "version": "1", "input_type": "doubles", "payload_b64": PAYLOAD}
             strings = {**m, "version": "2", "input_type": "strings", "current": False}
             file = DesiredState.from_dict({"models": [{**m, "name": "n"}, m, strings]})
