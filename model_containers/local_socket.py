@@ -114,6 +114,33 @@ def _status(code: grpc.StatusCode) -> int:
     return int(code.value[0])
 
 
+#: How long a refused frame's payload is read and thrown away before the close.
+_LINGER_SECONDS = 2.0
+
+
+def _linger(conn: socket.socket, unread: int) -> None:
+    """Close our half, then read and drop what the frontend is still sending
+    (at most ``unread`` bytes, for at most ``_LINGER_SECONDS``) before the close.
+
+    Closing at once while the frontend is mid-write fails its write with EPIPE, and
+    its event loop reports the connection lost before it has read the refusal we
+    sent: the call then fails with a reset instead of RESOURCE_EXHAUSTED.
+    """
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        scratch = bytearray(_RECV_SIZE)
+        while unread > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
+            got = conn.recv_into(scratch, min(unread, _RECV_SIZE))
+            if not got:
+                return  # the frontend read our refusal and closed
+            unread -= got
+
+
 class _FrameReader:
     """Reads frames off a socket with as few recv calls as it can: one per frame
     when the frontend's write arrives whole (the common case).
@@ -258,6 +285,7 @@ class LocalSocketServer:
                     )
                     too_big = _status(grpc.StatusCode.RESOURCE_EXHAUSTED)
                     conn.sendall(frame(too_big, call_id, message.encode()))
+                    _linger(conn, length if payload is None else 0)
                     return  # the payload is not read: the stream cannot go on
                 if payload is None:
                     payload = frames.read(length)

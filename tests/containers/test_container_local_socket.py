@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -117,6 +118,35 @@ def test_bad_frames_get_error_frames(containers: Launcher) -> None:
 
     run_async(scenario)
     assert HEADER.size == 13
+
+
+def test_an_oversized_frame_is_read_to_its_end_before_the_close(containers: Launcher) -> None:
+    """The refusal of an over-limit frame must reach a frontend that is still
+    writing it: the container reads and drops the rest instead of closing at once,
+    which failed the frontend's write with EPIPE and lost the answer (seen in CI)."""
+    container = containers.start(*model_class_args("SumModel"), "--max-message-mb", "1")
+
+    async def metadata() -> dict[str, str]:
+        async with ReplicaClient(container.address) as client:
+            await client.wait_ready(30)
+            return await client.metadata()
+
+    meta = run_async(metadata)
+    payload = bytes(8 * 1024 * 1024)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(meta["local_socket"])
+        # Blocking writes of the whole frame: before the fix, the container closed
+        # after the header and this raised BrokenPipeError / ConnectionResetError.
+        sock.sendall(HEADER.pack(len(payload), KIND_PREDICT, 9) + payload)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    hello_length = HEADER.unpack_from(got)[0]
+    refusal = got[HEADER.size + hello_length :]
+    length, kind, call_id = HEADER.unpack_from(refusal)
+    assert (kind, call_id) == (RESOURCE_EXHAUSTED, 9)
+    assert b"exceeds the container's limit" in refusal[HEADER.size : HEADER.size + length]
 
 
 def test_a_lost_connection_is_found_again(containers: Launcher) -> None:
