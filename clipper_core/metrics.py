@@ -38,8 +38,12 @@ WINDOW_SECONDS = 10.0
 #: How many per-second points the dashboard's series keep.
 SERIES_POINTS = 120
 
-#: Error kinds that are the client's fault; they do not count against SLO attainment.
-CLIENT_ERROR_KINDS = frozenset({"bad_input", "payload_too_large"})
+#: Error kinds that are the client's fault; they do not count against SLO attainment
+#: (else anyone without a key, or one client over its own rate limit, could drive an
+#: app's attainment down and set off its SLO alerts).
+CLIENT_ERROR_KINDS = frozenset(
+    {"bad_input", "payload_too_large", "unauthorized", "forbidden", "rate_limited"}
+)
 
 #: Reasons an input got the app's default output.
 DEFAULT_REASONS = ("slo", "expired", "error", "no_model")

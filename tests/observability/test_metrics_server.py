@@ -153,6 +153,28 @@ def test_prometheus_and_json_carry_the_same_figures(server: Running, logs: Any) 
     assert logs.events("http_access") == []
 
 
+def test_refused_keys_and_rate_limits_do_not_count_against_the_slo(server: Running) -> None:
+    conn, client = server.conn, server.client
+    key = "k" * 24
+    create_endpoint(conn, "keyed", "doubles", models.make_sum(), slo_micros=2_000_000)
+    conn.set_app_api_keys("keyed", [key])
+    for _ in range(6):  # no key: 401, the client's fault
+        assert client.predict("keyed", {"input": [1.0]})[0] == 401
+    for _ in range(2):
+        req = urllib.request.Request(
+            client.base + "/keyed/predict",
+            data=b'{"input": [1.0, 2.0]}',
+            headers={"Content-Type": "application/json", "X-Api-Key": key},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert json.loads(resp.read())["output"] == 3.0
+    a = conn.get_metrics()["apps"]["keyed"]
+    assert a["errors"] == {"unauthorized": 6}
+    assert a["answers_within_slo"] == 2
+    assert a["window"]["slo_attainment"] == 1.0
+    assert value(scrape(client.base), "clipper_app_slo_attainment_ratio", app="keyed") == 1.0
+
+
 def test_oip_requests_to_an_app_count_in_its_figures(server: Running) -> None:
     conn = server.conn
     # Apps named apart from their models: over OIP a model's name wins.
