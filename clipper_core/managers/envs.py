@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from clipper_core.errors import BadInput, ClipperError
+from clipper_core.managers.replica import WITHHELD_ENV
 from clipper_core.requirements import (
     BUILDING,
     FAILED,
@@ -385,7 +386,14 @@ class RuntimeEnvManager:
     async def _run(self, out: _BuildLog, argv: list[str]) -> None:
         out.write(f"$ {' '.join(argv)}\n")
         env = dict(os.environ)
-        for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"):
+        # Not our secrets either: a package's build runs code of its own.
+        for var in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "VIRTUAL_ENV",
+            "PIP_REQUIRE_VIRTUALENV",
+            *WITHHELD_ENV,
+        ):
             env.pop(var, None)
         env["PYTHONUNBUFFERED"] = "1"
         proc = await asyncio.create_subprocess_exec(

@@ -71,11 +71,11 @@ def replica_spec(
     if container.get("deploy_env"):
         argv += ["--deploy-env", json.dumps(container["deploy_env"], separators=(",", ":"))]
     argv[0] = envs.python_for(container) or argv[0]
-    env = dict(os.environ)
+    env: dict[str, str] = {}  # on top of ours (spawn_env), not a copy of it
     extra_path = [str(p) for p in container.get("python_path", []) if p]
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join(
-            extra_path + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            extra_path + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
     place = replica_placement(record, replica_id)
     return ReplicaSpec(
@@ -83,7 +83,7 @@ def replica_spec(
         model_version=version,
         replica_id=replica_id,
         argv=argv,
-        env=env,
+        env=env or None,
         cwd=None,
         cpus=place.get("cpus", record.cpus),
         memory_limit_mb=place.get("memory_limit_mb", record.memory_limit_mb),

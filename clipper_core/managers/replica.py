@@ -74,15 +74,23 @@ def thread_pool_env(cpus: list[int] | None, env: dict[str, str]) -> dict[str, st
 PARENT_PID_ENV = "CLIPPER_PARENT_PID"
 
 
+#: Our secrets, never passed on to a replica: model code runs there, and the
+#: management token would let it deploy code of its own to every replica.
+WITHHELD_ENV = ("CLIPPER_ADMIN_TOKEN",)
+
+
 def spawn_env(spec: ReplicaSpec) -> dict[str, str]:
-    """The environment a replica's process starts with: ours, ``PYTHONUNBUFFERED=1``,
-    the spec's own variables, the thread-pool sizes and ``CLIPPER_PARENT_PID``."""
+    """The environment a replica's process starts with: ours less ``WITHHELD_ENV``,
+    ``PYTHONUNBUFFERED=1``, the spec's own variables, the thread-pool sizes and
+    ``CLIPPER_PARENT_PID``."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if spec.env:
         env.update(spec.env)
     env.update(thread_pool_env(spec.cpus, env))
     env[PARENT_PID_ENV] = str(os.getpid())
+    for var in WITHHELD_ENV:
+        env.pop(var, None)
     return env
 
 

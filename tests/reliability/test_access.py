@@ -21,6 +21,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clipper_core.connection import ClipperConnection, LocalContainerManager
+from clipper_core.deployers import create_endpoint
 from clipper_core.errors import ClipperError
 from clipper_core.tls import (
     client_ssl_context,
@@ -107,6 +108,24 @@ def test_management_calls_need_the_token(
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert [a["name"] for a in json.loads(res.stdout)] == ["guarded"]
+
+
+def test_replicas_do_not_inherit_the_management_token(
+    servers: list[Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server given its token in the environment; the model reports what it sees.
+    monkeypatch.setenv("CLIPPER_ADMIN_TOKEN", TOKEN)
+    r = start_server(tmp_path / "s")
+    servers.append(r)
+
+    def sees_token(xs: list[object]) -> list[float]:
+        import os
+
+        return [float("CLIPPER_ADMIN_TOKEN" in os.environ) for _ in xs]
+
+    create_endpoint(_conn(r, admin_token=TOKEN), "peek", "doubles", sees_token)
+    status, _, reply = http("POST", r.bg.query_url + "/peek/predict", {"input": [1.0]})
+    assert status == 200 and reply["output"] == 0.0, reply
 
 
 def test_query_port_serves_no_management_route(servers: list[Running], tmp_path: Path) -> None:
