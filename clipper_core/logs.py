@@ -118,7 +118,10 @@ class TextFormatter(logging.Formatter):
         super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # Text a client chose (a request path, a replica id) must not start a line
+        # of its own: a record's later lines are indented, control characters
+        # escaped, so a forged "2026-... ERROR ..." line cannot be told apart.
+        line = super().format(record).translate(_ESCAPES).replace("\n", "\n    ")
         event = getattr(record, "event", None)
         fields = getattr(record, "fields", None)
         if not isinstance(fields, dict) or not isinstance(event, str):
@@ -126,12 +129,21 @@ class TextFormatter(logging.Formatter):
         tail: list[str] = []
         extra = [f"[{event}]"]
         for key, value in fields.items():
-            text = str(value)
+            text = str(value).translate(_ESCAPES)
             if "\n" in text:
-                tail.append(f"  {key}:\n" + "\n".join(f"    {ln}" for ln in text.splitlines()))
+                tail.append(f"  {key}:\n" + "\n".join(f"    {ln}" for ln in text.split("\n")))
             else:
                 extra.append(f"{key}={text}")
         return " ".join([line, *extra]) + ("\n" + "\n".join(tail) if tail else "")
+
+
+#: Control characters (a newline and a tab excepted) and the line breaks of
+#: Unicode, written as escapes in text logs.
+_ESCAPES = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)
+    if c not in (0x09, 0x0A)
+}
 
 
 def configure_logging(

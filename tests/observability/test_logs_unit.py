@@ -77,6 +77,28 @@ def test_text_format_puts_fields_after_the_message() -> None:
     assert rest == ["  stderr_tail:", "    line 1", "    line 2"]
 
 
+def test_text_lines_cannot_be_forged_by_a_request() -> None:
+    # An access-log line carries the percent-decoded path a client sent: a "%0a"
+    # in it must not start a record of its own.
+    path = "/x\n2026-12-07 00:00:00,000 ERROR clipper_core.server: FORGED\r\x1b[2J\u2028"
+    record = logging.LogRecord(
+        "clipper_core.http.access",
+        logging.INFO,
+        __file__,
+        1,
+        '"GET %s HTTP/1.1" 404',
+        (path,),
+        None,
+    )
+    record.event = "http_access"
+    record.fields = {"replica": "r\n2026-12-07 ERROR forged too"}
+    lines = TextFormatter().format(record).split("\n")
+    assert lines[0].endswith('INFO clipper_core.http.access: "GET /x')
+    assert all(ln.startswith("  ") for ln in lines[1:]), lines
+    assert "FORGED\\x0d\\x1b[2J\\u2028 HTTP/1.1" in lines[1]
+    assert [ln.strip() for ln in lines[2:]] == ["replica:", "r", "2026-12-07 ERROR forged too"]
+
+
 def test_a_query_workers_lines_say_which_worker() -> None:
     # With --workers N every process logs to the same stderr: the lines could not
     # be told apart.
