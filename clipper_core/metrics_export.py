@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 class PrometheusSource(Protocol):
     """What renders the Prometheus exposition (``ServerMetrics`` is one)."""
 
-    def prometheus(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition in the format ``accept`` prefers, and its content type."""
+    async def prometheus_off_loop(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition in the format ``accept`` prefers, and its content type,
+        rendered without holding the event loop."""
         ...
 
 
@@ -358,7 +359,7 @@ def _prefers_text(accept: str) -> bool:
     return text > q_of("application/json")
 
 
-def metrics_response(
+async def metrics_response(
     metrics: PrometheusSource, request: Request, json_body: Callable[[], Any]
 ) -> Response:
     """Answer ``GET /metrics``: ``json_body()`` as JSON, or ``metrics``' Prometheus
@@ -367,5 +368,5 @@ def metrics_response(
 
     if wants_json(request):
         return json_response(json_body())
-    body, content_type = metrics.prometheus(request.headers.get("accept", ""))
+    body, content_type = await metrics.prometheus_off_loop(request.headers.get("accept", ""))
     return Response(200, body, content_type)

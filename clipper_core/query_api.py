@@ -113,7 +113,7 @@ def install(
     async def metrics_route(request: Request, params: dict[str, str]) -> Response:
         # Prometheus text for scrapers; JSON for Clipper's inspect_instance() (see
         # clipper_core.metrics_export.wants_json).
-        return metrics_response(metrics, request, inspect)
+        return await metrics_response(metrics, request, inspect)
 
     async def health(request: Request, params: dict[str, str]) -> Response:
         return json_response({"status": "ok"})

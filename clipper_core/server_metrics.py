@@ -445,6 +445,21 @@ class ServerMetrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
+    async def prometheus_off_loop(self, accept: str = "") -> tuple[bytes, str]:
+        """``prometheus``, with only the snapshot taken on the loop.
+
+        The text is written in a thread: prometheus_client formats ~50 samples an
+        app, about 1 ms of Python each (2.5 under load), which held the loop for
+        0.6 s at 400 apps and for tens of ms at a few; queries waited behind it.
+        In a thread it yields the interpreter every switch interval (5 ms).
+        """
+        snap = self.snapshot()  # the live objects are read on the loop only
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(lambda: snap))
+        ProcessCollector(registry=registry)
+        encoder, content_type = choose_encoder(accept)
+        return await asyncio.to_thread(encoder, registry), content_type
+
     def series(self, points: int = SERIES_POINTS) -> list[dict[str, Any]]:
         """The last ``points`` per-second points (oldest first)."""
         data = list(self.sampler.series)
