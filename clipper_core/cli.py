@@ -13,7 +13,10 @@ clipper apply -f FILE    make the server match a declarative file (TOML)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +68,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         Path(args.ready_file).write_text(conn.cm.ready_file.read_text())
     cm = conn.cm
     print(
-        f"clipper_core started: query {cm.scheme}://{cm.host}:{cm.query_port},"
+        f"clipper_core started: query {cm.scheme}://{conn.get_query_addr()},"
         f" management {conn.management_url}, OIP gRPC port {cm.grpc_port or 'none'}"
     )
     return 0
@@ -298,7 +301,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         else f"deployed {args.name}:{args.version}"
     )
     if args.app:
-        print(f"linked to app {args.app}: POST http://{conn.get_query_addr()}/{args.app}/predict")
+        url = f"{conn.cm.scheme}://{conn.get_query_addr()}/{args.app}/predict"
+        print(f"linked to app {args.app}: POST {url}")
     return 0
 
 
@@ -311,6 +315,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _host(text: str) -> str:
+    """``--host``: a host name or an IP address (an IPv6 one with or without brackets)."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if len(text) <= 253 and _HOST_NAME.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a host name or an IP address")
+
+
 def _server_options(suppress: bool) -> argparse.ArgumentParser:
     # Accepted before and after the command; after it they override (SUPPRESS
     # keeps a subcommand from resetting what was given before it).
@@ -319,7 +338,9 @@ def _server_options(suppress: bool) -> argparse.ArgumentParser:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    common.add_argument("--host", default=d("127.0.0.1"), help="server address (127.0.0.1)")
+    common.add_argument(
+        "--host", type=_host, default=d("127.0.0.1"), help="server address (127.0.0.1)"
+    )
     common.add_argument("--query-port", type=int, default=d(1337), help="query port (1337)")
     common.add_argument(
         "--management-port", type=int, default=d(1338), help="management port (1338)"
@@ -457,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `clipper apps --json | head -1`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -123,11 +123,16 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
     # -- transport --------------------------------------------------------------
 
     @property
+    def _url_host(self) -> str:
+        host = self.cm.host
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+
+    @property
     def management_url(self) -> str:
-        return f"{self.cm.scheme}://{self.cm.host}:{self.cm.management_port}"
+        return f"{self.cm.scheme}://{self._url_host}:{self.cm.management_port}"
 
     def get_query_addr(self) -> str:
-        return f"{self.cm.host}:{self.cm.query_port}"
+        return f"{self._url_host}:{self.cm.query_port}"
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -468,7 +473,7 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
     def inspect_instance(self) -> dict[str, Any]:
         """The query port's ``/metrics`` as JSON: apps, models, cache, replicas, and
         under ``"metrics"`` every figure of the Prometheus exposition."""
-        url = f"{self.cm.scheme}://{self.cm.host}:{self.cm.query_port}/metrics"
+        url = f"{self.cm.scheme}://{self.get_query_addr()}/metrics"
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         try:
             with self._open(req, self.timeout) as resp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -148,7 +149,10 @@ class Listeners:
             except OSError as exc:
                 # The bare OSError names neither the option to change nor, for
                 # gRPC, even the port: say which one, in one line.
-                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                if isinstance(exc, socket.gaierror):  # errno -2 is no errno of os.strerror
+                    reason = f"cannot resolve the host ({exc.strerror})"
+                else:
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                 await self.stop(0)
                 raise CannotListen(
                     f"cannot listen on {host}:{port} ({what} port): {reason}"

@@ -69,6 +69,56 @@ def test_a_tls_server_without_its_ca_is_named_as_such(tmp_path: Path) -> None:
     assert res.returncode == 1 and "not running" in res.stderr and "clipper start" in res.stderr
 
 
+def test_the_cli_words_bad_hosts_broken_pipes_and_tls_urls(tmp_path: Path) -> None:
+    # A malformed --host is a usage error, not a traceback.
+    for host in ("bad host", "[::1", "a/b"):
+        res = subprocess.run(
+            [sys.executable, "-m", "clipper_core.cli", "status", "--host", host],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+        )
+        assert res.returncode == 2 and "is not a host name or an IP address" in res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+    cert, key = self_signed(tmp_path / "certs")
+    tls = start_server(tmp_path / "tls-state", tls_cert=str(cert), tls_key=str(key))
+    try:
+        source = tmp_path / "model.py"
+        source.write_text("def predict(xs):\n    return [1.0 for _ in xs]\n")
+        res = _clipper(
+            tls,
+            "--tls-ca",
+            str(cert),
+            "deploy",
+            "one",
+            f"{source}:predict",
+            "--input-type",
+            "doubles",
+            "--app",
+            "a",
+        )
+        assert res.returncode == 0, res.stderr
+        # The URL printed is the one that answers: https on a TLS server.
+        assert f"POST https://127.0.0.1:{tls.server.query_port}/a/predict" in res.stdout
+        # A reader that leaves early (`clipper apps --json | head -1`): no traceback.
+        env = {**os.environ, "CLIPPER_STATE_DIR": str(tls.state_dir), "PYTHONPATH": str(REPO)}
+        read, write = os.pipe()
+        os.close(read)
+        with subprocess.Popen(
+            [sys.executable, "-m", "clipper_core.cli", "--query-port", str(tls.server.query_port),
+             "--management-port", str(tls.server.management_port), "--tls-ca", str(cert),
+             "apps", "--json"],
+            stdout=write, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        ) as proc:  # fmt: skip
+            os.close(write)
+            _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in err, err
+    finally:
+        tls.bg.stop()
+
+
 def test_clipper_stop_names_a_tls_mismatch_too(tmp_path: Path) -> None:
     """``clipper stop`` (which pings first) says what ``status`` says: a CA that does
     not sign the server's certificate, or --tls-ca to a plain server, is named as
