@@ -32,5 +32,8 @@ def test_one_round_of_the_binary_and_storm_cells(tmp_path: Path) -> None:
         if run["cell"] == "binary":
             assert run["req/s"] > 0 and run["SLO %"] > 0 and run["batch"] >= 1
         else:
-            assert run["goodput/C"] > 0 and run["recovery s"] >= 0
+            # Goodput counts answers within a 100 ms SLO: on a loaded host (a CI run
+            # with other work beside it) it can be 0, and a smoke run asserts no speed.
+            assert run["goodput/C"] >= 0 and run["recovery s"] >= 0
+            assert 0 <= run["late %"] <= 100
     assert "medians [range]:" in proc.stdout
