@@ -30,7 +30,7 @@ def test_one_round_of_the_binary_and_storm_cells(tmp_path: Path) -> None:
     ]  # fmt: skip
     for run in runs:
         if run["cell"] == "binary":
-            assert run["req/s"] > 0 and run["SLO %"] > 0 and run["batch"] >= 1
+            assert run["req/s"] > 0 and run["SLO %"] >= 0 and run["batch"] >= 1
         else:
             # Goodput counts answers within a 100 ms SLO: on a loaded host (a CI run
             # with other work beside it) it can be 0, and a smoke run asserts no speed.
