@@ -172,6 +172,16 @@ def _mean(h: dict[str, Any]) -> float | None:
     return h["sum"] / h["count"] if h["count"] else None
 
 
+#: The page may not be framed by another site (clickjacking), nor its files sniffed
+#: into another type.
+_STATIC_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def install(router: Router, metrics: ServerMetrics, dataplane: QueryView, info: ServerInfo) -> None:
     """Add ``/dashboard``, its script and ``/dashboard/data`` to ``router``.
 
@@ -181,7 +191,7 @@ def install(router: Router, metrics: ServerMetrics, dataplane: QueryView, info: 
 
     def static(request: Request, params: dict[str, str]) -> Response:
         name, content_type = _STATIC[request.path]
-        return Response(200, _static(name), content_type, {"Cache-Control": "no-cache"})
+        return Response(200, _static(name), content_type, _STATIC_HEADERS)
 
     def data(request: Request, params: dict[str, str]) -> Response:
         body = dashboard_data(metrics, dataplane, info)

@@ -50,6 +50,9 @@ def test_page_and_data_endpoint(server: Running) -> None:
     assert b'<script src="/dashboard/dashboard.js">' in body
     status, ctype, body = get(base + "/dashboard/dashboard.js")
     assert status == 200 and "javascript" in ctype and b"/dashboard/data" in body
+    with urllib.request.urlopen(base + "/dashboard", timeout=30) as resp:  # no framing
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
 
     create_endpoint(server.conn, "dash", "doubles", models.make_sum(), slo_micros=500_000)
     for i in range(10):
