@@ -393,8 +393,8 @@ class H2Connection(asyncio.Protocol):
         """End a stream without an answer: its handler is cancelled, and the stream
         counts against ``max_streams`` until the handler has ended."""
         stream.reset = True
-        if stream.task is not None:
-            stream.task.cancel()
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()  # its done-callback closes the stream
         else:
             self._close_stream(stream)
 

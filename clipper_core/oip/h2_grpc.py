@@ -200,9 +200,11 @@ class H2GrpcProtocol(H2Connection):
         ctx = CallContext(head.metadata, self.peer, deadline)
         request = bytes(body[5:])
         self._drop_body(stream)
-        stream.task = asyncio.get_running_loop().create_task(
-            self._call(stream, head.handler, request, ctx)
-        )
+        call = self._call(stream, head.handler, request, ctx)
+        stream.task = task = asyncio.get_running_loop().create_task(call)
+        # Not in the coroutine: a task cancelled before its first step (a reset in
+        # the same read as the request) never runs its try/finally.
+        task.add_done_callback(lambda _: self._call_ended(stream))
 
     async def _call(
         self, stream: Stream, handler: UnaryHandler, request: bytes, ctx: CallContext
@@ -214,9 +216,6 @@ class H2GrpcProtocol(H2Connection):
                 reply = await handler(request, ctx)
             except GrpcAbort as exc:
                 code, message = exc.code.value[0], exc.details
-            except asyncio.CancelledError:
-                self._close_stream(stream)
-                raise
             except Exception as exc:
                 log.exception("gRPC handler failed")
                 code, message = grpc.StatusCode.UNKNOWN.value[0], f"Unexpected error: {exc!r}"
@@ -228,8 +227,13 @@ class H2GrpcProtocol(H2Connection):
             log.exception("cannot answer a gRPC call")
             if not self.dead and self.streams.get(stream.id) is stream:
                 self._reset(stream, h2.INTERNAL_ERROR)
-        finally:
-            stream.task = None
+
+    def _call_ended(self, stream: Stream) -> None:
+        """A handler's task is done, however it ended: its stream stops counting
+        against ``max_streams`` unless it holds a reply for the client's window."""
+        stream.task = None
+        if self.streams.get(stream.id) is stream and (stream.reset or not stream.pending):
+            self._close_stream(stream)
 
     def _fail_stream(self, stream: Stream, code: grpc.StatusCode, message: str) -> None:
         """Answer a request that never reached a handler with a status."""
