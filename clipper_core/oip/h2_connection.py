@@ -269,8 +269,8 @@ class H2Connection(asyncio.Protocol):
 
     def _waste(self) -> None:
         """Count a frame that makes us work without a call (PING, SETTINGS, a reset
-        or refused stream, a WINDOW_UPDATE that can move no held reply): past the
-        limit a second, the client goes."""
+        or refused stream, a stream error we answer with a reset, a WINDOW_UPDATE
+        that can move no held reply): past the limit a second, the client goes."""
         if not self.wasted.hit(time.monotonic()):
             raise H2ConnectionError(h2.ENHANCE_YOUR_CALM, "too many control frames or resets")
 
@@ -399,7 +399,10 @@ class H2Connection(asyncio.Protocol):
             self._close_stream(stream)
 
     def _kill(self, stream: Stream, code: int) -> None:
-        """A stream error: RST_STREAM with ``code``."""
+        """A stream error: RST_STREAM with ``code``.  Counted as waste: a client
+        can make us reset streams (and cancel their handlers) as cheaply as it can
+        reset them itself ("MadeYouReset", CVE-2025-8671)."""
+        self._waste()
         self._send(frame(h2.RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
         self._drop(stream)
 

@@ -35,8 +35,9 @@ class H2Limits:
             reply that would go over it fails its call (RESOURCE_EXHAUSTED)
             unless it is the only one held.
         max_wasted_per_second: PING, SETTINGS, client resets, refused
-            streams and connection WINDOW_UPDATEs that can move no held reply,
-            per second; more is a GOAWAY (ENHANCE_YOUR_CALM).
+            streams, streams we reset for the client's errors and connection
+            WINDOW_UPDATEs that can move no held reply, per second; more is a
+            GOAWAY (ENHANCE_YOUR_CALM).
         handshake_timeout: Seconds for the client's preface.
         idle_timeout: Seconds a connection without streams stays open.
         stall_timeout: Seconds held replies or a paused socket may go without
