@@ -6,8 +6,9 @@ what a stream carries (HEADERS, DATA: the calls) is its subclass's,
 :class:`~clipper_core.oip.h2_grpc.H2GrpcProtocol`.  Everything a client can make
 it hold or do is bounded by :class:`~clipper_core.oip.h2_limits.H2Limits`: a
 protocol error is a GOAWAY and a close, never an exception out of the protocol;
-a client that stops reading stops being read; a connection idle, stalled or
-trickling past its limits is closed by a watchdog.
+a client that stops reading stops being read; a connection handles so many
+frames per loop turn and leaves the rest for the next; a connection idle,
+stalled or trickling past its limits is closed by a watchdog.
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ class H2Connection(asyncio.Protocol):
         # stops them, so only they can move when it opens (see _window_update).
         self.ready: dict[int, Stream] = {}
         self.wasted = FloodMeter(self.limits.max_wasted_per_second)
-        self.write_paused = False
+        self.empty = FloodMeter(self.limits.max_empty_frames_per_second)
+        self.write_paused = False  # the client does not read (see pause_writing)
+        self.frames_waiting = False  # frames read are left for the next turn
+        self.reading = True
         now = time.monotonic()
         self.opened = self.last_active = self.last_progress = now
         self.rate = RateWindow(now)
@@ -138,14 +142,22 @@ class H2Connection(asyncio.Protocol):
         # The client does not read: stop reading it, so PINGs, SETTINGS and new
         # calls cannot pile answers up in our write buffer.
         self.write_paused = True
-        if self.transport is not None and not self.dead:
-            self.transport.pause_reading()
+        self._read_or_not()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.last_progress = time.monotonic()
-        if self.transport is not None and not self.dead:
-            self.transport.resume_reading()
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        """Read the socket unless the client does not read us or frames wait."""
+        want = not (self.write_paused or self.frames_waiting)
+        if want != self.reading and self.transport is not None and not self.dead:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.connection_closed(self)
@@ -191,8 +203,20 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
+        self.buf += data
+        if not self.frames_waiting:  # else the turn scheduled handles them
+            self._cut_frames()
+
+    def _next_turn(self) -> None:
+        self.frames_waiting = False
+        if not self.dead:
+            self._cut_frames()
+            self._read_or_not()
+
+    def _cut_frames(self) -> None:
+        """Handle the whole frames in ``buf``, ``frames_per_turn`` at most: the
+        rest waits for the loop's next turn, with the socket unread meanwhile."""
         buf = self.buf
-        buf += data
         try:
             if not self.preface:
                 n = len(h2.PREFACE)
@@ -204,7 +228,14 @@ class H2Connection(asyncio.Protocol):
                 self.preface = True
             pos = 0
             end = len(buf)
+            budget = max(1, self.limits.frames_per_turn)
             while end - pos >= 9:
+                if not budget:
+                    self.frames_waiting = True
+                    self._read_or_not()
+                    asyncio.get_running_loop().call_soon(self._next_turn)
+                    break
+                budget -= 1
                 length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
                 if length > h2.DEFAULT_FRAME:  # before its bytes are held
                     raise H2ConnectionError(h2.FRAME_SIZE_ERROR, "frame over 16384 bytes")
@@ -243,6 +274,8 @@ class H2Connection(asyncio.Protocol):
             stream = self.continuing
             if stream is None or stream.id != sid:
                 raise H2ConnectionError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            if not payload and not flags & END_HEADERS:
+                self._nothing()
             self._block_part(stream, payload)
             if flags & END_HEADERS:
                 self.continuing = None
@@ -254,7 +287,9 @@ class H2Connection(asyncio.Protocol):
         elif kind == PING:
             if sid or len(payload) != 8:
                 raise H2ConnectionError(h2.FRAME_SIZE_ERROR, "PING must be 8 bytes on stream 0")
-            if not flags & ACK:
+            if flags & ACK:
+                self._nothing()  # we send no PING
+            else:
                 self._waste()
                 self._send(frame(PING, ACK, 0, payload))
         elif kind == h2.RST_STREAM:
@@ -265,7 +300,8 @@ class H2Connection(asyncio.Protocol):
                 self._close()
         elif kind == h2.PUSH_PROMISE:
             raise H2ConnectionError(h2.PROTOCOL_ERROR, "a client cannot push")
-        # PRIORITY and unknown frame types are ignored, as the RFC asks.
+        else:  # PRIORITY and unknown frame types are ignored, as the RFC asks
+            self._nothing()
 
     def _waste(self) -> None:
         """Count a frame that makes us work without a call (PING, SETTINGS, a reset
@@ -273,6 +309,12 @@ class H2Connection(asyncio.Protocol):
         that can move no held reply): past the limit a second, the client goes."""
         if not self.wasted.hit(time.monotonic()):
             raise H2ConnectionError(h2.ENHANCE_YOUR_CALM, "too many control frames or resets")
+
+    def _nothing(self) -> None:
+        """Count a frame that does nothing: each is cheap, but hundreds of
+        thousands a second keep a core busy."""
+        if not self.empty.hit(time.monotonic()):
+            raise H2ConnectionError(h2.ENHANCE_YOUR_CALM, "too many frames that do nothing")
 
     def _block_part(self, stream: Stream, part: bytes) -> None:
         stream.block += part
@@ -285,7 +327,7 @@ class H2Connection(asyncio.Protocol):
         if flags & ACK:
             if payload:
                 raise H2ConnectionError(h2.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            return
+            return self._nothing()
         if len(payload) % 6:
             raise H2ConnectionError(h2.FRAME_SIZE_ERROR, "SETTINGS length")
         if self.settled:
@@ -325,12 +367,14 @@ class H2Connection(asyncio.Protocol):
                 raise H2ConnectionError(h2.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
             if self.held and not self.ready:
                 self._waste()  # it can move nothing: a flood of these only costs us
+            elif not self.held:
+                self._nothing()
         else:
             stream = self.streams.get(sid)
             if stream is None:
                 if sid > self.last_stream:
                     raise H2ConnectionError(h2.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
-                return
+                return self._nothing()
             if not increment:
                 return self._kill(stream, h2.PROTOCOL_ERROR)
             stream.window += increment

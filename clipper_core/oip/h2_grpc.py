@@ -129,12 +129,12 @@ class H2GrpcProtocol(H2Connection):
             self._send(frame(WINDOW_UPDATE, 0, 0, self.unacked.to_bytes(4, "big")))
             self.unacked = 0
         stream = self.streams.get(sid)
-        if stream is None:
-            if sid > self.last_stream:
-                raise H2ConnectionError(h2.PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # reset or finished: its bytes only count for the connection
-        if stream.reset or stream.failed:
-            return
+        if stream is None and sid > self.last_stream:
+            raise H2ConnectionError(h2.PROTOCOL_ERROR, "DATA on an idle stream")
+        if not flags & END_STREAM and len(payload) <= 256 and not h2.unpad(flags, payload):
+            self._nothing()  # no data (padding at most) and no end
+        if stream is None or stream.reset or stream.failed:
+            return  # its bytes only count for the connection
         if stream.end:
             self._kill(stream, h2.STREAM_CLOSED)
             return

@@ -3,7 +3,8 @@
 The port is on the network by default, so what one client can make the server
 hold or do is bounded: streams at once, header sizes, buffered request bytes,
 reply bytes held back by flow control, frames that cost work without a call
-(PING, SETTINGS, reset and refused streams: the "rapid reset" attack), and time
+(PING, SETTINGS, reset and refused streams: the "rapid reset" attack; frames
+that do nothing), frames handled per loop turn, and time
 (the handshake, idle connections, a request trickling in, a peer that stops
 reading or never opens its window).
 """
@@ -38,6 +39,13 @@ class H2Limits:
             streams, streams we reset for the client's errors and connection
             WINDOW_UPDATEs that can move no held reply, per second; more is a
             GOAWAY (ENHANCE_YOUR_CALM).
+        max_empty_frames_per_second: Frames that do nothing (PRIORITY, unknown
+            types, SETTINGS and PING acknowledgements, DATA and CONTINUATION
+            without content or end, WINDOW_UPDATEs with nothing to move or on
+            closed streams), per second; more is a GOAWAY (ENHANCE_YOUR_CALM).
+        frames_per_turn: Frames one connection has handled per event-loop turn;
+            past them it stops reading until the next turn, so that a flood on
+            one connection does not hold up the others' calls.
         handshake_timeout: Seconds for the client's preface.
         idle_timeout: Seconds a connection without streams stays open.
         stall_timeout: Seconds held replies or a paused socket may go without
@@ -54,6 +62,8 @@ class H2Limits:
     max_buffered: int = 64 << 20
     max_held: int = 64 << 20
     max_wasted_per_second: int = 1000
+    max_empty_frames_per_second: int = 10_000
+    frames_per_turn: int = 256
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     stall_timeout: float = 30.0

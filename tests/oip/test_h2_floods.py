@@ -74,3 +74,68 @@ def test_resets_the_client_provokes_are_counted(make: Any, provoke: Any) -> None
     with contextlib.suppress(OSError):
         c.sock.sendall(b"".join(provoke(sid) for sid in range(1, 400, 2)))
     assert cut_code(c) == h2.ENHANCE_YOUR_CALM
+
+
+def _open_stream(c: Raw) -> None:
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block("/t.S/Sleep"))
+
+
+def _open_header_block(c: Raw) -> None:
+    c.send(h2.HEADERS, h2.END_STREAM, 1, request_block())
+
+
+def _closed_stream(c: Raw) -> None:
+    c.call(1, b"x")
+    assert c.status(1) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("setup", "nothing"),
+    [
+        (None, h2.frame(h2.PRIORITY, 0, 3, b"\x00\x00\x00\x00\x10")),
+        (None, h2.frame(0x42, 0, 0, b"")),  # an unknown type
+        (None, h2.frame(h2.SETTINGS, h2.ACK, 0)),
+        (None, h2.frame(h2.PING, h2.ACK, 0, b"12345678")),
+        (None, h2.frame(h2.WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01")),  # nothing held
+        (_open_stream, h2.frame(h2.DATA, 0, 1)),
+        (_open_stream, h2.frame(h2.DATA, h2.PADDED, 1, b"\x00")),
+        (_open_header_block, h2.frame(h2.CONTINUATION, 0, 1)),
+        (_closed_stream, h2.frame(h2.WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x01")),
+    ],
+    ids=[
+        "priority",
+        "unknown",
+        "settings-ack",
+        "ping-ack",
+        "window-update-nothing-held",
+        "empty-data",
+        "padding-only-data",
+        "empty-continuation",
+        "window-update-closed-stream",
+    ],
+)
+def test_floods_of_frames_that_do_nothing_are_cut(make: Any, setup: Any, nothing: bytes) -> None:
+    c = Raw(make(max_empty_frames_per_second=100).server.port)
+    if setup is not None:
+        setup(c)
+    with contextlib.suppress(OSError):
+        c.sock.sendall(nothing * 300)
+    assert cut_code(c) == h2.ENHANCE_YOUR_CALM
+
+
+def test_a_connection_handles_a_bounded_number_of_frames_per_loop_turn(make: Any) -> None:
+    """A call and then thousands of PINGs in one write: the call's handler runs (and
+    its reply is queued) before the PINGs' answers are all queued, instead of the
+    loop turn handling every frame read first."""
+    c = Raw(make(max_wasted_per_second=1 << 30).server.port)
+    c.sock.sendall(
+        h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_block())
+        + h2.frame(h2.DATA, h2.END_STREAM, 1, message(b"hi"))
+        + h2.frame(h2.PING, 0, 0, b"12345678") * 2000
+    )
+    c.send(h2.PING, 0, 0, b"last-one")
+    frames = c.read(lambda f: f[0] == h2.PING and f[3] == b"last-one")
+    acks = [i for i, f in enumerate(frames) if f[0] == h2.PING]
+    reply = [i for i, f in enumerate(frames) if f[0] == h2.DATA and f[2] == 1]
+    assert len(acks) == 2001 and reply
+    assert reply[0] < acks[-2]  # before the last PING of the write was answered
