@@ -79,7 +79,9 @@ class H2Connection(asyncio.Protocol):
         self.peer_window = 65535  # initial window of the client's streams
         self.max_frame = h2.DEFAULT_FRAME
         self.unacked = 0  # request bytes not yet returned to the connection window
-        self.continuing: Stream | None = None
+        self.continuing: Stream | None = None  # its header block awaits CONTINUATION
+        self.block_started = 0.0  # when the header block began
+        self.block_bytes = 0  # of the header block, its frames' headers included
         self.peer = ""
         self.closing = False  # GOAWAY sent or received: no new streams
         self.dead = False  # closed by us: ignore whatever still arrives
@@ -193,7 +195,12 @@ class H2Connection(asyncio.Protocol):
             return self.goaway(h2.NO_ERROR, "idle")
         if (self.held or self.write_paused) and now - self.last_progress > lim.stall_timeout:
             return self.goaway(h2.ENHANCE_YOUR_CALM, "the client does not read")
-        waiting = self.buf or any(not s.end for s in self.streams.values())
+        if self.continuing is not None and now - self.block_started > lim.header_timeout:
+            return self.goaway(h2.ENHANCE_YOUR_CALM, "header block not finished in time")
+        # An open header block waits for the client even if its HEADERS ended the request.
+        waiting = (
+            self.buf or self.continuing is not None or any(not s.end for s in self.streams.values())
+        )
         if not waiting:
             self.rate = RateWindow(now)
         elif self.rate.too_slow(now, lim.min_rate, lim.rate_window):
@@ -276,6 +283,7 @@ class H2Connection(asyncio.Protocol):
                 raise H2ConnectionError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
             if not payload and not flags & END_HEADERS:
                 self._nothing()
+            self.rate.received += len(payload)
             self._block_part(stream, payload)
             if flags & END_HEADERS:
                 self.continuing = None
@@ -318,7 +326,8 @@ class H2Connection(asyncio.Protocol):
 
     def _block_part(self, stream: Stream, part: bytes) -> None:
         stream.block += part
-        if len(stream.block) > self.limits.max_header_block:
+        self.block_bytes += 9 + len(part)
+        if self.block_bytes > self.limits.max_header_block:
             raise H2ConnectionError(h2.ENHANCE_YOUR_CALM, "header block too large")
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:

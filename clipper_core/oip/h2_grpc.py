@@ -89,6 +89,7 @@ class H2GrpcProtocol(H2Connection):
         elif stream.end or stream.reset:
             raise H2ConnectionError(h2.STREAM_CLOSED, "HEADERS after the end of a request")
         stream.block = b""
+        self.block_bytes = 0
         self._block_part(stream, block)
         self.rate.received += len(payload)
         if flags & END_STREAM:
@@ -97,6 +98,7 @@ class H2GrpcProtocol(H2Connection):
             self._header_block(stream)
         else:
             self.continuing = stream
+            self.block_started = time.monotonic()
 
     def _header_block(self, stream: Stream) -> None:
         block, stream.block = stream.block, b""

@@ -27,8 +27,9 @@ class H2Limits:
         max_header_list: Decoded header list size (SETTINGS_MAX_HEADER_LIST_SIZE,
             RFC 9113 6.5.2: names + values + 32 per field); a request over it
             is answered RESOURCE_EXHAUSTED.
-        max_header_block: Compressed header block, CONTINUATIONs included; more
-            is a GOAWAY (ENHANCE_YOUR_CALM).
+        max_header_block: Compressed header block, CONTINUATIONs included, each
+            frame counting its 9-byte header too (empty CONTINUATIONs add up);
+            more is a GOAWAY (ENHANCE_YOUR_CALM).
         max_buffered: Request bytes buffered over all streams of the connection
             (RESOURCE_EXHAUSTED for the stream whose data goes over it).
         max_held: Reply bytes held back by the client's windows; above it new
@@ -47,6 +48,8 @@ class H2Limits:
             past them it stops reading until the next turn, so that a flood on
             one connection does not hold up the others' calls.
         handshake_timeout: Seconds for the client's preface.
+        header_timeout: Seconds a header block may take, from its HEADERS to
+            its last CONTINUATION (nothing else may come meanwhile).
         idle_timeout: Seconds a connection without streams stays open.
         stall_timeout: Seconds held replies or a paused socket may go without
             progress (a client that stopped reading) before the connection closes.
@@ -65,6 +68,7 @@ class H2Limits:
     max_empty_frames_per_second: int = 10_000
     frames_per_turn: int = 256
     handshake_timeout: float = 10.0
+    header_timeout: float = 10.0
     idle_timeout: float = 300.0
     stall_timeout: float = 30.0
     min_rate: int = 1024
@@ -73,7 +77,10 @@ class H2Limits:
     @property
     def tick(self) -> float:
         """How often a connection's watchdog looks."""
-        return max(0.05, min(self.handshake_timeout, self.stall_timeout, self.rate_window) / 4)
+        shortest = min(
+            self.handshake_timeout, self.header_timeout, self.stall_timeout, self.rate_window
+        )
+        return max(0.05, shortest / 4)
 
 
 class FloodMeter:

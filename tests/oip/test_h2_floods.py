@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -139,3 +140,32 @@ def test_a_connection_handles_a_bounded_number_of_frames_per_loop_turn(make: Any
     reply = [i for i, f in enumerate(frames) if f[0] == h2.DATA and f[2] == 1]
     assert len(acks) == 2001 and reply
     assert reply[0] < acks[-2]  # before the last PING of the write was answered
+
+
+def test_a_header_block_that_never_ends_is_cut(make: Any) -> None:
+    """HEADERS with END_STREAM but not END_HEADERS, then silence: the request is
+    not whole while its header block is open, so the trickle check applies."""
+    c = Raw(make(min_rate=1000, rate_window=0.5).server.port)
+    c.sock.settimeout(5)
+    c.send(h2.HEADERS, h2.END_STREAM, 1, request_block())
+    assert c.goaway() == h2.ENHANCE_YOUR_CALM
+
+
+def test_a_header_block_must_end_in_time(make: Any) -> None:
+    """CONTINUATIONs that keep up the byte rate but never end the block."""
+    c = Raw(make(min_rate=1, rate_window=0.5, header_timeout=0.5).server.port)
+    c.send(h2.HEADERS, 0, 1, request_block())
+    with contextlib.suppress(OSError):
+        for _ in range(100):  # 10 s at most
+            c.send(h2.CONTINUATION, 0, 1, b"\x00" * 8)
+            time.sleep(0.1)
+    assert c.goaway() == h2.ENHANCE_YOUR_CALM
+
+
+def test_small_continuations_count_their_frame_headers(make: Any) -> None:
+    c = Raw(make(max_header_block=1000).server.port)
+    c.send(h2.HEADERS, 0, 1, request_block())
+    with contextlib.suppress(OSError):
+        # 200 bytes of block, 2000 on the wire
+        c.sock.sendall(h2.frame(h2.CONTINUATION, 0, 1, b"\x00") * 200)
+    assert cut_code(c) == h2.ENHANCE_YOUR_CALM
