@@ -78,6 +78,10 @@ class H2Connection(asyncio.Protocol):
         self.send_window = 65535  # the connection's, toward the client
         self.peer_window = 65535  # initial window of the client's streams
         self.max_frame = h2.DEFAULT_FRAME
+        self.peer_table = 4096  # the client's SETTINGS_HEADER_TABLE_SIZE
+        # It changed: our next header block must begin with a table size update
+        # (RFC 7541 4.2), or a strict decoder (libnghttp2) rejects it.
+        self.table_resized = False
         self.unacked = 0  # request bytes not yet returned to the connection window
         self.continuing: Stream | None = None  # its header block awaits CONTINUATION
         self.block_started = 0.0  # when the header block began
@@ -359,6 +363,9 @@ class H2Connection(asyncio.Protocol):
                     why = f"bad SETTINGS_MAX_FRAME_SIZE {value}"
                     raise H2ConnectionError(h2.PROTOCOL_ERROR, why)
                 self.max_frame = value
+            elif key == h2.S_HEADER_TABLE_SIZE and value != self.peer_table:
+                self.peer_table = value
+                self.table_resized = True
             elif key == h2.S_ENABLE_PUSH and value > 1:
                 raise H2ConnectionError(h2.PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
         self._send(frame(SETTINGS, ACK, 0))

@@ -251,14 +251,15 @@ class H2GrpcProtocol(H2Connection):
             self._close_stream(stream)
             return
         if reply is None:  # trailers only
-            block = REPLY_HEADERS + h2.status_block(code, message)
+            block = self._block_start() + REPLY_HEADERS + h2.status_block(code, message)
             self._send(h2.header_frames(sid, END_STREAM, block, self.max_frame))
             if not stream.end:  # the client is still sending: stop it
                 self._send(frame(h2.RST_STREAM, 0, sid, h2.NO_ERROR.to_bytes(4, "big")))
             self._close_stream(stream)
             return
         n = len(reply) + 5
-        if n <= self.max_frame and n <= self.send_window and n <= stream.window:
+        fits = n <= self.max_frame and n <= self.send_window and n <= stream.window
+        if fits and not self.table_resized:  # fixed bytes: without a table size update
             self.send_window -= n
             stream.window -= n
             self._send(h2.unary_reply(sid, reply))
@@ -270,7 +271,7 @@ class H2GrpcProtocol(H2Connection):
             self._finish(stream, None, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why)
             return
         message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
-        head = frame(HEADERS, END_HEADERS, sid, REPLY_HEADERS)
+        head = frame(HEADERS, END_HEADERS, sid, self._block_start() + REPLY_HEADERS)
         self._send(head)
         if not self.held:
             self.last_progress = time.monotonic()
@@ -299,13 +300,23 @@ class H2GrpcProtocol(H2Connection):
         if sent:  # only bytes that move keep held replies from the stall timeout
             self.last_progress = time.monotonic()
         if not stream.pending:
-            out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS))
+            trailers = self._block_start() + OK_TRAILERS
+            out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
         if out:
             self._send(b"".join(out))
         if stream.pending:
             self._mark_ready(stream)
         else:
             self._close_stream(stream)
+
+    def _block_start(self) -> bytes:
+        """What the next header block we send begins with: a dynamic table size
+        update to 0 once the client has changed its table's size (we never add
+        to its table, so 0 is always right), else nothing."""
+        if not self.table_resized:
+            return b""
+        self.table_resized = False
+        return b"\x20"
 
     def _flush_pending(self) -> None:
         # Each turn finishes a stream, spends its window or the connection's: the

@@ -243,3 +243,45 @@ def test_a_reply_larger_than_max_held_alone_is_still_sent(make: Any) -> None:
     replies.read_until(lambda: replies.ended == {1})
     assert replies.fields[1]["grpc-status"] == "0"
     assert replies.data[1] == message(body[::-1])
+
+
+# -- the client's HPACK table size -----------------------------------------------------
+
+TABLE_0 = struct.pack(">HI", h2.S_HEADER_TABLE_SIZE, 0)
+
+
+def _blocks(c: Raw, sid: int) -> list[bytes]:
+    """The header blocks of a stream's reply, to its trailers (each decodes)."""
+    frames = c.read(lambda f: f[2] == sid and f[0] == h2.HEADERS and bool(f[1] & h2.END_STREAM))
+    blocks = [f[3] for f in frames if f[0] == h2.HEADERS and f[2] == sid]
+    for block in blocks:
+        c.decoder.decode(block)
+    return blocks
+
+
+def _updates(blocks: list[bytes]) -> list[bool]:
+    """Which blocks begin with a dynamic table size update to 0."""
+    return [block[:1] == b"\x20" for block in blocks]
+
+
+@pytest.mark.parametrize(("path", "body"), [("/t.S/Echo", b"hi"), ("/t.S/NotFound", b"3")])
+def test_the_block_after_the_client_resizes_its_table_says_so(
+    make: Any, path: str, body: bytes
+) -> None:
+    """RFC 7541 4.2: once the client changes SETTINGS_HEADER_TABLE_SIZE, our next
+    header block begins with a table size update (libnghttp2 rejects one without)."""
+    c = Raw(make().server.port, settings=TABLE_0)
+    c.call(1, body, path=path)
+    assert _updates(_blocks(c, 1))[0]
+    c.call(3, body, path=path)
+    assert not any(_updates(_blocks(c, 3)))
+
+
+def test_a_held_replys_trailers_carry_a_resize_that_came_meanwhile(make: Any) -> None:
+    c = Raw(make().server.port, settings=TABLE_0 + NO_WINDOW)
+    c.call(1, b"hi")
+    head = c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1)[-1][3]
+    assert _updates([head]) == [True]
+    c.send(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.S_HEADER_TABLE_SIZE, 100))
+    c.send(h2.WINDOW_UPDATE, 0, 1, (100).to_bytes(4, "big"))
+    assert _updates(_blocks(c, 1)) == [True]  # the trailers
