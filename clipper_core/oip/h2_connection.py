@@ -41,10 +41,10 @@ from clipper_core.oip.hpack import HpackDecoder, HpackError
 
 log = logging.getLogger("clipper_core.oip")
 
-__all__ = ["CONN_WINDOW", "RECV_WINDOW", "ConnectionOwner", "H2Connection"]
+__all__ = ["RECV_WINDOW", "ConnectionOwner", "H2Connection"]
 
-RECV_WINDOW = 1 << 24  # per stream: no update needed below 16 MiB
-CONN_WINDOW = 1 << 30  # bytes past H2Limits.max_buffered are dropped, not held
+#: A stream's first window: a message over it waits for room (H2GrpcProtocol._admit).
+RECV_WINDOW = 16 << 10
 OUT_BATCH = 64 << 10  # queued output that is written at once, not at the loop's next turn
 
 
@@ -82,7 +82,12 @@ class H2Connection(asyncio.Protocol):
         # It changed: our next header block must begin with a table size update
         # (RFC 7541 4.2), or a strict decoder (libnghttp2) rejects it.
         self.table_resized = False
-        self.unacked = 0  # request bytes not yet returned to the connection window
+        # The connection's window toward us is what we will buffer: request bytes
+        # go back to it as they leave the streams' bodies (see _credit), so a
+        # client sending more than we hold waits instead of failing its calls.
+        self.conn_window = max(65535, self.limits.max_buffered)
+        self.recv_window = self.conn_window  # what the client may still send
+        self.unacked = 0  # request bytes done with, not yet returned to it
         self.continuing: Stream | None = None  # its header block awaits CONTINUATION
         self.block_started = 0.0  # when the header block began
         self.block_bytes = 0  # of the header block, its frames' headers included
@@ -114,7 +119,7 @@ class H2Connection(asyncio.Protocol):
         self.peer = h2.peer_name(transport.get_extra_info("peername"))
         lim = self.limits
         transport.write(
-            h2.server_preface(lim.max_streams, RECV_WINDOW, CONN_WINDOW, lim.max_header_list)
+            h2.server_preface(lim.max_streams, RECV_WINDOW, self.conn_window, lim.max_header_list)
         )
         self.owner.connection_opened(self)
         self.watchdog = asyncio.get_running_loop().call_later(lim.tick, self._watch)
@@ -428,7 +433,17 @@ class H2Connection(asyncio.Protocol):
 
     def _drop_body(self, stream: Stream) -> None:
         self.buffered -= len(stream.body)
+        self._credit(len(stream.body))
         stream.body = bytearray()
+
+    def _credit(self, n: int, now: bool = False) -> None:
+        """Give ``n`` request bytes back to the connection's window: in updates of
+        a quarter window (or at once with ``now``)."""
+        self.unacked += n
+        if self.unacked and (now or self.unacked >= self.conn_window // 4):
+            self._send(frame(WINDOW_UPDATE, 0, 0, self.unacked.to_bytes(4, "big")))
+            self.recv_window += self.unacked
+            self.unacked = 0
 
     def _mark_ready(self, stream: Stream) -> None:
         """Keep ``ready`` in step with a stream's held reply and its window."""

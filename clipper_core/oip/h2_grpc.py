@@ -10,8 +10,9 @@ uvloop: frames are cut from the socket's bytes, header blocks decoded with
 
 What it implements of HTTP/2 (RFC 9113) and gRPC over it: the preface and
 SETTINGS exchange, PING, GOAWAY, RST_STREAM, padding, priority fields (read,
-ignored), CONTINUATION, flow control both ways (a large window for requests,
-replies held back while the client's window is short), ``grpc-timeout`` and
+ignored), CONTINUATION, flow control both ways (requests: the connection's window is
+what it buffers, given back as calls take their bodies; replies held back while
+the client's window is short), ``grpc-timeout`` and
 user metadata.  Unary methods only, uncompressed messages only (a compressed one
 is answered UNIMPLEMENTED), cleartext only (TLS ports stay on ``grpc.aio``).
 The connection's frames, limits and clock are
@@ -30,7 +31,6 @@ import grpc
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_call_head import MAX_HEADS, CallHead, call_head
 from clipper_core.oip.h2_connection import (
-    CONN_WINDOW,
     RECV_WINDOW,
     ConnectionOwner,
     H2Connection,
@@ -65,6 +65,8 @@ class H2GrpcProtocol(H2Connection):
         super().__init__(owner)
         # id(header list) -> (the list, what it says): see h2_call_head
         self.heads: dict[int, tuple[list[tuple[str, str]], CallHead]] = {}
+        self.committed = 0  # of max_buffered: see _admit
+        self.queued: dict[int, Stream] = {}  # waiting for room, in arrival order
 
     # -- requests ----------------------------------------------------------------------
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
@@ -126,41 +128,84 @@ class H2GrpcProtocol(H2Connection):
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise H2ConnectionError(h2.PROTOCOL_ERROR, "DATA on stream 0")
-        self.unacked += len(payload)
-        if self.unacked >= CONN_WINDOW // 2:
-            self._send(frame(WINDOW_UPDATE, 0, 0, self.unacked.to_bytes(4, "big")))
-            self.unacked = 0
+        self.recv_window -= len(payload)
+        if self.recv_window < 0:
+            raise H2ConnectionError(h2.FLOW_CONTROL_ERROR, "DATA past the connection window")
         stream = self.streams.get(sid)
         if stream is None and sid > self.last_stream:
             raise H2ConnectionError(h2.PROTOCOL_ERROR, "DATA on an idle stream")
         if not flags & END_STREAM and len(payload) <= 256 and not h2.unpad(flags, payload):
             self._nothing()  # no data (padding at most) and no end
         if stream is None or stream.reset or stream.failed:
-            return  # its bytes only count for the connection
+            self._credit(len(payload))  # not kept
+            return
         if stream.end:
+            self._credit(len(payload))
             self._kill(stream, h2.STREAM_CLOSED)
             return
         data = h2.unpad(flags, payload)
+        self._credit(len(payload) - len(data))  # the padding
         self.rate.received += len(payload)
-        stream.body += data
+        body = stream.body
+        body += data
         self.buffered += len(data)
-        stream.received += len(payload)
-        if len(stream.body) > self.limits.max_message + 5:
+        if not stream.admitted:
+            stream.committed += len(data)
+            self.committed += len(data)
+        size = int.from_bytes(body[1:5], "big") + 5 if len(body) >= 5 else 0
+        if len(body) > self.limits.max_message + 5 or size > self.limits.max_message + 5:
             self._fail_stream(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "request too large")
-            return
-        if self.buffered > self.limits.max_buffered:
-            self._fail_stream(
-                stream,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "the connection holds too much request data",
-            )
-            return
-        if flags & END_STREAM:
+        elif flags & END_STREAM:
             stream.end = True
             self._dispatch(stream)
-        elif stream.received >= RECV_WINDOW // 2:
-            self._send(frame(WINDOW_UPDATE, 0, sid, stream.received.to_bytes(4, "big")))
-            stream.received = 0
+        elif size > RECV_WINDOW and not stream.admitted and sid not in self.queued:
+            self.queued[sid] = stream
+            self._admit()
+        if self.recv_window <= 0 or self.buffered > self.limits.max_buffered:
+            self._unjam()
+
+    def _admit(self) -> None:
+        """Open the window of queued streams to their whole message, first come
+        first served, while what is committed stays within max_buffered.
+
+        Streams start with a small window (RECV_WINDOW): a client sending many
+        large messages at once (grpcio interleaves them) could otherwise fill
+        the connection's window with parts of each and none could end.
+        """
+        while self.queued:
+            stream = next(iter(self.queued.values()))
+            size = int.from_bytes(stream.body[1:5], "big") + 5
+            more = size - stream.committed
+            if self.committed + more > self.limits.max_buffered:
+                return
+            del self.queued[stream.id]
+            self.committed += more
+            stream.committed = size
+            stream.admitted = True
+            increment = (size - RECV_WINDOW).to_bytes(4, "big")
+            self._send(frame(WINDOW_UPDATE, 0, stream.id, increment))
+
+    def _drop_body(self, stream: Stream) -> None:
+        super()._drop_body(stream)
+        self.committed -= stream.committed
+        stream.committed = 0
+        if self.queued.pop(stream.id, None) is not None or self.queued:
+            self._admit()
+
+    def _unjam(self) -> None:
+        """The connection's window is spent (or, below the 65,535 bytes of an
+        HTTP/2 connection's first window, max_buffered): return what the calls
+        took at once; if requests not yet whole hold all of it, none can end, so
+        the largest fails instead of every one waiting for ever."""
+        self._credit(0, now=True)
+        if self.recv_window > 0 and self.buffered <= self.limits.max_buffered:
+            return
+        partial = [s for s in self.streams.values() if s.body and not s.failed]
+        if partial:
+            largest = max(partial, key=lambda s: len(s.body))
+            why = "the connection holds too much request data"
+            self._fail_stream(largest, grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+            self._credit(0, now=True)
 
     # -- calls -----------------------------------------------------------------------
 
@@ -264,11 +309,6 @@ class H2GrpcProtocol(H2Connection):
             stream.window -= n
             self._send(h2.unary_reply(sid, reply))
             self._close_stream(stream)
-            return
-        held, limit = self.held, self.limits.max_held
-        if held and held + n > limit:  # one reply alone is never refused for its size
-            why = f"the client's windows hold back {held} bytes of replies already (limit {limit})"
-            self._finish(stream, None, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why)
             return
         message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
         head = frame(HEADERS, END_HEADERS, sid, self._block_start() + REPLY_HEADERS)

@@ -30,12 +30,15 @@ class H2Limits:
         max_header_block: Compressed header block, CONTINUATIONs included, each
             frame counting its 9-byte header too (empty CONTINUATIONs add up);
             more is a GOAWAY (ENHANCE_YOUR_CALM).
-        max_buffered: Request bytes buffered over all streams of the connection
-            (RESOURCE_EXHAUSTED for the stream whose data goes over it).
+        max_buffered: Request bytes buffered over all streams of the connection:
+            the connection's flow-control window (at least HTTP/2's 65,535),
+            given back as calls take their requests, and what the streams'
+            windows open to whole messages at once.  A client sending more waits;
+            only requests not yet whole that alone fill it fail (the largest,
+            RESOURCE_EXHAUSTED).
         max_held: Reply bytes held back by the client's windows; above it new
-            streams are refused (REFUSED_STREAM) until the client reads, and a
-            reply that would go over it fails its call (RESOURCE_EXHAUSTED)
-            unless it is the only one held.
+            streams are refused (REFUSED_STREAM) until the client reads.  A
+            reply already made is kept, whatever it adds.
         max_wasted_per_second: PING, SETTINGS, client resets, refused
             streams, streams we reset for the client's errors and connection
             WINDOW_UPDATEs that can move no held reply, per second; more is a

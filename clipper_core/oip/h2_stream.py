@@ -16,7 +16,10 @@ class Stream:
         headers: The request's header list, once its block is decoded.
         block: A header block awaiting CONTINUATION.
         body: Request bytes received (the length-prefixed message).
-        received: Request bytes not yet returned to the stream's window.
+        committed: What the connection's request budget counts for it: its body
+            bytes, or once admitted its whole message (see
+            ``H2GrpcProtocol._admit``).
+        admitted: Its stream window covers its whole message.
         end: The client has ended its side (END_STREAM).
         refused: Over a limit: decoded (the HPACK table must stay in step), then
             refused.
@@ -29,14 +32,15 @@ class Stream:
     """
 
     __slots__ = (
+        "admitted",
         "block",
         "body",
+        "committed",
         "end",
         "failed",
         "headers",
         "id",
         "pending",
-        "received",
         "refused",
         "reset",
         "task",
@@ -49,7 +53,8 @@ class Stream:
         self.headers: list[tuple[str, str]] | None = None
         self.block = b""
         self.body = bytearray()
-        self.received = 0
+        self.committed = 0
+        self.admitted = False
         self.end = False
         self.refused = False
         self.failed = False
