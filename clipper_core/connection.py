@@ -123,16 +123,11 @@ class ClipperConnection(ModelDeployment, PipelineConfiguration, DeclarativeConfi
     # -- transport --------------------------------------------------------------
 
     @property
-    def _url_host(self) -> str:
-        host = self.cm.host
-        return f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
-
-    @property
     def management_url(self) -> str:
-        return f"{self.cm.scheme}://{self._url_host}:{self.cm.management_port}"
+        return f"{self.cm.scheme}://{self.cm.url_host}:{self.cm.management_port}"
 
     def get_query_addr(self) -> str:
-        return f"{self._url_host}:{self.cm.query_port}"
+        return f"{self.cm.url_host}:{self.cm.query_port}"
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}

@@ -161,6 +161,12 @@ class LocalContainerManager:
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
+    @property
+    def url_host(self) -> str:
+        """``host`` as a URL writes it (an IPv6 address in brackets)."""
+        host = self.host
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
     def unreachable(self, url: str, exc: BaseException | None = None) -> ClipperError:
         """Why a management call to ``url`` failed with ``exc``: no server there
         (:class:`ServerNotRunning`), or one that speaks TLS when this connection
