@@ -19,6 +19,10 @@ Predict goes over the container's local socket when it has one on this host
 (``clipper_core.local_channel``): the same messages and statuses, a tenth of
 gRPC's round trip.  Health checks and metadata always use gRPC.
 
+Before Predict goes over a new connection, and when a lost replica answers
+again, the client checks with ``Metadata`` that the container serves its model
+version (``clipper_core.replica_metadata``).
+
 The batch wire format is in ``clipper_core.replica_codec``.  How the data plane
 gets a client for a replica is a :class:`ReplicaConnector`: today's local replicas
 use :func:`insecure_connector`; remote ones can use TLS ``credentials`` and a
@@ -37,14 +41,9 @@ from typing import Any, Protocol
 import grpc
 
 from clipper_core import local_channel
-from clipper_core.errors import (
-    BadInput,
-    ClipperError,
-    DeadlineExceeded,
-    ModelError,
-    ReplicaUnavailable,
-)
-from clipper_core.replica_codec import INPUT_TYPES, decode_outputs, encode_batch, input_type_name
+from clipper_core.errors import ClipperError, DeadlineExceeded, ModelError, ReplicaUnavailable
+from clipper_core.replica_codec import INPUT_TYPES, decode_outputs, encode_batch, status_error
+from clipper_core.replica_metadata import ExpectedModel, metadata_dict
 from model_containers import hop_trace
 from model_containers._proto import container_pb2 as pb
 from model_containers._proto import health_pb2
@@ -64,6 +63,7 @@ log = logging.getLogger(__name__)
 _SERVICE = "clipper.container.v1.ModelContainer"
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_READY = grpc.ChannelConnectivity.READY
 
 #: Channel options.  Keepalive pings stay off (gRPC's default): replicas are
 #: health-checked by the frontend, and pings to an idle container are wasted.
@@ -93,8 +93,9 @@ class ReplicaClient:
 
     Args:
         address: ``host:port`` of the container.
-        model_name: For error messages.
-        model_version: For error messages.
+        model_name: The model the container must serve (checked against its
+            ``Metadata``); empty: any (a client that only probes a container).
+        model_version: The version it must serve.
         replica_id: For error messages.
         channel_options: gRPC channel options; ``DEFAULT_CHANNEL_OPTIONS`` by default.
         local: Send Predict over the container's local socket when it has one
@@ -141,6 +142,7 @@ class ReplicaClient:
         # Whether to ask the container (Metadata) for its local socket before the
         # next Predict: at first, and again after the socket was lost.
         self._resolve_local = self._use_local
+        self._expected = ExpectedModel(model_name, model_version)
 
     def __repr__(self) -> str:
         return f"ReplicaClient({self._describe()})"
@@ -188,19 +190,7 @@ class ReplicaClient:
         return self._status_error(exc.code(), exc.details() or "", what)
 
     def _status_error(self, code: grpc.StatusCode, details: str, what: str) -> ClipperError:
-        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-            return ModelError(details or f"{self._describe()}: {what} failed")
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return BadInput(details)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"{self._describe()}: {what} missed its deadline")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # A message over the size limit: retrying it elsewhere fails the same way.
-            return ModelError(
-                f"{self._describe()}: {what} failed: the batch exceeds the message size"
-                f" limit ({details}); send smaller inputs or lower the model's batch size"
-            )
-        return ReplicaUnavailable(f"{self._describe()}: {what} failed: {code.name}: {details}")
+        return status_error(code, details, f"{self._describe()}: {what}")
 
     async def predict(
         self,
@@ -298,6 +288,9 @@ class ReplicaClient:
         channel = self._local
         if channel is not None:
             return await self._call_local(channel, request, timeout)
+        self._note_channel_state()
+        if not self._expected.checked:
+            await self._expected.ensure(self.check_model)
         try:
             return await self._predict(  # type: ignore[no-any-return]
                 request, timeout=timeout, metadata=self._call_metadata
@@ -351,10 +344,11 @@ class ReplicaClient:
             raise ModelError(f"{self._describe()} sent a bad PredictResponse: {exc}") from None
         return response
 
-    async def _connect_local(self) -> None:
-        """Ask the container for its local socket and connect; gRPC if it has
-        none, or if it cannot be reached from here (another host)."""
-        meta = await self.metadata()
+    async def _connect_local(self, meta: dict[str, Any] | None = None) -> None:
+        """Ask the container for its local socket (``meta``: its checked metadata)
+        and connect; gRPC if it has none, or if it cannot be reached from here
+        (another host).  Raises as :meth:`check_model`."""
+        meta = meta or await self.check_model()
         self._resolve_local = False
         path, token = meta["local_socket"], meta["instance_token"]
         if not path or not token:
@@ -368,6 +362,34 @@ class ReplicaClient:
             channel.close()
             return
         self._local = channel
+
+    def _note_channel_state(self) -> None:
+        # Not READY: its next connection may reach another process at the address.
+        if self._expected.checked and self._channel.get_state() is not _READY:
+            self._expected.checked = False
+
+    async def check_model(self, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """The container's :meth:`metadata`, once it names this client's model version.
+
+        Raises:
+            ReplicaUnavailable: It serves another one, or did not answer.
+        """
+        try:
+            meta = await self.metadata(timeout)
+        except ClipperError as exc:  # no answer proves nothing, nor is it a batch's fault
+            if isinstance(exc, ReplicaUnavailable):
+                raise
+            raise ReplicaUnavailable(f"{self._describe()}: no model check: {exc}") from None
+        self._expected.verify(meta, self._describe())
+        return meta
+
+    async def serving(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109
+        """True when the container reports SERVING and serves this client's model
+        version (:meth:`check_model`); False otherwise or on any error."""
+        try:
+            return await self.health(timeout) and bool(await self.check_model(timeout))
+        except ClipperError:
+            return False
 
     def _lost_local(self) -> None:
         if self._local is not None:
@@ -383,6 +405,7 @@ class ReplicaClient:
         ``outputs`` (lists of ``{"name", "datatype", "shape"}``).
         """
         self._ensure_channel()
+        self._note_channel_state()
         try:
             meta = await self._metadata(
                 pb.MetadataRequest(), timeout=timeout, metadata=self._call_metadata
@@ -391,27 +414,12 @@ class ReplicaClient:
             raise self._error(exc, "metadata") from None
         except grpc.aio.UsageError as exc:
             raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
-
-        def specs(items: Any) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in items]
-
-        return {
-            "name": meta.name,
-            "version": meta.version,
-            "input_type": input_type_name(meta.input_type),
-            "output_type": meta.output_type,
-            "platform": meta.platform,
-            "replica_id": meta.replica_id,
-            "pid": meta.pid,
-            "inputs": specs(meta.inputs),
-            "outputs": specs(meta.outputs),
-            "local_socket": meta.local_socket,
-            "instance_token": meta.instance_token,
-        }
+        return metadata_dict(meta)
 
     async def health(self, timeout: float | None = 2.0) -> bool:  # noqa: ASYNC109
         """True when the container reports SERVING; False otherwise or on any error."""
         self._ensure_channel()
+        self._note_channel_state()
         try:
             reply = await self._health(
                 health_pb2.HealthCheckRequest(service=_SERVICE),
@@ -423,10 +431,12 @@ class ReplicaClient:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
-        """Wait until the channel is connected and the container reports SERVING.
+        """Wait until the channel is connected and the container reports SERVING
+        and serves this client's model (:meth:`check_model`).
 
         Raises:
-            ReplicaUnavailable: Not ready within ``timeout`` seconds.
+            ReplicaUnavailable: Not ready within ``timeout`` seconds, or the
+                container serves another model version.
         """
         self._ensure_channel()
         deadline = time.monotonic() + timeout
@@ -441,8 +451,9 @@ class ReplicaClient:
             if remaining <= 0:
                 break
             if await self.health(timeout=max(min(remaining, 2.0), 0.01)):
+                meta = await self.check_model(max(deadline - time.monotonic(), 1.0))
                 if self._resolve_local:
-                    await self._connect_local()
+                    await self._connect_local(meta)
                 return
             await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
         raise ReplicaUnavailable(f"{self._describe()}: not SERVING within {timeout:g} s")

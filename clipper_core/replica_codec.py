@@ -1,7 +1,8 @@
 """The frontend's side of the container wire format (``protos/container.proto``).
 
 A batch travels as one payload plus N+1 byte offsets; outputs come back as JSON
-documents, a tensor, or raw bytes.  The container's side is ``model_containers.codec``.
+documents, a tensor, or raw bytes; a failed call's gRPC status says whose fault it
+was (:func:`status_error`).  The container's side is ``model_containers.codec``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ from collections.abc import Sequence
 from itertools import accumulate, pairwise
 from typing import Any
 
+import grpc
 import numpy as np
 import orjson
 
-from clipper_core.errors import BadInput, ModelError
+from clipper_core.errors import (
+    BadInput,
+    ClipperError,
+    DeadlineExceeded,
+    ModelError,
+    ReplicaUnavailable,
+)
 from model_containers._proto import container_pb2 as pb
 
-__all__ = ["INPUT_TYPES", "NUMERIC_DTYPES", "decode_outputs", "encode_batch", "input_type_name"]
+__all__ = [
+    "INPUT_TYPES",
+    "NUMERIC_DTYPES",
+    "decode_outputs",
+    "encode_batch",
+    "input_type_name",
+    "status_error",
+]
 
 #: Numeric input types and the little-endian dtype each travels as.
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -153,3 +168,22 @@ def decode_outputs(response: pb.PredictResponse) -> list[Any]:
         view = memoryview(data)
         return [_loads(view[a:b]) for a, b in pairwise(offsets)]
     raise ModelError(f"unknown output encoding {response.encoding}")
+
+
+def status_error(code: grpc.StatusCode, details: str, call: str) -> ClipperError:
+    """The error that a container's call failed with: ``code`` and ``details`` are
+    its gRPC status (or the local socket's), ``call`` names the call and replica
+    (``"m:1 replica 0 at host:port: predict"``)."""
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return ModelError(details or f"{call} failed")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BadInput(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{call} missed its deadline")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # A message over the size limit: retrying it elsewhere fails the same way.
+        return ModelError(
+            f"{call} failed: the batch exceeds the message size limit ({details});"
+            " send smaller inputs or lower the model's batch size"
+        )
+    return ReplicaUnavailable(f"{call} failed: {code.name}: {details}")

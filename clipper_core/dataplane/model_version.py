@@ -459,7 +459,7 @@ class ModelVersion:
         try:
             while True:
                 await asyncio.sleep(delay)
-                if await slot.client.health():
+                if await slot.client.serving():  # SERVING, and our model (not another's)
                     # Back (restarted at its address): isolation tells its next loss apart.
                     slot.alive_at = time.monotonic()
                     return

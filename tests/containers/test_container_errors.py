@@ -25,7 +25,7 @@ def test_model_exception_fails_the_batch_and_the_container_keeps_serving(
 
     async def scenario() -> None:
         async with ReplicaClient(
-            container.address, model_name="sum", local=transport == "local"
+            container.address, model_name="m", model_version="1", local=transport == "local"
         ) as client:
             await client.wait_ready(30)
             assert client.transport == transport

@@ -103,7 +103,7 @@ def test_input_type_round_trip(
     if kind == "model_class":
         args = model_class_args("EchoModel", input_type=input_type)
     else:
-        args = closure_args(pickle_closure(tmp_path / "f.pkl", _closure()), input_type)
+        args = closure_args(pickle_closure(tmp_path / "f.pkl", _closure()), input_type, name="m")
     container = containers.start(*args)
     inputs, expected = BATCHES[input_type]
 

@@ -312,6 +312,9 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
             (tmp_path / "f.pkl").write_bytes(cloudpickle.dumps(models.make_constant("far")))
             await outside.scale(rec, 1)
             address = await outside.wait_ready("ext", "1", "0", 20)
+            # And a container of another model, registered as ext's by mistake.
+            await outside.scale(ModelRecord(**{**rec.to_dict(), "name": "other"}), 1)
+            elsewhere = await outside.wait_ready("other", "1", "0", 20)
             async with frontend(tmp_path) as f:
                 await f.control.register_app(app_rec("a"))
                 await f.control.deploy_model(
@@ -329,6 +332,9 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
                 assert (await f.predict("a", [0.0])).output == "far"
                 with pytest.raises(NotFound):
                     await f.control.register_replica("nope", "1", "x", address)
+                with pytest.raises(ReplicaUnavailable, match="serves other:1, not ext:1"):
+                    await f.control.register_replica("ext", "1", "hand-2", elsewhere)
+                assert sorted(f.dataplane.get_model_version("ext", "1").replicas) == ["hand-1"]
             async with frontend(tmp_path) as g:
                 await g.apply.sync_all()
                 eps = await asyncio.to_thread(g.store.list_endpoints, "ext")
