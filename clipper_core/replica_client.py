@@ -211,7 +211,8 @@ class ReplicaClient:
 
         Raises:
             ModelError: The model raised (the message is the exception's last
-                traceback line) or returned the wrong number of outputs.
+                traceback line) or returned the wrong number of outputs, or the
+                container's response does not decode.
             BadInput: The inputs do not fit ``input_type``, or the container
                 refused them.
             DeadlineExceeded: ``timeout`` passed.
@@ -227,7 +228,10 @@ class ReplicaClient:
             offsets=offsets,
         )
         response = await self._call_predict(request, timeout)
-        outputs = decode_outputs(response)
+        try:
+            outputs = decode_outputs(response)
+        except Exception as exc:  # a broken container, as a response that does not parse
+            raise ModelError(f"{self._describe()} sent a bad PredictResponse: {exc}") from None
         self.last_model_seconds = response.model_seconds
         if len(outputs) != len(inputs):
             raise ModelError(
