@@ -451,17 +451,27 @@ class ControlPlane:
         """A container started by hand joins a model version's replicas; it is
         remembered in the store, so a restart connects to it again.  Returns once
         it is connected.  ``tls``: it is remote, reached over TLS with the
-        version's replica token (its address is stored as ``grpcs://host:port``)."""
+        version's replica token (its address is stored as ``grpcs://host:port``).
+
+        The address is connected first and recorded only then: a replica id
+        registered again at an address that does not serve its model fails, and
+        the replica serves on at its old address, its record unchanged."""
         if tls:
             address = remote_address(address)
-        await self._write(
-            self.store.put_endpoint, EndpointRecord(name, version, replica_id, address)
-        )
-        await self._reconcile("endpoint", name)
+        if await self._write(self.store.get_model, name, version) is None:
+            raise NotFound(f"model {name}:{version} not found")
+        recorded = await self._write(self.store.list_endpoints, name, version)
+        await self._apply.connected(name, version, replica_id, address)
         try:
-            await self._apply.connected(name, version, replica_id, address)
+            await self._write(
+                self.store.put_endpoint, EndpointRecord(name, version, replica_id, address)
+            )
         except BaseException:
-            # Not connected: the call failed, so nothing is remembered.
-            await self._write(self.store.delete_endpoint, name, version, replica_id)
-            await self._reconcile("endpoint", name)
+            # Not recorded: the call failed, so back to what the store holds.
+            old = next((e.address for e in recorded if e.replica_id == replica_id), None)
+            if old is None:
+                self._apply.withdraw(name, version, replica_id)
+            else:
+                self._apply.publish(name, version, replica_id, old)
             raise
+        await self._reconcile("endpoint", name)

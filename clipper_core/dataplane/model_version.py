@@ -253,16 +253,17 @@ class ModelVersion:
     # -- replicas ---------------------------------------------------------------
 
     async def add_replica(self, replica_id: str, address: str, *, ready_timeout: float) -> None:
-        """Connect to a replica and start its dispatcher (replacing one of the same id)."""
-        await self.remove_replica(replica_id)
+        """Connect to a replica and start its dispatcher.  One of the same id (a
+        new address) is replaced once this one is ready, and serves on if it fails."""
+        old = self.replicas.get(replica_id)
         client = self.connector(address, self.name, self.version, replica_id)
         try:
             await client.wait_ready(ready_timeout)
         except BaseException:
             await client.close()
             raise
-        if self.closed or replica_id in self.replicas:
-            # Stopped, or another connect for this replica won, while we waited.
+        if self.closed or self.replicas.get(replica_id) is not old:
+            # Stopped, or another connect (or a removal) of this replica came first.
             await client.close()
             if self.closed:
                 raise QueueClosed(f"model version {self.key} was stopped")
@@ -273,17 +274,14 @@ class ModelVersion:
         )
         self.replicas[replica_id] = slot
         log.info("replica %s of %s connected at %s", replica_id, self.key, address)
+        if old is not None:
+            await old.stop()  # its batch in flight, if any, goes to the new one
 
     async def remove_replica(self, replica_id: str) -> None:
         """Stop a replica's dispatcher; its in-flight batch is handed back."""
         slot = self.replicas.pop(replica_id, None)
-        if slot is None:
-            return
-        if slot.task is not None and not slot.task.done():
-            slot.task.cancel()
-            # wait(), not await: a CancelledError here must be our caller's own.
-            await asyncio.wait([slot.task])
-        await slot.client.close()
+        if slot is not None:
+            await slot.stop()
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a bound, not a cancel)
         """Wait until nothing is queued or in flight (``timeout`` seconds at most),
@@ -347,7 +345,7 @@ class ModelVersion:
                 # Take nothing more until it answers health checks again: the
                 # process manager restarts a local replica (and replaces this
                 # slot); an external one may come back by itself.
-                await self._await_recovery(slot)
+                await slot.recover()
 
     async def _call(
         self, slot: ReplicaSlot, entries: list[QueueEntry], suspect: SuspectBatch | None
@@ -451,21 +449,6 @@ class ModelVersion:
             controller.record(n, latency)  # the quantile fit's point, no step
             return
         controller.observe(n, latency)
-
-    @staticmethod
-    async def _await_recovery(slot: ReplicaSlot) -> None:
-        delay = 0.05
-        slot.recovering = True  # admission control does not count it meanwhile
-        try:
-            while True:
-                await asyncio.sleep(delay)
-                if await slot.client.serving():  # SERVING, and our model (not another's)
-                    # Back (restarted at its address): isolation tells its next loss apart.
-                    slot.alive_at = time.monotonic()
-                    return
-                delay = min(delay * 2, 1.0)
-        finally:
-            slot.recovering = False
 
     @staticmethod
     def _fail(entries: list[QueueEntry], exc: BaseException) -> None:

@@ -33,3 +33,28 @@ class ReplicaSlot:
     #: The last time this replica showed it was alive: connected, or answered a
     #: call (``time.monotonic()``); crash isolation weighs its losses by it.
     alive_at: float = field(default_factory=time.monotonic)
+
+    async def recover(self) -> None:
+        """Wait until the replica serves its model again (it reports SERVING and
+        its Metadata names the model: not another's container restarted at its
+        address), probing at most once a second."""
+        delay = 0.05
+        self.recovering = True  # admission control does not count it meanwhile
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                if await self.client.serving():
+                    # Back (restarted at its address): isolation tells its next loss apart.
+                    self.alive_at = time.monotonic()
+                    return
+                delay = min(delay * 2, 1.0)
+        finally:
+            self.recovering = False
+
+    async def stop(self) -> None:
+        """Stop the dispatcher (its batch in flight is handed back) and close the client."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            # wait(), not await: a CancelledError here must be our caller's own.
+            await asyncio.wait([self.task])
+        await self.client.close()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import cloudpickle
 import pytest
 from control_helpers import Runner
 
+from bench.ports import free_port
 from clipper_core.auth import ApiKeys
 from clipper_core.control import (
     BackgroundTasks,
@@ -70,7 +72,13 @@ class ThreadCheckingStore(SqliteStateStore):
 class Frontend:
     """One frontend's data plane and reconcilers over a store (and a manager)."""
 
-    def __init__(self, store: SqliteStateStore, manager: FakeContainerManager, root: Path) -> None:
+    def __init__(
+        self,
+        store: SqliteStateStore,
+        manager: FakeContainerManager,
+        root: Path,
+        defaults: ModelDefaults = DEFAULTS,
+    ) -> None:
         self.store = store
         self.manager = manager
         self.dataplane = DataPlane(cache_bytes=0, batch_slo_rule=budgets.batch_slos)
@@ -82,7 +90,7 @@ class Frontend:
             self.selection,
             ApiKeys(),
             store,
-            DEFAULTS,
+            defaults,
             connector=insecure_connector,
             on_replica_hung=lambda *key: None,
         )
@@ -126,10 +134,12 @@ def app_rec(name: str, policy: str = "single") -> AppRecord:
 
 
 @asynccontextmanager
-async def frontend(tmp_path: Path, factory: Any = None) -> AsyncIterator[Frontend]:
+async def frontend(
+    tmp_path: Path, factory: Any = None, defaults: ModelDefaults = DEFAULTS
+) -> AsyncIterator[Frontend]:
     store = ThreadCheckingStore(str(tmp_path / "state.sqlite3"))
     manager = FakeContainerManager(factory)
-    f = Frontend(store, manager, tmp_path)
+    f = Frontend(store, manager, tmp_path, defaults)
     try:
         yield f
     finally:
@@ -345,6 +355,64 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
                     assert time.monotonic() < deadline, "the endpoint was not reconnected"
                     await asyncio.sleep(0.05)
                 assert (await g.predict("a", [0.0])).output == "far"
+        finally:
+            await outside.close()
+
+    run(scenario(), timeout=120)
+
+
+def test_a_replica_registered_again_at_a_wrong_address_serves_on(
+    run: Runner, tmp_path: Path
+) -> None:
+    """Registering a replica id again moves it only once its new address connects:
+    at a dead port, or at a container of another model, the call fails and the
+    replica serves on where it was (its dispatcher untouched), its endpoint record
+    unchanged; at a right address it moves."""
+
+    async def scenario() -> None:
+        outside = FakeContainerManager()  # stands for containers started by hand
+        try:
+            (tmp_path / "f.pkl").write_bytes(cloudpickle.dumps(models.make_constant("far")))
+            rec = ModelRecord(
+                name="ext", version="1", input_type="doubles", labels=[],
+                container={"kind": "closure", "path": str(tmp_path / "f.pkl")},
+            )  # fmt: skip
+            await outside.scale(rec, 2)
+            first = await outside.wait_ready("ext", "1", "0", 20)
+            second = await outside.wait_ready("ext", "1", "1", 20)
+            await outside.scale(ModelRecord(**{**rec.to_dict(), "name": "other"}), 1)
+            elsewhere = await outside.wait_ready("other", "1", "0", 20)
+            quick = replace(DEFAULTS, replica_start_timeout=2.0)  # for the dead port
+            async with frontend(tmp_path, defaults=quick) as f:
+                await f.control.register_app(app_rec("a"))
+                await f.control.deploy_model(
+                    ModelRecord(
+                        name="ext",
+                        version="1",
+                        input_type="doubles",
+                        labels=[],
+                        container={"kind": "external"},
+                        num_replicas=0,
+                    )
+                )
+                await f.control.link("a", "ext")
+                await f.control.register_replica("ext", "1", "hand-1", first)
+                mv = f.dataplane.get_model_version("ext", "1")
+                serving = mv.replicas["hand-1"]
+                for wrong in (f"127.0.0.1:{free_port()}", elsewhere):
+                    with pytest.raises(ReplicaUnavailable):
+                        await f.control.register_replica("ext", "1", "hand-1", wrong)
+                    assert mv.replicas == {"hand-1": serving}, wrong
+                    assert serving.task is not None and not serving.task.done()
+                    eps = await asyncio.to_thread(f.store.list_endpoints, "ext")
+                    assert [(e.replica_id, e.address) for e in eps] == [("hand-1", first)]
+                    assert (await f.predict("a", [0.0])).output == "far"
+                await f.control.register_replica("ext", "1", "hand-1", second)
+                assert [(r, s.address) for r, s in mv.replicas.items()] == [("hand-1", second)]
+                assert serving.task is not None and serving.task.done()  # replaced
+                eps = await asyncio.to_thread(f.store.list_endpoints, "ext")
+                assert [(e.replica_id, e.address) for e in eps] == [("hand-1", second)]
+                assert (await f.predict("a", [0.0])).output == "far"
         finally:
             await outside.close()
 
