@@ -458,14 +458,13 @@ class ControlPlane:
         the replica serves on at its old address, its record unchanged."""
         if tls:
             address = remote_address(address)
+        record = EndpointRecord(name, version, replica_id, address)  # a typo: 400 now
         if await self._write(self.store.get_model, name, version) is None:
             raise NotFound(f"model {name}:{version} not found")
         recorded = await self._write(self.store.list_endpoints, name, version)
         await self._apply.connected(name, version, replica_id, address)
         try:
-            await self._write(
-                self.store.put_endpoint, EndpointRecord(name, version, replica_id, address)
-            )
+            await self._write(self.store.put_endpoint, record)
         except BaseException:
             # Not recorded: the call failed, so back to what the store holds.
             old = next((e.address for e in recorded if e.replica_id == replica_id), None)
