@@ -51,7 +51,7 @@ def open_streams(lt: LoopThread) -> list[int]:
 def test_a_stream_reset_before_its_handler_starts_ends(make: Any) -> None:
     """The request and its RST_STREAM in one read: the handler's task is cancelled
     before its first step, so nothing in its coroutine runs."""
-    lt = make(max_streams=2, idle_timeout=0.5)
+    lt = make(max_streams=2, idle_timeout=2.0)
     c = Raw(lt.server.port)
     cancel = h2.CANCEL.to_bytes(4, "big")
     for sid in (1, 3):

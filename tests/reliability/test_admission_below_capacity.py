@@ -111,7 +111,8 @@ def test_after_a_burst_the_next_batch_is_costed_at_the_usual_size() -> None:
 def test_a_storm_is_still_refused() -> None:
     async def body() -> None:
         mv = _model()
-        mv.replicas["0"] = _Slot(19, 0.001)  # type: ignore[assignment]
+        slot = _Slot(19, 0.001)
+        mv.replicas["0"] = slot  # type: ignore[assignment]
         deadline = time.monotonic() + 0.100
         for i in range(19):  # a whole batch waits: its own batch is full too
             mv.queue.put(i, deadline)
@@ -121,8 +122,11 @@ def test_a_storm_is_still_refused() -> None:
         # Nothing waits but a full batch just started, and the next will be
         # about as big: 48 + 46 ms, late for a 90 ms deadline.
         mv.queue.take_nowait(100)
-        assert mv.overload(time.monotonic() + 0.090) is not None
-        assert mv.overload(time.monotonic() + 0.110) is None
+        # Deadlines counted from the batch's start (1 ms before the slot was made),
+        # not from now: the time the steps above took must not count.
+        began = slot.batch_started + 0.001
+        assert mv.overload(began + 0.090) is not None
+        assert mv.overload(began + 0.110) is None
         mv.replicas.clear()
         await mv.close()
 

@@ -127,7 +127,10 @@ def exchange(port: int, data: bytes, head_request: bool = False) -> Answer | Non
 def check(answer: Answer | None) -> None:
     if answer is None:
         return  # an incomplete request, closed cleanly on the client's half-close
-    assert answer.status < 500, (answer.status, answer.body[:500])
+    # 501 is the one 5xx a client can earn: a transfer coding we do not implement
+    # (RFC 9112 6.1; the fuzz picks "Transfer-Encoding: 0" now and then).
+    not_implemented = answer.status == 501 and b'"not_implemented"' in answer.body
+    assert answer.status < 500 or not_implemented, (answer.status, answer.body[:500])
     if answer.status >= 400:
         assert answer.headers.get("content-type", "").startswith("application/json"), answer
         body = json.loads(answer.body)
