@@ -326,18 +326,7 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
             await outside.scale(ModelRecord(**{**rec.to_dict(), "name": "other"}), 1)
             elsewhere = await outside.wait_ready("other", "1", "0", 20)
             async with frontend(tmp_path) as f:
-                await f.control.register_app(app_rec("a"))
-                await f.control.deploy_model(
-                    ModelRecord(
-                        name="ext",
-                        version="1",
-                        input_type="doubles",
-                        labels=[],
-                        container={"kind": "external"},
-                        num_replicas=0,
-                    )
-                )
-                await f.control.link("a", "ext")
+                await _external_model_for_app(f)
                 await f.control.register_replica("ext", "1", "hand-1", address)
                 assert (await f.predict("a", [0.0])).output == "far"
                 with pytest.raises(NotFound):
@@ -359,6 +348,17 @@ def test_a_replica_registered_by_hand_is_remembered(run: Runner, tmp_path: Path)
             await outside.close()
 
     run(scenario(), timeout=120)
+
+
+async def _external_model_for_app(f: Frontend) -> None:
+    """App "a" served by model ext:1, whose replicas are started by hand."""
+    await f.control.register_app(app_rec("a"))
+    external = ModelRecord(
+        name="ext", version="1", input_type="doubles", labels=[],
+        container={"kind": "external"}, num_replicas=0,
+    )  # fmt: skip
+    await f.control.deploy_model(external)
+    await f.control.link("a", "ext")
 
 
 def test_a_replica_registered_again_at_a_wrong_address_serves_on(
@@ -384,18 +384,7 @@ def test_a_replica_registered_again_at_a_wrong_address_serves_on(
             elsewhere = await outside.wait_ready("other", "1", "0", 20)
             quick = replace(DEFAULTS, replica_start_timeout=2.0)  # for the dead port
             async with frontend(tmp_path, defaults=quick) as f:
-                await f.control.register_app(app_rec("a"))
-                await f.control.deploy_model(
-                    ModelRecord(
-                        name="ext",
-                        version="1",
-                        input_type="doubles",
-                        labels=[],
-                        container={"kind": "external"},
-                        num_replicas=0,
-                    )
-                )
-                await f.control.link("a", "ext")
+                await _external_model_for_app(f)
                 await f.control.register_replica("ext", "1", "hand-1", first)
                 mv = f.dataplane.get_model_version("ext", "1")
                 serving = mv.replicas["hand-1"]
