@@ -17,8 +17,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Mapping
-from typing import Protocol, cast
+from typing import cast
 
 from clipper_core.http.closing import close_or_abort
 from clipper_core.oip import h2_frames as h2
@@ -32,34 +31,19 @@ from clipper_core.oip.h2_frames import (
     SETTINGS,
     WINDOW_UPDATE,
     H2ConnectionError,
-    UnaryHandler,
     frame,
 )
-from clipper_core.oip.h2_limits import FloodMeter, H2Limits, RateWindow
+from clipper_core.oip.h2_limits import ConnectionOwner, FloodMeter, RateWindow
 from clipper_core.oip.h2_stream import Stream
 from clipper_core.oip.hpack import HpackDecoder, HpackError
 
 log = logging.getLogger("clipper_core.oip")
 
-__all__ = ["RECV_WINDOW", "ConnectionOwner", "H2Connection"]
+__all__ = ["RECV_WINDOW", "H2Connection"]
 
 #: A stream's first window: a message over it waits for room (H2GrpcProtocol._admit).
 RECV_WINDOW = 16 << 10
 OUT_BATCH = 64 << 10  # queued output that is written at once, not at the loop's next turn
-
-
-class ConnectionOwner(Protocol):
-    """What a connection needs of its server."""
-
-    @property
-    def handlers(self) -> Mapping[str, UnaryHandler]: ...
-
-    @property
-    def limits(self) -> H2Limits: ...
-
-    def connection_opened(self, conn: H2Connection) -> None: ...
-
-    def connection_closed(self, conn: H2Connection) -> None: ...
 
 
 class H2Connection(asyncio.Protocol):

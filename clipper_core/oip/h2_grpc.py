@@ -30,11 +30,7 @@ import grpc
 
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_call_head import MAX_HEADS, CallHead, call_head
-from clipper_core.oip.h2_connection import (
-    RECV_WINDOW,
-    ConnectionOwner,
-    H2Connection,
-)
+from clipper_core.oip.h2_connection import RECV_WINDOW, H2Connection
 from clipper_core.oip.h2_frames import (
     DATA,
     END_HEADERS,
@@ -50,6 +46,7 @@ from clipper_core.oip.h2_frames import (
     UnaryHandler,
     frame,
 )
+from clipper_core.oip.h2_limits import ConnectionOwner
 from clipper_core.oip.h2_stream import Stream
 from clipper_core.oip.hpack import HeaderListTooLarge
 

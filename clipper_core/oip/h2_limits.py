@@ -11,9 +11,13 @@ reading or never opens its window).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-__all__ = ["FloodMeter", "H2Limits", "RateWindow"]
+from clipper_core.oip.h2_frames import UnaryHandler
+
+__all__ = ["ConnectionOwner", "FloodMeter", "H2Limits", "RateWindow"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,18 @@ class RateWindow:
         self.start = now
         self.received = 0
         return slow
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of its server (``conn``: the
+    :class:`~clipper_core.oip.h2_connection.H2Connection`, which imports this)."""
+
+    @property
+    def handlers(self) -> Mapping[str, UnaryHandler]: ...
+
+    @property
+    def limits(self) -> H2Limits: ...
+
+    def connection_opened(self, conn: Any) -> None: ...
+
+    def connection_closed(self, conn: Any) -> None: ...
