@@ -81,6 +81,7 @@ class H2Connection(asyncio.Protocol):
         self.out: list[bytes] = []  # see _send
         self.flush_scheduled = False
         self.out_bytes = 0
+        self.written = 0  # bytes given to the transport, ever (see _taken)
         self.buffered = 0  # request bytes held in the streams' bodies
         self.held = 0  # reply bytes held back by the client's windows
         # The streams among those whose own window is open: only the connection's
@@ -93,6 +94,7 @@ class H2Connection(asyncio.Protocol):
         self.reading = True
         now = time.monotonic()
         self.opened = self.last_active = self.last_progress = now
+        self.taken_seen = 0  # _taken() at the watchdog's last look
         self.rate = RateWindow(now)
         self.watchdog: asyncio.TimerHandle | None = None
 
@@ -124,8 +126,23 @@ class H2Connection(asyncio.Protocol):
         self.out_bytes = 0
         out = self.out
         if out and self.transport is not None and not self.dead:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.written += len(data)
+            self.transport.write(data)
         out.clear()
+
+    def _held_bytes(self) -> int:
+        """Reply bytes held for the client: those its windows hold back and those
+        queued for its socket (a client that does not read fills the transport's
+        buffer instead of its windows; both count against ``max_held``)."""
+        queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self.held + self.out_bytes + queued
+
+    def _taken(self) -> int:
+        """Bytes the client has taken off our socket, ever: progress is this
+        growing, not bytes moved into a transport it does not read."""
+        queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self.written - queued
 
     def _close(self) -> None:
         self._flush()
@@ -141,7 +158,6 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.last_progress = time.monotonic()
         self._read_or_not()
 
     def _read_or_not(self) -> None:
@@ -186,7 +202,10 @@ class H2Connection(asyncio.Protocol):
             return self.goaway(h2.PROTOCOL_ERROR, "no HTTP/2 preface in time")
         if not self.streams and not self.buf and now - self.last_active > lim.idle_timeout:
             return self.goaway(h2.NO_ERROR, "idle")
-        if (self.held or self.write_paused) and now - self.last_progress > lim.stall_timeout:
+        taken = self._taken()
+        if taken != self.taken_seen or not self._held_bytes():
+            self.taken_seen, self.last_progress = taken, now
+        elif now - self.last_progress > lim.stall_timeout:
             return self.goaway(h2.ENHANCE_YOUR_CALM, "the client does not read")
         if self.continuing is not None and now - self.block_started > lim.header_timeout:
             return self.goaway(h2.ENHANCE_YOUR_CALM, "header block not finished in time")

@@ -82,7 +82,11 @@ class H2GrpcProtocol(H2Connection):
             self.last_active = time.monotonic()
             stream = Stream(sid, self.peer_window)
             lim = self.limits
-            if len(self.streams) >= lim.max_streams or self.closing or self.held > lim.max_held:
+            if (
+                len(self.streams) >= lim.max_streams
+                or self.closing
+                or self._held_bytes() > lim.max_held
+            ):
                 stream.refused = True  # decode (the table must stay in step), then refuse
             self.streams[sid] = stream
         elif stream.end or stream.reset:
@@ -310,8 +314,6 @@ class H2GrpcProtocol(H2Connection):
         message_bytes = b"\x00" + len(reply).to_bytes(4, "big") + reply
         head = frame(HEADERS, END_HEADERS, sid, self._block_start() + REPLY_HEADERS)
         self._send(head)
-        if not self.held:
-            self.last_progress = time.monotonic()
         # A view: each send takes its frames off the front without copying what
         # is left (a client opening its window a byte at a time would have made
         # every update copy the whole rest of a large reply).
@@ -334,8 +336,6 @@ class H2GrpcProtocol(H2Connection):
             stream.window -= n
         stream.pending = data[sent:]
         self.held -= sent
-        if sent:  # only bytes that move keep held replies from the stall timeout
-            self.last_progress = time.monotonic()
         if not stream.pending:
             trailers = self._block_start() + OK_TRAILERS
             out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))

@@ -40,9 +40,10 @@ class H2Limits:
             windows open to whole messages at once.  A client sending more waits;
             only requests not yet whole that alone fill it fail (the largest,
             RESOURCE_EXHAUSTED).
-        max_held: Reply bytes held back by the client's windows; above it new
-            streams are refused (REFUSED_STREAM) until the client reads.  A
-            reply already made is kept, whatever it adds.
+        max_held: Reply bytes held for the client: held back by its windows or
+            queued on a socket it does not read; above it new streams are
+            refused (REFUSED_STREAM) until the client reads.  A reply already
+            made is kept, whatever it adds.
         max_wasted_per_second: PING, SETTINGS, client resets, refused
             streams, streams we reset for the client's errors and connection
             WINDOW_UPDATEs that can move no held reply, per second; more is a
@@ -58,8 +59,9 @@ class H2Limits:
         header_timeout: Seconds a header block may take, from its HEADERS to
             its last CONTINUATION (nothing else may come meanwhile).
         idle_timeout: Seconds a connection without streams stays open.
-        stall_timeout: Seconds held replies or a paused socket may go without
-            progress (a client that stopped reading) before the connection closes.
+        stall_timeout: Seconds held replies (see ``max_held``) may go without
+            the client taking a byte of ours off the socket (a client that
+            stopped reading) before the connection closes.
         min_rate: Bytes per second of HEADERS/DATA an incomplete request must
             keep arriving at, measured over ``rate_window`` seconds (slowloris).
         rate_window: See ``min_rate``.

@@ -1,0 +1,127 @@
+"""What a client can make the HTTP/2 gRPC port hold beyond its flow-control
+windows: replies queued on a socket it does not read, replies it takes a byte at
+a time, connections and request bytes over the whole server.  Hand-made frames
+on raw sockets; each test failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from clipper_core.oip import h2_frames as h2
+from clipper_core.oip.h2_frames import CallContext
+from clipper_core.oip.h2_limits import H2Limits
+from tests.oip.test_h2_grpc import LoopThread
+from tests.oip.test_h2_hostile import Raw, message, request_block
+
+pytestmark = pytest.mark.timeout(60)
+
+REPLY = 256 << 10
+BIG_WINDOWS = struct.pack(">HI", h2.S_INITIAL_WINDOW, 0x7FFFFFFF)
+
+
+async def _big(raw: bytes, ctx: CallContext) -> bytes:
+    """A reply of REPLY bytes, after ``raw`` seconds (b"" : at once)."""
+    await asyncio.sleep(float(raw or b"0"))
+    return b"r" * REPLY
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., LoopThread]]:
+    made: list[LoopThread] = []
+
+    def start(**limits: Any) -> LoopThread:
+        lt = LoopThread({"/t.S/Big": _big}, H2Limits(**limits), max_message=1 << 20)
+        made.append(lt)
+        return lt
+
+    yield start
+    for lt in made:
+        lt.close()
+
+
+def _open_window(c: Raw) -> None:
+    c.send(h2.WINDOW_UPDATE, 0, 0, (0x7FFFFFFF - 65535).to_bytes(4, "big"))
+
+
+def _calls(sids: range, body: bytes = b"") -> bytes:
+    return b"".join(
+        h2.frame(h2.HEADERS, h2.END_HEADERS, sid, request_block("/t.S/Big"))
+        + h2.frame(h2.DATA, h2.END_STREAM, sid, message(body))
+        for sid in sids
+    )
+
+
+def _held(lt: LoopThread) -> int:
+    """Reply bytes the server holds for its connections: held back by windows or
+    queued on the transports."""
+
+    async def held() -> int:
+        return sum(conn._held_bytes() for conn in lt.server.connections)
+
+    return int(lt.run(held()))
+
+
+def _frames_until_quiet(c: Raw) -> list[tuple[int, int, int, bytes]]:
+    """What the server sent, read until a second passes without a byte."""
+    c.sock.settimeout(1)
+    with contextlib.suppress(TimeoutError):
+        while chunk := c.sock.recv(1 << 20):
+            c.buf += chunk
+    c.sock.settimeout(10)
+    c.sock.shutdown(2)  # c.read then parses what is buffered and meets the end
+    return c.read(lambda f: False)
+
+
+def _closed(lt: LoopThread, within: float) -> bool:
+    async def wait() -> bool:
+        for _ in range(int(within / 0.05)):
+            if not lt.server.connections:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    return bool(lt.run(wait(), timeout=within + 10))
+
+
+def test_replies_queued_on_a_socket_the_client_does_not_read_count_as_held(make: Any) -> None:
+    """With its windows wide open and its socket unread, a client's replies went
+    to the paused transport, which max_held did not count: 200 pipelined calls
+    left ~45 MiB there (3,000 of 1 MiB: RSS 56 -> 636 MiB).  Now they count, and
+    new streams are refused past max_held."""
+    lt = make(max_held=1 << 20, frames_per_turn=8, stall_timeout=30)
+    c = Raw(lt.server.port, settings=BIG_WINDOWS, rcvbuf=4096)
+    _open_window(c)
+    c.sock.sendall(_calls(range(1, 401, 2)))
+
+    async def settled() -> None:  # every stream answered or refused
+        for _ in range(400):
+            conns = list(lt.server.connections)
+            if conns and conns[0].last_stream == 399 and not conns[0].streams:
+                return
+            await asyncio.sleep(0.05)
+
+    lt.run(settled())
+    # The kernel's socket buffers take some 4 MiB first; 200 replies are 50 MiB.
+    assert _held(lt) < 8 << 20
+    resets = [f for f in _frames_until_quiet(c) if f[0] == h2.RST_STREAM]
+    assert resets and all(int.from_bytes(f[3], "big") == h2.REFUSED_STREAM for f in resets)
+
+
+def test_a_client_that_does_not_read_is_cut_while_replies_keep_coming(make: Any) -> None:
+    """Each reply over one frame moved into the paused transport counted as
+    progress: a client that never read, with calls ending a fifth of a second
+    apart, kept its connection (and all it was sent) past the stall timeout."""
+    lt = make(stall_timeout=0.5)
+    c = Raw(lt.server.port, settings=BIG_WINDOWS, rcvbuf=4096)
+    _open_window(c)
+    for i, sid in enumerate(range(1, 201, 2)):
+        c.sock.sendall(_calls(range(sid, sid + 1), str(0.2 * i).encode()))
+    with contextlib.suppress(OSError):
+        assert _closed(lt, within=10)
+    c.close()
