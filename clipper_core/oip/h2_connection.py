@@ -33,7 +33,7 @@ from clipper_core.oip.h2_frames import (
     H2ConnectionError,
     frame,
 )
-from clipper_core.oip.h2_limits import ConnectionOwner, FloodMeter, RateWindow
+from clipper_core.oip.h2_limits import ConnectionOwner, DrainWindow, FloodMeter, RateWindow
 from clipper_core.oip.h2_stream import Stream
 from clipper_core.oip.hpack import HpackDecoder, HpackError
 
@@ -93,8 +93,8 @@ class H2Connection(asyncio.Protocol):
         self.frames_waiting = False  # frames read are left for the next turn
         self.reading = True
         now = time.monotonic()
-        self.opened = self.last_active = self.last_progress = now
-        self.taken_seen = 0  # _taken() at the watchdog's last look
+        self.opened = self.last_active = now
+        self.drain = DrainWindow()
         self.rate = RateWindow(now)
         self.watchdog: asyncio.TimerHandle | None = None
 
@@ -140,7 +140,8 @@ class H2Connection(asyncio.Protocol):
 
     def _taken(self) -> int:
         """Bytes the client has taken off our socket, ever: progress is this
-        growing, not bytes moved into a transport it does not read."""
+        growing fast enough (see DrainWindow), not bytes moved into a transport
+        it does not read."""
         queued = self.transport.get_write_buffer_size() if self.transport is not None else 0
         return self.written - queued
 
@@ -202,10 +203,8 @@ class H2Connection(asyncio.Protocol):
             return self.goaway(h2.PROTOCOL_ERROR, "no HTTP/2 preface in time")
         if not self.streams and not self.buf and now - self.last_active > lim.idle_timeout:
             return self.goaway(h2.NO_ERROR, "idle")
-        taken = self._taken()
-        if taken != self.taken_seen or not self._held_bytes():
-            self.taken_seen, self.last_progress = taken, now
-        elif now - self.last_progress > lim.stall_timeout:
+        held, taken = self._held_bytes(), self._taken()
+        if self.drain.stalled(now, held, taken, lim.min_rate, lim.stall_timeout):
             return self.goaway(h2.ENHANCE_YOUR_CALM, "the client does not read")
         if self.continuing is not None and now - self.block_started > lim.header_timeout:
             return self.goaway(h2.ENHANCE_YOUR_CALM, "header block not finished in time")
@@ -405,7 +404,7 @@ class H2Connection(asyncio.Protocol):
             if stream.window > h2.MAX_WINDOW:
                 return self._kill(stream, h2.FLOW_CONTROL_ERROR)
             self._mark_ready(stream)  # the only stream this update can move
-        self._flush_pending()  # progress is a byte sent, not an update (see _watch)
+        self._flush_pending()  # progress is bytes taken, not updates (see _watch)
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from clipper_core.oip.h2_frames import UnaryHandler
 
-__all__ = ["ConnectionOwner", "FloodMeter", "H2Limits", "RateWindow"]
+__all__ = ["ConnectionOwner", "DrainWindow", "FloodMeter", "H2Limits", "RateWindow"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,14 @@ class H2Limits:
         header_timeout: Seconds a header block may take, from its HEADERS to
             its last CONTINUATION (nothing else may come meanwhile).
         idle_timeout: Seconds a connection without streams stays open.
-        stall_timeout: Seconds held replies (see ``max_held``) may go without
-            the client taking a byte of ours off the socket (a client that
-            stopped reading) before the connection closes.
+        stall_timeout: While the connection holds replies (see ``max_held``),
+            each ``stall_timeout`` seconds the client must have taken off the
+            socket all it held at their start, or ``min_rate`` bytes a second;
+            else the connection closes (a client that stopped reading, or takes
+            a byte now and then: see :class:`DrainWindow`).
         min_rate: Bytes per second of HEADERS/DATA an incomplete request must
-            keep arriving at, measured over ``rate_window`` seconds (slowloris).
+            keep arriving at, measured over ``rate_window`` seconds (slowloris),
+            and of held replies the client must take (see ``stall_timeout``).
         rate_window: See ``min_rate``.
     """
 
@@ -129,6 +132,38 @@ class RateWindow:
         self.start = now
         self.received = 0
         return slow
+
+
+class DrainWindow:
+    """Whether a client takes the replies held for it, over windows of
+    ``stall_timeout``: any byte taken counting as progress, a client opening its
+    window a byte every half second held megabytes for ever.  At the end of each
+    window the client must have taken what was held at its start, or ``min_rate``
+    bytes a second, whichever is less: a slow reader is served, at a cost to us
+    it pays for in reading; one that stops is cut within two windows.
+    """
+
+    __slots__ = ("owed", "start", "taken")
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.owed = 0  # held at the window's start; 0: no window (nothing held)
+        self.taken = 0  # the client's running count of bytes taken, then
+
+    def stalled(self, now: float, held: int, taken: int, min_rate: int, window: float) -> bool:
+        """``held``: bytes held now; ``taken``: bytes the client has taken, ever."""
+        if not held:
+            self.owed = 0
+            return False
+        if not self.owed:
+            self.start, self.owed, self.taken = now, held, taken
+            return False
+        elapsed = now - self.start
+        if elapsed < window:
+            return False
+        stalled = taken - self.taken < min(self.owed, min_rate * elapsed)
+        self.start, self.owed, self.taken = now, held, taken
+        return stalled
 
 
 class ConnectionOwner(Protocol):

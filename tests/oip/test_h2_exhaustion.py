@@ -125,3 +125,63 @@ def test_a_client_that_does_not_read_is_cut_while_replies_keep_coming(make: Any)
     with contextlib.suppress(OSError):
         assert _closed(lt, within=10)
     c.close()
+
+
+NO_WINDOW = struct.pack(">HI", h2.S_INITIAL_WINDOW, 0)
+
+
+def _stream_update(c: Raw, sid: int, n: int) -> None:
+    c.send(h2.WINDOW_UPDATE, 0, sid, n.to_bytes(4, "big"))
+
+
+def test_a_client_taking_a_byte_now_and_then_is_cut(make: Any) -> None:
+    """Each WINDOW_UPDATE that moved a byte counted as progress: a client adding
+    one byte to its stream's window every half second held its 256 KiB reply
+    for ever (open after 30 s with a 2 s stall timeout).  Now it must take what
+    is held or min_rate bytes a second."""
+    c = Raw(make(stall_timeout=0.5).server.port, settings=NO_WINDOW)
+    c.call(1, b"", path="/t.S/Big")
+    c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1)  # its reply is held
+    c.sock.settimeout(0.1)
+    code = -1
+    for _ in range(100):  # 10 s: the fix cuts it within two stall windows
+        with contextlib.suppress(OSError):  # closed: the GOAWAY is in our buffer
+            _stream_update(c, 1, 1)
+        with contextlib.suppress(TimeoutError):
+            frames = c.read(lambda f: f[0] == h2.GOAWAY)
+            if frames and frames[-1][0] == h2.GOAWAY:
+                code = int.from_bytes(frames[-1][3][4:8], "big")
+                break
+    assert code == h2.ENHANCE_YOUR_CALM
+
+
+def _ended(buf: bytes, sid: int) -> bool:
+    """Whether ``buf`` holds the trailers of stream ``sid``."""
+    pos = 0
+    while len(buf) - pos >= 9:
+        n = int.from_bytes(buf[pos : pos + 3], "big")
+        kind, flags, s = buf[pos + 3], buf[pos + 4], int.from_bytes(buf[pos + 5 : pos + 9], "big")
+        if len(buf) - pos - 9 >= n and (kind, s) == (h2.HEADERS, sid) and flags & h2.END_STREAM:
+            return True
+        pos += 9 + n
+    return False
+
+
+def test_a_slow_reader_above_min_rate_gets_its_reply(make: Any) -> None:
+    """Held for ten stall timeouts, the reply still comes whole: the client takes
+    16 KiB every tenth of a second, 160 times min_rate."""
+    c = Raw(make(stall_timeout=0.5).server.port, settings=NO_WINDOW)
+    c.call(1, b"", path="/t.S/Big")
+    c.sock.settimeout(0.1)
+    for _ in range(200):
+        for sid in (0, 1):
+            _stream_update(c, sid, 16 << 10)
+        with contextlib.suppress(TimeoutError):
+            c.buf += c.sock.recv(1 << 20)
+        if _ended(c.buf, 1):
+            break
+    c.sock.settimeout(10)
+    frames = c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1 and bool(f[1] & h2.END_STREAM))
+    assert not [f for f in frames if f[0] == h2.GOAWAY]
+    assert sum(len(f[3]) for f in frames if f[0] == h2.DATA) == REPLY + 5
+    assert frames[-1][0] == h2.HEADERS and frames[-1][1] & h2.END_STREAM
