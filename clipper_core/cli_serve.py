@@ -102,13 +102,14 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-inflight-body-bytes",
         type=_non_negative_int,
-        help="memory budget for query bodies in flight, all connections together"
-        " (128 MiB; 503 beyond; 0: none)",
+        help="memory budget for query bodies in flight, all connections of the query"
+        " and gRPC ports together (128 MiB; 503 / UNAVAILABLE beyond; 0: none)",
     )
     p.add_argument(
         "--max-connections",
         type=_non_negative_int,
-        help="client connections open at once on the query port (4096; 503 beyond; 0: none)",
+        help="client connections open at once on the query port, and on the gRPC port"
+        " (4096 each; 503 / GOAWAY beyond; 0: none)",
     )
     p.add_argument(
         "--min-body-rate",

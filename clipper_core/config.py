@@ -83,9 +83,13 @@ class ServerConfig:
         max_json_depth: deepest JSON nesting a query body may have (400 above it).
         max_inflight_body_bytes: the query port's memory budget for request bodies,
             over all connections, from headers to answer: a request whose body does
-            not fit is answered 503 before its body is read (0: no budget).
+            not fit is answered 503 before its body is read (0: no budget).  The
+            gRPC port (built-in HTTP/2 transport) draws on the same budget: a
+            request whose bytes do not fit is answered UNAVAILABLE.
         max_connections: client connections the query port keeps open at once;
-            one more is answered 503 and closed (0: no limit).
+            one more is answered 503 and closed (0: no limit).  The gRPC port
+            (built-in HTTP/2 transport) has a limit of its own of this size: one
+            more gets a GOAWAY and is closed.
         min_body_rate: bytes per second an incomplete request must keep arriving
             at on the query port (measured over 10 s); slower ones get 408 and are
             closed, so a trickle cannot hold a partial body (0: off).

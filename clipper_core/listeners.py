@@ -126,6 +126,8 @@ class Listeners:
                 max_message_bytes=cfg.max_body_size,
                 transport=cfg.grpc_transport,
                 reuse_port=shared,
+                max_connections=cfg.max_connections,
+                body_budget=self.query.body_budget,  # one budget for both query ports
             )
         )
 

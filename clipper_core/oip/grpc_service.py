@@ -29,6 +29,7 @@ import numpy as np
 from clipper_core._proto import oip_service_pb2 as pb
 from clipper_core._proto import oip_service_pb2_grpc as pb_grpc
 from clipper_core.errors import BadInput, ClipperError
+from clipper_core.http.body_budget import BodyBudget
 from clipper_core.oip.h2_frames import UnaryHandler, unary_handler
 from clipper_core.oip.h2_server import H2GrpcServer
 from clipper_core.oip.service import InferenceService, InferReply
@@ -301,6 +302,9 @@ class GrpcInferenceServer:
             (``grpc.aio``) or ``"auto"``: h2 without TLS, aio with it.
         reuse_port: Share the port with other processes of this user that bind
             it so (query workers); off, a second server cannot bind it.
+        max_connections: With h2: client connections open at once (0: no limit).
+        body_budget: With h2: the budget for request bytes held at once, over
+            all connections (the HTTP query port's, shared); None: none.
     """
 
     def __init__(
@@ -313,6 +317,8 @@ class GrpcInferenceServer:
         max_message_bytes: int = 10 * 1024 * 1024,
         transport: str = "auto",
         reuse_port: bool = False,
+        max_connections: int = 0,
+        body_budget: BodyBudget | None = None,
     ) -> None:
         if transport not in ("auto", "h2", "aio"):
             raise ValueError(f"unknown gRPC transport {transport!r}")
@@ -325,6 +331,8 @@ class GrpcInferenceServer:
         self._tls = tls
         self._max_message = max_message_bytes
         self._reuse_port = reuse_port
+        self._max_connections = max_connections
+        self._body_budget = body_budget
         self._server: Any = None  # grpc.aio.Server or H2GrpcServer
         self._port: int | None = None
 
@@ -347,6 +355,8 @@ class GrpcInferenceServer:
                 port=self._requested_port,
                 max_message_bytes=self._max_message,
                 reuse_port=self._reuse_port,
+                max_connections=self._max_connections,
+                body_budget=self._body_budget,
             )
             await h2.start()
             self._server = h2

@@ -104,10 +104,13 @@ class H2Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.peer = h2.peer_name(transport.get_extra_info("peername"))
         lim = self.limits
+        if not self.owner.connection_opened(self):  # over the limit: read nothing
+            self.dead = True
+            transport.write(h2.TOO_MANY_CONNECTIONS)
+            return close_or_abort(transport, lim.stall_timeout)
         transport.write(
             h2.server_preface(lim.max_streams, RECV_WINDOW, self.conn_window, lim.max_header_list)
         )
-        self.owner.connection_opened(self)
         self.watchdog = asyncio.get_running_loop().call_later(lim.tick, self._watch)
 
     def _send(self, data: bytes) -> None:

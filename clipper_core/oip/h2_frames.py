@@ -78,6 +78,13 @@ def frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"")
     )
 
 
+#: What a connection over the server's limit gets: SETTINGS (a server's first
+#: frame, RFC 9113 3.4), then a GOAWAY that admits no stream.
+TOO_MANY_CONNECTIONS = frame(SETTINGS, 0, 0) + frame(
+    GOAWAY, 0, 0, bytes(4) + ENHANCE_YOUR_CALM.to_bytes(4, "big") + b"too many connections"
+)
+
+
 def header_frames(stream: int, flags: int, block: bytes, max_frame: int) -> bytes:
     """A header block as one HEADERS frame, or as HEADERS and CONTINUATION frames
     when it is longer than the peer's ``max_frame`` (RFC 9113 4.2, 6.10):

@@ -64,6 +64,7 @@ class H2GrpcProtocol(H2Connection):
         self.heads: dict[int, tuple[list[tuple[str, str]], CallHead]] = {}
         self.committed = 0  # of max_buffered: see _admit
         self.queued: dict[int, Stream] = {}  # waiting for room, in arrival order
+        self.budget = owner.body_budget  # server-wide, shared with the HTTP query port
 
     # -- requests ----------------------------------------------------------------------
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
@@ -153,6 +154,8 @@ class H2GrpcProtocol(H2Connection):
         if not stream.admitted:
             stream.committed += len(data)
             self.committed += len(data)
+            if not self._reserve(stream, len(data)):
+                return
         size = int.from_bytes(body[1:5], "big") + 5 if len(body) >= 5 else 0
         if len(body) > self.limits.max_message + 5 or size > self.limits.max_message + 5:
             self._fail_stream(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "request too large")
@@ -180,11 +183,38 @@ class H2GrpcProtocol(H2Connection):
             if self.committed + more > self.limits.max_buffered:
                 return
             del self.queued[stream.id]
+            if not self._reserve(stream, size - stream.reserved):
+                return  # failed: _drop_body admits the next
             self.committed += more
             stream.committed = size
             stream.admitted = True
             increment = (size - RECV_WINDOW).to_bytes(4, "big")
             self._send(frame(WINDOW_UPDATE, 0, stream.id, increment))
+
+    def _reserve(self, stream: Stream, n: int) -> bool:
+        """Take ``n`` bytes of the server's budget for ``stream``'s request; False:
+        they do not fit, the stream is answered UNAVAILABLE (the HTTP port's 503)."""
+        budget = self.budget
+        if budget is None or budget.reserve(n):
+            stream.reserved += n
+            return True
+        why = "the server holds too much request data; retry later"
+        self._fail_stream(stream, grpc.StatusCode.UNAVAILABLE, why)
+        return False
+
+    def _release(self, stream: Stream) -> None:
+        if stream.reserved and self.budget is not None:
+            self.budget.release(stream.reserved)
+        stream.reserved = 0
+
+    def _close_stream(self, stream: Stream) -> None:
+        self._release(stream)
+        super()._close_stream(stream)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for stream in self.streams.values():
+            self._release(stream)
+        super().connection_lost(exc)
 
     def _drop_body(self, stream: Stream) -> None:
         super()._drop_body(stream)
@@ -293,6 +323,7 @@ class H2GrpcProtocol(H2Connection):
         if self.dead or self.streams.get(stream.id) is not stream:
             return
         sid = stream.id
+        self._release(stream)  # the handler is done with the request
         if stream.reset:
             self._close_stream(stream)
             return

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from clipper_core.http.body_budget import BodyBudget
 from clipper_core.oip.h2_frames import UnaryHandler
 
 __all__ = ["ConnectionOwner", "DrainWindow", "FloodMeter", "H2Limits", "RateWindow"]
@@ -176,6 +177,11 @@ class ConnectionOwner(Protocol):
     @property
     def limits(self) -> H2Limits: ...
 
-    def connection_opened(self, conn: Any) -> None: ...
+    @property
+    def body_budget(self) -> BodyBudget | None:
+        """The server's budget for request bytes held at once (None: none)."""
+
+    def connection_opened(self, conn: Any) -> bool:
+        """False: refused (the server's connection limit), it must close."""
 
     def connection_closed(self, conn: Any) -> None: ...

@@ -20,6 +20,9 @@ class Stream:
             bytes, or once admitted its whole message (see
             ``H2GrpcProtocol._admit``).
         admitted: Its stream window covers its whole message.
+        reserved: What it holds of the server's ``body_budget``: its body bytes,
+            its whole message once admitted, kept until it is answered (the
+            handler holds the request meanwhile).
         end: The client has ended its side (END_STREAM).
         refused: Over a limit: decoded (the HPACK table must stay in step), then
             refused.
@@ -42,6 +45,7 @@ class Stream:
         "id",
         "pending",
         "refused",
+        "reserved",
         "reset",
         "task",
         "window",
@@ -55,6 +59,7 @@ class Stream:
         self.body = bytearray()
         self.committed = 0
         self.admitted = False
+        self.reserved = 0
         self.end = False
         self.refused = False
         self.failed = False

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from clipper_core.http.body_budget import BodyBudget
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import CallContext
 from clipper_core.oip.h2_limits import H2Limits
@@ -185,3 +186,75 @@ def test_a_slow_reader_above_min_rate_gets_its_reply(make: Any) -> None:
     assert not [f for f in frames if f[0] == h2.GOAWAY]
     assert sum(len(f[3]) for f in frames if f[0] == h2.DATA) == REPLY + 5
     assert frames[-1][0] == h2.HEADERS and frames[-1][1] & h2.END_STREAM
+
+
+# -- over the whole server ---------------------------------------------------------------
+
+
+class _Gate:
+    """A handler that answers once the test opens its gate (its request held meanwhile)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def __call__(self, raw: bytes, ctx: CallContext) -> bytes:
+        await self.open.wait()
+        return b"ok"
+
+
+def _gate_call(c: Raw, sid: int, fill: bytes) -> None:
+    """A call of a 60,000-byte request in frames of 16 KiB (over a stream's first
+    window: its whole message is admitted, and reserved, after the first)."""
+    c.send(h2.HEADERS, h2.END_HEADERS, sid, request_block("/t.S/Gate"))
+    data = message(fill * 60_000)
+    for at in range(0, len(data), h2.DEFAULT_FRAME):
+        end = h2.END_STREAM if at + h2.DEFAULT_FRAME >= len(data) else 0
+        c.send(h2.DATA, end, sid, data[at : at + h2.DEFAULT_FRAME])
+
+
+def test_connections_past_max_connections_are_refused() -> None:
+    """The gRPC port had no bound on connections: each held its own buffers."""
+    lt = LoopThread({"/t.S/Big": _big}, max_connections=2)
+    try:
+        first, second = Raw(lt.server.port), Raw(lt.server.port)
+        assert first.alive() and second.alive()
+        third = Raw(lt.server.port)
+        assert third.goaway() == h2.ENHANCE_YOUR_CALM
+        first.close()
+
+        async def one_left() -> None:
+            for _ in range(200):
+                if len(lt.server.connections) == 1:
+                    return
+                await asyncio.sleep(0.05)
+
+        lt.run(one_left())
+        assert Raw(lt.server.port).alive()
+    finally:
+        lt.close()
+
+
+def test_request_bytes_draw_on_the_server_wide_budget() -> None:
+    """Buffered requests were bounded per connection only (64 MiB each, and
+    requests handed to running handlers not at all).  Now they draw on the HTTP
+    query port's BodyBudget, from their first byte to their answer: past it, a
+    call is answered UNAVAILABLE, and what is given back serves the next."""
+    gate = _Gate()
+    budget = BodyBudget(100_000)
+    lt = LoopThread({"/t.S/Gate": gate}, body_budget=budget)
+    try:
+        held, late = Raw(lt.server.port), Raw(lt.server.port)
+        _gate_call(held, 1, b"a")  # 60,005 bytes, held until the gate opens
+        assert held.alive()
+        assert budget.in_use == 60_005
+        _gate_call(late, 1, b"b")  # on another connection: its first frame fits, not all
+        code, why = late.status(1)
+        assert code == 14 and "too much request data" in why  # UNAVAILABLE
+        lt.loop.call_soon_threadsafe(gate.open.set)
+        assert held.status(1) == (0, "")
+        assert budget.in_use == 0
+        _gate_call(late, 3, b"c")
+        assert late.status(3) == (0, "")
+        assert budget.in_use == 0
+    finally:
+        lt.close()

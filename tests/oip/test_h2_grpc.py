@@ -63,7 +63,11 @@ class LoopThread:
     """A uvloop running the server in a thread; the test's clients stay sync."""
 
     def __init__(
-        self, handlers: dict[str, Any], limits: H2Limits | None = None, max_message: int = 8 << 20
+        self,
+        handlers: dict[str, Any],
+        limits: H2Limits | None = None,
+        max_message: int = 8 << 20,
+        **server: Any,
     ) -> None:
         self.loop = uvloop.new_event_loop()
         # Whatever reaches the loop's exception handler is a bug: close() fails on it.
@@ -71,7 +75,9 @@ class LoopThread:
         self.loop.set_exception_handler(lambda loop, context: self.errors.append(context))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = H2GrpcServer(handlers, port=0, max_message_bytes=max_message, limits=limits)
+        self.server = H2GrpcServer(
+            handlers, port=0, max_message_bytes=max_message, limits=limits, **server
+        )
         self.run(self.server.start())
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
