@@ -216,6 +216,16 @@ class H2GrpcProtocol(H2Connection):
             self._release(stream)
         super().connection_lost(exc)
 
+    def eof_received(self) -> bool:
+        """The client closed its side (``shutdown(SHUT_WR)``): the calls it
+        sent whole are still answered, then the connection closes."""
+        self.closing = True
+        if self.frames_waiting:  # calls may be among them: keep writing
+            return True
+        for stream in [s for s in self.streams.values() if not s.end]:
+            self._drop(stream)  # its request can never end
+        return bool(self.streams) and not self.dead  # True: keep writing
+
     def _drop_body(self, stream: Stream) -> None:
         super()._drop_body(stream)
         self.committed -= stream.committed

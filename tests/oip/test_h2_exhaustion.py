@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -258,3 +259,18 @@ def test_request_bytes_draw_on_the_server_wide_budget() -> None:
         assert budget.in_use == 0
     finally:
         lt.close()
+
+
+# -- protocol corners ---------------------------------------------------------------------
+
+
+def test_a_call_sent_before_the_client_half_closes_is_answered(make: Any) -> None:
+    """shutdown(SHUT_WR) after a whole call closed the connection at once (the
+    transport's default on EOF), its handler cancelled: no reply came."""
+    c = Raw(make().server.port, settings=BIG_WINDOWS)
+    _open_window(c)
+    c.sock.sendall(_calls(range(1, 2), b"0.2"))  # answered after 0.2 s
+    c.send(h2.HEADERS, h2.END_HEADERS, 3, request_block("/t.S/Big"))  # never ends
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.status(1) == (0, "")
+    assert c.read(lambda f: False) == []  # then the server closes
