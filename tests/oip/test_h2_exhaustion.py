@@ -274,3 +274,17 @@ def test_a_call_sent_before_the_client_half_closes_is_answered(make: Any) -> Non
     c.sock.shutdown(socket.SHUT_WR)
     assert c.status(1) == (0, "")
     assert c.read(lambda f: False) == []  # then the server closes
+
+
+@pytest.mark.parametrize("length", [4, 6])
+def test_a_priority_frame_not_5_bytes_is_a_frame_size_error(make: Any, length: int) -> None:
+    """RFC 9113 6.3: a stream error; it was ignored as a frame that does nothing."""
+    c = Raw(make().server.port, settings=BIG_WINDOWS)
+    _open_window(c)
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block("/t.S/Big"))
+    c.send(h2.PRIORITY, 0, 1, bytes(length))
+    assert c.rst(1) == h2.FRAME_SIZE_ERROR
+    c.call(3, b"", path="/t.S/Big")  # the connection goes on
+    assert c.status(3) == (0, "")
+    c.send(h2.PRIORITY, 0, 7, bytes(length))  # an idle stream: nothing to reset
+    assert c.goaway() == h2.FRAME_SIZE_ERROR
