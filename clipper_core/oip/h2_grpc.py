@@ -65,6 +65,7 @@ class H2GrpcProtocol(H2Connection):
         self.committed = 0  # of max_buffered: see _admit
         self.queued: dict[int, Stream] = {}  # waiting for room, in arrival order
         self.budget = owner.body_budget  # server-wide, shared with the HTTP query port
+        self.eof = False  # the client half-closed: its windows can open no more
 
     # -- requests ----------------------------------------------------------------------
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
@@ -219,11 +220,14 @@ class H2GrpcProtocol(H2Connection):
     def eof_received(self) -> bool:
         """The client closed its side (``shutdown(SHUT_WR)``): the calls it
         sent whole are still answered, then the connection closes."""
-        self.closing = True
+        self.closing = self.eof = True
         if self.frames_waiting:  # calls may be among them: keep writing
             return True
-        for stream in [s for s in self.streams.values() if not s.end]:
-            self._drop(stream)  # its request can never end
+        for stream in list(self.streams.values()):
+            if not stream.end or stream.headers is None:
+                self._drop(stream)  # its request (or header block) can never end
+            elif stream.pending:  # a held reply: what the windows allowed is sent
+                self._reset(stream, h2.CANCEL)
         return bool(self.streams) and not self.dead  # True: keep writing
 
     def _drop_body(self, stream: Stream) -> None:
@@ -382,10 +386,12 @@ class H2GrpcProtocol(H2Connection):
             out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
         if out:
             self._send(b"".join(out))
-        if stream.pending:
-            self._mark_ready(stream)
-        else:
+        if not stream.pending:
             self._close_stream(stream)
+        elif self.eof:  # no WINDOW_UPDATE can come for the rest
+            self._reset(stream, h2.CANCEL)
+        else:
+            self._mark_ready(stream)
 
     def _block_start(self) -> bytes:
         """What the next header block we send begins with: a dynamic table size

@@ -276,6 +276,20 @@ def test_a_call_sent_before_the_client_half_closes_is_answered(make: Any) -> Non
     assert c.read(lambda f: False) == []  # then the server closes
 
 
+def test_after_a_half_close_what_can_never_end_is_ended(make: Any) -> None:
+    """Half-closed, a client can send no WINDOW_UPDATE nor the rest of a header
+    block: a reply held by its window and a block awaiting CONTINUATION kept the
+    connection open to the stall or rate timeout.  Now the held reply is reset
+    (CANCEL), the block dropped, and the connection closes."""
+    c = Raw(make().server.port, settings=NO_WINDOW)
+    c.call(1, b"", path="/t.S/Big")
+    c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1)  # its reply is held
+    c.send(h2.HEADERS, h2.END_STREAM, 3, request_block("/t.S/Big"))  # no END_HEADERS
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.rst(1) == h2.CANCEL
+    assert c.read(lambda f: False) == []  # then the server closes
+
+
 @pytest.mark.parametrize("length", [4, 6])
 def test_a_priority_frame_not_5_bytes_is_a_frame_size_error(make: Any, length: int) -> None:
     """RFC 9113 6.3: a stream error; it was ignored as a frame that does nothing."""
