@@ -15,8 +15,9 @@ versions are strings.
 
 One route is not a management call: ``GET /admin/bundle/<model>/<version>``
 answers a deployed version's payload to a replica on another host, authenticated
-by that version's replica token (:mod:`clipper_core.replica_tokens`), never the
-management token, which a replica must not hold.
+by that version's bundle token (:mod:`clipper_core.replica_tokens`), never the
+management token, which a replica must not hold, nor the call token, which the
+frontend sends to whoever answers at a replica's address.
 """
 
 from __future__ import annotations
@@ -282,14 +283,15 @@ def install(
         return {"replica_id": replica_id}
 
     async def get_replica_token(body: Body) -> Any:
-        # For whoever starts a replica elsewhere: its --token-file and
-        # --bundle-token-file, and the path of its --bundle-url.
+        # For whoever starts a replica elsewhere: its --token-file (token),
+        # --bundle-token-file (bundle_token), and the path of its --bundle-url.
         name, version = field_str(body, "model_name"), field_str(body, "model_version")
         rec = await read(store.get_model, name, version)
         if rec is None:
             raise NotFound(f"model {name}:{version} is not registered")
         return {
             "token": tokens.token(name, version),
+            "bundle_token": tokens.bundle_token(name, version),
             "bundle_path": bundle_path(name, version, rec.container),
         }
 
@@ -446,11 +448,12 @@ def install(
     async def bundle(request: Request, params: dict[str, str]) -> Response:
         name, version = params["model"], params["version"]
         # The token first: without it, nothing tells which models exist.
-        if not tokens.check(name, version, bearer_token(request.headers)):
+        if not tokens.check_bundle(name, version, bearer_token(request.headers)):
             return error_response(
                 401,
                 "unauthorized",
-                f"the bundle of {name}:{version} needs that version's replica token",
+                f"the bundle of {name}:{version} needs that version's bundle token"
+                " (get_replica_token's bundle_token; its token is the replicas' call token)",
                 WWW_AUTHENTICATE,
             )
         rec = await read(store.get_model, name, version)

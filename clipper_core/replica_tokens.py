@@ -1,19 +1,27 @@
 """Per-model-version replica tokens: what a remote replica and its frontends share.
 
-One token per model version authenticates both directions between a frontend and
-a replica that runs on another host:
+Two tokens per model version, one for each direction between a frontend and a
+replica that runs on another host:
 
-* the frontend sends it as ``authorization: Bearer <token>`` on every gRPC call
-  to the replica, which refuses calls without it (``--token-file``);
-* the replica sends it to fetch its model bundle from the management API
-  (``GET /admin/bundle/<model>/<version>``, ``--bundle-token-file``).
+* the **call token** (:meth:`ReplicaTokens.token`): the frontend sends it as
+  ``authorization: Bearer <token>`` on every gRPC call to the replica, which
+  refuses calls without it (``--token-file``).  Whoever answers at a replica's
+  address with a certificate the frontend trusts receives it, so it opens
+  nothing on the frontend;
+* the **bundle token** (:meth:`ReplicaTokens.bundle_token`): the replica's host
+  sends it to fetch the model's bundle from the management API
+  (``GET /admin/bundle/<model>/<version>``, ``--bundle-token-file``).  The
+  frontend never sends it anywhere.
 
-It is not the management token: it opens one model version's bundle, nothing
-else.  Every frontend must be able to present it, so it is not stored anywhere:
-it is derived, ``HMAC-SHA256(secret, "<model>\\0<version>")``, from a random
+Neither is the management token.  Every frontend must be able to present them,
+so they are not stored anywhere: they are derived with HMAC-SHA256 from a random
 secret in a private file (``<state_dir>/replica_secret`` unless
 ``ServerConfig.replica_secret_file`` names one; frontends sharing a store share
-that file).  A token names one version; a new secret revokes them all.
+that file): the call token is ``HMAC(secret, "<model>\\0<version>")`` (as
+before the split, so that running replicas keep their ``--token-file``), the
+others ``HMAC(HMAC(secret, <purpose>), "<model>\\0<version>")``, so that no
+model or version name makes one purpose's token another's.  A token names one
+version; a new secret revokes them all.
 """
 
 from __future__ import annotations
@@ -68,12 +76,29 @@ class ReplicaTokens:
         return cls(secret)
 
     def token(self, model: str, version: str) -> str:
-        """The token of replicas of ``model:version`` (64 hex digits)."""
-        message = f"{model}\0{version}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        """The call token of replicas of ``model:version`` (64 hex digits): what
+        frontends send and replicas check."""
+        return _derive(self._secret, model, version)
 
-    def check(self, model: str, version: str, presented: str | None) -> bool:
-        """Whether ``presented`` is the token of ``model:version`` (constant time)."""
-        if not presented:
-            return False
-        return hmac.compare_digest(presented.encode(), self.token(model, version).encode())
+    def bundle_token(self, model: str, version: str) -> str:
+        """The token that fetches the bundle of ``model:version`` (64 hex digits)."""
+        return _derive(self._bundle_key, model, version)
+
+    def check_bundle(self, model: str, version: str, presented: str | None) -> bool:
+        """Whether ``presented`` is the bundle token of ``model:version`` (constant time)."""
+        return _matches(presented, self.bundle_token(model, version))
+
+    @property
+    def _bundle_key(self) -> bytes:
+        return hmac.new(self._secret, b"clipper bundle token", hashlib.sha256).digest()
+
+
+def _derive(key: bytes, model: str, version: str) -> str:
+    message = f"{model}\0{version}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _matches(presented: str | None, expected: str) -> bool:
+    if not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())

@@ -75,7 +75,7 @@ def _configured_manager(
     cfg: ServerConfig, token_for: Callable[[ModelRecord], str]
 ) -> ContainerManager:
     """The container manager ``cfg.container_manager`` names (``token_for``: the
-    replica token of a model version, for managers whose replicas fetch bundles)."""
+    bundle token of a model version, for managers whose replicas fetch bundles)."""
     if cfg.container_manager == "kubernetes":
         from clipper_core.managers.kubernetes import KubernetesContainerManager  # optional extra
 
@@ -143,7 +143,7 @@ class ClipperServer:
         self.manager: ContainerManager = manager or (
             frontend_workers.NoContainers()
             if cfg.is_query_worker()
-            else _configured_manager(cfg, lambda rec: self._replica_token(rec.name, rec.version))
+            else _configured_manager(cfg, lambda rec: self._bundle_token(rec.name, rec.version))
         )
         self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         self.api_keys = ApiKeys()
@@ -263,13 +263,13 @@ class ClipperServer:
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
 
-    def _replica_token(self, name: str, version: str) -> str:
+    def _bundle_token(self, name: str, version: str) -> str:
         if self.replica_tokens is None:  # a manager used before start (tests, tools)
             prepare_state_dir(self.config)
             self.replica_tokens = ReplicaTokens.load_or_create(
                 self.config.resolved_replica_secret_file()
             )
-        return self.replica_tokens.token(name, version)
+        return self.replica_tokens.bundle_token(name, version)
 
     def _connector(self) -> ReplicaConnector:
         """Local replicas over plaintext; remote ones (``grpcs://``) over TLS with

@@ -157,7 +157,7 @@ def _download(
             if exc.code == 401:
                 raise BundleError(
                     f"{url} refused the bundle token (HTTP 401): {text}; is --bundle-token-file"
-                    " this model version's replica token?"
+                    " this model version's bundle_token (get_replica_token)?"
                 ) from None
             if 400 <= exc.code < 500:
                 raise BundleError(f"{url} refused the bundle: HTTP {exc.code}: {text}") from None

@@ -4,7 +4,7 @@ frontends on other hosts.
 With ``--tls-cert``/``--tls-key`` the port speaks TLS only; with
 ``--tls-client-ca`` it also requires a client certificate that chains to that CA.
 With ``--token-file`` every call (Predict, Metadata, health) must carry
-``authorization: Bearer <token>``, the model version's replica token; others
+``authorization: Bearer <token>``, the model version's call token; others
 fail with UNAUTHENTICATED before reaching the model.
 """
 

@@ -34,7 +34,9 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
         "<version>[?sha256=...]) into a private temporary folder",
     )
     remote.add_argument(
-        "--bundle-token-file", metavar="FILE", help="the model version's replica token"
+        "--bundle-token-file",
+        metavar="FILE",
+        help="the model version's bundle token (get_replica_token's bundle_token)",
     )
     remote.add_argument(
         "--frontend-ca",
@@ -62,7 +64,8 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--token-file",
         metavar="FILE",
-        help="refuse calls without 'authorization: Bearer <this token>' (needs --tls-cert)",
+        help="refuse calls without 'authorization: Bearer <this token>', the model version's"
+        " call token (get_replica_token's token; needs --tls-cert)",
     )
 
 

@@ -94,7 +94,7 @@ def document() -> dict[str, Any]:
                 "replicaToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A model version's replica token (``get_replica_token``).",
+                    "description": "A model version's bundle token (get_replica_token).",
                 },
             },
         },

@@ -214,9 +214,14 @@ CALLS: dict[str, Call] = {
         obj({"replica_id": text()}, ("replica_id",)),
     ),
     "get_replica_token": Call(
-        "The token and bundle path a remote replica of this version needs.",
+        "The tokens and bundle path a remote replica of this version needs: token"
+        " (its --token-file, what frontends call it with), bundle_token (its"
+        " --bundle-token-file).",
         _body(_MODEL_KEY, "model_name", "model_version"),
-        obj({"token": text(), "bundle_path": text()}, ("token", "bundle_path")),
+        obj(
+            {"token": text(), "bundle_token": text(), "bundle_path": text()},
+            ("token", "bundle_token", "bundle_path"),
+        ),
     ),
     "get_state": Call(
         "The server's figures (Clipper's ``inspect_instance``).",

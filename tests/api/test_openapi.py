@@ -178,7 +178,7 @@ def test_management_answers_match_the_schemas(served: Running, doc: dict[str, An
             {"model_name": "sum", "model_version": "1"},
             auth,
         )[2]
-    )["token"]
+    )["bundle_token"]
     bundle = ("GET", "/admin/bundle/{model}/{version}")
     fetched = call(port, "GET", "/admin/bundle/sum/1", headers={"Authorization": f"Bearer {token}"})
     assert fetched[0] == 200 and fetched[2]

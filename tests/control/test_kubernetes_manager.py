@@ -19,6 +19,7 @@ from clipper_core.config import ServerConfig
 from clipper_core.errors import BadInput, ReplicaUnavailable
 from clipper_core.managers.base import ReplicaEvent
 from clipper_core.managers.k8s_manifests import KubernetesSettings, object_name
+from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.store.records import ModelRecord
 
 pytest.importorskip("kubernetes", reason="needs the kubernetes extra")
@@ -279,5 +280,11 @@ def test_the_server_builds_the_manager_from_its_config_and_kubeconfig(
     run(scenario(), timeout=60)
     assert stub.requests[-1].path == f"/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}"
     assert stub.requests[-1].authorization == "Bearer t0ken"
+    # The pods' Secret holds the version's bundle token, not the call token the
+    # frontend sends to replicas (whoever answers at a replica address sees that).
+    tokens = ReplicaTokens.load_or_create(tmp_path / "state" / "replica_secret")
+    secret = stub.objects[f"/api/v1/namespaces/{NS}/secrets/{NAME}-token"]
+    assert secret["stringData"]["token"] != tokens.token("m", "1")
+    assert secret["stringData"] == {"token": tokens.bundle_token("m", "1")}
     with pytest.raises(BadInput, match="unknown container manager 'nomad'"):
         ClipperServer(state_dir=str(tmp_path / "state"), container_manager="nomad")

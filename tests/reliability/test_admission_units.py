@@ -347,7 +347,7 @@ def test_secret_files_left_readable_by_others_are_made_private(tmp_path: Path) -
     secret.chmod(0o644)
     tokens = ReplicaTokens.load_or_create(secret)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    assert tokens.check("m", "1", tokens.token("m", "1"))
+    assert tokens.check_bundle("m", "1", tokens.bundle_token("m", "1"))
     token = admin_token_path(tmp_path)
     token.write_text("t" * 40 + "\n")
     token.chmod(0o640)

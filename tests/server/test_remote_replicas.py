@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,15 @@ def _admin(r: Running, op: str, body: Any, context: ssl.SSLContext | None = None
     return json.loads(data)
 
 
+@dataclass(frozen=True)
+class Remote:
+    """What ``get_replica_token`` answers for a version."""
+
+    token: str  # the call token: the frontend sends it, the replica checks it
+    bundle_token: str  # the replica's host fetches the bundle with it
+    bundle_path: str
+
+
 def _deploy_remote(
     r: Running,
     name: str,
@@ -81,9 +91,9 @@ def _deploy_remote(
     *,
     folder: bool = False,
     context: ssl.SSLContext | None = None,
-) -> tuple[str, str]:
+) -> Remote:
     """Deploy version 1 of ``name`` for replicas started by hand, link it to an
-    app of the same name, and return its replica token and bundle path."""
+    app of the same name, and return its tokens and bundle path."""
     container = {"kind": "external", "filename": "model.tar" if folder else "closure.pkl"}
     if folder:
         container["archive"] = TAR
@@ -112,7 +122,8 @@ def _deploy_remote(
     )
     _admin(r, "add_model_links", {"app_name": name, "model_names": [name]}, context)
     reply = _admin(r, "get_replica_token", {"model_name": name, "model_version": "1"}, context)
-    return reply["token"], reply["bundle_path"]
+    # .get: the tests of the split say what a frontend of one token does wrong.
+    return Remote(reply["token"], reply.get("bundle_token", ""), reply["bundle_path"])
 
 
 def _write(path: Path, text: str) -> Path:
@@ -157,18 +168,20 @@ def test_a_remote_replica_fetches_its_bundle_registers_over_tls_and_serves(
         model_folder = tmp_path / "folder-model"
         model_folder.mkdir()
         (model_folder / "weight.txt").write_text("2")
-        token, path = _deploy_remote(
+        remote = _deploy_remote(
             r, "folder", pack_directory(model_folder), folder=True, context=trust
         )
+        path = remote.bundle_path
         assert path.startswith("/admin/bundle/folder/1?sha256=")
-        token_file = _write(tmp_path / "replica.token", token)
+        token_file = _write(tmp_path / "replica.token", remote.token)
+        bundle_token_file = _write(tmp_path / "bundle.token", remote.bundle_token)
         replica_tmp = tmp_path / "replica-tmp"  # the replica's own disk
         replica_tmp.mkdir()
         container = launcher.start(
             "--model-name", "folder", "--model-version", "1",
             "--model-class", "sample_models:FolderModel",
             "--bundle-url", r.server.management_url + path,
-            "--bundle-token-file", str(token_file),
+            "--bundle-token-file", str(bundle_token_file),
             "--frontend-ca", str(ca.cert),
             *_tls_args(ca, token_file),
             "--register-url", r.server.management_url,
@@ -200,12 +213,13 @@ def test_frontends_without_the_token_or_the_ca_are_refused(
     owner = start_server(tmp_path / "owner", replica_tls_ca=str(ca.cert))
     others: list[Running] = []
     try:
-        token, path = _deploy_remote(owner, "sum", payload)
+        remote = _deploy_remote(owner, "sum", payload)
+        token = remote.token
         token_file = _write(tmp_path / "replica.token", token)
         container = launcher.start(
             "--model-name", "sum", "--model-version", "1", "--input-type", "doubles",
-            "--bundle-url", owner.server.management_url + path,
-            "--bundle-token-file", str(token_file),
+            "--bundle-url", owner.server.management_url + remote.bundle_path,
+            "--bundle-token-file", str(_write(tmp_path / "bundle.token", remote.bundle_token)),
             *_tls_args(ca, token_file),
         )  # fmt: skip
         register = {
@@ -262,22 +276,24 @@ def test_the_bundle_route_and_fetch_need_the_replica_token_and_the_digest(
     payload = cloudpickle.dumps(SumModel())
     r = start_server(tmp_path / "state")
     try:
-        token, path = _deploy_remote(r, "sum", payload)
-        url = r.server.management_url + path
+        remote = _deploy_remote(r, "sum", payload)
+        token = remote.bundle_token
+        url = r.server.management_url + remote.bundle_path
         digest = hashlib.sha256(payload).hexdigest()
-        assert path == f"/admin/bundle/sum/1?sha256={digest}"
-        # The management token does not open bundles, and a replica token opens
-        # its own version's only.
+        assert remote.bundle_path == f"/admin/bundle/sum/1?sha256={digest}"
+        # Neither the management token nor the call token opens bundles, and a
+        # bundle token opens its own version's only.
         assert _request(url)[0] == 401
         assert _request(url, token=r.server.config.admin_token)[0] == 401
+        assert _request(url, token=remote.token)[0] == 401
         status, headers, body = _request(url, token=token)
         assert status == 200 and body == payload
         assert headers["X-Clipper-Bundle-SHA256"] == digest
         assert headers["X-Clipper-Bundle-Kind"] == "closure"
         other = _admin(r, "get_replica_token", {"model_name": "sum", "model_version": "1"})
-        assert other["token"] == token
+        assert other["bundle_token"] == token
         assert _request(url.replace("/sum/1", "/sum/2"), token=token)[0] == 401
-        # Nor does a replica token administer anything.
+        # Nor does a bundle token administer anything.
         assert (
             _request(f"{r.server.management_url}/admin/get_all_models", {}, token=token)[0] == 401
         )
