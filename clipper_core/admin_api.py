@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from clipper_core.admin_guard import BUNDLE_ROUTE
+from clipper_core.admin_guard import BUNDLE_ROUTE, REGISTER_ROUTE, may_register
 from clipper_core.admin_requests import (
     Body,
     answering_model,
@@ -57,6 +57,7 @@ from clipper_core.errors import (
     NotFound,
     StoreBusy,
     StoreUnavailable,
+    Unauthorized,
 )
 from clipper_core.http import Request, Response, Router, error_response, json_response
 from clipper_core.http.messages import error_headers
@@ -110,6 +111,7 @@ def install(
     inspect: Callable[[], dict[str, Any]],
     shutdown: Callable[[], None],
     tokens: ReplicaTokens,
+    admin_token: str | None = None,
 ) -> None:
     """Add the management routes to ``router``.
 
@@ -120,7 +122,11 @@ def install(
         envs: The local container manager's environments, or None.
         inspect: The ``get_state`` figures (``inspect_instance``).
         shutdown: Asks the server to stop.
-        tokens: The replica tokens (``get_replica_token``, the bundle route).
+        tokens: The replica tokens (``get_replica_token``, the bundle route,
+            registrations).
+        admin_token: The management token, which the guard checked, unless
+            ``register_replica`` came with another one (see
+            :func:`~clipper_core.admin_guard.may_register`).
     """
     store = control.store
 
@@ -269,13 +275,15 @@ def install(
         rec = None if version is None else await read(store.get_model, name, version)
         return {} if rec is None else {"num_replicas": rec.num_replicas, "version": rec.version}
 
-    async def register_replica(body: Body) -> Any:
+    async def register_replica(body: Body, headers: Mapping[str, str]) -> Any:
         address = field_str(body, "address")
         replica = body.get("replica_id")
         replica_id = str(replica) if replica not in (None, "") else f"external-{address}"
+        name, version = field_str(body, "model_name"), field_str(body, "model_version")
+        may_register(headers, admin_token, tokens, name, version, replica_id)
         await control.register_replica(
-            field_str(body, "model_name"),
-            field_str(body, "model_version"),
+            name,
+            version,
             replica_id,
             address,
             tls=field_bool(body.get("tls"), "tls"),
@@ -292,6 +300,7 @@ def install(
         return {
             "token": tokens.token(name, version),
             "bundle_token": tokens.bundle_token(name, version),
+            "register_token": tokens.register_token(name, version),
             "bundle_path": bundle_path(name, version, rec.container),
         }
 
@@ -399,7 +408,6 @@ def install(
         "delete_versioned_model": delete_versioned_model,
         "set_num_replicas": set_num_replicas,
         "get_num_replicas": get_num_replicas,
-        "register_replica": register_replica,
         "get_replica_token": get_replica_token,
         "get_state": get_state,
         "apply": apply,
@@ -415,19 +423,26 @@ def install(
         **env_operations(envs),
     }
 
-    def call(handler: Handler) -> Callable[[Request, dict[str, str]], Awaitable[Response]]:
+    def call(
+        handler: Handler | Callable[[Body, Mapping[str, str]], Awaitable[Any]],
+        *,
+        with_headers: bool = False,
+    ) -> Callable[[Request, dict[str, str]], Awaitable[Response]]:
         async def dispatch(request: Request, params: dict[str, str]) -> Response:
             try:
                 if len(request.body) < _PARSE_INLINE_BELOW:
                     body = parse_body(request)
                 else:  # a model's payload: parsed off the loop that serves queries
                     body = await asyncio.to_thread(parse_body, request)
+                args = (body, request.headers) if with_headers else (body,)
                 # Run to its end even if the client goes away (the HTTP server
                 # cancels a closed connection's handler): a write stopped halfway
                 # (a count stored, its replicas not started) waited for a restart.
-                work = asyncio.ensure_future(handler(body))
+                work = asyncio.ensure_future(handler(*args))
                 work.add_done_callback(consume_exception)
                 result = await asyncio.shield(work)
+            except Unauthorized as exc:
+                return error_response(401, exc.kind, str(exc), WWW_AUTHENTICATE)
             except ClipperError as exc:
                 # 404 for a missing app or model; every other client error is
                 # 400; a store that cannot be reached or is locked 503 (worth a
@@ -472,6 +487,7 @@ def install(
     # test reads it), and an unknown call is the router's 404.
     for name, handler in operations.items():
         router.add("POST", f"/admin/{name}", call(handler))
+    router.add("POST", REGISTER_ROUTE, call(register_replica, with_headers=True))
     router.add("GET", MANAGEMENT_DOCUMENT_PATH, document_route)
     router.add("GET", BUNDLE_ROUTE + "{model}/{version}", bundle)
     router.add("GET", "/admin/ping", ping)

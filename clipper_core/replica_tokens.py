@@ -11,7 +11,11 @@ replica that runs on another host:
 * the **bundle token** (:meth:`ReplicaTokens.bundle_token`): the replica's host
   sends it to fetch the model's bundle from the management API
   (``GET /admin/bundle/<model>/<version>``, ``--bundle-token-file``).  The
-  frontend never sends it anywhere.
+  frontend never sends it anywhere;
+* the **registration token** (:meth:`ReplicaTokens.register_token`): the
+  replica's host registers its address with it (``register_replica`` of that
+  version only, ``--register-token-file``), so that it needs no management
+  token, which would let it deploy code.
 
 Neither is the management token.  Every frontend must be able to present them,
 so they are not stored anywhere: they are derived with HMAC-SHA256 from a random
@@ -88,9 +92,20 @@ class ReplicaTokens:
         """Whether ``presented`` is the bundle token of ``model:version`` (constant time)."""
         return _matches(presented, self.bundle_token(model, version))
 
+    def register_token(self, model: str, version: str) -> str:
+        """The token that registers replicas of ``model:version`` (64 hex digits)."""
+        return _derive(self._purpose_key(b"register"), model, version)
+
+    def check_register(self, model: str, version: str, presented: str | None) -> bool:
+        """Whether ``presented`` is the registration token of ``model:version``."""
+        return _matches(presented, self.register_token(model, version))
+
     @property
     def _bundle_key(self) -> bytes:
-        return hmac.new(self._secret, b"clipper bundle token", hashlib.sha256).digest()
+        return self._purpose_key(b"bundle")
+
+    def _purpose_key(self, purpose: bytes) -> bytes:
+        return hmac.new(self._secret, b"clipper " + purpose + b" token", hashlib.sha256).digest()
 
 
 def _derive(key: bytes, model: str, version: str) -> str:

@@ -266,14 +266,13 @@ class ClipperServer:
     def _bundle_token(self, name: str, version: str) -> str:
         if self.replica_tokens is None:  # a manager used before start (tests, tools)
             prepare_state_dir(self.config)
-            self.replica_tokens = ReplicaTokens.load_or_create(
-                self.config.resolved_replica_secret_file()
-            )
+            secret_file = self.config.resolved_replica_secret_file()
+            self.replica_tokens = ReplicaTokens.load_or_create(secret_file)
         return self.replica_tokens.bundle_token(name, version)
 
     def _connector(self) -> ReplicaConnector:
         """Local replicas over plaintext; remote ones (``grpcs://``) over TLS with
-        their model version's token."""
+        their model version's call token."""
         cfg, tokens = self.config, self.replica_tokens
         assert tokens is not None
         remote = tls_connector(
@@ -281,7 +280,7 @@ class ClipperServer:
         )
         return by_address(insecure_connector, remote)
 
-    def _routers(self, control: ControlPlane) -> tuple[Router, Router]:
+    def _routers(self, control: ControlPlane, admin_token: str | None) -> tuple[Router, Router]:
         query = Router()
         query_api.install(query, self.dataplane, self.gate, self.metrics, self.inspect)
         oip_http.install(query, self.oip)
@@ -298,6 +297,7 @@ class ClipperServer:
             inspect=self.inspect,
             shutdown=self.request_shutdown,
             tokens=self.replica_tokens,
+            admin_token=admin_token,
         )
         dashboard.install(admin, self.metrics, self.dataplane, self)
         return query, admin
@@ -319,7 +319,7 @@ class ClipperServer:
         apply, replicas = self._build_control(store)
         self._apply = apply
         assert self.control is not None
-        query_router, admin_router = self._routers(self.control)
+        query_router, admin_router = self._routers(self.control, admin_token)
         policy = SameOriginPolicy(
             cfg.host, lambda: self.management_port, self.scheme, cfg.allowed_hosts
         )

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--register-token-file",
         metavar="PATH",
-        help="a file holding the registration token (replaces --register-token)",
+        help="a file holding the registration token (replaces --register-token): the"
+        " model version's register_token (get_replica_token), or the management token",
     )
     parser.add_argument(
         "--register-timeout", type=float, default=30.0, help="seconds to keep retrying"

@@ -96,6 +96,12 @@ def document() -> dict[str, Any]:
                     "scheme": "bearer",
                     "description": "A model version's bundle token (get_replica_token).",
                 },
+                "registerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A model version's registration token"
+                    " (get_replica_token's register_token).",
+                },
             },
         },
     }

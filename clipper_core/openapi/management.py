@@ -46,6 +46,8 @@ class Call:
     result: Schema
     example: dict[str, Any] | None = None
     answer: Any = None
+    #: Who may call it, when not the management token alone.
+    security: list[dict[str, list[str]]] | None = None
 
 
 def _body(properties: dict[str, Schema], *required: str) -> Schema:
@@ -204,7 +206,9 @@ CALLS: dict[str, Call] = {
         {"num_replicas": 1, "version": "1"},
     ),
     "register_replica": Call(
-        "Connect a replica started elsewhere (``grpc://`` or ``grpcs://`` address).",
+        "Connect a replica started elsewhere (``grpc://`` or ``grpcs://`` address)."
+        " The version's registration token also opens it, for replica ids that are not"
+        " numbers.",
         _body(
             {**_MODEL_KEY, "address": NAME, "replica_id": VERSION, "tls": {"type": "boolean"}},
             "model_name",
@@ -212,15 +216,21 @@ CALLS: dict[str, Call] = {
             "address",
         ),
         obj({"replica_id": text()}, ("replica_id",)),
+        security=[*ADMIN_SECURITY, {"registerToken": []}],
     ),
     "get_replica_token": Call(
         "The tokens and bundle path a remote replica of this version needs: token"
         " (its --token-file, what frontends call it with), bundle_token (its"
-        " --bundle-token-file).",
+        " --bundle-token-file), register_token (its --register-token-file).",
         _body(_MODEL_KEY, "model_name", "model_version"),
         obj(
-            {"token": text(), "bundle_token": text(), "bundle_path": text()},
-            ("token", "bundle_token", "bundle_path"),
+            {
+                "token": text(),
+                "bundle_token": text(),
+                "register_token": text(),
+                "bundle_path": text(),
+            },
+            ("token", "bundle_token", "register_token", "bundle_path"),
         ),
     ),
     "get_state": Call(
@@ -316,7 +326,7 @@ def _call_operation(name: str, call: Call) -> dict[str, Any]:
             "operationId": name,
             "tags": ["management"],
             "summary": call.summary,
-            "security": ADMIN_SECURITY,
+            "security": ADMIN_SECURITY if call.security is None else call.security,
             "requestBody": {"required": True, "content": {"application/json": body}},
             "responses": {
                 "200": reply("The call's result.", call.result, call.answer),

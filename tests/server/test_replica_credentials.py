@@ -1,7 +1,8 @@
 """What each replica credential opens, against real frontends: a server that
 answers at a replica's address with a certificate the frontend trusts receives
-the call token, and that token opens no bundle.  Real frontends, a real TLS gRPC
-server, real TCP on 127.0.0.1."""
+the call token, and that token opens no bundle; a replica host registers with its
+version's registration token, which opens nothing else.  Real frontends, a real
+TLS gRPC server, real containers, real TCP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,10 +15,17 @@ import cloudpickle
 import grpc
 import pytest
 
+from tests.containers.container_harness import Launcher
 from tests.containers.sample_models import SumModel
 from tests.containers.tls_certs import CertificateAuthority
 from tests.server.conftest import start_server
-from tests.server.test_remote_replicas import _deploy_remote, _request
+from tests.server.test_remote_replicas import (
+    _admin,
+    _deploy_remote,
+    _predict_when_served,
+    _request,
+    _write,
+)
 
 
 class _Recorder(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -28,6 +36,15 @@ class _Recorder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def service(self, details: Any) -> None:
         self.metadata.append(dict(details.invocation_metadata))
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
 
 
 @pytest.fixture
@@ -70,5 +87,58 @@ def test_the_token_a_frontend_sends_to_a_replica_address_opens_no_bundle(
             assert _request(url, token=header.removeprefix("Bearer "))[0] == 401
         status, _, body = _request(url, token=remote.bundle_token)
         assert status == 200 and body == payload
+    finally:
+        r.bg.stop()
+
+
+def test_a_registration_token_registers_its_version_and_nothing_else(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    r = start_server(tmp_path / "state", replica_start_timeout=5.0)
+    try:
+        remote = _deploy_remote(r, "sum", cloudpickle.dumps(SumModel()))
+        other = _deploy_remote(r, "other", cloudpickle.dumps(SumModel()))
+        reply = _admin(r, "get_replica_token", {"model_name": "sum", "model_version": "1"})
+        register_token = reply.get("register_token", "")
+        # A replica host with the version's tokens and no management token joins.
+        files = {
+            name: _write(tmp_path / f"{name}.token", value)
+            for name, value in [("bundle", remote.bundle_token), ("register", register_token)]
+        }
+        container = launcher.start(
+            "--model-name", "sum", "--model-version", "1", "--input-type", "doubles",
+            "--bundle-url", r.server.management_url + remote.bundle_path,
+            "--bundle-token-file", str(files["bundle"]),
+            "--register-url", r.server.management_url,
+            "--register-token-file", str(files["register"]),
+            "--replica-id", "host-a",
+            env={"CLIPPER_ADMIN_TOKEN": ""},
+        )  # fmt: skip
+        assert _predict_when_served(r, "sum", [1.0, 2.0]) == 3.0
+
+        def post(op: str, body: Any, token: str | None = register_token) -> int:
+            return _request(f"{r.server.management_url}/admin/{op}", body, token=token)[0]
+
+        join = {"model_name": "sum", "model_version": "1", "address": container.address}
+        assert post("register_replica", {**join, "replica_id": "host-b"}) == 200
+        # Not another version's replicas, nor those the frontend starts itself, nor
+        # anything but register_replica; and neither of the other tokens registers.
+        assert post("register_replica", {**join, "model_name": "other"}) == 401
+        assert post("register_replica", {**join, "replica_id": "0"}) == 401
+        assert post("register_replica", {**join, "replica_id": "c"}, remote.token) == 401
+        assert post("register_replica", {**join, "replica_id": "c"}, other.bundle_token) == 401
+        assert post("register_replica", {**join, "replica_id": "c"}, None) == 401
+        deploy = {"model_name": "evil", "model_version": "1", "input_type": "doubles"}
+        assert post("add_model", deploy) == 401
+        assert post("get_replica_token", {"model_name": "sum", "model_version": "1"}) == 401
+        assert (
+            _request(r.server.management_url + remote.bundle_path, token=register_token)[0] == 401
+        )
+        # A body too large for a registration is refused before it is read.
+        assert post("register_replica", {**join, "replica_id": "d", "pad": "x" * 8192}) == 401
+        assert sorted(r.server.dataplane.models["sum"].versions["1"].replicas) == [
+            "host-a",
+            "host-b",
+        ]
     finally:
         r.bg.stop()
