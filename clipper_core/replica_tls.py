@@ -15,10 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from clipper_core.replica_client import ReplicaClient, ReplicaConnector
+from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
 from clipper_core.tls import grpc_channel_credentials
 
-__all__ = ["REMOTE_SCHEME", "by_address", "is_remote", "remote_address", "tls_connector"]
+__all__ = [
+    "REMOTE_SCHEME",
+    "by_address",
+    "is_remote",
+    "local_connector",
+    "remote_address",
+    "tls_connector",
+]
 
 #: The prefix of a remote replica's address.
 REMOTE_SCHEME = "grpcs://"
@@ -62,6 +69,26 @@ def tls_connector(
             replica_id=replica_id,
             local=False,  # another host: its Unix socket is not ours to reach
             credentials=credentials,
+            call_metadata=[("authorization", f"Bearer {token_for(model, version)}")],
+        )
+
+    return connect
+
+
+def local_connector(token_for: Callable[[str, str], str] | None) -> ReplicaConnector:
+    """A :class:`~clipper_core.replica_client.ReplicaConnector` for replicas of this
+    host: plaintext gRPC and the local socket, sending ``authorization: Bearer``
+    ``token_for(model, version)`` when given: the token the local manager's
+    replicas require (a container that requires none ignores it)."""
+    if token_for is None:
+        return insecure_connector
+
+    def connect(address: str, model: str, version: str, replica_id: str) -> ReplicaClient:
+        return ReplicaClient(
+            address,
+            model_name=model,
+            model_version=version,
+            replica_id=replica_id,
             call_metadata=[("authorization", f"Bearer {token_for(model, version)}")],
         )
 

@@ -92,6 +92,11 @@ class ReplicaTokens:
         """Whether ``presented`` is the bundle token of ``model:version`` (constant time)."""
         return _matches(presented, self.bundle_token(model, version))
 
+    def local_token(self, model: str, version: str) -> str:
+        """The token that the local manager's replicas of ``model:version`` require
+        on their plaintext port (64 hex digits)."""
+        return _derive(self._purpose_key(b"local"), model, version)
+
     def register_token(self, model: str, version: str) -> str:
         """The token that registers replicas of ``model:version`` (64 hex digits)."""
         return _derive(self._purpose_key(b"register"), model, version)

@@ -57,29 +57,28 @@ from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
 from clipper_core.planning import budgets
 from clipper_core.query_refusal import header_refusal
-from clipper_core.replica_client import ReplicaConnector, insecure_connector
-from clipper_core.replica_tls import by_address, tls_connector
+from clipper_core.replica_client import ReplicaConnector
+from clipper_core.replica_tls import by_address, local_connector, tls_connector
 from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
 from clipper_core.server_metrics import ServerMetrics
 from clipper_core.state_dir import StateLock, lock_state_dir, prepare_state_dir, resolve_admin_token
 from clipper_core.store.base import StateStore
-from clipper_core.store.records import ModelRecord
 from clipper_core.store.sqlite import SqliteStateStore
 
 log = logging.getLogger("clipper_core.server")
 
 
-def _configured_manager(
-    cfg: ServerConfig, token_for: Callable[[ModelRecord], str]
-) -> ContainerManager:
-    """The container manager ``cfg.container_manager`` names (``token_for``: the
-    bundle token of a model version, for managers whose replicas fetch bundles)."""
+def _configured_manager(cfg: ServerConfig, tokens: Callable[[], ReplicaTokens]) -> ContainerManager:
+    """The container manager ``cfg.container_manager`` names; its replicas fetch
+    bundles with, or require, tokens of ``tokens()``."""
     if cfg.container_manager == "kubernetes":
         from clipper_core.managers.kubernetes import KubernetesContainerManager  # optional extra
 
-        return KubernetesContainerManager.from_config(cfg, token_for=token_for)
+        return KubernetesContainerManager.from_config(
+            cfg, token_for=lambda r: tokens().bundle_token(r.name, r.version)
+        )
     if cfg.container_manager != "local":
         raise BadInput(f"unknown container manager {cfg.container_manager!r}: local or kubernetes")
     return LocalProcessManager(
@@ -87,6 +86,7 @@ def _configured_manager(
         envs_dir=Path(cfg.state_dir) / "envs",
         start_timeout=cfg.replica_start_timeout,
         standby=cfg.replica_standby,
+        token_for=(lambda n, v: tokens().local_token(n, v)) if cfg.local_replica_tokens() else None,
     )
 
 
@@ -143,7 +143,7 @@ class ClipperServer:
         self.manager: ContainerManager = manager or (
             frontend_workers.NoContainers()
             if cfg.is_query_worker()
-            else _configured_manager(cfg, lambda rec: self._bundle_token(rec.name, rec.version))
+            else _configured_manager(cfg, self._tokens)
         )
         self.metrics = ServerMetrics(self.dataplane, self.manager.list, lambda: self.started_at)
         self.api_keys = ApiKeys()
@@ -263,22 +263,22 @@ class ClipperServer:
         self.control = ControlPlane(store, apply, replicas, LocalArtifactStore(cfg.models_dir()))
         return apply, replicas
 
-    def _bundle_token(self, name: str, version: str) -> str:
+    def _tokens(self) -> ReplicaTokens:
         if self.replica_tokens is None:  # a manager used before start (tests, tools)
             prepare_state_dir(self.config)
             secret_file = self.config.resolved_replica_secret_file()
             self.replica_tokens = ReplicaTokens.load_or_create(secret_file)
-        return self.replica_tokens.bundle_token(name, version)
+        return self.replica_tokens
 
     def _connector(self) -> ReplicaConnector:
-        """Local replicas over plaintext; remote ones (``grpcs://``) over TLS with
-        their model version's call token."""
+        """Local replicas over plaintext, remote ones (``grpcs://``) over TLS; with tokens."""
         cfg, tokens = self.config, self.replica_tokens
         assert tokens is not None
         remote = tls_connector(
             cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
         )
-        return by_address(insecure_connector, remote)
+        local = local_connector(tokens.local_token if cfg.local_replica_tokens() else None)
+        return by_address(local, remote)
 
     def _routers(self, control: ControlPlane, admin_token: str | None) -> tuple[Router, Router]:
         query = Router()

@@ -361,6 +361,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.max_workers < 1:
         parser.error("--max-workers must be at least 1")
     check_remote_options(parser, args)
+    local_security = grpc_auth.local_token_security()  # before any model code runs
     if args.register_token_file:
         try:
             token = grpc_auth.read_secret(args.register_token_file, "registration token file")
@@ -400,7 +401,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         security: dict[str, Any] = {
             "local_socket": None if args.local_socket == "off" else args.local_socket,
-            **transport_security(args),
+            # TLS brings its own token; the local manager's is for plaintext.
+            **(transport_security(args) or local_security),
         }
         server = ContainerServer(
             info,

@@ -6,18 +6,34 @@ With ``--tls-cert``/``--tls-key`` the port speaks TLS only; with
 With ``--token-file`` every call (Predict, Metadata, health) must carry
 ``authorization: Bearer <token>``, the model version's call token; others
 fail with UNAUTHENTICATED before reaching the model.
+
+A container started by a frontend's local process manager gets a token in
+``$CLIPPER_REPLICA_TOKEN`` instead (:func:`local_token_security`): its plaintext
+port on this host then refuses calls without it just the same, so that another
+local user cannot call the model or learn the local socket's token from
+``Metadata``; the local socket's first frame repeats it.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-__all__ = ["BearerTokenInterceptor", "read_secret", "server_credentials"]
+__all__ = [
+    "LOCAL_TOKEN_ENV",
+    "BearerTokenInterceptor",
+    "local_token_security",
+    "read_secret",
+    "server_credentials",
+]
+
+#: Set by the frontend's local process manager (``clipper_core.managers.replica``).
+LOCAL_TOKEN_ENV = "CLIPPER_REPLICA_TOKEN"
 
 
 class ConfigError(Exception):
@@ -83,3 +99,13 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
                 return continuation(handler_call_details)
         return self._deny
+
+
+def local_token_security() -> dict[str, Any]:
+    """The ContainerServer arguments of ``$CLIPPER_REPLICA_TOKEN``: a bearer token
+    on every call, and the same token as the local socket's; nothing when unset.
+    The variable is removed, so that processes the model starts do not inherit it."""
+    token = os.environ.pop(LOCAL_TOKEN_ENV, "").strip()
+    if not token:
+        return {}
+    return {"interceptors": [BearerTokenInterceptor(token)], "instance_token": token}

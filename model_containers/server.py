@@ -281,6 +281,7 @@ class ContainerServer:
     (see :mod:`model_containers.grpc_auth`).  ``health_port`` also answers the
     health service alone, in plaintext and to anyone, on that port: what a
     Kubernetes gRPC probe can reach when the model's port needs TLS and a token.
+    ``instance_token`` is the local socket's token (default: a random one).
     """
 
     def __init__(
@@ -295,8 +296,11 @@ class ContainerServer:
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.ServerInterceptor] = (),
         health_port: int | None = None,
+        instance_token: str | None = None,
     ) -> None:
         self.servicer = ModelContainerServicer(info, max_concurrency=max_workers)
+        if instance_token is not None:  # else the servicer's own random one
+            self.servicer.instance_token = instance_token
         self._max_message_bytes = max_message_bytes
         self._local_path = local_socket
         # Non-blocking Watch streams: they must not each hold a worker thread.

@@ -67,6 +67,9 @@ class LocalProcessManager:
             memory limit and on replica 0's CPUs, idle until it is promoted):
             ``"after-crash"`` from the version's first replica crash on,
             ``"always"``, or ``"off"`` (``True``/``False``: always/off).
+        token_for: ``(model, version) -> token`` that the replicas of a version
+            require on their gRPC port (``authorization: Bearer``) and repeat on
+            their local socket; None: they require none.
 
     Attributes:
         envs: The per-model virtual environments (the management API's
@@ -90,6 +93,7 @@ class LocalProcessManager:
         max_start_failures: int = 5,
         stable_after: float = 30.0,
         standby: bool | str = "after-crash",
+        token_for: Callable[[str, str], str] | None = None,
     ) -> None:
         if start_timeout <= 0:
             raise BadInput("start_timeout must be > 0")
@@ -99,6 +103,7 @@ class LocalProcessManager:
         self.standby_policy: str = policy
         self.python = python
         self.replica_host = replica_host
+        self._token_for = token_for
         self.start_timeout = start_timeout
         self.envs = RuntimeEnvManager(envs_dir, python=python, pip_args=pip_args)
         keeps = policy != "off"
@@ -210,9 +215,15 @@ class LocalProcessManager:
 
     # -- helpers ------------------------------------------------------------------
 
+    def _replica_spec(self, model: ModelRecord, replica_id: int) -> ReplicaSpec:
+        token = None if self._token_for is None else self._token_for(model.name, model.version)
+        return replica_spec(
+            model, replica_id, self.python, self.envs, host=self.replica_host, token=token
+        )
+
     def _spec_maker(self, model: ModelRecord) -> Callable[[int], ReplicaSpec]:
         def make(replica_id: int) -> ReplicaSpec:
-            spec = replica_spec(model, replica_id, self.python, self.envs, host=self.replica_host)
+            spec = self._replica_spec(model, replica_id)
             if spec.memory_limit_mb is not None:
                 cgroup = self.cgroups.prepare(spec.key, spec.memory_limit_mb)
                 if cgroup is not None:
@@ -226,7 +237,7 @@ class LocalProcessManager:
         """Specs of standbys: replica 0's, each in a memory cgroup of its own."""
 
         def make() -> ReplicaSpec:
-            spec = replica_spec(model, 0, self.python, self.envs, host=self.replica_host)
+            spec = self._replica_spec(model, 0)
             self._standby_serial += 1
             if spec.memory_limit_mb is not None:
                 key = f"{spec.model_name}:{spec.model_version}:standby-{self._standby_serial}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from clipper_core.errors import BadInput
 from clipper_core.managers.envs import RuntimeEnvManager
-from clipper_core.managers.replica import ReplicaSpec
+from clipper_core.managers.replica import LOCAL_TOKEN_ENV, ReplicaSpec
 from clipper_core.store.records import ModelRecord, check_int
 
 #: Container kinds that are started by hand and join with ``register_replica``.
@@ -27,6 +27,7 @@ def replica_spec(
     envs: RuntimeEnvManager,
     *,
     host: str = "127.0.0.1",
+    token: str | None = None,
 ) -> ReplicaSpec:
     """How to run replica ``replica_id`` of ``record`` as ``python -m model_containers``.
 
@@ -35,6 +36,7 @@ def replica_spec(
     ``envs.ensure`` beforehand), with the container's ``python_path`` ahead of
     ``PYTHONPATH``, pinned to the record's cpus and under its memory limit, or to
     the replica's own entry of ``container["placement"]`` (:func:`replica_placement`).
+    With ``token`` it refuses gRPC calls without it (``LOCAL_TOKEN_ENV``).
 
     Raises:
         BadInput: The record describes no container kind this manager can start.
@@ -77,6 +79,8 @@ def replica_spec(
         env["PYTHONPATH"] = os.pathsep.join(
             extra_path + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         )
+    if token is not None:  # in the environment: other users cannot read it there
+        env[LOCAL_TOKEN_ENV] = token
     place = replica_placement(record, replica_id)
     return ReplicaSpec(
         model_name=name,

@@ -74,6 +74,12 @@ def thread_pool_env(cpus: list[int] | None, env: dict[str, str]) -> dict[str, st
 PARENT_PID_ENV = "CLIPPER_PARENT_PID"
 
 
+#: A replica's token, set by the local manager: the container refuses calls on its
+#: plaintext port without ``authorization: Bearer <token>``, so that other users
+#: of the host cannot call the model (model_containers.grpc_auth reads it).
+LOCAL_TOKEN_ENV = "CLIPPER_REPLICA_TOKEN"
+
+
 #: Our secrets, never passed on to a replica: model code runs there, and the
 #: management token would let it deploy code of its own to every replica.
 WITHHELD_ENV = ("CLIPPER_ADMIN_TOKEN",)

@@ -1,7 +1,8 @@
 """What each replica credential opens, against real frontends: a server that
 answers at a replica's address with a certificate the frontend trusts receives
 the call token, and that token opens no bundle; a replica host registers with its
-version's registration token, which opens nothing else.  Real frontends, a real
+version's registration token, which opens nothing else; the replicas the local
+manager starts refuse calls without their token.  Real frontends, a real
 TLS gRPC server, real containers, real TCP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from typing import Any
 
 import cloudpickle
 import grpc
+import numpy as np
 import pytest
 
+from clipper_core.replica_client import INPUT_TYPES, encode_batch
+from model_containers._proto import container_pb2 as pb
+from model_containers._proto import container_pb2_grpc as pb_grpc
+from model_containers._proto import health_pb2, health_pb2_grpc
 from tests.containers.container_harness import Launcher
 from tests.containers.sample_models import SumModel
 from tests.containers.tls_certs import CertificateAuthority
+from tests.server import models
 from tests.server.conftest import start_server
 from tests.server.test_remote_replicas import (
     _admin,
@@ -140,5 +147,44 @@ def test_a_registration_token_registers_its_version_and_nothing_else(
             "host-a",
             "host-b",
         ]
+    finally:
+        r.bg.stop()
+
+
+def test_the_local_managers_replicas_refuse_calls_without_their_token(tmp_path: Path) -> None:
+    """Another process of this host reaches a local replica's plaintext port; it
+    gets nothing without the token, not even the local socket's (Metadata)."""
+    r = start_server(tmp_path / "state")
+    try:
+        r.conn.register_application("sum", "doubles", "-1", 10**7)
+        r.conn._add_model(
+            "sum",
+            1,
+            "doubles",
+            container={"kind": "closure", "filename": "sum.pkl"},
+            payload=cloudpickle.dumps(models.make_sum()),
+        )
+        r.conn.link_model_to_app("sum", "sum")
+        replica = r.server.dataplane.models["sum"].versions["1"].replicas["0"]
+        data, offsets = encode_batch([np.array([1.0, 2.0])], "doubles")
+        predict = pb.PredictRequest(
+            batch_id=1, input_type=INPUT_TYPES["doubles"], data=data, offsets=offsets
+        )
+        with grpc.insecure_channel(replica.address) as channel:
+            stub = pb_grpc.ModelContainerStub(channel)  # type: ignore[no-untyped-call]
+            health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            calls = [
+                (stub.Predict, predict),
+                (stub.Metadata, pb.MetadataRequest()),
+                (health.Check, health_pb2.HealthCheckRequest()),
+            ]
+            for metadata in [None, [("authorization", "Bearer " + "0" * 64)]]:
+                for method, request in calls:
+                    with pytest.raises(grpc.RpcError) as refused:
+                        method(request, timeout=10, metadata=metadata)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The frontend holds it: it queries the replica over its local socket.
+        assert replica.client.transport == "local"
+        assert r.client.predict("sum", {"input": [1.0, 2.5]})[1]["output"] == 3.5
     finally:
         r.bg.stop()
