@@ -28,6 +28,7 @@ __all__ = [
     "header_frames",
     "parse_timeout",
     "peer_name",
+    "read_settings",
     "request_error",
     "server_preface",
     "status_block",
@@ -168,6 +169,28 @@ def unpad(flags: int, payload: bytes) -> bytes:
             raise H2ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
         return payload[1 : len(payload) - pad]
     return payload
+
+
+def read_settings(flags: int, stream: int, payload: bytes) -> list[tuple[int, int]] | None:
+    """The (key, value) pairs of a SETTINGS frame, those we use checked
+    (RFC 9113 6.5); None for an acknowledgement."""
+    if stream:
+        raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+    if flags & ACK:
+        if payload:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+        return None
+    if len(payload) % 6:
+        raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length")
+    pairs = [struct.unpack_from(">HI", payload, i) for i in range(0, len(payload), 6)]
+    for key, value in pairs:
+        if key == S_INITIAL_WINDOW and value > MAX_WINDOW:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "window too large")
+        if key == S_MAX_FRAME and not DEFAULT_FRAME <= value <= MAX_FRAME_LIMIT:
+            raise H2ConnectionError(PROTOCOL_ERROR, f"bad SETTINGS_MAX_FRAME_SIZE {value}")
+        if key == S_ENABLE_PUSH and value > 1:
+            raise H2ConnectionError(PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
+    return pairs
 
 
 def parse_timeout(value: str) -> float:
