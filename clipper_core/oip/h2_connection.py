@@ -89,7 +89,8 @@ class H2Connection(asyncio.Protocol):
         self.wasted = FloodMeter(self.limits.max_wasted_per_second)
         self.empty = FloodMeter(self.limits.max_empty_frames_per_second)
         self.write_paused = False  # the client does not read (see pause_writing)
-        self.frames_waiting = False  # frames read are left for the next turn
+        self.frames_waiting = False  # frames read are left for later (see _later)
+        self.turn_scheduled = False
         self.reading = True
         now = time.monotonic()
         self.opened = self.last_active = now
@@ -161,7 +162,10 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._read_or_not()
+        if self.frames_waiting:  # left unread while the client did not read
+            self._later()
+        else:
+            self._read_or_not()
 
     def _read_or_not(self) -> None:
         """Read the socket unless the client does not read us or frames wait."""
@@ -214,7 +218,7 @@ class H2Connection(asyncio.Protocol):
         waiting = (
             self.buf or self.continuing is not None or any(not s.end for s in self.streams.values())
         )
-        if not waiting:
+        if not waiting or self.write_paused:  # not reading it: the drain's to judge
             self.rate = RateWindow(now)
         elif self.rate.too_slow(now, lim.min_rate, lim.rate_window):
             return self.goaway(h2.ENHANCE_YOUR_CALM, "request too slow")
@@ -227,7 +231,19 @@ class H2Connection(asyncio.Protocol):
         if not self.frames_waiting:  # else the turn scheduled handles them
             self._cut_frames()
 
+    def _later(self) -> None:
+        """Leave the frames in ``buf`` unread, the socket too: for the loop's
+        next turn, or, while the client does not read, until it does."""
+        self.frames_waiting = True
+        self._read_or_not()
+        if not self.write_paused and not self.turn_scheduled:
+            self.turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
     def _next_turn(self) -> None:
+        self.turn_scheduled = False
+        if self.write_paused:  # resume_writing schedules the turn
+            return
         self.frames_waiting = False
         if not self.dead:
             self._cut_frames()
@@ -250,10 +266,10 @@ class H2Connection(asyncio.Protocol):
             end = len(buf)
             budget = max(1, self.limits.frames_per_turn)
             while end - pos >= 9:
-                if not budget:
-                    self.frames_waiting = True
-                    self._read_or_not()
-                    asyncio.get_running_loop().call_soon(self._next_turn)
+                # A client that does not read is not read: the calls it sends
+                # would pile replies up for it (only those running are made).
+                if not budget or self.write_paused:
+                    self._later()
                     break
                 budget -= 1
                 length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]

@@ -44,7 +44,10 @@ class H2Limits:
         max_held: Reply bytes held for the client: held back by its windows or
             queued on a socket it does not read; above it new streams are
             refused (REFUSED_STREAM) until the client reads.  A reply already
-            made is kept, whatever it adds.
+            made is kept, whatever it adds.  While the client does not read
+            (the transport's writing paused) nothing more is read from it: what
+            it can make us hold is the replies of the calls running then (at
+            most ``max_streams``).
         max_wasted_per_second: PING, SETTINGS, client resets, refused
             streams, streams we reset for the client's errors and connection
             WINDOW_UPDATEs that can move no held reply, per second; more is a
