@@ -64,6 +64,9 @@ NOT_METADATA = frozenset(("te", "content-type", "grpc-timeout", "grpc-encoding")
 
 REPLY_HEADERS = b"\x88" + encode_literal(b"content-type", b"application/grpc")
 OK_TRAILERS = encode_literal(b"grpc-status", b"0")
+# gRPC's doc/compression.md: a compressed message we cannot read is answered
+# UNIMPLEMENTED with the encodings we accept, so that the client can resend it.
+ACCEPT_IDENTITY = encode_literal(b"grpc-accept-encoding", b"identity")
 # The fixed parts of a whole unary reply (see unary_reply).
 _REPLY_HEAD = len(REPLY_HEADERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS))
 _REPLY_TRAILERS = len(OK_TRAILERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS | END_STREAM))

@@ -280,9 +280,8 @@ class H2GrpcProtocol(H2Connection):
             )
             return
         if body[0]:
-            self._fail_stream(
-                stream, grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported"
-            )
+            why = "compressed messages are not supported"
+            self._fail_stream(stream, grpc.StatusCode.UNIMPLEMENTED, why, h2.ACCEPT_IDENTITY)
             return
         if head.bad_timeout is not None:
             self._fail_stream(stream, grpc.StatusCode.INTERNAL, head.bad_timeout)
@@ -327,13 +326,18 @@ class H2GrpcProtocol(H2Connection):
         if self.streams.get(stream.id) is stream and (stream.reset or not stream.pending):
             self._close_stream(stream)
 
-    def _fail_stream(self, stream: Stream, code: grpc.StatusCode, message: str) -> None:
-        """Answer a request that never reached a handler with a status."""
+    def _fail_stream(
+        self, stream: Stream, code: grpc.StatusCode, message: str, headers: bytes = b""
+    ) -> None:
+        """Answer a request that never reached a handler with a status (and
+        ``headers``, an encoded header block of its own)."""
         stream.failed = True
         self._drop_body(stream)
-        self._finish(stream, None, code.value[0], message)
+        self._finish(stream, None, code.value[0], message, headers)
 
-    def _finish(self, stream: Stream, reply: bytes | None, code: int, message: str) -> None:
+    def _finish(
+        self, stream: Stream, reply: bytes | None, code: int, message: str, headers: bytes = b""
+    ) -> None:
         if self.dead or self.streams.get(stream.id) is not stream:
             return
         sid = stream.id
@@ -342,7 +346,7 @@ class H2GrpcProtocol(H2Connection):
             self._close_stream(stream)
             return
         if reply is None:  # trailers only
-            block = self._block_start() + REPLY_HEADERS + h2.status_block(code, message)
+            block = self._block_start() + REPLY_HEADERS + headers + h2.status_block(code, message)
             self._send(h2.header_frames(sid, END_STREAM, block, self.max_frame))
             if not stream.end:  # the client is still sending: stop it
                 self._send(frame(h2.RST_STREAM, 0, sid, h2.NO_ERROR.to_bytes(4, "big")))

@@ -284,3 +284,19 @@ def test_a_held_replys_trailers_carry_a_resize_that_came_meanwhile(make: Any) ->
     c.send(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.S_HEADER_TABLE_SIZE, 100))
     c.send(h2.WINDOW_UPDATE, 0, 1, (100).to_bytes(4, "big"))
     assert _updates(_blocks(c, 1)) == [True]  # the trailers
+
+
+def test_a_compressed_message_is_unimplemented_with_the_encodings_accepted(make: Any) -> None:
+    """gRPC's doc/compression.md: UNIMPLEMENTED must say, in grpc-accept-encoding,
+    what the server accepts (identity), so that the client can resend uncompressed;
+    the answer had no such header."""
+    c = Raw(make().server.port)
+    c.send(h2.HEADERS, h2.END_HEADERS, 1, request_block(grpc_encoding="gzip"))
+    c.send(h2.DATA, h2.END_STREAM, 1, b"\x01" + message(b"x")[1:])
+    frames = c.read(lambda f: f[0] == h2.HEADERS and f[2] == 1)
+    fields = dict(c.decoder.decode(frames[-1][3]))
+    assert frames[-1][1] & h2.END_STREAM  # trailers only
+    assert fields["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert fields["grpc-accept-encoding"] == "identity"
+    c.call(3, b"x")  # then uncompressed, as the client would
+    assert c.status(3) == (0, "")
