@@ -337,7 +337,7 @@ class H2Connection(asyncio.Protocol):
                 self._close()
         elif kind == h2.PUSH_PROMISE:
             raise H2ConnectionError(h2.PROTOCOL_ERROR, "a client cannot push")
-        elif kind == h2.PRIORITY and len(payload) != 5:  # a stream error (RFC 9113 6.3)
+        elif kind == h2.PRIORITY and not h2.priority_ok(sid, payload):
             stream = self.streams.get(sid)
             if stream is None:  # an idle or closed stream has nothing to reset
                 raise H2ConnectionError(h2.FRAME_SIZE_ERROR, "PRIORITY must be 5 bytes")

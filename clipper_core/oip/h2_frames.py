@@ -28,6 +28,7 @@ __all__ = [
     "header_frames",
     "parse_timeout",
     "peer_name",
+    "priority_ok",
     "read_settings",
     "request_error",
     "server_preface",
@@ -172,6 +173,14 @@ def unpad(flags: int, payload: bytes) -> bytes:
             raise H2ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
         return payload[1 : len(payload) - pad]
     return payload
+
+
+def priority_ok(stream: int, payload: bytes) -> bool:
+    """Whether a PRIORITY frame is 5 bytes (else a stream error, RFC 9113 6.3);
+    on stream 0 it is a connection error."""
+    if not stream:
+        raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+    return len(payload) == 5
 
 
 def read_settings(flags: int, stream: int, payload: bytes) -> list[tuple[int, int]] | None:

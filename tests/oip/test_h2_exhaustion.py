@@ -309,3 +309,12 @@ def test_a_priority_frame_not_5_bytes_is_a_frame_size_error(make: Any, length: i
     assert c.status(3) == (0, "")
     c.send(h2.PRIORITY, 0, 7, bytes(length))  # an idle stream: nothing to reset
     assert c.goaway() == h2.FRAME_SIZE_ERROR
+
+
+@pytest.mark.parametrize("length", [5, 4])
+def test_a_priority_frame_on_stream_0_is_a_protocol_error(make: Any, length: int) -> None:
+    """RFC 9113 6.3: a connection error; it was ignored (5 bytes) or a
+    FRAME_SIZE_ERROR (any other length)."""
+    c = Raw(make().server.port)
+    c.send(h2.PRIORITY, 0, 0, bytes(length))
+    assert c.goaway() == h2.PROTOCOL_ERROR
