@@ -31,6 +31,7 @@ from clipper_core._proto import oip_service_pb2_grpc as pb_grpc
 from clipper_core.errors import BadInput, ClipperError
 from clipper_core.http.body_budget import BodyBudget
 from clipper_core.oip.h2_frames import UnaryHandler, unary_handler
+from clipper_core.oip.h2_limits import H2Limits
 from clipper_core.oip.h2_server import H2GrpcServer
 from clipper_core.oip.service import InferenceService, InferReply
 from clipper_core.oip.tensors import (
@@ -289,6 +290,9 @@ def read_tls_files(cert: str | None, key: str | None) -> tuple[bytes, bytes] | N
     return Path(cert).read_bytes(), Path(key).read_bytes()
 
 
+_NO_LIMIT = (1 << 31) - 2  # the core takes no more (its own "none" is one more)
+
+
 class GrpcInferenceServer:
     """The OIP gRPC service on the running loop.
 
@@ -302,9 +306,15 @@ class GrpcInferenceServer:
             (``grpc.aio``) or ``"auto"``: h2 without TLS, aio with it.
         reuse_port: Share the port with other processes of this user that bind
             it so (query workers); off, a second server cannot bind it.
-        max_connections: With h2: client connections open at once (0: no limit).
+        max_connections: Client connections open at once (0: no limit).  With
+            aio, gRPC's own cap (``grpc.max_allowed_incoming_connections``):
+            it counts the connections of every ``grpc.aio`` server of the
+            process (they share gRPC's default resource quota), and the last
+            server started sets it.
         body_budget: With h2: the budget for request bytes held at once, over
-            all connections (the HTTP query port's, shared); None: none.
+            all connections (the HTTP query port's, shared); None: none.  aio
+            has no hook before its core has read a message: there, a request is
+            bounded by ``max_message_bytes`` and a connection by its streams.
     """
 
     def __init__(
@@ -362,6 +372,7 @@ class GrpcInferenceServer:
             self._server = h2
             self._port = h2.port
             return
+        cap = self._max_connections
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self._max_message),
@@ -370,6 +381,11 @@ class GrpcInferenceServer:
                 # to the port: wanted for query workers only, or a second
                 # server would silently share it.
                 ("grpc.so_reuseport", int(self._reuse_port)),
+                # The h2 transport's bounds, as far as grpc.aio has them (the
+                # core's default: streams without limit, connections too).
+                ("grpc.max_concurrent_streams", H2Limits().max_streams),
+                # Always set: the core keeps the last value for every server.
+                ("grpc.max_allowed_incoming_connections", min(cap or _NO_LIMIT, _NO_LIMIT)),
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
