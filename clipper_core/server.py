@@ -248,6 +248,7 @@ class ClipperServer:
             ),
             connector=self._connector(),
             on_replica_hung=on_replica_hung,
+            supervised=lambda *key: replicas is not None and replicas.supervises(*key),
         )
         sink: EndpointSink = apply
         if cfg.publishes_endpoints():

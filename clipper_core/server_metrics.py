@@ -260,8 +260,9 @@ def _replicas(replicas: ReplicaSource, mv: ModelVersion) -> list[dict[str, Any]]
             {
                 "replica_id": rid,
                 "address": slot.address,
-                "connected": True,
-                "healthy": slot.failures == 0,
+                # A replica that fails its probes is not connected (replica_watch).
+                "connected": not slot.down,
+                "healthy": slot.failures == 0 and slot.up,
                 "batches": slot.batches,
                 "busy": bool(slot.in_flight),
                 "pid": None if h is None else h.pid,

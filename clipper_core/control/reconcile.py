@@ -69,6 +69,7 @@ class DataPlaneReconciler:
         connector: Builds the client of a replica (the TLS slot for remote ones).
         on_replica_hung: Called with (model, version, replica id) when a replica's
             batch passes its batch timeout.
+        supervised: Whether this server's manager runs (model, version, replica id).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class DataPlaneReconciler:
         *,
         connector: ReplicaConnector,
         on_replica_hung: Callable[[str, str, str], None],
+        supervised: Callable[[str, str, str], bool] = lambda *key: False,
     ) -> None:
         self._dataplane = self.dataplane = dataplane  # public: the control plane drains
         self._selection = selection
@@ -88,7 +90,7 @@ class DataPlaneReconciler:
         self._reader = reader
         self._defaults = defaults
         self._connector = connector
-        self._on_replica_hung = on_replica_hung
+        self._on_replica_hung, self._supervised = on_replica_hung, supervised
         # The app records (and learning-restart tokens) last applied: a policy
         # change or a restart is told from a re-read.
         self._applied: dict[str, AppRecord] = {}
@@ -338,6 +340,7 @@ class DataPlaneReconciler:
             admission=d.admission,
             on_replica_hung=lambda rid: self._on_replica_hung(name, version, rid),
             connector=self._connector,
+            supervised=lambda rid: self._supervised(name, version, rid),
         )
 
     def _retune(self, mv: ModelVersion, rec: ModelRecord) -> None:

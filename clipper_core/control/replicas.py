@@ -269,13 +269,18 @@ class ReplicaReconciler:
         elif event.kind in ("exited", "stopped", "failed"):
             self._endpoints.withdraw(event.model, event.version, event.replica_id)
 
+    def supervises(self, name: str, version: str, replica_id: str) -> bool:
+        """Whether the manager runs this replica (and so restarts it when it
+        exits or hangs): not one registered by hand, nor another frontend's."""
+        return any(s.replica_id == replica_id for s in self.manager.list(name, version))
+
     def recycle(self, name: str, version: str, replica_id: str) -> None:
         """A replica's batch passed its batch timeout: restart its process.
 
         The manager stops it and starts a new one; the usual events then replace
         its dispatcher.  A replica registered by hand cannot be restarted from
         here: its dispatcher waits until it answers health checks again."""
-        if not any(s.replica_id == replica_id for s in self.manager.list(name, version)):
+        if not self.supervises(name, version, replica_id):
             log.warning(
                 "replica %s of %s:%s hung and was not started by this server; waiting for it",
                 replica_id,

@@ -24,6 +24,7 @@ from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import answer_entry, consume_exception
 from clipper_core.dataplane.isolation import CrashIsolation, PendingQuery, SuspectBatch
 from clipper_core.dataplane.replica_slot import ReplicaSlot
+from clipper_core.dataplane.replica_watch import start_watch
 from clipper_core.dataplane.tensor_batch import TensorQuery, predict_tensor_batch
 from clipper_core.errors import (
     BadInput,
@@ -72,6 +73,7 @@ class ModelVersion:
         admission: bool = False,
         on_replica_hung: Callable[[str], None] | None = None,
         connector: ReplicaConnector = insecure_connector,
+        supervised: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -104,6 +106,8 @@ class ModelVersion:
         # Called with a replica id when one of its batches passes batch_timeout;
         # the server recycles the replica's process.
         self.on_replica_hung = on_replica_hung
+        # Whether a replica id's process is supervised here (else see replica_watch).
+        self.supervised = supervised
         self.timeouts = 0
         # Queued inputs cancelled because every requester went away.
         self.cancelled = 0
@@ -208,7 +212,7 @@ class ModelVersion:
         first_free = math.inf  # when the first busy replica should be done
         next_size = 1  # the size of that replica's batch
         for s in self.replicas.values():
-            if s.recovering or s.task is None or s.task.done():
+            if not s.up:
                 continue
             replicas += 1
             if not s.in_flight:
@@ -269,13 +273,20 @@ class ModelVersion:
                 raise QueueClosed(f"model version {self.key} was stopped")
             return
         slot = ReplicaSlot(replica_id, address, client)
-        slot.task = asyncio.get_running_loop().create_task(
-            self._dispatch(slot), name=f"dispatch {self.key} replica {replica_id}"
-        )
+        slot.watched = self.supervised is None or not self.supervised(replica_id)
+        slot.task = self._start_dispatcher(slot)
+        if slot.watched:
+            what = f"replica {replica_id} of {self.key} at {address}"
+            slot.watch = start_watch(slot, what, lambda: self._start_dispatcher(slot))
         self.replicas[replica_id] = slot
         log.info("replica %s of %s connected at %s", replica_id, self.key, address)
         if old is not None:
             await old.stop()  # its batch in flight, if any, goes to the new one
+
+    def _start_dispatcher(self, slot: ReplicaSlot) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(
+            self._dispatch(slot), name=f"dispatch {self.key} replica {slot.replica_id}"
+        )
 
     async def remove_replica(self, replica_id: str) -> None:
         """Stop a replica's dispatcher; its in-flight batch is handed back."""
@@ -308,6 +319,7 @@ class ModelVersion:
                 "batches": s.batches,
                 "failures": s.failures,
                 "busy": bool(s.in_flight),
+                "up": s.up,
             }
             for s in self.replicas.values()
         ]

@@ -33,6 +33,23 @@ class ReplicaSlot:
     #: The last time this replica showed it was alive: connected, or answered a
     #: call (``time.monotonic()``); crash isolation weighs its losses by it.
     alive_at: float = field(default_factory=time.monotonic)
+    #: Whether no local supervisor watches its process (a replica registered by
+    #: hand, or one that another frontend starts): idle, it is probed
+    #: (:mod:`~clipper_core.dataplane.replica_watch`).
+    watched: bool = False
+    #: The probe task of a watched replica.
+    watch: asyncio.Task[None] | None = None
+    #: Set while it does not answer its probes (health and Metadata).
+    down: bool = False
+    #: The last probe it answered (``time.monotonic()``).
+    checked_at: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        """Whether it counts as serving (admission, readiness, ``clipper_replica_up``):
+        its dispatcher runs and it answers."""
+        task = self.task
+        return task is not None and not task.done() and not self.recovering and not self.down
 
     async def recover(self) -> None:
         """Wait until the replica serves its model again (it reports SERVING and
@@ -46,15 +63,23 @@ class ReplicaSlot:
                 if await self.client.serving():
                     # Back (restarted at its address): isolation tells its next loss apart.
                     self.alive_at = time.monotonic()
+                    self.down = False
                     return
+                self.down = True
                 delay = min(delay * 2, 1.0)
         finally:
             self.recovering = False
 
     async def stop(self) -> None:
-        """Stop the dispatcher (its batch in flight is handed back) and close the client."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            # wait(), not await: a CancelledError here must be our caller's own.
-            await asyncio.wait([self.task])
+        """Stop the probes and the dispatcher (its batch in flight is handed back),
+        and close the client."""
+        await _cancel(self.watch)  # first: it would start a paused dispatcher again
+        await _cancel(self.task)
         await self.client.close()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        # wait(), not await: a CancelledError here must be our caller's own.
+        await asyncio.wait([task])

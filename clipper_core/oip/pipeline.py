@@ -64,10 +64,7 @@ def ready(dataplane: QueryView, app: Application) -> bool:
             mv = None if model is None else model.version_for(stage.version)
         except NotFound:
             return False
-        if mv is None or not any(
-            s.task is not None and not s.task.done() and not s.recovering
-            for s in mv.replicas.values()
-        ):
+        if mv is None or not any(s.up for s in mv.replicas.values()):
             return False
     return True
 

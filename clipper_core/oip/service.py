@@ -267,10 +267,7 @@ class InferenceService:
             return pipeline.ready(self.dataplane, target.app)
         if mv is None or (target.app is not None and target.app.routes_queries):
             return False
-        return any(
-            s.task is not None and not s.task.done() and not getattr(s, "recovering", False)
-            for s in mv.replicas.values()
-        )
+        return any(s.up for s in mv.replicas.values())
 
     # -- inference --------------------------------------------------------------
 

@@ -52,16 +52,11 @@ def test_a_fixed_batch_size_is_costed_in_proportion() -> None:
 class _Slot:
     """A replica slot as admission reads it."""
 
-    recovering = False
+    up = True  # counted: its dispatcher runs and it answers
 
     def __init__(self, in_flight: int, started_ago: float) -> None:
         self.in_flight = [object()] * in_flight
         self.batch_started = time.monotonic() - started_ago
-
-    class task:
-        @staticmethod
-        def done() -> bool:
-            return False
 
 
 def _model() -> ModelVersion:

@@ -329,14 +329,9 @@ def test_admission_refuses_what_would_miss_its_deadline() -> None:
 
 
 class _FakeSlot:
-    recovering = False
+    up = True  # counted by admission
     in_flight: list[object] = []  # idle
     batch_started = 0.0
-
-    class task:
-        @staticmethod
-        def done() -> bool:
-            return False
 
 
 def test_secret_files_left_readable_by_others_are_made_private(tmp_path: Path) -> None:
