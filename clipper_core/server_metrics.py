@@ -260,7 +260,8 @@ def _replicas(replicas: ReplicaSource, mv: ModelVersion) -> list[dict[str, Any]]
             {
                 "replica_id": rid,
                 "address": slot.address,
-                # A replica that fails its probes is not connected (replica_watch).
+                # A replica that fails its probes is not connected; one quarantined
+                # after a batch timeout is, but not healthy (replica_watch).
                 "connected": not slot.down,
                 "healthy": slot.failures == 0 and slot.up,
                 "batches": slot.batches,

@@ -383,13 +383,16 @@ class ModelVersion:
         except DeadlineExceeded:
             # The batch ran past batch_timeout: the model hangs (or is far too
             # slow).  Its inputs fail -- not handed back, since a poison input
-            # would hang the next replica too -- and the replica is recycled.
+            # would hang the next replica too -- and the replica is recycled, or
+            # if no supervisor here restarts it, quarantined (then one trial batch).
             self.timeouts += 1
             slot.failures += 1
+            then = "the replica is being restarted"
+            if slot.watched:
+                then = f"it gets no batch for {slot.quarantine_after_timeout():g} s"
             timeout_error = ModelTimeout(
                 f"{self.key}: a batch of {len(entries)} took longer than the batch"
-                f" timeout of {self.batch_timeout:g} s on replica {slot.replica_id};"
-                " the replica is being restarted"
+                f" timeout of {self.batch_timeout:g} s on replica {slot.replica_id}; {then}"
             )
             self.metrics.error(timeout_error.kind, len(entries))
             self._fail(entries, timeout_error)
@@ -421,6 +424,7 @@ class ModelVersion:
                 hop_trace.mark("outputs_decoded")
             try:
                 slot.failures = 0
+                slot.quarantine = 0.0  # a hung replica's trial batch was answered
                 slot.batches += 1
                 slot.alive_at = time.monotonic()
                 latency = time.monotonic() - started

@@ -10,7 +10,12 @@ from clipper_core.dataplane.batch_latency import OwnLatency
 from clipper_core.replica_client import ReplicaClient
 from clipper_core.structures import QueueEntry
 
-__all__ = ["ReplicaSlot"]
+__all__ = ["QUARANTINE_FIRST", "QUARANTINE_MAX", "ReplicaSlot"]
+
+#: Seconds a replica gets no batch after its first batch timeout (see ``quarantine``).
+QUARANTINE_FIRST = 1.0
+#: Most seconds it gets none after batch timeouts in a row (the back-off doubles).
+QUARANTINE_MAX = 60.0
 
 
 @dataclass
@@ -35,7 +40,7 @@ class ReplicaSlot:
     alive_at: float = field(default_factory=time.monotonic)
     #: Whether no local supervisor watches its process (a replica registered by
     #: hand, or one that another frontend starts): idle, it is probed
-    #: (:mod:`~clipper_core.dataplane.replica_watch`).
+    #: (:mod:`~clipper_core.dataplane.replica_watch`), and hung, quarantined.
     watched: bool = False
     #: The probe task of a watched replica.
     watch: asyncio.Task[None] | None = None
@@ -43,23 +48,41 @@ class ReplicaSlot:
     down: bool = False
     #: The last probe it answered (``time.monotonic()``).
     checked_at: float = 0.0
+    #: Seconds of its current quarantine after a batch timeout (0: none); cleared
+    #: by a batch answered.  Its dispatcher takes no batch before ``quarantined_until``.
+    quarantine: float = 0.0
+    quarantined_until: float = 0.0
 
     @property
     def up(self) -> bool:
         """Whether it counts as serving (admission, readiness, ``clipper_replica_up``):
-        its dispatcher runs and it answers."""
+        its dispatcher runs, it answers, and it is not quarantined (not even while
+        its trial batch runs)."""
         task = self.task
-        return task is not None and not task.done() and not self.recovering and not self.down
+        return (
+            task is not None
+            and not task.done()
+            and not self.recovering
+            and not self.down
+            and not self.quarantine
+        )
+
+    def quarantine_after_timeout(self) -> float:
+        """A batch passed its timeout: no batch for the next back-off (doubling
+        from ``QUARANTINE_FIRST`` up to ``QUARANTINE_MAX``); its seconds."""
+        self.quarantine = min(max(self.quarantine * 2, QUARANTINE_FIRST), QUARANTINE_MAX)
+        self.quarantined_until = time.monotonic() + self.quarantine
+        return self.quarantine
 
     async def recover(self) -> None:
         """Wait until the replica serves its model again (it reports SERVING and
         its Metadata names the model: not another's container restarted at its
-        address), probing at most once a second."""
+        address), probing at most once a second, and its quarantine, if any, is over."""
         delay = 0.05
         self.recovering = True  # admission control does not count it meanwhile
         try:
             while True:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(delay, self.quarantined_until - time.monotonic()))
                 if await self.client.serving():
                     # Back (restarted at its address): isolation tells its next loss apart.
                     self.alive_at = time.monotonic()

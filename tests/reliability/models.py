@@ -125,3 +125,15 @@ def make_non_finite(as_array: bool) -> Any:
         return rows
 
     return predict
+
+
+def make_stuck() -> Any:
+    """Never returns: a hung model (its container still answers health checks)."""
+
+    def predict(inputs: list[Any]) -> list[float]:
+        import threading
+
+        threading.Event().wait()
+        return []
+
+    return predict

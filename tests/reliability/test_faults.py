@@ -170,9 +170,9 @@ def test_hung_model_is_timed_out_and_its_replica_recycled(running: Running) -> N
     assert status == 200 and body["output"] == new_pid and not body["default"]
     mv = running.server.dataplane.get_model_version("hang", "1")
     assert mv.timeouts == 1
-    # Its supervisor restarts it: the frontend does not probe it.
+    # Its supervisor restarts it: the frontend neither probes nor quarantines it.
     slot = mv.replicas["0"]
-    assert not slot.watched and slot.watch is None and slot.up
+    assert not slot.watched and slot.watch is None and slot.quarantine == 0.0 and slot.up
 
 
 BROKEN_MODEL = """

@@ -1,9 +1,13 @@
 """Replicas registered by hand (``register_replica``: containers this server did not
 start, real processes here): one that dies stops counting as up while idle, and
-comes back by itself."""
+comes back by itself; one that hangs is quarantined after a batch timeout, with
+a back-off, instead of taking a batch every ``batch_timeout``."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,4 +109,56 @@ def test_a_dead_idle_replica_registered_by_hand_stops_counting_and_comes_back(
         status, _, body = http("POST", url, {"input": [3.0]})
         assert status == 200 and body["output"] == 3.0 and not body["default"], body
     finally:
+        running.bg.stop()
+
+
+def test_a_hung_replica_registered_by_hand_is_quarantined_with_a_back_off(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    # A hung container accepts connections and reports SERVING, but Predict never
+    # returns.  Without a quarantine it would take a batch, lose it after the
+    # batch timeout, and take the next one at once, for as long as it hangs.
+    running = start_server(tmp_path / "state", batch_timeout=0.5)
+    stop = threading.Event()
+    try:
+        good, stuck = free_port(), free_port()
+        _start(launcher, tmp_path, "good", models.make_sleeper(0.0), good)
+        _start(launcher, tmp_path, "stuck", models.make_stuck(), stuck)
+        _external_app(running)
+        _register(running, "good", good)
+        _register(running, "stuck", stuck)
+        mv = running.server.dataplane.get_model_version("ext", "1")
+        url = f"{running.bg.query_url}/extapp/predict"
+
+        def client(k: int) -> None:  # a steady load, so that a free replica gets a batch
+            n = 0
+            while not stop.is_set():
+                n += 1
+                http("POST", url, {"input": [float(k), float(n)]})  # distinct: no cache hit
+                time.sleep(0.02)
+
+        clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(3)]
+        for t in clients:
+            t.start()
+        # When each batch timeout happened (the stuck replica lost a batch).
+        lost: list[float] = []
+        end = time.monotonic() + 60
+        while len(lost) < 3 and time.monotonic() < end:
+            while mv.timeouts > len(lost):
+                lost.append(time.monotonic())
+            if lost:
+                # Quarantined from its first timeout on: never up again while stuck.
+                assert _replica_metrics(running) == {"good": 1.0, "stuck": 0.0, "replicas": 2.0}
+            time.sleep(0.01)
+        assert len(lost) == 3, f"{len(lost)} batch timeout(s) within 60 s"
+        # Each lost batch is followed by a quarantine (1 s, then 2 s) before the
+        # next, on top of the 0.5 s the trial batch waits: lower bounds only.
+        gaps = [b - a for a, b in itertools.pairwise(lost)]
+        assert gaps[0] >= 1.0 and gaps[1] >= 2.0, gaps
+        stuck_slot = mv.replicas["stuck"]
+        assert stuck_slot.quarantine == 4.0 and not stuck_slot.up  # nor admission counts it
+        status, _, body = http("POST", url, {"input": [5.0]})
+        assert status == 200 and body["output"] == 5.0, body  # the good one serves on
+    finally:
+        stop.set()
         running.bg.stop()
