@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from clipper_core.config import ServerConfig
 from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
+from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.tls import grpc_channel_credentials
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "is_remote",
     "local_connector",
     "remote_address",
+    "server_connector",
     "tls_connector",
 ]
 
@@ -103,3 +106,14 @@ def by_address(local: ReplicaConnector, remote: ReplicaConnector) -> ReplicaConn
         return chosen(address, model, version, replica_id)
 
     return connect
+
+
+def server_connector(cfg: ServerConfig, tokens: ReplicaTokens) -> ReplicaConnector:
+    """A server's connector: local replicas over plaintext (with their local token
+    where the configuration gives them one), remote ones (``grpcs://``) over TLS
+    with their call token."""
+    remote = tls_connector(
+        cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
+    )
+    local = local_connector(tokens.local_token if cfg.local_replica_tokens() else None)
+    return by_address(local, remote)

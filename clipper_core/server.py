@@ -57,8 +57,7 @@ from clipper_core.oip import InferenceService
 from clipper_core.oip import http as oip_http
 from clipper_core.planning import budgets
 from clipper_core.query_refusal import header_refusal
-from clipper_core.replica_client import ReplicaConnector
-from clipper_core.replica_tls import by_address, local_connector, tls_connector
+from clipper_core.replica_tls import server_connector
 from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.selection import api as selection_api
 from clipper_core.selection.runtime import SelectionService
@@ -246,7 +245,7 @@ class ClipperServer:
                 admission=cfg.admission_control,
                 replica_start_timeout=cfg.replica_start_timeout,
             ),
-            connector=self._connector(),
+            connector=server_connector(cfg, self._tokens()),
             on_replica_hung=on_replica_hung,
             supervised=lambda *key: replicas is not None and replicas.supervises(*key),
         )
@@ -270,16 +269,6 @@ class ClipperServer:
             secret_file = self.config.resolved_replica_secret_file()
             self.replica_tokens = ReplicaTokens.load_or_create(secret_file)
         return self.replica_tokens
-
-    def _connector(self) -> ReplicaConnector:
-        """Local replicas over plaintext, remote ones (``grpcs://``) over TLS; with tokens."""
-        cfg, tokens = self.config, self.replica_tokens
-        assert tokens is not None
-        remote = tls_connector(
-            cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
-        )
-        local = local_connector(tokens.local_token if cfg.local_replica_tokens() else None)
-        return by_address(local, remote)
 
     def _routers(self, control: ControlPlane, admin_token: str | None) -> tuple[Router, Router]:
         query = Router()
