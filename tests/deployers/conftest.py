@@ -85,8 +85,13 @@ def link(server: Running, name: str) -> None:
 def metadata(server: Running, model: str, version: str = "1") -> Any:
     """The container's Metadata RPC (what OIP's model metadata is built from)."""
     handle = next(h for h in server.server.manager.list(model, version) if h.state == "running")
+    # The local manager's replicas take calls with their version's local token only.
+    tokens = server.server.replica_tokens
+    assert tokens is not None
+    auth = (("authorization", f"Bearer {tokens.local_token(model, version)}"),)
     with grpc.insecure_channel(handle.address) as channel:
-        return pb_grpc.ModelContainerStub(channel).Metadata(pb.MetadataRequest(), timeout=10)
+        stub = pb_grpc.ModelContainerStub(channel)
+        return stub.Metadata(pb.MetadataRequest(), timeout=10, metadata=auth)
 
 
 def specs(tensors: Any) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -170,8 +170,12 @@ def test_distinct_poison_inputs_in_a_row_leave_the_model_serving(
     wait_for("two replicas running", lambda: len(running.replica_pids("psnd")) == 2)
     status, _, body = http("POST", url, {"input": [5.0]}, timeout=60)
     assert status == 200 and body["output"] == 10.0 and not body["default"], body
-    states = [r.state for r in running.server.manager.list("psnd", "1")]
-    assert states == ["running", "running"], states
+    # Its last crash may still be on its way to the supervisor (the process gone,
+    # its exit not yet read) when the two were counted: wait for both to run.
+    wait_for(
+        "both replicas running, none failed",
+        lambda: [r.state for r in running.server.manager.list("psnd", "1")] == ["running"] * 2,
+    )
 
 
 def test_scaling_down_under_load_pins_no_input_as_poison(running: Running) -> None:
