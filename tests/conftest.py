@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Before anything imports grpc: the heavy Spark tests start a Java gateway (a fork
 # with a preexec_fn) in this process while its gRPC server threads run, and gRPC's
@@ -17,6 +18,9 @@ import pytest
 import uvloop
 
 from clipper_core.structures import load
+
+if TYPE_CHECKING:
+    from tests.containers.container_harness import Launcher
 
 # Servers started by tests (in this process or as children) bind an ephemeral
 # OIP gRPC port instead of 8001, so that test runs never collide on it.
@@ -50,3 +54,16 @@ def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
 
     gc.collect()
     assert not errors, f"errors reached the loop's exception handler: {errors}"
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    """Containers started by hand (``launcher.start(...)``), as an operator starts
+    a replica to register it; all are stopped afterwards."""
+    from tests.containers.container_harness import Launcher
+
+    started = Launcher(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()

@@ -8,11 +8,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bench.ports import free_port
 from tests.containers.container_harness import Container, Launcher, closure_args, pickle_closure
@@ -20,15 +17,6 @@ from tests.observability.test_metrics_server import scrape
 from tests.reliability import models
 from tests.reliability.conftest import http, wait_for
 from tests.server.conftest import Running, start_server
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
 
 
 def _start(launcher: Launcher, tmp_path: Path, name: str, model: Any, port: int) -> Container:

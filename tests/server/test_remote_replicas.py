@@ -13,7 +13,6 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,6 @@ from tests.containers.tls_certs import CertificateAuthority
 from tests.server.conftest import Running, start_server
 
 SERVE_TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
 
 
 @pytest.fixture

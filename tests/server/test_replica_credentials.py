@@ -46,15 +46,6 @@ class _Recorder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
 
 @pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
-@pytest.fixture
 def impostor(tmp_path: Path) -> Iterator[tuple[CertificateAuthority, str, _Recorder]]:
     """A TLS gRPC server with a certificate of the frontend's replica CA."""
     ca = CertificateAuthority.create(tmp_path / "pki")
