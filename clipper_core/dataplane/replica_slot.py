@@ -56,15 +56,19 @@ class ReplicaSlot:
     @property
     def up(self) -> bool:
         """Whether it counts as serving (admission, readiness, ``clipper_replica_up``):
-        its dispatcher runs, it answers, and it is not quarantined (not even while
-        its trial batch runs)."""
+        its dispatcher runs, it answers, and it is neither in a quarantine nor
+        running the trial batch after one.  Idle once its quarantine is over, it
+        counts again: else a replica that readiness took out of rotation would get
+        no batch to clear it with."""
         task = self.task
         return (
             task is not None
             and not task.done()
             and not self.recovering
             and not self.down
-            and not self.quarantine
+            and not (
+                self.quarantine and (self.in_flight or time.monotonic() < self.quarantined_until)
+            )
         )
 
     def quarantine_after_timeout(self) -> float:
@@ -96,9 +100,16 @@ class ReplicaSlot:
     async def stop(self) -> None:
         """Stop the probes and the dispatcher (its batch in flight is handed back),
         and close the client."""
-        await _cancel(self.watch)  # first: it would start a paused dispatcher again
-        await _cancel(self.task)
-        await self.client.close()
+        # The watch first: it would start a paused dispatcher again.  Each step
+        # runs even if the caller is cancelled meanwhile: a slot already out of
+        # its model's replicas must not keep a dispatcher taking batches.
+        try:
+            await _cancel(self.watch)
+        finally:
+            try:
+                await _cancel(self.task)
+            finally:
+                await self.client.close()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

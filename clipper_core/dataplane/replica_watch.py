@@ -51,29 +51,49 @@ async def watch_replica(
     """Probe ``slot``'s replica whenever it is idle (see the module's docstring)
     until its dispatcher ends; ``what`` names it in the log, and
     ``start_dispatcher`` makes a new dispatcher once a down replica is back."""
-    while slot.task is not None and not slot.task.done():
-        now = time.monotonic()
-        last = max(slot.alive_at, slot.batch_started, slot.checked_at)
-        due = last + PROBE_INTERVAL - now
-        if due > 0 or slot.in_flight or slot.recovering:
-            # Busy or recovering: the dispatcher's calls and checks are the evidence.
-            await asyncio.sleep(due if due > 0 else PROBE_INTERVAL)
-            continue
-        if await slot.client.serving(PROBE_TIMEOUT):
-            slot.checked_at = time.monotonic()
-            continue
-        task = slot.task
-        if max(slot.batch_started, slot.alive_at) >= now or slot.recovering:
-            continue  # a batch went out meanwhile: its outcome decides
-        if task is None or task.done():
-            return
-        log.warning("%s does not answer its probe; no batch goes to it until it does", what)
-        slot.down = True
-        # Idle, its dispatcher waits in the queue's take: cancelled there, it holds
-        # no input (entries are taken only once it runs again).
-        task.cancel()
-        await asyncio.wait([task])
-        await slot.recover()
+    # While down, the replica has no dispatcher: the watch must bring one back.
+    while slot.down or (slot.task is not None and not slot.task.done()):
+        try:
+            await _watch_once(slot, what, start_dispatcher)
+        except Exception:  # a bug must not end the watch: a down replica would stay down
+            log.exception("probing %s failed; again in %g s", what, PROBE_INTERVAL)
+            await asyncio.sleep(PROBE_INTERVAL)
+
+
+async def _watch_once(
+    slot: ReplicaSlot, what: str, start_dispatcher: Callable[[], asyncio.Task[None]]
+) -> None:
+    if slot.down:
+        await _bring_back(slot, what, start_dispatcher)
+        return
+    now = time.monotonic()
+    last = max(slot.alive_at, slot.batch_started, slot.checked_at)
+    due = last + PROBE_INTERVAL - now
+    if due > 0 or slot.in_flight or slot.recovering:
+        # Busy or recovering: the dispatcher's calls and checks are the evidence.
+        await asyncio.sleep(due if due > 0 else PROBE_INTERVAL)
+        return
+    if await slot.client.serving(PROBE_TIMEOUT):
         slot.checked_at = time.monotonic()
-        log.info("%s answers again", what)
-        slot.task = start_dispatcher()
+        return
+    task = slot.task
+    if max(slot.batch_started, slot.alive_at) >= now or slot.recovering:
+        return  # a batch went out meanwhile: its outcome decides
+    if task is None or task.done():
+        return
+    log.warning("%s does not answer its probe; no batch goes to it until it does", what)
+    slot.down = True
+    # Idle, its dispatcher waits in the queue's take: cancelled there, it holds
+    # no input (entries are taken only once it runs again).
+    task.cancel()
+    await asyncio.wait([task])
+    await _bring_back(slot, what, start_dispatcher)
+
+
+async def _bring_back(
+    slot: ReplicaSlot, what: str, start_dispatcher: Callable[[], asyncio.Task[None]]
+) -> None:
+    await slot.recover()  # clears ``down`` once it serves again
+    slot.checked_at = time.monotonic()
+    log.info("%s answers again", what)
+    slot.task = start_dispatcher()

@@ -132,10 +132,10 @@ def test_a_hung_replica_registered_by_hand_is_quarantined_with_a_back_off(
         lost: list[float] = []
         end = time.monotonic() + 60
         while len(lost) < 3 and time.monotonic() < end:
-            while mv.timeouts > len(lost):
-                lost.append(time.monotonic())
-            if lost:
-                # Quarantined from its first timeout on: never up again while stuck.
+            if mv.timeouts > len(lost):
+                while mv.timeouts > len(lost):
+                    lost.append(time.monotonic())
+                # Quarantined at each timeout (for 1 s at least): not up meanwhile.
                 assert _replica_metrics(running) == {"good": 1.0, "stuck": 0.0, "replicas": 2.0}
             time.sleep(0.01)
         assert len(lost) == 3, f"{len(lost)} batch timeout(s) within 60 s"
@@ -147,6 +147,11 @@ def test_a_hung_replica_registered_by_hand_is_quarantined_with_a_back_off(
         assert stuck_slot.quarantine == 4.0 and not stuck_slot.up  # nor admission counts it
         status, _, body = http("POST", url, {"input": [5.0]})
         assert status == 200 and body["output"] == 5.0, body  # the good one serves on
+        # Without traffic, once its quarantine is over (and any trial batch lost),
+        # it counts again: readiness must not keep it out of rotation for good.
+        stop.set()
+        wait_for("the idle stuck replica up after its quarantine", lambda: stuck_slot.up, 30)
+        assert stuck_slot.quarantine >= 4.0  # the back-off is kept until a batch is answered
     finally:
         stop.set()
         running.bg.stop()
