@@ -221,11 +221,14 @@ class ServerConfig:
         return self.worker_id > 0
 
     def local_replica_tokens(self) -> bool:
-        """Whether the replicas this frontend starts require a token on their
-        plaintext port: when every frontend that calls them derives it from the
-        same secret (one frontend and its query workers, or frontends of a shared
-        ``state_url`` given the same ``replica_secret_file``)."""
-        return self.state_url is None or self.replica_secret_file is not None
+        """Whether the replicas this frontend's local manager starts require a
+        token on their plaintext port: when every frontend that calls them can
+        derive it from the same secret (one frontend and its query workers, or
+        frontends of a shared ``state_url`` that must then all be given the same
+        ``replica_secret_file``)."""
+        return self.container_manager == "local" and (
+            self.state_url is None or self.replica_secret_file is not None
+        )
 
     def publishes_endpoints(self) -> bool:
         """Whether the replicas' addresses go into the store for other frontends

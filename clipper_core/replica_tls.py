@@ -109,11 +109,21 @@ def by_address(local: ReplicaConnector, remote: ReplicaConnector) -> ReplicaConn
 
 
 def server_connector(cfg: ServerConfig, tokens: ReplicaTokens) -> ReplicaConnector:
-    """A server's connector: local replicas over plaintext (with their local token
-    where the configuration gives them one), remote ones (``grpcs://``) over TLS
-    with their call token."""
+    """A server's connector: remote replicas (``grpcs://``) over TLS with their
+    call token; plaintext ones without a token, except the local manager's own
+    (numbered ids), which get their version's local token where the
+    configuration gives them one.  A plaintext address registered by hand is
+    not sent that token: whoever answers there could call the manager's replicas
+    with it."""
     remote = tls_connector(
         cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
     )
-    local = local_connector(tokens.local_token if cfg.local_replica_tokens() else None)
-    return by_address(local, remote)
+    if not cfg.local_replica_tokens():
+        return by_address(insecure_connector, remote)
+    managed = local_connector(tokens.local_token)
+
+    def plain(address: str, model: str, version: str, replica_id: str) -> ReplicaClient:
+        chosen = managed if replica_id.isdigit() else insecure_connector
+        return chosen(address, model, version, replica_id)
+
+    return by_address(plain, remote)

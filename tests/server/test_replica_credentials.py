@@ -89,6 +89,31 @@ def test_the_token_a_frontend_sends_to_a_replica_address_opens_no_bundle(
         r.bg.stop()
 
 
+def test_a_plaintext_address_registered_by_hand_gets_no_local_token(tmp_path: Path) -> None:
+    """The local manager's replicas take the version's local token: a plaintext
+    address registered by hand (another server at it) must not be sent it."""
+    recorder = _Recorder()
+    plain = grpc.server(futures.ThreadPoolExecutor(2), handlers=[recorder])
+    port = plain.add_insecure_port("127.0.0.1:0")
+    plain.start()
+    r = start_server(tmp_path / "state", replica_start_timeout=3.0)
+    try:
+        conn = r.conn
+        conn.register_application("sumapp", "doubles", "-1", 1_000_000)
+        conn.deploy_pickled("sum", 1, "doubles", models.make_sum())
+        status, _, _ = _request(
+            f"{r.server.management_url}/admin/register_replica",
+            {"model_name": "sum", "model_version": "1", "address": f"127.0.0.1:{port}"},
+            token=r.server.config.admin_token,
+        )
+        assert status == 500  # it is no replica
+        assert recorder.metadata  # it was called
+        assert all("authorization" not in m for m in recorder.metadata), recorder.metadata
+    finally:
+        r.bg.stop()
+        plain.stop(0)
+
+
 def test_a_registration_token_registers_its_version_and_nothing_else(
     tmp_path: Path, launcher: Launcher
 ) -> None:
