@@ -40,6 +40,10 @@ ENV_VARS = {
     " container stops when that process exits.",
     "CLIPPER_CONTAINER_READY": "Not a variable: the line a model container prints"
     " (`CLIPPER_CONTAINER_READY <address>`) once it serves.",
+    "CLIPPER_REPLICA_TOKEN": "Set by the server for the model containers its local"
+    " manager starts: the token every gRPC call on the container's plaintext port must"
+    " carry (`authorization: Bearer`), and its local socket's; removed from the"
+    " environment before the model's code runs.",
     "CLIPPER_REPLICA_ID": "Set in Kubernetes model pods: the replica id (the pod's ordinal).",
     "CLIPPER_POD_IP": "Set in Kubernetes model pods: the address the replica advertises.",
 }
