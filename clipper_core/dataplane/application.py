@@ -28,18 +28,9 @@ __all__ = [
 
 def nothing_can_answer(model: ModelVersion) -> bool:
     """Whether ``model`` has no live replica and none is coming back: no replica
-    is connected but those registered by hand that fail their probes (``down``:
-    see ``replica_watch``), and none went away with work in the last seconds
-    (that one is being restarted, and its inputs retried: waiting for it is
-    worth it)."""
-    return _no_live_replica(model) and model.isolation.recent_loss() is None
-
-
-def _no_live_replica(model: ModelVersion) -> bool:
-    for slot in model.replicas.values():  # at most a few; the first is usually live
-        if not (slot.watched and slot.down):
-            return False
-    return True
+    is connected, and none went away with work in the last seconds (that one is
+    being restarted, and its inputs retried: waiting for it is worth it)."""
+    return not model.replicas and model.isolation.recent_loss() is None
 
 
 def unanswerable(model: ModelVersion, fut: asyncio.Future[Any]) -> bool:
@@ -145,7 +136,7 @@ def _late_reason(app: Application, model: ModelVersion, deadline: float, started
     ``deadline``: no replica connected (Clipper's words), or the latency
     objective (the client's own deadline when it was the tighter one), and what
     the model lost lately."""
-    if _no_live_replica(model):
+    if not model.replicas:
         why = no_connected_model(NoLiveReplica([model.key]))
     elif deadline < started + app.slo - 1e-3:
         # The client's own deadline (Clipper-Deadline-Ms) was the tighter one.
