@@ -11,9 +11,12 @@ from __future__ import annotations
 from clipper_core.errors import BadInput
 from clipper_core.structures import SloController
 
-__all__ = ["CONTROLLER_MODES", "batch_controller", "controller_mode"]
+__all__ = ["AIMD_TOLERANCE", "CONTROLLER_MODES", "batch_controller", "controller_mode", "teach"]
 
 CONTROLLER_MODES = ("aimd", "quantile", "fixed")
+
+#: AIMD's hold band (Clipper's 10%): latencies above (1 - this) x SLO are news.
+AIMD_TOLERANCE = 0.1
 
 
 def controller_mode(controller: str | None, batch_size: int) -> str:
@@ -47,3 +50,21 @@ def batch_controller(
     # The quantile mode keeps the extension's defaults: the p99 of a line fitted
     # over the last 512 batches, refitted every 16.
     return SloController(slo, mode=mode, max_batch_size=cap)
+
+
+def teach(controller: SloController, n: int, latency: float) -> None:
+    """Show ``controller`` a batch of ``n`` that took ``latency`` seconds."""
+    # AIMD grows the limit after every fast batch, even one smaller than the
+    # limit (Clipper's rule), and so does the quantile mode while its window
+    # holds one size (no fit yet: light load's batches of one); either way the
+    # limit walks up to max_batch_size, and the first burst then runs a batch
+    # far too big for the SLO.  A batch below the limit that was fast says
+    # nothing about the limit, so only full batches, and slow ones, teach.
+    if (
+        controller.mode != "fixed"
+        and n < controller.batch_size
+        and latency < controller.slo * (1.0 - AIMD_TOLERANCE)
+    ):
+        controller.record(n, latency)  # the quantile fit's point, no step
+        return
+    controller.observe(n, latency)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clipper_core.admission import ADMISSION_HEADROOM, ServiceTimeEstimator
-from clipper_core.dataplane.batch_controller import batch_controller
+from clipper_core.dataplane.batch_controller import batch_controller, teach
 from clipper_core.dataplane.batch_split import cut_batch
 from clipper_core.dataplane.coalesce import SharedComputation
 from clipper_core.dataplane.futures import answer_entry, consume_exception
@@ -42,9 +42,6 @@ from clipper_core.structures import BatchQueue, PredictionCache, QueueEntry
 from model_containers import hop_trace
 
 log = logging.getLogger("clipper_core.dataplane")
-
-#: AIMD's hold band (Clipper's 10%): latencies above (1 - this) x SLO are news.
-AIMD_TOLERANCE = 0.1
 
 #: Objective used while no application is linked.
 UNLINKED_BATCH_SLO = 0.1
@@ -91,7 +88,6 @@ class ModelVersion:
             min(max_batch_size, queue_capacity),
             UNLINKED_BATCH_SLO,
         )
-        self._adaptive = self.controller.mode != "fixed"
         self.replicas: dict[str, ReplicaSlot] = {}
         self.queries = 0
         self.cache_hits = 0
@@ -450,21 +446,7 @@ class ModelVersion:
         return False
 
     def _observe(self, n: int, latency: float) -> None:
-        controller = self.controller
-        # AIMD grows the limit after every fast batch, even one smaller than the
-        # limit (Clipper's rule), and so does the quantile mode while its window
-        # holds one size (no fit yet: light load's batches of one); either way the
-        # limit walks up to max_batch_size, and the first burst then runs a batch
-        # far too big for the SLO.  A batch below the limit that was fast says
-        # nothing about the limit, so only full batches, and slow ones, teach.
-        if (
-            self._adaptive
-            and n < controller.batch_size
-            and latency < controller.slo * (1.0 - AIMD_TOLERANCE)
-        ):
-            controller.record(n, latency)  # the quantile fit's point, no step
-            return
-        controller.observe(n, latency)
+        teach(self.controller, n, latency)
 
     @staticmethod
     def _fail(entries: list[QueueEntry], exc: BaseException) -> None:
