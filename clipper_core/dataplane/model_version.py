@@ -419,11 +419,19 @@ class ModelVersion:
             if hop_trace.ENABLED:
                 hop_trace.mark("outputs_decoded")
             try:
+                latency = time.monotonic() - started
+                if len(entries) == 1 and suspect is None:
+                    # A batch of one (light load): its requester writes its reply
+                    # before the bookkeeping below, which waits one loop turn.
+                    fut = entries[0].future
+                    if not fut.done():
+                        answer_entry(fut, outputs[0], alone=True)
+                    slot.in_flight = []
+                    await asyncio.sleep(0)
                 slot.failures = 0
                 slot.quarantine = 0.0  # a hung replica's trial batch was answered
                 slot.batches += 1
                 slot.alive_at = time.monotonic()
-                latency = time.monotonic() - started
                 if suspect is None:  # a suspect call's size is not the controller's
                     # The batch size is the batch's own latency's business, not
                     # the event loop's time spent elsewhere; the expected wait
