@@ -17,8 +17,7 @@ import pytest
 from clipper_core.http.body_budget import BodyBudget
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import CallContext
-from clipper_core.oip.h2_limits import H2Limits
-from tests.oip.test_h2_grpc import LoopThread
+from tests.oip.test_h2_grpc import LoopThread, loop_threads
 from tests.oip.test_h2_hostile import Raw, message, request_block
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,16 +34,7 @@ async def _big(raw: bytes, ctx: CallContext) -> bytes:
 
 @pytest.fixture
 def make() -> Iterator[Callable[..., LoopThread]]:
-    made: list[LoopThread] = []
-
-    def start(**limits: Any) -> LoopThread:
-        lt = LoopThread({"/t.S/Big": _big}, H2Limits(**limits), max_message=1 << 20)
-        made.append(lt)
-        return lt
-
-    yield start
-    for lt in made:
-        lt.close()
+    yield from loop_threads({"/t.S/Big": _big})
 
 
 def _open_window(c: Raw) -> None:

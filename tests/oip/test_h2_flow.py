@@ -13,8 +13,7 @@ import grpc
 import pytest
 
 from clipper_core.oip import h2_frames as h2
-from clipper_core.oip.h2_limits import H2Limits
-from tests.oip.test_h2_grpc import LoopThread
+from tests.oip.test_h2_grpc import LoopThread, loop_threads
 from tests.oip.test_h2_hostile import Raw, _echo, request_block
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,16 +23,7 @@ MAX_MESSAGE = 1 << 20
 
 @pytest.fixture
 def make() -> Iterator[Callable[..., LoopThread]]:
-    made: list[LoopThread] = []
-
-    def start(**limits: Any) -> LoopThread:
-        lt = LoopThread({"/t.S/Echo": _echo}, H2Limits(**limits), max_message=MAX_MESSAGE)
-        made.append(lt)
-        return lt
-
-    yield start
-    for lt in made:
-        lt.close()
+    yield from loop_threads({"/t.S/Echo": _echo}, MAX_MESSAGE)
 
 
 def test_concurrent_large_messages_on_one_channel_wait_for_the_windows(make: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -89,6 +89,23 @@ class LoopThread:
         self.thread.join(5)
         self.loop.close()
         assert self.errors == []
+
+
+def loop_threads(
+    handlers: dict[str, Any], max_message: int = 1 << 20
+) -> Iterator[Callable[..., LoopThread]]:
+    """The body of a ``make`` fixture: ``start(max_message=..., **limits)`` serves
+    ``handlers`` on a new :class:`LoopThread`; every one is closed afterwards."""
+    made: list[LoopThread] = []
+
+    def start(max_message: int = max_message, **limits: Any) -> LoopThread:
+        lt = LoopThread(handlers, H2Limits(**limits), max_message=max_message)
+        made.append(lt)
+        return lt
+
+    yield start
+    for lt in made:
+        lt.close()
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ import pytest
 
 from clipper_core.oip import h2_frames as h2
 from clipper_core.oip.h2_frames import CallContext, encode_literal
-from clipper_core.oip.h2_limits import H2Limits
 from clipper_core.oip.hpack import HpackDecoder
-from tests.oip.test_h2_grpc import LoopThread
+from tests.oip.test_h2_grpc import LoopThread, loop_threads
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,20 +161,7 @@ def stubborn() -> _Stubborn:
 
 @pytest.fixture
 def make(stubborn: _Stubborn) -> Iterator[Callable[..., LoopThread]]:
-    made: list[LoopThread] = []
-
-    def start(max_message: int = 1 << 20, **limits: Any) -> LoopThread:
-        lt = LoopThread(
-            {"/t.S/Echo": _echo, "/t.S/Stubborn": stubborn},
-            H2Limits(**limits),
-            max_message=max_message,
-        )
-        made.append(lt)
-        return lt
-
-    yield start
-    for lt in made:
-        lt.close()
+    yield from loop_threads({"/t.S/Echo": _echo, "/t.S/Stubborn": stubborn})
 
 
 def test_a_frame_over_the_limit_is_refused_before_its_bytes(make: Any) -> None:
