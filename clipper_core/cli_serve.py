@@ -122,6 +122,12 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="socket reads the query port handles per event-loop turn (64; 0: no bound)",
     )
     p.add_argument(
+        "--reply-spin-us",
+        type=_non_negative_int,
+        help="microseconds the event loop polls for a local replica's fast answer"
+        " instead of sleeping (250; 0: never)",
+    )
+    p.add_argument(
         "--standby",
         choices=STANDBY_POLICIES,
         default="after-crash",
@@ -313,6 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_connections",
         "min_body_rate",
         "reads_per_turn",
+        "reply_spin_us",
     ):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

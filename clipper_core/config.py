@@ -150,6 +150,12 @@ class ServerConfig:
             ``workers - 1`` query workers it starts and supervises (see
             ``clipper_core.frontend_workers``).  1 (the default): this process
             alone; 0: one per CPU.
+        reply_spin_us: microseconds the event loop polls (instead of sleeping)
+            for the answer of a replica on this host's local socket, while that
+            replica's recent answers came within it: a sleeping loop must be woken
+            by the replica's write, which on a VM costs both processes CPU and the
+            answer tens of microseconds.  0: never poll.  Never on a host where the
+            frontend may use one CPU only.
         worker_id: 0 for the server itself; ``k >= 1`` in the settings of query
             worker ``k`` (set by the server that starts it, never by hand).
     """
@@ -204,6 +210,8 @@ class ServerConfig:
     kubernetes_container_port: int = 7000
     kubernetes_startup_seconds: int = 300
     workers: int = 1
+    # local_channel.DEFAULT_REPLY_SPIN_US, written out for the same reason.
+    reply_spin_us: int = 250
     worker_id: int = 0
 
     def resolved_grpc_port(self) -> int | None:

@@ -10,16 +10,36 @@ tenth of that, which is most of a small model's latency.
 id, so they may overlap; a lost connection fails every open call with
 ``ConnectionError`` and the channel stays closed (``ReplicaClient`` makes a new
 one, or goes back to gRPC).
+
+While a call of one input is out on an idle channel, the event loop polls for
+the answer instead of sleeping, for up to ``reply_spin`` seconds (250 µs by
+default, where the process may run on two CPUs or more), while this channel's
+recent round trips came within it.  A sleeping loop must be woken by the
+container's write: on a VM an inter-processor interrupt, paid in the container's
+CPU and in the answer's latency (about 10 and 40 µs of a noop query at one query
+at a time here); polling costs the frontend about as much CPU as the round trip
+lasts.  Batches of several inputs (load) never poll: the loop has other work.
+See docs/benchmarks/per-request-cost.md ("The frontend polls for a fast answer").
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import time
 
 from model_containers import hop_trace
 
-__all__ = ["HEADER", "KIND_HELLO", "KIND_OK", "KIND_PREDICT", "LocalChannel"]
+__all__ = [
+    "DEFAULT_REPLY_SPIN_US",
+    "HEADER",
+    "KIND_HELLO",
+    "KIND_OK",
+    "KIND_PREDICT",
+    "LocalChannel",
+    "reply_spin_for_host",
+]
 
 #: Payload length (uint32), kind (uint8), call id (uint64), little-endian.
 HEADER = struct.Struct("<IBQ")
@@ -31,11 +51,30 @@ _HEADER_SIZE = HEADER.size
 #: What a call resolves to: the answer's kind (0, or a gRPC status code) and payload.
 Answer = tuple[int, bytes]
 
+#: ``ServerConfig.reply_spin_us``'s default.
+DEFAULT_REPLY_SPIN_US = 250
+
+#: Weight of the newest round trip in a channel's moving average.
+_ROUND_TRIP_WEIGHT = 0.125
+
+
+def reply_spin_for_host(microseconds: int = DEFAULT_REPLY_SPIN_US) -> float:
+    """The seconds a channel polls for an answer, for ``microseconds`` asked: 0.0
+    where this process may run on one CPU only (polling would take it from the
+    container it waits on).
+
+    Raises:
+        ValueError: ``microseconds`` is negative.
+    """
+    if microseconds < 0:
+        raise ValueError(f"reply_spin_us must be >= 0, not {microseconds}")
+    return microseconds * 1e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+
 
 class LocalChannel(asyncio.Protocol):
     """One connection to a container's local socket."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply_spin: float = 0.0) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -43,10 +82,26 @@ class LocalChannel(asyncio.Protocol):
         self._next_id = 0
         self._hello: asyncio.Future[bytes] = loop.create_future()
         self.closed = False
+        self._spin = reply_spin
+        self._spin_until = 0.0  # non-zero while the loop polls for this channel
+        self._busy_since = 0.0  # when the oldest call in flight went out
+        #: Moving average of the seconds from sending a call on an idle channel
+        #: to its last answer; the loop polls only while it is within the spin.
+        self.round_trip = 0.0
+        #: Calls the loop has polled for.
+        self.polled_calls = 0
 
     @classmethod
-    async def connect(cls, path: str, token: str, timeout: float) -> LocalChannel:  # noqa: ASYNC109
-        """Connect to ``path`` and check that the container there sent ``token``.
+    async def connect(
+        cls,
+        path: str,
+        token: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        reply_spin: float = 0.0,
+    ) -> LocalChannel:
+        """Connect to ``path`` and check that the container there sent ``token``;
+        the channel polls up to ``reply_spin`` seconds for an answer (0.0: never).
 
         Raises:
             OSError: No such socket, refused, or another container's token.
@@ -54,7 +109,7 @@ class LocalChannel(asyncio.Protocol):
         """
         loop = asyncio.get_running_loop()
         _, channel = await asyncio.wait_for(
-            loop.create_unix_connection(lambda: cls(loop), path), timeout
+            loop.create_unix_connection(lambda: cls(loop, reply_spin), path), timeout
         )
         try:
             hello = await asyncio.wait_for(asyncio.shield(channel._hello), timeout)
@@ -83,6 +138,8 @@ class LocalChannel(asyncio.Protocol):
                 fut = self._calls.pop(call_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result((kind, data[_HEADER_SIZE:]))
+                if not self._calls:
+                    self._went_idle()
                 return
         buf += data
         while len(buf) >= _HEADER_SIZE:
@@ -100,6 +157,8 @@ class LocalChannel(asyncio.Protocol):
             fut = self._calls.pop(call_id, None)
             if fut is not None and not fut.done():
                 fut.set_result((kind, payload))
+            if not self._calls:
+                self._went_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -117,8 +176,12 @@ class LocalChannel(asyncio.Protocol):
 
     # -- calls --------------------------------------------------------------------
 
-    def call(self, kind: int, payload: bytes) -> tuple[int, asyncio.Future[Answer]]:
+    def call(
+        self, kind: int, payload: bytes, *, poll: bool = False
+    ) -> tuple[int, asyncio.Future[Answer]]:
         """Send one frame; the future resolves to its answer.  Pair with ``forget``.
+        ``poll``: the loop polls for the answer (up to the channel's ``reply_spin``)
+        when this call finds the channel idle.
 
         Raises:
             ConnectionResetError: The channel is closed.
@@ -129,11 +192,35 @@ class LocalChannel(asyncio.Protocol):
         self._next_id += 1
         call_id = self._next_id
         fut: asyncio.Future[Answer] = self._loop.create_future()
+        idle = not self._calls
         self._calls[call_id] = fut
         transport.writelines((HEADER.pack(len(payload), kind, call_id), payload))
         if hop_trace.ENABLED:
             hop_trace.mark("transport_written")
+        if idle:
+            now = self._busy_since = time.monotonic()
+            if poll and self._spin and not self._spin_until and self.round_trip <= self._spin:
+                self._spin_until = now + self._spin
+                self.polled_calls += 1
+                self._loop.call_soon(self._poll)
         return call_id, fut
+
+    @property
+    def polling(self) -> bool:
+        """Whether the loop polls for this channel's answers now."""
+        return self._spin_until != 0.0
+
+    def _went_idle(self) -> None:
+        sample = time.monotonic() - self._busy_since
+        self.round_trip += (sample - self.round_trip) * _ROUND_TRIP_WEIGHT
+
+    def _poll(self) -> None:
+        # A callback ready to run makes the loop poll its sockets without
+        # sleeping; this one stays ready until the answers are in or time is up.
+        if self._calls and time.monotonic() < self._spin_until:
+            self._loop.call_soon(self._poll)
+        else:
+            self._spin_until = 0.0
 
     def forget(self, call_id: int) -> None:
         """Drop a call that timed out or was cancelled (a late answer is ignored)."""

@@ -106,6 +106,9 @@ class ReplicaClient:
         call_metadata: ``(key, value)`` pairs sent with every gRPC call, e.g. a
             bearer token (keys lowercase).  The local socket does not carry them:
             it is authenticated by the instance token that ``Metadata`` returns.
+        reply_spin: Seconds the event loop polls for a local-socket answer
+            instead of sleeping (``local_channel``); None: 250 µs where this
+            process may run on two CPUs or more, else 0.0 (never).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class ReplicaClient:
         local: bool = True,
         credentials: grpc.ChannelCredentials | None = None,
         call_metadata: Sequence[tuple[str, str]] = (),
+        reply_spin: float | None = None,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -138,6 +142,9 @@ class ReplicaClient:
         self.last_model_seconds = 0.0
         self._closed = False
         self._use_local = local and os.name == "posix"
+        #: Seconds the event loop polls for a local-socket answer before sleeping
+        #: (``local_channel``); None at construction: the host's default.
+        self.reply_spin = local_channel.reply_spin_for_host() if reply_spin is None else reply_spin
         self._local: local_channel.LocalChannel | None = None
         # Whether to ask the container (Metadata) for its local socket before the
         # next Predict: at first, and again after the socket was lost.
@@ -227,7 +234,7 @@ class ReplicaClient:
             data=data,
             offsets=offsets,
         )
-        response = await self._call_predict(request, timeout)
+        response = await self._call_predict(request, timeout, len(inputs) == 1)
         try:
             outputs = decode_outputs(response)
         except Exception as exc:  # a broken container, as a response that does not parse
@@ -270,7 +277,8 @@ class ReplicaClient:
             tensors=tensors,
             parameters=parameters,
         )
-        response = await self._call_predict(request, timeout)
+        one_row = bool(tensors) and tensors[0].shape[:1] == [1]
+        response = await self._call_predict(request, timeout, one_row)
         if not response.tensors:
             raise ModelError(
                 f"{self._describe()} answered a tensor batch with no output tensor"
@@ -284,14 +292,17 @@ class ReplicaClient:
         self,
         request: pb.PredictRequest,
         timeout: float | None,  # noqa: ASYNC109 (the call's deadline)
+        one: bool = False,
     ) -> pb.PredictResponse:
+        # one: a batch of one input, as at light load, where the answer is awaited
+        # by polling (``reply_spin``); a bigger batch leaves the loop other work.
         if self._local is not None and self._local.closed:
             self._lost_local()  # the container went away: ask again which socket
         if self._resolve_local:
             await self._connect_local()
         channel = self._local
         if channel is not None:
-            return await self._call_local(channel, request, timeout)
+            return await self._call_local(channel, request, timeout, one)
         self._note_channel_state()
         if not self._expected.checked:
             await self._expected.ensure(self.check_model)
@@ -309,6 +320,7 @@ class ReplicaClient:
         channel: local_channel.LocalChannel,
         request: pb.PredictRequest,
         timeout: float | None,  # noqa: ASYNC109
+        poll: bool,
     ) -> pb.PredictResponse:
         payload = request.SerializeToString()
         if hop_trace.ENABLED:
@@ -320,7 +332,7 @@ class ReplicaClient:
                 "predict",
             )
         try:
-            call_id, fut = channel.call(local_channel.KIND_PREDICT, payload)
+            call_id, fut = channel.call(local_channel.KIND_PREDICT, payload, poll=poll)
         except ConnectionError as exc:
             self._lost_local()
             raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
@@ -358,7 +370,9 @@ class ReplicaClient:
         if not path or not token:
             return
         try:
-            channel = await local_channel.LocalChannel.connect(path, token, timeout=2.0)
+            channel = await local_channel.LocalChannel.connect(
+                path, token, timeout=2.0, reply_spin=self.reply_spin
+            )
         except (OSError, TimeoutError) as exc:
             log.info("%s: Predict stays on gRPC (local socket: %s)", self._describe(), exc)
             return

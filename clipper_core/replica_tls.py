@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipper_core.config import ServerConfig
+from clipper_core.local_channel import reply_spin_for_host
 from clipper_core.replica_client import ReplicaClient, ReplicaConnector, insecure_connector
 from clipper_core.replica_tokens import ReplicaTokens
 from clipper_core.tls import grpc_channel_credentials
@@ -118,12 +119,15 @@ def server_connector(cfg: ServerConfig, tokens: ReplicaTokens) -> ReplicaConnect
     remote = tls_connector(
         cfg.replica_tls_ca, cfg.replica_tls_cert, cfg.replica_tls_key, token_for=tokens.token
     )
-    if not cfg.local_replica_tokens():
-        return by_address(insecure_connector, remote)
-    managed = local_connector(tokens.local_token)
+    spin = reply_spin_for_host(cfg.reply_spin_us)
+    managed = local_connector(tokens.local_token) if cfg.local_replica_tokens() else None
 
     def plain(address: str, model: str, version: str, replica_id: str) -> ReplicaClient:
-        chosen = managed if replica_id.isdigit() else insecure_connector
-        return chosen(address, model, version, replica_id)
+        chosen = insecure_connector
+        if managed is not None and replica_id.isdigit():
+            chosen = managed
+        client = chosen(address, model, version, replica_id)
+        client.reply_spin = spin
+        return client
 
     return by_address(plain, remote)
