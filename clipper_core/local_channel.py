@@ -71,6 +71,11 @@ def reply_spin_for_host(microseconds: int = DEFAULT_REPLY_SPIN_US) -> float:
     return microseconds * 1e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
 
 
+def _expire(fut: asyncio.Future[Answer]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class LocalChannel(asyncio.Protocol):
     """One connection to a container's local socket."""
 
@@ -221,6 +226,30 @@ class LocalChannel(asyncio.Protocol):
             self._loop.call_soon(self._poll)
         else:
             self._spin_until = 0.0
+
+    async def request(
+        self,
+        kind: int,
+        payload: bytes,
+        timeout: float | None,  # noqa: ASYNC109 (the call's deadline)
+        *,
+        poll: bool = False,
+    ) -> Answer:
+        """:meth:`call`, then its answer, within ``timeout`` seconds (None: no limit).
+
+        Raises:
+            ConnectionError: The channel is closed, or closes before the answer.
+            TimeoutError: No answer in time (a late one is ignored).
+        """
+        call_id, fut = self.call(kind, payload, poll=poll)
+        # The channel's loop, not get_running_loop(): on Python 3.11 that is a getpid().
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.forget(call_id)
 
     def forget(self, call_id: int) -> None:
         """Drop a call that timed out or was cancelled (a late answer is ignored)."""

@@ -79,11 +79,6 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class ReplicaClient:
     """A connection to one model container.
 
@@ -332,25 +327,14 @@ class ReplicaClient:
                 "predict",
             )
         try:
-            call_id, fut = channel.call(local_channel.KIND_PREDICT, payload, poll=poll)
-        except ConnectionError as exc:
-            self._lost_local()
-            raise ReplicaUnavailable(f"{self._describe()}: {exc}") from None
-        timer = None
-        if timeout is not None:
-            # fut's loop, not get_running_loop(): Python 3.11 makes that a getpid().
-            timer = fut.get_loop().call_later(timeout, _expire, fut)
-        try:
-            kind, body = await fut
+            kind, body = await channel.request(
+                local_channel.KIND_PREDICT, payload, timeout, poll=poll
+            )
         except ConnectionError as exc:
             self._lost_local()
             raise ReplicaUnavailable(f"{self._describe()}: predict failed: {exc}") from None
         except TimeoutError:
             raise DeadlineExceeded(f"{self._describe()}: predict missed its deadline") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-            channel.forget(call_id)
         if kind != local_channel.KIND_OK:
             code = _STATUS_CODES.get(kind, grpc.StatusCode.UNKNOWN)
             raise self._status_error(code, body.decode("utf-8", "replace"), "predict")
