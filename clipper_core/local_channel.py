@@ -204,10 +204,11 @@ class LocalChannel(asyncio.Protocol):
             hop_trace.mark("transport_written")
         if idle:
             now = self._busy_since = time.monotonic()
-            if poll and self._spin and not self._spin_until and self.round_trip <= self._spin:
+            if poll and self._spin and self.round_trip <= self._spin:
+                if not self._spin_until:  # else the poll of the last call goes on
+                    self._loop.call_soon(self._poll)
                 self._spin_until = now + self._spin
                 self.polled_calls += 1
-                self._loop.call_soon(self._poll)
         return call_id, fut
 
     @property

@@ -58,6 +58,18 @@ def test_the_loop_polls_until_the_answer_is_in() -> None:
                 await asyncio.sleep(0)
             assert not channel.polling
             assert channel.round_trip > 0.0
+            # The next call, sent in the turn its predecessor's answer came in
+            # (before the poll saw it), polls on for its own full spin.
+            call_id, fut = channel.call(KIND_PREDICT, b"q", poll=True)
+            theirs.sendall(_answer(call_id))
+            assert await fut == (KIND_OK, b"ok")
+            call_id, fut = channel.call(KIND_PREDICT, b"q2", poll=True)
+            assert channel.polling and channel.polled_calls == 3
+            for _ in range(3):
+                await asyncio.sleep(0)
+                assert channel.polling
+            theirs.sendall(_answer(call_id))
+            assert await fut == (KIND_OK, b"ok")
             channel.close()
 
     asyncio.run(main())
