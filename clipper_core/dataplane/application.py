@@ -27,10 +27,12 @@ __all__ = [
 
 
 def nothing_can_answer(model: ModelVersion) -> bool:
-    """Whether ``model`` has no live replica and none is coming back: no replica
-    is connected, and none went away with work in the last seconds (that one is
-    being restarted, and its inputs retried: waiting for it is worth it)."""
-    return not model.replicas and model.isolation.recent_loss() is None
+    """Whether ``model`` has no live replica and none is coming: no replica is
+    connected or being connected (a frontend that follows the store switches to
+    a new version as its replica's connect starts), and none went away with work
+    in the last seconds (that one is being restarted, and its inputs retried:
+    waiting for it is worth it)."""
+    return not model.replicas and not model.connecting and model.isolation.recent_loss() is None
 
 
 def unanswerable(model: ModelVersion, fut: asyncio.Future[Any]) -> bool:

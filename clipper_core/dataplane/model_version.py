@@ -89,6 +89,9 @@ class ModelVersion:
             UNLINKED_BATCH_SLO,
         )
         self.replicas: dict[str, ReplicaSlot] = {}
+        #: Replicas being connected (``add_replica`` waits for them to be ready):
+        #: they will answer soon, so a query waits for them (see ``nothing_can_answer``).
+        self.connecting = 0
         self.queries = 0
         self.cache_hits = 0
         self.retried = 0
@@ -257,11 +260,15 @@ class ModelVersion:
         new address) is replaced once this one is ready, and serves on if it fails."""
         old = self.replicas.get(replica_id)
         client = self.connector(address, self.name, self.version, replica_id)
+        self.connecting += 1
         try:
             await client.wait_ready(ready_timeout)
         except BaseException:
             await client.close()
             raise
+        finally:
+            # No await from here until the slot joins ``replicas``: a query sees one or the other.
+            self.connecting -= 1
         if self.closed or self.replicas.get(replica_id) is not old:
             # Stopped, or another connect (or a removal) of this replica came first.
             await client.close()

@@ -32,7 +32,7 @@ from clipper_core.control.artifacts import LocalArtifactStore
 from clipper_core.control.follow import FeedFollower
 from clipper_core.control.lease import AlwaysHeld, LeaseKeeper
 from clipper_core.control.replicas import StoreEndpointSink
-from clipper_core.dataplane import DataPlane
+from clipper_core.dataplane import Application, DataPlane, ModelVersion
 from clipper_core.errors import ReplicaUnavailable
 from clipper_core.managers.fake import FakeContainerManager
 from clipper_core.planning import budgets
@@ -42,6 +42,8 @@ from clipper_core.store import EndpointRecord
 from clipper_core.store.records import AppRecord, ModelRecord
 from clipper_core.store.redis import RedisStateStore
 from clipper_core.store.redis_lease import RedisLease
+from model_containers.model import ClosureModel
+from model_containers.server import ContainerInfo, ContainerServer
 from tests.server import models
 
 DEFAULTS = ModelDefaults(
@@ -203,6 +205,45 @@ def test_only_the_lease_holder_starts_replicas_and_every_frontend_serves(
             assert await asyncio.to_thread(a.store.list_endpoints, "m", "1") == []
 
     run(scenario(), timeout=120)
+
+
+def test_a_query_waits_for_the_replica_its_frontend_is_connecting(run: Runner) -> None:
+    # A frontend that follows the store switches to a new version when the
+    # holder's switch arrives, which may be before its own connect to the new
+    # replica is done: a query then answered the default output at once, as if
+    # the version had no replica at all.
+    server = ContainerServer(ContainerInfo("m", "2", "doubles", "0"), local_socket=None)
+    server.start()  # NOT_SERVING until serve(): the connect waits for it
+
+    async def scenario() -> None:
+        dp = DataPlane(cache_bytes=0)
+        dp.add_app(Application("app", "doubles", -1, 5.0))
+        dp.add_model_version(ModelVersion("m", "2", "doubles", queue_capacity=10, max_batch_size=4))
+        dp.link("app", "m")
+        dp.set_current_version("m", "2")
+        mv = dp.get_model_version("m", "2")
+        loop = asyncio.get_running_loop()
+        connect = loop.create_task(mv.add_replica("0", server.address, ready_timeout=20.0))
+        try:
+            await asyncio.sleep(0.1)  # the connect is under way: it waits for SERVING
+            assert not connect.done() and not mv.replicas
+            query = loop.create_task(
+                dp.predict("app", [[1.0]], [b""], deadline=time.monotonic() + 10)
+            )
+            await asyncio.sleep(0.3)
+            assert not query.done(), query.result()  # not the default at once
+            server.serve(ClosureModel(models.make_constant("v2")))
+            await connect
+            [out] = await query
+            assert (out.output, out.default) == ("v2", False)
+        finally:
+            connect.cancel()
+            await dp.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        server.stop(0)
 
 
 def test_a_frontend_without_the_lease_says_why_a_deploy_does_not_serve(
