@@ -246,6 +246,44 @@ def test_a_query_waits_for_the_replica_its_frontend_is_connecting(run: Runner) -
         server.stop(0)
 
 
+def test_a_batch_in_flight_when_its_replica_is_replaced_goes_to_the_replacement(
+    run: Runner,
+) -> None:
+    # The replaced slot's dispatcher is stopped before its client is closed: its
+    # batch is handed back (no replica loss counted) and the new slot answers it.
+    server = ContainerServer(ContainerInfo("m", "2", "doubles", "0"), local_socket=None)
+    server.start()
+    server.serve(ClosureModel(models.make_constant("v2", delay=0.5)))
+
+    async def scenario() -> None:
+        dp = DataPlane(cache_bytes=0)
+        dp.add_app(Application("app", "doubles", -1, 20.0))
+        dp.add_model_version(ModelVersion("m", "2", "doubles", queue_capacity=10, max_batch_size=4))
+        dp.link("app", "m")
+        dp.set_current_version("m", "2")
+        mv = dp.get_model_version("m", "2")
+        try:
+            await mv.add_replica("0", server.address, ready_timeout=20.0)
+            old = mv.replicas["0"]
+            query = asyncio.get_running_loop().create_task(
+                dp.predict("app", [[1.0]], [b""], deadline=time.monotonic() + 20)
+            )
+            await eventually(lambda: old.in_flight, "the batch to be sent")
+            # The same container under another name: a new address for replica 0.
+            await mv.add_replica("0", f"localhost:{server.port}", ready_timeout=20.0)
+            assert mv.replicas["0"] is not old
+            [out] = await query
+            assert (out.output, out.default) == ("v2", False)
+            assert old.failures == 0 and mv.retried == 1 and mv.isolation.isolated == 0
+        finally:
+            await dp.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        server.stop(0)
+
+
 def test_a_frontend_without_the_lease_says_why_a_deploy_does_not_serve(
     run: Runner, tmp_path: Path
 ) -> None:
