@@ -128,6 +128,12 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         " instead of sleeping (250; 0: never)",
     )
     p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave Python's garbage collector as it is (by default, once started, the"
+        " server exempts what it holds from it, so full collections stay short)",
+    )
+    p.add_argument(
         "--standby",
         choices=STANDBY_POLICIES,
         default="after-crash",
@@ -302,6 +308,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg.client_rate_limit = args.client_rate_limit
     cfg.container_manager = args.container_manager
     cfg.workers = args.workers
+    cfg.gc_freeze = not args.no_gc_freeze
     cfg.kubernetes_namespace = args.kubernetes_namespace
     cfg.kubernetes_image = args.kubernetes_image
     cfg.kubernetes_bundle_url = args.kubernetes_bundle_url

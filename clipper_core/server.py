@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from clipper_core import admin_api, dashboard, frontend_workers, query_api
+from clipper_core import admin_api, dashboard, frontend_workers, gc_freeze, query_api
 from clipper_core.admin_guard import admin_guard
 from clipper_core.admission import ClientLimiter, QueryGate
 from clipper_core.auth import ApiKeys
@@ -132,6 +132,7 @@ class ClipperServer:
         self.lease: Lease = frontend_workers.NeverHeld() if cfg.is_query_worker() else AlwaysHeld()
         self.workers = frontend_workers.FrontendWorkers(cfg)  # started by the primary
         self._sink: StoreEndpointSink | None = None
+        self._froze = False  # gc_freeze at start: thaw at stop
         self._follower: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         # Set once the state is restored, cleared when stopping: OIP readiness.
@@ -361,6 +362,8 @@ class ClipperServer:
             except BaseException:
                 await self.stop()  # the listeners, replicas and store started above
                 raise
+        if cfg.gc_freeze:
+            self._froze = gc_freeze.freeze_long_lived() > 0
         admin_url = None if worker else self.management_url
         log_event(
             log,
@@ -418,6 +421,8 @@ class ClipperServer:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._froze:
+            gc_freeze.thaw()
         if self._state_lock is not None:
             self._state_lock.release()
         if self._temporary_state is not None:

@@ -66,6 +66,7 @@ LAYERS: dict[str, int] = {
     "clipper_core.replica_codec": DATA_PLANE,
     "clipper_core.replica_metadata": DATA_PLANE,
     "clipper_core.local_channel": DATA_PLANE,
+    "clipper_core.gc_freeze": LEAVES,
     "clipper_core.replica_tls": DATA_PLANE,
     # L3 routers
     "clipper_core.selection": ROUTERS,
