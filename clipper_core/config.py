@@ -215,7 +215,8 @@ class ServerConfig:
     kubernetes_container_port: int = 7000
     kubernetes_startup_seconds: int = 300
     workers: int = 1
-    # local_channel.DEFAULT_REPLY_SPIN_US, written out for the same reason.
+    # local_channel.DEFAULT_REPLY_SPIN_US, written out so that importing the
+    # configuration loads no data-plane module; a test keeps the two equal.
     reply_spin_us: int = 250
     gc_freeze: bool = True
     worker_id: int = 0

@@ -21,12 +21,11 @@ import gc
 __all__ = ["freeze_long_lived", "thaw"]
 
 
-def freeze_long_lived() -> int:
+def freeze_long_lived() -> None:
     """Collect what is garbage now, then exempt every object still alive from the
-    cyclic collector; the number of objects exempted so far (this process)."""
+    cyclic collector."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 def thaw() -> None:

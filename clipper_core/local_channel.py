@@ -91,7 +91,8 @@ class LocalChannel(asyncio.Protocol):
         self._spin_until = 0.0  # non-zero while the loop polls for this channel
         self._busy_since = 0.0  # when the oldest call in flight went out
         #: Moving average of the seconds from sending a call on an idle channel
-        #: to its last answer; the loop polls only while it is within the spin.
+        #: to its last answer (kept when the channel may poll); the loop polls
+        #: only while it is within the spin.
         self.round_trip = 0.0
         #: Calls the loop has polled for.
         self.polled_calls = 0
@@ -143,7 +144,7 @@ class LocalChannel(asyncio.Protocol):
                 fut = self._calls.pop(call_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result((kind, data[_HEADER_SIZE:]))
-                if not self._calls:
+                if self._spin and not self._calls:
                     self._went_idle()
                 return
         buf += data
@@ -162,7 +163,7 @@ class LocalChannel(asyncio.Protocol):
             fut = self._calls.pop(call_id, None)
             if fut is not None and not fut.done():
                 fut.set_result((kind, payload))
-            if not self._calls:
+            if self._spin and not self._calls:
                 self._went_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,9 +203,9 @@ class LocalChannel(asyncio.Protocol):
         transport.writelines((HEADER.pack(len(payload), kind, call_id), payload))
         if hop_trace.ENABLED:
             hop_trace.mark("transport_written")
-        if idle:
+        if idle and self._spin:  # the round trips matter only to the polling
             now = self._busy_since = time.monotonic()
-            if poll and self._spin and self.round_trip <= self._spin:
+            if poll and self.round_trip <= self._spin:
                 if not self._spin_until:  # else the poll of the last call goes on
                     self._loop.call_soon(self._poll)
                 self._spin_until = now + self._spin

@@ -287,17 +287,17 @@ class ReplicaClient:
         self,
         request: pb.PredictRequest,
         timeout: float | None,  # noqa: ASYNC109 (the call's deadline)
-        one: bool = False,
+        poll: bool = False,
     ) -> pb.PredictResponse:
-        # one: a batch of one input, as at light load, where the answer is awaited
-        # by polling (``reply_spin``); a bigger batch leaves the loop other work.
+        # poll: a batch of one input, as at light load, whose answer is awaited by
+        # polling (``reply_spin``); a bigger batch leaves the loop other work.
         if self._local is not None and self._local.closed:
             self._lost_local()  # the container went away: ask again which socket
         if self._resolve_local:
             await self._connect_local()
         channel = self._local
         if channel is not None:
-            return await self._call_local(channel, request, timeout, one)
+            return await self._call_local(channel, request, timeout, poll)
         self._note_channel_state()
         if not self._expected.checked:
             await self._expected.ensure(self.check_model)

@@ -363,7 +363,8 @@ class ClipperServer:
                 await self.stop()  # the listeners, replicas and store started above
                 raise
         if cfg.gc_freeze:
-            self._froze = gc_freeze.freeze_long_lived() > 0
+            gc_freeze.freeze_long_lived()
+            self._froze = True
         admin_url = None if worker else self.management_url
         log_event(
             log,

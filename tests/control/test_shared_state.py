@@ -207,6 +207,17 @@ def test_only_the_lease_holder_starts_replicas_and_every_frontend_serves(
     run(scenario(), timeout=120)
 
 
+def _one_version_plane(slo: float) -> tuple[DataPlane, ModelVersion]:
+    """A data plane whose app "app" (``slo`` seconds) is answered by m:2, which
+    has no replica yet."""
+    dp = DataPlane(cache_bytes=0)
+    dp.add_app(Application("app", "doubles", -1, slo))
+    dp.add_model_version(ModelVersion("m", "2", "doubles", queue_capacity=10, max_batch_size=4))
+    dp.link("app", "m")
+    dp.set_current_version("m", "2")
+    return dp, dp.get_model_version("m", "2")
+
+
 def test_a_query_waits_for_the_replica_its_frontend_is_connecting(run: Runner) -> None:
     # A frontend that follows the store switches to a new version when the
     # holder's switch arrives, which may be before its own connect to the new
@@ -216,12 +227,7 @@ def test_a_query_waits_for_the_replica_its_frontend_is_connecting(run: Runner) -
     server.start()  # NOT_SERVING until serve(): the connect waits for it
 
     async def scenario() -> None:
-        dp = DataPlane(cache_bytes=0)
-        dp.add_app(Application("app", "doubles", -1, 5.0))
-        dp.add_model_version(ModelVersion("m", "2", "doubles", queue_capacity=10, max_batch_size=4))
-        dp.link("app", "m")
-        dp.set_current_version("m", "2")
-        mv = dp.get_model_version("m", "2")
+        dp, mv = _one_version_plane(slo=5.0)
         loop = asyncio.get_running_loop()
         connect = loop.create_task(mv.add_replica("0", server.address, ready_timeout=20.0))
         try:
@@ -256,12 +262,7 @@ def test_a_batch_in_flight_when_its_replica_is_replaced_goes_to_the_replacement(
     server.serve(ClosureModel(models.make_constant("v2", delay=0.5)))
 
     async def scenario() -> None:
-        dp = DataPlane(cache_bytes=0)
-        dp.add_app(Application("app", "doubles", -1, 20.0))
-        dp.add_model_version(ModelVersion("m", "2", "doubles", queue_capacity=10, max_batch_size=4))
-        dp.link("app", "m")
-        dp.set_current_version("m", "2")
-        mv = dp.get_model_version("m", "2")
+        dp, mv = _one_version_plane(slo=20.0)
         try:
             await mv.add_replica("0", server.address, ready_timeout=20.0)
             old = mv.replicas["0"]
