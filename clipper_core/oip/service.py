@@ -287,7 +287,8 @@ class InferenceService:
         """
         now = time.monotonic()
         app = target.app
-        if app is not None and app.routes_queries and not pipeline.is_pipeline(app):
+        walks = pipeline.is_pipeline(app)
+        if app is not None and app.routes_queries and not walks:
             raise BadInput(policy_refusal(app))
         end = now + (app.slo if app is not None else self.default_timeout)
         timeout = request.timeout
@@ -295,7 +296,8 @@ class InferenceService:
             end = min(end, now + timeout)
         if deadline is not None:
             end = min(end, deadline)
-        if pipeline.is_pipeline(app):
+        if walks:
+            assert app is not None
             params, outputs = await pipeline.infer(self.dataplane, app, request, end)
             return InferReply(target.name, "", request.id, params, outputs)
         mv = target.mv
@@ -310,7 +312,10 @@ class InferenceService:
             app.metrics.unanswered(rows, "no_model")
             return self._default_reply(target, request, rows, reason)
         try:
-            meta = await self.version_metadata(mv, end)
+            # Known after a version's first request: no coroutine to wait for it.
+            meta = self._metadata.get(mv)
+            if meta is None:
+                meta = await self.version_metadata(mv, end)
             query = build_query(mv.key, meta.get("inputs", []), request)
         except TimeoutError:
             # A new version's first requests wait for its metadata, within their deadline.

@@ -73,6 +73,40 @@ def learn_outputs(meta: dict[str, Any], result: TensorResult) -> None:
     meta["outputs"] = [{"name": "output", "datatype": datatype, "shape": [-1, *array.shape[1:]]}]
 
 
+#: Input specs read once per metadata document: ``id(specs) -> (specs, plan)``;
+#: the entry holds ``specs`` so that its id is not reused while it is here.
+_PLANS: dict[int, tuple[object, tuple[list[str], list[tuple[str, str, list[int]]]]]] = {}
+
+
+def _input_plan(
+    specs: Sequence[Mapping[str, Any]],
+) -> tuple[list[str], list[tuple[str, str, list[int]]]]:
+    """The input names and each input's ``(name, datatype, shape)`` of ``specs``,
+    read once: a model's metadata is fetched once and then serves every request."""
+    hit = _PLANS.get(id(specs))
+    if hit is not None and hit[0] is specs:
+        return hit[1]
+    names = [str(s.get("name", "")) for s in specs]
+    plan = [
+        (name, str(s.get("datatype") or ""), [int(d) for d in s.get("shape", [])])
+        for s, name in zip(specs, names, strict=True)
+    ]
+    if len(_PLANS) >= 256:  # models come and go: forget the old documents
+        _PLANS.clear()
+    _PLANS[id(specs)] = (specs, (names, plan))
+    return names, plan
+
+
+def _fits(got: Sequence[int], want: list[int]) -> bool:
+    """Whether shape ``got`` matches ``want`` (-1: any size there)."""
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want, strict=True):  # a loop, not any(): no generator per request
+        if w >= 0 and g != w:
+            return False
+    return True
+
+
 def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequest) -> TensorQuery:
     """Check a request against the model's input specs; the queue item it becomes.
 
@@ -87,12 +121,11 @@ def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequ
         given[t.name] = t
     ordered: list[InputTensor] = []
     if specs:
-        names = [str(s.get("name", "")) for s in specs]
-        for spec, name in zip(specs, names, strict=True):
+        names, plan = _input_plan(specs)
+        for name, datatype, shape in plan:
             found = given.pop(name, None)
             if found is None:
                 raise BadInput(f"missing input {name!r}: model {key} takes {names}")
-            datatype = spec.get("datatype")
             if datatype and found.datatype != datatype:
                 if not converts_losslessly(found.datatype, datatype):
                     raise BadInput(
@@ -100,15 +133,11 @@ def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequ
                         f" {datatype} (only a conversion without loss is made for you)"
                     )
                 found = _converted(found, datatype)
-            shape = [int(d) for d in spec.get("shape", [])]
-            if shape:
-                if len(shape) != len(found.shape) or any(
-                    want >= 0 and got != want for got, want in zip(found.shape, shape, strict=True)
-                ):
-                    raise BadInput(
-                        f"input {name!r} has shape {list(found.shape)}, but model {key} takes"
-                        f" {shape} (-1: any size)"
-                    )
+            if shape and not _fits(found.shape, shape):
+                raise BadInput(
+                    f"input {name!r} has shape {list(found.shape)}, but model {key} takes"
+                    f" {shape} (-1: any size)"
+                )
             ordered.append(found)
         if given:
             raise BadInput(f"unknown input(s) {sorted(given)}: model {key} takes {names}")

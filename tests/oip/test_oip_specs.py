@@ -68,6 +68,25 @@ def test_build_query_converts_to_the_advertised_datatype() -> None:
         build_query("m:1", specs, InferRequest([InputTensor("input", "INT64", big.shape, big)]))
 
 
+def test_each_metadata_document_checks_requests_by_its_own_specs() -> None:
+    """The specs are read once per metadata document: a new version's document
+    (another shape, another name) is not checked by the old one's rules."""
+    x = np.zeros((1, 3), dtype=np.float32)
+    request = InferRequest([InputTensor("x", "FP32", x.shape, x)])
+    three = [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+    assert build_query("m:1", three, request).rows == 1
+    assert build_query("m:1", three, request).rows == 1  # read from the kept plan
+    four = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    with pytest.raises(BadInput, match=r"shape \[1, 3\].*\[-1, 4\]"):
+        build_query("m:2", four, request)
+    renamed = [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+    with pytest.raises(BadInput, match=r"missing input 'y'.*\['y'\]"):
+        build_query("m:3", renamed, request)
+    rank = [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 1]}]
+    with pytest.raises(BadInput, match="has shape"):
+        build_query("m:4", rank, request)
+
+
 def test_undeclared_outputs_are_learned_from_an_answer() -> None:
     meta: dict[str, Any] = {"outputs": [{"name": "output", "datatype": "BYTES", "shape": [-1]}]}
     learn_outputs(meta, TensorResult({"output": ("FP64", np.zeros((3, 2)))}))
