@@ -58,6 +58,12 @@ BODIES = {"rest": REST_BODY, "oip": OIP_BODY}
 # -- the server under test ---------------------------------------------------------
 
 
+def _reply_spin() -> int:
+    from clipper_core.config import ServerConfig
+
+    return int(os.environ.get("BENCH_REPLY_SPIN_US", ServerConfig.reply_spin_us))
+
+
 def serve(port: int, management_port: int) -> None:
     """The server process: noop deployed as ``noop`` for both APIs; prints READY."""
     import numpy as np
@@ -93,6 +99,8 @@ def serve(port: int, management_port: int) -> None:
         grpc_port=None,
         cache_bytes=0,
         state_dir=state,
+        # bench.wakeups compares the reply spin off and on (default: the server's).
+        reply_spin_us=_reply_spin(),
     ) as bg:
         conn = ClipperConnection.for_server(bg.server)
         conn.register_application("noop", "floats", default_output="-1", slo_micros=1_000_000)
