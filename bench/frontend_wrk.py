@@ -53,19 +53,28 @@ BARE_SERVER = textwrap.dedent(
     """
 )
 
-LUA = textwrap.dedent(
+_LUA = textwrap.dedent(
     """
     wrk.method = "POST"
-    wrk.body   = '{"input": [1.0, 2.0, 3.0, 4.0]}'
+    wrk.body   = '%s'
     wrk.headers["Content-Type"] = "application/json"
     done = function(summary, latency, requests)
-      io.write(string.format("RESULT %d %d %.1f %.1f %.1f\\n", summary.requests,
+      io.write(string.format("RESULT %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests,
         summary.errors.status + summary.errors.connect + summary.errors.read +
         summary.errors.write + summary.errors.timeout,
         latency:percentile(50), latency:percentile(99), summary.duration))
     end
     """
 )
+
+
+def post_script(body: str) -> str:
+    """A wrk script that POSTs ``body`` (JSON, no single quotes) and prints the
+    line :func:`run_wrk` reads."""
+    return _LUA % body
+
+
+LUA = post_script('{"input": [1.0, 2.0, 3.0, 4.0]}')
 
 
 def _noop(inputs: list[Any]) -> list[float]:

@@ -36,32 +36,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.frontend_wrk import run_wrk
+from bench.frontend_wrk import post_script, run_wrk
 from bench.hops import REST_BODY, Server
 from bench.proc_counters import cpu_user_system
 
 ARRANGEMENTS = ("spread", "paired", "busy")
 #: A spinner: lowest scheduling class, one tight loop.
 SPINNER = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
-
-LUA = textwrap.dedent(
-    """
-    wrk.method = "POST"
-    wrk.body   = '%s'
-    wrk.headers["Content-Type"] = "application/json"
-    done = function(summary, latency, requests)
-      io.write(string.format("RESULT %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests,
-        summary.errors.status + summary.errors.connect + summary.errors.read +
-        summary.errors.write + summary.errors.timeout,
-        latency:percentile(50), latency:percentile(99), summary.duration))
-    end
-    """
-)
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -141,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="clipper-wakeups-"))
     try:
         script = tmp / "post.lua"
-        script.write_text(LUA % REST_BODY.decode())
+        script.write_text(post_script(REST_BODY.decode()))
         print(f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
         for r in range(args.rounds):
             for spin in (int(s) for s in args.spins.split(",")):
