@@ -24,6 +24,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 HEADER = struct.Struct("<IBQ")
 #: What a noop query's PredictRequest is about (a batch of one 8-float input).
@@ -63,6 +64,19 @@ def serve(path: str) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
+def take_frames(buf: bytearray) -> Iterator[tuple[int, bytes]]:
+    """Each whole frame at the head of ``buf`` as ``(call_id, payload)``, removed
+    from it; a partial frame stays."""
+    while len(buf) >= HEADER.size:
+        length, _, call_id = HEADER.unpack_from(buf)
+        end = HEADER.size + length
+        if len(buf) < end:
+            return
+        payload = bytes(buf[HEADER.size : end])
+        del buf[:end]
+        yield call_id, payload
+
+
 class _Channel(asyncio.Protocol):
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -73,15 +87,8 @@ class _Channel(asyncio.Protocol):
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            length, _, call_id = HEADER.unpack_from(buf)
-            end = HEADER.size + length
-            if len(buf) < end:
-                return
-            payload = bytes(buf[HEADER.size : end])
-            del buf[:end]
+        self.buf += data
+        for call_id, payload in take_frames(self.buf):
             fut = self.calls.pop(call_id, None)
             if fut is not None:
                 fut.set_result(payload)

@@ -43,6 +43,7 @@ from pathlib import Path
 from bench.frontend_wrk import post_script, run_wrk
 from bench.hops import REST_BODY, Server
 from bench.proc_counters import cpu_user_system
+from bench.relay_floor import RelayFloor
 
 ARRANGEMENTS = ("spread", "paired", "busy")
 #: A spinner: lowest scheduling class, one tight loop.
@@ -81,17 +82,19 @@ def _spinners(cpus: list[int]) -> Iterator[None]:
             proc.wait()
 
 
-def one_cell(spin: int, arrangement: str, duration: int, script: Path) -> dict[str, float]:
-    """Start a server with reply spin ``spin``, arrange it, run wrk -c1; the figures."""
+def one_cell(spin: int | None, arrangement: str, duration: int, script: Path) -> dict[str, float]:
+    """Start a server with reply spin ``spin`` (None: the relay floor instead),
+    arrange it, run wrk -c1; the figures."""
     cpus = sorted(os.sched_getaffinity(0))
-    os.environ["BENCH_REPLY_SPIN_US"] = str(spin)
-    server = Server()
+    os.environ["BENCH_REPLY_SPIN_US"] = str(spin or 0)
+    server: Server | RelayFloor = RelayFloor() if spin is None else Server()
     try:
         frontend, container = server.pids["frontend"], server.pids["container"]
         wrk_cpus = set(cpus)
         if arrangement == "paired":
             _pin_tree(frontend, {cpus[-1]})  # the container too: it is the frontend's child
             wrk_cpus = set(cpus[:-1])
+        # (the relay floor answers any path)
         url = f"http://127.0.0.1:{server.port}/noop/predict"
         own = os.sched_getaffinity(0)
         os.sched_setaffinity(0, wrk_cpus)  # wrk inherits it
@@ -118,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=5, help="seconds of wrk per cell")
     p.add_argument("--spins", default="0,250", help="reply spins to compare, microseconds")
     p.add_argument("--arrangements", default=",".join(ARRANGEMENTS))
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench.relay_floor (a bare Python relay and socket server) in each round",
+    )
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -129,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         script.write_text(post_script(REST_BODY.decode()))
         print(f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
         for r in range(args.rounds):
-            for spin in (int(s) for s in args.spins.split(",")):
+            spins: list[int | None] = [int(s) for s in args.spins.split(",")]
+            for spin in [*spins, None] if args.floor else spins:
                 for arrangement in args.arrangements.split(","):
                     got = one_cell(spin, arrangement, args.duration, script)
+                    what = "floor relay  " if spin is None else f"spin {spin:>3} us"
                     print(
-                        f"round {r + 1} spin {spin:>3} us {arrangement:<6}"
+                        f"round {r + 1} {what} {arrangement:<6}"
                         f" {got['rps']:7,.0f} req/s  p50 {got['p50_ms'] * 1000:4.0f} us"
                         f"  p99 {got['p99_ms'] * 1000:5.0f} us"
                         f"  CPU/query frontend {got['frontend_cpu_us']:4.0f}"

@@ -1,6 +1,6 @@
 """``bench.wakeups``: a short run of two arrangements (a real server and container
-under wrk, one of them pinned), so that the harness does not rot.  No speed is
-asserted."""
+under wrk, one of them pinned) and of the relay floor (``bench.relay_floor``), so
+that the harness does not rot.  No speed is asserted."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_each_arrangement_reports_rate_latency_and_cpu_per_process() -> None:
             "--duration=1",
             "--spins=0",
             "--arrangements=spread,paired",
+            "--floor",
         ],
         cwd=REPO,
         capture_output=True,
@@ -36,8 +37,14 @@ def test_each_arrangement_reports_rate_latency_and_cpu_per_process() -> None:
     )
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("round 1")]
-    assert [row.split()[5] for row in rows] == ["spread", "paired"], done.stdout
+    labels = [(row.split()[2], "paired" if " paired " in row else "spread") for row in rows]
+    assert labels == [
+        ("spin", "spread"),
+        ("spin", "paired"),
+        ("floor", "spread"),
+        ("floor", "paired"),
+    ], done.stdout
     for row in rows:
         assert "req/s" in row and "frontend" in row and "container" in row
-        rate = float(row.split()[6].replace(",", ""))
+        rate = float(row.split("req/s")[0].split()[-1].replace(",", ""))
         assert rate > 0, row
