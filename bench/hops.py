@@ -115,7 +115,8 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of any of its threads), from ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -155,7 +156,7 @@ class Server:
         # guard (a copy of the launcher, whose command line names the container).
         containers = [
             p
-            for p in _descendants(self.proc.pid)
+            for p in descendants(self.proc.pid)
             if _parent(p) == self.proc.pid
             and b"model_containers" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]

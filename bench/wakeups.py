@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,30 +42,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.frontend_wrk import post_script, run_wrk
-from bench.hops import REST_BODY, Server
+from bench.hops import REST_BODY, Server, descendants
 from bench.proc_counters import cpu_user_system
 from bench.relay_floor import RelayFloor
 
 ARRANGEMENTS = ("spread", "paired", "busy")
-#: A spinner: lowest scheduling class, one tight loop.
-SPINNER = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+#: A spinner: lowest scheduling class, one tight loop; killed with its parent
+#: (PR_SET_PDEATHSIG), so that no spinner outlives a killed run.
+SPINNER = (
+    "import ctypes, os, signal\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "while True: pass"
+)
 
 
-def _pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of ``pid``."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), cpus)
-
-
-def _pin_tree(pid: int, cpus: set[int]) -> None:
-    """Pin ``pid`` and its descendants (the container's guard, its threads)."""
-    _pin(pid, cpus)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
-        _pin_tree(int(child), cpus)
+def _pin_all(pids: list[int], cpu: int) -> None:
+    """Pin every thread of each of ``pids`` and of their descendants to ``cpu``,
+    and check that it took (a container is the child of the frontend's loop
+    thread, not of its main thread)."""
+    for pid in {p for root in pids for p in (root, *descendants(root))}:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), {cpu})
+    for pid in pids:
+        if os.sched_getaffinity(pid) != {cpu}:
+            raise RuntimeError(f"process {pid} is not pinned to CPU {cpu}")
 
 
 @contextmanager
@@ -72,9 +74,8 @@ def _spinners(cpus: list[int]) -> Iterator[None]:
     procs = []
     try:
         for cpu in cpus:
-            proc = subprocess.Popen([sys.executable, "-c", SPINNER])
-            os.sched_setaffinity(proc.pid, {cpu})
-            procs.append(proc)
+            procs.append(subprocess.Popen([sys.executable, "-c", SPINNER]))
+            os.sched_setaffinity(procs[-1].pid, {cpu})
         yield
     finally:
         for proc in procs:
@@ -92,7 +93,7 @@ def one_cell(spin: int | None, arrangement: str, duration: int, script: Path) ->
         frontend, container = server.pids["frontend"], server.pids["container"]
         wrk_cpus = set(cpus)
         if arrangement == "paired":
-            _pin_tree(frontend, {cpus[-1]})  # the container too: it is the frontend's child
+            _pin_all([frontend, container], cpus[-1])
             wrk_cpus = set(cpus[:-1])
         # (the relay floor answers any path)
         url = f"http://127.0.0.1:{server.port}/noop/predict"
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also run bench.relay_floor (a bare Python relay and socket server) in each round",
     )
     args = p.parse_args(argv)
+    # A SIGTERM (timeout(1), a closed session) unwinds like Ctrl-C: the finally
+    # blocks stop the servers and spinners this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
     if len(os.sched_getaffinity(0)) < 2:
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                         f" {got['rps']:7,.0f} req/s  p50 {got['p50_ms'] * 1000:4.0f} us"
                         f"  p99 {got['p99_ms'] * 1000:5.0f} us"
                         f"  CPU/query frontend {got['frontend_cpu_us']:4.0f}"
-                        f" container {got['container_cpu_us']:3.0f} us",
+                        f" container {got['container_cpu_us']:3.0f} us"
+                        f"  errors {got['errors']:.0f}",
                         flush=True,
                     )
         print(f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}")
