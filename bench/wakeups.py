@@ -87,8 +87,11 @@ def one_cell(spin: int | None, arrangement: str, duration: int, script: Path) ->
     """Start a server with reply spin ``spin`` (None: the relay floor instead),
     arrange it, run wrk -c1; the figures."""
     cpus = sorted(os.sched_getaffinity(0))
-    os.environ["BENCH_REPLY_SPIN_US"] = str(spin or 0)
-    server: Server | RelayFloor = RelayFloor() if spin is None else Server()
+    if spin is None:
+        server: Server | RelayFloor = RelayFloor()
+    else:
+        os.environ["BENCH_REPLY_SPIN_US"] = str(spin)  # read by bench.hops --serve
+        server = Server()
     try:
         frontend, container = server.pids["frontend"], server.pids["container"]
         wrk_cpus = set(cpus)

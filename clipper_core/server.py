@@ -424,6 +424,7 @@ class ClipperServer:
             self.store = None
         if self._froze:
             gc_freeze.thaw()
+            self._froze = False
         if self._state_lock is not None:
             self._state_lock.release()
         if self._temporary_state is not None:

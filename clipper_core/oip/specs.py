@@ -75,26 +75,27 @@ def learn_outputs(meta: dict[str, Any], result: TensorResult) -> None:
 
 #: Input specs read once per metadata document: ``id(specs) -> (specs, plan)``;
 #: the entry holds ``specs`` so that its id is not reused while it is here.
-_PLANS: dict[int, tuple[object, tuple[list[str], list[tuple[str, str, list[int]]]]]] = {}
+_PLANS: dict[int, tuple[object, list[tuple[str, str, list[int]]]]] = {}
 
 
-def _input_plan(
-    specs: Sequence[Mapping[str, Any]],
-) -> tuple[list[str], list[tuple[str, str, list[int]]]]:
-    """The input names and each input's ``(name, datatype, shape)`` of ``specs``,
-    read once: a model's metadata is fetched once and then serves every request."""
+def _input_plan(specs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[int]]]:
+    """Each input's ``(name, datatype, shape)`` of ``specs``, read once: a model's
+    metadata is fetched once and then serves every request."""
     hit = _PLANS.get(id(specs))
     if hit is not None and hit[0] is specs:
         return hit[1]
-    names = [str(s.get("name", "")) for s in specs]
     plan = [
-        (name, str(s.get("datatype") or ""), [int(d) for d in s.get("shape", [])])
-        for s, name in zip(specs, names, strict=True)
+        (str(s.get("name", "")), str(s.get("datatype") or ""), [int(d) for d in s.get("shape", [])])
+        for s in specs
     ]
     if len(_PLANS) >= 256:  # models come and go: forget the old documents
         _PLANS.clear()
-    _PLANS[id(specs)] = (specs, (names, plan))
-    return names, plan
+    _PLANS[id(specs)] = (specs, plan)
+    return plan
+
+
+def _names(plan: list[tuple[str, str, list[int]]]) -> list[str]:
+    return [name for name, _, _ in plan]
 
 
 def _fits(got: Sequence[int], want: list[int]) -> bool:
@@ -121,11 +122,11 @@ def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequ
         given[t.name] = t
     ordered: list[InputTensor] = []
     if specs:
-        names, plan = _input_plan(specs)
+        plan = _input_plan(specs)
         for name, datatype, shape in plan:
             found = given.pop(name, None)
             if found is None:
-                raise BadInput(f"missing input {name!r}: model {key} takes {names}")
+                raise BadInput(f"missing input {name!r}: model {key} takes {_names(plan)}")
             if datatype and found.datatype != datatype:
                 if not converts_losslessly(found.datatype, datatype):
                     raise BadInput(
@@ -140,7 +141,7 @@ def build_query(key: str, specs: Sequence[Mapping[str, Any]], request: InferRequ
                 )
             ordered.append(found)
         if given:
-            raise BadInput(f"unknown input(s) {sorted(given)}: model {key} takes {names}")
+            raise BadInput(f"unknown input(s) {sorted(given)}: model {key} takes {_names(plan)}")
     else:
         ordered = list(request.inputs)
     rows = -1
